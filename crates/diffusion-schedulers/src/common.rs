@@ -1,0 +1,474 @@
+//! Schedule math shared by several schedulers: betas and cumulative alphas,
+//! timestep spacing, sigma schedules (Karras, exponential, beta) and the
+//! timestep <-> sigma interpolation. Everything is `f64`.
+//!
+//! Where diffusers stores a table in `float32` (betas, `alphas_cumprod`, the log
+//! sigma table) we round our `f64` values to `f32` at the same point, so both
+//! libraries start every schedule from bit-identical tables; the arithmetic after
+//! that stays in `f64`.
+
+use crate::config::{BetaSchedule, PredictionType};
+use crate::error::{Result, SchedulerError};
+use crate::tensor::SchedulerTensor;
+
+/// Round to the nearest `f32`, as diffusers' `float32` tables do.
+#[inline]
+pub fn f32r(x: f64) -> f64 {
+    x as f32 as f64
+}
+
+/// `np.linspace(start, end, n)` (inclusive end).
+pub fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
+    match n {
+        0 => vec![],
+        1 => vec![start],
+        _ => {
+            let step = (end - start) / (n - 1) as f64;
+            (0..n)
+                .map(|i| {
+                    if i == n - 1 {
+                        end
+                    } else {
+                        start + step * i as f64
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// `np.round`: round half to even.
+pub fn round_half_even(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// `np.arange(start, stop, step)` for a float step.
+pub fn arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let n = ((stop - start) / step).ceil().max(0.0) as usize;
+    (0..n).map(|i| start + i as f64 * step).collect()
+}
+
+/// Glide's `betas_for_alpha_bar` with the cosine transform, capped at `max_beta`.
+pub fn betas_for_alpha_bar_cosine(n: usize, max_beta: f64) -> Vec<f64> {
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(max_beta)
+        })
+        .collect()
+}
+
+/// The training betas, rounded to `f32` as diffusers stores them.
+pub fn make_betas(
+    n: usize,
+    beta_start: f64,
+    beta_end: f64,
+    schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+) -> Vec<f64> {
+    let betas = if let Some(b) = trained_betas {
+        b.to_vec()
+    } else {
+        match schedule {
+            BetaSchedule::Linear => linspace(beta_start, beta_end, n)
+                .into_iter()
+                .map(f32r)
+                .collect(),
+            BetaSchedule::ScaledLinear => linspace(beta_start.sqrt(), beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| f32r(f32r(b).powi(2)))
+                .collect(),
+            BetaSchedule::SquaredcosCapV2 => betas_for_alpha_bar_cosine(n, 0.999),
+            BetaSchedule::Sigmoid => linspace(-6.0, 6.0, n)
+                .into_iter()
+                .map(|x| {
+                    let s = f32r(1.0 / (1.0 + (-f32r(x)).exp()));
+                    f32r(s * (beta_end - beta_start) + beta_start)
+                })
+                .collect(),
+        }
+    };
+    betas.into_iter().map(f32r).collect()
+}
+
+/// Zero terminal SNR rescaling (Lin et al. 2023, Algorithm 1).
+pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
+    let ac = cumprod_alphas(betas);
+    let mut sqrt_ac: Vec<f64> = ac.iter().map(|a| a.sqrt()).collect();
+    let first = sqrt_ac[0];
+    let last = sqrt_ac[sqrt_ac.len() - 1];
+    for v in &mut sqrt_ac {
+        *v = (*v - last) * (first / (first - last));
+    }
+    let alpha_bar: Vec<f64> = sqrt_ac.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(betas.len());
+    out.push(f32r(1.0 - alpha_bar[0]));
+    for i in 1..alpha_bar.len() {
+        out.push(f32r(1.0 - alpha_bar[i] / alpha_bar[i - 1]));
+    }
+    out
+}
+
+/// `cumprod(1 - betas)`, accumulated in `f64` and stored as `f32` (torch's CPU cumprod).
+pub fn cumprod_alphas(betas: &[f64]) -> Vec<f64> {
+    let mut acc = 1.0f64;
+    betas
+        .iter()
+        .map(|b| {
+            acc *= f32r(1.0 - b);
+            f32r(acc)
+        })
+        .collect()
+}
+
+/// The cumulative alphas of a config: betas, optional zero-SNR rescale, cumprod.
+/// Returns `(betas, alphas_cumprod)`.
+pub fn alphas_cumprod(
+    n: usize,
+    beta_start: f64,
+    beta_end: f64,
+    schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+    rescale_zero_snr: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut betas = make_betas(n, beta_start, beta_end, schedule, trained_betas);
+    if rescale_zero_snr {
+        betas = rescale_zero_terminal_snr(&betas);
+    }
+    let ac = cumprod_alphas(&betas);
+    (betas, ac)
+}
+
+/// `sqrt((1 - a) / a)` per training step, as diffusers' `float32` table.
+pub fn sigmas_from_alphas_cumprod(ac: &[f64]) -> Vec<f64> {
+    ac.iter().map(|a| f32r(((1.0 - a) / a).sqrt())).collect()
+}
+
+/// `np.log` of an `f32` sigma table, kept at `f32` precision.
+pub fn log_table(sigmas: &[f64]) -> Vec<f64> {
+    sigmas.iter().map(|s| f32r(s.ln())).collect()
+}
+
+/// diffusers' `_sigma_to_t`: the fractional training timestep of `sigma`, by
+/// linear interpolation in log-sigma over the (ascending) training table.
+pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let n = log_sigmas.len();
+    // Index of the last table entry <= log_sigma (argmax of the cumulative count),
+    // clipped so that a high neighbour exists.
+    let count = log_sigmas
+        .iter()
+        .filter(|&&ls| log_sigma - ls >= 0.0)
+        .count();
+    let low_idx = if count == 0 {
+        0
+    } else {
+        (count - 1).min(n - 2)
+    };
+    let high_idx = low_idx + 1;
+    let low = log_sigmas[low_idx];
+    let high = log_sigmas[high_idx];
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * high_idx as f64
+}
+
+/// `np.interp(x, xp, fp)` for ascending `xp`.
+pub fn interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
+    let n = xp.len();
+    if x <= xp[0] {
+        return fp[0];
+    }
+    if x >= xp[n - 1] {
+        return fp[n - 1];
+    }
+    let j = xp.partition_point(|&v| v <= x) - 1;
+    let (x0, x1) = (xp[j], xp[j + 1]);
+    let t = (x - x0) / (x1 - x0);
+    fp[j] + t * (fp[j + 1] - fp[j])
+}
+
+/// Karras et al. (2022) sigmas, rho = 7, from `sigma_max` down to `sigma_min`.
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let min_inv = sigma_min.powf(1.0 / rho);
+    let max_inv = sigma_max.powf(1.0 / rho);
+    linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
+}
+
+/// Exponentially spaced sigmas (log-linear) from `sigma_max` to `sigma_min`.
+pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    linspace(sigma_max.ln(), sigma_min.ln(), n)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// "Beta Sampling is All You Need" sigmas: `sigma_min + ppf(1 - r) * (sigma_max - sigma_min)`
+/// with the Beta(0.6, 0.6) quantile function.
+pub fn beta_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| sigma_min + beta_ppf(1.0 - r, 0.6, 0.6) * (sigma_max - sigma_min))
+        .collect()
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9; ~1e-15 relative).
+fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + G + 0.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Continued fraction of the regularized incomplete beta function (modified Lentz).
+fn beta_cf(x: f64, a: f64, b: f64) -> f64 {
+    let tiny = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < tiny {
+        d = tiny;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..10_000 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < tiny { tiny } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < tiny { tiny } else { c };
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < tiny { tiny } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < tiny { tiny } else { c };
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    h
+}
+
+/// Regularized incomplete beta function I_x(a, b).
+pub fn beta_cdf(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_cf(x, a, b) / a
+    } else {
+        1.0 - ln_front.exp() * beta_cf(1.0 - x, b, a) / b
+    }
+}
+
+/// Quantile function of Beta(a, b), by bisection to full `f64` precision.
+pub fn beta_ppf(p: f64, a: f64, b: f64) -> f64 {
+    if p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_cdf(mid, a, b) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Tracks where a scheduler is in its schedule: diffusers' `_step_index` and
+/// `_begin_index` (set by img2img pipelines that start part-way).
+#[derive(Debug, Clone, Default)]
+pub struct StepIndex {
+    pub step_index: Option<usize>,
+    pub begin_index: Option<usize>,
+}
+
+impl StepIndex {
+    pub fn reset(&mut self) {
+        self.step_index = None;
+        self.begin_index = None;
+    }
+
+    /// diffusers' `index_for_timestep`: the position of `t` in `schedule`; when it
+    /// occurs more than once (img2img starting mid-schedule), the second occurrence.
+    pub fn index_for_timestep(t: f64, schedule: &[f64]) -> Result<usize> {
+        let hits: Vec<usize> = schedule
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v == t)
+            .map(|(i, _)| i)
+            .collect();
+        match hits.len() {
+            0 => Err(SchedulerError::UnknownTimestep(t)),
+            1 => Ok(hits[0]),
+            _ => Ok(hits[1]),
+        }
+    }
+
+    /// The current step index, initialising it from `t` on the first call.
+    pub fn current(&mut self, t: f64, schedule: &[f64]) -> Result<usize> {
+        if let Some(i) = self.step_index {
+            return Ok(i);
+        }
+        let i = match self.begin_index {
+            Some(b) => b,
+            None => Self::index_for_timestep(t, schedule)?,
+        };
+        self.step_index = Some(i);
+        Ok(i)
+    }
+
+    pub fn advance(&mut self) {
+        if let Some(i) = self.step_index.as_mut() {
+            *i += 1;
+        }
+    }
+}
+
+/// Refuse a model output/sample pair of different shapes or with non-finite values.
+pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
+    if model_output.shape() != sample.shape() {
+        return Err(SchedulerError::ShapeMismatch {
+            what: "model_output vs sample",
+            expected: sample.shape(),
+            got: model_output.shape(),
+        });
+    }
+    if !model_output.all_finite() {
+        return Err(SchedulerError::NonFinite("model_output"));
+    }
+    if !sample.all_finite() {
+        return Err(SchedulerError::NonFinite("sample"));
+    }
+    Ok(())
+}
+
+/// Validate `num_inference_steps` against the training range.
+pub fn check_num_steps(n: usize, num_train_timesteps: usize) -> Result<()> {
+    if n == 0 {
+        return Err(SchedulerError::InvalidArgument {
+            field: "num_inference_steps",
+            value: n.to_string(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    if n > num_train_timesteps {
+        return Err(SchedulerError::InvalidArgument {
+            field: "num_inference_steps",
+            value: n.to_string(),
+            reason: format!("cannot exceed num_train_timesteps = {num_train_timesteps}"),
+        });
+    }
+    Ok(())
+}
+
+/// `x0` and `eps` from a model output of an alpha-parameterised (DDPM-family)
+/// model at cumulative alpha `alpha_prod_t`. Returns `(x0, eps)`.
+pub fn alpha_prediction<T: SchedulerTensor>(
+    prediction_type: PredictionType,
+    class: &'static str,
+    model_output: &T,
+    sample: &T,
+    alpha_prod_t: f64,
+) -> Result<(T, T)> {
+    let (a, b) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
+    Ok(match prediction_type {
+        PredictionType::Epsilon => (
+            T::linear_combination(&[(1.0 / a, sample), (-b / a, model_output)]),
+            model_output.clone(),
+        ),
+        PredictionType::Sample => (
+            model_output.clone(),
+            T::linear_combination(&[(1.0 / b, sample), (-a / b, model_output)]),
+        ),
+        PredictionType::VPrediction => (
+            T::linear_combination(&[(a, sample), (-b, model_output)]),
+            T::linear_combination(&[(a, model_output), (b, sample)]),
+        ),
+        PredictionType::FlowPrediction => {
+            return Err(SchedulerError::Unsupported {
+                class,
+                what: "prediction_type `flow_prediction`".into(),
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beta_ppf_matches_scipy() {
+        // scipy.stats.beta.ppf(q, 0.6, 0.6)
+        assert!((beta_ppf(0.5, 0.6, 0.6) - 0.5).abs() < 1e-14);
+        assert!((beta_cdf(0.25, 0.6, 0.6) - beta_cdf(0.25, 0.6, 0.6)).abs() < 1e-15);
+        let x = beta_ppf(0.1, 0.6, 0.6);
+        assert!((beta_cdf(x, 0.6, 0.6) - 0.1).abs() < 1e-13);
+    }
+
+    #[test]
+    fn rounding_is_half_even() {
+        assert_eq!(round_half_even(0.5), 0.0);
+        assert_eq!(round_half_even(1.5), 2.0);
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(-0.5), 0.0);
+        assert_eq!(round_half_even(2.6), 3.0);
+    }
+
+    #[test]
+    fn interp_and_sigma_to_t() {
+        assert_eq!(interp(1.5, &[0.0, 1.0, 2.0], &[0.0, 10.0, 20.0]), 15.0);
+        let logs = [0.0, 1.0, 2.0];
+        assert!((sigma_to_t(1.5f64.exp(), &logs) - 1.5).abs() < 1e-12);
+        assert_eq!(sigma_to_t(100.0, &logs), 2.0);
+    }
+}

@@ -1,0 +1,176 @@
+//! # diffusion-schedulers
+//!
+//! Noise schedulers for diffusion models as pure math, giving the same numbers as
+//! Hugging Face diffusers 0.42. No tensor library: schedule math runs in `f64`, and
+//! the element-wise updates go through the small [`SchedulerTensor`] trait, which
+//! this crate implements for [`CpuTensor`] and the model crates implement for Burn.
+//!
+//! Build any scheduler from a diffusers `scheduler_config.json`:
+//!
+//! ```
+//! use diffusion_schedulers::{from_config, CpuTensor, NoNoise, StepOptions};
+//! let json = serde_json::json!({"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear",
+//!     "beta_start": 0.00085, "beta_end": 0.012});
+//! let mut s = from_config::<CpuTensor>(&json)?.scheduler;
+//! s.set_timesteps(20)?;
+//! let x = CpuTensor::zeros(vec![1, 4, 8, 8]);
+//! let t = s.timesteps()[0];
+//! let m = s.scale_model_input(&x, t)?;
+//! let out = s.step(&m, t, &x, &StepOptions::default(), &mut NoNoise)?;
+//! # Ok::<(), diffusion_schedulers::SchedulerError>(())
+//! ```
+//!
+//! Swap schedulers as diffusers' `from_config` does: [`from_config_as`] builds a
+//! named class from another scheduler's config, ignoring fields it does not know
+//! and reporting them in [`Loaded::ignored_fields`].
+//!
+//! ## Schedulers
+//!
+#![doc = include_str!("../SCHEDULERS.md")]
+
+pub mod common;
+pub mod config;
+pub mod error;
+pub mod names;
+pub mod scheduler;
+pub mod schedulers;
+pub mod tensor;
+#[doc(hidden)]
+pub mod testing;
+
+pub use config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType};
+pub use error::{Result, SchedulerError};
+pub use names::{SamplerName, from_sampler_name};
+pub use scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
+pub use tensor::{CpuTensor, NoNoise, NoiseSource, QueuedNoise, SchedulerTensor};
+
+use serde_json::Value;
+
+/// A scheduler built from a config, with the config keys it did not use.
+pub struct Loaded<T: SchedulerTensor> {
+    pub scheduler: Box<dyn Scheduler<T>>,
+    /// Config keys this scheduler does not know (tolerated, as in diffusers).
+    pub ignored_fields: Vec<String>,
+}
+
+impl<T: SchedulerTensor> std::fmt::Debug for Loaded<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("class_name", &self.scheduler.class_name())
+            .field("ignored_fields", &self.ignored_fields)
+            .finish()
+    }
+}
+
+/// Every scheduler class of this crate, by diffusers' class name.
+pub const SCHEDULER_CLASSES: &[&str] = &[
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "EDMEulerScheduler",
+];
+
+/// Build the scheduler named by the config's `_class_name`.
+pub fn from_config<T: SchedulerTensor + Send + 'static>(json: &Value) -> Result<Loaded<T>> {
+    let class = json
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| SchedulerError::InvalidConfig {
+            field: "_class_name".into(),
+            message: "missing or not a string".into(),
+        })?;
+    from_config_as(class, json)
+}
+
+/// Build scheduler `class_name` from `json`, which may be another scheduler's
+/// config (diffusers' `SomeScheduler.from_config(other.config)`).
+pub fn from_config_as<T: SchedulerTensor + Send + 'static>(
+    class_name: &str,
+    json: &Value,
+) -> Result<Loaded<T>> {
+    use schedulers::*;
+    let (scheduler, ignored_fields) = match class_name {
+        "DDPMScheduler" => ddpm::build::<T>(json)?,
+        "DDIMScheduler" => ddim::build::<T>(json)?,
+        "PNDMScheduler" => pndm::build::<T>(json)?,
+        "LMSDiscreteScheduler" => lms_discrete::build::<T>(json)?,
+        "EulerDiscreteScheduler" => euler_discrete::build::<T>(json)?,
+        "EulerAncestralDiscreteScheduler" => euler_ancestral_discrete::build::<T>(json)?,
+        "HeunDiscreteScheduler" => heun_discrete::build::<T>(json)?,
+        "KDPM2DiscreteScheduler" => k_dpm_2_discrete::build::<T>(json)?,
+        "KDPM2AncestralDiscreteScheduler" => k_dpm_2_ancestral_discrete::build::<T>(json)?,
+        "DPMSolverMultistepScheduler" => dpmsolver_multistep::build::<T>(json)?,
+        "DPMSolverSinglestepScheduler" => dpmsolver_singlestep::build::<T>(json)?,
+        "UniPCMultistepScheduler" => unipc_multistep::build::<T>(json)?,
+        "DEISMultistepScheduler" => deis_multistep::build::<T>(json)?,
+        "LCMScheduler" => lcm::build::<T>(json)?,
+        "TCDScheduler" => tcd::build::<T>(json)?,
+        "FlowMatchEulerDiscreteScheduler" => flow_match_euler_discrete::build::<T>(json)?,
+        "EDMEulerScheduler" => edm_euler::build::<T>(json)?,
+        other => return Err(SchedulerError::UnknownScheduler(other.to_string())),
+    };
+    Ok(Loaded {
+        scheduler,
+        ignored_fields,
+    })
+}
+
+/// Parse a `scheduler_config.json` text and build its scheduler.
+pub fn from_config_str<T: SchedulerTensor + Send + 'static>(text: &str) -> Result<Loaded<T>> {
+    let json: Value =
+        serde_json::from_str(text).map_err(|e| SchedulerError::InvalidJson(e.to_string()))?;
+    from_config(&json)
+}
+
+/// Shared by the `build` function of every scheduler module: parse the config,
+/// construct, and box.
+pub(crate) fn build_boxed<T, C, S>(
+    json: &Value,
+    new: impl FnOnce(C) -> Result<S>,
+) -> Result<(Box<dyn Scheduler<T>>, Vec<String>)>
+where
+    T: SchedulerTensor,
+    C: serde::de::DeserializeOwned + serde::Serialize,
+    S: Scheduler<T> + 'static,
+{
+    let (config, ignored) = config::parse_config::<C>(json)?;
+    Ok((Box::new(new(config)?), ignored))
+}
+
+/// Serialize a config with its `_class_name`, for [`Scheduler::config`].
+pub(crate) fn config_json<C: serde::Serialize>(class_name: &str, config: &C) -> Value {
+    let mut v = serde_json::to_value(config).unwrap_or(Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.insert("_class_name".into(), Value::String(class_name.into()));
+    }
+    v
+}
+
+/// Temporary stand-in while a scheduler module is being written (removed before release).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! placeholder_scheduler {
+    ($class:literal) => {
+        pub(crate) fn build<T: $crate::SchedulerTensor>(
+            _json: &serde_json::Value,
+        ) -> $crate::Result<(Box<dyn $crate::Scheduler<T>>, Vec<String>)> {
+            Err($crate::SchedulerError::Unsupported {
+                class: $class,
+                what: "construction (not yet implemented)".into(),
+            })
+        }
+    };
+}

@@ -1,0 +1,353 @@
+//! `DDIMScheduler`: denoising diffusion implicit models (Song et al. 2020).
+//!
+//! Deterministic at `eta = 0`; `eta = 1` recovers DDPM's variance. Integer
+//! timesteps; `step` maps `t` to the previous timestep `t - N / n`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::common::{self, StepIndex};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::error::{Result, SchedulerError};
+use crate::scheduler::{
+    Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
+};
+use crate::tensor::{NoiseSource, SchedulerTensor};
+
+pub const CLASS_NAME: &str = "DDIMScheduler";
+
+/// diffusers' `DDIMScheduler` config, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DDIMConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub clip_sample: bool,
+    pub set_alpha_to_one: bool,
+    pub steps_offset: usize,
+    pub prediction_type: PredictionType,
+    pub thresholding: bool,
+    pub dynamic_thresholding_ratio: f64,
+    pub clip_sample_range: f64,
+    pub sample_max_value: f64,
+    pub timestep_spacing: TimestepSpacing,
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl Default for DDIMConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            clip_sample: true,
+            set_alpha_to_one: true,
+            steps_offset: 0,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            dynamic_thresholding_ratio: 0.995,
+            clip_sample_range: 1.0,
+            sample_max_value: 1.0,
+            timestep_spacing: TimestepSpacing::Leading,
+            rescale_betas_zero_snr: false,
+        }
+    }
+}
+
+/// The DDIM sampler.
+#[derive(Debug, Clone)]
+pub struct DDIMScheduler {
+    config: DDIMConfig,
+    alphas_cumprod: Vec<f64>,
+    final_alpha_cumprod: f64,
+    timesteps: Vec<f64>,
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+}
+
+impl DDIMScheduler {
+    pub fn new(config: DDIMConfig) -> Result<Self> {
+        validate_betas(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas.as_deref(),
+        )?;
+        if config.beta_schedule == BetaSchedule::Sigmoid && config.trained_betas.is_none() {
+            return Err(invalid(
+                "beta_schedule",
+                "sigmoid",
+                "not implemented for DDIMScheduler",
+            ));
+        }
+        if config.prediction_type == PredictionType::FlowPrediction {
+            return Err(invalid(
+                "prediction_type",
+                "flow_prediction",
+                "not supported by DDIMScheduler",
+            ));
+        }
+        let (_, alphas_cumprod) = common::alphas_cumprod(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas.as_deref(),
+            config.rescale_betas_zero_snr,
+        );
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
+        let timesteps = (0..config.num_train_timesteps)
+            .rev()
+            .map(|t| t as f64)
+            .collect();
+        Ok(Self {
+            config,
+            alphas_cumprod,
+            final_alpha_cumprod,
+            timesteps,
+            num_inference_steps: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &DDIMConfig {
+        &self.config
+    }
+
+    fn alpha_prev(&self, prev_t: i64) -> f64 {
+        if prev_t >= 0 {
+            self.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        }
+    }
+}
+
+pub(crate) fn build<T: SchedulerTensor>(
+    json: &Value,
+) -> Result<(Box<dyn Scheduler<T>>, Vec<String>)> {
+    crate::build_boxed::<T, DDIMConfig, DDIMScheduler>(json, DDIMScheduler::new)
+}
+
+impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
+    fn class_name(&self) -> &'static str {
+        CLASS_NAME
+    }
+
+    fn config(&self) -> Value {
+        crate::config_json(CLASS_NAME, &self.config)
+    }
+
+    fn order(&self) -> usize {
+        1
+    }
+
+    fn num_train_timesteps(&self) -> usize {
+        self.config.num_train_timesteps
+    }
+
+    fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
+        if spec.timesteps.is_some() || spec.sigmas.is_some() {
+            return Err(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: "custom timesteps or sigmas".into(),
+            });
+        }
+        let n = spec
+            .num_inference_steps
+            .ok_or(SchedulerError::InvalidArgument {
+                field: "num_inference_steps",
+                value: "None".into(),
+                reason: "required".into(),
+            })?;
+        let train = self.config.num_train_timesteps;
+        common::check_num_steps(n, train)?;
+        let timesteps: Vec<i64> = match self.config.timestep_spacing {
+            TimestepSpacing::Linspace => common::linspace(0.0, (train - 1) as f64, n)
+                .into_iter()
+                .rev()
+                .map(|t| common::round_half_even(t) as i64)
+                .collect(),
+            TimestepSpacing::Leading => {
+                let ratio = (train / n) as i64;
+                (0..n as i64)
+                    .rev()
+                    .map(|i| i * ratio + self.config.steps_offset as i64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => {
+                let ratio = train as f64 / n as f64;
+                common::arange(train as f64, 0.0, -ratio)
+                    .into_iter()
+                    .map(|t| common::round_half_even(t) as i64 - 1)
+                    .collect()
+            }
+        };
+        if let Some(bad) = timesteps.iter().find(|&&t| t < 0 || t as usize >= train) {
+            return Err(invalid(
+                "steps_offset",
+                self.config.steps_offset,
+                format!("puts timestep {bad} outside [0, {train})"),
+            ));
+        }
+        self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
+        self.num_inference_steps = Some(n);
+        self.index.reset();
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn step(
+        &mut self,
+        model_output: &T,
+        t: f64,
+        sample: &T,
+        options: &StepOptions,
+        noise: &mut dyn NoiseSource<T>,
+    ) -> Result<StepOutput<T>> {
+        let n = self
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialized("step"))?;
+        common::check_step_inputs(model_output, sample)?;
+        let t_int = crate::scheduler::alpha_lookup(&self.alphas_cumprod, &[t])?;
+        let alpha_prod_t = t_int[0];
+        let prev_t = t.round() as i64 - (self.config.num_train_timesteps / n) as i64;
+        let alpha_prod_t_prev = self.alpha_prev(prev_t);
+        let beta_prod_t = 1.0 - alpha_prod_t;
+
+        let (mut x0, mut eps) = common::alpha_prediction(
+            self.config.prediction_type,
+            CLASS_NAME,
+            model_output,
+            sample,
+            alpha_prod_t,
+        )?;
+        if self.config.thresholding {
+            x0 = x0.dynamic_threshold(
+                self.config.dynamic_thresholding_ratio,
+                self.config.sample_max_value,
+            );
+        } else if self.config.clip_sample {
+            x0 = x0.clamp(
+                -self.config.clip_sample_range,
+                self.config.clip_sample_range,
+            );
+        }
+
+        let eta = options.eta.unwrap_or(0.0);
+        let variance =
+            (1.0 - alpha_prod_t_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_t_prev);
+        let std_dev_t = eta * variance.sqrt();
+        if options.use_clipped_model_output.unwrap_or(false) {
+            eps = T::linear_combination(&[
+                (1.0 / beta_prod_t.sqrt(), sample),
+                (-alpha_prod_t.sqrt() / beta_prod_t.sqrt(), &x0),
+            ]);
+        }
+        let direction = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
+        let mut prev = T::linear_combination(&[(alpha_prod_t_prev.sqrt(), &x0), (direction, &eps)]);
+        if eta > 0.0 {
+            let z = noise.noise(model_output)?;
+            prev = T::linear_combination(&[(1.0, &prev), (std_dev_t, &z)]);
+        }
+        self.index.advance();
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(x0),
+        })
+    }
+
+    fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        alpha_add_noise(&self.alphas_cumprod, original, noise, timesteps)
+    }
+
+    fn get_velocity(&self, sample: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        alpha_velocity(&self.alphas_cumprod, sample, noise, timesteps)
+    }
+
+    fn set_begin_index(&mut self, begin: usize) {
+        self.index.begin_index = Some(begin);
+    }
+
+    fn begin_index(&self) -> Option<usize> {
+        self.index.begin_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{abs_sum_mean, dummy_sample_deter, full_loop};
+    use crate::{CpuTensor, NoNoise};
+
+    fn run(config: serde_json::Value) -> (f64, f64) {
+        let mut s = crate::from_config_as::<CpuTensor>(CLASS_NAME, &config)
+            .unwrap()
+            .scheduler;
+        s.set_timesteps(10).unwrap();
+        let x = full_loop(
+            s.as_mut(),
+            &dummy_sample_deter(),
+            &StepOptions::default(),
+            &mut NoNoise,
+        )
+        .unwrap();
+        abs_sum_mean(&x)
+    }
+
+    /// diffusers' `DDIMSchedulerTest.test_full_loop_*` published values.
+    #[test]
+    fn published_full_loops() {
+        let base = serde_json::json!({"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+            "beta_schedule": "linear", "clip_sample": true});
+        let (sum, mean) = run(base.clone());
+        assert!(
+            (sum - 172.0067).abs() < 1e-2 && (mean - 0.223967).abs() < 1e-3,
+            "{sum} {mean}"
+        );
+        let mut v = base.clone();
+        v["prediction_type"] = "v_prediction".into();
+        let (sum, mean) = run(v);
+        assert!(
+            (sum - 52.5302).abs() < 1e-2 && (mean - 0.0684).abs() < 1e-3,
+            "{sum} {mean}"
+        );
+        let mut a = base.clone();
+        a["beta_start"] = 0.01.into();
+        let (sum, _) = run(a.clone());
+        assert!((sum - 149.8295).abs() < 1e-2, "{sum}");
+        a["set_alpha_to_one"] = false.into();
+        let (sum, _) = run(a);
+        assert!((sum - 149.0784).abs() < 1e-2, "{sum}");
+    }
+
+    #[test]
+    fn rejects_bad_calls() {
+        let mut s = DDIMScheduler::new(DDIMConfig::default()).unwrap();
+        let x = CpuTensor::zeros(vec![1, 2]);
+        let err = Scheduler::<CpuTensor>::step(
+            &mut s,
+            &x,
+            10.0,
+            &x,
+            &StepOptions::default(),
+            &mut NoNoise,
+        );
+        assert!(matches!(err, Err(SchedulerError::NotInitialized(_))));
+        assert!(Scheduler::<CpuTensor>::set_timesteps(&mut s, 0).is_err());
+        assert!(Scheduler::<CpuTensor>::set_timesteps(&mut s, 1001).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+crate::placeholder_scheduler!("KDPM2AncestralDiscreteScheduler");
