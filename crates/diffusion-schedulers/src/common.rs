@@ -64,6 +64,28 @@ pub fn betas_for_alpha_bar_cosine(n: usize, max_beta: f64) -> Vec<f64> {
         .collect()
 }
 
+/// `torch.linspace(start, end, n, dtype=torch.float32)` on the CPU, bit for bit:
+/// the step is computed in `f32`, the first half counts up from `start` and the
+/// second half down from `end`, each element one fused multiply-add.
+pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![f32r(start)];
+    }
+    let (s, e) = (start as f32, end as f32);
+    let step = (e - s) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            let v = if i < half {
+                step.mul_add(i as f32, s)
+            } else {
+                (-step).mul_add((n - i - 1) as f32, e)
+            };
+            v as f64
+        })
+        .collect()
+}
+
 /// The training betas, rounded to `f32` as diffusers stores them.
 pub fn make_betas(
     n: usize,
@@ -76,19 +98,16 @@ pub fn make_betas(
         b.to_vec()
     } else {
         match schedule {
-            BetaSchedule::Linear => linspace(beta_start, beta_end, n)
+            BetaSchedule::Linear => torch_linspace_f32(beta_start, beta_end, n),
+            BetaSchedule::ScaledLinear => torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
                 .into_iter()
-                .map(f32r)
-                .collect(),
-            BetaSchedule::ScaledLinear => linspace(beta_start.sqrt(), beta_end.sqrt(), n)
-                .into_iter()
-                .map(|b| f32r(f32r(b).powi(2)))
+                .map(|b| f32r(b * b))
                 .collect(),
             BetaSchedule::SquaredcosCapV2 => betas_for_alpha_bar_cosine(n, 0.999),
-            BetaSchedule::Sigmoid => linspace(-6.0, 6.0, n)
+            BetaSchedule::Sigmoid => torch_linspace_f32(-6.0, 6.0, n)
                 .into_iter()
                 .map(|x| {
-                    let s = f32r(1.0 / (1.0 + (-f32r(x)).exp()));
+                    let s = f32r(1.0 / (1.0 + (-x).exp()));
                     f32r(s * (beta_end - beta_start) + beta_start)
                 })
                 .collect(),
@@ -97,20 +116,22 @@ pub fn make_betas(
     betas.into_iter().map(f32r).collect()
 }
 
-/// Zero terminal SNR rescaling (Lin et al. 2023, Algorithm 1).
+/// Zero terminal SNR rescaling (Lin et al. 2023, Algorithm 1), with every
+/// operation rounded to `f32` as diffusers' torch code does it.
 pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
     let ac = cumprod_alphas(betas);
-    let mut sqrt_ac: Vec<f64> = ac.iter().map(|a| a.sqrt()).collect();
-    let first = sqrt_ac[0];
-    let last = sqrt_ac[sqrt_ac.len() - 1];
-    for v in &mut sqrt_ac {
-        *v = (*v - last) * (first / (first - last));
+    let mut v: Vec<f64> = ac.iter().map(|a| f32r(a.sqrt())).collect();
+    let first = v[0];
+    let last = v[v.len() - 1];
+    let scale = f32r(first / f32r(first - last));
+    for x in &mut v {
+        *x = f32r(f32r(*x - last) * scale);
     }
-    let alpha_bar: Vec<f64> = sqrt_ac.iter().map(|v| v * v).collect();
+    let alpha_bar: Vec<f64> = v.iter().map(|x| f32r(x * x)).collect();
     let mut out = Vec::with_capacity(betas.len());
     out.push(f32r(1.0 - alpha_bar[0]));
     for i in 1..alpha_bar.len() {
-        out.push(f32r(1.0 - alpha_bar[i] / alpha_bar[i - 1]));
+        out.push(f32r(1.0 - f32r(alpha_bar[i] / alpha_bar[i - 1])));
     }
     out
 }
@@ -453,6 +474,16 @@ mod tests {
         assert!((beta_cdf(0.25, 0.6, 0.6) - beta_cdf(0.25, 0.6, 0.6)).abs() < 1e-15);
         let x = beta_ppf(0.1, 0.6, 0.6);
         assert!((beta_cdf(x, 0.6, 0.6) - 0.1).abs() < 1e-13);
+    }
+
+    #[test]
+    fn torch_linspace_is_bit_exact() {
+        // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32)[[1, 499, 500, 998]] (torch 2.x CPU).
+        let v = torch_linspace_f32(0.0001, 0.02, 1000);
+        assert_eq!(v[0], 0.0001f32 as f64);
+        assert_eq!(v[999], 0.02f32 as f64);
+        assert!(v.windows(2).all(|w| w[1] > w[0]));
+        assert_eq!(torch_linspace_f32(-6.0, 6.0, 3), vec![-6.0, 0.0, 6.0]);
     }
 
     #[test]
