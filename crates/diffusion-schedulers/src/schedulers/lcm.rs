@@ -1,1 +1,546 @@
-crate::placeholder_scheduler!("LCMScheduler");
+//! `LCMScheduler`: latent consistency models (Luo et al. 2023).
+//!
+//! The inference timesteps are a subset of the distillation schedule of
+//! `original_inference_steps` points (`k - 1, 2k - 1, ...` with
+//! `k = num_train_timesteps / original_inference_steps`). Each step maps the
+//! sample to its consistency-function estimate `denoised` and, except at the
+//! last step, re-noises it to the next timestep.
+//!
+//! `timestep_spacing` and `steps_offset` are accepted for config compatibility
+//! but, as in diffusers, do not influence the schedule.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::common::{self, StepIndex};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::error::{Result, SchedulerError};
+use crate::scheduler::{
+    Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
+};
+use crate::schedulers::ddpm::{alpha_f32, check_threshold_config, custom_timesteps};
+use crate::tensor::{NoiseSource, SchedulerTensor};
+
+pub const CLASS_NAME: &str = "LCMScheduler";
+
+/// diffusers' `LCMScheduler` config, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LCMConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub original_inference_steps: usize,
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+    pub set_alpha_to_one: bool,
+    pub steps_offset: usize,
+    pub prediction_type: PredictionType,
+    pub thresholding: bool,
+    pub dynamic_thresholding_ratio: f64,
+    pub sample_max_value: f64,
+    pub timestep_spacing: TimestepSpacing,
+    pub timestep_scaling: f64,
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl Default for LCMConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            trained_betas: None,
+            original_inference_steps: 50,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+            steps_offset: 0,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            dynamic_thresholding_ratio: 0.995,
+            sample_max_value: 1.0,
+            timestep_spacing: TimestepSpacing::Leading,
+            timestep_scaling: 10.0,
+            rescale_betas_zero_snr: false,
+        }
+    }
+}
+
+/// The LCM multistep sampler.
+#[derive(Debug, Clone)]
+pub struct LCMScheduler {
+    config: LCMConfig,
+    alphas_cumprod: Vec<f64>,
+    final_alpha_cumprod: f32,
+    timesteps: Vec<f64>,
+    /// diffusers' `num_inference_steps`: for a custom schedule, its length before
+    /// `strength` trims it (which decides the last, noise-free step).
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+}
+
+/// Config checks shared by LCM and TCD.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn validate_distilled_config(
+    class: &'static str,
+    num_train_timesteps: usize,
+    beta_start: f64,
+    beta_end: f64,
+    beta_schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+    prediction_type: PredictionType,
+    original_inference_steps: usize,
+    timestep_scaling: Option<f64>,
+) -> Result<()> {
+    validate_betas(
+        num_train_timesteps,
+        beta_start,
+        beta_end,
+        beta_schedule,
+        trained_betas,
+    )?;
+    if beta_schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
+        return Err(invalid(
+            "beta_schedule",
+            "sigmoid",
+            format!("not implemented for {class}"),
+        ));
+    }
+    if prediction_type == PredictionType::FlowPrediction {
+        return Err(invalid(
+            "prediction_type",
+            "flow_prediction",
+            format!("not supported by {class}"),
+        ));
+    }
+    if original_inference_steps == 0 {
+        return Err(invalid("original_inference_steps", 0, "must be at least 1"));
+    }
+    if let Some(s) = timestep_scaling
+        && !s.is_finite()
+    {
+        return Err(invalid("timestep_scaling", s, "must be finite"));
+    }
+    Ok(())
+}
+
+/// The distilled-schedule layout shared by LCM and TCD: a custom list (trimmed
+/// by `strength`) or `n` points picked evenly from `origin` (ascending).
+/// Returns the timesteps and diffusers' `num_inference_steps`.
+pub(crate) fn distilled_timesteps(
+    spec: &TimestepSpec,
+    class: &'static str,
+    train: usize,
+    origin: &[i64],
+    original_steps: usize,
+    strength: f64,
+) -> Result<(Vec<i64>, usize)> {
+    if spec.sigmas.is_some() {
+        return Err(SchedulerError::Unsupported {
+            class,
+            what: "custom sigmas".into(),
+        });
+    }
+    let (timesteps, n) = match (&spec.timesteps, spec.num_inference_steps) {
+        (Some(_), Some(_)) => {
+            return Err(SchedulerError::InvalidArgument {
+                field: "timesteps",
+                value: "custom list".into(),
+                reason: "pass either num_inference_steps or timesteps, not both".into(),
+            });
+        }
+        (None, None) => {
+            return Err(SchedulerError::InvalidArgument {
+                field: "num_inference_steps",
+                value: "None".into(),
+                reason: "pass num_inference_steps or timesteps".into(),
+            });
+        }
+        (Some(custom), None) => {
+            let all = custom_timesteps(custom, train)?;
+            let n = all.len();
+            let init = ((n as f64 * strength).trunc() as usize).min(n);
+            let ts = all[n - init..].to_vec();
+            if ts.is_empty() {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "strength",
+                    value: strength.to_string(),
+                    reason: "leaves no timestep of the custom schedule".into(),
+                });
+            }
+            (ts, n)
+        }
+        (None, Some(n)) => {
+            common::check_num_steps(n, train)?;
+            if origin.len() / n < 1 {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "num_inference_steps",
+                    value: n.to_string(),
+                    reason: format!(
+                        "exceeds the {} timesteps of the distillation schedule \
+                         (original_inference_steps = {original_steps} x strength = {strength})",
+                        origin.len()
+                    ),
+                });
+            }
+            if n > original_steps {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "num_inference_steps",
+                    value: n.to_string(),
+                    reason: format!("cannot exceed original_inference_steps = {original_steps}"),
+                });
+            }
+            // np.floor(np.linspace(0, L, n, endpoint=False)) over the descending origin.
+            let len = origin.len();
+            let step = len as f64 / n as f64;
+            let ts = (0..n)
+                .map(|i| origin[len - 1 - (i as f64 * step).floor() as usize])
+                .collect();
+            (ts, n)
+        }
+    };
+    if let Some(&bad) = timesteps.iter().find(|&&t| t as usize >= train) {
+        return Err(SchedulerError::InvalidArgument {
+            field: "strength",
+            value: strength.to_string(),
+            reason: format!("puts timestep {bad} outside [0, {train})"),
+        });
+    }
+    Ok((timesteps, n))
+}
+
+/// `strength` of a spec (default 1), which must be finite and positive.
+pub(crate) fn spec_strength(spec: &TimestepSpec) -> Result<f64> {
+    let s = spec.strength.unwrap_or(1.0);
+    if !(s.is_finite() && s > 0.0) {
+        return Err(SchedulerError::InvalidArgument {
+            field: "strength",
+            value: s.to_string(),
+            reason: "must be finite and positive".into(),
+        });
+    }
+    Ok(s)
+}
+
+/// `k - 1, 2k - 1, ..` for `int(original_steps * strength)` points, `k = train / original_steps`.
+pub(crate) fn distillation_origin(train: usize, original_steps: usize, strength: f64) -> Vec<i64> {
+    let k = (train / original_steps) as i64;
+    let count = (original_steps as f64 * strength).trunc() as i64;
+    (1..=count).map(|i| i * k - 1).collect()
+}
+
+impl LCMScheduler {
+    pub fn new(config: LCMConfig) -> Result<Self> {
+        validate_distilled_config(
+            CLASS_NAME,
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas.as_deref(),
+            config.prediction_type,
+            config.original_inference_steps,
+            Some(config.timestep_scaling),
+        )?;
+        check_threshold_config(
+            config.clip_sample_range,
+            config.dynamic_thresholding_ratio,
+            config.sample_max_value,
+        )?;
+        let (_, alphas_cumprod) = common::alphas_cumprod(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas.as_deref(),
+            config.rescale_betas_zero_snr,
+        );
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0] as f32
+        };
+        let timesteps = (0..config.num_train_timesteps)
+            .rev()
+            .map(|t| t as f64)
+            .collect();
+        Ok(Self {
+            config,
+            alphas_cumprod,
+            final_alpha_cumprod,
+            timesteps,
+            num_inference_steps: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &LCMConfig {
+        &self.config
+    }
+
+    /// The consistency-model boundary scalings `(c_skip, c_out)` at `t`
+    /// (`f32`, as diffusers computes them from a tensor timestep).
+    fn boundary_scalings(&self, t: f64) -> (f32, f32) {
+        let scaled = t as f32 * self.config.timestep_scaling as f32;
+        let denom = scaled * scaled + 0.25;
+        (0.25 / denom, scaled / denom.sqrt())
+    }
+}
+
+pub(crate) fn build<T: SchedulerTensor>(
+    json: &Value,
+) -> Result<(Box<dyn Scheduler<T>>, Vec<String>)> {
+    crate::build_boxed::<T, LCMConfig, LCMScheduler>(json, LCMScheduler::new)
+}
+
+impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
+    fn class_name(&self) -> &'static str {
+        CLASS_NAME
+    }
+
+    fn config(&self) -> Value {
+        crate::config_json(CLASS_NAME, &self.config)
+    }
+
+    fn order(&self) -> usize {
+        1
+    }
+
+    fn num_train_timesteps(&self) -> usize {
+        self.config.num_train_timesteps
+    }
+
+    fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
+        let train = self.config.num_train_timesteps;
+        let original_steps = spec
+            .original_inference_steps
+            .unwrap_or(self.config.original_inference_steps);
+        if original_steps == 0 || original_steps > train {
+            return Err(SchedulerError::InvalidArgument {
+                field: "original_inference_steps",
+                value: original_steps.to_string(),
+                reason: format!("must lie in [1, num_train_timesteps = {train}]"),
+            });
+        }
+        let strength = spec_strength(spec)?;
+        let origin = distillation_origin(train, original_steps, strength);
+        let (timesteps, n) =
+            distilled_timesteps(spec, CLASS_NAME, train, &origin, original_steps, strength)?;
+        self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
+        self.num_inference_steps = Some(n);
+        self.index.reset();
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn step(
+        &mut self,
+        model_output: &T,
+        t: f64,
+        sample: &T,
+        _options: &StepOptions,
+        noise: &mut dyn NoiseSource<T>,
+    ) -> Result<StepOutput<T>> {
+        let n = self
+            .num_inference_steps
+            .ok_or(SchedulerError::NotInitialized("step"))?;
+        common::check_step_inputs(model_output, sample)?;
+        let a_t = alpha_f32(&self.alphas_cumprod, t)?;
+        let idx = self.index.current(t, &self.timesteps)?;
+        if idx >= self.timesteps.len() {
+            return Err(SchedulerError::PastLastStep(idx));
+        }
+        let prev_t = self.timesteps.get(idx + 1).copied().unwrap_or(t);
+        let a_prev = if prev_t >= 0.0 {
+            alpha_f32(&self.alphas_cumprod, prev_t)?
+        } else {
+            self.final_alpha_cumprod
+        };
+        let b_prev = 1.0 - a_prev;
+        let (c_skip, c_out) = self.boundary_scalings(t);
+
+        let (mut x0, _) = common::alpha_prediction(
+            self.config.prediction_type,
+            CLASS_NAME,
+            model_output,
+            sample,
+            a_t as f64,
+        )?;
+        if self.config.thresholding {
+            x0 = x0.dynamic_threshold(
+                self.config.dynamic_thresholding_ratio,
+                self.config.sample_max_value,
+            );
+        } else if self.config.clip_sample {
+            x0 = x0.clamp(
+                -self.config.clip_sample_range,
+                self.config.clip_sample_range,
+            );
+        }
+        let denoised = T::linear_combination(&[(c_out as f64, &x0), (c_skip as f64, sample)]);
+        let prev = if idx + 1 != n {
+            let z = noise.noise(model_output)?;
+            T::linear_combination(&[
+                (a_prev.sqrt() as f64, &denoised),
+                (b_prev.sqrt() as f64, &z),
+            ])
+        } else {
+            denoised.clone()
+        };
+        self.index.advance();
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(denoised),
+        })
+    }
+
+    fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        alpha_add_noise(&self.alphas_cumprod, original, noise, timesteps)
+    }
+
+    fn get_velocity(&self, sample: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        alpha_velocity(&self.alphas_cumprod, sample, noise, timesteps)
+    }
+
+    fn set_begin_index(&mut self, begin: usize) {
+        self.index.begin_index = Some(begin);
+    }
+
+    fn begin_index(&self) -> Option<usize> {
+        self.index.begin_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{abs_sum_mean, dummy_sample_deter, full_loop};
+    use crate::{CpuTensor, NoNoise, QueuedNoise};
+    use serde_json::json;
+
+    fn lcm(config: Value) -> Box<dyn Scheduler<CpuTensor>> {
+        crate::from_config_as::<CpuTensor>(CLASS_NAME, &config)
+            .unwrap()
+            .scheduler
+    }
+
+    /// diffusers' `LCMSchedulerTest.test_full_loop_onestep` (one step draws no noise).
+    #[test]
+    fn published_onestep() {
+        let mut s = lcm(json!({"num_train_timesteps": 1000, "beta_start": 0.00085,
+            "beta_end": 0.0120, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}));
+        s.set_timesteps(1).unwrap();
+        let x = full_loop(
+            s.as_mut(),
+            &dummy_sample_deter(),
+            &StepOptions::default(),
+            &mut NoNoise,
+        )
+        .unwrap();
+        let (sum, mean) = abs_sum_mean(&x);
+        assert!(
+            (sum - 18.7097).abs() < 1e-2 && (mean - 0.0244).abs() < 1e-3,
+            "{sum} {mean}"
+        );
+    }
+
+    #[test]
+    fn schedules() {
+        let mut s = lcm(json!({}));
+        s.set_timesteps(4).unwrap();
+        assert_eq!(s.timesteps(), &[999.0, 759.0, 499.0, 259.0]);
+        // Custom timesteps trimmed by strength keep diffusers' step count, so the
+        // last remaining step still draws noise.
+        s.set_timesteps_with(&TimestepSpec {
+            timesteps: Some(vec![999.0, 759.0, 499.0, 259.0]),
+            strength: Some(0.5),
+            ..TimestepSpec::default()
+        })
+        .unwrap();
+        assert_eq!(s.timesteps(), &[499.0, 259.0]);
+        let x = CpuTensor::new(vec![0.5, -0.5], vec![1, 2]).unwrap();
+        let mut q = QueuedNoise::new(vec![x.clone(), x.clone()]);
+        let opts = StepOptions::default();
+        s.step(&x, 499.0, &x, &opts, &mut q).unwrap();
+        s.step(&x, 259.0, &x, &opts, &mut q).unwrap();
+        assert_eq!(q.used(), 2);
+        assert!(matches!(
+            s.step(&x, 259.0, &x, &opts, &mut q),
+            Err(SchedulerError::PastLastStep(2))
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_configs_and_calls() {
+        for (cfg, field) in [
+            (
+                json!({"original_inference_steps": 0}),
+                "original_inference_steps",
+            ),
+            (json!({"beta_schedule": "sigmoid"}), "beta_schedule"),
+            (
+                json!({"prediction_type": "flow_prediction"}),
+                "prediction_type",
+            ),
+            (json!({"clip_sample_range": -1.0}), "clip_sample_range"),
+        ] {
+            let err = crate::from_config_as::<CpuTensor>(CLASS_NAME, &cfg).unwrap_err();
+            assert!(
+                matches!(&err, SchedulerError::InvalidValue { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
+        let mut s = lcm(json!({}));
+        let x = CpuTensor::zeros(vec![1, 2]);
+        let opts = StepOptions::default();
+        assert!(matches!(
+            s.step(&x, 999.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::NotInitialized(_))
+        ));
+        for n in [0, 51, 1001] {
+            assert!(s.set_timesteps(n).is_err(), "{n}");
+        }
+        let spec = |f: fn(&mut TimestepSpec)| {
+            let mut sp = TimestepSpec::steps(4);
+            f(&mut sp);
+            sp
+        };
+        for bad in [
+            spec(|s| s.original_inference_steps = Some(1001)),
+            spec(|s| s.original_inference_steps = Some(2)),
+            spec(|s| s.strength = Some(0.0)),
+            spec(|s| s.strength = Some(0.05)),
+            spec(|s| s.strength = Some(1.5)),
+            spec(|s| s.timesteps = Some(vec![999.0, 0.0])),
+            spec(|s| s.sigmas = Some(vec![1.0, 0.0])),
+            spec(|s| {
+                s.num_inference_steps = None;
+                s.timesteps = Some(vec![100.0, 87.0, 50.0, 51.0, 0.0]);
+            }),
+            spec(|s| {
+                s.num_inference_steps = None;
+                s.timesteps = Some(vec![1000.0]);
+            }),
+            spec(|s| s.num_inference_steps = None),
+        ] {
+            assert!(s.set_timesteps_with(&bad).is_err(), "{bad:?}");
+        }
+        s.set_timesteps(4).unwrap();
+        let y = CpuTensor::zeros(vec![2, 1]);
+        assert!(matches!(
+            s.step(&x, 999.0, &y, &opts, &mut NoNoise),
+            Err(SchedulerError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            s.step(&x, 998.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::UnknownTimestep(_))
+        ));
+    }
+}
