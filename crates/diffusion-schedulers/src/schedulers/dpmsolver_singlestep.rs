@@ -1,1 +1,1309 @@
-crate::placeholder_scheduler!("DPMSolverSinglestepScheduler");
+//! `DPMSolverSinglestepScheduler`: singlestep DPM-Solver and DPM-Solver++
+//! (Lu et al. 2022), orders 1 to 3.
+//!
+//! A "singlestep" solver of order `k` spends `k` model evaluations on one
+//! `k`-th order update from the sample it started from: the schedule is cut into
+//! groups by an order list (`[1, 2, 1, 2, ...]` for order 2), the sample at the
+//! start of each group is kept, and the model outputs gathered inside the group
+//! feed the update of its last step.
+//!
+//! Scalars are evaluated in `f32` exactly where diffusers keeps them in `float32`
+//! tensors (the sigma table, `alpha_t`, `sigma_t`, `lambda_t` and the update
+//! coefficients), so that the solver matches diffusers to `f32` rounding.
+//!
+//! This file also holds a few float32 schedule helpers used by `unipc_multistep`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::common::{self, StepIndex};
+use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
+use crate::error::{Result, SchedulerError};
+use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::tensor::{NoiseSource, SchedulerTensor};
+
+pub const CLASS_NAME: &str = "DPMSolverSinglestepScheduler";
+
+/// Which solver family `step` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SinglestepAlgorithm {
+    /// DPM-Solver: the model output is turned into a noise prediction.
+    #[serde(rename = "dpmsolver")]
+    DpmSolver,
+    /// DPM-Solver++: the model output is turned into a data (`x0`) prediction.
+    #[serde(rename = "dpmsolver++")]
+    DpmSolverPlusPlus,
+    /// Stochastic DPM-Solver++ (draws one noise tensor per step).
+    #[serde(rename = "sde-dpmsolver++")]
+    SdeDpmSolverPlusPlus,
+    /// DEIS's value, accepted as diffusers does: construction replaces it by
+    /// `dpmsolver++` (after refusing `final_sigmas_type = "zero"`, as diffusers does).
+    #[serde(rename = "deis")]
+    Deis,
+}
+
+/// The second/third order update formula. diffusers maps the UniPC/DEIS values
+/// `"logrho"`, `"bh1"` and `"bh2"` to `"midpoint"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinglestepSolverType {
+    #[serde(alias = "logrho", alias = "bh1", alias = "bh2")]
+    Midpoint,
+    Heun,
+}
+
+/// A learned-variance model (output channels: prediction, then variance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceType {
+    Learned,
+    LearnedRange,
+}
+
+/// How `mu` shifts a flow schedule (`use_dynamic_shifting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeShiftType {
+    /// `e^mu / (e^mu + (1 / t - 1))`.
+    Exponential,
+    /// `mu / (mu + (1 / t - 1))`.
+    Linear,
+}
+
+/// diffusers' `DPMSolverSinglestepScheduler` config, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DPMSolverSinglestepConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub solver_order: usize,
+    pub prediction_type: PredictionType,
+    pub thresholding: bool,
+    pub dynamic_thresholding_ratio: f64,
+    pub sample_max_value: f64,
+    pub algorithm_type: SinglestepAlgorithm,
+    pub solver_type: SinglestepSolverType,
+    pub lower_order_final: bool,
+    pub use_karras_sigmas: bool,
+    pub use_exponential_sigmas: bool,
+    pub use_beta_sigmas: bool,
+    pub use_flow_sigmas: bool,
+    pub flow_shift: f64,
+    pub final_sigmas_type: FinalSigmasType,
+    /// `-inf` by default (serialized as `null`, which parses back to the default).
+    pub lambda_min_clipped: f64,
+    pub variance_type: Option<VarianceType>,
+    pub use_dynamic_shifting: bool,
+    pub time_shift_type: TimeShiftType,
+}
+
+impl Default for DPMSolverSinglestepConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            solver_order: 2,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            dynamic_thresholding_ratio: 0.995,
+            sample_max_value: 1.0,
+            algorithm_type: SinglestepAlgorithm::DpmSolverPlusPlus,
+            solver_type: SinglestepSolverType::Midpoint,
+            lower_order_final: false,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            use_flow_sigmas: false,
+            flow_shift: 1.0,
+            final_sigmas_type: FinalSigmasType::Zero,
+            lambda_min_clipped: f64::NEG_INFINITY,
+            variance_type: None,
+            use_dynamic_shifting: false,
+            time_shift_type: TimeShiftType::Exponential,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// float32 schedule helpers (shared with `unipc_multistep`)
+// ---------------------------------------------------------------------------
+
+/// `torch.linspace(start, end, n, dtype=float32)` bit for bit: the step is
+/// rounded to `f32`, then each value is `start + step * i` (first half) or
+/// `end - step * (n - 1 - i)` (second half) with a single rounding (torch's CPU
+/// kernel evaluates these with a fused multiply-add).
+pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
+    let (s, e) = (start as f32, end as f32);
+    let step = if n > 1 { (e - s) / (n - 1) as f32 } else { 0.0 };
+    let (s, e, step) = (s as f64, e as f64, step as f64);
+    (0..n)
+        .map(|i| {
+            let v = if i < n / 2 {
+                step.mul_add(i as f64, s)
+            } else {
+                (-step).mul_add((n - 1 - i) as f64, e)
+            };
+            v as f32 as f64
+        })
+        .collect()
+}
+
+/// The training betas exactly as diffusers' `float32` tensor holds them
+/// (`common::make_betas` rounds an `f64` linspace instead, which differs from
+/// torch's `float32` linspace in the last bit for about a third of the entries).
+pub(crate) fn torch_betas(
+    n: usize,
+    beta_start: f64,
+    beta_end: f64,
+    schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+) -> Vec<f64> {
+    if let Some(b) = trained_betas {
+        return b.iter().map(|&x| common::f32r(x)).collect();
+    }
+    match schedule {
+        BetaSchedule::Linear => torch_linspace_f32(beta_start, beta_end, n),
+        BetaSchedule::ScaledLinear => torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
+            .into_iter()
+            .map(|b| {
+                let b = b as f32;
+                (b * b) as f64
+            })
+            .collect(),
+        _ => common::make_betas(n, beta_start, beta_end, schedule, None),
+    }
+}
+
+/// diffusers' `alphas_cumprod` table (`float32`), from [`torch_betas`] and, when
+/// asked, [`torch_rescale_zero_terminal_snr`].
+pub(crate) fn cumprod_alphas_torch(
+    n: usize,
+    beta_start: f64,
+    beta_end: f64,
+    schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+    rescale_zero_snr: bool,
+) -> Vec<f64> {
+    let mut betas = torch_betas(n, beta_start, beta_end, schedule, trained_betas);
+    if rescale_zero_snr {
+        betas = torch_rescale_zero_terminal_snr(&betas);
+    }
+    common::cumprod_alphas(&betas)
+}
+
+/// diffusers' `rescale_zero_terminal_snr`, evaluated in `float32` as torch does.
+pub(crate) fn torch_rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
+    let ac = common::cumprod_alphas(betas);
+    let mut sqrt_ac: Vec<f32> = ac.iter().map(|&a| (a as f32).sqrt()).collect();
+    let first = sqrt_ac[0];
+    let last = sqrt_ac[sqrt_ac.len() - 1];
+    let scale = first / (first - last);
+    for v in &mut sqrt_ac {
+        *v = (*v - last) * scale;
+    }
+    let bar: Vec<f32> = sqrt_ac.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(bar.len());
+    out.push((1.0f32 - bar[0]) as f64);
+    for i in 1..bar.len() {
+        out.push((1.0f32 - bar[i] / bar[i - 1]) as f64);
+    }
+    out
+}
+
+/// diffusers' `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, evaluated in
+/// `float32` as torch does.
+pub(crate) fn sigma_table_f32(alphas_cumprod: &[f64]) -> Vec<f64> {
+    alphas_cumprod
+        .iter()
+        .map(|&a| {
+            let a = a as f32;
+            ((1.0f32 - a) / a).sqrt() as f64
+        })
+        .collect()
+}
+
+/// `np.log` of a `float32` table (stays `float32`).
+pub(crate) fn log_table_f32(table: &[f64]) -> Vec<f64> {
+    table.iter().map(|&s| (s as f32).ln() as f64).collect()
+}
+
+/// `_sigma_to_alpha_sigma_t` on a `float32` sigma: `(alpha_t, sigma_t)`.
+pub(crate) fn alpha_sigma_f32(sigma: f32, flow: bool) -> (f32, f32) {
+    if flow {
+        (1.0 - sigma, sigma)
+    } else {
+        let alpha = 1.0f32 / (sigma * sigma + 1.0).sqrt();
+        (alpha, sigma * alpha)
+    }
+}
+
+/// `log(alpha_t) - log(sigma_t)` in `float32` (`+inf` at `sigma_t = 0`).
+pub(crate) fn lambda_f32(alpha: f32, sigma: f32) -> f32 {
+    alpha.ln() - sigma.ln()
+}
+
+/// diffusers' `_sigma_to_t` for any (not necessarily ascending) log-sigma table:
+/// the low index is the last entry not above `log(sigma)` (0 if none), clipped so
+/// that a high neighbour exists.
+pub(crate) fn sigma_to_t_general(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let n = log_sigmas.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&ls| log_sigma - ls >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
+    let high_idx = low_idx + 1;
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * high_idx as f64
+}
+
+/// The flow-matching shift `s * x / (1 + (s - 1) * x)`.
+pub(crate) fn flow_shifted(x: f64, shift: f64) -> f64 {
+    shift * x / (1.0 + (shift - 1.0) * x)
+}
+
+/// Sigma-space forward process shared by the DPM family:
+/// `alpha(sigma) * x + sigma_t(sigma) * noise`, with diffusers' index rules.
+pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
+    sigmas: &[f64],
+    schedule: &[f64],
+    index: &StepIndex,
+    flow: bool,
+    original: &T,
+    noise: &T,
+    timesteps: &[f64],
+) -> Result<T> {
+    check_batch_timesteps(original, noise, timesteps)?;
+    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
+        (None, _) => timesteps
+            .iter()
+            .map(|&t| StepIndex::index_for_timestep(t, schedule))
+            .collect::<Result<_>>()?,
+        (Some(_), Some(i)) => vec![i; timesteps.len()],
+        (Some(b), None) => vec![b; timesteps.len()],
+    };
+    let mut alphas = Vec::with_capacity(indices.len());
+    let mut sigs = Vec::with_capacity(indices.len());
+    for i in indices {
+        let s = *sigmas.get(i).ok_or(SchedulerError::PastLastStep(i))?;
+        let (a, st) = alpha_sigma_f32(s as f32, flow);
+        alphas.push(a as f64);
+        sigs.push(st as f64);
+    }
+    Ok(T::linear_combination(&[
+        (1.0, &original.scale_batch(&alphas)),
+        (1.0, &noise.scale_batch(&sigs)),
+    ]))
+}
+
+/// Error for `set_timesteps` without a usable step count.
+pub(crate) fn missing_steps() -> SchedulerError {
+    SchedulerError::InvalidArgument {
+        field: "num_inference_steps",
+        value: "None".into(),
+        reason: "required (or pass custom timesteps/sigmas where supported)".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The scheduler
+// ---------------------------------------------------------------------------
+
+/// The singlestep DPM-Solver(++) sampler. Generic over the tensor type because it
+/// keeps the model outputs of the current group and the group's start sample.
+#[derive(Debug, Clone)]
+pub struct DPMSolverSinglestepScheduler<T> {
+    config: DPMSolverSinglestepConfig,
+    /// Training tables (`float32` values).
+    sigma_table: Vec<f64>,
+    lambda_table: Vec<f64>,
+    /// `flow_shift`, replaced by `exp(mu)` when `set_timesteps` receives `mu`
+    /// (diffusers overwrites the config attribute; the saved config keeps the old value).
+    flow_shift: f64,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    num_inference_steps: Option<usize>,
+    order_list: Vec<usize>,
+    /// The last `solver_order` converted model outputs, newest last.
+    model_outputs: Vec<Option<T>>,
+    /// The sample at the start of the current singlestep group.
+    group_sample: Option<T>,
+    index: StepIndex,
+}
+
+impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
+    pub fn new(mut config: DPMSolverSinglestepConfig) -> Result<Self> {
+        validate_betas(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas.as_deref(),
+        )?;
+        if config.beta_schedule == BetaSchedule::Sigmoid && config.trained_betas.is_none() {
+            return Err(invalid(
+                "beta_schedule",
+                "sigmoid",
+                "not implemented for DPMSolverSinglestepScheduler",
+            ));
+        }
+        let sigma_options = [
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        ];
+        if sigma_options.iter().filter(|&&b| b).count() > 1 {
+            return Err(invalid(
+                "use_karras_sigmas",
+                true,
+                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set",
+            ));
+        }
+        if !(1..=3).contains(&config.solver_order) {
+            return Err(invalid(
+                "solver_order",
+                config.solver_order,
+                "must be 1, 2 or 3",
+            ));
+        }
+        let algo = config.algorithm_type;
+        if matches!(
+            algo,
+            SinglestepAlgorithm::DpmSolver | SinglestepAlgorithm::Deis
+        ) && config.final_sigmas_type == FinalSigmasType::Zero
+        {
+            return Err(invalid(
+                "final_sigmas_type",
+                "zero",
+                format!(
+                    "not supported with algorithm_type `{}`; use `sigma_min`",
+                    if algo == SinglestepAlgorithm::Deis {
+                        "deis"
+                    } else {
+                        "dpmsolver"
+                    }
+                ),
+            ));
+        }
+        if algo == SinglestepAlgorithm::Deis {
+            config.algorithm_type = SinglestepAlgorithm::DpmSolverPlusPlus;
+        }
+        if algo == SinglestepAlgorithm::DpmSolver {
+            if config.prediction_type == PredictionType::FlowPrediction {
+                return Err(invalid(
+                    "prediction_type",
+                    "flow_prediction",
+                    "not supported with algorithm_type `dpmsolver`",
+                ));
+            }
+            if config.thresholding {
+                // diffusers indexes its alpha table with `None` here and fails at step.
+                return Err(invalid(
+                    "thresholding",
+                    true,
+                    "not supported with algorithm_type `dpmsolver` (diffusers fails at step)",
+                ));
+            }
+        }
+        if config.thresholding
+            && !(config.dynamic_thresholding_ratio.is_finite()
+                && (0.0..=1.0).contains(&config.dynamic_thresholding_ratio))
+        {
+            return Err(invalid(
+                "dynamic_thresholding_ratio",
+                config.dynamic_thresholding_ratio,
+                "must lie in [0, 1]",
+            ));
+        }
+        if config.use_flow_sigmas && !(config.flow_shift.is_finite() && config.flow_shift > 0.0) {
+            return Err(invalid("flow_shift", config.flow_shift, "must be positive"));
+        }
+        if config.lambda_min_clipped.is_nan() {
+            return Err(invalid(
+                "lambda_min_clipped",
+                config.lambda_min_clipped,
+                "must be a number",
+            ));
+        }
+        let alphas_cumprod = cumprod_alphas_torch(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas.as_deref(),
+            false,
+        );
+        let sigma_table = sigma_table_f32(&alphas_cumprod);
+        let lambda_table = alphas_cumprod
+            .iter()
+            .map(|&a| {
+                let a = a as f32;
+                (a.sqrt().ln() - (1.0f32 - a).sqrt().ln()) as f64
+            })
+            .collect();
+        let n = config.num_train_timesteps;
+        let timesteps = (0..n).rev().map(|t| t as f64).collect();
+        let model_outputs = vec![None; config.solver_order];
+        let flow_shift = config.flow_shift;
+        Ok(Self {
+            sigmas: sigma_table.clone(),
+            config,
+            sigma_table,
+            lambda_table,
+            flow_shift,
+            timesteps,
+            num_inference_steps: None,
+            order_list: Vec::new(),
+            model_outputs,
+            group_sample: None,
+            index: StepIndex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &DPMSolverSinglestepConfig {
+        &self.config
+    }
+
+    /// The solver order of each step (diffusers' `order_list`).
+    pub fn order_list(&self) -> &[usize] {
+        &self.order_list
+    }
+
+    /// diffusers' `get_order_list`.
+    fn get_order_list(&self, steps: usize) -> Vec<usize> {
+        let order = self.config.solver_order;
+        let repeat = |pattern: &[usize], times: usize| -> Vec<usize> {
+            pattern
+                .iter()
+                .copied()
+                .cycle()
+                .take(pattern.len() * times)
+                .collect()
+        };
+        let mut orders = if self.config.lower_order_final {
+            match order {
+                3 => match steps % 3 {
+                    0 => [
+                        repeat(&[1, 2, 3], (steps / 3).saturating_sub(1)),
+                        vec![1, 2, 1],
+                    ]
+                    .concat(),
+                    1 => [repeat(&[1, 2, 3], steps / 3), vec![1]].concat(),
+                    _ => [repeat(&[1, 2, 3], steps / 3), vec![1, 2]].concat(),
+                },
+                2 => {
+                    if steps.is_multiple_of(2) {
+                        [repeat(&[1, 2], (steps / 2).saturating_sub(1)), vec![1, 1]].concat()
+                    } else {
+                        [repeat(&[1, 2], steps / 2), vec![1]].concat()
+                    }
+                }
+                _ => vec![1; steps],
+            }
+        } else {
+            match order {
+                3 => repeat(&[1, 2, 3], steps / 3),
+                2 => repeat(&[1, 2], steps / 2),
+                _ => vec![1; steps],
+            }
+        };
+        if self.config.final_sigmas_type == FinalSigmasType::Zero
+            && let Some(last) = orders.last_mut()
+        {
+            *last = 1;
+        }
+        orders
+    }
+
+    fn flow(&self) -> bool {
+        self.config.use_flow_sigmas
+    }
+
+    fn alpha_sigma(&self, i: usize) -> (f32, f32) {
+        alpha_sigma_f32(self.sigmas[i] as f32, self.flow())
+    }
+
+    /// diffusers' `convert_model_output`: `x0` for DPM-Solver++, noise for DPM-Solver.
+    fn convert(&self, model_output: &T, sample: &T, idx: usize) -> Result<T> {
+        let pred = self.config.prediction_type;
+        if self.config.variance_type.is_some()
+            && pred == PredictionType::Epsilon
+            && model_output.shape().get(1).is_some_and(|&c| c > 3)
+        {
+            // diffusers keeps the first 3 channels of a learned-variance output; with
+            // more than 3 sample channels its update cannot broadcast either.
+            return Err(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: "variance_type `learned`/`learned_range` with more than 3 channels".into(),
+            });
+        }
+        let (alpha, sigma) = self.alpha_sigma(idx);
+        let (a, s) = (alpha as f64, sigma as f64);
+        match self.config.algorithm_type {
+            SinglestepAlgorithm::DpmSolverPlusPlus
+            | SinglestepAlgorithm::Deis
+            | SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
+                let mut x0 = match pred {
+                    // `(sample - sigma_t * model_output) / alpha_t`, in torch's order:
+                    // the difference cancels heavily at high noise.
+                    PredictionType::Epsilon => {
+                        T::linear_combination(&[(1.0, sample), (-s, model_output)]).scale(1.0 / a)
+                    }
+                    PredictionType::Sample => model_output.clone(),
+                    PredictionType::VPrediction => {
+                        T::linear_combination(&[(a, sample), (-s, model_output)])
+                    }
+                    PredictionType::FlowPrediction => {
+                        T::linear_combination(&[(1.0, sample), (-self.sigmas[idx], model_output)])
+                    }
+                };
+                if self.config.thresholding {
+                    x0 = x0.dynamic_threshold(
+                        self.config.dynamic_thresholding_ratio,
+                        self.config.sample_max_value,
+                    );
+                }
+                Ok(x0)
+            }
+            SinglestepAlgorithm::DpmSolver => Ok(match pred {
+                PredictionType::Epsilon => model_output.clone(),
+                PredictionType::Sample => {
+                    T::linear_combination(&[(1.0, sample), (-a, model_output)]).scale(1.0 / s)
+                }
+                PredictionType::VPrediction => {
+                    T::linear_combination(&[(a, model_output), (s, sample)])
+                }
+                PredictionType::FlowPrediction => {
+                    return Err(SchedulerError::Unsupported {
+                        class: CLASS_NAME,
+                        what: "prediction_type `flow_prediction` with algorithm_type `dpmsolver`"
+                            .into(),
+                    });
+                }
+            }),
+        }
+    }
+
+    /// The update of order `order` ending at step `idx`, from the group's start
+    /// sample `x` and the model outputs `m` (newest last).
+    fn update(&self, m: &[&T], x: &T, idx: usize, order: usize, noise: Option<&T>) -> Result<T> {
+        let algo = self.config.algorithm_type;
+        let heun = self.config.solver_type == SinglestepSolverType::Heun;
+        let (alpha_t, sigma_t) = self.alpha_sigma(idx + 1);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        // The group started `order - 1` steps ago.
+        let (alpha_s, sigma_s) = self.alpha_sigma(idx + 1 - order);
+        let lambda_s = lambda_f32(alpha_s, sigma_s);
+        let h = lambda_t - lambda_s;
+        let sde_noise = |h: f32| -> Result<(f64, &T)> {
+            let z = noise.ok_or(SchedulerError::NoiseExhausted { requested: 1 })?;
+            Ok(((sigma_t * (1.0f32 - (-2.0f32 * h).exp()).sqrt()) as f64, z))
+        };
+        // `(exp(-h) - 1)` and friends, as diffusers' float32 scalars.
+        let em1 = (-h).exp() - 1.0; // exp(-h) - 1
+        let ep1 = h.exp() - 1.0; // exp(h) - 1
+        let e2 = 1.0f32 - (-2.0f32 * h).exp(); // 1 - exp(-2h)
+        let x_scale = match algo {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => sigma_t / sigma_s,
+            SinglestepAlgorithm::DpmSolver => alpha_t / alpha_s,
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => sigma_t / sigma_s * (-h).exp(),
+        } as f64;
+        // The zeroth-order coefficient, applied to D0.
+        let c0 = match algo {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => -(alpha_t * em1),
+            SinglestepAlgorithm::DpmSolver => -(sigma_t * ep1),
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => alpha_t * e2,
+        } as f64;
+        // First-order-difference coefficients for "midpoint" and "heun".
+        let c1_mid = match algo {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
+                -(0.5f32 * (alpha_t * em1))
+            }
+            SinglestepAlgorithm::DpmSolver => -(0.5f32 * (sigma_t * ep1)),
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => 0.5f32 * (alpha_t * e2),
+        } as f64;
+        let c1_heun = match algo {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
+                alpha_t * (em1 / h + 1.0)
+            }
+            SinglestepAlgorithm::DpmSolver => -(sigma_t * (ep1 / h - 1.0)),
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => alpha_t * (e2 / (-2.0 * h) + 1.0),
+        } as f64;
+        let mut terms: Vec<(f64, T)> = Vec::with_capacity(4);
+        match order {
+            1 => {
+                terms.push((c0, m[m.len() - 1].clone()));
+            }
+            2 => {
+                let (m0, m1) = (m[m.len() - 1], m[m.len() - 2]);
+                let (alpha_s0, sigma_s0) = self.alpha_sigma(idx);
+                let h_0 = lambda_f32(alpha_s0, sigma_s0) - lambda_s;
+                let r0 = h_0 / h;
+                let d1 =
+                    T::linear_combination(&[(1.0, m0), (-1.0, m1)]).scale((1.0f32 / r0) as f64);
+                terms.push((c0, m1.clone()));
+                terms.push((if heun { c1_heun } else { c1_mid }, d1));
+            }
+            _ => {
+                let (m0, m1, m2) = (m[m.len() - 1], m[m.len() - 2], m[m.len() - 3]);
+                let (alpha_s0, sigma_s0) = self.alpha_sigma(idx);
+                let (alpha_s1, sigma_s1) = self.alpha_sigma(idx - 1);
+                let h_0 = lambda_f32(alpha_s0, sigma_s0) - lambda_s;
+                let h_1 = lambda_f32(alpha_s1, sigma_s1) - lambda_s;
+                let (r0, r1) = (h_0 / h, h_1 / h);
+                let d1_0 =
+                    T::linear_combination(&[(1.0, m1), (-1.0, m2)]).scale((1.0f32 / r1) as f64);
+                let d1_1 =
+                    T::linear_combination(&[(1.0, m0), (-1.0, m2)]).scale((1.0f32 / r0) as f64);
+                terms.push((c0, m2.clone()));
+                if heun {
+                    let inv = (r0 - r1) as f64;
+                    let d1 = T::linear_combination(&[(r0 as f64, &d1_0), (-(r1 as f64), &d1_1)])
+                        .scale(1.0 / inv);
+                    let d2 = T::linear_combination(&[(2.0, &d1_1), (-2.0, &d1_0)]).scale(1.0 / inv);
+                    let c2 = match algo {
+                        SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
+                            -(alpha_t * ((em1 + h) / (h * h) - 0.5))
+                        }
+                        SinglestepAlgorithm::DpmSolver => -(sigma_t * ((ep1 - h) / (h * h) - 0.5)),
+                        SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
+                            let hm = -2.0f32 * h;
+                            alpha_t * ((e2 + hm) / (hm * hm) - 0.5)
+                        }
+                    } as f64;
+                    terms.push((c1_heun, d1));
+                    terms.push((c2, d2));
+                } else {
+                    // "midpoint" at third order uses D1_1 with the heun-type coefficient.
+                    terms.push((c1_heun, d1_1));
+                }
+            }
+        }
+        let noise_term = if algo == SinglestepAlgorithm::SdeDpmSolverPlusPlus {
+            Some(sde_noise(h)?)
+        } else {
+            None
+        };
+        let mut lc: Vec<(f64, &T)> = vec![(x_scale, x)];
+        lc.extend(terms.iter().map(|(c, t)| (*c, t)));
+        if let Some((c, z)) = noise_term {
+            lc.push((c, z));
+        }
+        if lc.iter().any(|(c, _)| !c.is_finite()) {
+            return Err(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: format!(
+                    "an order-{order} update at step {idx} with these sigmas (its coefficients are not finite)"
+                ),
+            });
+        }
+        Ok(T::linear_combination(&lc))
+    }
+}
+
+pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
+    json: &Value,
+) -> Result<(Box<dyn Scheduler<T>>, Vec<String>)> {
+    crate::build_boxed::<T, DPMSolverSinglestepConfig, DPMSolverSinglestepScheduler<T>>(
+        json,
+        DPMSolverSinglestepScheduler::new,
+    )
+}
+
+impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T> {
+    fn class_name(&self) -> &'static str {
+        CLASS_NAME
+    }
+
+    fn config(&self) -> Value {
+        crate::config_json(CLASS_NAME, &self.config)
+    }
+
+    fn order(&self) -> usize {
+        1
+    }
+
+    fn num_train_timesteps(&self) -> usize {
+        self.config.num_train_timesteps
+    }
+
+    fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
+        if spec.sigmas.is_some() {
+            return Err(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: "custom sigmas".into(),
+            });
+        }
+        let train = self.config.num_train_timesteps;
+        if let Some(mu) = spec.mu {
+            if !(self.config.use_dynamic_shifting
+                && self.config.time_shift_type == TimeShiftType::Exponential)
+            {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "mu",
+                    value: mu.to_string(),
+                    reason: "needs use_dynamic_shifting with time_shift_type `exponential`".into(),
+                });
+            }
+            if !mu.is_finite() {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "mu",
+                    value: mu.to_string(),
+                    reason: "must be finite".into(),
+                });
+            }
+        }
+        let custom: Option<Vec<f64>> = match (&spec.num_inference_steps, &spec.timesteps) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "num_inference_steps",
+                    value: format!("{:?}", spec.num_inference_steps),
+                    reason: "pass exactly one of num_inference_steps or timesteps".into(),
+                });
+            }
+            (Some(n), None) => {
+                common::check_num_steps(*n, train)?;
+                None
+            }
+            (None, Some(ts)) => {
+                let c = &self.config;
+                if c.use_karras_sigmas || c.use_exponential_sigmas || c.use_beta_sigmas {
+                    return Err(SchedulerError::Unsupported {
+                        class: CLASS_NAME,
+                        what: "custom timesteps with use_karras_sigmas, use_exponential_sigmas or use_beta_sigmas".into(),
+                    });
+                }
+                if ts.is_empty() {
+                    return Err(SchedulerError::InvalidArgument {
+                        field: "timesteps",
+                        value: "[]".into(),
+                        reason: "must not be empty".into(),
+                    });
+                }
+                if let Some(bad) = ts.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+                    return Err(SchedulerError::InvalidArgument {
+                        field: "timesteps",
+                        value: bad.to_string(),
+                        reason: "must be finite and non-negative".into(),
+                    });
+                }
+                // `np.array(timesteps).astype(np.int64)`.
+                Some(ts.iter().map(|t| t.trunc()).collect())
+            }
+        };
+        if let Some(mu) = spec.mu {
+            self.flow_shift = mu.exp();
+        }
+        let n = spec
+            .num_inference_steps
+            .or(custom.as_ref().map(Vec::len))
+            .ok_or_else(missing_steps)?;
+
+        let table = &self.sigma_table;
+        let log_sigmas = log_table_f32(table);
+        let sigma_min = table[0];
+        let sigma_max = table[table.len() - 1];
+        let (sigmas, timesteps): (Vec<f64>, Vec<f64>) = if let Some(ts) = custom {
+            let xp: Vec<f64> = (0..table.len()).map(|i| i as f64).collect();
+            let s = ts.iter().map(|&t| common::interp(t, &xp, table)).collect();
+            (s, ts)
+        } else if self.config.use_karras_sigmas {
+            let s = common::karras_sigmas(sigma_min, sigma_max, n);
+            let t = s
+                .iter()
+                .map(|&x| common::round_half_even(common::sigma_to_t(x, &log_sigmas)))
+                .collect();
+            (s, t)
+        } else if self.config.use_exponential_sigmas || self.config.use_beta_sigmas {
+            let s = if self.config.use_exponential_sigmas {
+                common::exponential_sigmas(sigma_min, sigma_max, n)
+            } else {
+                common::beta_sigmas(sigma_min, sigma_max, n)
+            };
+            let t = s
+                .iter()
+                .map(|&x| common::sigma_to_t(x, &log_sigmas).trunc())
+                .collect();
+            (s, t)
+        } else if self.config.use_flow_sigmas {
+            let shift = self.flow_shift;
+            let alphas = common::linspace(1.0, 1.0 / train as f64, n + 1);
+            let mut s: Vec<f64> = alphas
+                .iter()
+                .map(|a| flow_shifted(1.0 - a, shift))
+                .collect();
+            s.reverse();
+            s.pop();
+            let t = s.iter().map(|x| (x * train as f64).trunc()).collect();
+            (s, t)
+        } else {
+            // Clip the high-noise end where lambda falls below `lambda_min_clipped`.
+            let clip = self.config.lambda_min_clipped as f32;
+            let clipped = self
+                .lambda_table
+                .iter()
+                .filter(|&&l| (l as f32) < clip)
+                .count();
+            let top = (train - 1).saturating_sub(clipped) as f64;
+            let mut t: Vec<f64> = common::linspace(0.0, top, n + 1)
+                .into_iter()
+                .map(common::round_half_even)
+                .collect();
+            t.reverse();
+            t.pop();
+            let xp: Vec<f64> = (0..table.len()).map(|i| i as f64).collect();
+            let s = t.iter().map(|&x| common::interp(x, &xp, table)).collect();
+            (s, t)
+        };
+        let sigma_last = match self.config.final_sigmas_type {
+            FinalSigmasType::SigmaMin => table[0],
+            FinalSigmasType::Zero => 0.0,
+        };
+        let mut sigmas: Vec<f64> = sigmas.into_iter().map(common::f32r).collect();
+        sigmas.push(common::f32r(sigma_last));
+
+        self.sigmas = sigmas;
+        self.timesteps = timesteps;
+        self.num_inference_steps = Some(n);
+        self.model_outputs = vec![None; self.config.solver_order];
+        self.group_sample = None;
+        if !self.config.lower_order_final && n % self.config.solver_order != 0 {
+            self.config.lower_order_final = true;
+        }
+        if !self.config.lower_order_final && self.config.final_sigmas_type == FinalSigmasType::Zero
+        {
+            self.config.lower_order_final = true;
+        }
+        self.order_list = self.get_order_list(n);
+        self.index.reset();
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
+    }
+
+    fn step(
+        &mut self,
+        model_output: &T,
+        t: f64,
+        sample: &T,
+        _options: &StepOptions,
+        noise: &mut dyn NoiseSource<T>,
+    ) -> Result<StepOutput<T>> {
+        if self.num_inference_steps.is_none() {
+            return Err(SchedulerError::NotInitialized("step"));
+        }
+        common::check_step_inputs(model_output, sample)?;
+        let idx = self.index.current(t, &self.timesteps)?;
+        if idx >= self.timesteps.len() || idx >= self.order_list.len() {
+            return Err(SchedulerError::PastLastStep(idx));
+        }
+        let converted = self.convert(model_output, sample, idx)?;
+        let z = if self.config.algorithm_type == SinglestepAlgorithm::SdeDpmSolverPlusPlus {
+            Some(noise.noise(model_output)?)
+        } else {
+            None
+        };
+        let k = self.config.solver_order;
+        // The history as it will be after this step, newest last.
+        let mut history: Vec<Option<&T>> =
+            self.model_outputs[1..].iter().map(Option::as_ref).collect();
+        history.push(Some(&converted));
+        let mut order = self.order_list[idx].min(k);
+        while order > 1 && history[k - order].is_none() {
+            order -= 1;
+        }
+        let start = if order == 1 {
+            sample
+        } else {
+            self.group_sample.as_ref().unwrap_or(sample)
+        };
+        let outputs: Vec<&T> = history.iter().flatten().copied().collect();
+        let prev = self.update(&outputs, start, idx, order, z.as_ref())?;
+        // Commit the new state.
+        if order == 1 {
+            self.group_sample = Some(sample.clone());
+        }
+        self.model_outputs.remove(0);
+        self.model_outputs.push(Some(converted));
+        self.index.advance();
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: None,
+        })
+    }
+
+    fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        sigma_add_noise(
+            &self.sigmas,
+            &self.timesteps,
+            &self.index,
+            self.flow(),
+            original,
+            noise,
+            timesteps,
+        )
+    }
+
+    fn set_begin_index(&mut self, begin: usize) {
+        self.index.begin_index = Some(begin);
+    }
+
+    fn begin_index(&self) -> Option<usize> {
+        self.index.begin_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{abs_sum_mean, dummy_model, dummy_sample_deter, full_loop};
+    use crate::{CpuTensor, NoNoise};
+    use serde_json::json;
+
+    type S = DPMSolverSinglestepScheduler<CpuTensor>;
+
+    /// diffusers' `DPMSolverSinglestepSchedulerTest.get_scheduler_config`.
+    fn base() -> Value {
+        json!({"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+            "beta_schedule": "linear", "solver_order": 2, "prediction_type": "epsilon",
+            "thresholding": false, "sample_max_value": 1.0, "algorithm_type": "dpmsolver++",
+            "solver_type": "midpoint", "variance_type": null,
+            // The published values below were computed when `sigma_min` was the default.
+            "final_sigmas_type": "sigma_min"})
+    }
+
+    fn with(mut v: Value, key: &str, val: Value) -> Value {
+        v[key] = val;
+        v
+    }
+
+    fn build_s(config: Value) -> Box<dyn Scheduler<CpuTensor>> {
+        crate::from_config_as::<CpuTensor>(CLASS_NAME, &config)
+            .unwrap()
+            .scheduler
+    }
+
+    fn mean_of_loop(config: Value) -> f64 {
+        let mut s = build_s(config);
+        s.set_timesteps(10).unwrap();
+        let x = full_loop(
+            s.as_mut(),
+            &dummy_sample_deter(),
+            &StepOptions::default(),
+            &mut NoNoise,
+        )
+        .unwrap();
+        abs_sum_mean(&x).1
+    }
+
+    /// diffusers' published `test_full_loop_*` values.
+    #[test]
+    fn published_full_loops() {
+        let cases = [
+            (base(), 0.2791),
+            (
+                with(base(), "prediction_type", json!("v_prediction")),
+                0.1453,
+            ),
+            (with(base(), "use_karras_sigmas", json!(true)), 0.2248),
+            (
+                with(
+                    with(base(), "use_karras_sigmas", json!(true)),
+                    "prediction_type",
+                    json!("v_prediction"),
+                ),
+                0.0649,
+            ),
+        ];
+        for (config, expected) in cases {
+            let mean = mean_of_loop(config.clone());
+            assert!(
+                (mean - expected).abs() < 1e-3,
+                "{config}: {mean} vs {expected}"
+            );
+        }
+    }
+
+    /// diffusers' `test_full_uneven_loop`: 50 steps, starting at the fourth timestep.
+    #[test]
+    fn published_uneven_loop() {
+        let mut s = build_s(base());
+        s.set_timesteps(50).unwrap();
+        let mut x = dummy_sample_deter();
+        let timesteps: Vec<f64> = s.timesteps()[3..].to_vec();
+        for t in timesteps {
+            let eps = dummy_model(&x, t);
+            x = s
+                .step(&eps, t, &x, &StepOptions::default(), &mut NoNoise)
+                .unwrap()
+                .prev_sample;
+        }
+        let mean = abs_sum_mean(&x).1;
+        assert!((mean - 0.2574).abs() < 1e-3, "{mean}");
+    }
+
+    /// diffusers' `test_full_loop_with_noise`: img2img from the sixth timestep.
+    #[test]
+    fn published_loop_with_noise() {
+        let mut s = build_s(base());
+        s.set_timesteps(10).unwrap();
+        let sample = dummy_sample_deter();
+        let n = sample.numel();
+        // `dummy_noise_deter`: the reversed ramp of `dummy_sample_deter`.
+        let noise = CpuTensor::new(
+            sample
+                .data()
+                .iter()
+                .map(|v| ((n - 1) as f64 / n as f64 - *v as f64) as f32)
+                .collect(),
+            sample.shape(),
+        )
+        .unwrap();
+        let timesteps = s.timesteps()[5..].to_vec();
+        let mut x = s.add_noise(&sample, &noise, &timesteps[..1]).unwrap();
+        for t in timesteps {
+            let eps = dummy_model(&x, t);
+            x = s
+                .step(&eps, t, &x, &StepOptions::default(), &mut NoNoise)
+                .unwrap()
+                .prev_sample;
+        }
+        let (sum, mean) = abs_sum_mean(&x);
+        assert!(
+            (sum - 269.2187).abs() < 1e-2 && (mean - 0.3505).abs() < 1e-3,
+            "{sum} {mean}"
+        );
+    }
+
+    #[test]
+    fn order_lists_and_lower_order_final_as_diffusers() {
+        let run = |extra: Value, n: usize| -> (Vec<usize>, bool) {
+            let mut config = json!({});
+            for (k, v) in extra.as_object().unwrap() {
+                config[k] = v.clone();
+            }
+            let (c, _) = crate::config::parse_config::<DPMSolverSinglestepConfig>(&config).unwrap();
+            let mut s = S::new(c).unwrap();
+            Scheduler::<CpuTensor>::set_timesteps(&mut s, n).unwrap();
+            (s.order_list().to_vec(), s.config().lower_order_final)
+        };
+        assert_eq!(
+            run(json!({"solver_order": 3}), 7),
+            (vec![1, 2, 3, 1, 2, 3, 1], true)
+        );
+        assert_eq!(
+            run(json!({"solver_order": 3}), 9),
+            (vec![1, 2, 3, 1, 2, 3, 1, 2, 1], true)
+        );
+        assert_eq!(
+            run(
+                json!({"solver_order": 3, "final_sigmas_type": "sigma_min"}),
+                9
+            ),
+            (vec![1, 2, 3, 1, 2, 3, 1, 2, 3], false)
+        );
+        assert_eq!(
+            run(json!({"solver_order": 2}), 6),
+            (vec![1, 2, 1, 2, 1, 1], true)
+        );
+        assert_eq!(
+            run(
+                json!({"solver_order": 2, "final_sigmas_type": "sigma_min"}),
+                5
+            ),
+            (vec![1, 2, 1, 2, 1], true)
+        );
+        // lambda_min_clipped trims the high-noise end (diffusers: [995, 796, 597, 398, 199]).
+        let mut s =
+            build_s(json!({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}));
+        s.set_timesteps(5).unwrap();
+        assert_eq!(s.timesteps(), &[995.0, 796.0, 597.0, 398.0, 199.0]);
+    }
+
+    #[test]
+    fn config_round_trips() {
+        let s = build_s(json!({"algorithm_type": "deis", "solver_type": "bh1",
+            "final_sigmas_type": "sigma_min", "lambda_min_clipped": -5.1}));
+        let config = s.config();
+        assert_eq!(config["algorithm_type"], "dpmsolver++");
+        assert_eq!(config["solver_type"], "midpoint");
+        assert_eq!(config["_class_name"], CLASS_NAME);
+        let again = build_s(config.clone());
+        assert_eq!(again.config(), config);
+        // The default lambda_min_clipped (-inf) serializes as null and parses back.
+        let d = build_s(json!({}));
+        assert!(d.config()["lambda_min_clipped"].is_null());
+        assert_eq!(build_s(d.config()).config(), d.config());
+    }
+
+    fn config_err(config: Value) -> SchedulerError {
+        match crate::from_config_as::<CpuTensor>(CLASS_NAME, &config) {
+            Err(e) => e,
+            Ok(_) => panic!("{config} was accepted"),
+        }
+    }
+
+    fn assert_field(err: SchedulerError, name: &str) {
+        assert!(
+            matches!(&err, SchedulerError::InvalidValue { field, .. } if field == name),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        assert_field(config_err(json!({"solver_order": 4})), "solver_order");
+        assert_field(config_err(json!({"solver_order": 0})), "solver_order");
+        assert_field(
+            config_err(json!({"algorithm_type": "dpmsolver"})),
+            "final_sigmas_type",
+        );
+        assert_field(
+            config_err(json!({"algorithm_type": "deis"})),
+            "final_sigmas_type",
+        );
+        assert_field(
+            config_err(
+                json!({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min",
+                "thresholding": true}),
+            ),
+            "thresholding",
+        );
+        assert_field(
+            config_err(
+                json!({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min",
+                "prediction_type": "flow_prediction"}),
+            ),
+            "prediction_type",
+        );
+        assert_field(
+            config_err(json!({"use_karras_sigmas": true, "use_beta_sigmas": true})),
+            "use_karras_sigmas",
+        );
+        assert_field(
+            config_err(json!({"beta_schedule": "sigmoid"})),
+            "beta_schedule",
+        );
+        assert!(matches!(
+            config_err(json!({"algorithm_type": "dpmsolver+++"})),
+            SchedulerError::InvalidConfig { field, .. } if field == "algorithm_type"
+        ));
+        assert!(matches!(
+            config_err(json!({"solver_type": "euler"})),
+            SchedulerError::InvalidConfig { field, .. } if field == "solver_type"
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_calls() {
+        let mut s = build_s(json!({}));
+        let x = CpuTensor::zeros(vec![1, 3, 2, 2]);
+        let opts = StepOptions::default();
+        assert!(matches!(
+            s.step(&x, 999.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::NotInitialized(_))
+        ));
+        assert!(s.set_timesteps(0).is_err());
+        assert!(s.set_timesteps(1001).is_err());
+        let sigmas = TimestepSpec {
+            sigmas: Some(vec![1.0, 0.5]),
+            ..TimestepSpec::default()
+        };
+        assert!(matches!(
+            s.set_timesteps_with(&sigmas),
+            Err(SchedulerError::Unsupported { .. })
+        ));
+        let both = TimestepSpec {
+            num_inference_steps: Some(3),
+            timesteps: Some(vec![900.0, 500.0, 100.0]),
+            ..TimestepSpec::default()
+        };
+        assert!(s.set_timesteps_with(&both).is_err());
+        let mu = TimestepSpec {
+            num_inference_steps: Some(3),
+            mu: Some(0.5),
+            ..TimestepSpec::default()
+        };
+        assert!(matches!(
+            s.set_timesteps_with(&mu),
+            Err(SchedulerError::InvalidArgument { field: "mu", .. })
+        ));
+        let mut k = build_s(json!({"use_karras_sigmas": true}));
+        let custom = TimestepSpec {
+            timesteps: Some(vec![900.0, 500.0, 100.0]),
+            ..TimestepSpec::default()
+        };
+        assert!(matches!(
+            k.set_timesteps_with(&custom),
+            Err(SchedulerError::Unsupported { .. })
+        ));
+
+        s.set_timesteps(2).unwrap();
+        let y = CpuTensor::zeros(vec![1, 3, 2, 3]);
+        assert!(matches!(
+            s.step(&y, 999.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::ShapeMismatch { .. })
+        ));
+        let nan = CpuTensor::new(vec![f32::NAN; 12], vec![1, 3, 2, 2]).unwrap();
+        assert!(matches!(
+            s.step(&nan, 999.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::NonFinite("model_output"))
+        ));
+        assert!(matches!(
+            s.step(&x, 998.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::UnknownTimestep(_))
+        ));
+        for t in s.timesteps().to_vec() {
+            s.step(&x, t, &x, &opts, &mut NoNoise).unwrap();
+        }
+        assert!(matches!(
+            s.step(&x, 999.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::PastLastStep(2))
+        ));
+
+        // The SDE variant asks for one noise tensor per step.
+        let mut sde = build_s(json!({"algorithm_type": "sde-dpmsolver++"}));
+        sde.set_timesteps(2).unwrap();
+        assert!(matches!(
+            sde.step(&x, 999.0, &x, &opts, &mut NoNoise),
+            Err(SchedulerError::NoiseExhausted { .. })
+        ));
+        let mut q = crate::QueuedNoise::new(vec![x.clone(), x.clone()]);
+        for t in sde.timesteps().to_vec() {
+            sde.step(&x, t, &x, &opts, &mut q).unwrap();
+        }
+        assert_eq!(q.used(), 2);
+    }
+
+    #[test]
+    fn torch_linspace_is_bit_exact() {
+        // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32)[[1, 7, 500, 998]]
+        let v = torch_linspace_f32(0.0001, 0.02, 1000);
+        let want = [
+            0.00011991991777904332,
+            0.00023943943961057812,
+            0.010059959255158901,
+            0.01998008042573929,
+        ];
+        for (i, w) in [1usize, 7, 500, 998].iter().zip(want) {
+            assert_eq!(v[*i], w, "index {i}");
+        }
+    }
+}
