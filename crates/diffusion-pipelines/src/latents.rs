@@ -60,7 +60,10 @@ impl<B: Backend, const D: usize> SchedulerTensor for Latents<B, D> {
         let frac = (pos - lo as f64) as f32;
         let v_lo = sorted.clone().narrow(1, lo, 1);
         let v_hi = sorted.narrow(1, hi, 1);
-        let s = (v_lo.clone() + (v_hi - v_lo).mul_scalar(frac)).clamp(1.0f32, max as f32);
+        // torch.clamp(s, min=1, max): `max` wins when it is below 1.
+        let s = (v_lo.clone() + (v_hi - v_lo).mul_scalar(frac))
+            .clamp_min(1.0f32)
+            .clamp_max(max as f32);
         let s = s.expand([batch, per]);
         let clamped = flat.max_pair(s.clone().neg()).min_pair(s.clone()) / s;
         Latents(clamped.reshape(dims))

@@ -76,10 +76,13 @@ where
         .as_object()
         .ok_or_else(|| SchedulerError::InvalidJson(format!("expected an object, got {json}")))?;
     // Metadata keys never reach serde; `null` means "use the default" for every
-    // field, as diffusers treats `None`.
+    // field, as diffusers treats `None`; fields listed in `_use_default_values`
+    // took the source class's default and take ours instead (diffusers'
+    // `extract_init_dict`).
+    let used_defaults = used_default_fields(json);
     let fields: Map<String, Value> = object
         .iter()
-        .filter(|(k, v)| !k.starts_with('_') && !v.is_null())
+        .filter(|(k, v)| !k.starts_with('_') && !v.is_null() && !used_defaults.contains(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let config: C =
@@ -100,6 +103,32 @@ where
         .collect();
     ignored.sort();
     Ok((config, ignored))
+}
+
+/// The names in a config's `_use_default_values` list.
+fn used_default_fields(json: &Value) -> Vec<String> {
+    json.get("_use_default_values")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The fields a config sets explicitly: present, not `null`, not metadata, not
+/// listed in `_use_default_values`.
+pub(crate) fn given_fields(json: &Value) -> Vec<String> {
+    let used_defaults = used_default_fields(json);
+    json.as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, v)| !k.starts_with('_') && !v.is_null() && !used_defaults.contains(*k))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Shorthand for building an [`SchedulerError::InvalidValue`].

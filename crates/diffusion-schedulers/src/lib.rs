@@ -136,7 +136,7 @@ pub fn from_config_str<T: SchedulerTensor + Send + 'static>(text: &str) -> Resul
 }
 
 /// Shared by the `build` function of every scheduler module: parse the config,
-/// construct, and box.
+/// construct, and box, remembering which fields took their defaults.
 pub(crate) fn build_boxed<T, C, S>(
     json: &Value,
     new: impl FnOnce(C) -> Result<S>,
@@ -147,7 +147,90 @@ where
     S: Scheduler<T> + 'static,
 {
     let (config, ignored) = config::parse_config::<C>(json)?;
-    Ok((Box::new(new(config)?), ignored))
+    let given = config::given_fields(json);
+    let defaults = match serde_json::to_value(&config) {
+        Ok(Value::Object(all)) => all
+            .keys()
+            .filter(|k| !given.contains(*k))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((
+        Box::new(WithDefaults {
+            inner: new(config)?,
+            defaults,
+        }),
+        ignored,
+    ))
+}
+
+/// A scheduler plus the config fields that took the class default, which its
+/// `config()` reports as diffusers' `_use_default_values`: when that config
+/// builds another class, those fields take the other class's defaults instead
+/// (DDIM's `timestep_spacing = "leading"` does not leak into DPM-Solver).
+struct WithDefaults<S> {
+    inner: S,
+    defaults: Vec<String>,
+}
+
+impl<T: SchedulerTensor, S: Scheduler<T>> Scheduler<T> for WithDefaults<S> {
+    fn class_name(&self) -> &'static str {
+        self.inner.class_name()
+    }
+    fn config(&self) -> Value {
+        let mut v = self.inner.config();
+        if let Some(map) = v.as_object_mut() {
+            map.insert(
+                "_use_default_values".into(),
+                serde_json::json!(self.defaults),
+            );
+        }
+        v
+    }
+    fn order(&self) -> usize {
+        self.inner.order()
+    }
+    fn num_train_timesteps(&self) -> usize {
+        self.inner.num_train_timesteps()
+    }
+    fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
+        self.inner.set_timesteps_with(spec)
+    }
+    fn timesteps(&self) -> &[f64] {
+        self.inner.timesteps()
+    }
+    fn sigmas(&self) -> Option<&[f64]> {
+        self.inner.sigmas()
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        self.inner.init_noise_sigma()
+    }
+    fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
+        self.inner.scale_model_input(sample, t)
+    }
+    fn step(
+        &mut self,
+        model_output: &T,
+        t: f64,
+        sample: &T,
+        options: &StepOptions,
+        noise: &mut dyn NoiseSource<T>,
+    ) -> Result<StepOutput<T>> {
+        self.inner.step(model_output, t, sample, options, noise)
+    }
+    fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        self.inner.add_noise(original, noise, timesteps)
+    }
+    fn get_velocity(&self, sample: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        self.inner.get_velocity(sample, noise, timesteps)
+    }
+    fn set_begin_index(&mut self, begin: usize) {
+        self.inner.set_begin_index(begin)
+    }
+    fn begin_index(&self) -> Option<usize> {
+        self.inner.begin_index()
+    }
 }
 
 /// Serialize a config with its `_class_name`, for [`Scheduler::config`].

@@ -204,7 +204,8 @@ impl SchedulerTensor for CpuTensor {
         for item in self.data.chunks(per.max(1)) {
             let mut abs: Vec<f32> = item.iter().map(|v| v.abs()).collect();
             abs.sort_by(f32::total_cmp);
-            let s = quantile_sorted(&abs, ratio).clamp(1.0, max) as f32;
+            // torch.clamp(s, min=1, max): `max` wins when it is below 1.
+            let s = quantile_sorted(&abs, ratio).max(1.0).min(max) as f32;
             data.extend(item.iter().map(|v| v.max(-s).min(s) / s));
         }
         Self {
