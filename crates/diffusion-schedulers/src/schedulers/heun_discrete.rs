@@ -1,1 +1,1034 @@
-crate::placeholder_scheduler!("HeunDiscreteScheduler");
+//! `HeunDiscreteScheduler`: Heun's second-order method over the discrete sigmas of
+//! a beta schedule (Karras et al. 2022, Algorithm 1 with `gamma = 0`).
+//!
+//! Every inference step but the last takes two model evaluations: the schedule is
+//! `[t0, t1, t1, t2, t2, ...]`. The first evaluation of a pair takes an Euler step
+//! and remembers its derivative, `dt` and the sample it started from; the second
+//! averages both derivatives and redoes the step from the remembered sample. The
+//! final step (to sigma 0) is a plain Euler step.
+//!
+//! This file also holds the sigma-table helpers shared with the two KDPM2
+//! schedulers (`k_dpm_2_discrete`, `k_dpm_2_ancestral_discrete`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::common::{self, StepIndex};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::error::{Result, SchedulerError};
+use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::tensor::{NoiseSource, SchedulerTensor};
+
+pub const CLASS_NAME: &str = "HeunDiscreteScheduler";
+
+/// The beta schedules Heun accepts: diffusers' three shared ones plus `"exp"`
+/// (`betas_for_alpha_bar` with `alpha_bar(t) = exp(-12 t)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeunBetaSchedule {
+    Linear,
+    ScaledLinear,
+    #[serde(rename = "squaredcos_cap_v2")]
+    SquaredcosCapV2,
+    Exp,
+}
+
+/// diffusers' `HeunDiscreteScheduler` config, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeunDiscreteConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: HeunBetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub prediction_type: PredictionType,
+    pub use_karras_sigmas: bool,
+    pub use_exponential_sigmas: bool,
+    pub use_beta_sigmas: bool,
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: usize,
+}
+
+impl Default for HeunDiscreteConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: HeunBetaSchedule::Linear,
+            trained_betas: None,
+            prediction_type: PredictionType::Epsilon,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            timestep_spacing: TimestepSpacing::Linspace,
+            steps_offset: 0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sigma-table helpers shared by Heun, KDPM2 and KDPM2 ancestral.
+// ---------------------------------------------------------------------------
+
+/// Which inference sigmas replace the interpolated ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SigmaKind {
+    Interpolated,
+    Karras,
+    Exponential,
+    Beta,
+}
+
+impl SigmaKind {
+    /// From the three `use_*_sigmas` flags; diffusers refuses more than one.
+    pub(crate) fn from_flags(karras: bool, exponential: bool, beta: bool) -> Result<Self> {
+        match (karras, exponential, beta) {
+            (false, false, false) => Ok(Self::Interpolated),
+            (true, false, false) => Ok(Self::Karras),
+            (false, true, false) => Ok(Self::Exponential),
+            (false, false, true) => Ok(Self::Beta),
+            _ => Err(invalid(
+                "use_karras_sigmas",
+                format!("karras={karras}, exponential={exponential}, beta={beta}"),
+                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set",
+            )),
+        }
+    }
+}
+
+/// `betas_for_alpha_bar` with `alpha_bar(t) = exp(-12 t)`, as `f32`.
+pub(crate) fn exp_betas(n: usize) -> Vec<f64> {
+    let alpha_bar = |t: f64| (t * -12.0).exp();
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            common::f32r((1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999))
+        })
+        .collect()
+}
+
+/// The training sigma table `((1 - a) / a) ** 0.5` and its log, evaluated in
+/// `f32` exactly as diffusers' `float32` tensors are.
+#[derive(Debug, Clone)]
+pub(crate) struct SigmaTable {
+    pub sigmas: Vec<f64>,
+    pub log_sigmas: Vec<f64>,
+    log_sigmas_f32: Vec<f32>,
+}
+
+impl SigmaTable {
+    pub(crate) fn new(alphas_cumprod: &[f64]) -> Self {
+        let s32: Vec<f32> = alphas_cumprod
+            .iter()
+            .map(|&a| {
+                let a = a as f32;
+                ((1.0f32 - a) / a).sqrt()
+            })
+            .collect();
+        let log_sigmas_f32: Vec<f32> = s32.iter().map(|s| s.ln()).collect();
+        Self {
+            sigmas: s32.iter().map(|&s| s as f64).collect(),
+            log_sigmas: log_sigmas_f32.iter().map(|&l| l as f64).collect(),
+            log_sigmas_f32,
+        }
+    }
+
+    /// `_sigma_to_t` for an `f64` sigma (diffusers' numpy path).
+    pub(crate) fn sigma_to_t(&self, sigma: f64) -> f64 {
+        common::sigma_to_t(sigma, &self.log_sigmas)
+    }
+
+    /// `_sigma_to_t` for an `f32` torch sigma (the interpolated timesteps of the
+    /// KDPM2 schedulers): every operation in `f32`, NaN in -> NaN out.
+    pub(crate) fn sigma_to_t_f32(&self, sigma: f32) -> f32 {
+        let table = &self.log_sigmas_f32;
+        let log_sigma = if sigma.is_nan() {
+            f32::NAN
+        } else {
+            sigma.max(1e-10f32).ln()
+        };
+        let count = table.iter().filter(|&&ls| log_sigma - ls >= 0.0).count();
+        let low_idx = if count == 0 {
+            0
+        } else {
+            (count - 1).min(table.len() - 2)
+        };
+        let high_idx = low_idx + 1;
+        let (low, high) = (table[low_idx], table[high_idx]);
+        let w = (low - log_sigma) / (low - high);
+        let w = if w.is_nan() { w } else { w.clamp(0.0, 1.0) };
+        (1.0 - w) * low_idx as f32 + w * high_idx as f32
+    }
+}
+
+/// diffusers' inference timesteps for a spacing (descending, `f32` values).
+pub(crate) fn spaced_timesteps(
+    spacing: TimestepSpacing,
+    train: usize,
+    n: usize,
+    steps_offset: usize,
+) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => common::linspace(0.0, (train - 1) as f64, n)
+            .into_iter()
+            .rev()
+            .map(common::f32r)
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = (train / n) as f64;
+            (0..n)
+                .rev()
+                .map(|i| {
+                    common::f32r(common::round_half_even(i as f64 * ratio)) + steps_offset as f64
+                })
+                .map(common::f32r)
+                .collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = train as f64 / n as f64;
+            common::arange(train as f64, 0.0, -ratio)
+                .into_iter()
+                .map(|t| common::f32r(common::round_half_even(t)) - 1.0)
+                .collect()
+        }
+    }
+}
+
+/// The inference sigmas (without the final 0) for `timesteps`, and the
+/// timesteps that go with them: interpolated from the training table, or
+/// replaced by a Karras/exponential/beta schedule whose timesteps come from
+/// `_sigma_to_t` (rounded when `round_timesteps`, as KDPM2 does for Karras).
+pub(crate) fn inference_sigmas(
+    table: &SigmaTable,
+    timesteps: Vec<f64>,
+    num_inference_steps: usize,
+    kind: SigmaKind,
+    round_karras_timesteps: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let xp: Vec<f64> = (0..table.sigmas.len()).map(|i| i as f64).collect();
+    let sigmas: Vec<f64> = timesteps
+        .iter()
+        .map(|&t| common::interp(t, &xp, &table.sigmas))
+        .collect();
+    let n = num_inference_steps;
+    let (min, max) = (sigmas[sigmas.len() - 1], sigmas[0]);
+    let replaced = match kind {
+        SigmaKind::Interpolated => return (timesteps, sigmas),
+        SigmaKind::Karras => common::karras_sigmas(min, max, n),
+        SigmaKind::Exponential => common::exponential_sigmas(min, max, n),
+        SigmaKind::Beta => common::beta_sigmas(min, max, n),
+    };
+    let ts = replaced
+        .iter()
+        .map(|&s| {
+            let t = table.sigma_to_t(s);
+            if round_karras_timesteps && kind == SigmaKind::Karras {
+                common::round_half_even(t)
+            } else {
+                t
+            }
+        })
+        .collect();
+    (ts, replaced)
+}
+
+/// `torch.cat([x[:1], x[1:].repeat_interleave(2), x[-1:]])`.
+pub(crate) fn interleave_tail_f32(x: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(2 * x.len());
+    out.push(x[0]);
+    for &v in &x[1..] {
+        out.push(v);
+        out.push(v);
+    }
+    out.push(x[x.len() - 1]);
+    out
+}
+
+/// `sigma` for the sigma-based `add_noise` of the Karras family, with diffusers'
+/// index rules: no begin index -> look each timestep up; during denoising -> the
+/// current step; before it -> the begin index.
+pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
+    index: &StepIndex,
+    timesteps: &[f64],
+    sigmas: &[f64],
+    original: &T,
+    noise: &T,
+    at: &[f64],
+) -> Result<T> {
+    check_batch_timesteps(original, noise, at)?;
+    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
+        (None, _) => at
+            .iter()
+            .map(|&t| StepIndex::index_for_timestep(t, timesteps))
+            .collect::<Result<_>>()?,
+        (Some(_), Some(i)) => vec![i; at.len()],
+        (Some(b), None) => vec![b; at.len()],
+    };
+    let s = indices
+        .iter()
+        .map(|&i| {
+            sigmas
+                .get(i)
+                .copied()
+                .ok_or(SchedulerError::PastLastStep(i))
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    Ok(T::linear_combination(&[
+        (1.0, original),
+        (1.0, &noise.scale_batch(&s)),
+    ]))
+}
+
+/// `x0` from a model output at noise level `sigma` (epsilon or v-prediction of a
+/// variance-exploding model; `sample` returns the output itself).
+pub(crate) fn sigma_prediction<T: SchedulerTensor>(
+    prediction_type: PredictionType,
+    model_output: &T,
+    sample: &T,
+    sigma: f64,
+) -> T {
+    match prediction_type {
+        PredictionType::Epsilon => T::linear_combination(&[(1.0, sample), (-sigma, model_output)]),
+        PredictionType::VPrediction => {
+            let s2 = common::f32r(common::f32r(sigma * sigma) + 1.0);
+            let c_out = common::f32r(-sigma / common::f32r(s2.sqrt()));
+            T::linear_combination(&[(c_out, model_output), (1.0 / s2, sample)])
+        }
+        _ => model_output.clone(),
+    }
+}
+
+/// `(sample - x0) / sigma`, with the difference rounded first as in torch.
+pub(crate) fn ode_derivative<T: SchedulerTensor>(sample: &T, x0: &T, sigma: f64) -> T {
+    T::linear_combination(&[(1.0, sample), (-1.0, x0)]).scale(1.0 / sigma)
+}
+
+/// `init_noise_sigma` of the Karras family: the largest sigma, or
+/// `sqrt(max^2 + 1)` (in `f32`) for `leading` spacing.
+pub(crate) fn karras_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
+    let max = sigmas.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s)) as f32;
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
+        TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
+    }
+}
+
+/// `sample / sqrt(sigma^2 + 1)` with the denominator in `f32`.
+pub(crate) fn karras_scale_input<T: SchedulerTensor>(sample: &T, sigma: f64) -> T {
+    let s = sigma as f32;
+    let d = (s * s + 1.0).sqrt();
+    sample.scale(1.0 / d as f64)
+}
+
+/// `torch.linspace(start, end, n, dtype=torch.float32)` bit for bit: torch computes
+/// `step = (end - start) / (n - 1)` in `f32`, then `fma(step, i, start)` for the
+/// first half and `fma(-step, n - 1 - i, end)` for the second. (The `f64` product
+/// of an `f32` and a small integer is exact, so one rounding to `f32` is the FMA.)
+pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
+    let (s, e) = (start as f32, end as f32);
+    if n == 1 {
+        return vec![s as f64];
+    }
+    let step = ((e - s) / (n - 1) as f32) as f64;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            let v = if i < half {
+                s as f64 + step * i as f64
+            } else {
+                e as f64 - step * (n - 1 - i) as f64
+            };
+            common::f32r(v)
+        })
+        .collect()
+}
+
+/// The training `alphas_cumprod` of the Karras-family configs, with the betas
+/// built exactly as diffusers' `float32` torch code builds them.
+pub(crate) fn karras_alphas_cumprod(
+    num_train_timesteps: usize,
+    beta_start: f64,
+    beta_end: f64,
+    schedule: HeunBetaSchedule,
+    trained_betas: Option<&[f64]>,
+) -> Vec<f64> {
+    let n = num_train_timesteps;
+    let betas: Vec<f64> = match (trained_betas, schedule) {
+        (Some(b), _) => b.iter().map(|&v| common::f32r(v)).collect(),
+        (None, HeunBetaSchedule::Linear) => torch_linspace_f32(beta_start, beta_end, n),
+        (None, HeunBetaSchedule::ScaledLinear) => {
+            torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| common::f32r(b * b))
+                .collect()
+        }
+        (None, HeunBetaSchedule::SquaredcosCapV2) => common::betas_for_alpha_bar_cosine(n, 0.999)
+            .into_iter()
+            .map(common::f32r)
+            .collect(),
+        (None, HeunBetaSchedule::Exp) => exp_betas(n),
+    };
+    common::cumprod_alphas(&betas)
+}
+
+/// Config checks shared by the Karras family.
+pub(crate) fn validate_karras_config(
+    num_train_timesteps: usize,
+    beta_start: f64,
+    beta_end: f64,
+    schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+    prediction_type: PredictionType,
+    class: &str,
+) -> Result<()> {
+    validate_betas(
+        num_train_timesteps,
+        beta_start,
+        beta_end,
+        schedule,
+        trained_betas,
+    )?;
+    if schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
+        return Err(invalid(
+            "beta_schedule",
+            "sigmoid",
+            format!("not implemented for {class}"),
+        ));
+    }
+    if prediction_type == PredictionType::FlowPrediction {
+        return Err(invalid(
+            "prediction_type",
+            "flow_prediction",
+            format!("not supported by {class}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `num_inference_steps` of a spec that takes no custom schedule.
+pub(crate) fn required_steps(spec: &TimestepSpec, class: &'static str) -> Result<usize> {
+    if spec.timesteps.is_some() || spec.sigmas.is_some() {
+        return Err(SchedulerError::Unsupported {
+            class,
+            what: "custom timesteps or sigmas".into(),
+        });
+    }
+    spec.num_inference_steps
+        .ok_or(SchedulerError::InvalidArgument {
+            field: "num_inference_steps",
+            value: "None".into(),
+            reason: "required".into(),
+        })
+}
+
+// ---------------------------------------------------------------------------
+// The Heun scheduler.
+// ---------------------------------------------------------------------------
+
+/// State kept between the two halves of a Heun step.
+#[derive(Debug, Clone)]
+struct FirstHalf<T> {
+    derivative: T,
+    dt: f64,
+    sample: T,
+}
+
+/// Heun's method over discrete sigmas.
+#[derive(Debug, Clone)]
+pub struct HeunDiscreteScheduler<T> {
+    config: HeunDiscreteConfig,
+    kind: SigmaKind,
+    table: SigmaTable,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    num_inference_steps: Option<usize>,
+    index: StepIndex,
+    first_half: Option<FirstHalf<T>>,
+}
+
+impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
+    pub fn new(config: HeunDiscreteConfig) -> Result<Self> {
+        let kind = SigmaKind::from_flags(
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        )?;
+        let shared_schedule = match config.beta_schedule {
+            HeunBetaSchedule::Linear => BetaSchedule::Linear,
+            HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
+            _ => BetaSchedule::SquaredcosCapV2,
+        };
+        validate_karras_config(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            shared_schedule,
+            config.trained_betas.as_deref(),
+            config.prediction_type,
+            CLASS_NAME,
+        )?;
+        if config.clip_sample
+            && !(config.clip_sample_range.is_finite() && config.clip_sample_range > 0.0)
+        {
+            return Err(invalid(
+                "clip_sample_range",
+                config.clip_sample_range,
+                "must be a positive number",
+            ));
+        }
+        let ac = karras_alphas_cumprod(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas.as_deref(),
+        );
+        let table = SigmaTable::new(&ac);
+        let mut s = Self {
+            config,
+            kind,
+            table,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
+            num_inference_steps: None,
+            index: StepIndex::default(),
+            first_half: None,
+        };
+        // diffusers lays out the full training schedule at construction.
+        let train = s.config.num_train_timesteps;
+        let ts = spaced_timesteps(
+            s.config.timestep_spacing,
+            train,
+            train,
+            s.config.steps_offset,
+        );
+        s.layout(ts, train);
+        Ok(s)
+    }
+
+    pub fn config(&self) -> &HeunDiscreteConfig {
+        &self.config
+    }
+
+    /// Whether the next `step` is the first half of a Heun pair (or a lone Euler step).
+    pub fn state_in_first_order(&self) -> bool {
+        self.first_half.is_none()
+    }
+
+    fn layout(&mut self, timesteps: Vec<f64>, num_inference_steps: usize) {
+        let (ts, sigmas) = inference_sigmas(
+            &self.table,
+            timesteps,
+            num_inference_steps,
+            self.kind,
+            false,
+        );
+        let mut s32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
+        s32.push(0.0);
+        // [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0]
+        let mut expanded = Vec::with_capacity(2 * s32.len());
+        expanded.push(s32[0]);
+        for &v in &s32[1..s32.len() - 1] {
+            expanded.push(v);
+            expanded.push(v);
+        }
+        expanded.push(s32[s32.len() - 1]);
+        self.sigmas = expanded.into_iter().map(f64::from).collect();
+        let mut timesteps = Vec::with_capacity(2 * ts.len());
+        timesteps.push(common::f32r(ts[0]));
+        for &t in &ts[1..] {
+            timesteps.push(common::f32r(t));
+            timesteps.push(common::f32r(t));
+        }
+        self.timesteps = timesteps;
+        self.index.reset();
+        self.first_half = None;
+    }
+}
+
+pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
+    json: &Value,
+) -> Result<(Box<dyn Scheduler<T>>, Vec<String>)> {
+    crate::build_boxed::<T, HeunDiscreteConfig, HeunDiscreteScheduler<T>>(
+        json,
+        HeunDiscreteScheduler::new,
+    )
+}
+
+impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
+    fn class_name(&self) -> &'static str {
+        CLASS_NAME
+    }
+
+    fn config(&self) -> Value {
+        crate::config_json(CLASS_NAME, &self.config)
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
+    fn num_train_timesteps(&self) -> usize {
+        self.config.num_train_timesteps
+    }
+
+    fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
+        if spec.sigmas.is_some() {
+            return Err(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: "custom sigmas".into(),
+            });
+        }
+        let train = self.config.num_train_timesteps;
+        let (timesteps, n) = match (&spec.timesteps, spec.num_inference_steps) {
+            (Some(_), Some(_)) => {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "timesteps",
+                    value: "custom timesteps and num_inference_steps".into(),
+                    reason: "pass only one of them".into(),
+                });
+            }
+            (None, None) => {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "num_inference_steps",
+                    value: "None".into(),
+                    reason: "pass num_inference_steps or custom timesteps".into(),
+                });
+            }
+            (Some(custom), None) => {
+                if self.kind != SigmaKind::Interpolated {
+                    return Err(SchedulerError::InvalidArgument {
+                        field: "timesteps",
+                        value: format!("{custom:?}"),
+                        reason: "custom timesteps cannot be combined with use_karras_sigmas, \
+                                 use_exponential_sigmas or use_beta_sigmas"
+                            .into(),
+                    });
+                }
+                if custom.is_empty() {
+                    return Err(SchedulerError::InvalidArgument {
+                        field: "timesteps",
+                        value: "[]".into(),
+                        reason: "must not be empty".into(),
+                    });
+                }
+                if let Some(bad) = custom.iter().find(|t| !t.is_finite()) {
+                    return Err(SchedulerError::InvalidArgument {
+                        field: "timesteps",
+                        value: bad.to_string(),
+                        reason: "every timestep must be finite".into(),
+                    });
+                }
+                (
+                    custom.iter().map(|&t| common::f32r(t)).collect(),
+                    custom.len(),
+                )
+            }
+            (None, Some(n)) => {
+                common::check_num_steps(n, train)?;
+                let ts = spaced_timesteps(
+                    self.config.timestep_spacing,
+                    train,
+                    n,
+                    self.config.steps_offset,
+                );
+                (ts, n)
+            }
+        };
+        self.layout(timesteps, n);
+        self.num_inference_steps = Some(n);
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        karras_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+    }
+
+    fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
+        if self.num_inference_steps.is_none() {
+            return Err(SchedulerError::NotInitialized("scale_model_input"));
+        }
+        let i = self.index.current(t, &self.timesteps)?;
+        let sigma = *self.sigmas.get(i).ok_or(SchedulerError::PastLastStep(i))?;
+        Ok(karras_scale_input(sample, sigma))
+    }
+
+    fn step(
+        &mut self,
+        model_output: &T,
+        t: f64,
+        sample: &T,
+        _options: &StepOptions,
+        _noise: &mut dyn NoiseSource<T>,
+    ) -> Result<StepOutput<T>> {
+        if self.num_inference_steps.is_none() {
+            return Err(SchedulerError::NotInitialized("step"));
+        }
+        common::check_step_inputs(model_output, sample)?;
+        let i = self.index.current(t, &self.timesteps)?;
+        if i >= self.timesteps.len() || (self.first_half.is_some() && i == 0) {
+            return Err(SchedulerError::PastLastStep(i));
+        }
+        let first = self.first_half.is_none();
+        let (sigma, sigma_next) = if first {
+            (self.sigmas[i], self.sigmas[i + 1])
+        } else {
+            (self.sigmas[i - 1], self.sigmas[i])
+        };
+        let sigma_input = if first { sigma } else { sigma_next };
+        let mut x0 = sigma_prediction(
+            self.config.prediction_type,
+            model_output,
+            sample,
+            sigma_input,
+        );
+        if self.config.clip_sample {
+            let r = self.config.clip_sample_range;
+            x0 = x0.clamp(-r, r);
+        }
+        let prev = match self.first_half.take() {
+            None => {
+                let derivative = ode_derivative(sample, &x0, sigma);
+                let dt = (sigma_next as f32 - sigma as f32) as f64;
+                let prev = T::linear_combination(&[(1.0, sample), (dt, &derivative)]);
+                self.first_half = Some(FirstHalf {
+                    derivative,
+                    dt,
+                    sample: sample.clone(),
+                });
+                prev
+            }
+            Some(half) => {
+                let d2 = ode_derivative(sample, &x0, sigma_next);
+                let derivative = T::linear_combination(&[(0.5, &half.derivative), (0.5, &d2)]);
+                T::linear_combination(&[(1.0, &half.sample), (half.dt, &derivative)])
+            }
+        };
+        self.index.advance();
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: Some(x0),
+        })
+    }
+
+    fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
+        sigma_add_noise(
+            &self.index,
+            &self.timesteps,
+            &self.sigmas,
+            original,
+            noise,
+            timesteps,
+        )
+    }
+
+    fn set_begin_index(&mut self, begin: usize) {
+        self.index.begin_index = Some(begin);
+    }
+
+    fn begin_index(&self) -> Option<usize> {
+        self.index.begin_index
+    }
+}
+
+/// Test helpers shared by the Karras-family test modules: diffusers' own
+/// scheduler-test loop, which (unlike the parity trace loop) feeds the *scaled*
+/// sample back into `step`.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::testing::dummy_model;
+    use crate::{CpuTensor, NoNoise, Scheduler, StepOptions};
+
+    /// `sample = scale_model_input(sample, t); sample = step(model(sample, t), t, sample)`.
+    pub(crate) fn diffusers_test_loop(
+        s: &mut dyn Scheduler<CpuTensor>,
+        start: CpuTensor,
+        timesteps: &[f64],
+    ) -> CpuTensor {
+        let mut x = start;
+        for &t in timesteps {
+            x = s.scale_model_input(&x, t).unwrap();
+            let eps = dummy_model(&x, t);
+            x = s
+                .step(&eps, t, &x, &StepOptions::default(), &mut NoNoise)
+                .unwrap()
+                .prev_sample;
+        }
+        x
+    }
+
+    /// diffusers' `dummy_noise_deter`: the reversed ramp of `dummy_sample_deter`.
+    pub(crate) fn dummy_noise_deter() -> CpuTensor {
+        let (b, c, h, w) = (4usize, 3usize, 8usize, 8usize);
+        let n = b * c * h * w;
+        let mut data = vec![0f32; n];
+        for bi in 0..b {
+            for ci in 0..c {
+                for hi in 0..h {
+                    for wi in 0..w {
+                        let src = ((ci * h + hi) * w + wi) * b + bi;
+                        data[((bi * c + ci) * h + hi) * w + wi] = (n - 1 - src) as f32 / n as f32;
+                    }
+                }
+            }
+        }
+        CpuTensor::new(data, vec![b, c, h, w]).unwrap()
+    }
+
+    /// The config of diffusers' Heun/KDPM2 tests.
+    pub(crate) fn published_config() -> serde_json::Value {
+        serde_json::json!({"num_train_timesteps": 1100, "beta_start": 0.0001, "beta_end": 0.02,
+            "beta_schedule": "linear"})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{diffusers_test_loop, published_config};
+    use super::*;
+    use crate::testing::{abs_sum_mean, dummy_sample_deter};
+    use crate::{CpuTensor, NoNoise};
+
+    fn heun(config: Value) -> Box<dyn Scheduler<CpuTensor>> {
+        crate::from_config_as::<CpuTensor>(CLASS_NAME, &config)
+            .unwrap()
+            .scheduler
+    }
+
+    fn published(extra: &[(&str, Value)]) -> (f64, f64) {
+        let mut config = published_config();
+        for (k, v) in extra {
+            config[*k] = v.clone();
+        }
+        let mut s = heun(config);
+        s.set_timesteps(10).unwrap();
+        let start = dummy_sample_deter().scale(s.init_noise_sigma());
+        let ts = s.timesteps().to_vec();
+        abs_sum_mean(&diffusers_test_loop(s.as_mut(), start, &ts))
+    }
+
+    /// diffusers' `HeunDiscreteSchedulerTest.test_full_loop_*` published values.
+    #[test]
+    fn published_full_loops() {
+        let (sum, mean) = published(&[]);
+        assert!(
+            (sum - 0.1233).abs() < 1e-2 && (mean - 0.0002).abs() < 1e-3,
+            "{sum} {mean}"
+        );
+        let (sum, mean) = published(&[("prediction_type", "v_prediction".into())]);
+        assert!(
+            (sum - 4.6934e-07).abs() < 1e-2 && (mean - 6.1112e-10).abs() < 1e-3,
+            "{sum} {mean}"
+        );
+        let (sum, mean) = published(&[("use_karras_sigmas", true.into())]);
+        assert!(
+            (sum - 0.00015).abs() < 1e-2 && (mean - 1.9869554535034695e-07).abs() < 1e-2,
+            "{sum} {mean}"
+        );
+    }
+
+    #[test]
+    fn schedule_is_interleaved() {
+        let mut s = heun(serde_json::json!({}));
+        s.set_timesteps(4).unwrap();
+        assert_eq!(
+            s.timesteps(),
+            &[999.0, 666.0, 666.0, 333.0, 333.0, 0.0, 0.0]
+        );
+        let sig = s.sigmas().unwrap();
+        assert_eq!(sig.len(), 8);
+        assert_eq!(sig[1], sig[2]);
+        assert_eq!(sig[7], 0.0);
+        assert_eq!(s.order(), 2);
+        assert_eq!(s.init_noise_sigma(), sig[0]);
+    }
+
+    #[test]
+    fn keeps_state_between_halves() {
+        let mut s = HeunDiscreteScheduler::<CpuTensor>::new(HeunDiscreteConfig::default()).unwrap();
+        Scheduler::<CpuTensor>::set_timesteps(&mut s, 3).unwrap();
+        let x = dummy_sample_deter();
+        let ts = Scheduler::<CpuTensor>::timesteps(&s).to_vec();
+        assert!(s.state_in_first_order());
+        let out = s
+            .step(&x, ts[0], &x, &StepOptions::default(), &mut NoNoise)
+            .unwrap();
+        assert!(!s.state_in_first_order());
+        assert!(out.pred_original_sample.is_some());
+        s.step(
+            &x,
+            ts[1],
+            &out.prev_sample,
+            &StepOptions::default(),
+            &mut NoNoise,
+        )
+        .unwrap();
+        assert!(s.state_in_first_order());
+        // set_timesteps drops a half-finished step.
+        s.step(&x, ts[2], &x, &StepOptions::default(), &mut NoNoise)
+            .unwrap();
+        Scheduler::<CpuTensor>::set_timesteps(&mut s, 3).unwrap();
+        assert!(s.state_in_first_order());
+    }
+
+    #[test]
+    fn custom_timesteps() {
+        let mut s = heun(serde_json::json!({}));
+        let spec = TimestepSpec {
+            timesteps: Some(vec![900.0, 500.5, 10.0]),
+            ..TimestepSpec::default()
+        };
+        s.set_timesteps_with(&spec).unwrap();
+        assert_eq!(s.timesteps(), &[900.0, 500.5, 500.5, 10.0, 10.0]);
+        let both = TimestepSpec {
+            num_inference_steps: Some(3),
+            ..spec.clone()
+        };
+        assert!(matches!(
+            s.set_timesteps_with(&both),
+            Err(SchedulerError::InvalidArgument { .. })
+        ));
+        let mut k = heun(serde_json::json!({"use_karras_sigmas": true}));
+        assert!(matches!(
+            k.set_timesteps_with(&spec),
+            Err(SchedulerError::InvalidArgument {
+                field: "timesteps",
+                ..
+            })
+        ));
+        let sigmas = TimestepSpec {
+            sigmas: Some(vec![1.0, 0.5]),
+            ..TimestepSpec::default()
+        };
+        assert!(matches!(
+            s.set_timesteps_with(&sigmas),
+            Err(SchedulerError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_config() {
+        let field_of = |json: Value| match crate::from_config_as::<CpuTensor>(CLASS_NAME, &json) {
+            Err(SchedulerError::InvalidValue { field, .. }) => field,
+            Err(SchedulerError::InvalidConfig { field, .. }) => field,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("accepted {json}"),
+        };
+        assert_eq!(
+            field_of(serde_json::json!({"use_karras_sigmas": true, "use_beta_sigmas": true})),
+            "use_karras_sigmas"
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"beta_schedule": "sigmoid"})),
+            "beta_schedule"
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"prediction_type": "flow_prediction"})),
+            "prediction_type"
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"trained_betas": [0.1, 0.2]})),
+            "trained_betas"
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"timestep_spacing": "cubic"})),
+            "timestep_spacing"
+        );
+        assert_eq!(
+            field_of(serde_json::json!({"clip_sample": true, "clip_sample_range": -1.0})),
+            "clip_sample_range"
+        );
+        // "exp" is a Heun-only beta schedule.
+        let s = heun(serde_json::json!({"beta_schedule": "exp"}));
+        assert_eq!(s.config()["beta_schedule"], "exp");
+    }
+
+    #[test]
+    fn rejects_bad_calls() {
+        let mut s = heun(serde_json::json!({}));
+        let x = CpuTensor::zeros(vec![1, 2]);
+        let err = s.step(&x, 999.0, &x, &StepOptions::default(), &mut NoNoise);
+        assert!(matches!(err, Err(SchedulerError::NotInitialized("step"))));
+        assert!(matches!(
+            s.scale_model_input(&x, 999.0),
+            Err(SchedulerError::NotInitialized(_))
+        ));
+        assert!(s.set_timesteps(0).is_err());
+        assert!(s.set_timesteps(1001).is_err());
+        s.set_timesteps(2).unwrap();
+        let y = CpuTensor::zeros(vec![1, 3]);
+        assert!(matches!(
+            s.step(&y, 999.0, &x, &StepOptions::default(), &mut NoNoise),
+            Err(SchedulerError::ShapeMismatch { .. })
+        ));
+        let nan = CpuTensor::new(vec![f32::NAN, 0.0], vec![1, 2]).unwrap();
+        assert!(matches!(
+            s.step(&nan, 999.0, &x, &StepOptions::default(), &mut NoNoise),
+            Err(SchedulerError::NonFinite("model_output"))
+        ));
+        assert!(matches!(
+            s.step(&x, 123.0, &x, &StepOptions::default(), &mut NoNoise),
+            Err(SchedulerError::UnknownTimestep(_))
+        ));
+        for t in s.timesteps().to_vec() {
+            s.step(&x, t, &x, &StepOptions::default(), &mut NoNoise)
+                .unwrap();
+        }
+        assert!(matches!(
+            s.step(&x, 0.0, &x, &StepOptions::default(), &mut NoNoise),
+            Err(SchedulerError::PastLastStep(_))
+        ));
+    }
+
+    #[test]
+    fn add_noise_uses_sigmas() {
+        let mut s = heun(serde_json::json!({}));
+        s.set_timesteps(4).unwrap();
+        let x = CpuTensor::new(vec![1.0, 1.0], vec![2, 1]).unwrap();
+        let z = CpuTensor::new(vec![1.0, -1.0], vec![2, 1]).unwrap();
+        let sig = s.sigmas().unwrap().to_vec();
+        let y = s.add_noise(&x, &z, &[999.0, 666.0]).unwrap();
+        // 666 occurs twice: diffusers takes the second occurrence (same sigma).
+        assert!((y.data()[0] as f64 - (1.0 + sig[0])).abs() < 1e-4);
+        assert!((y.data()[1] as f64 - (1.0 - sig[2])).abs() < 1e-4);
+        s.set_begin_index(3);
+        let y = s.add_noise(&x, &z, &[1.0]).unwrap();
+        assert!((y.data()[0] as f64 - (1.0 + sig[3])).abs() < 1e-4);
+        assert!(s.add_noise(&x, &z, &[1.0, 2.0, 3.0]).is_err());
+    }
+
+    #[test]
+    fn torch_linspace_is_bit_exact() {
+        // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32) where it differs from the
+        // f32-rounded float64 linspace.
+        let v = torch_linspace_f32(0.0001, 0.02, 1000);
+        for (i, torch) in [
+            (2, 0.0001398398308083415),
+            (6, 0.0002195195120293647),
+            (11, 0.00031911913538351655),
+            (993, 0.01988047920167446),
+            (995, 0.019920319318771362),
+        ] {
+            assert_eq!(v[i], torch, "index {i}");
+        }
+        assert_eq!(v[0], 0.0001f32 as f64);
+        assert_eq!(v[999], 0.02f32 as f64);
+        assert_eq!(v.len(), 1000);
+        assert_eq!(torch_linspace_f32(0.5, 0.5, 1), vec![0.5]);
+    }
+}
