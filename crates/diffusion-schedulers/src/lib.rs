@@ -129,10 +129,47 @@ pub fn from_config_as<T: SchedulerTensor + Send + 'static>(
 }
 
 /// Parse a `scheduler_config.json` text and build its scheduler.
+///
+/// Python's `json` writes non-finite floats as bare `Infinity`, `-Infinity` and
+/// `NaN` (diffusers' default `lambda_min_clipped` is `-inf`); those read as `null`,
+/// that is, as the field's default.
 pub fn from_config_str<T: SchedulerTensor + Send + 'static>(text: &str) -> Result<Loaded<T>> {
-    let json: Value =
-        serde_json::from_str(text).map_err(|e| SchedulerError::InvalidJson(e.to_string()))?;
+    let json: Value = serde_json::from_str(&python_json_to_json(text))
+        .map_err(|e| SchedulerError::InvalidJson(e.to_string()))?;
     from_config(&json)
+}
+
+/// Replace Python's bare `-Infinity`, `Infinity` and `NaN` tokens (outside strings) with `null`.
+fn python_json_to_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            if let Some(token) = ["-Infinity", "Infinity", "NaN"]
+                .iter()
+                .find(|t| rest.starts_with(**t))
+            {
+                out.push_str("null");
+                rest = &rest[token.len()..];
+                continue;
+            }
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Shared by the `build` function of every scheduler module: parse the config,
@@ -242,18 +279,40 @@ pub(crate) fn config_json<C: serde::Serialize>(class_name: &str, config: &C) -> 
     v
 }
 
-/// Temporary stand-in while a scheduler module is being written (removed before release).
-#[macro_export]
-#[doc(hidden)]
-macro_rules! placeholder_scheduler {
-    ($class:literal) => {
-        pub(crate) fn build<T: $crate::SchedulerTensor>(
-            _json: &serde_json::Value,
-        ) -> $crate::Result<(Box<dyn $crate::Scheduler<T>>, Vec<String>)> {
-            Err($crate::SchedulerError::Unsupported {
-                class: $class,
-                what: "construction (not yet implemented)".into(),
-            })
-        }
-    };
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_non_finite_floats_read_as_defaults() {
+        let text = r#"{"_class_name": "DDIMScheduler", "clip_sample_range": NaN, "note": "NaN -Infinity", "x": -Infinity}"#;
+        assert_eq!(
+            python_json_to_json(text),
+            r#"{"_class_name": "DDIMScheduler", "clip_sample_range": null, "note": "NaN -Infinity", "x": null}"#
+        );
+        let loaded = from_config_str::<CpuTensor>(text).unwrap();
+        assert_eq!(
+            loaded.scheduler.config()["clip_sample_range"],
+            serde_json::json!(1.0)
+        );
+    }
+
+    /// diffusers' `_use_default_values`: fields a config left at the source class's
+    /// defaults take the target class's defaults.
+    #[test]
+    fn defaults_do_not_leak_between_classes() {
+        let ddim =
+            from_config_as::<CpuTensor>("DDIMScheduler", &serde_json::json!({"steps_offset": 1}))
+                .unwrap();
+        let config = ddim.scheduler.config();
+        let defaults = config["_use_default_values"].as_array().unwrap();
+        assert!(defaults.contains(&serde_json::json!("timestep_spacing")));
+        assert!(!defaults.contains(&serde_json::json!("steps_offset")));
+        let dpm = from_config_as::<CpuTensor>("DPMSolverMultistepScheduler", &config)
+            .unwrap()
+            .scheduler
+            .config();
+        assert_eq!(dpm["timestep_spacing"], serde_json::json!("linspace"));
+        assert_eq!(dpm["steps_offset"], serde_json::json!(1));
+    }
 }

@@ -96,7 +96,9 @@ fn num_inference_steps_out_of_range() {
         let mut s = build(class, json!({}));
         let n = s.num_train_timesteps();
         for bad in [0, n + 1] {
-            let err = s.set_timesteps(bad).unwrap_err();
+            let Err(err) = s.set_timesteps(bad) else {
+                panic!("{class}: set_timesteps({bad}) accepted")
+            };
             assert!(
                 matches!(&err, SchedulerError::InvalidArgument { field, .. } if *field == "num_inference_steps"),
                 "{class} steps={bad}: {err}"
@@ -107,7 +109,9 @@ fn num_inference_steps_out_of_range() {
 
 #[test]
 fn step_before_set_timesteps() {
-    for class in SCHEDULER_CLASSES {
+    // DDPM is the exception, as in diffusers: without `set_timesteps` it steps the
+    // training schedule (t -> t - 1), which training-time samplers rely on.
+    for class in SCHEDULER_CLASSES.iter().filter(|c| **c != "DDPMScheduler") {
         let mut s = build(class, json!({}));
         let v = x(&[1, 2, 2, 2], 0.1);
         let err = s

@@ -213,13 +213,8 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
                 ramp.clone()
             }
             (None, Some(n)) => {
-                if n == 0 {
-                    return Err(SchedulerError::InvalidArgument {
-                        field: "num_inference_steps",
-                        value: "0".into(),
-                        reason: "must be at least 1".into(),
-                    });
-                }
+                // Same bounds as every scheduler: 1 ..= num_train_timesteps.
+                common::check_num_steps(n, self.config.num_train_timesteps)?;
                 common::linspace(0.0, 1.0, n)
             }
             (None, None) => {

@@ -325,7 +325,10 @@ impl<T: SchedulerTensor> Scheduler<T> for FlowMatchEulerDiscreteScheduler {
                 }
             },
         };
-        if n == 0 {
+        if spec.sigmas.is_none() && spec.timesteps.is_none() {
+            // Same bounds as every scheduler: 1 ..= num_train_timesteps.
+            common::check_num_steps(n, self.config.num_train_timesteps)?;
+        } else if n == 0 {
             return Err(bad_arg("num_inference_steps", 0, "must be at least 1"));
         }
 
