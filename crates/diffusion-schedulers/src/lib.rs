@@ -145,15 +145,14 @@ fn python_json_to_json(text: &str) -> String {
     let (mut in_string, mut escaped) = (false, false);
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
-        if !in_string {
-            if let Some(token) = ["-Infinity", "Infinity", "NaN"]
+        if !in_string
+            && let Some(token) = ["-Infinity", "Infinity", "NaN"]
                 .iter()
                 .find(|t| rest.starts_with(**t))
-            {
-                out.push_str("null");
-                rest = &rest[token.len()..];
-                continue;
-            }
+        {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
         }
         if in_string {
             if escaped {
