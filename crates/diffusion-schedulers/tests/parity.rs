@@ -65,7 +65,7 @@ fn build(case: &Case) -> Result<Box<dyn Scheduler<CpuTensor>>, String> {
         .scheduler)
 }
 
-fn check(case: &Case) -> Result<(), String> {
+fn check(case: &Case) -> Result<f64, String> {
     let mut s = build(case)?;
     s.set_timesteps_with(&case.set_timesteps)
         .map_err(|e| format!("set_timesteps: {e}"))?;
@@ -140,7 +140,7 @@ fn check(case: &Case) -> Result<(), String> {
     if err.is_nan() || err > 1e-5 {
         return Err(format!("final sample rel L2 error {err:.3e}"));
     }
-    Ok(())
+    Ok(err)
 }
 
 #[test]
@@ -153,6 +153,7 @@ fn diffusers_parity() {
         .collect();
     files.sort();
     let (mut passed, mut failures) = (0usize, Vec::new());
+    let mut worst = (0.0f64, String::new());
     for path in files
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -166,12 +167,20 @@ fn diffusers_parity() {
                 continue;
             }
             match check(case) {
-                Ok(()) => passed += 1,
+                Ok(err) => {
+                    passed += 1;
+                    if err > worst.0 {
+                        worst = (err, id.clone());
+                    }
+                }
                 Err(e) => failures.push(format!("{id}: {e}")),
             }
         }
     }
-    eprintln!("{passed} fixture cases passed");
+    eprintln!(
+        "{passed} fixture cases passed; largest final-sample rel L2 error {:.2e} ({})",
+        worst.0, worst.1
+    );
     assert!(
         passed > 0 || !filter.is_empty(),
         "no fixture cases found in {}",
