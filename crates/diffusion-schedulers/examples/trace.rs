@@ -15,7 +15,7 @@
 //! `{"timesteps": [...], "sigmas": [...] | null, "init_noise_sigma": f, "sample": [...]}`.
 //! A bad request exits non-zero with one line naming the problem.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use diffusion_schedulers::testing::trace_request;
@@ -28,7 +28,8 @@ fn main() -> ExitCode {
     }
     match trace_request(&text) {
         Ok(out) => {
-            println!("{out}");
+            // A closed pipe (e.g. `| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{out}");
             ExitCode::SUCCESS
         }
         Err(e) => {
