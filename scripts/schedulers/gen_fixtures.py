@@ -92,9 +92,27 @@ def run_case(case):
     kwargs = dict(case.get("set_timesteps", {}))
     scheduler.set_timesteps(**kwargs)
     timesteps = scheduler.timesteps
-    x = torch.from_numpy(sample) * scheduler.init_noise_sigma
+    init_noise = None
+    if "img2img_strength" in case:
+        # StableDiffusionImg2ImgPipeline: get_timesteps, set_begin_index, add_noise at the first
+        # kept timestep (FlowMatch pipelines call scale_noise), then denoise from there.
+        n = kwargs["num_inference_steps"]
+        init_timestep = min(int(n * case["img2img_strength"]), n)
+        t_start = int(max(n - init_timestep, 0)) * scheduler.order
+        loop_timesteps = timesteps[t_start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start)
+        init_noise = np.random.RandomState(seed + 2000).standard_normal(shape).astype(np.float32)
+        first = loop_timesteps[:1].repeat(shape[0])
+        if hasattr(scheduler, "scale_noise"):
+            x = scheduler.scale_noise(torch.from_numpy(sample), first, torch.from_numpy(init_noise))
+        else:
+            x = scheduler.add_noise(torch.from_numpy(sample), torch.from_numpy(init_noise), first)
+    else:
+        loop_timesteps = timesteps
+        x = torch.from_numpy(sample) * scheduler.init_noise_sigma
     step_kwargs = case.get("step_kwargs", {})
-    for t in timesteps:
+    for t in loop_timesteps:
         m = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         tf = t.to(torch.float32)
         eps = m * tf / (tf + 1)
@@ -110,6 +128,8 @@ def run_case(case):
         "shape": shape,
         "sample": f32list(sample),
         "noise": [f32list(z) for z in replay.used],
+        "img2img_strength": case.get("img2img_strength"),
+        "init_noise": f32list(init_noise) if init_noise is not None else None,
         "expected": {
             "timesteps": tolist(timesteps),
             "sigmas": tolist(sigmas) if isinstance(sigmas, (torch.Tensor, np.ndarray)) else None,

@@ -33,6 +33,9 @@ struct Case {
     shape: Vec<usize>,
     sample: Vec<f32>,
     noise: Vec<Vec<f32>>,
+    /// img2img: diffusers' img2img pipeline's strength and its `add_noise` noise.
+    img2img_strength: Option<f64>,
+    init_noise: Option<Vec<f32>>,
     expected: Expected,
 }
 
@@ -120,8 +123,32 @@ fn check(case: &Case) -> Result<f64, String> {
         .map(|z| CpuTensor::new(z.clone(), case.shape.clone()).unwrap())
         .collect();
     let mut noise = QueuedNoise::new(noise);
-    let mut x = sample.scale(ins);
-    for t in s.timesteps().to_vec() {
+    // img2img as diffusers' StableDiffusionImg2ImgPipeline drives a scheduler:
+    // skip the first steps, set_begin_index, add_noise at the first kept timestep.
+    let (mut x, start) = match (case.img2img_strength, &case.init_noise) {
+        (Some(strength), Some(init_noise)) => {
+            let n = case
+                .set_timesteps
+                .num_inference_steps
+                .ok_or("img2img needs num_inference_steps")?;
+            let init_timestep = ((n as f64 * strength) as usize).min(n);
+            let start = n.saturating_sub(init_timestep) * s.order();
+            s.set_begin_index(start);
+            let z = CpuTensor::new(init_noise.clone(), case.shape.clone())
+                .map_err(|e| e.to_string())?;
+            let t0 = *s
+                .timesteps()
+                .get(start)
+                .ok_or("img2img start past the schedule")?;
+            (
+                s.add_noise(&sample, &z, &[t0])
+                    .map_err(|e| format!("add_noise({t0}): {e}"))?,
+                start,
+            )
+        }
+        _ => (sample.scale(ins), 0),
+    };
+    for t in s.timesteps()[start..].to_vec() {
         let m = s
             .scale_model_input(&x, t)
             .map_err(|e| format!("scale_model_input({t}): {e}"))?;
