@@ -360,11 +360,13 @@ impl StepIndex {
 
     /// diffusers' `index_for_timestep`: the position of `t` in `schedule`; when it
     /// occurs more than once (img2img starting mid-schedule), the second occurrence.
+    /// Compared as `f32`, the precision diffusers stores timesteps in, so a
+    /// timestep read back from diffusers (or from an f32 tensor) is found.
     pub fn index_for_timestep(t: f64, schedule: &[f64]) -> Result<usize> {
         let hits: Vec<usize> = schedule
             .iter()
             .enumerate()
-            .filter(|(_, v)| **v == t)
+            .filter(|(_, v)| **v as f32 == t as f32)
             .map(|(i, _)| i)
             .collect();
         match hits.len() {
