@@ -2,5 +2,23 @@
 //!
 //! Resolving a model named as in diffusers (a Hub repo id, a local diffusers
 //! folder, or a single-file checkpoint) into typed component files: Hub access
-//! through `hf-hub` 0.4, safetensors, single-file conversion and CLIP tokenizers.
-//! Arrives with the hub issue; see docs/architecture.md for its place.
+//! through `hf-hub` 0.4 with the standard HF cache shared with Python,
+//! `model_index.json`, safetensors (single and sharded) and CLIP tokenizers.
+
+pub mod model_index;
+pub mod resolve;
+pub mod tokenizer;
+pub mod weights;
+
+/// Every error of this crate; each module's error names the file, key or field.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
+    #[error(transparent)]
+    ModelIndex(#[from] model_index::ModelIndexError),
+    #[error(transparent)]
+    Weights(#[from] weights::WeightsError),
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+}

@@ -1,0 +1,8 @@
+//! (being written)
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("not yet implemented: {0}")]
+    Unimplemented(&'static str),
+}
