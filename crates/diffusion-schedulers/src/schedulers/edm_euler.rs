@@ -10,9 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{
-    euler_churn_step, input_sigma, sigma_add_noise, step_position, torch_linspace_f32,
-};
+use super::euler_discrete::{euler_churn_step, input_sigma, sigma_add_noise, step_position};
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{FinalSigmasType, PredictionType, invalid};
 use crate::error::{Result, SchedulerError};
@@ -127,7 +125,7 @@ impl EDMEulerScheduler {
             // diffusers ignores the ramp's values here (only its length counts)
             // and works in f32.
             SigmaSchedule::Exponential => {
-                torch_linspace_f32(c.sigma_min.ln(), c.sigma_max.ln(), ramp.len())
+                common::torch_linspace_f32_unfused(c.sigma_min.ln(), c.sigma_max.ln(), ramp.len())
                     .into_iter()
                     .rev()
                     .map(|v| (v as f32).exp() as f64)

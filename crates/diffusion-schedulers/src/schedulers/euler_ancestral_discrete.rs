@@ -7,8 +7,7 @@ use serde_json::Value;
 
 use super::euler_discrete::{
     euler_init_noise_sigma, euler_update, input_sigma, interp_sigmas, require_steps,
-    sigma_add_noise, sigma_alphas_cumprod, sigma_prediction, spaced_timesteps, step_position,
-    train_sigmas, validate_sigma_betas,
+    sigma_add_noise, sigma_prediction, spaced_timesteps, step_position, validate_sigma_betas,
 };
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
@@ -80,7 +79,7 @@ impl EulerAncestralDiscreteScheduler {
                 "not implemented for EulerAncestralDiscreteScheduler",
             ));
         }
-        let alphas_cumprod = sigma_alphas_cumprod(
+        let alphas_cumprod = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -88,7 +87,7 @@ impl EulerAncestralDiscreteScheduler {
             config.trained_betas.as_deref(),
             config.rescale_betas_zero_snr,
         );
-        let table = train_sigmas(&alphas_cumprod);
+        let table = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let mut sigmas: Vec<f64> = table.iter().rev().copied().collect();
         sigmas.push(0.0);
         let timesteps = (0..config.num_train_timesteps)

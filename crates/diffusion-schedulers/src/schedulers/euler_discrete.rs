@@ -164,42 +164,6 @@ pub(crate) fn validate_sigma_bound(field: &str, value: Option<f64>) -> Result<()
     }
 }
 
-/// The training sigma table `sqrt((1 - a) / a)`, indexed by training timestep,
-/// evaluated step by step in `f32` as diffusers' torch code does.
-pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|&a| {
-            let a = a as f32;
-            ((1.0f32 - a) / a).sqrt() as f64
-        })
-        .collect()
-}
-
-/// The cumulative alphas of a beta config; with zero-terminal-SNR rescaling the
-/// last one is set to `2^-24` (as diffusers does) so that its sigma stays finite.
-pub(crate) fn sigma_alphas_cumprod(
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    beta_schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    rescale_betas_zero_snr: bool,
-) -> Vec<f64> {
-    let (_, mut ac) = common::alphas_cumprod(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-        rescale_betas_zero_snr,
-    );
-    if rescale_betas_zero_snr && let Some(last) = ac.last_mut() {
-        *last = 2f64.powi(-24);
-    }
-    ac
-}
-
 /// The inference timesteps of `timestep_spacing` (descending, `f32` values).
 pub(crate) fn spaced_timesteps(
     spacing: TimestepSpacing,
@@ -244,28 +208,6 @@ pub(crate) fn euler_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -
     match spacing {
         TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
         TimestepSpacing::Leading => f32r((max * max + 1.0).sqrt()),
-    }
-}
-
-/// `torch.linspace(start, end, steps)` in `float32`, with torch's two-sided formula.
-pub(crate) fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f64> {
-    let (start, end) = (start as f32, end as f32);
-    match steps {
-        0 => vec![],
-        1 => vec![start as f64],
-        _ => {
-            let step = (end - start) / (steps - 1) as f32;
-            let half = steps / 2;
-            (0..steps)
-                .map(|i| {
-                    if i < half {
-                        (start + step * i as f32) as f64
-                    } else {
-                        (end - step * (steps - i - 1) as f32) as f64
-                    }
-                })
-                .collect()
-        }
     }
 }
 
@@ -484,7 +426,7 @@ impl EulerDiscreteScheduler {
         )?;
         validate_sigma_bound("sigma_min", config.sigma_min)?;
         validate_sigma_bound("sigma_max", config.sigma_max)?;
-        let alphas_cumprod = sigma_alphas_cumprod(
+        let alphas_cumprod = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -492,7 +434,7 @@ impl EulerDiscreteScheduler {
             config.trained_betas.as_deref(),
             config.rescale_betas_zero_snr,
         );
-        let table = train_sigmas(&alphas_cumprod);
+        let table = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let log_table = common::log_table(&table);
         // Before `set_timesteps`: the whole training schedule, descending.
         let mut sigmas: Vec<f64> = table.iter().rev().copied().collect();
@@ -534,7 +476,7 @@ impl EulerDiscreteScheduler {
             InterpolationType::LogLinear => {
                 let lo = f32r(self.table[0].ln());
                 let hi = f32r(self.table[self.table.len() - 1].ln());
-                torch_linspace_f32(hi, lo, n + 1)
+                common::torch_linspace_f32_unfused(hi, lo, n + 1)
                     .into_iter()
                     .map(|v| (v as f32).exp() as f64)
                     .collect()

@@ -125,18 +125,12 @@ pub(crate) struct SigmaTable {
 
 impl SigmaTable {
     pub(crate) fn new(alphas_cumprod: &[f64]) -> Self {
-        let s32: Vec<f32> = alphas_cumprod
-            .iter()
-            .map(|&a| {
-                let a = a as f32;
-                ((1.0f32 - a) / a).sqrt()
-            })
-            .collect();
-        let log_sigmas_f32: Vec<f32> = s32.iter().map(|s| s.ln()).collect();
+        let sigmas = common::sigmas_from_alphas_cumprod(alphas_cumprod);
+        let log_sigmas = common::log_table_f32(&sigmas);
         Self {
-            sigmas: s32.iter().map(|&s| s as f64).collect(),
-            log_sigmas: log_sigmas_f32.iter().map(|&l| l as f64).collect(),
-            log_sigmas_f32,
+            log_sigmas_f32: log_sigmas.iter().map(|&l| l as f32).collect(),
+            sigmas,
+            log_sigmas,
         }
     }
 
@@ -327,29 +321,6 @@ pub(crate) fn karras_scale_input<T: SchedulerTensor>(sample: &T, sigma: f64) -> 
     sample.scale(1.0 / d as f64)
 }
 
-/// `torch.linspace(start, end, n, dtype=torch.float32)` bit for bit: torch computes
-/// `step = (end - start) / (n - 1)` in `f32`, then `fma(step, i, start)` for the
-/// first half and `fma(-step, n - 1 - i, end)` for the second. (The `f64` product
-/// of an `f32` and a small integer is exact, so one rounding to `f32` is the FMA.)
-pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
-    let (s, e) = (start as f32, end as f32);
-    if n == 1 {
-        return vec![s as f64];
-    }
-    let step = ((e - s) / (n - 1) as f32) as f64;
-    let half = n / 2;
-    (0..n)
-        .map(|i| {
-            let v = if i < half {
-                s as f64 + step * i as f64
-            } else {
-                e as f64 - step * (n - 1 - i) as f64
-            };
-            common::f32r(v)
-        })
-        .collect()
-}
-
 /// The training `alphas_cumprod` of the Karras-family configs, with the betas
 /// built exactly as diffusers' `float32` torch code builds them.
 pub(crate) fn karras_alphas_cumprod(
@@ -360,20 +331,19 @@ pub(crate) fn karras_alphas_cumprod(
     trained_betas: Option<&[f64]>,
 ) -> Vec<f64> {
     let n = num_train_timesteps;
-    let betas: Vec<f64> = match (trained_betas, schedule) {
-        (Some(b), _) => b.iter().map(|&v| common::f32r(v)).collect(),
-        (None, HeunBetaSchedule::Linear) => torch_linspace_f32(beta_start, beta_end, n),
-        (None, HeunBetaSchedule::ScaledLinear) => {
-            torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
-                .into_iter()
-                .map(|b| common::f32r(b * b))
-                .collect()
-        }
-        (None, HeunBetaSchedule::SquaredcosCapV2) => common::betas_for_alpha_bar_cosine(n, 0.999)
-            .into_iter()
-            .map(common::f32r)
-            .collect(),
+    let betas = match (trained_betas, schedule) {
         (None, HeunBetaSchedule::Exp) => exp_betas(n),
+        _ => {
+            let schedule = match schedule {
+                HeunBetaSchedule::Linear => BetaSchedule::Linear,
+                HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
+                // `exp` with trained betas: the schedule is not used.
+                HeunBetaSchedule::SquaredcosCapV2 | HeunBetaSchedule::Exp => {
+                    BetaSchedule::SquaredcosCapV2
+                }
+            };
+            common::make_betas(n, beta_start, beta_end, schedule, trained_betas)
+        }
     };
     common::cumprod_alphas(&betas)
 }
@@ -1016,7 +986,7 @@ mod tests {
     fn torch_linspace_is_bit_exact() {
         // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32) where it differs from the
         // f32-rounded float64 linspace.
-        let v = torch_linspace_f32(0.0001, 0.02, 1000);
+        let v = common::torch_linspace_f32(0.0001, 0.02, 1000);
         for (i, torch) in [
             (2, 0.0001398398308083415),
             (6, 0.0002195195120293647),
@@ -1029,6 +999,6 @@ mod tests {
         assert_eq!(v[0], 0.0001f32 as f64);
         assert_eq!(v[999], 0.02f32 as f64);
         assert_eq!(v.len(), 1000);
-        assert_eq!(torch_linspace_f32(0.5, 0.5, 1), vec![0.5]);
+        assert_eq!(common::torch_linspace_f32(0.5, 0.5, 1), vec![0.5]);
     }
 }

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use super::euler_discrete::{
     SigmaSpacing, euler_init_noise_sigma, input_sigma, interp_sigmas, require_steps,
-    sigma_add_noise, sigma_alphas_cumprod, sigma_prediction, spaced_timesteps, step_position,
-    train_sigmas, validate_sigma_betas, validate_sigma_bound,
+    sigma_add_noise, sigma_prediction, spaced_timesteps, step_position, validate_sigma_betas,
+    validate_sigma_bound,
 };
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
@@ -109,7 +109,7 @@ impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
         )?;
         validate_sigma_bound("sigma_min", config.sigma_min)?;
         validate_sigma_bound("sigma_max", config.sigma_max)?;
-        let alphas_cumprod = sigma_alphas_cumprod(
+        let alphas_cumprod = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -117,7 +117,7 @@ impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
             config.trained_betas.as_deref(),
             false,
         );
-        let table = train_sigmas(&alphas_cumprod);
+        let table = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let log_table = common::log_table(&table);
         let mut s = Self {
             config,
