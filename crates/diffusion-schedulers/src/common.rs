@@ -9,6 +9,7 @@
 
 use crate::config::{BetaSchedule, PredictionType};
 use crate::error::{Result, SchedulerError};
+use crate::scheduler::TimestepSpec;
 use crate::tensor::SchedulerTensor;
 
 /// Round to the nearest `f32`, as diffusers' `float32` tables do.
@@ -483,6 +484,30 @@ impl StepIndex {
         Ok(i)
     }
 
+    /// Which index `step` works on, without committing it: the running index,
+    /// else the begin index, else the position of `t` in `schedule`.
+    pub fn peek(&self, t: f64, schedule: &[f64]) -> Result<usize> {
+        match (self.step_index, self.begin_index) {
+            (Some(i), _) => Ok(i),
+            (None, Some(b)) => Ok(b),
+            (None, None) => Self::index_for_timestep(t, schedule),
+        }
+    }
+
+    /// The schedule index of each of `timesteps` for diffusers' sigma-based
+    /// `add_noise`: without a begin index every timestep is looked up; during
+    /// denoising (a step index is set) the current step; before it the begin index.
+    pub fn add_noise_indices(&self, timesteps: &[f64], schedule: &[f64]) -> Result<Vec<usize>> {
+        match (self.begin_index, self.step_index) {
+            (None, _) => timesteps
+                .iter()
+                .map(|&t| Self::index_for_timestep(t, schedule))
+                .collect(),
+            (Some(_), Some(i)) => Ok(vec![i; timesteps.len()]),
+            (Some(b), None) => Ok(vec![b; timesteps.len()]),
+        }
+    }
+
     pub fn advance(&mut self) {
         if let Some(i) = self.step_index.as_mut() {
             *i += 1;
@@ -506,6 +531,23 @@ pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
         return Err(SchedulerError::NonFinite("sample"));
     }
     Ok(())
+}
+
+/// The `num_inference_steps` of a spec for a scheduler that takes no custom
+/// timesteps or sigmas.
+pub fn require_steps(spec: &TimestepSpec, class: &'static str) -> Result<usize> {
+    if spec.timesteps.is_some() || spec.sigmas.is_some() {
+        return Err(SchedulerError::Unsupported {
+            class,
+            what: "custom timesteps or sigmas".into(),
+        });
+    }
+    spec.num_inference_steps
+        .ok_or(SchedulerError::InvalidArgument {
+            field: "num_inference_steps",
+            value: "None".into(),
+            reason: "required".into(),
+        })
 }
 
 /// Validate `num_inference_steps` against the training range.

@@ -10,11 +10,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{euler_churn_step, input_sigma, sigma_add_noise, step_position};
+use super::euler_discrete::{euler_churn_step, input_sigma, step_position};
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{FinalSigmasType, PredictionType, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
+use crate::sigmas::{begin_index_beyond, sigma_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "EDMEulerScheduler";
@@ -281,12 +282,13 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             original,
             noise,
             timesteps,
+            begin_index_beyond(self.sigmas.len()),
         )
     }
 

@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex};
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
+use crate::sigmas::{
+    SigmaSpacing, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
+};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "HeunDiscreteScheduler";
@@ -75,32 +78,6 @@ impl Default for HeunDiscreteConfig {
 // ---------------------------------------------------------------------------
 // Sigma-table helpers shared by Heun, KDPM2 and KDPM2 ancestral.
 // ---------------------------------------------------------------------------
-
-/// Which inference sigmas replace the interpolated ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SigmaKind {
-    Interpolated,
-    Karras,
-    Exponential,
-    Beta,
-}
-
-impl SigmaKind {
-    /// From the three `use_*_sigmas` flags; diffusers refuses more than one.
-    pub(crate) fn from_flags(karras: bool, exponential: bool, beta: bool) -> Result<Self> {
-        match (karras, exponential, beta) {
-            (false, false, false) => Ok(Self::Interpolated),
-            (true, false, false) => Ok(Self::Karras),
-            (false, true, false) => Ok(Self::Exponential),
-            (false, false, true) => Ok(Self::Beta),
-            _ => Err(invalid(
-                "use_karras_sigmas",
-                format!("karras={karras}, exponential={exponential}, beta={beta}"),
-                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set",
-            )),
-        }
-    }
-}
 
 /// `betas_for_alpha_bar` with `alpha_bar(t) = exp(-12 t)`, as `f32`.
 pub(crate) fn exp_betas(n: usize) -> Vec<f64> {
@@ -162,39 +139,6 @@ impl SigmaTable {
     }
 }
 
-/// diffusers' inference timesteps for a spacing (descending, `f32` values).
-pub(crate) fn spaced_timesteps(
-    spacing: TimestepSpacing,
-    train: usize,
-    n: usize,
-    steps_offset: usize,
-) -> Vec<f64> {
-    match spacing {
-        TimestepSpacing::Linspace => common::linspace(0.0, (train - 1) as f64, n)
-            .into_iter()
-            .rev()
-            .map(common::f32r)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = (train / n) as f64;
-            (0..n)
-                .rev()
-                .map(|i| {
-                    common::f32r(common::round_half_even(i as f64 * ratio)) + steps_offset as f64
-                })
-                .map(common::f32r)
-                .collect()
-        }
-        TimestepSpacing::Trailing => {
-            let ratio = train as f64 / n as f64;
-            common::arange(train as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| common::f32r(common::round_half_even(t)) - 1.0)
-                .collect()
-        }
-    }
-}
-
 /// The inference sigmas (without the final 0) for `timesteps`, and the
 /// timesteps that go with them: interpolated from the training table, or
 /// replaced by a Karras/exponential/beta schedule whose timesteps come from
@@ -203,27 +147,19 @@ pub(crate) fn inference_sigmas(
     table: &SigmaTable,
     timesteps: Vec<f64>,
     num_inference_steps: usize,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     round_karras_timesteps: bool,
 ) -> (Vec<f64>, Vec<f64>) {
-    let xp: Vec<f64> = (0..table.sigmas.len()).map(|i| i as f64).collect();
-    let sigmas: Vec<f64> = timesteps
-        .iter()
-        .map(|&t| common::interp(t, &xp, &table.sigmas))
-        .collect();
-    let n = num_inference_steps;
+    let sigmas = interp_sigmas(&timesteps, &table.sigmas);
     let (min, max) = (sigmas[sigmas.len() - 1], sigmas[0]);
-    let replaced = match kind {
-        SigmaKind::Interpolated => return (timesteps, sigmas),
-        SigmaKind::Karras => common::karras_sigmas(min, max, n),
-        SigmaKind::Exponential => common::exponential_sigmas(min, max, n),
-        SigmaKind::Beta => common::beta_sigmas(min, max, n),
+    let Some(replaced) = kind.respace(min, max, num_inference_steps) else {
+        return (timesteps, sigmas);
     };
     let ts = replaced
         .iter()
         .map(|&s| {
             let t = table.sigma_to_t(s);
-            if round_karras_timesteps && kind == SigmaKind::Karras {
+            if round_karras_timesteps && kind == SigmaSpacing::Karras {
                 common::round_half_even(t)
             } else {
                 t
@@ -243,41 +179,6 @@ pub(crate) fn interleave_tail_f32(x: &[f32]) -> Vec<f32> {
     }
     out.push(x[x.len() - 1]);
     out
-}
-
-/// `sigma` for the sigma-based `add_noise` of the Karras family, with diffusers'
-/// index rules: no begin index -> look each timestep up; during denoising -> the
-/// current step; before it -> the begin index.
-pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
-    index: &StepIndex,
-    timesteps: &[f64],
-    sigmas: &[f64],
-    original: &T,
-    noise: &T,
-    at: &[f64],
-) -> Result<T> {
-    check_batch_timesteps(original, noise, at)?;
-    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
-        (None, _) => at
-            .iter()
-            .map(|&t| StepIndex::index_for_timestep(t, timesteps))
-            .collect::<Result<_>>()?,
-        (Some(_), Some(i)) => vec![i; at.len()],
-        (Some(b), None) => vec![b; at.len()],
-    };
-    let s = indices
-        .iter()
-        .map(|&i| {
-            sigmas
-                .get(i)
-                .copied()
-                .ok_or(SchedulerError::PastLastStep(i))
-        })
-        .collect::<Result<Vec<f64>>>()?;
-    Ok(T::linear_combination(&[
-        (1.0, original),
-        (1.0, &noise.scale_batch(&s)),
-    ]))
 }
 
 /// `x0` from a model output at noise level `sigma` (epsilon or v-prediction of a
@@ -348,56 +249,6 @@ pub(crate) fn karras_alphas_cumprod(
     common::cumprod_alphas(&betas)
 }
 
-/// Config checks shared by the Karras family.
-pub(crate) fn validate_karras_config(
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    prediction_type: PredictionType,
-    class: &str,
-) -> Result<()> {
-    validate_betas(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        schedule,
-        trained_betas,
-    )?;
-    if schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
-        return Err(invalid(
-            "beta_schedule",
-            "sigmoid",
-            format!("not implemented for {class}"),
-        ));
-    }
-    if prediction_type == PredictionType::FlowPrediction {
-        return Err(invalid(
-            "prediction_type",
-            "flow_prediction",
-            format!("not supported by {class}"),
-        ));
-    }
-    Ok(())
-}
-
-/// `num_inference_steps` of a spec that takes no custom schedule.
-pub(crate) fn required_steps(spec: &TimestepSpec, class: &'static str) -> Result<usize> {
-    if spec.timesteps.is_some() || spec.sigmas.is_some() {
-        return Err(SchedulerError::Unsupported {
-            class,
-            what: "custom timesteps or sigmas".into(),
-        });
-    }
-    spec.num_inference_steps
-        .ok_or(SchedulerError::InvalidArgument {
-            field: "num_inference_steps",
-            value: "None".into(),
-            reason: "required".into(),
-        })
-}
-
 // ---------------------------------------------------------------------------
 // The Heun scheduler.
 // ---------------------------------------------------------------------------
@@ -414,7 +265,7 @@ struct FirstHalf<T> {
 #[derive(Debug, Clone)]
 pub struct HeunDiscreteScheduler<T> {
     config: HeunDiscreteConfig,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     table: SigmaTable,
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
@@ -425,7 +276,7 @@ pub struct HeunDiscreteScheduler<T> {
 
 impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
     pub fn new(config: HeunDiscreteConfig) -> Result<Self> {
-        let kind = SigmaKind::from_flags(
+        let kind = SigmaSpacing::from_flags(
             config.use_karras_sigmas,
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
@@ -435,14 +286,14 @@ impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
             HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
             _ => BetaSchedule::SquaredcosCapV2,
         };
-        validate_karras_config(
+        validate_sigma_betas(
+            CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
             shared_schedule,
             config.trained_betas.as_deref(),
             config.prediction_type,
-            CLASS_NAME,
         )?;
         if config.clip_sample
             && !(config.clip_sample_range.is_finite() && config.clip_sample_range > 0.0)
@@ -573,7 +424,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
                 });
             }
             (Some(custom), None) => {
-                if self.kind != SigmaKind::Interpolated {
+                if self.kind != SigmaSpacing::Interpolated {
                     return Err(SchedulerError::InvalidArgument {
                         field: "timesteps",
                         value: format!("{custom:?}"),
@@ -605,8 +456,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
                 common::check_num_steps(n, train)?;
                 let ts = spaced_timesteps(
                     self.config.timestep_spacing,
-                    train,
                     n,
+                    train,
                     self.config.steps_offset,
                 );
                 (ts, n)
@@ -704,6 +555,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
             original,
             noise,
             timesteps,
+            SchedulerError::PastLastStep,
         )
     }
 
