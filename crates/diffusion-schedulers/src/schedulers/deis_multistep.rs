@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::dpmsolver_multistep::{
-    MultistepSolverType, alpha_sigma, flow_sigmas, peek_step_index, sigma_add_noise,
-    spaced_timesteps, sub, threshold_sample, validate_thresholding,
+    MultistepSolverType, alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps, sub,
+    threshold_sample, validate_thresholding,
 };
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
@@ -479,7 +479,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_inputs(model_output, sample)?;
-        let idx = peek_step_index(&self.index, t, &self.timesteps)?;
+        let idx = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
         if idx >= n {
             return Err(SchedulerError::PastLastStep(idx));

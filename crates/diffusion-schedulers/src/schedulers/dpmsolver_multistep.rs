@@ -213,7 +213,8 @@ pub(crate) fn flow_sigmas(n: usize, train: usize, shift: f64) -> Vec<f64> {
     shifted[1..].iter().rev().copied().collect()
 }
 
-/// `_sigma_to_alpha_sigma_t` in `f32`: VP `(1 / sqrt(sigma^2 + 1), sigma * alpha)`,
+/// `_sigma_to_alpha_sigma_t` in `f32` (diffusers keeps sigmas in `float32`), for
+/// the whole DPM-Solver family: VP `(1 / sqrt(sigma^2 + 1), sigma * alpha)`,
 /// or flow `(1 - sigma, sigma)`.
 #[inline]
 pub(crate) fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
@@ -253,17 +254,8 @@ pub(crate) fn validate_thresholding(thresholding: bool, ratio: f64, max: f64) ->
     Ok(())
 }
 
-/// Which timestep index `step` works on, without committing it: the running
-/// index, else the begin index, else the position of `t` in the schedule.
-pub(crate) fn peek_step_index(index: &StepIndex, t: f64, timesteps: &[f64]) -> Result<usize> {
-    match (index.step_index, index.begin_index) {
-        (Some(i), _) => Ok(i),
-        (None, Some(b)) => Ok(b),
-        (None, None) => StepIndex::index_for_timestep(t, timesteps),
-    }
-}
-
-/// The sigma-based forward process of the multistep solvers:
+/// The sigma-based forward process of the DPM-Solver family (multistep,
+/// singlestep, DEIS, UniPC):
 /// `alpha(sigma) * x + sigma_t(sigma) * noise`, with diffusers' index rules.
 pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
     index: &StepIndex,
@@ -275,14 +267,7 @@ pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
     at: &[f64],
 ) -> Result<T> {
     check_batch_timesteps(original, noise, at)?;
-    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
-        (None, _) => at
-            .iter()
-            .map(|&t| StepIndex::index_for_timestep(t, timesteps))
-            .collect::<Result<_>>()?,
-        (Some(_), Some(i)) => vec![i; at.len()],
-        (Some(b), None) => vec![b; at.len()],
-    };
+    let indices = index.add_noise_indices(at, timesteps)?;
     let mut alphas = Vec::with_capacity(indices.len());
     let mut sigma_ts = Vec::with_capacity(indices.len());
     for &i in &indices {
@@ -929,7 +914,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_inputs(model_output, sample)?;
-        let idx = peek_step_index(&self.index, t, &self.timesteps)?;
+        let idx = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
         if idx >= n {
             return Err(SchedulerError::PastLastStep(idx));

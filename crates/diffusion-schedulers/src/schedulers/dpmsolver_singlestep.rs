@@ -16,10 +16,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
-use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "DPMSolverSinglestepScheduler";
@@ -134,16 +135,6 @@ impl Default for DPMSolverSinglestepConfig {
 // float32 schedule helpers (shared with `unipc_multistep`)
 // ---------------------------------------------------------------------------
 
-/// `_sigma_to_alpha_sigma_t` on a `float32` sigma: `(alpha_t, sigma_t)`.
-pub(crate) fn alpha_sigma_f32(sigma: f32, flow: bool) -> (f32, f32) {
-    if flow {
-        (1.0 - sigma, sigma)
-    } else {
-        let alpha = 1.0f32 / (sigma * sigma + 1.0).sqrt();
-        (alpha, sigma * alpha)
-    }
-}
-
 /// `log(alpha_t) - log(sigma_t)` in `float32` (`+inf` at `sigma_t = 0`).
 pub(crate) fn lambda_f32(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
@@ -152,40 +143,6 @@ pub(crate) fn lambda_f32(alpha: f32, sigma: f32) -> f32 {
 /// The flow-matching shift `s * x / (1 + (s - 1) * x)`.
 pub(crate) fn flow_shifted(x: f64, shift: f64) -> f64 {
     shift * x / (1.0 + (shift - 1.0) * x)
-}
-
-/// Sigma-space forward process shared by the DPM family:
-/// `alpha(sigma) * x + sigma_t(sigma) * noise`, with diffusers' index rules.
-pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
-    sigmas: &[f64],
-    schedule: &[f64],
-    index: &StepIndex,
-    flow: bool,
-    original: &T,
-    noise: &T,
-    timesteps: &[f64],
-) -> Result<T> {
-    check_batch_timesteps(original, noise, timesteps)?;
-    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
-        (None, _) => timesteps
-            .iter()
-            .map(|&t| StepIndex::index_for_timestep(t, schedule))
-            .collect::<Result<_>>()?,
-        (Some(_), Some(i)) => vec![i; timesteps.len()],
-        (Some(b), None) => vec![b; timesteps.len()],
-    };
-    let mut alphas = Vec::with_capacity(indices.len());
-    let mut sigs = Vec::with_capacity(indices.len());
-    for i in indices {
-        let s = *sigmas.get(i).ok_or(SchedulerError::PastLastStep(i))?;
-        let (a, st) = alpha_sigma_f32(s as f32, flow);
-        alphas.push(a as f64);
-        sigs.push(st as f64);
-    }
-    Ok(T::linear_combination(&[
-        (1.0, &original.scale_batch(&alphas)),
-        (1.0, &noise.scale_batch(&sigs)),
-    ]))
 }
 
 /// Error for `set_timesteps` without a usable step count.
@@ -412,7 +369,7 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
     }
 
     fn alpha_sigma(&self, i: usize) -> (f32, f32) {
-        alpha_sigma_f32(self.sigmas[i] as f32, self.flow())
+        alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
     /// diffusers' `convert_model_output`: `x0` for DPM-Solver++, noise for DPM-Solver.
@@ -832,9 +789,9 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             self.flow(),
             original,
             noise,

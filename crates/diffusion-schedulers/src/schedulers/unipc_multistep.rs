@@ -14,9 +14,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_singlestep::{
-    TimeShiftType, alpha_sigma_f32, flow_shifted, lambda_f32, missing_steps, sigma_add_noise,
-};
+use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
+use super::dpmsolver_singlestep::{TimeShiftType, flow_shifted, lambda_f32, missing_steps};
 use crate::common::{self, StepIndex};
 use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
@@ -289,7 +288,7 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
     }
 
     fn alpha_sigma(&self, i: usize) -> (f32, f32) {
-        alpha_sigma_f32(self.sigmas[i] as f32, self.flow())
+        alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
     /// diffusers' `convert_model_output`: `x0` when `predict_x0`, else the noise.
@@ -760,9 +759,9 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             self.flow(),
             original,
             noise,
