@@ -9,6 +9,7 @@
 
 use crate::config::{BetaSchedule, PredictionType};
 use crate::error::{Result, SchedulerError};
+use crate::scheduler::TimestepSpec;
 use crate::tensor::SchedulerTensor;
 
 /// Round to the nearest `f32`, as diffusers' `float32` tables do.
@@ -48,6 +49,26 @@ pub fn arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     (0..n).map(|i| start + i as f64 * step).collect()
 }
 
+/// `np.arange(start, stop, step)` filled exactly as numpy does it:
+/// `start + i * delta` with `delta = (start + step) - start` (which can differ
+/// from `step` in the last bits), used where diffusers' schedule comes from
+/// `np.arange` with a non-integer step and the result is rounded afterwards.
+pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil();
+    if len.is_nan() || len <= 0.0 {
+        return vec![];
+    }
+    let len = len as usize;
+    let delta = (start + step) - start;
+    (0..len)
+        .map(|i| match i {
+            0 => start,
+            1 => start + step,
+            _ => start + i as f64 * delta,
+        })
+        .collect()
+}
+
 /// Glide's `betas_for_alpha_bar` with the cosine transform, capped at `max_beta`.
 pub fn betas_for_alpha_bar_cosine(n: usize, max_beta: f64) -> Vec<f64> {
     let alpha_bar = |t: f64| {
@@ -67,9 +88,17 @@ pub fn betas_for_alpha_bar_cosine(n: usize, max_beta: f64) -> Vec<f64> {
 /// `torch.linspace(start, end, n, dtype=torch.float32)` on the CPU, bit for bit:
 /// the step is computed in `f32`, the first half counts up from `start` and the
 /// second half down from `end`, each element one fused multiply-add.
+///
+/// (Evaluating the ramp in `f64` and rounding once is the same thing, because the
+/// `f64` product of an `f32` step and a small integer is exact; evaluating it in
+/// `f64` without the `f32` step differs from torch in the last bit for about a
+/// quarter of the entries, which matters where a schedule is ill-conditioned,
+/// e.g. `x0` at `t = 999`.)
 pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![f32r(start)];
+    match n {
+        0 => return vec![],
+        1 => return vec![f32r(start)],
+        _ => {}
     }
     let (s, e) = (start as f32, end as f32);
     let step = (e - s) / (n - 1) as f32;
@@ -84,6 +113,32 @@ pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
             v as f64
         })
         .collect()
+}
+
+/// `torch.linspace(start, end, n)` in `float32` with the multiply and the add
+/// rounded separately (no fused multiply-add): the ramp the Euler and EDM Euler
+/// schedulers were verified with (their Karras/log-sigma ramps). It differs from
+/// [`torch_linspace_f32`] in the last bit for some entries, so the two are kept
+/// apart to preserve each scheduler's numbers.
+pub fn torch_linspace_f32_unfused(start: f64, end: f64, n: usize) -> Vec<f64> {
+    let (start, end) = (start as f32, end as f32);
+    match n {
+        0 => vec![],
+        1 => vec![start as f64],
+        _ => {
+            let step = (end - start) / (n - 1) as f32;
+            let half = n / 2;
+            (0..n)
+                .map(|i| {
+                    if i < half {
+                        (start + step * i as f32) as f64
+                    } else {
+                        (end - step * (n - i - 1) as f32) as f64
+                    }
+                })
+                .collect()
+        }
+    }
 }
 
 /// The training betas, rounded to `f32` as diffusers stores them.
@@ -166,32 +221,74 @@ pub fn alphas_cumprod(
     (betas, ac)
 }
 
-/// `sqrt((1 - a) / a)` per training step, as diffusers' `float32` table.
-pub fn sigmas_from_alphas_cumprod(ac: &[f64]) -> Vec<f64> {
-    ac.iter().map(|a| f32r(((1.0 - a) / a).sqrt())).collect()
+/// [`alphas_cumprod`] for the schedulers that divide by it (sigma tables,
+/// log-SNR): with zero-terminal-SNR rescaling the last entry is exactly 0, and
+/// diffusers sets it to `2**-24` so that the first sigma stays finite.
+pub fn sigma_alphas_cumprod(
+    n: usize,
+    beta_start: f64,
+    beta_end: f64,
+    schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+    rescale_zero_snr: bool,
+) -> Vec<f64> {
+    let (_, mut ac) = alphas_cumprod(
+        n,
+        beta_start,
+        beta_end,
+        schedule,
+        trained_betas,
+        rescale_zero_snr,
+    );
+    if rescale_zero_snr && let Some(last) = ac.last_mut() {
+        *last = 2f64.powi(-24);
+    }
+    ac
 }
 
-/// `np.log` of an `f32` sigma table, kept at `f32` precision.
+/// The training sigma table `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`,
+/// indexed by training timestep. diffusers evaluates it on a `float32` tensor, so
+/// every operation (subtract, divide, sqrt) is rounded to `f32` here; rounding
+/// only the `f64` result differs in the last bit for some entries.
+pub fn sigmas_from_alphas_cumprod(ac: &[f64]) -> Vec<f64> {
+    ac.iter()
+        .map(|&a| {
+            let a = a as f32;
+            ((1.0f32 - a) / a).sqrt() as f64
+        })
+        .collect()
+}
+
+/// `np.log` of an `f32` sigma table as the `f64` logarithm rounded to `f32`
+/// (the table of Euler, LMS, DPM-Solver multistep and DEIS).
 pub fn log_table(sigmas: &[f64]) -> Vec<f64> {
     sigmas.iter().map(|s| f32r(s.ln())).collect()
 }
 
+/// `np.log` of an `f32` sigma table evaluated as an `f32` logarithm (the table of
+/// DPM-Solver singlestep, UniPC and the Heun/KDPM2 family). The `f32` `ln`
+/// differs from the rounded `f64` one ([`log_table`]) in the last bit for about
+/// one value in 700, so each scheduler keeps the one it was verified with.
+pub fn log_table_f32(sigmas: &[f64]) -> Vec<f64> {
+    sigmas.iter().map(|&s| (s as f32).ln() as f64).collect()
+}
+
 /// diffusers' `_sigma_to_t`: the fractional training timestep of `sigma`, by
-/// linear interpolation in log-sigma over the (ascending) training table.
+/// linear interpolation in log-sigma over the training table. The low index is
+/// the last entry not above `log(sigma)` (0 if none; for an ascending table this
+/// is numpy's argmax of the cumulative count), clipped so that a high neighbour
+/// exists; tables of fewer than two entries give 0.
 pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     let n = log_sigmas.len();
-    // Index of the last table entry <= log_sigma (argmax of the cumulative count),
-    // clipped so that a high neighbour exists.
-    let count = log_sigmas
+    if n < 2 {
+        return 0.0;
+    }
+    let low_idx = log_sigmas
         .iter()
-        .filter(|&&ls| log_sigma - ls >= 0.0)
-        .count();
-    let low_idx = if count == 0 {
-        0
-    } else {
-        (count - 1).min(n - 2)
-    };
+        .rposition(|&ls| log_sigma - ls >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
     let high_idx = low_idx + 1;
     let low = log_sigmas[low_idx];
     let high = log_sigmas[high_idx];
@@ -389,6 +486,30 @@ impl StepIndex {
         Ok(i)
     }
 
+    /// Which index `step` works on, without committing it: the running index,
+    /// else the begin index, else the position of `t` in `schedule`.
+    pub fn peek(&self, t: f64, schedule: &[f64]) -> Result<usize> {
+        match (self.step_index, self.begin_index) {
+            (Some(i), _) => Ok(i),
+            (None, Some(b)) => Ok(b),
+            (None, None) => Self::index_for_timestep(t, schedule),
+        }
+    }
+
+    /// The schedule index of each of `timesteps` for diffusers' sigma-based
+    /// `add_noise`: without a begin index every timestep is looked up; during
+    /// denoising (a step index is set) the current step; before it the begin index.
+    pub fn add_noise_indices(&self, timesteps: &[f64], schedule: &[f64]) -> Result<Vec<usize>> {
+        match (self.begin_index, self.step_index) {
+            (None, _) => timesteps
+                .iter()
+                .map(|&t| Self::index_for_timestep(t, schedule))
+                .collect(),
+            (Some(_), Some(i)) => Ok(vec![i; timesteps.len()]),
+            (Some(b), None) => Ok(vec![b; timesteps.len()]),
+        }
+    }
+
     pub fn advance(&mut self) {
         if let Some(i) = self.step_index.as_mut() {
             *i += 1;
@@ -412,6 +533,23 @@ pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
         return Err(SchedulerError::NonFinite("sample"));
     }
     Ok(())
+}
+
+/// The `num_inference_steps` of a spec for a scheduler that takes no custom
+/// timesteps or sigmas.
+pub fn require_steps(spec: &TimestepSpec, class: &'static str) -> Result<usize> {
+    if spec.timesteps.is_some() || spec.sigmas.is_some() {
+        return Err(SchedulerError::Unsupported {
+            class,
+            what: "custom timesteps or sigmas".into(),
+        });
+    }
+    spec.num_inference_steps
+        .ok_or(SchedulerError::InvalidArgument {
+            field: "num_inference_steps",
+            value: "None".into(),
+            reason: "required".into(),
+        })
 }
 
 /// Validate `num_inference_steps` against the training range.

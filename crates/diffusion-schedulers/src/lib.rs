@@ -34,6 +34,7 @@ pub mod error;
 pub mod names;
 pub mod scheduler;
 pub mod schedulers;
+pub(crate) mod sigmas;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;

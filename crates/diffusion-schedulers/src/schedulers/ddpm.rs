@@ -230,22 +230,6 @@ pub(crate) fn alpha_f32(alphas_cumprod: &[f64], t: f64) -> Result<f32> {
     Ok(crate::scheduler::alpha_lookup(alphas_cumprod, &[t])?[0] as f32)
 }
 
-/// The `num_inference_steps` of a spec that must hold a step count and no custom schedule.
-pub(crate) fn steps_only(spec: &TimestepSpec, class: &'static str) -> Result<usize> {
-    if spec.timesteps.is_some() || spec.sigmas.is_some() {
-        return Err(SchedulerError::Unsupported {
-            class,
-            what: "custom timesteps or sigmas".into(),
-        });
-    }
-    spec.num_inference_steps
-        .ok_or(SchedulerError::InvalidArgument {
-            field: "num_inference_steps",
-            value: "None".into(),
-            reason: "required".into(),
-        })
-}
-
 /// diffusers' integer timestep layouts (DDPM/DDIM), in descending order.
 pub(crate) fn spaced_timesteps(
     spacing: TimestepSpacing,

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::dpmsolver_multistep::{
-    MultistepSolverType, alpha_sigma, betas_and_alphas_cumprod, flow_sigmas, peek_step_index,
-    sigma_add_noise, spaced_timesteps, sub, threshold_sample, train_sigmas, validate_thresholding,
+    MultistepSolverType, alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps, sub,
+    threshold_sample, validate_thresholding,
 };
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
@@ -220,7 +220,7 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
         config.algorithm_type = DeisAlgorithmType::Deis;
         config.solver_type = MultistepSolverType::Logrho;
 
-        let (_, alphas_cumprod) = betas_and_alphas_cumprod(
+        let (_, alphas_cumprod) = common::alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -228,7 +228,7 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
             config.trained_betas.as_deref(),
             false,
         );
-        let train_sigmas = train_sigmas(&alphas_cumprod);
+        let train_sigmas = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let timesteps = (0..config.num_train_timesteps)
             .rev()
             .map(|t| t as f64)
@@ -479,7 +479,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_inputs(model_output, sample)?;
-        let idx = peek_step_index(&self.index, t, &self.timesteps)?;
+        let idx = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
         if idx >= n {
             return Err(SchedulerError::PastLastStep(idx));

@@ -164,85 +164,6 @@ impl Default for DPMSolverMultistepConfig {
 // Helpers shared with DEIS (same sigma schedules, same float32 scalar math).
 // ---------------------------------------------------------------------------
 
-/// `torch.linspace(start, end, n, dtype=float32)` as torch computes it on the CPU:
-/// `start + step * i` for the first half and `end - step * (n - 1 - i)` for the
-/// second, each a fused multiply-add in `f32`. (Evaluating the ramp in `f64` and
-/// rounding differs from torch in the last bit for about a quarter of the entries,
-/// which matters where a schedule is ill-conditioned, e.g. `x0` at `t = 999`.)
-pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
-    let (start, end) = (start as f32, end as f32);
-    if n == 1 {
-        return vec![start as f64];
-    }
-    let step = (end - start) / (n - 1) as f32;
-    let half = n / 2;
-    (0..n)
-        .map(|i| {
-            if i < half {
-                step.mul_add(i as f32, start) as f64
-            } else {
-                (-step).mul_add((n - 1 - i) as f32, end) as f64
-            }
-        })
-        .collect()
-}
-
-/// `(betas, alphas_cumprod)` of a config, with torch's `float32` linspace for the
-/// `linear` and `scaled_linear` schedules (see [`torch_linspace_f32`]).
-pub(crate) fn betas_and_alphas_cumprod(
-    n: usize,
-    beta_start: f64,
-    beta_end: f64,
-    schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    rescale_zero_snr: bool,
-) -> (Vec<f64>, Vec<f64>) {
-    let mut betas = match (trained_betas, schedule) {
-        (None, BetaSchedule::Linear) => torch_linspace_f32(beta_start, beta_end, n),
-        (None, BetaSchedule::ScaledLinear) => {
-            torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
-                .into_iter()
-                .map(|b| common::f32r(b * b))
-                .collect()
-        }
-        _ => common::make_betas(n, beta_start, beta_end, schedule, trained_betas),
-    };
-    if rescale_zero_snr {
-        betas = common::rescale_zero_terminal_snr(&betas);
-    }
-    let alphas_cumprod = common::cumprod_alphas(&betas);
-    (betas, alphas_cumprod)
-}
-
-/// The training sigma table `((1 - a) / a) ** 0.5`, computed in `f32` as torch does.
-pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|&a| {
-            let a = a as f32;
-            ((1.0f32 - a) / a).sqrt() as f64
-        })
-        .collect()
-}
-
-/// `np.arange(start, stop, step)` for a float step, filled as numpy does
-/// (`start + i * ((start + step) - start)`).
-pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    let len = ((stop - start) / step).ceil();
-    if len.is_nan() || len <= 0.0 {
-        return vec![];
-    }
-    let len = len as usize;
-    let delta = (start + step) - start;
-    (0..len)
-        .map(|i| match i {
-            0 => start,
-            1 => start + step,
-            _ => start + i as f64 * delta,
-        })
-        .collect()
-}
-
 /// The integer inference timesteps of the multistep solvers (`last_timestep` is
 /// the training length, or less where `lambda_min_clipped` cuts the schedule).
 pub(crate) fn spaced_timesteps(
@@ -270,7 +191,7 @@ pub(crate) fn spaced_timesteps(
         }
         TimestepSpacing::Trailing => {
             let ratio = train as f64 / n as f64;
-            np_arange(last_timestep as f64, 0.0, -ratio)
+            common::np_arange(last_timestep as f64, 0.0, -ratio)
                 .into_iter()
                 .map(|t| common::round_half_even(t) as i64 - 1)
                 .collect()
@@ -292,7 +213,8 @@ pub(crate) fn flow_sigmas(n: usize, train: usize, shift: f64) -> Vec<f64> {
     shifted[1..].iter().rev().copied().collect()
 }
 
-/// `_sigma_to_alpha_sigma_t` in `f32`: VP `(1 / sqrt(sigma^2 + 1), sigma * alpha)`,
+/// `_sigma_to_alpha_sigma_t` in `f32` (diffusers keeps sigmas in `float32`), for
+/// the whole DPM-Solver family: VP `(1 / sqrt(sigma^2 + 1), sigma * alpha)`,
 /// or flow `(1 - sigma, sigma)`.
 #[inline]
 pub(crate) fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
@@ -332,17 +254,8 @@ pub(crate) fn validate_thresholding(thresholding: bool, ratio: f64, max: f64) ->
     Ok(())
 }
 
-/// Which timestep index `step` works on, without committing it: the running
-/// index, else the begin index, else the position of `t` in the schedule.
-pub(crate) fn peek_step_index(index: &StepIndex, t: f64, timesteps: &[f64]) -> Result<usize> {
-    match (index.step_index, index.begin_index) {
-        (Some(i), _) => Ok(i),
-        (None, Some(b)) => Ok(b),
-        (None, None) => StepIndex::index_for_timestep(t, timesteps),
-    }
-}
-
-/// The sigma-based forward process of the multistep solvers:
+/// The sigma-based forward process of the DPM-Solver family (multistep,
+/// singlestep, DEIS, UniPC):
 /// `alpha(sigma) * x + sigma_t(sigma) * noise`, with diffusers' index rules.
 pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
     index: &StepIndex,
@@ -354,14 +267,7 @@ pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
     at: &[f64],
 ) -> Result<T> {
     check_batch_timesteps(original, noise, at)?;
-    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
-        (None, _) => at
-            .iter()
-            .map(|&t| StepIndex::index_for_timestep(t, timesteps))
-            .collect::<Result<_>>()?,
-        (Some(_), Some(i)) => vec![i; at.len()],
-        (Some(b), None) => vec![b; at.len()],
-    };
+    let indices = index.add_noise_indices(at, timesteps)?;
     let mut alphas = Vec::with_capacity(indices.len());
     let mut sigma_ts = Vec::with_capacity(indices.len());
     for &i in &indices {
@@ -503,7 +409,7 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
             ));
         }
 
-        let (_, mut alphas_cumprod) = betas_and_alphas_cumprod(
+        let alphas_cumprod = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -511,12 +417,6 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
             config.trained_betas.as_deref(),
             config.rescale_betas_zero_snr,
         );
-        if config.rescale_betas_zero_snr {
-            // Close to zero without being zero, so the first sigma stays finite.
-            if let Some(last) = alphas_cumprod.last_mut() {
-                *last = 2f64.powi(-24);
-            }
-        }
         let lambda_t = alphas_cumprod
             .iter()
             .map(|&a| {
@@ -524,7 +424,7 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
                 a.sqrt().ln() - (1.0f32 - a).sqrt().ln()
             })
             .collect();
-        let train_sigmas = train_sigmas(&alphas_cumprod);
+        let train_sigmas = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let timesteps = (0..config.num_train_timesteps)
             .rev()
             .map(|t| t as f64)
@@ -1014,7 +914,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_inputs(model_output, sample)?;
-        let idx = peek_step_index(&self.index, t, &self.timesteps)?;
+        let idx = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
         if idx >= n {
             return Err(SchedulerError::PastLastStep(idx));

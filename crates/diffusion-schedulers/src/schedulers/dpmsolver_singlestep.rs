@@ -16,10 +16,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
-use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "DPMSolverSinglestepScheduler";
@@ -134,177 +135,14 @@ impl Default for DPMSolverSinglestepConfig {
 // float32 schedule helpers (shared with `unipc_multistep`)
 // ---------------------------------------------------------------------------
 
-/// `torch.linspace(start, end, n, dtype=float32)` bit for bit: the step is
-/// rounded to `f32`, then each value is `start + step * i` (first half) or
-/// `end - step * (n - 1 - i)` (second half) with a single rounding (torch's CPU
-/// kernel evaluates these with a fused multiply-add).
-pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
-    let (s, e) = (start as f32, end as f32);
-    let step = if n > 1 { (e - s) / (n - 1) as f32 } else { 0.0 };
-    let (s, e, step) = (s as f64, e as f64, step as f64);
-    (0..n)
-        .map(|i| {
-            let v = if i < n / 2 {
-                step.mul_add(i as f64, s)
-            } else {
-                (-step).mul_add((n - 1 - i) as f64, e)
-            };
-            v as f32 as f64
-        })
-        .collect()
-}
-
-/// The training betas exactly as diffusers' `float32` tensor holds them
-/// (`common::make_betas` rounds an `f64` linspace instead, which differs from
-/// torch's `float32` linspace in the last bit for about a third of the entries).
-pub(crate) fn torch_betas(
-    n: usize,
-    beta_start: f64,
-    beta_end: f64,
-    schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-) -> Vec<f64> {
-    if let Some(b) = trained_betas {
-        return b.iter().map(|&x| common::f32r(x)).collect();
-    }
-    match schedule {
-        BetaSchedule::Linear => torch_linspace_f32(beta_start, beta_end, n),
-        BetaSchedule::ScaledLinear => torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
-            .into_iter()
-            .map(|b| {
-                let b = b as f32;
-                (b * b) as f64
-            })
-            .collect(),
-        _ => common::make_betas(n, beta_start, beta_end, schedule, None),
-    }
-}
-
-/// diffusers' `alphas_cumprod` table (`float32`), from [`torch_betas`] and, when
-/// asked, [`torch_rescale_zero_terminal_snr`].
-pub(crate) fn cumprod_alphas_torch(
-    n: usize,
-    beta_start: f64,
-    beta_end: f64,
-    schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    rescale_zero_snr: bool,
-) -> Vec<f64> {
-    let mut betas = torch_betas(n, beta_start, beta_end, schedule, trained_betas);
-    if rescale_zero_snr {
-        betas = torch_rescale_zero_terminal_snr(&betas);
-    }
-    common::cumprod_alphas(&betas)
-}
-
-/// diffusers' `rescale_zero_terminal_snr`, evaluated in `float32` as torch does.
-pub(crate) fn torch_rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
-    let ac = common::cumprod_alphas(betas);
-    let mut sqrt_ac: Vec<f32> = ac.iter().map(|&a| (a as f32).sqrt()).collect();
-    let first = sqrt_ac[0];
-    let last = sqrt_ac[sqrt_ac.len() - 1];
-    let scale = first / (first - last);
-    for v in &mut sqrt_ac {
-        *v = (*v - last) * scale;
-    }
-    let bar: Vec<f32> = sqrt_ac.iter().map(|v| v * v).collect();
-    let mut out = Vec::with_capacity(bar.len());
-    out.push((1.0f32 - bar[0]) as f64);
-    for i in 1..bar.len() {
-        out.push((1.0f32 - bar[i] / bar[i - 1]) as f64);
-    }
-    out
-}
-
-/// diffusers' `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, evaluated in
-/// `float32` as torch does.
-pub(crate) fn sigma_table_f32(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|&a| {
-            let a = a as f32;
-            ((1.0f32 - a) / a).sqrt() as f64
-        })
-        .collect()
-}
-
-/// `np.log` of a `float32` table (stays `float32`).
-pub(crate) fn log_table_f32(table: &[f64]) -> Vec<f64> {
-    table.iter().map(|&s| (s as f32).ln() as f64).collect()
-}
-
-/// `_sigma_to_alpha_sigma_t` on a `float32` sigma: `(alpha_t, sigma_t)`.
-pub(crate) fn alpha_sigma_f32(sigma: f32, flow: bool) -> (f32, f32) {
-    if flow {
-        (1.0 - sigma, sigma)
-    } else {
-        let alpha = 1.0f32 / (sigma * sigma + 1.0).sqrt();
-        (alpha, sigma * alpha)
-    }
-}
-
 /// `log(alpha_t) - log(sigma_t)` in `float32` (`+inf` at `sigma_t = 0`).
 pub(crate) fn lambda_f32(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
 }
 
-/// diffusers' `_sigma_to_t` for any (not necessarily ascending) log-sigma table:
-/// the low index is the last entry not above `log(sigma)` (0 if none), clipped so
-/// that a high neighbour exists.
-pub(crate) fn sigma_to_t_general(sigma: f64, log_sigmas: &[f64]) -> f64 {
-    let log_sigma = sigma.max(1e-10).ln();
-    let n = log_sigmas.len();
-    if n < 2 {
-        return 0.0;
-    }
-    let low_idx = log_sigmas
-        .iter()
-        .rposition(|&ls| log_sigma - ls >= 0.0)
-        .unwrap_or(0)
-        .min(n - 2);
-    let high_idx = low_idx + 1;
-    let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
-    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
-    (1.0 - w) * low_idx as f64 + w * high_idx as f64
-}
-
 /// The flow-matching shift `s * x / (1 + (s - 1) * x)`.
 pub(crate) fn flow_shifted(x: f64, shift: f64) -> f64 {
     shift * x / (1.0 + (shift - 1.0) * x)
-}
-
-/// Sigma-space forward process shared by the DPM family:
-/// `alpha(sigma) * x + sigma_t(sigma) * noise`, with diffusers' index rules.
-pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
-    sigmas: &[f64],
-    schedule: &[f64],
-    index: &StepIndex,
-    flow: bool,
-    original: &T,
-    noise: &T,
-    timesteps: &[f64],
-) -> Result<T> {
-    check_batch_timesteps(original, noise, timesteps)?;
-    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
-        (None, _) => timesteps
-            .iter()
-            .map(|&t| StepIndex::index_for_timestep(t, schedule))
-            .collect::<Result<_>>()?,
-        (Some(_), Some(i)) => vec![i; timesteps.len()],
-        (Some(b), None) => vec![b; timesteps.len()],
-    };
-    let mut alphas = Vec::with_capacity(indices.len());
-    let mut sigs = Vec::with_capacity(indices.len());
-    for i in indices {
-        let s = *sigmas.get(i).ok_or(SchedulerError::PastLastStep(i))?;
-        let (a, st) = alpha_sigma_f32(s as f32, flow);
-        alphas.push(a as f64);
-        sigs.push(st as f64);
-    }
-    Ok(T::linear_combination(&[
-        (1.0, &original.scale_batch(&alphas)),
-        (1.0, &noise.scale_batch(&sigs)),
-    ]))
 }
 
 /// Error for `set_timesteps` without a usable step count.
@@ -436,7 +274,7 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 "must be a number",
             ));
         }
-        let alphas_cumprod = cumprod_alphas_torch(
+        let (_, alphas_cumprod) = common::alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -444,7 +282,7 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
             config.trained_betas.as_deref(),
             false,
         );
-        let sigma_table = sigma_table_f32(&alphas_cumprod);
+        let sigma_table = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let lambda_table = alphas_cumprod
             .iter()
             .map(|&a| {
@@ -531,7 +369,7 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
     }
 
     fn alpha_sigma(&self, i: usize) -> (f32, f32) {
-        alpha_sigma_f32(self.sigmas[i] as f32, self.flow())
+        alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
     /// diffusers' `convert_model_output`: `x0` for DPM-Solver++, noise for DPM-Solver.
@@ -811,7 +649,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
             .ok_or_else(missing_steps)?;
 
         let table = &self.sigma_table;
-        let log_sigmas = log_table_f32(table);
+        let log_sigmas = common::log_table_f32(table);
         let sigma_min = table[0];
         let sigma_max = table[table.len() - 1];
         let (sigmas, timesteps): (Vec<f64>, Vec<f64>) = if let Some(ts) = custom {
@@ -951,9 +789,9 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             self.flow(),
             original,
             noise,
@@ -1295,7 +1133,7 @@ mod tests {
     #[test]
     fn torch_linspace_is_bit_exact() {
         // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32)[[1, 7, 500, 998]]
-        let v = torch_linspace_f32(0.0001, 0.02, 1000);
+        let v = common::torch_linspace_f32(0.0001, 0.02, 1000);
         let want = [
             0.00011991991777904332,
             0.00023943943961057812,

@@ -10,13 +10,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{
-    euler_churn_step, input_sigma, sigma_add_noise, step_position, torch_linspace_f32,
-};
+use super::euler_discrete::{euler_churn_step, input_sigma, step_position};
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{FinalSigmasType, PredictionType, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
+use crate::sigmas::{begin_index_beyond, sigma_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "EDMEulerScheduler";
@@ -127,7 +126,7 @@ impl EDMEulerScheduler {
             // diffusers ignores the ramp's values here (only its length counts)
             // and works in f32.
             SigmaSchedule::Exponential => {
-                torch_linspace_f32(c.sigma_min.ln(), c.sigma_max.ln(), ramp.len())
+                common::torch_linspace_f32_unfused(c.sigma_min.ln(), c.sigma_max.ln(), ramp.len())
                     .into_iter()
                     .rev()
                     .map(|v| (v as f32).exp() as f64)
@@ -283,12 +282,13 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             original,
             noise,
             timesteps,
+            begin_index_beyond(self.sigmas.len()),
         )
     }
 

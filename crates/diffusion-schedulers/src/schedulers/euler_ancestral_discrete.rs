@@ -6,14 +6,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::euler_discrete::{
-    euler_init_noise_sigma, euler_update, input_sigma, interp_sigmas, require_steps,
-    sigma_add_noise, sigma_alphas_cumprod, sigma_prediction, spaced_timesteps, step_position,
-    train_sigmas, validate_sigma_betas,
+    euler_init_noise_sigma, euler_update, input_sigma, sigma_prediction, step_position,
 };
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
+use crate::sigmas::{
+    begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
+};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "EulerAncestralDiscreteScheduler";
@@ -80,7 +81,7 @@ impl EulerAncestralDiscreteScheduler {
                 "not implemented for EulerAncestralDiscreteScheduler",
             ));
         }
-        let alphas_cumprod = sigma_alphas_cumprod(
+        let alphas_cumprod = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -88,7 +89,7 @@ impl EulerAncestralDiscreteScheduler {
             config.trained_betas.as_deref(),
             config.rescale_betas_zero_snr,
         );
-        let table = train_sigmas(&alphas_cumprod);
+        let table = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let mut sigmas: Vec<f64> = table.iter().rev().copied().collect();
         sigmas.push(0.0);
         let timesteps = (0..config.num_train_timesteps)
@@ -137,7 +138,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
     }
 
     fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
-        let n = require_steps(CLASS_NAME, spec)?;
+        let n = common::require_steps(spec, CLASS_NAME)?;
         let c = &self.config;
         common::check_num_steps(n, c.num_train_timesteps)?;
         let timesteps =
@@ -212,12 +213,13 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             original,
             noise,
             timesteps,
+            begin_index_beyond(self.sigmas.len()),
         )
     }
 

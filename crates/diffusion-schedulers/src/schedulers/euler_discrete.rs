@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex, f32r};
-use crate::config::{
-    BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType, invalid,
-    validate_betas,
-};
+use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::sigmas::{
+    SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
+    validate_sigma_betas, validate_sigma_bound,
+};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "EulerDiscreteScheduler";
@@ -84,159 +85,6 @@ impl Default for EulerDiscreteConfig {
 // Sigma-schedule helpers shared with `euler_ancestral_discrete` and `lms_discrete`.
 // ---------------------------------------------------------------------------
 
-/// Which of Karras / exponential / beta sigmas a config asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SigmaSpacing {
-    Interpolated,
-    Karras,
-    Exponential,
-    Beta,
-}
-
-impl SigmaSpacing {
-    /// Resolve the three `use_*_sigmas` flags; diffusers refuses more than one.
-    pub(crate) fn from_flags(karras: bool, exponential: bool, beta: bool) -> Result<Self> {
-        match (karras, exponential, beta) {
-            (false, false, false) => Ok(Self::Interpolated),
-            (true, false, false) => Ok(Self::Karras),
-            (false, true, false) => Ok(Self::Exponential),
-            (false, false, true) => Ok(Self::Beta),
-            _ => Err(invalid(
-                "use_karras_sigmas",
-                format!("karras={karras}, exponential={exponential}, beta={beta}"),
-                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set",
-            )),
-        }
-    }
-
-    /// Re-space `n` sigmas between `sigma_min` and `sigma_max` (`None` for interpolated).
-    pub(crate) fn respace(self, sigma_min: f64, sigma_max: f64, n: usize) -> Option<Vec<f64>> {
-        match self {
-            Self::Interpolated => None,
-            Self::Karras => Some(common::karras_sigmas(sigma_min, sigma_max, n)),
-            Self::Exponential => Some(common::exponential_sigmas(sigma_min, sigma_max, n)),
-            Self::Beta => Some(common::beta_sigmas(sigma_min, sigma_max, n)),
-        }
-    }
-}
-
-/// The config checks shared by the beta-derived sigma schedulers.
-pub(crate) fn validate_sigma_betas(
-    class: &str,
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    beta_schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    prediction_type: PredictionType,
-) -> Result<()> {
-    validate_betas(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-    )?;
-    if beta_schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
-        return Err(invalid(
-            "beta_schedule",
-            "sigmoid",
-            format!("not implemented for {class}"),
-        ));
-    }
-    if prediction_type == PredictionType::FlowPrediction {
-        return Err(invalid(
-            "prediction_type",
-            "flow_prediction",
-            format!("not supported by {class}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Check an optional `sigma_min`/`sigma_max` override.
-pub(crate) fn validate_sigma_bound(field: &str, value: Option<f64>) -> Result<()> {
-    match value {
-        Some(v) if !(v.is_finite() && v > 0.0) => {
-            Err(invalid(field, v, "must be a finite positive number"))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The training sigma table `sqrt((1 - a) / a)`, indexed by training timestep,
-/// evaluated step by step in `f32` as diffusers' torch code does.
-pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|&a| {
-            let a = a as f32;
-            ((1.0f32 - a) / a).sqrt() as f64
-        })
-        .collect()
-}
-
-/// The cumulative alphas of a beta config; with zero-terminal-SNR rescaling the
-/// last one is set to `2^-24` (as diffusers does) so that its sigma stays finite.
-pub(crate) fn sigma_alphas_cumprod(
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    beta_schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    rescale_betas_zero_snr: bool,
-) -> Vec<f64> {
-    let (_, mut ac) = common::alphas_cumprod(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-        rescale_betas_zero_snr,
-    );
-    if rescale_betas_zero_snr && let Some(last) = ac.last_mut() {
-        *last = 2f64.powi(-24);
-    }
-    ac
-}
-
-/// The inference timesteps of `timestep_spacing` (descending, `f32` values).
-pub(crate) fn spaced_timesteps(
-    spacing: TimestepSpacing,
-    n: usize,
-    num_train_timesteps: usize,
-    steps_offset: usize,
-) -> Vec<f64> {
-    let train = num_train_timesteps as f64;
-    match spacing {
-        TimestepSpacing::Linspace => common::linspace(0.0, train - 1.0, n)
-            .into_iter()
-            .rev()
-            .map(f32r)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = (num_train_timesteps / n) as f64;
-            (0..n)
-                .rev()
-                .map(|i| f32r(f32r(i as f64 * ratio) + steps_offset as f64))
-                .collect()
-        }
-        TimestepSpacing::Trailing => common::arange(train, 0.0, -(train / n as f64))
-            .into_iter()
-            .map(|t| f32r(common::round_half_even(t)) - 1.0)
-            .collect(),
-    }
-}
-
-/// `np.interp` of the training sigma table at each timestep.
-pub(crate) fn interp_sigmas(timesteps: &[f64], table: &[f64]) -> Vec<f64> {
-    let xp: Vec<f64> = (0..table.len()).map(|i| i as f64).collect();
-    timesteps
-        .iter()
-        .map(|&t| common::interp(t, &xp, table))
-        .collect()
-}
-
 /// `init_noise_sigma` of the Euler family: the largest sigma, or
 /// `sqrt(max^2 + 1)` for `leading` spacing.
 pub(crate) fn euler_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
@@ -244,28 +92,6 @@ pub(crate) fn euler_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -
     match spacing {
         TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
         TimestepSpacing::Leading => f32r((max * max + 1.0).sqrt()),
-    }
-}
-
-/// `torch.linspace(start, end, steps)` in `float32`, with torch's two-sided formula.
-pub(crate) fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f64> {
-    let (start, end) = (start as f32, end as f32);
-    match steps {
-        0 => vec![],
-        1 => vec![start as f64],
-        _ => {
-            let step = (end - start) / (steps - 1) as f32;
-            let half = steps / 2;
-            (0..steps)
-                .map(|i| {
-                    if i < half {
-                        (start + step * i as f32) as f64
-                    } else {
-                        (end - step * (steps - i - 1) as f32) as f64
-                    }
-                })
-                .collect()
-        }
     }
 }
 
@@ -317,45 +143,6 @@ pub(crate) fn input_sigma(
         .get(i)
         .copied()
         .ok_or(SchedulerError::PastLastStep(i))
-}
-
-/// The sigma-space forward process `x + sigma(t) * noise`, with diffusers' rules
-/// for which step's sigma applies (`begin_index` unset: look every `t` up;
-/// mid-schedule: the current step; else the begin index).
-pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
-    sigmas: &[f64],
-    schedule: &[f64],
-    index: &StepIndex,
-    original: &T,
-    noise: &T,
-    timesteps: &[f64],
-) -> Result<T> {
-    check_batch_timesteps(original, noise, timesteps)?;
-    let positions: Vec<usize> = match (index.begin_index, index.step_index) {
-        (None, _) => timesteps
-            .iter()
-            .map(|&t| StepIndex::index_for_timestep(t, schedule))
-            .collect::<Result<_>>()?,
-        (Some(_), Some(i)) => vec![i; timesteps.len()],
-        (Some(b), None) => vec![b; timesteps.len()],
-    };
-    let coeffs = positions
-        .iter()
-        .map(|&i| {
-            sigmas
-                .get(i)
-                .copied()
-                .ok_or(SchedulerError::InvalidArgument {
-                    field: "begin_index",
-                    value: i.to_string(),
-                    reason: format!("beyond the {} sigmas of the schedule", sigmas.len()),
-                })
-        })
-        .collect::<Result<Vec<f64>>>()?;
-    Ok(T::linear_combination(&[
-        (1.0, original),
-        (1.0, &noise.scale_batch(&coeffs)),
-    ]))
 }
 
 /// The Karras "churn" factor `gamma` of a step at `sigma` (0 outside `[s_tmin, s_tmax]`).
@@ -433,22 +220,6 @@ pub(crate) fn sigma_prediction<T: SchedulerTensor>(
     }
 }
 
-/// The `num_inference_steps` of a spec that must give a plain step count.
-pub(crate) fn require_steps(class: &'static str, spec: &TimestepSpec) -> Result<usize> {
-    if spec.timesteps.is_some() || spec.sigmas.is_some() {
-        return Err(SchedulerError::Unsupported {
-            class,
-            what: "custom timesteps or sigmas".into(),
-        });
-    }
-    spec.num_inference_steps
-        .ok_or(SchedulerError::InvalidArgument {
-            field: "num_inference_steps",
-            value: "None".into(),
-            reason: "required".into(),
-        })
-}
-
 // ---------------------------------------------------------------------------
 
 /// The Euler sampler over beta-derived sigmas.
@@ -484,7 +255,7 @@ impl EulerDiscreteScheduler {
         )?;
         validate_sigma_bound("sigma_min", config.sigma_min)?;
         validate_sigma_bound("sigma_max", config.sigma_max)?;
-        let alphas_cumprod = sigma_alphas_cumprod(
+        let alphas_cumprod = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -492,7 +263,7 @@ impl EulerDiscreteScheduler {
             config.trained_betas.as_deref(),
             config.rescale_betas_zero_snr,
         );
-        let table = train_sigmas(&alphas_cumprod);
+        let table = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let log_table = common::log_table(&table);
         // Before `set_timesteps`: the whole training schedule, descending.
         let mut sigmas: Vec<f64> = table.iter().rev().copied().collect();
@@ -534,7 +305,7 @@ impl EulerDiscreteScheduler {
             InterpolationType::LogLinear => {
                 let lo = f32r(self.table[0].ln());
                 let hi = f32r(self.table[self.table.len() - 1].ln());
-                torch_linspace_f32(hi, lo, n + 1)
+                common::torch_linspace_f32_unfused(hi, lo, n + 1)
                     .into_iter()
                     .map(|v| (v as f32).exp() as f64)
                     .collect()
@@ -719,12 +490,13 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             original,
             noise,
             timesteps,
+            begin_index_beyond(self.sigmas.len()),
         )
     }
 

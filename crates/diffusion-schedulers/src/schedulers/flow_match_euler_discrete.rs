@@ -24,7 +24,7 @@ use crate::common::{self, StepIndex, f32r};
 use crate::config::invalid;
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
-use crate::schedulers::heun_discrete::SigmaKind;
+use crate::sigmas::SigmaSpacing;
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "FlowMatchEulerDiscreteScheduler";
@@ -84,7 +84,7 @@ impl Default for FlowMatchEulerDiscreteConfig {
 #[derive(Debug, Clone)]
 pub struct FlowMatchEulerDiscreteScheduler {
     config: FlowMatchEulerDiscreteConfig,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     shift: f64,
     /// Last and first sigma of the training schedule (`f32` values).
     sigma_min: f64,
@@ -105,7 +105,7 @@ fn exact(x: f64) -> f64 {
 
 impl FlowMatchEulerDiscreteScheduler {
     pub fn new(config: FlowMatchEulerDiscreteConfig) -> Result<Self> {
-        let kind = SigmaKind::from_flags(
+        let kind = SigmaSpacing::from_flags(
             config.use_karras_sigmas,
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
@@ -181,14 +181,7 @@ impl FlowMatchEulerDiscreteScheduler {
         noise: &T,
     ) -> Result<T> {
         check_batch_timesteps(sample, noise, timesteps)?;
-        let indices: Vec<usize> = match (self.index.begin_index, self.index.step_index) {
-            (None, _) => timesteps
-                .iter()
-                .map(|&t| StepIndex::index_for_timestep(t, &self.timesteps))
-                .collect::<Result<_>>()?,
-            (Some(_), Some(i)) => vec![i; timesteps.len()],
-            (Some(b), None) => vec![b; timesteps.len()],
-        };
+        let indices = self.index.add_noise_indices(timesteps, &self.timesteps)?;
         let sigma = indices
             .iter()
             .map(|&i| {
@@ -366,10 +359,10 @@ impl<T: SchedulerTensor> Scheduler<T> for FlowMatchEulerDiscreteScheduler {
         // 4. Karras / exponential / beta, from the current first and last sigma.
         let (min, max) = (sigmas[sigmas.len() - 1], sigmas[0]);
         sigmas = match self.kind {
-            SigmaKind::Interpolated => sigmas,
-            SigmaKind::Karras => common::karras_sigmas(min, max, n),
-            SigmaKind::Exponential => common::exponential_sigmas(min, max, n),
-            SigmaKind::Beta => common::beta_sigmas(min, max, n),
+            SigmaSpacing::Interpolated => sigmas,
+            SigmaSpacing::Karras => common::karras_sigmas(min, max, n),
+            SigmaSpacing::Exponential => common::exponential_sigmas(min, max, n),
+            SigmaSpacing::Beta => common::beta_sigmas(min, max, n),
         };
         // 5. float32 tensors; timesteps are sigma * N unless given.
         let mut sigmas: Vec<f64> = sigmas.into_iter().map(f32r).collect();

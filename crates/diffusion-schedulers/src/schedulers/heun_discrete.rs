@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex};
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
+use crate::sigmas::{
+    SigmaSpacing, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
+};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "HeunDiscreteScheduler";
@@ -76,32 +79,6 @@ impl Default for HeunDiscreteConfig {
 // Sigma-table helpers shared by Heun, KDPM2 and KDPM2 ancestral.
 // ---------------------------------------------------------------------------
 
-/// Which inference sigmas replace the interpolated ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SigmaKind {
-    Interpolated,
-    Karras,
-    Exponential,
-    Beta,
-}
-
-impl SigmaKind {
-    /// From the three `use_*_sigmas` flags; diffusers refuses more than one.
-    pub(crate) fn from_flags(karras: bool, exponential: bool, beta: bool) -> Result<Self> {
-        match (karras, exponential, beta) {
-            (false, false, false) => Ok(Self::Interpolated),
-            (true, false, false) => Ok(Self::Karras),
-            (false, true, false) => Ok(Self::Exponential),
-            (false, false, true) => Ok(Self::Beta),
-            _ => Err(invalid(
-                "use_karras_sigmas",
-                format!("karras={karras}, exponential={exponential}, beta={beta}"),
-                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be set",
-            )),
-        }
-    }
-}
-
 /// `betas_for_alpha_bar` with `alpha_bar(t) = exp(-12 t)`, as `f32`.
 pub(crate) fn exp_betas(n: usize) -> Vec<f64> {
     let alpha_bar = |t: f64| (t * -12.0).exp();
@@ -125,18 +102,12 @@ pub(crate) struct SigmaTable {
 
 impl SigmaTable {
     pub(crate) fn new(alphas_cumprod: &[f64]) -> Self {
-        let s32: Vec<f32> = alphas_cumprod
-            .iter()
-            .map(|&a| {
-                let a = a as f32;
-                ((1.0f32 - a) / a).sqrt()
-            })
-            .collect();
-        let log_sigmas_f32: Vec<f32> = s32.iter().map(|s| s.ln()).collect();
+        let sigmas = common::sigmas_from_alphas_cumprod(alphas_cumprod);
+        let log_sigmas = common::log_table_f32(&sigmas);
         Self {
-            sigmas: s32.iter().map(|&s| s as f64).collect(),
-            log_sigmas: log_sigmas_f32.iter().map(|&l| l as f64).collect(),
-            log_sigmas_f32,
+            log_sigmas_f32: log_sigmas.iter().map(|&l| l as f32).collect(),
+            sigmas,
+            log_sigmas,
         }
     }
 
@@ -168,39 +139,6 @@ impl SigmaTable {
     }
 }
 
-/// diffusers' inference timesteps for a spacing (descending, `f32` values).
-pub(crate) fn spaced_timesteps(
-    spacing: TimestepSpacing,
-    train: usize,
-    n: usize,
-    steps_offset: usize,
-) -> Vec<f64> {
-    match spacing {
-        TimestepSpacing::Linspace => common::linspace(0.0, (train - 1) as f64, n)
-            .into_iter()
-            .rev()
-            .map(common::f32r)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = (train / n) as f64;
-            (0..n)
-                .rev()
-                .map(|i| {
-                    common::f32r(common::round_half_even(i as f64 * ratio)) + steps_offset as f64
-                })
-                .map(common::f32r)
-                .collect()
-        }
-        TimestepSpacing::Trailing => {
-            let ratio = train as f64 / n as f64;
-            common::arange(train as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| common::f32r(common::round_half_even(t)) - 1.0)
-                .collect()
-        }
-    }
-}
-
 /// The inference sigmas (without the final 0) for `timesteps`, and the
 /// timesteps that go with them: interpolated from the training table, or
 /// replaced by a Karras/exponential/beta schedule whose timesteps come from
@@ -209,27 +147,19 @@ pub(crate) fn inference_sigmas(
     table: &SigmaTable,
     timesteps: Vec<f64>,
     num_inference_steps: usize,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     round_karras_timesteps: bool,
 ) -> (Vec<f64>, Vec<f64>) {
-    let xp: Vec<f64> = (0..table.sigmas.len()).map(|i| i as f64).collect();
-    let sigmas: Vec<f64> = timesteps
-        .iter()
-        .map(|&t| common::interp(t, &xp, &table.sigmas))
-        .collect();
-    let n = num_inference_steps;
+    let sigmas = interp_sigmas(&timesteps, &table.sigmas);
     let (min, max) = (sigmas[sigmas.len() - 1], sigmas[0]);
-    let replaced = match kind {
-        SigmaKind::Interpolated => return (timesteps, sigmas),
-        SigmaKind::Karras => common::karras_sigmas(min, max, n),
-        SigmaKind::Exponential => common::exponential_sigmas(min, max, n),
-        SigmaKind::Beta => common::beta_sigmas(min, max, n),
+    let Some(replaced) = kind.respace(min, max, num_inference_steps) else {
+        return (timesteps, sigmas);
     };
     let ts = replaced
         .iter()
         .map(|&s| {
             let t = table.sigma_to_t(s);
-            if round_karras_timesteps && kind == SigmaKind::Karras {
+            if round_karras_timesteps && kind == SigmaSpacing::Karras {
                 common::round_half_even(t)
             } else {
                 t
@@ -249,41 +179,6 @@ pub(crate) fn interleave_tail_f32(x: &[f32]) -> Vec<f32> {
     }
     out.push(x[x.len() - 1]);
     out
-}
-
-/// `sigma` for the sigma-based `add_noise` of the Karras family, with diffusers'
-/// index rules: no begin index -> look each timestep up; during denoising -> the
-/// current step; before it -> the begin index.
-pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
-    index: &StepIndex,
-    timesteps: &[f64],
-    sigmas: &[f64],
-    original: &T,
-    noise: &T,
-    at: &[f64],
-) -> Result<T> {
-    check_batch_timesteps(original, noise, at)?;
-    let indices: Vec<usize> = match (index.begin_index, index.step_index) {
-        (None, _) => at
-            .iter()
-            .map(|&t| StepIndex::index_for_timestep(t, timesteps))
-            .collect::<Result<_>>()?,
-        (Some(_), Some(i)) => vec![i; at.len()],
-        (Some(b), None) => vec![b; at.len()],
-    };
-    let s = indices
-        .iter()
-        .map(|&i| {
-            sigmas
-                .get(i)
-                .copied()
-                .ok_or(SchedulerError::PastLastStep(i))
-        })
-        .collect::<Result<Vec<f64>>>()?;
-    Ok(T::linear_combination(&[
-        (1.0, original),
-        (1.0, &noise.scale_batch(&s)),
-    ]))
 }
 
 /// `x0` from a model output at noise level `sigma` (epsilon or v-prediction of a
@@ -327,29 +222,6 @@ pub(crate) fn karras_scale_input<T: SchedulerTensor>(sample: &T, sigma: f64) -> 
     sample.scale(1.0 / d as f64)
 }
 
-/// `torch.linspace(start, end, n, dtype=torch.float32)` bit for bit: torch computes
-/// `step = (end - start) / (n - 1)` in `f32`, then `fma(step, i, start)` for the
-/// first half and `fma(-step, n - 1 - i, end)` for the second. (The `f64` product
-/// of an `f32` and a small integer is exact, so one rounding to `f32` is the FMA.)
-pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
-    let (s, e) = (start as f32, end as f32);
-    if n == 1 {
-        return vec![s as f64];
-    }
-    let step = ((e - s) / (n - 1) as f32) as f64;
-    let half = n / 2;
-    (0..n)
-        .map(|i| {
-            let v = if i < half {
-                s as f64 + step * i as f64
-            } else {
-                e as f64 - step * (n - 1 - i) as f64
-            };
-            common::f32r(v)
-        })
-        .collect()
-}
-
 /// The training `alphas_cumprod` of the Karras-family configs, with the betas
 /// built exactly as diffusers' `float32` torch code builds them.
 pub(crate) fn karras_alphas_cumprod(
@@ -360,72 +232,21 @@ pub(crate) fn karras_alphas_cumprod(
     trained_betas: Option<&[f64]>,
 ) -> Vec<f64> {
     let n = num_train_timesteps;
-    let betas: Vec<f64> = match (trained_betas, schedule) {
-        (Some(b), _) => b.iter().map(|&v| common::f32r(v)).collect(),
-        (None, HeunBetaSchedule::Linear) => torch_linspace_f32(beta_start, beta_end, n),
-        (None, HeunBetaSchedule::ScaledLinear) => {
-            torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
-                .into_iter()
-                .map(|b| common::f32r(b * b))
-                .collect()
-        }
-        (None, HeunBetaSchedule::SquaredcosCapV2) => common::betas_for_alpha_bar_cosine(n, 0.999)
-            .into_iter()
-            .map(common::f32r)
-            .collect(),
+    let betas = match (trained_betas, schedule) {
         (None, HeunBetaSchedule::Exp) => exp_betas(n),
+        _ => {
+            let schedule = match schedule {
+                HeunBetaSchedule::Linear => BetaSchedule::Linear,
+                HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
+                // `exp` with trained betas: the schedule is not used.
+                HeunBetaSchedule::SquaredcosCapV2 | HeunBetaSchedule::Exp => {
+                    BetaSchedule::SquaredcosCapV2
+                }
+            };
+            common::make_betas(n, beta_start, beta_end, schedule, trained_betas)
+        }
     };
     common::cumprod_alphas(&betas)
-}
-
-/// Config checks shared by the Karras family.
-pub(crate) fn validate_karras_config(
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    prediction_type: PredictionType,
-    class: &str,
-) -> Result<()> {
-    validate_betas(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        schedule,
-        trained_betas,
-    )?;
-    if schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
-        return Err(invalid(
-            "beta_schedule",
-            "sigmoid",
-            format!("not implemented for {class}"),
-        ));
-    }
-    if prediction_type == PredictionType::FlowPrediction {
-        return Err(invalid(
-            "prediction_type",
-            "flow_prediction",
-            format!("not supported by {class}"),
-        ));
-    }
-    Ok(())
-}
-
-/// `num_inference_steps` of a spec that takes no custom schedule.
-pub(crate) fn required_steps(spec: &TimestepSpec, class: &'static str) -> Result<usize> {
-    if spec.timesteps.is_some() || spec.sigmas.is_some() {
-        return Err(SchedulerError::Unsupported {
-            class,
-            what: "custom timesteps or sigmas".into(),
-        });
-    }
-    spec.num_inference_steps
-        .ok_or(SchedulerError::InvalidArgument {
-            field: "num_inference_steps",
-            value: "None".into(),
-            reason: "required".into(),
-        })
 }
 
 // ---------------------------------------------------------------------------
@@ -444,7 +265,7 @@ struct FirstHalf<T> {
 #[derive(Debug, Clone)]
 pub struct HeunDiscreteScheduler<T> {
     config: HeunDiscreteConfig,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     table: SigmaTable,
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
@@ -455,7 +276,7 @@ pub struct HeunDiscreteScheduler<T> {
 
 impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
     pub fn new(config: HeunDiscreteConfig) -> Result<Self> {
-        let kind = SigmaKind::from_flags(
+        let kind = SigmaSpacing::from_flags(
             config.use_karras_sigmas,
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
@@ -465,14 +286,14 @@ impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
             HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
             _ => BetaSchedule::SquaredcosCapV2,
         };
-        validate_karras_config(
+        validate_sigma_betas(
+            CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
             shared_schedule,
             config.trained_betas.as_deref(),
             config.prediction_type,
-            CLASS_NAME,
         )?;
         if config.clip_sample
             && !(config.clip_sample_range.is_finite() && config.clip_sample_range > 0.0)
@@ -603,7 +424,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
                 });
             }
             (Some(custom), None) => {
-                if self.kind != SigmaKind::Interpolated {
+                if self.kind != SigmaSpacing::Interpolated {
                     return Err(SchedulerError::InvalidArgument {
                         field: "timesteps",
                         value: format!("{custom:?}"),
@@ -635,8 +456,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
                 common::check_num_steps(n, train)?;
                 let ts = spaced_timesteps(
                     self.config.timestep_spacing,
-                    train,
                     n,
+                    train,
                     self.config.steps_offset,
                 );
                 (ts, n)
@@ -734,6 +555,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
             original,
             noise,
             timesteps,
+            SchedulerError::PastLastStep,
         )
     }
 
@@ -1016,7 +838,7 @@ mod tests {
     fn torch_linspace_is_bit_exact() {
         // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32) where it differs from the
         // f32-rounded float64 linspace.
-        let v = torch_linspace_f32(0.0001, 0.02, 1000);
+        let v = common::torch_linspace_f32(0.0001, 0.02, 1000);
         for (i, torch) in [
             (2, 0.0001398398308083415),
             (6, 0.0002195195120293647),
@@ -1029,6 +851,6 @@ mod tests {
         assert_eq!(v[0], 0.0001f32 as f64);
         assert_eq!(v[999], 0.02f32 as f64);
         assert_eq!(v.len(), 1000);
-        assert_eq!(torch_linspace_f32(0.5, 0.5, 1), vec![0.5]);
+        assert_eq!(common::torch_linspace_f32(0.5, 0.5, 1), vec![0.5]);
     }
 }

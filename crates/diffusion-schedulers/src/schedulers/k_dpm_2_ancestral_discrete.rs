@@ -17,12 +17,13 @@ use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::schedulers::heun_discrete::{
-    SigmaKind, SigmaTable, interleave_tail_f32, karras_init_noise_sigma, karras_scale_input,
-    ode_derivative, required_steps, sigma_add_noise, sigma_prediction,
+    SigmaTable, interleave_tail_f32, karras_init_noise_sigma, karras_scale_input, ode_derivative,
+    sigma_prediction,
 };
 use crate::schedulers::k_dpm_2_discrete::{
     KDPM2DiscreteConfig, kdpm2_base, lerp_half, validate_kdpm2,
 };
+use crate::sigmas::{SigmaSpacing, sigma_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "KDPM2AncestralDiscreteScheduler";
@@ -85,7 +86,7 @@ impl From<KDPM2AncestralDiscreteConfig> for KDPM2DiscreteConfig {
 #[derive(Debug, Clone)]
 pub struct KDPM2AncestralDiscreteScheduler<T> {
     config: KDPM2AncestralDiscreteConfig,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     table: SigmaTable,
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
@@ -209,7 +210,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
     }
 
     fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
-        let n = required_steps(spec, CLASS_NAME)?;
+        let n = common::require_steps(spec, CLASS_NAME)?;
         common::check_num_steps(n, self.config.num_train_timesteps)?;
         self.layout(n);
         self.num_inference_steps = Some(n);
@@ -303,6 +304,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
             original,
             noise,
             timesteps,
+            SchedulerError::PastLastStep,
         )
     }
 

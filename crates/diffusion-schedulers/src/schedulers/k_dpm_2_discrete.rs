@@ -15,10 +15,10 @@ use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::schedulers::heun_discrete::{
-    HeunBetaSchedule, SigmaKind, SigmaTable, inference_sigmas, interleave_tail_f32,
-    karras_alphas_cumprod, karras_init_noise_sigma, karras_scale_input, ode_derivative,
-    required_steps, sigma_add_noise, sigma_prediction, spaced_timesteps, validate_karras_config,
+    HeunBetaSchedule, SigmaTable, inference_sigmas, interleave_tail_f32, karras_alphas_cumprod,
+    karras_init_noise_sigma, karras_scale_input, ode_derivative, sigma_prediction,
 };
+use crate::sigmas::{SigmaSpacing, sigma_add_noise, spaced_timesteps, validate_sigma_betas};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "KDPM2DiscreteScheduler";
@@ -63,7 +63,7 @@ impl Default for KDPM2DiscreteConfig {
 pub(crate) fn validate_kdpm2(
     c: &KDPM2DiscreteConfig,
     class: &'static str,
-) -> Result<(SigmaKind, SigmaTable)> {
+) -> Result<(SigmaSpacing, SigmaTable)> {
     let (num_train_timesteps, beta_start, beta_end) =
         (c.num_train_timesteps, c.beta_start, c.beta_end);
     let (beta_schedule, trained_betas, prediction_type) = (
@@ -76,15 +76,15 @@ pub(crate) fn validate_kdpm2(
         c.use_exponential_sigmas,
         c.use_beta_sigmas,
     );
-    let kind = SigmaKind::from_flags(flags.0, flags.1, flags.2)?;
-    validate_karras_config(
+    let kind = SigmaSpacing::from_flags(flags.0, flags.1, flags.2)?;
+    validate_sigma_betas(
+        class,
         num_train_timesteps,
         beta_start,
         beta_end,
         beta_schedule,
         trained_betas,
         prediction_type,
-        class,
     )?;
     if prediction_type == PredictionType::Sample {
         return Err(invalid(
@@ -113,13 +113,13 @@ pub(crate) fn validate_kdpm2(
 /// them) and the `f32` sigmas with the final 0 appended.
 pub(crate) fn kdpm2_base(
     table: &SigmaTable,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     spacing: TimestepSpacing,
     train: usize,
     n: usize,
     steps_offset: usize,
 ) -> (Vec<f64>, Vec<f32>) {
-    let ts = spaced_timesteps(spacing, train, n, steps_offset);
+    let ts = spaced_timesteps(spacing, n, train, steps_offset);
     let (ts, sigmas) = inference_sigmas(table, ts, n, kind, true);
     let mut s32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
     s32.push(0.0);
@@ -135,7 +135,7 @@ pub(crate) fn lerp_half(a: f32, b: f32) -> f32 {
 #[derive(Debug, Clone)]
 pub struct KDPM2DiscreteScheduler<T> {
     config: KDPM2DiscreteConfig,
-    kind: SigmaKind,
+    kind: SigmaSpacing,
     table: SigmaTable,
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
@@ -240,7 +240,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
     }
 
     fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
-        let n = required_steps(spec, CLASS_NAME)?;
+        let n = common::require_steps(spec, CLASS_NAME)?;
         common::check_num_steps(n, self.config.num_train_timesteps)?;
         self.layout(n);
         self.num_inference_steps = Some(n);
@@ -334,6 +334,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
             original,
             noise,
             timesteps,
+            SchedulerError::PastLastStep,
         )
     }
 

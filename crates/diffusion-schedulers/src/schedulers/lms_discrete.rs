@@ -14,15 +14,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{
-    SigmaSpacing, euler_init_noise_sigma, input_sigma, interp_sigmas, require_steps,
-    sigma_add_noise, sigma_alphas_cumprod, sigma_prediction, spaced_timesteps, step_position,
-    train_sigmas, validate_sigma_betas, validate_sigma_bound,
-};
+use super::euler_discrete::{euler_init_noise_sigma, input_sigma, sigma_prediction, step_position};
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
+use crate::sigmas::{
+    SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
+    validate_sigma_betas, validate_sigma_bound,
+};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "LMSDiscreteScheduler";
@@ -109,7 +109,7 @@ impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
         )?;
         validate_sigma_bound("sigma_min", config.sigma_min)?;
         validate_sigma_bound("sigma_max", config.sigma_max)?;
-        let alphas_cumprod = sigma_alphas_cumprod(
+        let alphas_cumprod = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -117,7 +117,7 @@ impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
             config.trained_betas.as_deref(),
             false,
         );
-        let table = train_sigmas(&alphas_cumprod);
+        let table = common::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let log_table = common::log_table(&table);
         let mut s = Self {
             config,
@@ -365,7 +365,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
     }
 
     fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
-        let n = require_steps(CLASS_NAME, spec)?;
+        let n = common::require_steps(spec, CLASS_NAME)?;
         common::check_num_steps(n, self.config.num_train_timesteps)?;
         let (timesteps, sigmas) = self.schedule(n);
         self.timesteps = timesteps;
@@ -443,12 +443,13 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             original,
             noise,
             timesteps,
+            begin_index_beyond(self.sigmas.len()),
         )
     }
 

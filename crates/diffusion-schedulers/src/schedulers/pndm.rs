@@ -15,7 +15,7 @@ use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise};
-use crate::schedulers::ddpm::{alpha_f32, spaced_timesteps, steps_only};
+use crate::schedulers::ddpm::{alpha_f32, spaced_timesteps};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "PNDMScheduler";
@@ -257,7 +257,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for PNDMScheduler<T> {
     }
 
     fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
-        let n = steps_only(spec, CLASS_NAME)?;
+        let n = common::require_steps(spec, CLASS_NAME)?;
         let train = self.config.num_train_timesteps;
         common::check_num_steps(n, train)?;
         if !self.config.skip_prk_steps && n < PNDM_ORDER {

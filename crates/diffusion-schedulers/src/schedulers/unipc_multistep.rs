@@ -14,10 +14,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_singlestep::{
-    TimeShiftType, alpha_sigma_f32, cumprod_alphas_torch, flow_shifted, lambda_f32, log_table_f32,
-    missing_steps, sigma_add_noise, sigma_table_f32, sigma_to_t_general,
-};
+use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
+use super::dpmsolver_singlestep::{TimeShiftType, flow_shifted, lambda_f32, missing_steps};
 use crate::common::{self, StepIndex};
 use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
@@ -255,7 +253,7 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
                 return Err(invalid(field, v, "must be positive"));
             }
         }
-        let mut ac = cumprod_alphas_torch(
+        let ac = common::sigma_alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
@@ -263,13 +261,7 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
             config.trained_betas.as_deref(),
             config.rescale_betas_zero_snr,
         );
-        if config.rescale_betas_zero_snr {
-            // Keep the last sigma finite (diffusers' 2**-24).
-            if let Some(last) = ac.last_mut() {
-                *last = 2f64.powi(-24);
-            }
-        }
-        let sigma_table = sigma_table_f32(&ac);
+        let sigma_table = common::sigmas_from_alphas_cumprod(&ac);
         let n = config.num_train_timesteps;
         let timesteps = (0..n).rev().map(|t| t as f64).collect();
         let model_outputs = vec![None; config.solver_order];
@@ -296,7 +288,7 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
     }
 
     fn alpha_sigma(&self, i: usize) -> (f32, f32) {
-        alpha_sigma_f32(self.sigmas[i] as f32, self.flow())
+        alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
     /// diffusers' `convert_model_output`: `x0` when `predict_x0`, else the noise.
@@ -549,7 +541,10 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
         // custom sigmas (f64, as numpy holds a list) or the float32 training table.
         let (base, log_base) = match &custom {
             Some(s) => (s.clone(), s.iter().map(|v| v.ln()).collect::<Vec<f64>>()),
-            None => (self.sigma_table.clone(), log_table_f32(&self.sigma_table)),
+            None => (
+                self.sigma_table.clone(),
+                common::log_table_f32(&self.sigma_table),
+            ),
         };
         // `in_sigmas = flip(base)`: its last entry is base[0], its first base[-1].
         let range = || {
@@ -570,7 +565,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
                 s.iter().map(|x| (x * train as f64).trunc()).collect()
             } else {
                 s.iter()
-                    .map(|&x| common::round_half_even(sigma_to_t_general(x, &log_base)))
+                    .map(|&x| common::round_half_even(common::sigma_to_t(x, &log_base)))
                     .collect()
             };
             let last = finish(&s);
@@ -584,7 +579,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
             };
             let t = s
                 .iter()
-                .map(|&x| sigma_to_t_general(x, &log_base).trunc())
+                .map(|&x| common::sigma_to_t(x, &log_base).trunc())
                 .collect();
             let last = finish(&s);
             (s, t, last)
@@ -764,9 +759,9 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
 
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
-            &self.sigmas,
-            &self.timesteps,
             &self.index,
+            &self.timesteps,
+            &self.sigmas,
             self.flow(),
             original,
             noise,
