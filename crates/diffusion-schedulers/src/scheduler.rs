@@ -31,6 +31,8 @@ pub struct StepOptions {
     pub s_tmin: Option<f64>,
     pub s_tmax: Option<f64>,
     pub s_noise: Option<f64>,
+    /// LMS: the multistep order of this step (diffusers' default 4).
+    pub order: Option<usize>,
 }
 
 /// The arguments of diffusers' `set_timesteps`: a step count, or a custom list of

@@ -31,4 +31,8 @@ CASES = [
     # diffusers' from_config drops the source's default-valued fields (`_use_default_values`),
     # so the shared fields are named explicitly.
     case(C, "from_ddim_config", {**SD, "timestep_spacing": "leading", "steps_offset": 1}, source_class="DDIMScheduler"),
+    # diffusers' per-call `step(..., order=k)`.
+    case(C, "step_order_2", SD, steps=12, step_kwargs={"order": 2}),
+    case(C, "step_order_1", SD, steps=9, step_kwargs={"order": 1}),
+    case(C, "from_ddim_config_defaults", {**SD, "steps_offset": 1}, source_class="DDIMScheduler"),
 ]

@@ -401,13 +401,25 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         model_output: &T,
         t: f64,
         sample: &T,
-        _options: &StepOptions,
+        options: &StepOptions,
         _noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_inputs(model_output, sample)?;
+        // diffusers' `step(..., order=4)`: a per-call order, else the scheduler's.
+        let lms_order = match options.order {
+            Some(0) => {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "order",
+                    value: "0".into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Some(o) => o,
+            None => self.lms_order,
+        };
         let i = step_position(&mut self.index, t, &self.timesteps, &self.sigmas)?;
         let sigma = self.sigmas[i];
         let x0 = sigma_prediction(
@@ -419,10 +431,10 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         );
         let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &x0)]).scale(1.0 / sigma);
         self.derivatives.push(derivative);
-        if self.derivatives.len() > self.lms_order {
+        if self.derivatives.len() > lms_order {
             self.derivatives.remove(0);
         }
-        let order = (i + 1).min(self.lms_order);
+        let order = (i + 1).min(lms_order);
         let coeffs: Vec<f64> = (0..order)
             .map(|j| self.lms_coefficient(order, i, j))
             .collect();
