@@ -148,7 +148,8 @@ fn check(case: &Case) -> Result<f64, String> {
         }
         _ => (sample.scale(ins), 0),
     };
-    for t in s.timesteps()[start..].to_vec() {
+    let loop_timesteps: Vec<f64> = s.timesteps()[start..].to_vec();
+    for t in loop_timesteps {
         let m = s
             .scale_model_input(&x, t)
             .map_err(|e| format!("scale_model_input({t}): {e}"))?;
