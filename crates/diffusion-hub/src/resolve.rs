@@ -782,7 +782,8 @@ fn resolve_component(
         }
         ComponentKind::Tokenizer => {
             let has = |f: &str| store.has(&join_rel(dir, f));
-            if !has("tokenizer.json") && !(has("vocab.json") && has("merges.txt")) {
+            let complete = has("tokenizer.json") || (has("vocab.json") && has("merges.txt"));
+            if !complete {
                 let missing = if has("vocab.json") {
                     "merges.txt"
                 } else {
