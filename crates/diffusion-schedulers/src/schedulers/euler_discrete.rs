@@ -173,8 +173,8 @@ pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
     let gamma = churn_gamma(options, sigma, sigmas.len());
     let sigma_hat = sigma as f32 * (gamma + 1.0) as f32;
-    let mut sample = sample.clone();
-    if gamma > 0.0 {
+    let churned;
+    let sample = if gamma > 0.0 {
         let z = noise.noise(model_output)?;
         let z = match options.s_noise.unwrap_or(1.0) {
             1.0 => z,
@@ -182,12 +182,15 @@ pub(crate) fn euler_churn_step<T: SchedulerTensor>(
         };
         let s = sigma as f32;
         let extra = (sigma_hat * sigma_hat - s * s).max(0.0).sqrt();
-        sample = T::linear_combination(&[(1.0, &sample), (extra as f64, &z)]);
-    }
+        churned = T::linear_combination(&[(1.0, sample), (extra as f64, &z)]);
+        &churned
+    } else {
+        sample
+    };
     let sigma_hat = sigma_hat as f64;
-    let x0 = denoise(&sample, sigma_hat);
+    let x0 = denoise(sample, sigma_hat);
     let dt = f32r(sigma_next - sigma_hat);
-    let prev = euler_update(&sample, &x0, sigma_hat, dt);
+    let prev = euler_update(sample, &x0, sigma_hat, dt);
     Ok((prev, x0))
 }
 
