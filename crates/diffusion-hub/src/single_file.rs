@@ -256,7 +256,11 @@ pub fn detect<S: AsRef<str>>(path: &Path, keys: &[S]) -> Result<ModelType> {
     Err(SingleFileError::UnknownLayout {
         path: path.to_path_buf(),
         n_keys: keys.len(),
-        sample: keys.iter().take(5).map(|k| k.as_ref().to_string()).collect(),
+        sample: keys
+            .iter()
+            .take(5)
+            .map(|k| k.as_ref().to_string())
+            .collect(),
     })
 }
 
@@ -399,7 +403,11 @@ impl<'c> Builder<'c> {
         t.shape.get(dim).copied().ok_or_else(|| {
             self.bad_shape(
                 self.source.get(name).map(String::as_str).unwrap_or(ldm),
-                format!("expected at least {} dimensions, got {:?}", dim + 1, t.shape),
+                format!(
+                    "expected at least {} dimensions, got {:?}",
+                    dim + 1,
+                    t.shape
+                ),
             )
         })
     }
@@ -486,9 +494,10 @@ fn convert_unet<'c>(
                 let rest = p.get(3).copied().unwrap_or_default();
                 let (blk, j) = ((i - 1) / per, (i - 1) % per);
                 match sub {
-                    "0" if rest.starts_with("op.") => {
-                        Some(format!("down_blocks.{blk}.downsamplers.0.conv.{}", &rest[3..]))
-                    }
+                    "0" if rest.starts_with("op.") => Some(format!(
+                        "down_blocks.{blk}.downsamplers.0.conv.{}",
+                        &rest[3..]
+                    )),
                     "0" => resnet_name(rest).map(|r| format!("down_blocks.{blk}.resnets.{j}.{r}")),
                     "1" => Some(format!("down_blocks.{blk}.attentions.{j}.{rest}")),
                     _ => None,
@@ -527,7 +536,10 @@ fn convert_unet<'c>(
 
     // Config from shapes.
     let n_levels = (0..)
-        .take_while(|l| b.out.contains_key(&format!("down_blocks.{l}.resnets.0.conv1.weight")))
+        .take_while(|l| {
+            b.out
+                .contains_key(&format!("down_blocks.{l}.resnets.0.conv1.weight"))
+        })
         .count();
     if n_levels == 0 {
         return Err(SingleFileError::MissingKey {
@@ -582,7 +594,11 @@ fn convert_unet<'c>(
         .iter()
         .find(|(k, _)| k.ends_with(".proj_in.weight"))
         .is_some_and(|(_, t)| t.shape.len() == 2);
-    let in_channels = b.out_dim("conv_in.weight", &format!("{UNET}input_blocks.0.0.weight"), 1)?;
+    let in_channels = b.out_dim(
+        "conv_in.weight",
+        &format!("{UNET}input_blocks.0.0.weight"),
+        1,
+    )?;
     let out_channels = b.out_dim("conv_out.weight", &format!("{UNET}out.2.weight"), 0)?;
     let depth_value = if depth.iter().all(|&d| d == depth[0]) {
         json!(depth[0])
@@ -631,9 +647,13 @@ fn convert_unet<'c>(
         "use_linear_projection": linear,
     });
     if mt == ModelType::Sdxl {
-        let adm = b.out_dim("add_embedding.linear_1.weight", &format!("{UNET}label_emb.0.0.weight"), 1)?;
+        let adm = b.out_dim(
+            "add_embedding.linear_1.weight",
+            &format!("{UNET}label_emb.0.0.weight"),
+            1,
+        )?;
         let text = text_embeds_dim.unwrap_or(1280);
-        if adm <= text || (adm - text) % 6 != 0 {
+        if adm <= text || !(adm - text).is_multiple_of(6) {
             return Err(b.bad_shape(
                 &format!("{UNET}label_emb.0.0.weight"),
                 format!("input width {adm} is not text_embeds ({text}) + 6 x time ids"),
@@ -705,7 +725,10 @@ fn convert_vae<'c>(ckpt: &'c Checkpoint, mt: ModelType, keys: &[&str]) -> Result
                     "mid" => {
                         let sub = p.get(2).copied().unwrap_or_default();
                         let tail = p.get(3..).map(|t| t.join(".")).unwrap_or_default();
-                        if let Some(n) = sub.strip_prefix("block_").and_then(|n| n.parse::<usize>().ok()) {
+                        if let Some(n) = sub
+                            .strip_prefix("block_")
+                            .and_then(|n| n.parse::<usize>().ok())
+                        {
                             n.checked_sub(1).map(|n| {
                                 format!(
                                     "{side}.mid_block.resnets.{n}.{}",
@@ -728,11 +751,15 @@ fn convert_vae<'c>(ckpt: &'c Checkpoint, mt: ModelType, keys: &[&str]) -> Result
                                 if name != "group_norm" && leaf == "weight" {
                                     // 1x1 conv -> linear: [C, C, 1, 1] -> [C, C].
                                     let v = b.view(&full)?;
-                                    let ok = v.shape.len() >= 2 && v.shape[2..].iter().all(|&d| d == 1);
+                                    let ok =
+                                        v.shape.len() >= 2 && v.shape[2..].iter().all(|&d| d == 1);
                                     if !ok {
                                         return Err(b.bad_shape(
                                             &full,
-                                            format!("expected a 1x1 conv weight [C, C, 1, 1], got {:?}", v.shape),
+                                            format!(
+                                                "expected a 1x1 conv weight [C, C, 1, 1], got {:?}",
+                                                v.shape
+                                            ),
                                         ));
                                     }
                                     let t = OutTensor {
@@ -762,7 +789,10 @@ fn convert_vae<'c>(ckpt: &'c Checkpoint, mt: ModelType, keys: &[&str]) -> Result
         }
     }
     let n_down = (0..)
-        .take_while(|l| b.out.contains_key(&format!("encoder.down_blocks.{l}.resnets.0.conv1.weight")))
+        .take_while(|l| {
+            b.out
+                .contains_key(&format!("encoder.down_blocks.{l}.resnets.0.conv1.weight"))
+        })
         .count();
     if n_down == 0 {
         return Err(SingleFileError::MissingKey {
@@ -773,10 +803,17 @@ fn convert_vae<'c>(ckpt: &'c Checkpoint, mt: ModelType, keys: &[&str]) -> Result
     }
     let mut block_out = Vec::new();
     for l in 0..n_down {
-        block_out.push(b.out_dim(&format!("encoder.down_blocks.{l}.resnets.0.conv1.weight"), "", 0)?);
+        block_out.push(b.out_dim(
+            &format!("encoder.down_blocks.{l}.resnets.0.conv1.weight"),
+            "",
+            0,
+        )?);
     }
     let layers = (0..)
-        .take_while(|j| b.out.contains_key(&format!("encoder.down_blocks.0.resnets.{j}.conv1.weight")))
+        .take_while(|j| {
+            b.out
+                .contains_key(&format!("encoder.down_blocks.0.resnets.{j}.conv1.weight"))
+        })
         .count();
     let config = json!({
         "_class_name": "AutoencoderKL",
@@ -874,7 +911,9 @@ fn convert_clip<'c>(
         };
         b.copy(k, to)?;
     }
-    let tok = b.shape(&format!("{prefix}text_model.embeddings.token_embedding.weight"));
+    let tok = b.shape(&format!(
+        "{prefix}text_model.embeddings.token_embedding.weight"
+    ));
     let tok = match tok {
         Ok(s) => s,
         Err(_) => b.shape(&format!("{prefix}embeddings.token_embedding.weight"))?,
@@ -899,7 +938,16 @@ fn convert_clip<'c>(
     Ok(Component {
         name,
         class: ("transformers", "CLIPTextModel"),
-        config: clip_config("CLIPTextModel", vocab, hidden, inter, layers, max_pos, "quick_gelu", 768),
+        config: clip_config(
+            "CLIPTextModel",
+            vocab,
+            hidden,
+            inter,
+            layers,
+            max_pos,
+            "quick_gelu",
+            768,
+        ),
         weights_file: "model.safetensors",
         tensors: b.out,
     })
@@ -924,7 +972,11 @@ fn convert_open_clip<'c>(
         .filter_map(|r| r.split('.').next()?.parse::<usize>().ok())
         .max()
         .map_or(0, |m| m + 1);
-    let keep = if drop_last { n_blocks.saturating_sub(1) } else { n_blocks };
+    let keep = if drop_last {
+        n_blocks.saturating_sub(1)
+    } else {
+        n_blocks
+    };
     for k in keys {
         let Some(rest) = k.strip_prefix(prefix) else {
             continue;
@@ -989,7 +1041,7 @@ fn convert_open_clip<'c>(
         if let Some(leaf) = tail.strip_prefix("attn.in_proj_") {
             let v = b.view(k)?;
             let rows = v.shape.first().copied().unwrap_or(0);
-            if rows == 0 || rows % 3 != 0 || !(leaf == "weight" || leaf == "bias") {
+            if rows == 0 || !rows.is_multiple_of(3) || !(leaf == "weight" || leaf == "bias") {
                 return Err(b.bad_shape(k, format!("cannot split {:?} into q, k, v", v.shape)));
             }
             let part = v.data.len() / 3;
@@ -1012,7 +1064,10 @@ fn convert_open_clip<'c>(
             ("mlp.c_proj.", "mlp.fc2."),
             ("attn.out_proj.", "self_attn.out_proj."),
         ];
-        match MAP.iter().find_map(|(a, c)| tail.strip_prefix(a).map(|t| format!("{to}{c}{t}"))) {
+        match MAP
+            .iter()
+            .find_map(|(a, c)| tail.strip_prefix(a).map(|t| format!("{to}{c}{t}")))
+        {
             Some(t) => b.copy(k, t)?,
             None => return Err(b.unmapped(k)),
         }
@@ -1040,7 +1095,11 @@ fn convert_open_clip<'c>(
     } else {
         (
             "CLIPTextModelWithProjection",
-            b.out_dim("text_projection.weight", &format!("{prefix}text_projection"), 0)?,
+            b.out_dim(
+                "text_projection.weight",
+                &format!("{prefix}text_projection"),
+                0,
+            )?,
         )
     };
     Ok(Component {
@@ -1095,9 +1154,19 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
     let mut skipped = Vec::new();
     let mut components = Vec::new();
     let (te, te2) = match mt {
-        ModelType::Sd1 => (convert_clip(ckpt, "text_encoder", CLIP_SD1, &keys, &mut skipped)?, None),
+        ModelType::Sd1 => (
+            convert_clip(ckpt, "text_encoder", CLIP_SD1, &keys, &mut skipped)?,
+            None,
+        ),
         ModelType::Sd2 => (
-            convert_open_clip(ckpt, "text_encoder", OPENCLIP_SD2, &keys, true, &mut skipped)?,
+            convert_open_clip(
+                ckpt,
+                "text_encoder",
+                OPENCLIP_SD2,
+                &keys,
+                true,
+                &mut skipped,
+            )?,
             None,
         ),
         ModelType::Sdxl => (
@@ -1358,7 +1427,11 @@ pub fn convert_file(
     write_diffusers_folder(&conv, out_dir)?;
     Ok(ConvertReport {
         model_type: conv.model_type,
-        tensors: conv.components.iter().map(|c| (c.name, c.tensors.len())).collect(),
+        tensors: conv
+            .components
+            .iter()
+            .map(|c| (c.name, c.tensors.len()))
+            .collect(),
         skipped: conv.skipped,
     })
 }

@@ -195,8 +195,11 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, WeightsError> {
             "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a recent PyTorch or convert it to .safetensors".into(),
         ));
     }
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| err(format!("not a readable zip-based torch.save archive (truncated or corrupt?): {e}")))?;
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
+        err(format!(
+            "not a readable zip-based torch.save archive (truncated or corrupt?): {e}"
+        ))
+    })?;
     let mut pkl: Option<(usize, usize)> = None;
     let mut storages: HashMap<String, (usize, usize)> = HashMap::new();
     let mut big_endian = false;
@@ -419,7 +422,9 @@ fn utf8(b: &[u8]) -> Result<String, String> {
 fn as_usize(o: &Obj, what: &str) -> Result<usize, String> {
     match o {
         Obj::Int(i) if *i >= 0 => Ok(*i as usize),
-        other => Err(format!("{what}: expected a non-negative int, got {other:?}")),
+        other => Err(format!(
+            "{what}: expected a non-negative int, got {other:?}"
+        )),
     }
 }
 
@@ -484,9 +489,14 @@ fn persistent_load(pid: Obj) -> Result<Obj, String> {
         return Err(format!("persistent id is not a tuple: {pid:?}"));
     };
     match t.as_slice() {
-        [Obj::Str(kind), Obj::Global(_, ty), Obj::Str(key), _location, _numel, ..]
-            if kind == "storage" =>
-        {
+        [
+            Obj::Str(kind),
+            Obj::Global(_, ty),
+            Obj::Str(key),
+            _location,
+            _numel,
+            ..,
+        ] if kind == "storage" => {
             let dtype =
                 storage_dtype(ty).ok_or_else(|| format!("unsupported storage type `{ty}`"))?;
             Ok(Obj::Storage(Rc::new(StorageRef {
@@ -542,7 +552,7 @@ fn run_pickle(data: &[u8]) -> Result<Obj, String> {
             }
             b'd' => {
                 let items = pop_mark(&mut stack)?;
-                if items.len() % 2 != 0 {
+                if !items.len().is_multiple_of(2) {
                     return Err("DICT with an odd number of items".into());
                 }
                 let mut it = items.into_iter();
@@ -697,7 +707,7 @@ fn run_pickle(data: &[u8]) -> Result<Obj, String> {
             }
             b'u' => {
                 let items = pop_mark(&mut stack)?;
-                if items.len() % 2 != 0 {
+                if !items.len().is_multiple_of(2) {
                     return Err("SETITEMS with an odd number of items".into());
                 }
                 match stack.last_mut() {

@@ -64,10 +64,17 @@ fn round_trip(kind: &str, ext: &str, model_type: ModelType) {
     assert_eq!(sched["prediction_type"], "epsilon");
 
     let tensors = exp["tensors"].as_object().unwrap();
-    assert_eq!(report.tensors.len(), tensors.len(), "{kind}.{ext}: components");
+    assert_eq!(
+        report.tensors.len(),
+        tensors.len(),
+        "{kind}.{ext}: components"
+    );
     for (comp, want) in tensors {
         let want = want.as_object().unwrap();
-        assert!(index[comp].is_array(), "{comp} missing from model_index.json");
+        assert!(
+            index[comp].is_array(),
+            "{comp} missing from model_index.json"
+        );
         let file = if comp.starts_with("text_encoder") {
             "model.safetensors"
         } else {
@@ -108,9 +115,15 @@ fn round_trip(kind: &str, ext: &str, model_type: ModelType) {
         }
         // diffusers' own conversion of the same file gave the same tensors.
         let d = digest(&hashes);
-        assert_eq!(d, exp["diffusers_converter"][comp], "{comp}: vs diffusers' converter");
+        assert_eq!(
+            d, exp["diffusers_converter"][comp],
+            "{comp}: vs diffusers' converter"
+        );
         if !exp["from_single_file"].is_null() {
-            assert_eq!(d, exp["from_single_file"][comp], "{comp}: vs from_single_file");
+            assert_eq!(
+                d, exp["from_single_file"][comp],
+                "{comp}: vs from_single_file"
+            );
         }
 
         let config = read_json(&out.join(comp).join("config.json"));
@@ -200,7 +213,11 @@ fn defaults_without_overrides_and_prediction_type() {
     };
     let conv = convert(&ckpt, &opts).unwrap();
     assert_eq!(conv.scheduler["prediction_type"], "v_prediction");
-    let te = &conv.components.iter().find(|c| c.name == "text_encoder").unwrap();
+    let te = &conv
+        .components
+        .iter()
+        .find(|c| c.name == "text_encoder")
+        .unwrap();
     assert_eq!(te.config["num_hidden_layers"], 23);
     assert_eq!(te.config["hidden_act"], "gelu");
     assert_eq!(te.config["torch_dtype"], "float16");
@@ -307,11 +324,11 @@ fn existing_output_dir_is_refused() {
         &ConvertOptions::default(),
     )
     .unwrap_err();
-    assert!(
-        matches!(err, SingleFileError::OutputExists { .. }),
-        "{err}"
+    assert!(matches!(err, SingleFileError::OutputExists { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
     );
-    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
     // An existing empty folder is fine.
     let empty = tmp.path().join("empty");
@@ -334,7 +351,12 @@ fn sd1_without(dir: &Path, drop: &str) -> PathBuf {
             continue;
         }
         let t = src.tensor(name).unwrap();
-        tensors.push((name.to_string(), t.dtype.clone(), t.shape.to_vec(), t.data.to_vec()));
+        tensors.push((
+            name.to_string(),
+            t.dtype.clone(),
+            t.shape.to_vec(),
+            t.data.to_vec(),
+        ));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
@@ -446,7 +468,11 @@ fn ckpt_and_safetensors_hold_the_same_tensors() {
     assert_eq!(a.keys(), b.keys());
     for k in a.keys() {
         let (x, y) = (a.tensor(k).unwrap(), b.tensor(k).unwrap());
-        assert_eq!((x.dtype, x.shape, x.data), (y.dtype, y.shape, y.data), "{k}");
+        assert_eq!(
+            (x.dtype, x.shape, x.data),
+            (y.dtype, y.shape, y.data),
+            "{k}"
+        );
     }
 }
 
