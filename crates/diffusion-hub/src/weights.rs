@@ -16,7 +16,8 @@
 //! than as a missing tensor deep inside model loading.
 //!
 //! PyTorch pickles (`.bin`, `.ckpt`, `.pt`, `.pth`) are reported as
-//! [`WeightsError::Unsupported`]; they are read elsewhere (burn-store).
+//! [`WeightsError::Unsupported`] here; [`crate::torch_pickle::TorchFile`] reads
+//! them (and [`crate::single_file::Checkpoint`] opens either kind).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -95,6 +96,14 @@ pub enum WeightsError {
         path: PathBuf,
         /// The tensor name.
         tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A PyTorch pickle checkpoint is not a readable zip-based `torch.save` file.
+    #[error("{path}: cannot read the PyTorch checkpoint: {reason}")]
+    Pickle {
+        /// The checkpoint file.
+        path: PathBuf,
         /// What is wrong.
         reason: String,
     },

@@ -1,0 +1,62 @@
+//! Converts a single-file SD1.x / SD2.x / SDXL-base checkpoint (`.safetensors` or
+//! `.ckpt`) into a diffusers folder.
+//!
+//! ```text
+//! cargo run --release -p diffusion-hub --example convert -- CHECKPOINT OUT_DIR [--prediction-type v_prediction]
+//! ```
+//!
+//! OUT_DIR must not exist (or be empty); it is written atomically. Tokenizers are
+//! not part of a single-file checkpoint: copy `tokenizer/` (and `tokenizer_2/`)
+//! from the base model's diffusers repo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use diffusion_hub::single_file::{ConvertOptions, convert_file};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut positional = Vec::new();
+    let mut opts = ConvertOptions::default();
+    while let Some(a) = args.next() {
+        if a == "--prediction-type" {
+            let Some(v) = args.next() else {
+                eprintln!("--prediction-type needs a value (epsilon, v_prediction, sample)");
+                return ExitCode::from(2);
+            };
+            opts.prediction_type = Some(v);
+        } else {
+            positional.push(PathBuf::from(a));
+        }
+    }
+    let [checkpoint, out_dir] = &positional[..] else {
+        eprintln!("usage: convert CHECKPOINT OUT_DIR [--prediction-type v_prediction]");
+        return ExitCode::from(2);
+    };
+    let start = std::time::Instant::now();
+    match convert_file(checkpoint, out_dir, &opts) {
+        Ok(report) => {
+            println!(
+                "{}: {} -> {}",
+                report.model_type,
+                checkpoint.display(),
+                out_dir.display()
+            );
+            for (name, n) in &report.tensors {
+                println!("  {name}: {n} tensors");
+            }
+            println!(
+                "  skipped {} checkpoint keys outside the pipeline (e.g. {:?})",
+                report.skipped.len(),
+                report.skipped.iter().take(3).collect::<Vec<_>>()
+            );
+            println!("  tokenizers not included: copy them from the base model's diffusers repo");
+            println!("  done in {:.2?}", start.elapsed());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,761 @@
+//! PyTorch pickle checkpoints (`.ckpt`, `.bin`, `.pt`, `.pth`) in the zip-based
+//! `torch.save` format (PyTorch 1.6 and later, the format of every SD checkpoint).
+//!
+//! Such a file is a zip archive (entries stored, not compressed) holding
+//! `<name>/data.pkl` (the pickled object) and one `<name>/data/<key>` entry per
+//! tensor storage. The pickle is run on a small, safe virtual machine that only
+//! builds data (no code is executed): tensors are recognised by
+//! `torch._utils._rebuild_tensor_v2` (and `_rebuild_tensor`, `_rebuild_parameter`)
+//! over persistent `storage` references; every other global becomes an opaque
+//! value, so the extra objects of Lightning checkpoints (`optimizer_states`,
+//! callbacks...) are read over, not rejected.
+//!
+//! The state dict is the top-level dict's `state_dict` entry when that is a dict
+//! (SD checkpoints), else the top-level dict itself (`pytorch_model.bin`). Each
+//! tensor is kept as a view into the memory-mapped file; a non-contiguous tensor
+//! is gathered into an owned buffer at open time.
+//!
+//! burn-store 0.21's PyTorch reader was considered; it hands tensors over as
+//! burn `TensorData` and pulls burn-core/burn-tensor into this otherwise
+//! tensor-library-free crate, so this module reads the format itself (a few
+//! hundred lines) and reports every malformed input as a [`WeightsError`] naming
+//! the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use memmap2::Mmap;
+
+use crate::weights::{Dtype, TensorInfo, TensorView, WeightsError};
+
+/// Most pickle stack/memo entries accepted before the file is called corrupt.
+const MAX_ITEMS: usize = 50_000_000;
+
+/// A pickled value, as far as this reader needs to know it. Payloads that are
+/// only ever printed (in error messages, through `Debug`) are kept for that.
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+enum Obj {
+    Mark,
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Obj>),
+    List(Vec<Obj>),
+    Dict(Vec<(Obj, Obj)>),
+    Global(String, String),
+    Storage(Rc<StorageRef>),
+    Tensor(Rc<TensorRef>),
+    /// The result of a call this reader does not model.
+    Opaque(String),
+}
+
+#[derive(Debug)]
+struct StorageRef {
+    dtype: Dtype,
+    key: String,
+}
+
+#[derive(Debug)]
+struct TensorRef {
+    storage: Rc<StorageRef>,
+    offset: usize,
+    shape: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+/// Where one tensor's bytes are.
+#[derive(Debug, Clone)]
+enum Location {
+    /// A byte range of the mapped file.
+    Mapped(usize, usize),
+    /// An index into the owned buffers (gathered non-contiguous tensors).
+    Owned(usize),
+}
+
+/// An opened PyTorch pickle checkpoint.
+#[derive(Debug)]
+pub struct TorchFile {
+    path: PathBuf,
+    mmap: Mmap,
+    tensors: BTreeMap<String, (TensorInfo, Location)>,
+    owned: Vec<Vec<u8>>,
+    /// Top-level keys that are not tensors (e.g. `global_step`), for information.
+    other_keys: Vec<String>,
+}
+
+fn storage_dtype(name: &str) -> Option<Dtype> {
+    Some(match name {
+        "FloatStorage" => Dtype::F32,
+        "HalfStorage" => Dtype::F16,
+        "BFloat16Storage" => Dtype::BF16,
+        "DoubleStorage" => Dtype::F64,
+        "LongStorage" => Dtype::I64,
+        "IntStorage" => Dtype::I32,
+        "ShortStorage" => Dtype::I16,
+        "CharStorage" => Dtype::I8,
+        "ByteStorage" => Dtype::U8,
+        "BoolStorage" => Dtype::Bool,
+        _ => return None,
+    })
+}
+
+impl TorchFile {
+    /// Opens and parses a zip-based `torch.save` file.
+    pub fn open(path: &Path) -> Result<Self, WeightsError> {
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; a file changed underneath is the same
+        // hazard as for the safetensors reader and is documented there.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let (tensors, owned, other_keys) = parse(&mmap, path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            tensors,
+            owned,
+            other_keys,
+        })
+    }
+
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of tensors in the state dict.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether the state dict holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Tensor names and infos, sorted by name (`data_offsets` are not meaningful here).
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorInfo)> {
+        self.tensors.iter().map(|(k, (i, _))| (k.as_str(), i))
+    }
+
+    /// Whether the state dict holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Top-level entries beside the tensors (e.g. `global_step`, `epoch`).
+    pub fn other_keys(&self) -> &[String] {
+        &self.other_keys
+    }
+
+    /// One tensor's bytes (little-endian, row-major).
+    pub fn tensor(&self, name: &str) -> Result<TensorView<'_>, WeightsError> {
+        let Some((key, (info, loc))) = self.tensors.get_key_value(name) else {
+            return Err(WeightsError::TensorNotFound {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            });
+        };
+        let data = match *loc {
+            Location::Mapped(a, b) => &self.mmap[a..b],
+            Location::Owned(i) => &self.owned[i],
+        };
+        Ok(TensorView {
+            name: key,
+            dtype: &info.dtype,
+            shape: &info.shape,
+            data,
+            file: &self.path,
+        })
+    }
+}
+
+type Parsed = (
+    BTreeMap<String, (TensorInfo, Location)>,
+    Vec<Vec<u8>>,
+    Vec<String>,
+);
+
+fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, WeightsError> {
+    let err = |reason: String| WeightsError::Pickle {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.first() == Some(&0x80) {
+        return Err(err(
+            "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a recent PyTorch or convert it to .safetensors".into(),
+        ));
+    }
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
+        err(format!(
+            "not a readable zip-based torch.save archive (truncated or corrupt?): {e}"
+        ))
+    })?;
+    let mut pkl: Option<(usize, usize)> = None;
+    let mut storages: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut big_endian = false;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| err(format!("zip entry {i}: {e}")))?;
+        let name = entry.name().to_string();
+        let stored = entry.compression() == zip::CompressionMethod::Stored;
+        let start = entry.data_start().unwrap_or(u64::MAX);
+        let size = entry.size();
+        let range = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(size).ok())
+            .and_then(|(s, n)| Some((s, s.checked_add(n)?)))
+            .filter(|&(_, e)| e <= bytes.len());
+        let Some(range) = range else {
+            return Err(err(format!(
+                "zip entry `{name}` lies outside the file (truncated?)"
+            )));
+        };
+        let mut parts = name.rsplitn(3, '/');
+        let last = parts.next().unwrap_or_default();
+        let parent = parts.next().unwrap_or_default();
+        if last == "data.pkl" || last == "byteorder" || parent == "data" {
+            if !stored {
+                return Err(err(format!(
+                    "zip entry `{name}` is compressed; torch.save stores entries uncompressed"
+                )));
+            }
+        } else {
+            continue;
+        }
+        if last == "data.pkl" {
+            pkl = Some(range);
+        } else if last == "byteorder" {
+            big_endian = &bytes[range.0..range.1] == b"big";
+        } else {
+            storages.insert(last.to_string(), range);
+        }
+    }
+    if big_endian {
+        return Err(err("big-endian checkpoints are not supported".into()));
+    }
+    let Some((a, b)) = pkl else {
+        return Err(err("no `data.pkl` entry: not a torch.save archive".into()));
+    };
+    let root = run_pickle(&bytes[a..b]).map_err(|e| err(format!("data.pkl: {e}")))?;
+
+    let Obj::Dict(top) = root else {
+        return Err(err(
+            "the pickled object is not a dict (state dict expected)".into(),
+        ));
+    };
+    let mut other_keys = Vec::new();
+    let mut items = None;
+    for (k, v) in &top {
+        if let (Obj::Str(k), Obj::Dict(d)) = (k, v)
+            && k == "state_dict"
+        {
+            items = Some(d.clone());
+        }
+    }
+    let items = match items {
+        Some(d) => {
+            for (k, _) in &top {
+                if let Obj::Str(k) = k
+                    && k != "state_dict"
+                {
+                    other_keys.push(k.clone());
+                }
+            }
+            d
+        }
+        None => top,
+    };
+
+    let mut tensors = BTreeMap::new();
+    let mut owned = Vec::new();
+    for (k, v) in items {
+        let (Obj::Str(name), Obj::Tensor(t)) = (&k, &v) else {
+            if let Obj::Str(name) = k {
+                other_keys.push(name);
+            }
+            continue;
+        };
+        let tensor_err = |reason: String| WeightsError::TensorInvalid {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            reason,
+        };
+        let Some(&(sa, sb)) = storages.get(&t.storage.key) else {
+            return Err(tensor_err(format!(
+                "its storage `data/{}` is missing from the archive (truncated?)",
+                t.storage.key
+            )));
+        };
+        let elem = t.storage.dtype.size().unwrap_or(1);
+        let storage_numel = (sb - sa) / elem;
+        if t.shape.len() != t.stride.len() {
+            return Err(tensor_err(format!(
+                "shape {:?} and stride {:?} differ in rank",
+                t.shape, t.stride
+            )));
+        }
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| tensor_err("element count overflows".into()))?;
+        let info = TensorInfo {
+            dtype: t.storage.dtype.clone(),
+            shape: t.shape.clone(),
+            data_offsets: (0, numel * elem),
+        };
+        if numel == 0 {
+            tensors.insert(name.clone(), (info, Location::Mapped(sa, sa)));
+            continue;
+        }
+        // Highest element index touched, checked against the storage.
+        let mut last = t.offset;
+        for (&d, &s) in t.shape.iter().zip(&t.stride) {
+            last = (d - 1)
+                .checked_mul(s)
+                .and_then(|x| x.checked_add(last))
+                .ok_or_else(|| tensor_err("strides overflow".into()))?;
+        }
+        if last >= storage_numel {
+            return Err(tensor_err(format!(
+                "reads element {last} of a storage of {storage_numel} (truncated or corrupt)"
+            )));
+        }
+        let mut expect = 1usize;
+        let mut contiguous = true;
+        for (&d, &s) in t.shape.iter().zip(&t.stride).rev() {
+            if d != 1 && s != expect {
+                contiguous = false;
+            }
+            expect *= d;
+        }
+        let loc = if contiguous {
+            let begin = sa + t.offset * elem;
+            Location::Mapped(begin, begin + numel * elem)
+        } else {
+            let storage = &bytes[sa..sb];
+            let mut out = Vec::with_capacity(numel * elem);
+            let mut idx = vec![0usize; t.shape.len()];
+            for _ in 0..numel {
+                let pos = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+                out.extend_from_slice(&storage[pos * elem..(pos + 1) * elem]);
+                for ax in (0..idx.len()).rev() {
+                    idx[ax] += 1;
+                    if idx[ax] < t.shape[ax] {
+                        break;
+                    }
+                    idx[ax] = 0;
+                }
+            }
+            owned.push(out);
+            Location::Owned(owned.len() - 1)
+        };
+        tensors.insert(name.clone(), (info, loc));
+    }
+    Ok((tensors, owned, other_keys))
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("unexpected end of the pickle at byte {}", self.pos))?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn len_prefixed(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let n = usize::try_from(n).map_err(|_| "length overflows".to_string())?;
+        self.take(n)
+    }
+    fn line(&mut self) -> Result<&'a str, String> {
+        let rest = &self.data[self.pos..];
+        let n = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or("unterminated text line")?;
+        let s = std::str::from_utf8(&rest[..n]).map_err(|_| "non-UTF-8 text line")?;
+        self.pos += n + 1;
+        Ok(s)
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<String, String> {
+    String::from_utf8(b.to_vec()).map_err(|_| "string is not UTF-8".to_string())
+}
+
+fn as_usize(o: &Obj, what: &str) -> Result<usize, String> {
+    match o {
+        Obj::Int(i) if *i >= 0 => Ok(*i as usize),
+        other => Err(format!(
+            "{what}: expected a non-negative int, got {other:?}"
+        )),
+    }
+}
+
+fn as_usizes(o: &Obj, what: &str) -> Result<Vec<usize>, String> {
+    match o {
+        Obj::Tuple(v) | Obj::List(v) => v.iter().map(|x| as_usize(x, what)).collect(),
+        other => Err(format!("{what}: expected a tuple, got {other:?}")),
+    }
+}
+
+fn rebuild_tensor(args: &[Obj]) -> Result<Obj, String> {
+    let [storage, offset, shape, stride, ..] = args else {
+        return Err("_rebuild_tensor: too few arguments".into());
+    };
+    let Obj::Storage(storage) = storage else {
+        return Err(format!(
+            "_rebuild_tensor: expected a storage, got {storage:?}"
+        ));
+    };
+    Ok(Obj::Tensor(Rc::new(TensorRef {
+        storage: storage.clone(),
+        offset: as_usize(offset, "storage offset")?,
+        shape: as_usizes(shape, "size")?,
+        stride: as_usizes(stride, "stride")?,
+    })))
+}
+
+fn call(func: Obj, args: Obj) -> Result<Obj, String> {
+    let args = match args {
+        Obj::Tuple(a) | Obj::List(a) => a,
+        other => return Err(format!("call arguments are not a tuple: {other:?}")),
+    };
+    let Obj::Global(module, name) = &func else {
+        return Ok(Obj::Opaque("call".into()));
+    };
+    Ok(match (module.as_str(), name.as_str()) {
+        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => rebuild_tensor(&args)?,
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+            args.into_iter().next().unwrap_or(Obj::None)
+        }
+        ("collections", "OrderedDict") | ("builtins", "dict") => {
+            let mut items = Vec::new();
+            if let Some(Obj::List(pairs) | Obj::Tuple(pairs)) = args.into_iter().next() {
+                for p in pairs {
+                    if let Obj::Tuple(mut kv) | Obj::List(mut kv) = p
+                        && kv.len() == 2
+                    {
+                        let v = kv.pop().unwrap_or(Obj::None);
+                        let k = kv.pop().unwrap_or(Obj::None);
+                        items.push((k, v));
+                    }
+                }
+            }
+            Obj::Dict(items)
+        }
+        _ => Obj::Opaque(format!("{module}.{name}")),
+    })
+}
+
+fn persistent_load(pid: Obj) -> Result<Obj, String> {
+    let Obj::Tuple(t) = pid else {
+        return Err(format!("persistent id is not a tuple: {pid:?}"));
+    };
+    match t.as_slice() {
+        [
+            Obj::Str(kind),
+            Obj::Global(_, ty),
+            Obj::Str(key),
+            _location,
+            _numel,
+            ..,
+        ] if kind == "storage" => {
+            let dtype =
+                storage_dtype(ty).ok_or_else(|| format!("unsupported storage type `{ty}`"))?;
+            Ok(Obj::Storage(Rc::new(StorageRef {
+                dtype,
+                key: key.clone(),
+            })))
+        }
+        other => Err(format!("unsupported persistent id {other:?}")),
+    }
+}
+
+/// Runs the pickle program and returns the object it builds.
+fn run_pickle(data: &[u8]) -> Result<Obj, String> {
+    let mut r = Reader { data, pos: 0 };
+    let mut stack: Vec<Obj> = Vec::new();
+    let mut memo: HashMap<u64, Obj> = HashMap::new();
+    let pop = |stack: &mut Vec<Obj>| stack.pop().ok_or_else(|| "stack underflow".to_string());
+    let pop_mark = |stack: &mut Vec<Obj>| -> Result<Vec<Obj>, String> {
+        let m = stack
+            .iter()
+            .rposition(|o| matches!(o, Obj::Mark))
+            .ok_or("MARK expected on the stack")?;
+        let items = stack.split_off(m + 1);
+        stack.pop();
+        Ok(items)
+    };
+    loop {
+        if stack.len() > MAX_ITEMS || memo.len() > MAX_ITEMS {
+            return Err("too many pickle objects".into());
+        }
+        let at = r.pos;
+        let op = r.u8()?;
+        match op {
+            0x80 => {
+                r.u8()?;
+            }
+            0x95 => {
+                r.u64()?;
+            }
+            b'.' => return pop(&mut stack),
+            b'(' => stack.push(Obj::Mark),
+            b'}' => stack.push(Obj::Dict(Vec::new())),
+            b']' => stack.push(Obj::List(Vec::new())),
+            b')' => stack.push(Obj::Tuple(Vec::new())),
+            0x8f => stack.push(Obj::List(Vec::new())),
+            b't' => {
+                let items = pop_mark(&mut stack)?;
+                stack.push(Obj::Tuple(items));
+            }
+            b'l' | 0x91 => {
+                let items = pop_mark(&mut stack)?;
+                stack.push(Obj::List(items));
+            }
+            b'd' => {
+                let items = pop_mark(&mut stack)?;
+                if !items.len().is_multiple_of(2) {
+                    return Err("DICT with an odd number of items".into());
+                }
+                let mut it = items.into_iter();
+                let mut d = Vec::new();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    d.push((k, v));
+                }
+                stack.push(Obj::Dict(d));
+            }
+            0x85..=0x87 => {
+                let n = usize::from(op - 0x84);
+                if stack.len() < n {
+                    return Err("stack underflow".into());
+                }
+                let items = stack.split_off(stack.len() - n);
+                stack.push(Obj::Tuple(items));
+            }
+            b'q' | b'r' | 0x94 => {
+                let idx = match op {
+                    b'q' => u64::from(r.u8()?),
+                    b'r' => u64::from(r.u32()?),
+                    _ => memo.len() as u64,
+                };
+                let top = stack.last().ok_or("memoize on an empty stack")?.clone();
+                memo.insert(idx, top);
+            }
+            b'h' | b'j' => {
+                let idx = if op == b'h' {
+                    u64::from(r.u8()?)
+                } else {
+                    u64::from(r.u32()?)
+                };
+                let v = memo
+                    .get(&idx)
+                    .ok_or_else(|| format!("memo key {idx} missing"))?;
+                stack.push(v.clone());
+            }
+            b'X' => {
+                let n = u64::from(r.u32()?);
+                stack.push(Obj::Str(utf8(r.len_prefixed(n)?)?));
+            }
+            0x8c => {
+                let n = u64::from(r.u8()?);
+                stack.push(Obj::Str(utf8(r.len_prefixed(n)?)?));
+            }
+            0x8d => {
+                let n = r.u64()?;
+                stack.push(Obj::Str(utf8(r.len_prefixed(n)?)?));
+            }
+            b'T' => {
+                let n = u64::from(r.u32()?);
+                stack.push(Obj::Str(String::from_utf8_lossy(r.len_prefixed(n)?).into()));
+            }
+            b'U' => {
+                let n = u64::from(r.u8()?);
+                stack.push(Obj::Str(String::from_utf8_lossy(r.len_prefixed(n)?).into()));
+            }
+            b'B' => {
+                let n = u64::from(r.u32()?);
+                stack.push(Obj::Bytes(r.len_prefixed(n)?.to_vec()));
+            }
+            b'C' => {
+                let n = u64::from(r.u8()?);
+                stack.push(Obj::Bytes(r.len_prefixed(n)?.to_vec()));
+            }
+            0x8e => {
+                let n = r.u64()?;
+                stack.push(Obj::Bytes(r.len_prefixed(n)?.to_vec()));
+            }
+            b'J' => stack.push(Obj::Int(i64::from(r.u32()? as i32))),
+            b'K' => stack.push(Obj::Int(i64::from(r.u8()?))),
+            b'M' => stack.push(Obj::Int(i64::from(r.u16()?))),
+            0x8a | 0x8b => {
+                let n = if op == 0x8a {
+                    u64::from(r.u8()?)
+                } else {
+                    u64::from(r.u32()?)
+                };
+                let b = r.len_prefixed(n)?;
+                let v = if b.is_empty() {
+                    Obj::Int(0)
+                } else if b.len() <= 8 {
+                    let mut a = [if b[b.len() - 1] & 0x80 != 0 { 0xff } else { 0 }; 8];
+                    a[..b.len()].copy_from_slice(b);
+                    Obj::Int(i64::from_le_bytes(a))
+                } else {
+                    Obj::Opaque("big int".into())
+                };
+                stack.push(v);
+            }
+            b'G' => {
+                let b = r.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                stack.push(Obj::Float(f64::from_be_bytes(a)));
+            }
+            b'I' => {
+                let line = r.line()?;
+                stack.push(match line {
+                    "01" => Obj::Bool(true),
+                    "00" => Obj::Bool(false),
+                    s => Obj::Int(s.parse().map_err(|_| format!("bad INT {s:?}"))?),
+                });
+            }
+            0x88 => stack.push(Obj::Bool(true)),
+            0x89 => stack.push(Obj::Bool(false)),
+            b'N' => stack.push(Obj::None),
+            b'c' => {
+                let module = r.line()?.to_string();
+                let name = r.line()?.to_string();
+                stack.push(Obj::Global(module, name));
+            }
+            0x93 => {
+                let name = pop(&mut stack)?;
+                let module = pop(&mut stack)?;
+                let (Obj::Str(module), Obj::Str(name)) = (module, name) else {
+                    return Err("STACK_GLOBAL operands are not strings".into());
+                };
+                stack.push(Obj::Global(module, name));
+            }
+            b'R' => {
+                let args = pop(&mut stack)?;
+                let func = pop(&mut stack)?;
+                stack.push(call(func, args)?);
+            }
+            0x81 => {
+                let args = pop(&mut stack)?;
+                let cls = pop(&mut stack)?;
+                stack.push(call(cls, args)?);
+            }
+            0x92 => {
+                let _kwargs = pop(&mut stack)?;
+                let args = pop(&mut stack)?;
+                let cls = pop(&mut stack)?;
+                stack.push(call(cls, args)?);
+            }
+            b'b' => {
+                // Object state (e.g. an OrderedDict's `_metadata`): not needed.
+                pop(&mut stack)?;
+                if stack.is_empty() {
+                    return Err("BUILD on an empty stack".into());
+                }
+            }
+            b's' => {
+                let v = pop(&mut stack)?;
+                let k = pop(&mut stack)?;
+                match stack.last_mut() {
+                    Some(Obj::Dict(d)) => d.push((k, v)),
+                    Some(_) => {}
+                    None => return Err("SETITEM on an empty stack".into()),
+                }
+            }
+            b'u' => {
+                let items = pop_mark(&mut stack)?;
+                if !items.len().is_multiple_of(2) {
+                    return Err("SETITEMS with an odd number of items".into());
+                }
+                match stack.last_mut() {
+                    Some(Obj::Dict(d)) => {
+                        let mut it = items.into_iter();
+                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                            d.push((k, v));
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Err("SETITEMS on an empty stack".into()),
+                }
+            }
+            b'a' => {
+                let v = pop(&mut stack)?;
+                match stack.last_mut() {
+                    Some(Obj::List(l)) => l.push(v),
+                    Some(_) => {}
+                    None => return Err("APPEND on an empty stack".into()),
+                }
+            }
+            b'e' | 0x90 => {
+                let items = pop_mark(&mut stack)?;
+                match stack.last_mut() {
+                    Some(Obj::List(l)) => l.extend(items),
+                    Some(_) => {}
+                    None => return Err("APPENDS on an empty stack".into()),
+                }
+            }
+            b'Q' => {
+                let pid = pop(&mut stack)?;
+                stack.push(persistent_load(pid)?);
+            }
+            b'0' => {
+                pop(&mut stack)?;
+            }
+            b'1' => {
+                pop_mark(&mut stack)?;
+            }
+            b'2' => {
+                let top = stack.last().ok_or("DUP on an empty stack")?.clone();
+                stack.push(top);
+            }
+            other => {
+                return Err(format!(
+                    "unsupported pickle opcode 0x{other:02x} at byte {at}"
+                ));
+            }
+        }
+    }
+}

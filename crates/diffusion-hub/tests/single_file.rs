@@ -1,0 +1,491 @@
+//! Single-file conversion round trips on the tiny checkpoints written by
+//! `scripts/hub/gen_single_file_fixtures.py` from random diffusers models.
+//!
+//! Each converted folder must reproduce every original diffusers tensor exactly
+//! (names, dtypes, shapes, bytes: sha256 prefixes recorded by the generator), match
+//! the per-component digests of diffusers' own conversion of the same file
+//! (`single_file_utils` converters and `from_single_file`), and carry configs equal
+//! to the originals' on every recorded field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use diffusion_hub::single_file::{
+    Checkpoint, ConvertOptions, ModelType, SingleFileError, convert, convert_file,
+};
+use diffusion_hub::torch_pickle::TorchFile;
+use diffusion_hub::weights::{Weights, WeightsError};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file")
+}
+
+fn sha16(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn digest(hashes: &BTreeMap<String, String>) -> String {
+    let text: String = hashes.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    sha16(text.as_bytes())
+}
+
+fn expected(kind: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join(format!("{kind}.expected.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn options(exp: &Value) -> ConvertOptions {
+    let mut opts = ConvertOptions::default();
+    for (comp, o) in exp["overrides"].as_object().unwrap() {
+        opts.overrides
+            .insert(comp.clone(), o.as_object().unwrap().clone());
+    }
+    opts
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn round_trip(kind: &str, ext: &str, model_type: ModelType) {
+    let exp = expected(kind);
+    let ckpt = fixtures().join(format!("{kind}.{ext}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("converted");
+    let report = convert_file(&ckpt, &out, &options(&exp)).unwrap();
+    assert_eq!(report.model_type, model_type);
+
+    let index = read_json(&out.join("model_index.json"));
+    assert_eq!(index["_class_name"], model_type.pipeline_class());
+    let sched = read_json(&out.join("scheduler/scheduler_config.json"));
+    assert_eq!(sched["prediction_type"], "epsilon");
+
+    let tensors = exp["tensors"].as_object().unwrap();
+    assert_eq!(
+        report.tensors.len(),
+        tensors.len(),
+        "{kind}.{ext}: components"
+    );
+    for (comp, want) in tensors {
+        let want = want.as_object().unwrap();
+        assert!(
+            index[comp].is_array(),
+            "{comp} missing from model_index.json"
+        );
+        let file = if comp.starts_with("text_encoder") {
+            "model.safetensors"
+        } else {
+            "diffusion_pytorch_model.safetensors"
+        };
+        let w = Weights::open(&out.join(comp).join(file)).unwrap();
+        let got_names: Vec<&str> = w.tensors().map(|(k, _)| k).collect();
+        let want_names: Vec<&str> = want.keys().map(String::as_str).collect();
+        let missing: Vec<_> = want_names
+            .iter()
+            .filter(|n| !w.contains(n))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = got_names
+            .iter()
+            .filter(|n| !want.contains_key(**n))
+            .take(5)
+            .collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{kind}.{ext}/{comp}: missing {missing:?}, extra {extra:?}"
+        );
+        let mut hashes = BTreeMap::new();
+        for (name, e) in want {
+            let t = w.tensor(name).unwrap();
+            let e = e.as_array().unwrap();
+            assert_eq!(t.dtype.as_str(), e[0], "{kind}.{ext}/{comp}/{name}: dtype");
+            let shape: Vec<usize> = e[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(t.shape, &shape[..], "{kind}.{ext}/{comp}/{name}: shape");
+            let h = sha16(t.data);
+            assert_eq!(h, e[2], "{kind}.{ext}/{comp}/{name}: bytes differ");
+            hashes.insert(name.clone(), h);
+        }
+        // diffusers' own conversion of the same file gave the same tensors.
+        let d = digest(&hashes);
+        assert_eq!(
+            d, exp["diffusers_converter"][comp],
+            "{comp}: vs diffusers' converter"
+        );
+        if !exp["from_single_file"].is_null() {
+            assert_eq!(
+                d, exp["from_single_file"][comp],
+                "{comp}: vs from_single_file"
+            );
+        }
+
+        let config = read_json(&out.join(comp).join("config.json"));
+        for (key, value) in exp["configs"][comp].as_object().unwrap() {
+            assert_eq!(
+                &config[key], value,
+                "{kind}.{ext}/{comp}: config field `{key}`"
+            );
+        }
+    }
+    // No temporary folder is left beside the output.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("converted")]);
+}
+
+#[test]
+fn sd1_safetensors_round_trip() {
+    round_trip("sd1", "safetensors", ModelType::Sd1);
+}
+
+#[test]
+fn sd1_ckpt_round_trip() {
+    round_trip("sd1", "ckpt", ModelType::Sd1);
+}
+
+#[test]
+fn sd2_ckpt_round_trip() {
+    round_trip("sd2", "ckpt", ModelType::Sd2);
+}
+
+#[test]
+fn sdxl_safetensors_round_trip() {
+    round_trip("sdxl", "safetensors", ModelType::Sdxl);
+}
+
+#[test]
+fn sdxl_ckpt_round_trip() {
+    round_trip("sdxl", "ckpt", ModelType::Sdxl);
+}
+
+#[test]
+fn generator_confirmed_diffusers_from_single_file() {
+    // The generator ran diffusers' from_single_file offline (config= the tiny
+    // diffusers folder); if that ever stops working the fixtures say why.
+    for kind in ["sd1", "sd2", "sdxl"] {
+        let exp = expected(kind);
+        assert!(
+            exp["from_single_file"].is_object(),
+            "{kind}: {}",
+            exp["from_single_file_error"]
+        );
+    }
+}
+
+#[test]
+fn skipped_keys_are_reported() {
+    let ckpt = Checkpoint::open(&fixtures().join("sd2.ckpt")).unwrap();
+    let conv = convert(&ckpt, &ConvertOptions::default()).unwrap();
+    // SD2: OpenCLIP-H's last resblock and text_projection are not used by diffusers.
+    assert!(
+        conv.skipped
+            .iter()
+            .any(|k| k == "cond_stage_model.model.text_projection")
+    );
+    assert!(
+        conv.skipped
+            .iter()
+            .any(|k| k.starts_with("cond_stage_model.model.transformer.resblocks.23."))
+    );
+    let ckpt = Checkpoint::open(&fixtures().join("sd1.safetensors")).unwrap();
+    let conv = convert(&ckpt, &ConvertOptions::default()).unwrap();
+    assert_eq!(
+        conv.skipped,
+        vec!["cond_stage_model.transformer.text_model.embeddings.position_ids"]
+    );
+}
+
+#[test]
+fn defaults_without_overrides_and_prediction_type() {
+    let ckpt = Checkpoint::open(&fixtures().join("sd2.ckpt")).unwrap();
+    let opts = ConvertOptions {
+        prediction_type: Some("v_prediction".into()),
+        ..Default::default()
+    };
+    let conv = convert(&ckpt, &opts).unwrap();
+    assert_eq!(conv.scheduler["prediction_type"], "v_prediction");
+    let te = &conv
+        .components
+        .iter()
+        .find(|c| c.name == "text_encoder")
+        .unwrap();
+    assert_eq!(te.config["num_hidden_layers"], 23);
+    assert_eq!(te.config["hidden_act"], "gelu");
+    assert_eq!(te.config["torch_dtype"], "float16");
+    let unet = &conv.components.iter().find(|c| c.name == "unet").unwrap();
+    assert_eq!(unet.config["norm_num_groups"], 32);
+    assert_eq!(unet.config["use_linear_projection"], true);
+}
+
+#[test]
+fn bad_override_component() {
+    let ckpt = Checkpoint::open(&fixtures().join("sd1.safetensors")).unwrap();
+    let mut opts = ConvertOptions::default();
+    opts.overrides
+        .insert("text_encoder_2".into(), serde_json::Map::new());
+    let err = convert(&ckpt, &opts).unwrap_err();
+    assert!(matches!(err, SingleFileError::BadOverride { .. }), "{err}");
+}
+
+// ---------------------------------------------------------------- errors
+
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn unknown_layout_lists_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("other.safetensors");
+    write_safetensors(
+        &path,
+        &[
+            ("transformer.blocks.0.weight", vec![2], vec![0; 8]),
+            ("transformer.blocks.1.weight", vec![2], vec![0; 8]),
+        ],
+    );
+    let out = tmp.path().join("out");
+    let err = convert_file(&path, &out, &ConvertOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, SingleFileError::UnknownLayout { n_keys: 2, .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("transformer.blocks.0.weight"), "{msg}");
+    assert!(msg.contains("other.safetensors"), "{msg}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn truncated_files_are_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["sd1.ckpt", "sd1.safetensors"] {
+        let bytes = std::fs::read(fixtures().join(name)).unwrap();
+        for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+            let path = tmp.path().join(format!("cut{cut}-{name}"));
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let out = tmp.path().join(format!("out-{cut}"));
+            let err = convert_file(&path, &out, &ConvertOptions::default()).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("cut{cut}-{name}")),
+                "{name} cut at {cut}: {msg}"
+            );
+            assert!(!out.exists());
+        }
+    }
+}
+
+#[test]
+fn corrupt_pickle_is_an_error() {
+    // Flip bytes inside data.pkl: never a panic, an error naming the file (or a
+    // successful read, when the flip lands in a string).
+    let bytes = std::fs::read(fixtures().join("sd1.ckpt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("flipped.ckpt");
+    for pos in (100..4000).step_by(37) {
+        let mut b = bytes.clone();
+        b[pos] ^= 0x5a;
+        std::fs::write(&path, &b).unwrap();
+        if let Err(e) = TorchFile::open(&path) {
+            assert!(e.to_string().contains("flipped.ckpt"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn existing_output_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let err = convert_file(
+        &fixtures().join("sd1.safetensors"),
+        &out,
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SingleFileError::OutputExists { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    // An existing empty folder is fine.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    convert_file(
+        &fixtures().join("sd1.safetensors"),
+        &empty,
+        &ConvertOptions::default(),
+    )
+    .unwrap();
+    assert!(empty.join("unet/config.json").exists());
+}
+
+/// Rewrites sd1.safetensors without `drop`.
+fn sd1_without(dir: &Path, drop: &str) -> PathBuf {
+    let src = Weights::open(&fixtures().join("sd1.safetensors")).unwrap();
+    let mut tensors = Vec::new();
+    for (name, _) in src.tensors() {
+        if name == drop {
+            continue;
+        }
+        let t = src.tensor(name).unwrap();
+        tensors.push((
+            name.to_string(),
+            t.dtype.clone(),
+            t.shape.to_vec(),
+            t.data.to_vec(),
+        ));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            let dt = match d.as_str() {
+                "F32" => safetensors::Dtype::F32,
+                "I64" => safetensors::Dtype::I64,
+                other => panic!("{other}"),
+            };
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(dt, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let path = dir.join("partial.safetensors");
+    safetensors::tensor::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+#[test]
+fn missing_key_is_named_and_leaves_no_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    for drop in [
+        "model.diffusion_model.input_blocks.0.0.weight",
+        "first_stage_model.decoder.conv_in.weight",
+        "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+    ] {
+        let path = sd1_without(tmp.path(), drop);
+        let out = tmp.path().join("out");
+        let err = convert_file(&path, &out, &ConvertOptions::default()).unwrap_err();
+        match &err {
+            SingleFileError::MissingKey { key, .. } => assert_eq!(key, drop),
+            other => panic!("{drop}: {other}"),
+        }
+        assert!(err.to_string().contains("partial.safetensors"));
+        assert!(!out.exists());
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["partial.safetensors"], "leftovers");
+    }
+}
+
+#[test]
+fn unmapped_key_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("sd1.safetensors");
+    let w = Weights::open(&src).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, _) in w.tensors() {
+        let t = w.tensor(name).unwrap();
+        if t.dtype.as_str() != "F32" {
+            continue;
+        }
+        tensors.push((name.to_string(), t.shape.to_vec(), t.data.to_vec()));
+    }
+    tensors.push((
+        "model.diffusion_model.input_blocks.1.0.mystery.weight".into(),
+        vec![2],
+        vec![0; 8],
+    ));
+    let refs: Vec<(&str, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), s.clone(), d.clone()))
+        .collect();
+    let path = tmp.path().join("odd.safetensors");
+    write_safetensors(&path, &refs);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let err = convert(&ckpt, &ConvertOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, SingleFileError::UnmappedKey { key, .. } if key.ends_with("mystery.weight")),
+        "{err}"
+    );
+}
+
+// ------------------------------------------------------------ pickle reader
+
+#[test]
+fn pickle_reader_corner_cases() {
+    let exp = read_json(&fixtures().join("misc.expected.json"));
+    let f = TorchFile::open(&fixtures().join("misc.pt")).unwrap();
+    assert_eq!(f.len(), exp.as_object().unwrap().len());
+    assert_eq!(f.other_keys(), &["step".to_string()]);
+    for (name, e) in exp.as_object().unwrap() {
+        let t = f.tensor(name).unwrap();
+        let e = e.as_array().unwrap();
+        assert_eq!(t.dtype.as_str(), e[0], "{name}");
+        let shape: Vec<usize> = e[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(t.shape, &shape[..], "{name}");
+        assert_eq!(sha16(t.data), e[2], "{name}");
+    }
+    let t = f.tensor("transposed").unwrap().to_f32_vec().unwrap();
+    assert_eq!(t[..4], [0.0, 4.0, 8.0, 1.0]);
+    let err = f.tensor("nope").unwrap_err();
+    assert!(matches!(err, WeightsError::TensorNotFound { .. }));
+}
+
+#[test]
+fn ckpt_and_safetensors_hold_the_same_tensors() {
+    let a = Checkpoint::open(&fixtures().join("sdxl.ckpt")).unwrap();
+    let b = Checkpoint::open(&fixtures().join("sdxl.safetensors")).unwrap();
+    assert_eq!(a.keys(), b.keys());
+    for k in a.keys() {
+        let (x, y) = (a.tensor(k).unwrap(), b.tensor(k).unwrap());
+        assert_eq!(
+            (x.dtype, x.shape, x.data),
+            (y.dtype, y.shape, y.data),
+            "{k}"
+        );
+    }
+}
+
+#[test]
+fn legacy_and_non_zip_pickles_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("legacy.bin");
+    std::fs::write(&path, [0x80, 0x02, 0x8a, 0x0a]).unwrap();
+    let err = TorchFile::open(&path).unwrap_err();
+    assert!(err.to_string().contains("legacy"), "{err}");
+    let path = tmp.path().join("junk.ckpt");
+    std::fs::write(&path, b"PK\x03\x04 definitely not a zip").unwrap();
+    let err = TorchFile::open(&path).unwrap_err();
+    assert!(matches!(err, WeightsError::Pickle { .. }), "{err}");
+    assert!(err.to_string().contains("junk.ckpt"));
+}
