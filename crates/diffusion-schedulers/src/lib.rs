@@ -31,6 +31,7 @@
 pub mod common;
 pub mod config;
 pub mod error;
+pub(crate) mod multistep;
 pub mod names;
 pub mod scheduler;
 pub mod schedulers;

@@ -4,18 +4,20 @@
 //! Integrates the noise prediction in `rho = sigma / alpha` with polynomial
 //! extrapolation in `log(rho)` over the last `solver_order` model outputs. The
 //! per-step scalars are evaluated in `f32`, in diffusers' order (see
-//! [`super::dpmsolver_multistep`], which also holds the shared schedule helpers).
+//! [`super::dpmsolver_multistep`]; the shared schedule helpers are in
+//! [`crate::multistep`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_multistep::{
-    MultistepSolverType, alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps, sub,
-    threshold_sample, validate_thresholding,
-};
+use super::dpmsolver_multistep::MultistepSolverType;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::multistep::{
+    alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps, sub, threshold_sample,
+    validate_thresholding,
+};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 

@@ -10,16 +10,14 @@
 //! Scalars are evaluated in `f32` exactly where diffusers keeps them in `float32`
 //! tensors (the sigma table, `alpha_t`, `sigma_t`, `lambda_t` and the update
 //! coefficients), so that the solver matches diffusers to `f32` rounding.
-//!
-//! This file also holds a few float32 schedule helpers used by `unipc_multistep`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::multistep::{alpha_sigma, flow_shifted, lambda_f32, missing_steps, sigma_add_noise};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -128,29 +126,6 @@ impl Default for DPMSolverSinglestepConfig {
             use_dynamic_shifting: false,
             time_shift_type: TimeShiftType::Exponential,
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// float32 schedule helpers (shared with `unipc_multistep`)
-// ---------------------------------------------------------------------------
-
-/// `log(alpha_t) - log(sigma_t)` in `float32` (`+inf` at `sigma_t = 0`).
-pub(crate) fn lambda_f32(alpha: f32, sigma: f32) -> f32 {
-    alpha.ln() - sigma.ln()
-}
-
-/// The flow-matching shift `s * x / (1 + (s - 1) * x)`.
-pub(crate) fn flow_shifted(x: f64, shift: f64) -> f64 {
-    shift * x / (1.0 + (shift - 1.0) * x)
-}
-
-/// Error for `set_timesteps` without a usable step count.
-pub(crate) fn missing_steps() -> SchedulerError {
-    SchedulerError::InvalidArgument {
-        field: "num_inference_steps",
-        value: "None".into(),
-        reason: "required (or pass custom timesteps/sigmas where supported)".into(),
     }
 }
 

@@ -14,13 +14,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
-use super::dpmsolver_singlestep::{TimeShiftType, flow_shifted, lambda_f32, missing_steps};
+use super::dpmsolver_singlestep::TimeShiftType;
 use crate::common::{self, StepIndex};
 use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
 };
 use crate::error::{Result, SchedulerError};
+use crate::multistep::{alpha_sigma, flow_shifted, lambda_f32, missing_steps, sigma_add_noise};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
