@@ -11,7 +11,7 @@
 //! schedulers stay bit-compatible with diffusers.
 
 use crate::common::{self, StepIndex};
-use crate::config::{TimestepSpacing, invalid};
+use crate::config::{FinalSigmasType, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::check_batch_timesteps;
 use crate::tensor::SchedulerTensor;
@@ -157,4 +157,86 @@ pub(crate) fn missing_steps() -> SchedulerError {
         value: "None".into(),
         reason: "required (or pass custom timesteps/sigmas where supported)".into(),
     }
+}
+
+/// The last entry diffusers appends to the sigma schedule (`final_sigmas_type`):
+/// the smallest training sigma, or zero. Every solver of the family ends its
+/// schedule this way.
+#[inline]
+pub(crate) fn final_sigma(kind: FinalSigmasType, sigma_min: f64) -> f64 {
+    match kind {
+        FinalSigmasType::SigmaMin => sigma_min,
+        FinalSigmasType::Zero => 0.0,
+    }
+}
+
+/// How `(sample - c * model_output) / d` is evaluated in [`data_prediction`]
+/// and [`noise_prediction`].
+///
+/// For an `f32` tensor such as `CpuTensor` both forms round identically; a
+/// backend that accumulates [`SchedulerTensor::linear_combination`] in a wider
+/// type does not. Each scheduler keeps the form it was validated with, so no
+/// backend sees its numbers change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Difference {
+    /// `sub(sample, &model_output.scale(c))`: torch's two roundings, spelled out.
+    ScaledFirst,
+    /// `linear_combination([(1, sample), (-c, model_output)])`: one expression.
+    OneExpression,
+}
+
+impl Difference {
+    fn eval<T: SchedulerTensor>(self, sample: &T, c: f64, model_output: &T) -> T {
+        match self {
+            Difference::ScaledFirst => sub(sample, &model_output.scale(c)),
+            Difference::OneExpression => {
+                T::linear_combination(&[(1.0, sample), (-c, model_output)])
+            }
+        }
+    }
+}
+
+/// The data prediction `x0` of diffusers' `convert_model_output` (before any
+/// thresholding), shared by DPM-Solver(++), the singlestep solver, DEIS and UniPC.
+/// `alpha_t`/`sigma_t` come from [`alpha_sigma`]; `flow_sigma` is the coefficient
+/// of a flow prediction, passed as each scheduler has always computed it.
+pub(crate) fn data_prediction<T: SchedulerTensor>(
+    prediction_type: PredictionType,
+    form: Difference,
+    model_output: &T,
+    sample: &T,
+    (alpha_t, sigma_t): (f32, f32),
+    flow_sigma: f64,
+) -> T {
+    let (a, s) = (alpha_t as f64, sigma_t as f64);
+    match prediction_type {
+        // `(sample - sigma_t * model_output) / alpha_t`, in torch's order: the
+        // difference cancels heavily at high noise.
+        PredictionType::Epsilon => form.eval(sample, s, model_output).scale(1.0 / a),
+        PredictionType::Sample => model_output.clone(),
+        PredictionType::VPrediction => T::linear_combination(&[(a, sample), (-s, model_output)]),
+        PredictionType::FlowPrediction => {
+            T::linear_combination(&[(1.0, sample), (-flow_sigma, model_output)])
+        }
+    }
+}
+
+/// The noise prediction `eps` of diffusers' `convert_model_output` for the
+/// noise-integrating algorithms (`dpmsolver`, UniPC with `predict_x0 = false`).
+/// `None` for `flow_prediction`, which diffusers cannot convert to noise; the
+/// caller reports that in its own terms.
+pub(crate) fn noise_prediction<T: SchedulerTensor>(
+    prediction_type: PredictionType,
+    form: Difference,
+    model_output: &T,
+    sample: &T,
+    (alpha_t, sigma_t): (f32, f32),
+) -> Option<T> {
+    let (a, s) = (alpha_t as f64, sigma_t as f64);
+    Some(match prediction_type {
+        PredictionType::Epsilon => model_output.clone(),
+        PredictionType::Sample => form.eval(sample, a, model_output).scale(1.0 / s),
+        PredictionType::VPrediction => T::linear_combination(&[(a, model_output), (s, sample)]),
+        PredictionType::FlowPrediction => return None,
+    })
 }

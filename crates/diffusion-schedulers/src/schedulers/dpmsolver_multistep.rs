@@ -24,8 +24,8 @@ use crate::config::{
 };
 use crate::error::{Result, SchedulerError};
 use crate::multistep::{
-    alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps, sub, threshold_sample,
-    validate_thresholding,
+    Difference, alpha_sigma, data_prediction, final_sigma, flow_sigmas, noise_prediction,
+    sigma_add_noise, spaced_timesteps, sub, threshold_sample, validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -418,40 +418,24 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
             }
             Ok(())
         };
+        if c.prediction_type == PredictionType::Epsilon {
+            check_variance()?;
+        }
+        let form = Difference::ScaledFirst;
+        let (pred, at) = (c.prediction_type, (alpha_t, sigma_t));
         if c.algorithm_type.data_prediction() {
-            let mut x0 = match c.prediction_type {
-                PredictionType::Epsilon => {
-                    check_variance()?;
-                    sub(sample, &model_output.scale(s)).scale(1.0 / a)
-                }
-                PredictionType::Sample => model_output.clone(),
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, sample), (-s, model_output)])
-                }
-                PredictionType::FlowPrediction => {
-                    T::linear_combination(&[(1.0, sample), (-(sigma as f64), model_output)])
-                }
-            };
+            let mut x0 = data_prediction(pred, form, model_output, sample, at, sigma as f64);
             if c.thresholding {
                 x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
             }
             Ok(x0)
         } else {
-            let mut eps = match c.prediction_type {
-                PredictionType::Epsilon => {
-                    check_variance()?;
-                    model_output.clone()
-                }
-                PredictionType::Sample => sub(sample, &model_output.scale(a)).scale(1.0 / s),
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, model_output), (s, sample)])
-                }
-                PredictionType::FlowPrediction => {
-                    return Err(Self::unsupported(
+            let mut eps =
+                noise_prediction(pred, form, model_output, sample, at).ok_or_else(|| {
+                    Self::unsupported(
                         "prediction_type `flow_prediction` with a noise-prediction algorithm",
-                    ));
-                }
-            };
+                    )
+                })?;
             if c.thresholding {
                 let x0 = sub(sample, &eps.scale(s)).scale(1.0 / a);
                 let x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
@@ -757,10 +741,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
                 (s, base)
             }
         };
-        sigmas.push(match c.final_sigmas_type {
-            FinalSigmasType::SigmaMin => sigma_min,
-            FinalSigmasType::Zero => 0.0,
-        });
+        sigmas.push(final_sigma(c.final_sigmas_type, sigma_min));
         self.sigmas = sigmas.into_iter().map(common::f32r).collect();
         self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
         self.num_inference_steps = Some(self.timesteps.len());

@@ -17,7 +17,10 @@ use serde_json::Value;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
-use crate::multistep::{alpha_sigma, flow_shifted, lambda_f32, missing_steps, sigma_add_noise};
+use crate::multistep::{
+    Difference, alpha_sigma, data_prediction, final_sigma, flow_shifted, lambda_f32, missing_steps,
+    noise_prediction, sigma_add_noise,
+};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -361,26 +364,14 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 what: "variance_type `learned`/`learned_range` with more than 3 channels".into(),
             });
         }
-        let (alpha, sigma) = self.alpha_sigma(idx);
-        let (a, s) = (alpha as f64, sigma as f64);
+        let at = self.alpha_sigma(idx);
+        let form = Difference::OneExpression;
         match self.config.algorithm_type {
             SinglestepAlgorithm::DpmSolverPlusPlus
             | SinglestepAlgorithm::Deis
             | SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
-                let mut x0 = match pred {
-                    // `(sample - sigma_t * model_output) / alpha_t`, in torch's order:
-                    // the difference cancels heavily at high noise.
-                    PredictionType::Epsilon => {
-                        T::linear_combination(&[(1.0, sample), (-s, model_output)]).scale(1.0 / a)
-                    }
-                    PredictionType::Sample => model_output.clone(),
-                    PredictionType::VPrediction => {
-                        T::linear_combination(&[(a, sample), (-s, model_output)])
-                    }
-                    PredictionType::FlowPrediction => {
-                        T::linear_combination(&[(1.0, sample), (-self.sigmas[idx], model_output)])
-                    }
-                };
+                let mut x0 =
+                    data_prediction(pred, form, model_output, sample, at, self.sigmas[idx]);
                 if self.config.thresholding {
                     x0 = x0.dynamic_threshold(
                         self.config.dynamic_thresholding_ratio,
@@ -389,22 +380,15 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 }
                 Ok(x0)
             }
-            SinglestepAlgorithm::DpmSolver => Ok(match pred {
-                PredictionType::Epsilon => model_output.clone(),
-                PredictionType::Sample => {
-                    T::linear_combination(&[(1.0, sample), (-a, model_output)]).scale(1.0 / s)
-                }
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, model_output), (s, sample)])
-                }
-                PredictionType::FlowPrediction => {
-                    return Err(SchedulerError::Unsupported {
+            SinglestepAlgorithm::DpmSolver => {
+                noise_prediction(pred, form, model_output, sample, at).ok_or_else(|| {
+                    SchedulerError::Unsupported {
                         class: CLASS_NAME,
                         what: "prediction_type `flow_prediction` with algorithm_type `dpmsolver`"
                             .into(),
-                    });
-                }
-            }),
+                    }
+                })
+            }
         }
     }
 
@@ -679,10 +663,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
             let s = t.iter().map(|&x| common::interp(x, &xp, table)).collect();
             (s, t)
         };
-        let sigma_last = match self.config.final_sigmas_type {
-            FinalSigmasType::SigmaMin => table[0],
-            FinalSigmasType::Zero => 0.0,
-        };
+        let sigma_last = final_sigma(self.config.final_sigmas_type, table[0]);
         let mut sigmas: Vec<f64> = sigmas.into_iter().map(common::f32r).collect();
         sigmas.push(common::f32r(sigma_last));
 
