@@ -28,6 +28,7 @@
 //!
 #![doc = include_str!("../SCHEDULERS.md")]
 
+pub(crate) mod alpha;
 pub mod common;
 pub mod config;
 pub mod error;

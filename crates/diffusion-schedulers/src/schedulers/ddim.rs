@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::alpha::spaced_timesteps;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
@@ -172,34 +173,12 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
             })?;
         let train = self.config.num_train_timesteps;
         common::check_num_steps(n, train)?;
-        let timesteps: Vec<i64> = match self.config.timestep_spacing {
-            TimestepSpacing::Linspace => common::linspace(0.0, (train - 1) as f64, n)
-                .into_iter()
-                .rev()
-                .map(|t| common::round_half_even(t) as i64)
-                .collect(),
-            TimestepSpacing::Leading => {
-                let ratio = (train / n) as i64;
-                (0..n as i64)
-                    .rev()
-                    .map(|i| i * ratio + self.config.steps_offset as i64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => {
-                let ratio = train as f64 / n as f64;
-                common::arange(train as f64, 0.0, -ratio)
-                    .into_iter()
-                    .map(|t| common::round_half_even(t) as i64 - 1)
-                    .collect()
-            }
-        };
-        if let Some(bad) = timesteps.iter().find(|&&t| t < 0 || t as usize >= train) {
-            return Err(invalid(
-                "steps_offset",
-                self.config.steps_offset,
-                format!("puts timestep {bad} outside [0, {train})"),
-            ));
-        }
+        let timesteps = spaced_timesteps(
+            self.config.timestep_spacing,
+            n,
+            train,
+            self.config.steps_offset,
+        )?;
         self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
         self.num_inference_steps = Some(n);
         self.index.reset();
