@@ -128,6 +128,39 @@ pub(crate) fn validate_distilled_config(
     original_inference_steps: usize,
     timestep_scaling: Option<f64>,
 ) -> Result<()> {
+    validate_alpha_schedule(
+        class,
+        num_train_timesteps,
+        beta_start,
+        beta_end,
+        beta_schedule,
+        trained_betas,
+        prediction_type,
+    )?;
+    if original_inference_steps == 0 {
+        return Err(invalid("original_inference_steps", 0, "must be at least 1"));
+    }
+    if let Some(s) = timestep_scaling
+        && !s.is_finite()
+    {
+        return Err(invalid("timestep_scaling", s, "must be finite"));
+    }
+    Ok(())
+}
+
+/// The beta-table and prediction-type checks of the alpha-parameterised
+/// schedulers that implement neither the sigmoid beta schedule nor
+/// `flow_prediction` (DDIM, LCM, TCD): diffusers raises for both, so they are
+/// refused at construction with the class named in the error.
+pub(crate) fn validate_alpha_schedule(
+    class: &'static str,
+    num_train_timesteps: usize,
+    beta_start: f64,
+    beta_end: f64,
+    beta_schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+    prediction_type: PredictionType,
+) -> Result<()> {
     validate_betas(
         num_train_timesteps,
         beta_start,
@@ -148,14 +181,6 @@ pub(crate) fn validate_distilled_config(
             "flow_prediction",
             format!("not supported by {class}"),
         ));
-    }
-    if original_inference_steps == 0 {
-        return Err(invalid("original_inference_steps", 0, "must be at least 1"));
-    }
-    if let Some(s) = timestep_scaling
-        && !s.is_finite()
-    {
-        return Err(invalid("timestep_scaling", s, "must be finite"));
     }
     Ok(())
 }

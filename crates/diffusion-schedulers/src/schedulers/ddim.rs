@@ -6,9 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::spaced_timesteps;
+use crate::alpha::{spaced_timesteps, validate_alpha_schedule};
 use crate::common::{self, StepIndex};
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
@@ -73,27 +73,15 @@ pub struct DDIMScheduler {
 
 impl DDIMScheduler {
     pub fn new(config: DDIMConfig) -> Result<Self> {
-        validate_betas(
+        validate_alpha_schedule(
+            CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
             config.beta_schedule,
             config.trained_betas.as_deref(),
+            config.prediction_type,
         )?;
-        if config.beta_schedule == BetaSchedule::Sigmoid && config.trained_betas.is_none() {
-            return Err(invalid(
-                "beta_schedule",
-                "sigmoid",
-                "not implemented for DDIMScheduler",
-            ));
-        }
-        if config.prediction_type == PredictionType::FlowPrediction {
-            return Err(invalid(
-                "prediction_type",
-                "flow_prediction",
-                "not supported by DDIMScheduler",
-            ));
-        }
         let (_, alphas_cumprod) = common::alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
