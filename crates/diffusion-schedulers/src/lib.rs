@@ -28,9 +28,11 @@
 //!
 #![doc = include_str!("../SCHEDULERS.md")]
 
+pub(crate) mod alpha;
 pub mod common;
 pub mod config;
 pub mod error;
+pub(crate) mod multistep;
 pub mod names;
 pub mod scheduler;
 pub mod schedulers;

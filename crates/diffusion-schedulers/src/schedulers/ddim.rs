@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::alpha::{spaced_timesteps, validate_alpha_schedule};
 use crate::common::{self, StepIndex};
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
@@ -72,27 +73,15 @@ pub struct DDIMScheduler {
 
 impl DDIMScheduler {
     pub fn new(config: DDIMConfig) -> Result<Self> {
-        validate_betas(
+        validate_alpha_schedule(
+            CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
             config.beta_end,
             config.beta_schedule,
             config.trained_betas.as_deref(),
+            config.prediction_type,
         )?;
-        if config.beta_schedule == BetaSchedule::Sigmoid && config.trained_betas.is_none() {
-            return Err(invalid(
-                "beta_schedule",
-                "sigmoid",
-                "not implemented for DDIMScheduler",
-            ));
-        }
-        if config.prediction_type == PredictionType::FlowPrediction {
-            return Err(invalid(
-                "prediction_type",
-                "flow_prediction",
-                "not supported by DDIMScheduler",
-            ));
-        }
         let (_, alphas_cumprod) = common::alphas_cumprod(
             config.num_train_timesteps,
             config.beta_start,
@@ -172,34 +161,12 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
             })?;
         let train = self.config.num_train_timesteps;
         common::check_num_steps(n, train)?;
-        let timesteps: Vec<i64> = match self.config.timestep_spacing {
-            TimestepSpacing::Linspace => common::linspace(0.0, (train - 1) as f64, n)
-                .into_iter()
-                .rev()
-                .map(|t| common::round_half_even(t) as i64)
-                .collect(),
-            TimestepSpacing::Leading => {
-                let ratio = (train / n) as i64;
-                (0..n as i64)
-                    .rev()
-                    .map(|i| i * ratio + self.config.steps_offset as i64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => {
-                let ratio = train as f64 / n as f64;
-                common::arange(train as f64, 0.0, -ratio)
-                    .into_iter()
-                    .map(|t| common::round_half_even(t) as i64 - 1)
-                    .collect()
-            }
-        };
-        if let Some(bad) = timesteps.iter().find(|&&t| t < 0 || t as usize >= train) {
-            return Err(invalid(
-                "steps_offset",
-                self.config.steps_offset,
-                format!("puts timestep {bad} outside [0, {train})"),
-            ));
-        }
+        let timesteps = spaced_timesteps(
+            self.config.timestep_spacing,
+            n,
+            train,
+            self.config.steps_offset,
+        )?;
         self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
         self.num_inference_steps = Some(n);
         self.index.reset();

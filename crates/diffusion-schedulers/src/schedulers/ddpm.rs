@@ -8,14 +8,11 @@
 //! The scalar coefficients are computed in `f32`, the precision of diffusers'
 //! 0-dim torch tensors: `1 - a_t / a_prev` cancels badly for close timesteps, and
 //! reproducing that rounding is what keeps long schedules at parity.
-//!
-//! This file also holds small helpers shared by the DDPM-family schedulers of
-//! this crate (PNDM, LCM, TCD): integer timestep layout, custom timestep
-//! validation and `f32` table lookups.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::alpha::{alpha_f32, check_threshold_config, custom_timesteps, spaced_timesteps};
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
@@ -193,110 +190,6 @@ impl DDPMScheduler {
             _ => variance.sqrt(),
         }
     }
-}
-
-/// Shared validation of the clip/threshold fields of the DDPM family.
-pub(crate) fn check_threshold_config(
-    clip_sample_range: f64,
-    dynamic_thresholding_ratio: f64,
-    sample_max_value: f64,
-) -> Result<()> {
-    if !(clip_sample_range.is_finite() && clip_sample_range > 0.0) {
-        return Err(invalid(
-            "clip_sample_range",
-            clip_sample_range,
-            "must be finite and positive",
-        ));
-    }
-    if !(0.0..=1.0).contains(&dynamic_thresholding_ratio) {
-        return Err(invalid(
-            "dynamic_thresholding_ratio",
-            dynamic_thresholding_ratio,
-            "must lie in [0, 1] (a quantile)",
-        ));
-    }
-    if !(sample_max_value.is_finite() && sample_max_value > 0.0) {
-        return Err(invalid(
-            "sample_max_value",
-            sample_max_value,
-            "must be finite and positive",
-        ));
-    }
-    Ok(())
-}
-
-/// `alphas_cumprod[t]` as the `f32` diffusers holds, for an integer training timestep.
-pub(crate) fn alpha_f32(alphas_cumprod: &[f64], t: f64) -> Result<f32> {
-    Ok(crate::scheduler::alpha_lookup(alphas_cumprod, &[t])?[0] as f32)
-}
-
-/// diffusers' integer timestep layouts (DDPM/DDIM), in descending order.
-pub(crate) fn spaced_timesteps(
-    spacing: TimestepSpacing,
-    n: usize,
-    train: usize,
-    steps_offset: usize,
-) -> Result<Vec<i64>> {
-    let timesteps: Vec<i64> = match spacing {
-        TimestepSpacing::Linspace => common::linspace(0.0, (train - 1) as f64, n)
-            .into_iter()
-            .rev()
-            .map(|t| common::round_half_even(t) as i64)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = (train / n) as i64;
-            (0..n as i64)
-                .rev()
-                .map(|i| i * ratio + steps_offset as i64)
-                .collect()
-        }
-        TimestepSpacing::Trailing => {
-            let ratio = train as f64 / n as f64;
-            common::arange(train as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| common::round_half_even(t) as i64 - 1)
-                .collect()
-        }
-    };
-    if let Some(bad) = timesteps.iter().find(|&&t| t < 0 || t as usize >= train) {
-        return Err(invalid(
-            "steps_offset",
-            steps_offset,
-            format!("puts timestep {bad} outside [0, {train})"),
-        ));
-    }
-    Ok(timesteps)
-}
-
-/// Validate a custom, strictly descending list of integer training timesteps.
-pub(crate) fn custom_timesteps(timesteps: &[f64], train: usize) -> Result<Vec<i64>> {
-    let bad = |t: f64, reason: &str| SchedulerError::InvalidArgument {
-        field: "timesteps",
-        value: format!("{t}"),
-        reason: reason.into(),
-    };
-    if timesteps.is_empty() {
-        return Err(SchedulerError::InvalidArgument {
-            field: "timesteps",
-            value: "[]".into(),
-            reason: "must hold at least one timestep".into(),
-        });
-    }
-    for &t in timesteps {
-        if !(t.is_finite() && t.fract() == 0.0 && t >= 0.0) {
-            return Err(bad(t, "every timestep must be a non-negative integer"));
-        }
-    }
-    if let Some(w) = timesteps.windows(2).find(|w| w[1] >= w[0]) {
-        return Err(bad(w[1], "custom timesteps must be in descending order"));
-    }
-    if timesteps[0] >= train as f64 {
-        return Err(bad(
-            timesteps[0],
-            &format!("must start before num_train_timesteps = {train}"),
-        ));
-    }
-    Ok(timesteps.iter().map(|&t| t as i64).collect())
 }
 
 pub(crate) fn build<T: SchedulerTensor>(

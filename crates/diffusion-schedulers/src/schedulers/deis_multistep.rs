@@ -4,18 +4,20 @@
 //! Integrates the noise prediction in `rho = sigma / alpha` with polynomial
 //! extrapolation in `log(rho)` over the last `solver_order` model outputs. The
 //! per-step scalars are evaluated in `f32`, in diffusers' order (see
-//! [`super::dpmsolver_multistep`], which also holds the shared schedule helpers).
+//! [`super::dpmsolver_multistep`]; the shared schedule helpers are in
+//! [`crate::multistep`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_multistep::{
-    MultistepSolverType, alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps, sub,
-    threshold_sample, validate_thresholding,
-};
+use super::dpmsolver_multistep::MultistepSolverType;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::multistep::{
+    Difference, alpha_sigma, data_prediction, flow_sigmas, sigma_add_noise, spaced_timesteps, sub,
+    threshold_sample, validate_thresholding,
+};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -267,16 +269,14 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
         let sigma = self.sigmas[idx];
         let (alpha_t, sigma_t) = self.alpha_sigma(idx);
         let (a, s) = (alpha_t as f64, sigma_t as f64);
-        let mut x0 = match c.prediction_type {
-            PredictionType::Epsilon => sub(sample, &model_output.scale(s)).scale(1.0 / a),
-            PredictionType::Sample => model_output.clone(),
-            PredictionType::VPrediction => {
-                T::linear_combination(&[(a, sample), (-s, model_output)])
-            }
-            PredictionType::FlowPrediction => {
-                T::linear_combination(&[(1.0, sample), (-sigma, model_output)])
-            }
-        };
+        let mut x0 = data_prediction(
+            c.prediction_type,
+            Difference::ScaledFirst,
+            model_output,
+            sample,
+            (alpha_t, sigma_t),
+            sigma,
+        );
         if c.thresholding {
             x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
         }

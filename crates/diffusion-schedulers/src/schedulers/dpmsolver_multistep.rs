@@ -11,8 +11,9 @@
 //! arithmetic in `f32`, in the same order, so both libraries agree to the last
 //! few ulps even where the coefficients cancel (third-order updates, short steps).
 //!
-//! Also home of the helpers shared with [`super::deis_multistep`], which uses the
-//! same sigma schedules.
+//! The helpers shared with DEIS, the singlestep solver and UniPC (timestep
+//! spacing, flow sigmas, `alpha_sigma`, thresholding, `add_noise`) live in
+//! [`crate::multistep`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,7 +23,11 @@ use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
 };
 use crate::error::{Result, SchedulerError};
-use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
+use crate::multistep::{
+    Difference, alpha_sigma, data_prediction, final_sigma, flow_sigmas, noise_prediction,
+    sigma_add_noise, spaced_timesteps, sub, threshold_sample, validate_thresholding,
+};
+use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "DPMSolverMultistepScheduler";
@@ -158,134 +163,6 @@ impl Default for DPMSolverMultistepConfig {
             time_shift_type: "exponential".into(),
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Helpers shared with DEIS (same sigma schedules, same float32 scalar math).
-// ---------------------------------------------------------------------------
-
-/// The integer inference timesteps of the multistep solvers (`last_timestep` is
-/// the training length, or less where `lambda_min_clipped` cuts the schedule).
-pub(crate) fn spaced_timesteps(
-    spacing: TimestepSpacing,
-    n: usize,
-    train: usize,
-    last_timestep: usize,
-    steps_offset: usize,
-) -> Vec<i64> {
-    match spacing {
-        TimestepSpacing::Linspace => {
-            let grid = common::linspace(0.0, last_timestep as f64 - 1.0, n + 1);
-            grid[1..]
-                .iter()
-                .rev()
-                .map(|&t| common::round_half_even(t) as i64)
-                .collect()
-        }
-        TimestepSpacing::Leading => {
-            let ratio = (last_timestep / (n + 1)) as i64;
-            (1..=n as i64)
-                .rev()
-                .map(|i| i * ratio + steps_offset as i64)
-                .collect()
-        }
-        TimestepSpacing::Trailing => {
-            let ratio = train as f64 / n as f64;
-            common::np_arange(last_timestep as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| common::round_half_even(t) as i64 - 1)
-                .collect()
-        }
-    }
-}
-
-/// Flow-matching sigmas `shift * s / (1 + (shift - 1) * s)` for `n` steps,
-/// highest first (without the final sigma).
-pub(crate) fn flow_sigmas(n: usize, train: usize, shift: f64) -> Vec<f64> {
-    let alphas = common::linspace(1.0, 1.0 / train as f64, n + 1);
-    let shifted: Vec<f64> = alphas
-        .iter()
-        .map(|a| {
-            let s = 1.0 - a;
-            shift * s / (1.0 + (shift - 1.0) * s)
-        })
-        .collect();
-    shifted[1..].iter().rev().copied().collect()
-}
-
-/// `_sigma_to_alpha_sigma_t` in `f32` (diffusers keeps sigmas in `float32`), for
-/// the whole DPM-Solver family: VP `(1 / sqrt(sigma^2 + 1), sigma * alpha)`,
-/// or flow `(1 - sigma, sigma)`.
-#[inline]
-pub(crate) fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
-    if flow {
-        (1.0 - sigma, sigma)
-    } else {
-        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-        (alpha, sigma * alpha)
-    }
-}
-
-/// Dynamic thresholding as diffusers' `_threshold_sample`. With `max < 1`
-/// torch's `clamp(s, min=1, max)` always yields `max`, so the threshold is fixed.
-pub(crate) fn threshold_sample<T: SchedulerTensor>(x: &T, ratio: f64, max: f64) -> T {
-    if max < 1.0 {
-        x.clamp(-max, max).scale(1.0 / max)
-    } else {
-        x.dynamic_threshold(ratio, max)
-    }
-}
-
-/// Validate the thresholding parameters where thresholding is on.
-pub(crate) fn validate_thresholding(thresholding: bool, ratio: f64, max: f64) -> Result<()> {
-    if !thresholding {
-        return Ok(());
-    }
-    if !(ratio.is_finite() && (0.0..=1.0).contains(&ratio)) {
-        return Err(invalid(
-            "dynamic_thresholding_ratio",
-            ratio,
-            "must lie in [0, 1]",
-        ));
-    }
-    if !(max.is_finite() && max > 0.0) {
-        return Err(invalid("sample_max_value", max, "must be positive"));
-    }
-    Ok(())
-}
-
-/// The sigma-based forward process of the DPM-Solver family (multistep,
-/// singlestep, DEIS, UniPC):
-/// `alpha(sigma) * x + sigma_t(sigma) * noise`, with diffusers' index rules.
-pub(crate) fn sigma_add_noise<T: SchedulerTensor>(
-    index: &StepIndex,
-    timesteps: &[f64],
-    sigmas: &[f64],
-    flow: bool,
-    original: &T,
-    noise: &T,
-    at: &[f64],
-) -> Result<T> {
-    check_batch_timesteps(original, noise, at)?;
-    let indices = index.add_noise_indices(at, timesteps)?;
-    let mut alphas = Vec::with_capacity(indices.len());
-    let mut sigma_ts = Vec::with_capacity(indices.len());
-    for &i in &indices {
-        let sigma = *sigmas.get(i).ok_or(SchedulerError::PastLastStep(i))?;
-        let (a, s) = alpha_sigma(sigma as f32, flow);
-        alphas.push(a as f64);
-        sigma_ts.push(s as f64);
-    }
-    Ok(T::linear_combination(&[
-        (1.0, &original.scale_batch(&alphas)),
-        (1.0, &noise.scale_batch(&sigma_ts)),
-    ]))
-}
-
-/// `a - b`, exactly as torch evaluates it in `f32`.
-#[inline]
-pub(crate) fn sub<T: SchedulerTensor>(a: &T, b: &T) -> T {
-    T::linear_combination(&[(1.0, a), (-1.0, b)])
 }
 
 /// The alpha, sigma and log-SNR of one point of the schedule, in `f32`.
@@ -541,40 +418,24 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
             }
             Ok(())
         };
+        if c.prediction_type == PredictionType::Epsilon {
+            check_variance()?;
+        }
+        let form = Difference::ScaledFirst;
+        let (pred, at) = (c.prediction_type, (alpha_t, sigma_t));
         if c.algorithm_type.data_prediction() {
-            let mut x0 = match c.prediction_type {
-                PredictionType::Epsilon => {
-                    check_variance()?;
-                    sub(sample, &model_output.scale(s)).scale(1.0 / a)
-                }
-                PredictionType::Sample => model_output.clone(),
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, sample), (-s, model_output)])
-                }
-                PredictionType::FlowPrediction => {
-                    T::linear_combination(&[(1.0, sample), (-(sigma as f64), model_output)])
-                }
-            };
+            let mut x0 = data_prediction(pred, form, model_output, sample, at, sigma as f64);
             if c.thresholding {
                 x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
             }
             Ok(x0)
         } else {
-            let mut eps = match c.prediction_type {
-                PredictionType::Epsilon => {
-                    check_variance()?;
-                    model_output.clone()
-                }
-                PredictionType::Sample => sub(sample, &model_output.scale(a)).scale(1.0 / s),
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, model_output), (s, sample)])
-                }
-                PredictionType::FlowPrediction => {
-                    return Err(Self::unsupported(
+            let mut eps =
+                noise_prediction(pred, form, model_output, sample, at).ok_or_else(|| {
+                    Self::unsupported(
                         "prediction_type `flow_prediction` with a noise-prediction algorithm",
-                    ));
-                }
-            };
+                    )
+                })?;
             if c.thresholding {
                 let x0 = sub(sample, &eps.scale(s)).scale(1.0 / a);
                 let x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
@@ -880,10 +741,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
                 (s, base)
             }
         };
-        sigmas.push(match c.final_sigmas_type {
-            FinalSigmasType::SigmaMin => sigma_min,
-            FinalSigmasType::Zero => 0.0,
-        });
+        sigmas.push(final_sigma(c.final_sigmas_type, sigma_min));
         self.sigmas = sigmas.into_iter().map(common::f32r).collect();
         self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
         self.num_inference_steps = Some(self.timesteps.len());

@@ -10,16 +10,17 @@
 //! Scalars are evaluated in `f32` exactly where diffusers keeps them in `float32`
 //! tensors (the sigma table, `alpha_t`, `sigma_t`, `lambda_t` and the update
 //! coefficients), so that the solver matches diffusers to `f32` rounding.
-//!
-//! This file also holds a few float32 schedule helpers used by `unipc_multistep`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::multistep::{
+    Difference, alpha_sigma, data_prediction, final_sigma, flow_shifted, lambda_f32, missing_steps,
+    noise_prediction, sigma_add_noise,
+};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -128,29 +129,6 @@ impl Default for DPMSolverSinglestepConfig {
             use_dynamic_shifting: false,
             time_shift_type: TimeShiftType::Exponential,
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// float32 schedule helpers (shared with `unipc_multistep`)
-// ---------------------------------------------------------------------------
-
-/// `log(alpha_t) - log(sigma_t)` in `float32` (`+inf` at `sigma_t = 0`).
-pub(crate) fn lambda_f32(alpha: f32, sigma: f32) -> f32 {
-    alpha.ln() - sigma.ln()
-}
-
-/// The flow-matching shift `s * x / (1 + (s - 1) * x)`.
-pub(crate) fn flow_shifted(x: f64, shift: f64) -> f64 {
-    shift * x / (1.0 + (shift - 1.0) * x)
-}
-
-/// Error for `set_timesteps` without a usable step count.
-pub(crate) fn missing_steps() -> SchedulerError {
-    SchedulerError::InvalidArgument {
-        field: "num_inference_steps",
-        value: "None".into(),
-        reason: "required (or pass custom timesteps/sigmas where supported)".into(),
     }
 }
 
@@ -386,26 +364,14 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 what: "variance_type `learned`/`learned_range` with more than 3 channels".into(),
             });
         }
-        let (alpha, sigma) = self.alpha_sigma(idx);
-        let (a, s) = (alpha as f64, sigma as f64);
+        let at = self.alpha_sigma(idx);
+        let form = Difference::OneExpression;
         match self.config.algorithm_type {
             SinglestepAlgorithm::DpmSolverPlusPlus
             | SinglestepAlgorithm::Deis
             | SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
-                let mut x0 = match pred {
-                    // `(sample - sigma_t * model_output) / alpha_t`, in torch's order:
-                    // the difference cancels heavily at high noise.
-                    PredictionType::Epsilon => {
-                        T::linear_combination(&[(1.0, sample), (-s, model_output)]).scale(1.0 / a)
-                    }
-                    PredictionType::Sample => model_output.clone(),
-                    PredictionType::VPrediction => {
-                        T::linear_combination(&[(a, sample), (-s, model_output)])
-                    }
-                    PredictionType::FlowPrediction => {
-                        T::linear_combination(&[(1.0, sample), (-self.sigmas[idx], model_output)])
-                    }
-                };
+                let mut x0 =
+                    data_prediction(pred, form, model_output, sample, at, self.sigmas[idx]);
                 if self.config.thresholding {
                     x0 = x0.dynamic_threshold(
                         self.config.dynamic_thresholding_ratio,
@@ -414,22 +380,15 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 }
                 Ok(x0)
             }
-            SinglestepAlgorithm::DpmSolver => Ok(match pred {
-                PredictionType::Epsilon => model_output.clone(),
-                PredictionType::Sample => {
-                    T::linear_combination(&[(1.0, sample), (-a, model_output)]).scale(1.0 / s)
-                }
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, model_output), (s, sample)])
-                }
-                PredictionType::FlowPrediction => {
-                    return Err(SchedulerError::Unsupported {
+            SinglestepAlgorithm::DpmSolver => {
+                noise_prediction(pred, form, model_output, sample, at).ok_or_else(|| {
+                    SchedulerError::Unsupported {
                         class: CLASS_NAME,
                         what: "prediction_type `flow_prediction` with algorithm_type `dpmsolver`"
                             .into(),
-                    });
-                }
-            }),
+                    }
+                })
+            }
         }
     }
 
@@ -704,10 +663,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
             let s = t.iter().map(|&x| common::interp(x, &xp, table)).collect();
             (s, t)
         };
-        let sigma_last = match self.config.final_sigmas_type {
-            FinalSigmasType::SigmaMin => table[0],
-            FinalSigmasType::Zero => 0.0,
-        };
+        let sigma_last = final_sigma(self.config.final_sigmas_type, table[0]);
         let mut sigmas: Vec<f64> = sigmas.into_iter().map(common::f32r).collect();
         sigmas.push(common::f32r(sigma_last));
 

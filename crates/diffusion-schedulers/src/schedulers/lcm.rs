@@ -12,13 +12,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::alpha::{
+    alpha_f32, check_threshold_config, custom_timesteps, validate_distilled_config,
+};
 use crate::common::{self, StepIndex};
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
-use crate::schedulers::ddpm::{alpha_f32, check_threshold_config, custom_timesteps};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "LCMScheduler";
@@ -81,51 +83,6 @@ pub struct LCMScheduler {
     /// `strength` trims it (which decides the last, noise-free step).
     num_inference_steps: Option<usize>,
     index: StepIndex,
-}
-
-/// Config checks shared by LCM and TCD.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn validate_distilled_config(
-    class: &'static str,
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    beta_schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    prediction_type: PredictionType,
-    original_inference_steps: usize,
-    timestep_scaling: Option<f64>,
-) -> Result<()> {
-    validate_betas(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-    )?;
-    if beta_schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
-        return Err(invalid(
-            "beta_schedule",
-            "sigmoid",
-            format!("not implemented for {class}"),
-        ));
-    }
-    if prediction_type == PredictionType::FlowPrediction {
-        return Err(invalid(
-            "prediction_type",
-            "flow_prediction",
-            format!("not supported by {class}"),
-        ));
-    }
-    if original_inference_steps == 0 {
-        return Err(invalid("original_inference_steps", 0, "must be at least 1"));
-    }
-    if let Some(s) = timestep_scaling
-        && !s.is_finite()
-    {
-        return Err(invalid("timestep_scaling", s, "must be finite"));
-    }
-    Ok(())
 }
 
 /// The distilled-schedule layout shared by LCM and TCD: a custom list (trimmed

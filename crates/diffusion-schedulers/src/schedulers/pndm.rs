@@ -11,11 +11,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::alpha::{alpha_f32, spaced_timesteps};
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise};
-use crate::schedulers::ddpm::{alpha_f32, spaced_timesteps};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "PNDMScheduler";

@@ -15,16 +15,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::alpha::{alpha_f32, check_threshold_config, validate_distilled_config};
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
-use crate::schedulers::ddpm::{alpha_f32, check_threshold_config};
-use crate::schedulers::lcm::{
-    distillation_origin, distilled_timesteps, spec_strength, validate_distilled_config,
-};
+use crate::schedulers::lcm::{distillation_origin, distilled_timesteps, spec_strength};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "TCDScheduler";

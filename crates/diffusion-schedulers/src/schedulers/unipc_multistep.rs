@@ -14,13 +14,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_multistep::{alpha_sigma, sigma_add_noise};
-use super::dpmsolver_singlestep::{TimeShiftType, flow_shifted, lambda_f32, missing_steps};
+use super::dpmsolver_singlestep::TimeShiftType;
 use crate::common::{self, StepIndex};
 use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
 };
 use crate::error::{Result, SchedulerError};
+use crate::multistep::{
+    Difference, alpha_sigma, data_prediction, final_sigma, flow_shifted, lambda_f32, missing_steps,
+    noise_prediction, sigma_add_noise,
+};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -293,22 +296,10 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
 
     /// diffusers' `convert_model_output`: `x0` when `predict_x0`, else the noise.
     fn convert(&self, model_output: &T, sample: &T, idx: usize) -> T {
-        let (alpha, sigma) = self.alpha_sigma(idx);
-        let (a, s) = (alpha as f64, sigma as f64);
+        let at = self.alpha_sigma(idx);
+        let (pred, form) = (self.config.prediction_type, Difference::OneExpression);
         if self.config.predict_x0 {
-            let x0 = match self.config.prediction_type {
-                // In torch's order: the difference cancels heavily at high noise.
-                PredictionType::Epsilon => {
-                    T::linear_combination(&[(1.0, sample), (-s, model_output)]).scale(1.0 / a)
-                }
-                PredictionType::Sample => model_output.clone(),
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, sample), (-s, model_output)])
-                }
-                PredictionType::FlowPrediction => {
-                    T::linear_combination(&[(1.0, sample), (-self.sigmas[idx], model_output)])
-                }
-            };
+            let x0 = data_prediction(pred, form, model_output, sample, at, self.sigmas[idx]);
             if self.config.thresholding {
                 x0.dynamic_threshold(
                     self.config.dynamic_thresholding_ratio,
@@ -318,16 +309,9 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
                 x0
             }
         } else {
-            match self.config.prediction_type {
-                PredictionType::Sample => {
-                    T::linear_combination(&[(1.0, sample), (-a, model_output)]).scale(1.0 / s)
-                }
-                PredictionType::VPrediction => {
-                    T::linear_combination(&[(a, model_output), (s, sample)])
-                }
-                // Epsilon (flow_prediction is refused at construction).
-                _ => model_output.clone(),
-            }
+            // flow_prediction is refused at construction.
+            noise_prediction(pred, form, model_output, sample, at)
+                .unwrap_or_else(|| model_output.clone())
         }
     }
 
@@ -553,10 +537,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
                 c.sigma_max.unwrap_or(base[base.len() - 1]),
             )
         };
-        let finish = |s: &[f64]| match c.final_sigmas_type {
-            FinalSigmasType::SigmaMin => s[s.len() - 1],
-            FinalSigmasType::Zero => 0.0,
-        };
+        let finish = |s: &[f64]| final_sigma(c.final_sigmas_type, s[s.len() - 1]);
         let (sigmas, timesteps, sigma_last): (Vec<f64>, Vec<f64>, f64) = if c.use_karras_sigmas {
             let (lo, hi) = range();
             let mut s = common::karras_sigmas(lo, hi, n);
@@ -620,10 +601,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
                 .iter()
                 .map(|&t| common::interp(t, &xp, &self.sigma_table))
                 .collect();
-            let last = match c.final_sigmas_type {
-                FinalSigmasType::SigmaMin => self.sigma_table[0],
-                FinalSigmasType::Zero => 0.0,
-            };
+            let last = final_sigma(c.final_sigmas_type, self.sigma_table[0]);
             (s, spaced, last)
         };
         if let Some(bad) = timesteps.iter().find(|t| !t.is_finite()) {
