@@ -620,6 +620,28 @@ mod tests {
     fn torch_linspace_is_bit_exact() {
         // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32)[[1, 499, 500, 998]] (torch 2.x CPU).
         let v = torch_linspace_f32(0.0001, 0.02, 1000);
+        // Index 500 is where f32-rounding an f64 linspace gives 0.010059960186481476 instead.
+        let torch = [
+            0.00011991991777904332,
+            0.010040040127933025,
+            0.010059959255158901,
+            0.01998008042573929,
+        ];
+        for (i, expected) in [1, 499, 500, 998].into_iter().zip(torch) {
+            assert_eq!(v[i], expected, "index {i}");
+        }
+        // torch.linspace(sqrt(0.00085), sqrt(0.012), 1000) (Stable Diffusion's scaled_linear).
+        let v = torch_linspace_f32(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000);
+        let torch = [
+            0.029235228896141052,
+            0.06930939853191376,
+            0.06938986480236053,
+            0.10946403443813324,
+        ];
+        for (i, expected) in [1, 499, 500, 998].into_iter().zip(torch) {
+            assert_eq!(v[i], expected, "scaled index {i}");
+        }
+        let v = torch_linspace_f32(0.0001, 0.02, 1000);
         assert_eq!(v[0], 0.0001f32 as f64);
         assert_eq!(v[999], 0.02f32 as f64);
         assert!(v.windows(2).all(|w| w[1] > w[0]));
