@@ -3,10 +3,28 @@
 //! The networks of Stable Diffusion-class models on Burn: UNet2DModel,
 //! UNet2DConditionModel, AutoencoderKL, AutoencoderTiny and the CLIP text
 //! encoders, built from the Hub's `config.json` and loading diffusers'
-//! safetensors keys as they are. The networks themselves arrive with the models
-//! issue; this crate currently fixes the backend choice for the workspace.
+//! safetensors keys as they are.
+//!
+//! Every module is built by a `load` constructor that takes a
+//! [`load::Loader`]: the loader hands out each parameter by its diffusers key
+//! with the shape the config implies, straight from the memory-mapped file
+//! (or randomly initialised, for training and benchmarks), and refuses missing,
+//! unexpected, mis-shaped and non-float keys by name.
 
 pub use burn;
+
+pub mod attention;
+pub mod config;
+pub mod embeddings;
+pub mod error;
+pub mod load;
+pub mod mid_block;
+pub mod nn;
+pub mod resnet;
+pub mod testing;
+
+pub use error::{ModelError, Result};
+pub use load::{Loader, Precision, TensorMap, WeightSource};
 
 /// The backends this crate is compiled for.
 pub mod backend {

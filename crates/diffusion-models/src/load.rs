@@ -1,0 +1,445 @@
+//! Building modules from weights, strictly.
+//!
+//! A [`Loader`] walks the module tree with a key prefix, as candle's
+//! `VarBuilder` does: every module's constructor asks for its tensors by their
+//! diffusers name (`down_blocks.0.resnets.1.conv1.weight`), with the shape its
+//! config implies. The tensor is read straight from the (memory-mapped) file,
+//! converted to the model's float type and placed on the device: no random
+//! initialisation is allocated first. Every key read is recorded, so
+//! [`Loader::finish`] can report weights no module consumed. Missing keys,
+//! wrong shapes and non-float types are errors that name the key.
+//!
+//! The same constructors build randomly initialised models
+//! ([`Loader::random`]) for training from scratch and for benchmarks of
+//! full-size configs without downloading gigabytes.
+
+use crate::error::{ModelError, Result};
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, FloatDType, Tensor, TensorData};
+use diffusion_hub::weights::{Dtype, Weights};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+/// The float type a model's parameters are held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// IEEE half (normalisation statistics and softmax still run in f32).
+    F16,
+    /// bfloat16 (normalisation statistics and softmax still run in f32).
+    BF16,
+}
+
+impl Precision {
+    /// Burn's float dtype for this precision.
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::F16 => FloatDType::F16,
+            Precision::BF16 => FloatDType::BF16,
+        }
+    }
+
+    /// Burn's dtype for this precision.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::BF16 => DType::BF16,
+        }
+    }
+
+    /// Parses `f32`, `f16`/`fp16`/`float16`, `bf16`/`bfloat16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Some(Precision::F32),
+            "f16" | "fp16" | "float16" | "half" => Some(Precision::F16),
+            "bf16" | "bfloat16" => Some(Precision::BF16),
+            _ => None,
+        }
+    }
+}
+
+/// A tensor as stored: shape, type and little-endian bytes.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Element type (safetensors naming).
+    pub dtype: Dtype,
+    /// Raw little-endian bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Anything weights can be read from: safetensors files (single or sharded)
+/// or an in-memory map.
+pub trait WeightSource {
+    /// For error messages: the file(s).
+    fn name(&self) -> String;
+    /// All keys.
+    fn keys(&self) -> Vec<String>;
+    /// The stored shape of `key`, if present.
+    fn shape(&self, key: &str) -> Option<Vec<usize>>;
+    /// The stored dtype of `key`, if present.
+    fn dtype(&self, key: &str) -> Option<Dtype>;
+    /// The bytes of `key` (present: checked by the caller).
+    fn read(&self, key: &str) -> Result<StoredTensor>;
+}
+
+impl WeightSource for Weights {
+    fn name(&self) -> String {
+        self.source().display().to_string()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.tensors().map(|(k, _)| k.to_string()).collect()
+    }
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.tensor(key).ok().map(|t| t.shape.to_vec())
+    }
+    fn dtype(&self, key: &str) -> Option<Dtype> {
+        self.tensor(key).ok().map(|t| t.dtype.clone())
+    }
+    fn read(&self, key: &str) -> Result<StoredTensor> {
+        let view = self.tensor(key)?;
+        Ok(StoredTensor {
+            shape: view.shape.to_vec(),
+            dtype: view.dtype.clone(),
+            bytes: view.data.to_vec(),
+        })
+    }
+}
+
+/// Weights held in memory, by key (tests, conversions, training checkpoints).
+#[derive(Debug, Clone, Default)]
+pub struct TensorMap {
+    /// Name for error messages.
+    pub name: String,
+    /// The tensors.
+    pub tensors: BTreeMap<String, StoredTensor>,
+}
+
+impl TensorMap {
+    /// Adds an f32 tensor.
+    pub fn insert_f32(&mut self, key: impl Into<String>, shape: Vec<usize>, values: &[f32]) {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors.insert(
+            key.into(),
+            StoredTensor {
+                shape,
+                dtype: Dtype::F32,
+                bytes,
+            },
+        );
+    }
+}
+
+impl WeightSource for TensorMap {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.tensors.get(key).map(|t| t.shape.clone())
+    }
+    fn dtype(&self, key: &str) -> Option<Dtype> {
+        self.tensors.get(key).map(|t| t.dtype.clone())
+    }
+    fn read(&self, key: &str) -> Result<StoredTensor> {
+        self.tensors
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ModelError::MissingKey {
+                source_name: self.name.clone(),
+                key: key.to_string(),
+                shape: vec![],
+            })
+    }
+}
+
+/// How a randomly initialised parameter is drawn (PyTorch's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// All ones (norm weights).
+    Ones,
+    /// All zeros (norm biases).
+    Zeros,
+    /// Uniform in `[-bound, bound]` (Linear/Conv: `1/sqrt(fan_in)`).
+    Uniform(f64),
+    /// Normal with this standard deviation (embeddings).
+    Normal(f64),
+}
+
+impl Init {
+    /// PyTorch's default for Linear/Conv weights and biases: kaiming-uniform with
+    /// `a = sqrt(5)`, which reduces to `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+    pub fn fan_in(fan_in: usize) -> Self {
+        Init::Uniform(1.0 / (fan_in.max(1) as f64).sqrt())
+    }
+}
+
+enum Source<'a> {
+    Weights(&'a dyn WeightSource),
+    Random,
+}
+
+struct Context<'a, B: Backend> {
+    source: Source<'a>,
+    device: B::Device,
+    precision: Precision,
+    used: RefCell<BTreeSet<String>>,
+}
+
+/// Hands out parameters by diffusers key; see the module docs.
+pub struct Loader<'a, B: Backend> {
+    ctx: Rc<Context<'a, B>>,
+    prefix: String,
+}
+
+impl<B: Backend> Clone for Loader<'_, B> {
+    fn clone(&self) -> Self {
+        Loader {
+            ctx: self.ctx.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+impl<'a, B: Backend> Loader<'a, B> {
+    /// Loads from `source` into parameters of `precision` on `device`.
+    pub fn new(source: &'a dyn WeightSource, device: &B::Device, precision: Precision) -> Self {
+        Self::with_source(Source::Weights(source), device, precision)
+    }
+
+    /// Random initialisation with PyTorch's default schemes (seed the backend
+    /// with `B::seed` first for reproducible weights).
+    pub fn random(device: &B::Device, precision: Precision) -> Loader<'static, B> {
+        Loader::with_source(Source::Random, device, precision)
+    }
+
+    fn with_source(source: Source<'a>, device: &B::Device, precision: Precision) -> Self {
+        Loader {
+            ctx: Rc::new(Context {
+                source,
+                device: device.clone(),
+                precision,
+                used: RefCell::new(BTreeSet::new()),
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    /// A loader for the sub-module `name` (`loader.pp("down_blocks").pp(0)`).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        };
+        Loader {
+            ctx: self.ctx.clone(),
+            prefix,
+        }
+    }
+
+    /// The full key of `name` under this loader's prefix.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// The device parameters are placed on.
+    pub fn device(&self) -> &B::Device {
+        &self.ctx.device
+    }
+
+    /// The parameters' float type.
+    pub fn precision(&self) -> Precision {
+        self.ctx.precision
+    }
+
+    /// Whether this loader draws random weights.
+    pub fn is_random(&self) -> bool {
+        matches!(self.ctx.source, Source::Random)
+    }
+
+    /// Whether the weights hold `name` (always false for random init): for
+    /// legacy names and optional tensors whose presence the config does not say.
+    pub fn contains(&self, name: &str) -> bool {
+        match self.ctx.source {
+            Source::Weights(w) => w.shape(&self.key(name)).is_some(),
+            Source::Random => false,
+        }
+    }
+
+    /// The stored shape of `name`, if the weights hold it.
+    pub fn stored_shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self.ctx.source {
+            Source::Weights(w) => w.shape(&self.key(name)),
+            Source::Random => None,
+        }
+    }
+
+    /// The parameter `name` with the given shape.
+    pub fn param<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Param<Tensor<B, D>>> {
+        Ok(Param::from_tensor(self.tensor(name, shape, init)?))
+    }
+
+    /// The tensor `name` with the given shape (see [`Loader::param`]).
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>> {
+        self.tensor_reshaped(name, &shape, shape, init)
+    }
+
+    /// The tensor `name`, stored with `stored` shape (checked) and reshaped to
+    /// `shape` (same element count): legacy 1×1-conv attention weights load
+    /// as Linear weights this way.
+    pub fn tensor_reshaped<const D: usize>(
+        &self,
+        name: &str,
+        stored: &[usize],
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>> {
+        let key = self.key(name);
+        let device = &self.ctx.device;
+        let dtype = self.ctx.precision.dtype();
+        let source = match self.ctx.source {
+            Source::Random => return Ok(random_tensor(shape, init, device, dtype)),
+            Source::Weights(w) => w,
+        };
+        let found = source.shape(&key).ok_or_else(|| ModelError::MissingKey {
+            source_name: source.name(),
+            key: key.clone(),
+            shape: stored.to_vec(),
+        })?;
+        if found != stored {
+            return Err(ModelError::ShapeMismatch {
+                source_name: source.name(),
+                key,
+                expected: stored.to_vec(),
+                found,
+            });
+        }
+        let stored_tensor = source.read(&key)?;
+        let stored_dtype = match stored_tensor.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F64 => DType::F64,
+            ref other => {
+                return Err(ModelError::UnsupportedDtype {
+                    source_name: source.name(),
+                    key,
+                    dtype: other.to_string(),
+                });
+            }
+        };
+        let data = TensorData::from_bytes_vec(stored_tensor.bytes, shape.to_vec(), stored_dtype);
+        let data = if stored_dtype == dtype {
+            data
+        } else {
+            convert(data, dtype)
+        };
+        self.ctx.used.borrow_mut().insert(key);
+        Ok(Tensor::from_data(data, (device, dtype)))
+    }
+
+    /// Marks `name` as consumed without reading it (buffers diffusers ignores).
+    pub fn skip(&self, name: &str) {
+        self.ctx.used.borrow_mut().insert(self.key(name));
+    }
+
+    /// Ends loading: an error listing every key no parameter consumed, except
+    /// those whose key ends with one of `ignorable` (e.g. `position_ids`).
+    /// A loader with a prefix checks only the keys under its prefix.
+    pub fn finish(self, ignorable: &[&str]) -> Result<()> {
+        let source = match self.ctx.source {
+            Source::Random => return Ok(()),
+            Source::Weights(w) => w,
+        };
+        let used = self.ctx.used.borrow();
+        let under = format!("{}.", self.prefix);
+        let keys: Vec<String> = source
+            .keys()
+            .into_iter()
+            .filter(|k| self.prefix.is_empty() || k.starts_with(&under))
+            .filter(|k| !used.contains(k) && !ignorable.iter().any(|s| k.ends_with(s)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if keys.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::UnexpectedKeys {
+                source_name: source.name(),
+                keys,
+            })
+        }
+    }
+}
+
+/// Converts stored values to the model's float type through f32 (exact for
+/// F16/BF16 → F32; rounds to nearest even for F32 → F16/BF16, as torch does).
+fn convert(data: TensorData, dtype: DType) -> TensorData {
+    let shape = data.shape.clone();
+    let values: Vec<f32> = data
+        .convert_dtype(DType::F32)
+        .into_vec::<f32>()
+        .expect("converted to f32 above");
+    let f32_data = TensorData::new(values, shape);
+    if dtype == DType::F32 {
+        f32_data
+    } else {
+        f32_data.convert_dtype(dtype)
+    }
+}
+
+fn random_tensor<B: Backend, const D: usize>(
+    shape: [usize; D],
+    init: Init,
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, D> {
+    let t: Tensor<B, D> = match init {
+        Init::Ones => Tensor::ones(shape, (device, DType::F32)),
+        Init::Zeros => Tensor::zeros(shape, (device, DType::F32)),
+        Init::Uniform(b) => {
+            Tensor::random(shape, Distribution::Uniform(-b, b), (device, DType::F32))
+        }
+        Init::Normal(std) => {
+            Tensor::random(shape, Distribution::Normal(0.0, std), (device, DType::F32))
+        }
+    };
+    if dtype == DType::F32 {
+        t
+    } else {
+        t.cast(dtype_to_float(dtype))
+    }
+}
+
+fn dtype_to_float(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        DType::F64 => FloatDType::F64,
+        _ => FloatDType::F32,
+    }
+}

@@ -1,0 +1,297 @@
+//! The layers every network here is made of, with PyTorch's parameter names
+//! and layouts (so keys and shapes match diffusers' safetensors), and with the
+//! numerics diffusers relies on: normalisation statistics always in f32.
+
+use crate::error::Result;
+use crate::load::{Init, Loader};
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, FloatDType, Tensor, activation};
+use serde::{Deserialize, Serialize};
+
+/// `torch.nn.Linear`. The weight is held as `[in, out]` (Burn's layout; the
+/// file's `[out, in]` is transposed once at load).
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[in_features, out_features]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[out_features]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Loads `weight` (`[out, in]` in the file) and, when `bias`, `bias`.
+    pub fn load(
+        loader: &Loader<B>,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let init = Init::fan_in(in_features);
+        let weight = loader.tensor("weight", [out_features, in_features], init)?;
+        let bias = if bias {
+            Some(loader.param("bias", [out_features], init)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias,
+        })
+    }
+
+    /// Like [`Linear::load`], accepting a `[out, in, 1, 1]` 1×1-conv weight too
+    /// (legacy VAE attention, LDM `proj_in`/`proj_out`).
+    pub fn load_maybe_conv(
+        loader: &Loader<B>,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let conv_shape = [out_features, in_features, 1, 1];
+        if loader.stored_shape("weight").as_deref() == Some(&conv_shape[..]) {
+            let init = Init::fan_in(in_features);
+            let weight =
+                loader.tensor_reshaped("weight", &conv_shape, [out_features, in_features], init)?;
+            let bias = if bias {
+                Some(loader.param("bias", [out_features], init)?)
+            } else {
+                None
+            };
+            return Ok(Linear {
+                weight: Param::from_tensor(weight.transpose()),
+                bias,
+            });
+        }
+        Self::load(loader, in_features, out_features, bias)
+    }
+
+    /// `x @ W^T + b` over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+/// `torch.nn.Conv2d` (square kernel, symmetric padding, groups 1).
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    /// `[out, in, k, k]`.
+    pub weight: Param<Tensor<B, 4>>,
+    /// `[out]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Stride.
+    pub stride: usize,
+    /// Padding on every side.
+    pub padding: usize,
+}
+
+impl<B: Backend> Conv2d<B> {
+    /// Loads `weight` `[out, in, k, k]` and, when `bias`, `bias`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        loader: &Loader<B>,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let init = Init::fan_in(in_channels * kernel * kernel);
+        let weight = loader.param("weight", [out_channels, in_channels, kernel, kernel], init)?;
+        let bias = if bias {
+            Some(loader.param("bias", [out_channels], init)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Convolution of `x` `[N, C, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new(
+                [self.stride, self.stride],
+                [self.padding, self.padding],
+                [1, 1],
+                1,
+            ),
+        )
+    }
+}
+
+/// Casts `x` to f32 when it is not already (statistics are computed in f32).
+pub fn to_f32<const D: usize, B: Backend>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(FloatDType::F32)
+    }
+}
+
+/// Casts `x` to `dtype` when it differs.
+pub fn to_dtype<const D: usize, B: Backend>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype {
+        return x;
+    }
+    let float = match dtype {
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        DType::F64 => FloatDType::F64,
+        _ => FloatDType::F32,
+    };
+    x.cast(float)
+}
+
+/// `torch.nn.GroupNorm` over `[N, C, ...]` (affine), statistics in f32.
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    /// `[C]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// `[C]`.
+    pub bias: Param<Tensor<B, 1>>,
+    /// Number of groups.
+    pub groups: usize,
+    /// Added to the variance (diffusers mostly uses 1e-6, PyTorch's default is 1e-5).
+    pub eps: f64,
+}
+
+impl<B: Backend> GroupNorm<B> {
+    /// Loads `weight` and `bias` of `channels` elements.
+    pub fn load(loader: &Loader<B>, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        Ok(GroupNorm {
+            weight: loader.param("weight", [channels], Init::Ones)?,
+            bias: loader.param("bias", [channels], Init::Zeros)?,
+            groups,
+            eps,
+        })
+    }
+
+    /// Normalises `x` `[N, C, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        let y = self.normalize(x.clone().reshape([n, c, h * w]));
+        to_dtype(y.reshape([n, c, h, w]), x.dtype())
+    }
+
+    /// Normalises `x` `[N, C, L]`.
+    pub fn forward3(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        to_dtype(self.normalize(x), dtype)
+    }
+
+    /// `[N, C, L]` in, f32 out.
+    fn normalize(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [n, c, l] = x.dims();
+        let g = self.groups;
+        let x = to_f32(x).reshape([n, g, (c / g) * l]);
+        let (var, mean) = x.clone().var_mean_bias(2);
+        let x = (x - mean) / (var + self.eps).sqrt();
+        let weight = to_f32(self.weight.val()).reshape([1, c, 1]);
+        let bias = to_f32(self.bias.val()).reshape([1, c, 1]);
+        x.reshape([n, c, l]) * weight + bias
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension, statistics in f32.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// `[C]` (absent with `elementwise_affine=False`).
+    pub weight: Option<Param<Tensor<B, 1>>>,
+    /// `[C]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Added to the variance (PyTorch's default 1e-5).
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Loads `weight` and `bias` of `dim` elements.
+    pub fn load(loader: &Loader<B>, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: Some(loader.param("weight", [dim], Init::Ones)?),
+            bias: Some(loader.param("bias", [dim], Init::Zeros)?),
+            eps,
+        })
+    }
+
+    /// A LayerNorm without parameters.
+    pub fn no_affine(eps: f64) -> Self {
+        LayerNorm {
+            weight: None,
+            bias: None,
+            eps,
+        }
+    }
+
+    /// Normalises the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let mut y = (x - mean) / (var + self.eps).sqrt();
+        if let Some(w) = &self.weight {
+            y = y * to_f32(w.val()).unsqueeze::<D>();
+        }
+        if let Some(b) = &self.bias {
+            y = y + to_f32(b.val()).unsqueeze::<D>();
+        }
+        to_dtype(y, dtype)
+    }
+}
+
+/// The activations diffusers' and transformers' configs name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Activation {
+    /// SiLU (`"silu"` or `"swish"`).
+    #[default]
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+    /// Exact (erf) GELU.
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// tanh-approximated GELU (`"gelu_pytorch_tanh"`, `"gelu_new"`, `"gelu-approximate"`).
+    #[serde(
+        rename = "gelu_pytorch_tanh",
+        alias = "gelu_new",
+        alias = "gelu-approximate"
+    )]
+    GeluTanh,
+    /// `x * sigmoid(1.702 x)` (CLIP).
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
+    /// Mish.
+    #[serde(rename = "mish")]
+    Mish,
+    /// ReLU.
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn forward<const D: usize, B: Backend>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Silu => activation::silu(x),
+            Activation::Gelu => activation::gelu(x),
+            Activation::GeluTanh => activation::gelu_approximate(x),
+            Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+            Activation::Mish => activation::mish(x),
+            Activation::Relu => activation::relu(x),
+        }
+    }
+}
