@@ -32,6 +32,18 @@ pub mod backend {
     #[cfg(feature = "ndarray")]
     pub type Cpu = burn::backend::NdArray<f32>;
 
+    /// burn-ndarray (f32 only).
+    #[cfg(feature = "ndarray")]
+    pub type NdArray = burn::backend::NdArray<f32>;
+
+    /// burn-flex: pure-Rust SIMD CPU backend with f16/bf16.
+    #[cfg(feature = "flex")]
+    pub type Flex = burn::backend::Flex;
+
+    /// burn-candle on the CPU.
+    #[cfg(feature = "candle")]
+    pub type Candle = burn::backend::Candle<f32, i64>;
+
     /// NVIDIA GPUs (feature `cuda`).
     #[cfg(feature = "cuda")]
     pub type Cuda<F = f32> = burn::backend::Cuda<F>;
