@@ -22,6 +22,10 @@ pub mod mid_block;
 pub mod nn;
 pub mod resnet;
 pub mod testing;
+pub mod transformer_2d;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod unet_2d_condition;
 
 pub use error::{ModelError, Result};
 pub use load::{Loader, Precision, TensorMap, WeightSource};
