@@ -29,15 +29,26 @@ impl<B: Backend> Linear<B> {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let init = Init::fan_in(in_features);
-        let weight = loader.tensor("weight", [out_features, in_features], init)?;
+        Self::load_stored(loader, &[out_features, in_features], in_features, out_features, bias)
+    }
+
+    /// Loads a Linear whose weight is stored with shape `stored` (`[out, in]`,
+    /// or `[out, in, 1, 1]` for a 1×1 conv used as a Linear).
+    pub fn load_stored(
+        loader: &Loader<B>,
+        stored: &[usize],
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = loader.linear_weight("weight", stored, out_features, in_features)?;
         let bias = if bias {
-            Some(loader.param("bias", [out_features], init)?)
+            Some(loader.param("bias", [out_features], Init::fan_in(in_features))?)
         } else {
             None
         };
         Ok(Linear {
-            weight: Param::from_tensor(weight.transpose()),
+            weight: Param::from_tensor(weight),
             bias,
         })
     }
@@ -52,18 +63,7 @@ impl<B: Backend> Linear<B> {
     ) -> Result<Self> {
         let conv_shape = [out_features, in_features, 1, 1];
         if loader.stored_shape("weight").as_deref() == Some(&conv_shape[..]) {
-            let init = Init::fan_in(in_features);
-            let weight =
-                loader.tensor_reshaped("weight", &conv_shape, [out_features, in_features], init)?;
-            let bias = if bias {
-                Some(loader.param("bias", [out_features], init)?)
-            } else {
-                None
-            };
-            return Ok(Linear {
-                weight: Param::from_tensor(weight.transpose()),
-                bias,
-            });
+            return Self::load_stored(loader, &conv_shape, in_features, out_features, bias);
         }
         Self::load(loader, in_features, out_features, bias)
     }

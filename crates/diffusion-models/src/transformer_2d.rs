@@ -6,9 +6,9 @@
 
 use crate::attention::{Attention, AttentionConfig};
 use crate::error::Result;
-use crate::load::{Init, Loader};
+use crate::load::Loader;
 use crate::nn::{GroupNorm, LayerNorm, Linear};
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, activation};
 
@@ -223,15 +223,11 @@ fn load_projection<B: Backend>(
     if cfg.use_linear_projection {
         return Linear::load(loader, in_features, out_features, true);
     }
-    let init = Init::fan_in(in_features);
-    let weight = loader.tensor_reshaped(
-        "weight",
+    Linear::load_stored(
+        loader,
         &[out_features, in_features, 1, 1],
-        [out_features, in_features],
-        init,
-    )?;
-    Ok(Linear {
-        weight: Param::from_tensor(weight.transpose()),
-        bias: Some(loader.param("bias", [out_features], init)?),
-    })
+        in_features,
+        out_features,
+        true,
+    )
 }
