@@ -14,6 +14,7 @@
 pub use burn;
 
 pub mod attention;
+pub mod clip;
 pub mod config;
 pub mod embeddings;
 pub mod error;
