@@ -33,9 +33,10 @@ pub use load::{Loader, Precision, TensorMap, WeightSource};
 
 /// The backends this crate is compiled for.
 pub mod backend {
-    /// The default CPU backend.
-    #[cfg(feature = "ndarray")]
-    pub type Cpu = burn::backend::NdArray<f32>;
+    /// The default CPU backend: burn-flex, measured fastest of the CPU
+    /// backends that build offline (docs/backends.md), and the one with f16/bf16.
+    #[cfg(feature = "flex")]
+    pub type Cpu = burn::backend::Flex;
 
     /// burn-ndarray (f32 only).
     #[cfg(feature = "ndarray")]

@@ -324,7 +324,11 @@ impl<'a, B: Backend> Loader<'a, B> {
             None => Ok(random_tensor(shape, init, device, dtype)),
             Some(data) => {
                 let data = TensorData::from_bytes(data.bytes, shape.to_vec(), data.dtype);
-                let data = if data.dtype == dtype { data } else { convert(data, dtype) };
+                let data = if data.dtype == dtype {
+                    data
+                } else {
+                    convert(data, dtype)
+                };
                 Ok(Tensor::from_data(data, (device, dtype)))
             }
         }
@@ -362,7 +366,11 @@ impl<'a, B: Backend> Loader<'a, B> {
                     }
                 }
                 let data = TensorData::new(t, [in_features, out_features]);
-                let data = if dtype == DType::F32 { data } else { data.convert_dtype(dtype) };
+                let data = if dtype == DType::F32 {
+                    data
+                } else {
+                    data.convert_dtype(dtype)
+                };
                 Ok(Tensor::from_data(data, (device, dtype)))
             }
         }

@@ -29,7 +29,13 @@ impl<B: Backend> Linear<B> {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        Self::load_stored(loader, &[out_features, in_features], in_features, out_features, bias)
+        Self::load_stored(
+            loader,
+            &[out_features, in_features],
+            in_features,
+            out_features,
+            bias,
+        )
     }
 
     /// Loads a Linear whose weight is stored with shape `stored` (`[out, in]`,

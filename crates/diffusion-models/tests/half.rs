@@ -2,7 +2,6 @@
 //! F16/BF16 against the f32 diffusers outputs, and GroupNorm/LayerNorm keep
 //! their statistics in f32, so activations whose squares overflow f16
 //! (|x| > 256) still normalise correctly.
-#![cfg(feature = "flex")]
 
 use burn::tensor::{DType, Distribution, Tensor};
 use diffusion_models::attention::{Attention, AttentionConfig};
