@@ -8,6 +8,7 @@
 
 pub mod model_index;
 pub mod resolve;
+pub mod save;
 pub mod single_file;
 pub mod tokenizer;
 pub mod torch_pickle;

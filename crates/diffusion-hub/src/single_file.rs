@@ -1256,7 +1256,7 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
 
 struct SafeView<'a, 'b>(&'b OutTensor<'a>);
 
-fn st_dtype(d: &Dtype) -> safetensors::Dtype {
+pub(crate) fn st_dtype(d: &Dtype) -> safetensors::Dtype {
     use safetensors::Dtype as S;
     match d {
         Dtype::F32 => S::F32,
