@@ -14,6 +14,8 @@
 pub use burn;
 
 pub mod attention;
+pub mod autoencoder_kl;
+pub mod autoencoder_tiny;
 pub mod config;
 pub mod embeddings;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod mid_block;
 pub mod nn;
 pub mod resnet;
 pub mod testing;
+pub mod vae;
 
 pub use error::{ModelError, Result};
 pub use load::{Loader, Precision, TensorMap, WeightSource};
