@@ -148,6 +148,26 @@ def main():
     io["output.sliced.encode"] = taesd.encode(image).latents
     save(f"{d}/io.safetensors", io)
 
+    # TAESD tiling: its spatial_scale_factor is 2**out_channels = 8, so four
+    # stages; the tile sizes and overlap (512 / 64 / 0.125 in diffusers) are
+    # shrunk through the model's attributes so that a 40x32 image is tiled
+    # with non-degenerate blend masks.
+    taesd = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                            num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+    taesd = halve(randomize(taesd, 500)).eval()
+    d = f"{out}/taesd_tiled"
+    save_half(taesd, d)
+    taesd.tile_sample_min_size, taesd.tile_latent_min_size, taesd.tile_overlap_factor = 32, 4, 0.5
+    image = rand_image((2, 3, 40, 32), 501)
+    latents = randn((2, 4, 5, 4), 502)
+    taesd.enable_tiling()
+    io = {"input.image": image, "input.latents": latents,
+          "output.tiled.encode": taesd.encode(image).latents,
+          "output.tiled.decode": taesd.decode(latents).sample}
+    taesd.disable_tiling()
+    io["output.encode"] = taesd.encode(image).latents
+    save(f"{d}/io.safetensors", io)
+
 
 def full():
     """SD1.5/SDXL-size VAEs with random weights (not committed)."""

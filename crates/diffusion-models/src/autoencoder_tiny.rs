@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{DType, Tensor, activation::relu};
+use burn::tensor::{DType, Tensor, TensorData, activation::relu};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -383,7 +383,7 @@ fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, f: usize) -> Tensor<B, 4> {
     to_dtype(x, dtype)
 }
 
-/// diffusers' `AutoencoderTiny` (without tiling).
+/// diffusers' `AutoencoderTiny`, with its batch slicing and its tiling.
 #[derive(Module, Debug)]
 pub struct AutoencoderTiny<B: Backend> {
     /// `encoder`.
@@ -399,6 +399,23 @@ pub struct AutoencoderTiny<B: Backend> {
     /// Encode/decode one image at a time (diffusers' `enable_slicing`).
     #[module(skip)]
     pub use_slicing: bool,
+    /// Encode/decode in overlapping, mask-blended tiles (diffusers' `enable_tiling`).
+    #[module(skip)]
+    pub use_tiling: bool,
+    /// Image tile side (512, diffusers' constant).
+    #[module(skip)]
+    pub tile_sample_min_size: usize,
+    /// Latent tile side (`tile_sample_min_size / spatial_scale_factor`).
+    #[module(skip)]
+    pub tile_latent_min_size: usize,
+    /// Overlap of neighbouring tiles, as a fraction of the tile (0.125).
+    #[module(skip)]
+    pub tile_overlap_factor: f64,
+    /// Pixels per latent as the tiling computes it: diffusers sets
+    /// `2 ** out_channels` (8 for RGB), which is TAESD's real factor for its
+    /// four-stage configs; kept as is for parity.
+    #[module(skip)]
+    pub spatial_scale_factor: usize,
 }
 
 impl<B: Backend> AutoencoderTiny<B> {
@@ -417,6 +434,11 @@ impl<B: Backend> AutoencoderTiny<B> {
             config: config.clone(),
             upcast,
             use_slicing: false,
+            use_tiling: false,
+            tile_sample_min_size: 512,
+            tile_latent_min_size: 512 >> config.out_channels.min(9),
+            tile_overlap_factor: 0.125,
+            spatial_scale_factor: 1 << config.out_channels.min(9),
         };
         loader.finish(&[])?;
         Ok(model)
@@ -445,6 +467,17 @@ impl<B: Backend> AutoencoderTiny<B> {
         self.use_slicing = false;
     }
 
+    /// Turns tiling on (diffusers' `enable_tiling`; unlike `AutoencoderKL`'s,
+    /// it tiles whatever the input size).
+    pub fn enable_tiling(&mut self) {
+        self.use_tiling = true;
+    }
+
+    /// Turns tiling off.
+    pub fn disable_tiling(&mut self) {
+        self.use_tiling = false;
+    }
+
     /// Spatial compression factor: `2^(stages - 1)`.
     pub fn downscale_factor(&self) -> usize {
         1 << self
@@ -469,7 +502,13 @@ impl<B: Backend> AutoencoderTiny<B> {
             ));
         }
         let image = to_dtype(image, self.dtype());
-        Ok(self.sliced(image, |x| self.encoder.forward(x)))
+        Ok(self.sliced(image, |x| {
+            if self.use_tiling {
+                self.tiled_encode(x)
+            } else {
+                self.encoder.forward(x)
+            }
+        }))
     }
 
     /// Latents `[N, latent_channels, h, w]` → images `[N, out_channels, h·f, w·f]` in `[-1, 1]`.
@@ -486,7 +525,13 @@ impl<B: Backend> AutoencoderTiny<B> {
             ));
         }
         let latents = to_dtype(latents, self.dtype());
-        Ok(self.sliced(latents, |z| self.decoder.forward(z)))
+        Ok(self.sliced(latents, |z| {
+            if self.use_tiling {
+                self.tiled_decode(z)
+            } else {
+                self.decoder.forward(z)
+            }
+        }))
     }
 
     fn sliced(&self, x: Tensor<B, 4>, f: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>) -> Tensor<B, 4> {
@@ -495,6 +540,58 @@ impl<B: Backend> AutoencoderTiny<B> {
         } else {
             f(x)
         }
+    }
+
+    /// diffusers' `_tiled_encode`: image tiles of `tile_sample_min_size`,
+    /// each encoded and written over the output through a mask that ramps
+    /// from 0 to 1 across the overlap (except on the first row/column).
+    pub fn tiled_encode(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let sf = self.spatial_scale_factor;
+        let tile = self.tile_sample_min_size;
+        let blend = (tile as f64 * self.tile_overlap_factor) as usize;
+        let [n, _, h, w] = x.dims();
+        let out = Tensor::zeros(
+            [n, self.config.latent_channels, h / sf, w / sf],
+            (&x.device(), x.dtype()),
+        );
+        // diffusers: arange(tile_size / sf) / (blend_size / sf - 1).
+        let ramp = ramp(
+            (tile as f64 / sf as f64).ceil() as usize,
+            blend as f64 / sf as f64 - 1.0,
+        );
+        tiled_blend(
+            x,
+            out,
+            tile,
+            tile - blend,
+            &ramp,
+            |i| i / sf,
+            |t| self.encoder.forward(t),
+        )
+    }
+
+    /// diffusers' `_tiled_decode`: latent tiles of `tile_latent_min_size`,
+    /// decoded and mask-blended as in [`AutoencoderTiny::tiled_encode`].
+    pub fn tiled_decode(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+        let sf = self.spatial_scale_factor;
+        let tile = self.tile_latent_min_size;
+        let blend = (tile as f64 * self.tile_overlap_factor) as usize;
+        let [n, _, h, w] = z.dims();
+        let out = Tensor::zeros(
+            [n, self.config.out_channels, h * sf, w * sf],
+            (&z.device(), z.dtype()),
+        );
+        // diffusers: arange(tile_size * sf) / (blend_size * sf - 1).
+        let ramp = ramp(tile * sf, (blend * sf) as f64 - 1.0);
+        tiled_blend(
+            z,
+            out,
+            tile,
+            tile - blend,
+            &ramp,
+            |i| i * sf,
+            |t| self.decoder.forward(t),
+        )
     }
 
     /// diffusers' `scale_latents`: raw latents to `[0, 1]`
@@ -508,4 +605,74 @@ impl<B: Backend> AutoencoderTiny<B> {
     pub fn unscale_latents(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         (x - self.config.latent_shift) * (2.0 * self.config.latent_magnitude)
     }
+}
+
+/// `clamp(arange(len) / divisor, 0, 1)` in f32, as diffusers' blend masks.
+fn ramp(len: usize, divisor: f64) -> Vec<f32> {
+    let divisor = divisor as f32;
+    (0..len)
+        .map(|k| (k as f32 / divisor).clamp(0.0, 1.0))
+        .collect()
+}
+
+/// The tiling loop of diffusers' `AutoencoderTiny._tiled_encode/_tiled_decode`:
+/// for every `tile`×`tile` input window starting at multiples of `step` (row
+/// major), `out[window'] = mask · f(window) + (1 − mask) · out[window']`, where
+/// `window'` is the window mapped to output coordinates by `to_out` (clipped to
+/// the output) and `mask[r][c] = ramp_i[r] · ramp_j[c]`, the ramp replaced by
+/// ones in the first row (`i = 0`) and column (`j = 0`).
+fn tiled_blend<B: Backend>(
+    x: Tensor<B, 4>,
+    mut out: Tensor<B, 4>,
+    tile: usize,
+    step: usize,
+    ramp: &[f32],
+    to_out: impl Fn(usize) -> usize,
+    f: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let [_, oc, oh, ow] = out.dims();
+    let step = step.max(1);
+    let device = x.device();
+    for i in (0..h).step_by(step) {
+        for j in (0..w).step_by(step) {
+            let t = f(x
+                .clone()
+                .slice([0..n, 0..c, i..(i + tile).min(h), j..(j + tile).min(w)]));
+            let rows = to_out(i).min(oh)..to_out(i + tile).min(oh);
+            let cols = to_out(j).min(ow)..to_out(j + tile).min(ow);
+            // Where diffusers would fail on a size the factor does not divide,
+            // the tile is cropped to the output window.
+            let [_, _, th, tw] = t.dims();
+            let (th, tw) = (th.min(rows.len()), tw.min(cols.len()));
+            let t = t.slice([0..n, 0..oc, 0..th, 0..tw]);
+            let mask_i: Vec<f32> = (0..th)
+                .map(|r| if i == 0 { 1.0 } else { ramp[r] })
+                .collect();
+            let mask_j: Vec<f32> = (0..tw)
+                .map(|q| if j == 0 { 1.0 } else { ramp[q] })
+                .collect();
+            let mask: Vec<f32> = mask_i
+                .iter()
+                .flat_map(|a| mask_j.iter().map(move |b| a * b))
+                .collect();
+            let mask = to_dtype(
+                Tensor::<B, 4>::from_data(
+                    TensorData::new(mask, [1, 1, th, tw]),
+                    (&device, DType::F32),
+                ),
+                t.dtype(),
+            );
+            let region = [
+                0..n,
+                0..oc,
+                rows.start..rows.start + th,
+                cols.start..cols.start + tw,
+            ];
+            let current = out.clone().slice(region.clone());
+            let blended = mask.clone() * t + (mask.neg() + 1.0) * current;
+            out = out.slice_assign(region, blended);
+        }
+    }
+    out
 }

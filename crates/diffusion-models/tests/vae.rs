@@ -260,6 +260,53 @@ fn taesd() {
 }
 
 #[test]
+fn taesd_tiled() {
+    let f = io("taesd_tiled");
+    let mut vae =
+        AutoencoderTiny::<B>::from_dir(&dir("taesd_tiled"), &Default::default(), Precision::F32)
+            .unwrap();
+    assert_eq!(vae.spatial_scale_factor, 8);
+    assert_eq!(
+        (vae.tile_sample_min_size, vae.tile_latent_min_size),
+        (512, 64)
+    );
+    // The generator shrinks diffusers' tile attributes the same way.
+    (
+        vae.tile_sample_min_size,
+        vae.tile_latent_min_size,
+        vae.tile_overlap_factor,
+    ) = (32, 4, 0.5);
+    let image = input(&f, "input.image");
+    let latents = input(&f, "input.latents");
+    check(
+        &f,
+        "taesd",
+        "output.encode",
+        vae.encode(image.clone()).unwrap(),
+    );
+    vae.enable_tiling();
+    let tiled = vae.encode(image.clone()).unwrap();
+    check(&f, "taesd tiled", "output.tiled.encode", tiled);
+    check(
+        &f,
+        "taesd tiled",
+        "output.tiled.decode",
+        vae.decode(latents.clone()).unwrap(),
+    );
+    vae.enable_slicing();
+    check(
+        &f,
+        "taesd tiled+sliced",
+        "output.tiled.decode",
+        vae.decode(latents).unwrap(),
+    );
+    // The tiles really blend: the tiled encoding differs from the plain one.
+    let (_, plain) = f.values("output.encode");
+    let (_, tiled) = f.values("output.tiled.encode");
+    assert!(diffusion_models::testing::rel_l2(&tiled, &plain) > 1e-2);
+}
+
+#[test]
 fn bad_inputs_are_named_errors() {
     let vae = kl("kl");
     let dev = Default::default();
@@ -442,4 +489,72 @@ fn full_size() {
         eprintln!("{name}: decode 16x16 latents in {:.2?}", t.elapsed());
         check(&f, name, "output.decode", decoded);
     }
+}
+
+/// Writes `tensors` as a safetensors file (header JSON, then the bytes in order).
+fn write_safetensors(path: &Path, tensors: &[(&String, &StoredTensor)]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (key, t) in tensors {
+        header.insert(
+            key.to_string(),
+            serde_json::json!({
+                "dtype": t.dtype.as_str(),
+                "shape": t.shape,
+                "data_offsets": [offset, offset + t.bytes.len()],
+            }),
+        );
+        offset += t.bytes.len();
+    }
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    while !json.len().is_multiple_of(8) {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    for (_, t) in tensors {
+        out.extend(&t.bytes);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn kl_from_sharded_dir() {
+    // The kl fixture split in two shards (encoder / the rest) with an index.
+    let src = dir("kl");
+    let weights = Weights::open(&src.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let all: Vec<(String, StoredTensor)> = WeightSource::keys(&weights)
+        .into_iter()
+        .map(|k| {
+            let t = weights.read(&k).unwrap();
+            (k, t)
+        })
+        .collect();
+    let out = std::env::temp_dir().join(format!("vae-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(src.join("config.json"), out.join("config.json")).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, encoder) in [
+        ("diffusion_pytorch_model-00001-of-00002.safetensors", true),
+        ("diffusion_pytorch_model-00002-of-00002.safetensors", false),
+    ] {
+        let part: Vec<(&String, &StoredTensor)> = all
+            .iter()
+            .filter(|(k, _)| k.starts_with("encoder.") == encoder)
+            .map(|(k, t)| (k, t))
+            .collect();
+        for (k, _) in &part {
+            weight_map.insert(k.to_string(), shard.into());
+        }
+        write_safetensors(&out.join(shard), &part);
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        out.join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let vae = AutoencoderKL::<B>::from_dir(&out, &Default::default(), Precision::F32);
+    std::fs::remove_dir_all(&out).unwrap();
+    check_kl_model("kl", &vae.unwrap());
 }
