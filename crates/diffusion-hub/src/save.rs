@@ -78,7 +78,10 @@ pub fn save_safetensors(
         move |source| SaveError::Io { path: p, source }
     };
     for (name, t) in tensors {
-        let expected = t.dtype.size().map(|s| s * t.shape.iter().product::<usize>());
+        let expected = t
+            .dtype
+            .size()
+            .map(|s| s * t.shape.iter().product::<usize>());
         if expected.is_some_and(|n| n != t.data.len()) {
             return Err(SaveError::Invalid {
                 path: path.to_path_buf(),
@@ -128,14 +131,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         let mut tensors = BTreeMap::new();
-        tensors.insert("a".to_string(), OwnedTensor::f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]));
+        tensors.insert(
+            "a".to_string(),
+            OwnedTensor::f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]),
+        );
         save_safetensors(&path, &tensors, None).unwrap();
         let w = Weights::open(&path).unwrap();
-        assert_eq!(w.tensor("a").unwrap().to_f32_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            w.tensor("a").unwrap().to_f32_vec().unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
 
         // Inconsistent bytes: an error naming the tensor, and the old file is untouched.
-        tensors.insert("b".to_string(), OwnedTensor { dtype: Dtype::F32, shape: vec![3], data: vec![0; 4] });
-        let err = save_safetensors(&path, &tensors, None).unwrap_err().to_string();
+        tensors.insert(
+            "b".to_string(),
+            OwnedTensor {
+                dtype: Dtype::F32,
+                shape: vec![3],
+                data: vec![0; 4],
+            },
+        );
+        let err = save_safetensors(&path, &tensors, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tensor `b`"), "{err}");
         assert!(Weights::open(&path).unwrap().contains("a"));
         // A folder that does not exist: an error, and no stray temporary file.

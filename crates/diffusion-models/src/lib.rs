@@ -14,6 +14,8 @@
 pub use burn;
 
 pub mod attention;
+pub mod autoencoder_kl;
+pub mod autoencoder_tiny;
 pub mod clip;
 pub mod config;
 pub mod embeddings;
@@ -27,6 +29,7 @@ pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
+pub mod vae;
 
 pub use error::{ModelError, Result};
 pub use load::{Loader, Precision, TensorMap, WeightSource};

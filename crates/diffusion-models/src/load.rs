@@ -191,7 +191,6 @@ enum Source<'a> {
 struct Context<'a, B: Backend> {
     source: Source<'a>,
     device: B::Device,
-    precision: Precision,
     used: RefCell<BTreeSet<String>>,
 }
 
@@ -199,6 +198,7 @@ struct Context<'a, B: Backend> {
 pub struct Loader<'a, B: Backend> {
     ctx: Rc<Context<'a, B>>,
     prefix: String,
+    precision: Precision,
 }
 
 impl<B: Backend> Clone for Loader<'_, B> {
@@ -206,6 +206,7 @@ impl<B: Backend> Clone for Loader<'_, B> {
         Loader {
             ctx: self.ctx.clone(),
             prefix: self.prefix.clone(),
+            precision: self.precision,
         }
     }
 }
@@ -227,10 +228,21 @@ impl<'a, B: Backend> Loader<'a, B> {
             ctx: Rc::new(Context {
                 source,
                 device: device.clone(),
-                precision,
                 used: RefCell::new(BTreeSet::new()),
             }),
             prefix: String::new(),
+            precision,
+        }
+    }
+
+    /// The same loader (same weights, prefix and record of consumed keys)
+    /// handing out parameters in `precision`: a sub-model that must run in
+    /// another float type than the rest (the VAE's `force_upcast`).
+    pub fn with_precision(&self, precision: Precision) -> Self {
+        Loader {
+            ctx: self.ctx.clone(),
+            prefix: self.prefix.clone(),
+            precision,
         }
     }
 
@@ -244,6 +256,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         Loader {
             ctx: self.ctx.clone(),
             prefix,
+            precision: self.precision,
         }
     }
 
@@ -263,7 +276,7 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// The parameters' float type.
     pub fn precision(&self) -> Precision {
-        self.ctx.precision
+        self.precision
     }
 
     /// Whether this loader draws random weights.
@@ -319,7 +332,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         init: Init,
     ) -> Result<Tensor<B, D>> {
         let device = &self.ctx.device;
-        let dtype = self.ctx.precision.dtype();
+        let dtype = self.precision.dtype();
         match self.read(name, stored)? {
             None => Ok(random_tensor(shape, init, device, dtype)),
             Some(data) => {
@@ -346,7 +359,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         in_features: usize,
     ) -> Result<Tensor<B, 2>> {
         let device = &self.ctx.device;
-        let dtype = self.ctx.precision.dtype();
+        let dtype = self.precision.dtype();
         match self.read(name, stored)? {
             None => Ok(random_tensor(
                 [in_features, out_features],
