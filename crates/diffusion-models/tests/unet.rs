@@ -469,3 +469,36 @@ fn full_size_models() {
         root.display()
     );
 }
+
+#[test]
+fn random_init_builds_the_same_architecture() {
+    // The benchmark/training path: same constructors, random weights.
+    let d = dir("sdxl");
+    let config = diffusion_models::config::read_config::<
+        diffusion_models::unet_2d_condition::UNet2DConditionConfig,
+    >(&d.join("config.json"))
+    .unwrap();
+    assert!(
+        config.ignored_fields.is_empty(),
+        "{:?}",
+        config.ignored_fields
+    );
+    let ddpm = diffusion_models::config::read_config::<diffusion_models::unet_2d::UNet2DConfig>(
+        &dir("ddpm_attn").join("config.json"),
+    )
+    .unwrap();
+    assert!(ddpm.ignored_fields.is_empty(), "{:?}", ddpm.ignored_fields);
+    let loader = diffusion_models::Loader::<B>::random(&Default::default(), Precision::F32);
+    let model = UNet2DConditionModel::load(&loader, &config.config).unwrap();
+    let f = io(&d);
+    let y = model
+        .forward(
+            t(&f, "input.sample"),
+            t(&f, "input.timesteps"),
+            t(&f, "input.encoder_hidden_states"),
+            conditions(&f),
+        )
+        .unwrap();
+    assert_eq!(y.dims(), [2, 4, 8, 8]);
+    assert!(values(y).iter().all(|v| v.is_finite()));
+}
