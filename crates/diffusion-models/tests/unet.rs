@@ -231,6 +231,54 @@ fn sharded_weights_load_through_the_index() {
     assert_close(&f, "output.sample", y, TOL);
 }
 
+#[test]
+fn legacy_attention_names_load() {
+    // Early diffusers checkpoints (google/ddpm-*) name the spatial attention
+    // `query`/`key`/`value`/`proj_attn`; diffusers renames them on load.
+    let src = dir("ddpm_attn");
+    let d = std::env::temp_dir().join(format!("unet-test-{}-legacy", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
+    let weights =
+        diffusion_hub::weights::Weights::open(&src.join("diffusion_pytorch_model.safetensors"))
+            .unwrap();
+    let mut renamed = 0;
+    let tensors: Vec<_> = weights
+        .tensors()
+        .map(|(name, _)| {
+            let view = weights.tensor(name).unwrap();
+            let mut new = name.to_string();
+            for (from, to) in [
+                (".to_q.", ".query."),
+                (".to_k.", ".key."),
+                (".to_v.", ".value."),
+                (".to_out.0.", ".proj_attn."),
+            ] {
+                if new.contains(".attentions.") && new.contains(from) {
+                    new = new.replace(from, to);
+                    renamed += 1;
+                }
+            }
+            (
+                new,
+                view.dtype.to_string(),
+                view.shape.to_vec(),
+                view.data.to_vec(),
+            )
+        })
+        .collect();
+    assert!(renamed >= 8, "{renamed}");
+    write_safetensors(&d.join("diffusion_pytorch_model.safetensors"), &tensors);
+    let model = UNet2DModel::<B>::from_dir(&d, &Default::default(), Precision::F32);
+    std::fs::remove_dir_all(&d).ok();
+    let f = io(&src);
+    let y = model
+        .unwrap()
+        .forward(t(&f, "input.sample"), t(&f, "input.timesteps"), None)
+        .unwrap();
+    assert_close(&f, "output.sample", y, TOL);
+}
+
 /// Copies a fixture folder to a temporary one with `edit` applied to its config.
 fn with_config(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let src = dir(name);
