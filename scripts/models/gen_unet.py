@@ -104,11 +104,12 @@ def tiny(out):
            layers_per_block=1, norm_num_groups=2, attention_head_dim=None, num_class_embeds=5,
            center_input_sample=True, labels=torch.tensor([3, 0]))
     # scale_shift resnets, the middle attention's own GroupNorm groups, a
-    # "timestep" class embedding and an odd-sized time embedding width.
+    # "timestep" class embedding, a non-default time embedding width and
+    # middle-block output scale.
     unet2d(out, "ddpm_scale_shift", 300, in_channels=3, out_channels=3, block_out_channels=[4, 8],
            down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
            layers_per_block=1, norm_num_groups=4, attention_head_dim=2, resnet_time_scale_shift="scale_shift",
-           attn_norm_num_groups=2, class_embed_type="timestep", time_embedding_dim=10,
+           attn_norm_num_groups=2, class_embed_type="timestep", time_embedding_dim=10, mid_block_scale_factor=1.5,
            labels=torch.tensor([5.0, 400.0]))
 
     # --- UNet2DConditionModel ------------------------------------------------
@@ -119,11 +120,13 @@ def tiny(out):
                      down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                      up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=2, residuals=True,
                      **common)
-    # SD2.x: linear projections, per-block heads, upcast_attention, per-block only_cross_attention.
+    # SD2.x: linear projections, per-block heads, upcast_attention; also
+    # per-block only_cross_attention and a middle-block output scale.
     unet2d_condition(out, "sd2", 500, in_channels=4, out_channels=4,
                      down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
                      up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=[2, 4],
                      use_linear_projection=True, upcast_attention=True, only_cross_attention=[True, False],
+                     mid_block_scale_factor=2.0,
                      **common)
     # SDXL: transformer depth per block, text_time addition embedding.
     unet2d_condition(out, "sdxl", 600, in_channels=4, out_channels=4,

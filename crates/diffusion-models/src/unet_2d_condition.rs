@@ -744,10 +744,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 .add_time_proj
                 .forward(ids.reshape([batch * k]))
                 .reshape([batch, k * add.add_time_proj.num_channels]);
-            let add_embeds = to_dtype(
-                Tensor::cat(vec![to_dtype(text, dtype), to_dtype(time_embeds, dtype)], 1),
-                dtype,
-            );
+            let add_embeds =
+                Tensor::cat(vec![to_dtype(text, dtype), to_dtype(time_embeds, dtype)], 1);
             emb = emb + add.add_embedding.forward(add_embeds, None);
         }
         if let Some(act) = self.time_embed_act {

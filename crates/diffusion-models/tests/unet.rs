@@ -128,7 +128,8 @@ fn sd1_like_with_controlnet_residuals() {
             cond,
         )
         .unwrap();
-    assert_close(&f, "output.sample_controlnet", y, TOL);
+    let err = assert_close(&f, "output.sample_controlnet", y, TOL);
+    println!("sd1 + ControlNet residuals: rel L2 {err:.2e}");
 }
 
 #[test]
@@ -154,6 +155,128 @@ fn lcm_timestep_cond() {
 #[test]
 fn odd_latent_size_uses_skip_sizes() {
     run_condition("odd_size");
+}
+
+/// Writes `tensors` (name, dtype, shape, bytes) as a safetensors file.
+fn write_safetensors(path: &Path, tensors: &[(String, String, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, dtype, shape, bytes) in tensors {
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+    }
+    let header = serde_json::Value::Object(header).to_string();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    for (_, _, _, bytes) in tensors {
+        out.extend_from_slice(bytes);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn sharded_weights_load_through_the_index() {
+    // Split the SDXL-like weights into two shards plus an index, as
+    // `save_pretrained(max_shard_size=...)` does, and compare again.
+    let src = dir("sdxl");
+    let d = std::env::temp_dir().join(format!("unet-test-{}-sharded", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
+    let weights =
+        diffusion_hub::weights::Weights::open(&src.join("diffusion_pytorch_model.safetensors"))
+            .unwrap();
+    let mut shards = [Vec::new(), Vec::new()];
+    let mut weight_map = serde_json::Map::new();
+    let names: Vec<String> = weights.tensors().map(|(k, _)| k.to_string()).collect();
+    for (i, name) in names.iter().enumerate() {
+        let view = weights.tensor(name).unwrap();
+        let shard = usize::from(i >= names.len() / 2);
+        let file = format!(
+            "diffusion_pytorch_model-0000{}-of-00002.safetensors",
+            shard + 1
+        );
+        weight_map.insert(name.clone(), file.into());
+        shards[shard].push((
+            name.clone(),
+            view.dtype.to_string(),
+            view.shape.to_vec(),
+            view.data.to_vec(),
+        ));
+    }
+    for (i, tensors) in shards.iter().enumerate() {
+        let file = format!("diffusion_pytorch_model-0000{}-of-00002.safetensors", i + 1);
+        write_safetensors(&d.join(file), tensors);
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        d.join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let model = UNet2DConditionModel::<B>::from_dir(&d, &Default::default(), Precision::F32);
+    std::fs::remove_dir_all(&d).ok();
+    let model = model.unwrap();
+    let f = io(&src);
+    let y = model
+        .forward(
+            t(&f, "input.sample"),
+            t(&f, "input.timesteps"),
+            t(&f, "input.encoder_hidden_states"),
+            conditions(&f),
+        )
+        .unwrap();
+    assert_close(&f, "output.sample", y, TOL);
+}
+
+#[test]
+fn legacy_attention_names_load() {
+    // Early diffusers checkpoints (google/ddpm-*) name the spatial attention
+    // `query`/`key`/`value`/`proj_attn`; diffusers renames them on load.
+    let src = dir("ddpm_attn");
+    let d = std::env::temp_dir().join(format!("unet-test-{}-legacy", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
+    let weights =
+        diffusion_hub::weights::Weights::open(&src.join("diffusion_pytorch_model.safetensors"))
+            .unwrap();
+    let mut renamed = 0;
+    let tensors: Vec<_> = weights
+        .tensors()
+        .map(|(name, _)| {
+            let view = weights.tensor(name).unwrap();
+            let mut new = name.to_string();
+            for (from, to) in [
+                (".to_q.", ".query."),
+                (".to_k.", ".key."),
+                (".to_v.", ".value."),
+                (".to_out.0.", ".proj_attn."),
+            ] {
+                if new.contains(".attentions.") && new.contains(from) {
+                    new = new.replace(from, to);
+                    renamed += 1;
+                }
+            }
+            (
+                new,
+                view.dtype.to_string(),
+                view.shape.to_vec(),
+                view.data.to_vec(),
+            )
+        })
+        .collect();
+    assert!(renamed >= 8, "{renamed}");
+    write_safetensors(&d.join("diffusion_pytorch_model.safetensors"), &tensors);
+    let model = UNet2DModel::<B>::from_dir(&d, &Default::default(), Precision::F32);
+    std::fs::remove_dir_all(&d).ok();
+    let f = io(&src);
+    let y = model
+        .unwrap()
+        .forward(t(&f, "input.sample"), t(&f, "input.timesteps"), None)
+        .unwrap();
+    assert_close(&f, "output.sample", y, TOL);
 }
 
 /// Copies a fixture folder to a temporary one with `edit` applied to its config.
@@ -344,7 +467,7 @@ fn wrong_configs_and_inputs_are_named_errors() {
 /// SD1.5- and SDXL-size random models written by
 /// `python scripts/models/gen_unet.py --full` into `target/full-fixtures/unet/`.
 #[test]
-#[ignore = "needs `gen_unet.py --full` (GBs of random weights); run with --release"]
+#[ignore = "needs `gen_unet.py --full` (GBs of random weights)"]
 fn full_size_models() {
     let root: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
@@ -393,4 +516,37 @@ fn full_size_models() {
         "no full-size fixture found under {}",
         root.display()
     );
+}
+
+#[test]
+fn random_init_builds_the_same_architecture() {
+    // The benchmark/training path: same constructors, random weights.
+    let d = dir("sdxl");
+    let config = diffusion_models::config::read_config::<
+        diffusion_models::unet_2d_condition::UNet2DConditionConfig,
+    >(&d.join("config.json"))
+    .unwrap();
+    assert!(
+        config.ignored_fields.is_empty(),
+        "{:?}",
+        config.ignored_fields
+    );
+    let ddpm = diffusion_models::config::read_config::<diffusion_models::unet_2d::UNet2DConfig>(
+        &dir("ddpm_attn").join("config.json"),
+    )
+    .unwrap();
+    assert!(ddpm.ignored_fields.is_empty(), "{:?}", ddpm.ignored_fields);
+    let loader = diffusion_models::Loader::<B>::random(&Default::default(), Precision::F32);
+    let model = UNet2DConditionModel::load(&loader, &config.config).unwrap();
+    let f = io(&d);
+    let y = model
+        .forward(
+            t(&f, "input.sample"),
+            t(&f, "input.timesteps"),
+            t(&f, "input.encoder_hidden_states"),
+            conditions(&f),
+        )
+        .unwrap();
+    assert_eq!(y.dims(), [2, 4, 8, 8]);
+    assert!(values(y).iter().all(|v| v.is_finite()));
 }
