@@ -56,7 +56,8 @@ fn parse_args() -> Result<Args, String> {
             "--output" => output = Some(PathBuf::from(value()?)),
             "--dtype" => {
                 let v = value()?;
-                precision = Precision::parse(&v).ok_or(format!("--dtype: unknown dtype `{v}` (f32, f16, bf16)"))?;
+                precision = Precision::parse(&v)
+                    .ok_or(format!("--dtype: unknown dtype `{v}` (f32, f16, bf16)"))?;
             }
             "-h" | "--help" => {
                 return Err("usage: forward --component DIR --inputs in.safetensors --output out.safetensors [--dtype f32|f16|bf16]".into());
@@ -76,13 +77,22 @@ fn parse_args() -> Result<Args, String> {
 fn class_name(dir: &Path) -> Result<String, String> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
     json.get("_class_name")
         .and_then(|v| v.as_str())
-        .or_else(|| json.get("architectures").and_then(|a| a.get(0)).and_then(|v| v.as_str()))
+        .or_else(|| {
+            json.get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(|v| v.as_str())
+        })
         .map(str::to_string)
-        .ok_or_else(|| format!("{}: neither `_class_name` nor `architectures` names the model", path.display()))
+        .ok_or_else(|| {
+            format!(
+                "{}: neither `_class_name` nor `architectures` names the model",
+                path.display()
+            )
+        })
 }
 
 struct Inputs {
@@ -91,38 +101,81 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn float<B: Backend, const D: usize>(&self, name: &str, dev: &B::Device, p: Precision) -> Result<Option<Tensor<B, D>>, String> {
+    fn float<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        dev: &B::Device,
+        p: Precision,
+    ) -> Result<Option<Tensor<B, D>>, String> {
         if !self.weights.contains(name) {
             return Ok(None);
         }
         let view = self.weights.tensor(name).map_err(|e| e.to_string())?;
         if view.shape.len() != D {
-            return Err(format!("{}: input `{name}` has rank {}, expected {D}", self.path.display(), view.shape.len()));
+            return Err(format!(
+                "{}: input `{name}` has rank {}, expected {D}",
+                self.path.display(),
+                view.shape.len()
+            ));
         }
         let values = view.to_f32_vec().map_err(|e| e.to_string())?;
-        let t = Tensor::<B, D>::from_data(TensorData::new(values, view.shape.to_vec()), (dev, DType::F32));
+        let t = Tensor::<B, D>::from_data(
+            TensorData::new(values, view.shape.to_vec()),
+            (dev, DType::F32),
+        );
         Ok(Some(diffusion_models::nn::to_dtype(t, p.dtype())))
     }
 
-    fn required<B: Backend, const D: usize>(&self, name: &str, dev: &B::Device, p: Precision) -> Result<Tensor<B, D>, String> {
-        self.float(name, dev, p)?
-            .ok_or_else(|| format!("{}: required input `{name}` is missing", self.path.display()))
+    fn required<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        dev: &B::Device,
+        p: Precision,
+    ) -> Result<Tensor<B, D>, String> {
+        self.float(name, dev, p)?.ok_or_else(|| {
+            format!(
+                "{}: required input `{name}` is missing",
+                self.path.display()
+            )
+        })
     }
 
     fn ids<B: Backend>(&self, name: &str, dev: &B::Device) -> Result<Tensor<B, 2, Int>, String> {
-        let view = self
-            .weights
-            .tensor(name)
-            .map_err(|_| format!("{}: required input `{name}` is missing", self.path.display()))?;
+        let view = self.weights.tensor(name).map_err(|_| {
+            format!(
+                "{}: required input `{name}` is missing",
+                self.path.display()
+            )
+        })?;
         let values: Vec<i64> = match view.dtype {
-            Dtype::I64 => view.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::I32 => view.data.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
-            ref other => return Err(format!("{}: input `{name}` has dtype {other}, expected I64 or I32", self.path.display())),
+            Dtype::I64 => view
+                .data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::I32 => view
+                .data
+                .chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            ref other => {
+                return Err(format!(
+                    "{}: input `{name}` has dtype {other}, expected I64 or I32",
+                    self.path.display()
+                ));
+            }
         };
         if view.shape.len() != 2 {
-            return Err(format!("{}: input `{name}` has rank {}, expected 2", self.path.display(), view.shape.len()));
+            return Err(format!(
+                "{}: input `{name}` has rank {}, expected 2",
+                self.path.display(),
+                view.shape.len()
+            ));
         }
-        Ok(Tensor::from_data(TensorData::new(values, view.shape.to_vec()), dev))
+        Ok(Tensor::from_data(
+            TensorData::new(values, view.shape.to_vec()),
+            dev,
+        ))
     }
 }
 
@@ -205,26 +258,53 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
         }
         "CLIPTextModel" => {
             let m = CLIPTextModel::<B>::from_dir(&args.component, dev, p).map_err(e)?;
-            clip_outputs(&mut out, m.forward(inputs.ids("input_ids", dev)?).map_err(e)?);
+            clip_outputs(
+                &mut out,
+                m.forward(inputs.ids("input_ids", dev)?).map_err(e)?,
+            );
         }
         "CLIPTextModelWithProjection" => {
-            let m = CLIPTextModelWithProjection::<B>::from_dir(&args.component, dev, p).map_err(e)?;
-            clip_outputs(&mut out, m.forward(inputs.ids("input_ids", dev)?).map_err(e)?);
+            let m =
+                CLIPTextModelWithProjection::<B>::from_dir(&args.component, dev, p).map_err(e)?;
+            clip_outputs(
+                &mut out,
+                m.forward(inputs.ids("input_ids", dev)?).map_err(e)?,
+            );
         }
-        other => return Err(format!("{}: unsupported component class `{other}`", args.component.display())),
+        other => {
+            return Err(format!(
+                "{}: unsupported component class `{other}`",
+                args.component.display()
+            ));
+        }
     }
     if out.is_empty() {
-        return Err(format!("{}: no input this component uses (a VAE takes `latents` and/or `image`)", args.inputs.display()));
+        return Err(format!(
+            "{}: no input this component uses (a VAE takes `latents` and/or `image`)",
+            args.inputs.display()
+        ));
     }
-    eprintln!("{class}: load + forward in {:.3} s ({p:?})", start.elapsed().as_secs_f64());
+    eprintln!(
+        "{class}: load + forward in {:.3} s ({p:?})",
+        start.elapsed().as_secs_f64()
+    );
     Ok(out)
 }
 
-fn class_labels<B: Backend>(inputs: &Inputs, dev: &B::Device, p: Precision) -> Result<Option<ClassLabels<B>>, String> {
+fn class_labels<B: Backend>(
+    inputs: &Inputs,
+    dev: &B::Device,
+    p: Precision,
+) -> Result<Option<ClassLabels<B>>, String> {
     if !inputs.weights.contains("class_labels") {
         return Ok(None);
     }
-    let rank = inputs.weights.tensor("class_labels").map_err(|e| e.to_string())?.shape.len();
+    let rank = inputs
+        .weights
+        .tensor("class_labels")
+        .map_err(|e| e.to_string())?
+        .shape
+        .len();
     Ok(Some(match rank {
         1 => ClassLabels::Values(inputs.required("class_labels", dev, Precision::F32)?),
         _ => ClassLabels::Vectors(inputs.required("class_labels", dev, p)?),

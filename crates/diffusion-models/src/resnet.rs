@@ -221,7 +221,7 @@ impl<B: Backend> Downsample2D<B> {
         match &self.conv {
             Some(conv) => {
                 let x = if self.padding == 0 {
-                    x.pad((0, 1, 0, 1), burn::tensor::ops::PadMode::Constant(0.0))
+                    pad_right_bottom(x)
                 } else {
                     x
                 };
@@ -230,6 +230,20 @@ impl<B: Backend> Downsample2D<B> {
             None => avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false),
         }
     }
+}
+
+/// Zero-pads one column on the right and one row at the bottom, in `x`'s
+/// dtype (Burn 0.21's `pad` builds its zeros in the default float type, which
+/// breaks f16/bf16 tensors on burn-flex).
+fn pad_right_bottom<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let dtype = x.dtype();
+    let x = Tensor::cat(vec![x, Tensor::zeros([n, c, h, 1], (&device, dtype))], 3);
+    Tensor::cat(
+        vec![x, Tensor::zeros([n, c, 1, w + 1], (&device, dtype))],
+        2,
+    )
 }
 
 /// diffusers' `Upsample2D`: nearest-neighbour ×2 (or to a given size), then a
