@@ -2,6 +2,9 @@
 //!
 //! - `bench [schedulers]`: run the criterion benches and print each scheduler's
 //!   step time beside a plain copy of the same buffer (ratio = step / copy).
+//! - `bench models [--no-compare]`: criterion benches of a mid-size UNet
+//!   forward, a VAE decode and a CLIP-L encode on the default CPU backend,
+//!   beside the same workloads in PyTorch (same configs and thread count).
 //! - `fixtures [module ...]`: regenerate the diffusers parity fixtures with the
 //!   Python generator (needs python3 with torch, diffusers 0.42 and scipy;
 //!   `PYTHON` selects the interpreter).
@@ -36,9 +39,95 @@ fn estimate_ns(group_dir: &Path, name: &str) -> Option<f64> {
 
 fn bench(args: &[String]) -> Result<(), String> {
     let what = args.first().map(String::as_str).unwrap_or("schedulers");
-    if what != "schedulers" {
-        return Err(format!("unknown bench `{what}` (available: schedulers)"));
+    match what {
+        "schedulers" => bench_schedulers(),
+        "models" => bench_models(&args[1..]),
+        _ => Err(format!(
+            "unknown bench `{what}` (available: schedulers, models)"
+        )),
     }
+}
+
+/// Runs the criterion model benches (burn-flex, the default CPU backend, all
+/// cores) and, unless `--no-compare`, the same workloads in PyTorch with the
+/// same thread count (`PYTHON`, default python3, with torch, diffusers and
+/// transformers); prints both and the ratios, writes target/bench-models.json.
+fn bench_models(args: &[String]) -> Result<(), String> {
+    let compare = !args.iter().any(|a| a == "--no-compare");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run(Command::new(env!("CARGO"))
+        .current_dir(root())
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .args(["bench", "-p", "diffusion-models", "--bench", "models"]))?;
+    let torch_json = root().join("target/bench-models-torch.json");
+    let torch: Option<serde_json::Value> = if compare {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(python).current_dir(root()).args([
+            "scripts/models/bench_torch.py",
+            "--threads",
+            &threads.to_string(),
+            "--out",
+            torch_json.to_str().ok_or("non-UTF-8 path")?,
+        ]))?;
+        let text = std::fs::read_to_string(&torch_json).map_err(|e| e.to_string())?;
+        Some(serde_json::from_str(&text).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let mut rows = Vec::new();
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "workload", "rust (ms)", "torch (ms)", "ratio"
+    );
+    for (group, torch_key) in [
+        ("unet_mid_forward", "unet_mid_forward"),
+        ("vae_mid_decode", "vae_mid_decode"),
+        ("clip_l_encode", "clip_l_encode"),
+    ] {
+        let dir = root().join("target/criterion").join(group);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n != "report")
+            .collect();
+        names.sort();
+        let torch_ms = torch
+            .as_ref()
+            .and_then(|t| t[torch_key]["median_ms"].as_f64());
+        for name in names {
+            let Some(ns) = estimate_ns(&dir, &name) else {
+                continue;
+            };
+            let ms = ns / 1e6;
+            let ratio = torch_ms.map(|t| ms / t);
+            println!(
+                "{:<34} {:>12.1} {:>12} {:>8}",
+                format!("{group}/{name}"),
+                ms,
+                torch_ms.map_or("-".into(), |t| format!("{t:.1}")),
+                ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            );
+            rows.push(serde_json::json!({
+                "workload": group, "rust": name, "rust_ms": ms,
+                "torch_fp32_ms": torch_ms, "ratio_rust_over_torch": ratio,
+            }));
+        }
+    }
+    let out = root().join("target/bench-models.json");
+    let json = serde_json::json!({"threads": threads, "rows": rows, "torch": torch});
+    std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap())
+        .map_err(|e| e.to_string())?;
+    println!(
+        "(ratio = rust / torch fp32 on the CPU, {threads} threads; wrote {})",
+        out.display()
+    );
+    Ok(())
+}
+
+fn bench_schedulers() -> Result<(), String> {
     run(Command::new(env!("CARGO")).current_dir(root()).args([
         "bench",
         "-p",
@@ -90,7 +179,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("fixtures") => fixtures(&args[1..]),
-        _ => Err("usage: cargo xtask <bench [schedulers] | fixtures [module ...]>".into()),
+        _ => Err("usage: cargo xtask <bench [schedulers | models [--no-compare]] | fixtures [module ...]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

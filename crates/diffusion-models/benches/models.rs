@@ -1,7 +1,7 @@
 //! Criterion benches of the networks on mid-size configs with random weights
 //! (`benches/configs/`): a UNet2DCondition forward on every CPU backend this
 //! build enables (the default-backend choice in docs/backends.md comes from
-//! this), and on the default backend a VAE decode and a CLIP encode.
+//! this), and on burn-flex (the default) a VAE decode and a CLIP-L encode.
 //! `cargo xtask bench models` runs this and the same workloads in PyTorch.
 //!
 //!     cargo bench -p diffusion-models --features flex,candle --bench models
@@ -9,6 +9,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
+use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel};
 use diffusion_models::config::parse_config;
 use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
@@ -70,7 +72,62 @@ fn bench_unet<B: Backend>(c: &mut Criterion, backend: &str, precision: Precision
     group.finish();
 }
 
+fn bench_vae<B: Backend>(c: &mut Criterion, backend: &str, precision: Precision) {
+    let cfg: AutoencoderKLConfig = config("vae_mid.json");
+    let device = B::Device::default();
+    B::seed(&device, 0);
+    let model = AutoencoderKL::<B>::load(&Loader::random(&device, precision), &cfg).unwrap();
+    let latents = Tensor::<B, 4>::random(
+        [1, 4, 32, 32],
+        Distribution::Normal(0.0, 1.0),
+        (&device, precision.dtype()),
+    );
+    let mut group = c.benchmark_group("vae_mid_decode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function(format!("{backend}_{precision:?}").to_lowercase(), |b| {
+        b.iter(|| model.decode(latents.clone()).unwrap().into_data())
+    });
+    group.finish();
+}
+
+fn bench_clip<B: Backend>(c: &mut Criterion, backend: &str, precision: Precision) {
+    let cfg: CLIPTextConfig = config("clip_l.json");
+    let device = B::Device::default();
+    B::seed(&device, 0);
+    let model = CLIPTextModel::<B>::load(&Loader::random(&device, precision), &cfg).unwrap();
+    // Two prompts (guidance): start token, 20 words, end token, padding.
+    let row: Vec<u32> = (0..77)
+        .map(|i| match i {
+            0 => 49406,
+            1..=20 => 320 + 7 * i as u32,
+            _ => 49407,
+        })
+        .collect();
+    let ids = vec![row.clone(), row];
+    let mut group = c.benchmark_group("clip_l_encode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function(format!("{backend}_{precision:?}").to_lowercase(), |b| {
+        b.iter(|| {
+            model
+                .forward_ids(&ids)
+                .unwrap()
+                .last_hidden_state
+                .into_data()
+        })
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    #[cfg(feature = "flex")]
+    {
+        bench_vae::<diffusion_models::backend::Flex>(c, "flex", Precision::F32);
+        bench_clip::<diffusion_models::backend::Flex>(c, "flex", Precision::F32);
+    }
     #[cfg(feature = "ndarray")]
     bench_unet::<diffusion_models::backend::NdArray>(c, "ndarray", Precision::F32);
     #[cfg(feature = "flex")]
