@@ -31,7 +31,6 @@ use crate::vae::{Decoder, DiagonalGaussianDistribution, Encoder, VaeBlocksConfig
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use diffusion_hub::weights::Weights;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -354,7 +353,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// (or the sharded `diffusion_pytorch_model.safetensors.index.json`).
     pub fn from_dir(dir: &Path, device: &B::Device, precision: Precision) -> Result<Self> {
         let Loaded { config, .. } = read_config::<AutoencoderKLConfig>(&dir.join("config.json"))?;
-        let weights = open_diffusers_weights(dir)?;
+        let weights = crate::config::open_weights(dir, crate::config::DIFFUSERS_WEIGHTS)?;
         Self::load(&Loader::new(&weights, device, precision), &config)
     }
 
@@ -654,24 +653,4 @@ fn blend_h<B: Backend>(a: &Tensor<B, 4>, b: Tensor<B, 4>, extent: usize) -> Tens
     let (wa, wb) = blend_weights(extent, 3, &b);
     let left = a.clone().narrow(3, aw - extent, extent) * wa + b.clone().narrow(3, 0, extent) * wb;
     b.slice_assign([0..bn, 0..bc, 0..bh, 0..extent], left)
-}
-
-/// Opens a diffusers model folder's weights: `diffusion_pytorch_model.safetensors`,
-/// else the sharded `diffusion_pytorch_model.safetensors.index.json`.
-pub fn open_diffusers_weights(dir: &Path) -> Result<Weights> {
-    let single = dir.join("diffusion_pytorch_model.safetensors");
-    if single.is_file() {
-        return Ok(Weights::open(&single)?);
-    }
-    let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
-    if index.is_file() {
-        return Ok(Weights::open_sharded(&index)?);
-    }
-    Err(ModelError::Io {
-        path: single,
-        source: std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no diffusion_pytorch_model.safetensors (nor its sharded index)",
-        ),
-    })
 }

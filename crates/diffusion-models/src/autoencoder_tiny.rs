@@ -7,7 +7,6 @@
 //! of the sequence, parameterless ones (activation, upsampling) included; the
 //! loaders below count the same way.
 
-use crate::autoencoder_kl::open_diffusers_weights;
 use crate::config::{Loaded, read_config, unsupported};
 use crate::error::{ModelError, Result};
 use crate::load::{Loader, Precision};
@@ -448,7 +447,7 @@ impl<B: Backend> AutoencoderTiny<B> {
     /// (or its sharded index).
     pub fn from_dir(dir: &Path, device: &B::Device, precision: Precision) -> Result<Self> {
         let Loaded { config, .. } = read_config::<AutoencoderTinyConfig>(&dir.join("config.json"))?;
-        let weights = open_diffusers_weights(dir)?;
+        let weights = crate::config::open_weights(dir, crate::config::DIFFUSERS_WEIGHTS)?;
         Self::load(&Loader::new(&weights, device, precision), &config)
     }
 

@@ -19,7 +19,6 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
 use burn::tensor::{Int, Tensor, TensorData};
-use diffusion_hub::weights::Weights;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -578,25 +577,6 @@ fn text_model_loader<'a, B: Backend>(loader: &Loader<'a, B>) -> Loader<'a, B> {
     }
 }
 
-/// Opens `model.safetensors`, or the shards of `model.safetensors.index.json`, in `dir`.
-fn open_weights(dir: &Path) -> Result<Weights> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(Weights::open(&single)?);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        return Ok(Weights::open_sharded(&index)?);
-    }
-    Err(ModelError::Io {
-        path: single,
-        source: std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "neither model.safetensors nor model.safetensors.index.json is in the folder",
-        ),
-    })
-}
-
 /// transformers' `CLIPTextModel` (SD 1.x/2.x `text_encoder`, SDXL's first).
 #[derive(Module, Debug)]
 pub struct CLIPTextModel<B: Backend> {
@@ -617,7 +597,7 @@ impl<B: Backend> CLIPTextModel<B> {
     /// Reads `dir/config.json` and `dir/model.safetensors` (or its sharded index).
     pub fn from_dir(dir: &Path, device: &B::Device, precision: Precision) -> Result<Self> {
         let cfg = CLIPTextConfig::read(&dir.join("config.json"))?.config;
-        let weights = open_weights(dir)?;
+        let weights = crate::config::open_weights(dir, crate::config::TRANSFORMERS_WEIGHTS)?;
         Self::load(&Loader::new(&weights, device, precision), &cfg)
     }
 
@@ -670,7 +650,7 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
     /// Reads `dir/config.json` and `dir/model.safetensors` (or its sharded index).
     pub fn from_dir(dir: &Path, device: &B::Device, precision: Precision) -> Result<Self> {
         let cfg = CLIPTextConfig::read(&dir.join("config.json"))?.config;
-        let weights = open_weights(dir)?;
+        let weights = crate::config::open_weights(dir, crate::config::TRANSFORMERS_WEIGHTS)?;
         Self::load(&Loader::new(&weights, device, precision), &cfg)
     }
 

