@@ -3,6 +3,11 @@ outputs with diffusers'/transformers' (the fixtures' `output.*` tensors).
 
     cargo build --release -p diffusion-models --example forward
     python scripts/models/check_forward.py [--dtype f32|f16|bf16] [--bin target/release/examples/forward]
+
+With `--full`, it runs the full-size random-weight folders that the generators'
+`--full` option writes into target/full-fixtures/ instead, and also times the
+same forward in diffusers/transformers (one warm-up, then one timed run, with
+`--threads` threads) beside the Rust forward time the example reports.
 """
 import argparse
 import os
@@ -34,6 +39,45 @@ CASES = {
 }
 
 
+FULL = {
+    "unet/sd15": ({"sample": "input.sample", "timestep": "input.timesteps",
+                   "encoder_hidden_states": "input.encoder_hidden_states"}, {"sample": "output.sample"}),
+    "vae/sd15": ({"latents": "input.latents", "image": "input.image"},
+                 {"sample": "output.decode", "latent_mean": "output.encode.mean"}),
+    "vae/sdxl": ({"latents": "input.latents", "image": "input.image"},
+                 {"sample": "output.decode", "latent_mean": "output.encode.mean"}),
+    "clip/clip_l": ({"input_ids": "input.input_ids"}, {"last_hidden_state": "output.last_hidden_state"}),
+    "clip/bigg": ({"input_ids": "input.input_ids"},
+                  {"last_hidden_state": "output.last_hidden_state", "text_embeds": "output.text_embeds"}),
+}
+
+
+def torch_time(folder, tensors, threads):
+    """Seconds of one forward of the reference on the same inputs (after a warm-up)."""
+    import time
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    kind = folder.split(os.sep)[-2]
+    if kind == "unet":
+        from diffusers import UNet2DConditionModel
+        m = UNet2DConditionModel.from_pretrained(folder).eval()
+        run = lambda: m(tensors["sample"], tensors["timestep"], tensors["encoder_hidden_states"])
+    elif kind == "vae":
+        from diffusers import AutoencoderKL
+        m = AutoencoderKL.from_pretrained(folder).eval()
+        run = lambda: (m.decode(tensors["latents"]), m.encode(tensors["image"]))
+    else:
+        import transformers
+        import json as _json
+        arch = _json.load(open(os.path.join(folder, "config.json")))["architectures"][0]
+        m = getattr(transformers, arch).from_pretrained(folder).eval()
+        run = lambda: m(tensors["input_ids"])
+    run()
+    t = time.perf_counter()
+    run()
+    return time.perf_counter() - t
+
+
 def rel_l2(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
@@ -42,12 +86,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="f32")
     ap.add_argument("--bin", default=os.path.join(REPO, "target", "release", "examples", "forward"))
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
+    root = os.path.join(REPO, "target", "full-fixtures") if args.full else FIXTURES
+    cases = FULL if args.full else CASES
     tol = {"f32": 1e-4, "f16": 5e-3, "bf16": 3e-2}[args.dtype]
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for case, (ins, outs) in CASES.items():
-            folder = os.path.join(FIXTURES, case)
+        for case, (ins, outs) in cases.items():
+            folder = os.path.join(root, case)
+            if not os.path.isdir(folder):
+                print(f"{case}: {folder} absent, skipped")
+                continue
             io = load_file(os.path.join(folder, "io.safetensors"))
             missing = [v for v in list(ins.values()) + list(outs.values()) if v not in io]
             if missing:
@@ -64,6 +115,10 @@ def main():
                 print(f"{case}: forward failed: {r.stderr.strip()}")
                 sys.exit(1)
             got = load_file(out)
+            if args.full:
+                rust = r.stderr.strip().splitlines()[0]
+                ref = torch_time(folder, tensors, args.threads)
+                print(f"{case:16} rust: {rust}; reference forward {ref:.3f} s ({args.threads} threads)")
             for k, v in outs.items():
                 err = rel_l2(got[k], io[v])
                 worst = max(worst, err)

@@ -54,6 +54,7 @@ fn bench(args: &[String]) -> Result<(), String> {
 /// transformers); prints both and the ratios, writes target/bench-models.json.
 fn bench_models(args: &[String]) -> Result<(), String> {
     let compare = !args.iter().any(|a| a == "--no-compare");
+    let started = std::time::SystemTime::now();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     run(Command::new(env!("CARGO"))
         .current_dir(root())
@@ -92,6 +93,12 @@ fn bench_models(args: &[String]) -> Result<(), String> {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().to_string())
             .filter(|n| n != "report")
+            // Only this run's results (criterion keeps other backends' old ones).
+            .filter(|n| {
+                std::fs::metadata(dir.join(n).join("new/estimates.json"))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= started)
+            })
             .collect();
         names.sort();
         let torch_ms = torch

@@ -205,9 +205,11 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
     let e = |e: ModelError| e.to_string();
     let mut out = Outputs::new();
     let start = Instant::now();
+    let mut load_s = 0.0;
     match class.as_str() {
         "UNet2DConditionModel" => {
             let m = UNet2DConditionModel::<B>::from_dir(&args.component, dev, p).map_err(e)?;
+            load_s = start.elapsed().as_secs_f64();
             let conditions = UNetConditions {
                 text_embeds: inputs.float("text_embeds", dev, p)?,
                 time_ids: inputs.float("time_ids", dev, p)?,
@@ -227,6 +229,7 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
         }
         "UNet2DModel" => {
             let m = UNet2DModel::<B>::from_dir(&args.component, dev, p).map_err(e)?;
+            load_s = start.elapsed().as_secs_f64();
             let y = m
                 .forward(
                     inputs.required("sample", dev, p)?,
@@ -238,6 +241,7 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
         }
         "AutoencoderKL" => {
             let m = AutoencoderKL::<B>::from_dir(&args.component, dev, p).map_err(e)?;
+            load_s = start.elapsed().as_secs_f64();
             if let Some(z) = inputs.float::<B, 4>("latents", dev, p)? {
                 put(&mut out, "sample", m.decode(z).map_err(e)?);
             }
@@ -249,6 +253,7 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
         }
         "AutoencoderTiny" => {
             let m = AutoencoderTiny::<B>::from_dir(&args.component, dev, p).map_err(e)?;
+            load_s = start.elapsed().as_secs_f64();
             if let Some(z) = inputs.float::<B, 4>("latents", dev, p)? {
                 put(&mut out, "sample", m.decode(z).map_err(e)?);
             }
@@ -258,6 +263,7 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
         }
         "CLIPTextModel" => {
             let m = CLIPTextModel::<B>::from_dir(&args.component, dev, p).map_err(e)?;
+            load_s = start.elapsed().as_secs_f64();
             clip_outputs(
                 &mut out,
                 m.forward(inputs.ids("input_ids", dev)?).map_err(e)?,
@@ -266,6 +272,7 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
         "CLIPTextModelWithProjection" => {
             let m =
                 CLIPTextModelWithProjection::<B>::from_dir(&args.component, dev, p).map_err(e)?;
+            load_s = start.elapsed().as_secs_f64();
             clip_outputs(
                 &mut out,
                 m.forward(inputs.ids("input_ids", dev)?).map_err(e)?,
@@ -284,9 +291,10 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
             args.inputs.display()
         ));
     }
+    let total = start.elapsed().as_secs_f64();
     eprintln!(
-        "{class}: load + forward in {:.3} s ({p:?})",
-        start.elapsed().as_secs_f64()
+        "{class}: load {load_s:.3} s, forward {:.3} s ({p:?})",
+        total - load_s
     );
     Ok(out)
 }
