@@ -513,3 +513,98 @@ fn dtype_to_float(dtype: DType) -> FloatDType {
         _ => FloatDType::F32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu as B;
+
+    fn map(dtype: Dtype, bytes: Vec<u8>, shape: Vec<usize>) -> TensorMap {
+        let mut m = TensorMap {
+            name: "test.safetensors".into(),
+            ..Default::default()
+        };
+        m.tensors.insert(
+            "w".into(),
+            StoredTensor {
+                shape,
+                dtype,
+                bytes,
+            },
+        );
+        m
+    }
+
+    fn values(t: Tensor<B, 1>) -> Vec<f32> {
+        crate::testing::values(t)
+    }
+
+    #[test]
+    fn every_float_file_type_loads_into_every_precision() {
+        let want = [1.0f32, -2.5, 0.099609375, 65504.0];
+        let f32_bytes: Vec<u8> = want.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // bf16 is the top half of f32; f16 bits written by hand.
+        let bf16_bytes: Vec<u8> = want
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let f16_bits: [u16; 4] = [0x3C00, 0xC100, 0x2E60, 0x7BFF];
+        let f16_bytes: Vec<u8> = f16_bits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f64_bytes: Vec<u8> = want
+            .iter()
+            .flat_map(|v| f64::from(*v).to_le_bytes())
+            .collect();
+        let dev = Default::default();
+        for (dtype, bytes) in [
+            (Dtype::F32, f32_bytes),
+            (Dtype::F16, f16_bytes),
+            (Dtype::BF16, bf16_bytes),
+            (Dtype::F64, f64_bytes),
+        ] {
+            let m = map(dtype.clone(), bytes, vec![4]);
+            for p in [Precision::F32, Precision::F16, Precision::BF16] {
+                let t: Tensor<B, 1> = Loader::new(&m, &dev, p)
+                    .tensor("w", [4], Init::Zeros)
+                    .unwrap();
+                assert_eq!(t.dtype(), p.dtype(), "{dtype:?} into {p:?}");
+                let got = values(t);
+                // Every value is exact in f16 and bf16 except 65504: bf16 rounds
+                // it to 65536, and a bf16 file holds it truncated to 65280
+                // (exact in every precision).
+                let expect: Vec<f32> = want
+                    .iter()
+                    .map(|&v| match (v == 65504.0, &dtype, p) {
+                        (true, Dtype::BF16, _) => 65280.0,
+                        (true, _, Precision::BF16) => 65536.0,
+                        _ => v,
+                    })
+                    .collect();
+                assert_eq!(got, expect, "{dtype:?} into {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn integer_weights_and_wrong_shapes_are_named_errors() {
+        let m = map(Dtype::I64, vec![0; 32], vec![4]);
+        let l = Loader::<B>::new(&m, &Default::default(), Precision::F32);
+        let err = l
+            .tensor::<1>("w", [4], Init::Zeros)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`w`") && err.contains("I64"), "{err}");
+        let err = l
+            .tensor::<2>("w", [2, 2], Init::Zeros)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`w` has shape [4], the config implies [2, 2]"),
+            "{err}"
+        );
+        let err = l
+            .tensor::<1>("v", [4], Init::Zeros)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing weight `v`"), "{err}");
+    }
+}
