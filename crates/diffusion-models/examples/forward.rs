@@ -205,7 +205,7 @@ fn run<B: Backend>(args: &Args, dev: &B::Device) -> Result<Outputs, String> {
     let e = |e: ModelError| e.to_string();
     let mut out = Outputs::new();
     let start = Instant::now();
-    let mut load_s = 0.0;
+    let load_s: f64;
     match class.as_str() {
         "UNet2DConditionModel" => {
             let m = UNet2DConditionModel::<B>::from_dir(&args.component, dev, p).map_err(e)?;
