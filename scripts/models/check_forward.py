@@ -42,6 +42,9 @@ CASES = {
 FULL = {
     "unet/sd15": ({"sample": "input.sample", "timestep": "input.timesteps",
                    "encoder_hidden_states": "input.encoder_hidden_states"}, {"sample": "output.sample"}),
+    "unet/sdxl": ({"sample": "input.sample", "timestep": "input.timesteps",
+                   "encoder_hidden_states": "input.encoder_hidden_states",
+                   "text_embeds": "input.text_embeds", "time_ids": "input.time_ids"}, {"sample": "output.sample"}),
     "vae/sd15": ({"latents": "input.latents", "image": "input.image"},
                  {"sample": "output.decode", "latent_mean": "output.encode.mean"}),
     "vae/sdxl": ({"latents": "input.latents", "image": "input.image"},
@@ -61,7 +64,10 @@ def torch_time(folder, tensors, threads):
     if kind == "unet":
         from diffusers import UNet2DConditionModel
         m = UNet2DConditionModel.from_pretrained(folder).eval()
-        run = lambda: m(tensors["sample"], tensors["timestep"], tensors["encoder_hidden_states"])
+        added = {k: tensors[k] for k in ("text_embeds", "time_ids") if k in tensors}
+        kwargs = {"added_cond_kwargs": added} if added else {}
+        m = m.float()
+        run = lambda: m(tensors["sample"], tensors["timestep"], tensors["encoder_hidden_states"], **kwargs)
     elif kind == "vae":
         from diffusers import AutoencoderKL
         m = AutoencoderKL.from_pretrained(folder).eval()
@@ -88,6 +94,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(REPO, "target", "release", "examples", "forward"))
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--only", help="run just this case (e.g. unet/sdxl)")
     args = ap.parse_args()
     root = os.path.join(REPO, "target", "full-fixtures") if args.full else FIXTURES
     cases = FULL if args.full else CASES
@@ -95,6 +102,8 @@ def main():
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for case, (ins, outs) in cases.items():
+            if args.only and case != args.only:
+                continue
             folder = os.path.join(root, case)
             if not os.path.isdir(folder):
                 print(f"{case}: {folder} absent, skipped")
