@@ -11,10 +11,12 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor};
 
 /// Softmax(q kᵀ · scale) v for `[B, H, L, D]` tensors, on Burn's attention op
-/// (fused where the backend has a kernel). With `upcast`, or whenever the
-/// inputs are f16/bf16 on a backend that computes it naively, the scores and
-/// softmax are computed in f32 (`upcast` is diffusers' `upcast_attention` /
-/// `upcast_softmax`).
+/// (fused where the backend has a kernel). With `upcast` (diffusers'
+/// `upcast_attention` / `upcast_softmax`) and half-precision inputs, q, k and
+/// v are cast to f32 first, as diffusers does. Without it the backend decides:
+/// burn-flex computes f16/bf16 attention in f32 internally (measured here:
+/// tests/half.rs); burn-cuda runs its flash-attention kernels in the inputs'
+/// type (not yet checked on a GPU against PyTorch's f16 SDPA).
 pub fn scaled_dot_product_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
