@@ -34,7 +34,7 @@ def write(out, name, model, inputs, outputs):
     save(os.path.join(d, "io.safetensors"), tensors)
 
 
-def unet2d(out, name, seed, batch=2, size=(8, 8), labels=None, **config):
+def unet2d(out, name, seed, batch=2, size=(8, 8), labels=None, pickle=False, **config):
     model = randomize(UNet2DModel(**config), seed).eval()
     c = model.config
     x = randn((batch, c.in_channels, *size), seed + 1)
@@ -44,6 +44,13 @@ def unet2d(out, name, seed, batch=2, size=(8, 8), labels=None, **config):
         inputs["class_labels"] = labels.float()
     outputs = {"sample": model(x, t, class_labels=labels).sample}
     write(out, name, model, inputs, outputs)
+    if pickle:
+        # The same model as a PyTorch pickle only (as older Hub repos ship it).
+        d = os.path.join(out, f"{name}_bin")
+        if os.path.isdir(d):
+            shutil.rmtree(d)
+        model.save_pretrained(d, safe_serialization=False)
+        print(f"wrote {os.path.relpath(d, REPO)}/ (diffusion_pytorch_model.bin)")
 
 
 def unet2d_condition(out, name, seed, batch=2, size=(8, 8), seq=5, text_dim=None, cond=None,
@@ -94,7 +101,7 @@ def tiny(out):
     # --- UNet2DModel -----------------------------------------------------------
     # ddpm-cifar10-32-like: attention in the second block, no flip, shift 1,
     # downsample padding 0, eps 1e-6.
-    unet2d(out, "ddpm_attn", 100, in_channels=3, out_channels=3, block_out_channels=[4, 8],
+    unet2d(out, "ddpm_attn", 100, pickle=True, in_channels=3, out_channels=3, block_out_channels=[4, 8],
            down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
            layers_per_block=1, norm_num_groups=2, attention_head_dim=4, norm_eps=1e-6, freq_shift=1,
            flip_sin_to_cos=False, downsample_padding=0, time_embedding_type="positional")

@@ -73,25 +73,89 @@ pub fn unsupported(source_name: &str, field: &str, value: impl std::fmt::Debug) 
     ModelError::config(source_name, field, format!("unsupported value {value:?}"))
 }
 
-/// Opens a model folder's weights: `{stem}.safetensors`, else the shards of
-/// `{stem}.safetensors.index.json`. diffusers names them
-/// `diffusion_pytorch_model`, transformers `model`.
-pub fn open_weights(dir: &Path, stem: &str) -> Result<diffusion_hub::weights::Weights> {
+/// A model folder's weights: safetensors (single or sharded), or a PyTorch
+/// pickle (`.bin`) for repos that ship no safetensors (older DDPM/DDIM repos).
+#[derive(Debug)]
+pub enum ModelWeights {
+    /// `{stem}.safetensors` or its sharded index.
+    Safetensors(diffusion_hub::weights::Weights),
+    /// `{stem}.bin` (a zip-based `torch.save` file), read by diffusion-hub's
+    /// pickle reader, which executes no code.
+    Torch(diffusion_hub::torch_pickle::TorchFile),
+}
+
+impl crate::load::WeightSource for ModelWeights {
+    fn name(&self) -> String {
+        match self {
+            ModelWeights::Safetensors(w) => w.name(),
+            ModelWeights::Torch(t) => t.path().display().to_string(),
+        }
+    }
+    fn keys(&self) -> Vec<String> {
+        match self {
+            ModelWeights::Safetensors(w) => w.keys(),
+            ModelWeights::Torch(t) => t.tensors().map(|(k, _)| k.to_string()).collect(),
+        }
+    }
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        match self {
+            ModelWeights::Safetensors(w) => w.shape(key),
+            ModelWeights::Torch(t) => t.tensor(key).ok().map(|v| v.shape.to_vec()),
+        }
+    }
+    fn dtype(&self, key: &str) -> Option<diffusion_hub::weights::Dtype> {
+        match self {
+            ModelWeights::Safetensors(w) => w.dtype(key),
+            ModelWeights::Torch(t) => t.tensor(key).ok().map(|v| v.dtype.clone()),
+        }
+    }
+    fn read(&self, key: &str) -> Result<crate::load::StoredTensor> {
+        match self {
+            ModelWeights::Safetensors(w) => w.read(key),
+            ModelWeights::Torch(t) => {
+                let v = t.tensor(key)?;
+                Ok(crate::load::StoredTensor {
+                    shape: v.shape.to_vec(),
+                    dtype: v.dtype.clone(),
+                    bytes: v.data.to_vec(),
+                })
+            }
+        }
+    }
+}
+
+/// Opens a model folder's weights as diffusers does, safetensors first:
+/// `{stem}.safetensors`, else the shards of `{stem}.safetensors.index.json`,
+/// else the PyTorch pickle (`diffusion_pytorch_model.bin`, transformers'
+/// `pytorch_model.bin`). diffusers names the stem `diffusion_pytorch_model`,
+/// transformers `model`.
+pub fn open_weights(dir: &Path, stem: &str) -> Result<ModelWeights> {
     use diffusion_hub::weights::Weights;
     let single = dir.join(format!("{stem}.safetensors"));
     if single.is_file() {
-        return Ok(Weights::open(&single)?);
+        return Ok(ModelWeights::Safetensors(Weights::open(&single)?));
     }
     let index = dir.join(format!("{stem}.safetensors.index.json"));
     if index.is_file() {
-        return Ok(Weights::open_sharded(&index)?);
+        return Ok(ModelWeights::Safetensors(Weights::open_sharded(&index)?));
+    }
+    let bin_stem = if stem == TRANSFORMERS_WEIGHTS {
+        "pytorch_model"
+    } else {
+        stem
+    };
+    let bin = dir.join(format!("{bin_stem}.bin"));
+    if bin.is_file() {
+        return Ok(ModelWeights::Torch(
+            diffusion_hub::torch_pickle::TorchFile::open(&bin)?,
+        ));
     }
     Err(ModelError::Io {
         path: single,
         source: std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
-                "neither {stem}.safetensors nor {stem}.safetensors.index.json is in the folder"
+                "none of {stem}.safetensors, {stem}.safetensors.index.json or {bin_stem}.bin is in the folder"
             ),
         ),
     })

@@ -15,7 +15,6 @@ use crate::unet_2d_blocks::{
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use diffusion_hub::weights::Weights;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -291,8 +290,8 @@ pub(crate) fn batch_timesteps<B: Backend>(
 }
 
 /// Reads `config.json` and opens `diffusion_pytorch_model.safetensors` (or
-/// its sharded index) in a diffusers model folder.
-pub(crate) fn open_model_dir<C>(dir: &Path) -> Result<(C, String, Weights)>
+/// its sharded index, or the `.bin`) in a diffusers model folder.
+pub(crate) fn open_model_dir<C>(dir: &Path) -> Result<(C, String, crate::config::ModelWeights)>
 where
     C: serde::de::DeserializeOwned + Serialize,
 {

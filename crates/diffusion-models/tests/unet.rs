@@ -93,6 +93,21 @@ fn unet2d_ddpm_with_attention() {
 }
 
 #[test]
+fn unet2d_from_a_pytorch_pickle_folder() {
+    // The same model saved with `safe_serialization=False` (config.json +
+    // diffusion_pytorch_model.bin only), as older Hub repos ship it.
+    let d = dir("ddpm_attn_bin");
+    assert!(!d.join("diffusion_pytorch_model.safetensors").exists());
+    let f = io(&dir("ddpm_attn"));
+    let model = UNet2DModel::<B>::from_dir(&d, &Default::default(), Precision::F32).unwrap();
+    let y = model
+        .forward(t(&f, "input.sample"), t(&f, "input.timesteps"), labels(&f))
+        .unwrap();
+    let err = assert_close(&f, "output.sample", y, TOL);
+    println!("ddpm_attn from .bin: rel L2 {err:.2e}");
+}
+
+#[test]
 fn unet2d_class_embedding_table_and_centred_input() {
     run_unet2d("ddpm_class");
 }
