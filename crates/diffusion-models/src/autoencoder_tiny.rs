@@ -93,7 +93,7 @@ pub struct AutoencoderTinyConfig {
     #[serde(default = "default_shift")]
     pub latent_shift: f64,
     /// Run in f32 when loaded in f16 (diffusers always registers `false`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub force_upcast: bool,
     /// Latent scaling applied by the pipelines (1.0: TAESD's latents are already scaled).
     #[serde(default = "default_one")]

@@ -165,3 +165,15 @@ pub fn open_weights(dir: &Path, stem: &str) -> Result<ModelWeights> {
 pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model";
 /// The stem transformers gives a model's weight file.
 pub const TRANSFORMERS_WEIGHTS: &str = "model";
+
+/// Deserializes `null` as the type's default. diffusers writes `None`-valued
+/// constructor arguments as `null` (SDXL's `"upcast_attention": null`) and
+/// treats them as their falsy default; fields whose default is `T::default()`
+/// use this so such configs load.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
+}

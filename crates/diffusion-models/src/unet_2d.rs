@@ -65,7 +65,7 @@ pub struct UNet2DConfig {
     #[serde(default = "three")]
     pub out_channels: usize,
     /// Maps the input from [0, 1] to [-1, 1] first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub center_input_sample: bool,
     /// `"positional"` (sinusoidal) is supported; `"fourier"` and `"learned"` are not.
     #[serde(default = "positional")]

@@ -38,7 +38,7 @@ pub struct UNet2DConditionConfig {
     #[serde(default = "four")]
     pub out_channels: usize,
     /// Maps the input from [0, 1] to [-1, 1] first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub center_input_sample: bool,
     /// cos before sin in the sinusoidal embeddings.
     #[serde(default = "yes")]
@@ -104,10 +104,10 @@ pub struct UNet2DConditionConfig {
     #[serde(default)]
     pub num_attention_heads: Option<OneOrMany<usize>>,
     /// Unsupported: must be false.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub dual_cross_attention: bool,
     /// Linear `proj_in`/`proj_out` in the transformers (SD2, SDXL).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub use_linear_projection: bool,
     /// null, `"timestep"`, `"identity"`, `"projection"` or `"simple_projection"`.
     #[serde(default)]
@@ -122,13 +122,13 @@ pub struct UNet2DConditionConfig {
     #[serde(default)]
     pub num_class_embeds: Option<usize>,
     /// Attention scores in f32.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub upcast_attention: bool,
     /// `"default"` or `"scale_shift"`.
     #[serde(default)]
     pub resnet_time_scale_shift: TimeEmbeddingNorm,
     /// Unsupported (simple cross-attention blocks only): must be false.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub resnet_skip_time_act: bool,
     /// Unsupported (simple cross-attention blocks only): must be 1.
     #[serde(default = "one_f")]
@@ -161,7 +161,7 @@ pub struct UNet2DConditionConfig {
     #[serde(default = "default_str")]
     pub attention_type: String,
     /// Concatenates the class embedding to the time embedding instead of adding it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_default")]
     pub class_embeddings_concat: bool,
     /// Used by simple cross-attention mid blocks only.
     #[serde(default)]
@@ -829,6 +829,14 @@ impl<B: Backend> UNet2DConditionModel<B> {
 }
 
 /// Refuses the config values this crate does not implement, naming the field.
+impl UNet2DConditionConfig {
+    /// Checks, without building the model, that this crate implements every
+    /// value the config asks for (a `ModelError::Config` naming the field otherwise).
+    pub fn validate(&self, source: &str) -> Result<()> {
+        check_supported(self, source)
+    }
+}
+
 fn check_supported(cfg: &UNet2DConditionConfig, source: &str) -> Result<()> {
     let n = cfg.block_out_channels.len();
     if n == 0 {
