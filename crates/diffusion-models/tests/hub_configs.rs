@@ -1,4 +1,4 @@
-//! The `config.json` files of the Hub's reference repos (verbatim, under
+//! The `config.json` files of the Hub's reference repos (transcribed by hand, under
 //! tests/fixtures/hub_configs/) parse and validate: google/ddpm-cifar10-32 and
 //! google/ddpm-cat-256 (UNet2DModel, also built and, for CIFAR-10, run with
 //! random weights), stable-diffusion-v1-5 (unet, vae, text_encoder),
