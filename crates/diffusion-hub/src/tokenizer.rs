@@ -884,6 +884,56 @@ fn is_cjk(c: char) -> bool {
     )
 }
 
+/// The CLIP vocabulary (`vocab.json` order) and merges from open-clip's
+/// `bpe_simple_vocab_16e6.txt` (already decompressed): byte characters, the
+/// same with `</w>`, one token per merge, then the two specials, exactly as
+/// openai/clip-vit-large-patch14's `vocab.json` + `merges.txt` lay them out.
+/// `source` names the file in errors.
+pub fn clip_vocab_from_bpe(bpe_text: &str, source: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let merges: Vec<String> = bpe_text
+        .split('\n')
+        .skip(1)
+        .take(CLIP_NUM_MERGES)
+        .map(str::to_string)
+        .collect();
+    if merges.len() != CLIP_NUM_MERGES || merges.iter().any(|m| m.split(' ').count() != 2) {
+        return Err(TokenizerError::Invalid {
+            path: source.to_path_buf(),
+            reason: format!(
+                "expected {CLIP_NUM_MERGES} merges of two symbols after the header line"
+            ),
+        });
+    }
+    let mut bytes: Vec<char> = bytes_to_unicode().to_vec();
+    bytes.sort_by_key(|c| *c as u32);
+    let mut vocab: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
+    vocab.extend(bytes.iter().map(|c| format!("{c}</w>")));
+    vocab.extend(merges.iter().map(|m| m.replace(' ', "")));
+    vocab.push("<|startoftext|>".into());
+    vocab.push("<|endoftext|>".into());
+    Ok((vocab, merges))
+}
+
+/// Writes `vocab.json` and `merges.txt` (the layout SD repos ship) into `dir`
+/// from open-clip's decompressed `bpe_simple_vocab_16e6.txt`.
+pub fn write_clip_vocab_files(bpe_text: &str, source: &Path, dir: &Path) -> Result<()> {
+    let (vocab, merges) = clip_vocab_from_bpe(bpe_text, source)?;
+    let map: Map<String, Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| TokenizerError::Io { path, source })
+    };
+    write("vocab.json", Value::Object(map).to_string())?;
+    write(
+        "merges.txt",
+        format!("#version: 0.2\n{}\n", merges.join("\n")),
+    )
+}
+
 /// GPT-2's reversible byte -> character table.
 fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];

@@ -8,50 +8,26 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use diffusion_hub::tokenizer::{CLIP_NUM_MERGES, ClipFlavor, ClipTokenizer};
+use diffusion_hub::tokenizer::{ClipFlavor, ClipTokenizer, clip_vocab_from_bpe};
 use serde_json::{Map, Value, json};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer")
 }
 
-fn bytes_to_unicode_ordered() -> Vec<char> {
-    let mut bs: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    cs.into_iter().map(|c| char::from_u32(c).unwrap()).collect()
-}
-
 /// (vocab in id order, merges) as openai/clip-vit-large-patch14 has them.
 fn clip_vocab() -> &'static (Vec<String>, Vec<String>) {
     static V: OnceLock<(Vec<String>, Vec<String>)> = OnceLock::new();
     V.get_or_init(|| {
-        let gz = std::fs::read(fixtures().join("bpe_simple_vocab_16e6.txt.gz")).unwrap();
+        let path = fixtures().join("bpe_simple_vocab_16e6.txt.gz");
+        let gz = std::fs::read(&path).unwrap();
         let mut text = String::new();
         flate2::read::GzDecoder::new(&gz[..])
             .read_to_string(&mut text)
             .unwrap();
-        let merges: Vec<String> = text
-            .split('\n')
-            .skip(1)
-            .take(CLIP_NUM_MERGES)
-            .map(str::to_string)
-            .collect();
-        let bytes = bytes_to_unicode_ordered();
-        let mut vocab: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
-        vocab.extend(bytes.iter().map(|c| format!("{c}</w>")));
-        vocab.extend(merges.iter().map(|m| m.replace(' ', "")));
-        vocab.push("<|startoftext|>".into());
-        vocab.push("<|endoftext|>".into());
-        assert_eq!(vocab.len(), 49408);
-        (vocab, merges)
+        let v = clip_vocab_from_bpe(&text, &path).unwrap();
+        assert_eq!(v.0.len(), 49408);
+        v
     })
 }
 
