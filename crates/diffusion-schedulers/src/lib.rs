@@ -24,6 +24,11 @@
 //! named class from another scheduler's config, ignoring fields it does not know
 //! and reporting them in [`Loaded::ignored_fields`].
 //!
+//! Seeds: [`TorchGenerator`] reproduces `torch.Generator("cpu").manual_seed(seed)`
+//! and `torch.randn` bit for bit, and [`TorchNoise`] draws as diffusers'
+//! `randn_tensor` does (one generator, or one per batch item), so a seed gives the
+//! same latents and sampler noise as in diffusers.
+//!
 //! ## Schedulers
 //!
 #![doc = include_str!("../SCHEDULERS.md")]
@@ -40,12 +45,14 @@ pub(crate) mod sigmas;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;
+pub mod torch_rng;
 
 pub use config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType};
 pub use error::{Result, SchedulerError};
 pub use names::{SamplerName, from_sampler_name};
 pub use scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 pub use tensor::{CpuTensor, NoNoise, NoiseSource, QueuedNoise, SchedulerTensor};
+pub use torch_rng::{CpuKernel, TorchGenerator, TorchNoise};
 
 use serde_json::Value;
 
