@@ -1,11 +1,45 @@
 //! # diffusion-pipelines
 //!
-//! Composition of schedulers and models into diffusers-style pipelines. The
-//! pipelines themselves arrive with the pipelines issue; this crate already
-//! provides [`Latents`], the Burn implementation of the schedulers' tensor trait,
-//! so that every scheduler of `diffusion-schedulers` steps Burn tensors on their
-//! device.
+//! diffusers' pipelines in Rust: name a model as in diffusers and generate.
+//!
+//! ```no_run
+//! use diffusion_pipelines::{DiffusionPipeline, LoadOptions, Params, Generator};
+//! type B = diffusion_models::backend::Cpu;
+//! let mut pipe = DiffusionPipeline::<B>::from_pretrained(
+//!     "stable-diffusion-v1-5/stable-diffusion-v1-5",
+//!     &LoadOptions::default(),
+//! )?;
+//! let mut params = Params::prompt("a photo of an astronaut riding a horse on mars");
+//! params.generator = Some(Generator::Seed(0));
+//! let out = pipe.call(params)?;
+//! out.images.unwrap().save_png(0, "astronaut.png".as_ref(), &[])?;
+//! # Ok::<(), diffusion_pipelines::PipelineError>(())
+//! ```
+//!
+//! [`DiffusionPipeline::from_pretrained`] dispatches on `model_index.json`'s
+//! `_class_name`; every call follows the diffusers pipeline of that class step
+//! by step, including the order of its random draws, so a seed gives the
+//! same image as diffusers with a CPU `torch.Generator` (see [`noise`]).
 
+pub mod components;
+pub mod error;
+pub mod image;
 pub mod latents;
+pub mod noise;
+pub mod params;
+pub mod pipeline;
+pub(crate) mod progress;
+pub mod stable_diffusion;
+pub mod text;
+pub mod unconditional;
 
+pub use components::{LoadOptions, SchedulerChoice};
+pub use error::{PipelineError, Result};
+pub use image::Images;
 pub use latents::Latents;
+pub use noise::Generator;
+pub use params::{Control, OutputType, Params, StepInfo};
+pub use pipeline::{DiffusionPipeline, PIPELINE_CLASSES};
+pub use stable_diffusion::{Output, StableDiffusion, Task};
+pub use text::{LongPrompt, PromptEmbeds};
+pub use unconditional::Unconditional;

@@ -149,6 +149,14 @@ pub fn from_config_str<T: SchedulerTensor + Send + 'static>(text: &str) -> Resul
     from_config(&json)
 }
 
+/// Parse a `scheduler_config.json` text into JSON, reading Python's bare
+/// `Infinity`/`NaN` as `null` (the field's default), for callers that edit
+/// the config before building (a pipeline swapping its scheduler).
+pub fn parse_config_text(text: &str) -> Result<Value> {
+    serde_json::from_str(&python_json_to_json(text))
+        .map_err(|e| SchedulerError::InvalidJson(e.to_string()))
+}
+
 /// Replace Python's bare `-Infinity`, `Infinity` and `NaN` tokens (outside strings) with `null`.
 fn python_json_to_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

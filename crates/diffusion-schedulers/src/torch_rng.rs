@@ -370,8 +370,8 @@ impl TorchNoise {
     }
 
     /// `randn_tensor(shape, generator=...)` as row-major `f32` values. Errors when
-    /// the shape has no batch dimension, or when a list of several generators does
-    /// not have one generator per batch item.
+    /// the shape has no batch dimension, or when a list of several generators has
+    /// fewer generators than batch items.
     pub fn draw(&mut self, shape: &[usize]) -> Result<Vec<f32>> {
         let Some((&batch, rest)) = shape.split_first() else {
             return Err(SchedulerError::InvalidArgument {
@@ -387,14 +387,21 @@ impl TorchNoise {
                 reason: "an empty list of generators".into(),
             }),
             [single] => Ok(single.randn(shape.iter().product())),
-            many if many.len() != batch => Err(SchedulerError::InvalidArgument {
+            many if many.len() < batch => Err(SchedulerError::InvalidArgument {
                 field: "generator",
                 value: format!("a list of {} generators", many.len()),
                 reason: format!("the batch size is {batch}; pass one generator per item"),
             }),
+            // diffusers draws item i from generator i for i < batch: a draw for
+            // fewer items (inpainting encodes its one image with the first
+            // generator) uses the first generators only.
             many => {
                 let per_item: usize = rest.iter().product();
-                Ok(many.iter_mut().flat_map(|g| g.randn(per_item)).collect())
+                Ok(many
+                    .iter_mut()
+                    .take(batch)
+                    .flat_map(|g| g.randn(per_item))
+                    .collect())
             }
         }
     }

@@ -1,0 +1,236 @@
+//! Loading a pipeline's components from a resolved model folder, and
+//! building (or swapping) its scheduler.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use diffusion_hub::resolve::{ResolvedComponent, ResolvedModel, WeightFormat};
+use diffusion_hub::tokenizer::ClipTokenizer;
+use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
+use diffusion_models::config::{ModelWeights, read_config};
+use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
+use diffusion_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use diffusion_models::{Loader, Precision};
+use diffusion_schedulers::{SCHEDULER_CLASSES, Scheduler, from_config_as, from_sampler_name};
+use serde_json::{Map, Value};
+
+use crate::error::{PipelineError, Result};
+use crate::latents::Latents;
+use crate::text::{TextEncoder, TextModel};
+
+/// How to load a pipeline.
+#[derive(Debug, Clone)]
+pub struct LoadOptions<B: Backend> {
+    /// Where the models run.
+    pub device: B::Device,
+    /// The float type of the weights (diffusers' `torch_dtype`).
+    pub precision: Precision,
+    /// Weight variant, e.g. `fp16` (`diffusion_pytorch_model.fp16.safetensors`).
+    pub variant: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    pub revision: Option<String>,
+    /// Never touch the network (also when `HF_HUB_OFFLINE=1`).
+    pub local_files_only: bool,
+    /// Replace the repo's scheduler (see [`SchedulerChoice`]).
+    pub scheduler: Option<SchedulerChoice>,
+    /// Show progress on stderr while loading.
+    pub progress: bool,
+}
+
+impl<B: Backend> Default for LoadOptions<B> {
+    fn default() -> Self {
+        LoadOptions {
+            device: Default::default(),
+            precision: Precision::F32,
+            variant: None,
+            revision: None,
+            local_files_only: false,
+            scheduler: None,
+            progress: true,
+        }
+    }
+}
+
+/// A scheduler to use instead of the repo's, built from the repo's scheduler
+/// config as diffusers' `SomeScheduler.from_config(pipe.scheduler.config, **overrides)`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedulerChoice {
+    /// A diffusers class name (`DPMSolverMultistepScheduler`) or an A1111 /
+    /// ComfyUI name (`DPM++ 2M Karras`, `dpmpp_2m_karras`); `None` keeps the
+    /// repo's class (only applying `overrides`).
+    pub name: Option<String>,
+    /// Config fields to set (`use_karras_sigmas = true`, ...).
+    pub overrides: Map<String, Value>,
+}
+
+/// Parses a `scheduler_config.json` (Python's bare `Infinity`/`NaN` allowed).
+pub fn read_scheduler_config(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    diffusion_schedulers::parse_config_text(&text).map_err(|e| PipelineError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Builds the scheduler: the repo's class from `config`, or `choice`'s.
+pub fn build_scheduler<B: Backend>(
+    config: &Value,
+    choice: Option<&SchedulerChoice>,
+) -> Result<Box<dyn Scheduler<Latents<B>>>> {
+    let repo_class = config
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let Some(choice) = choice else {
+        return Ok(from_config_as(&repo_class, config)?.scheduler);
+    };
+    let (class, mut overrides) = match choice.name.as_deref() {
+        None => (repo_class, Map::new()),
+        Some(name) if SCHEDULER_CLASSES.contains(&name) => (name.to_string(), Map::new()),
+        Some(name) => {
+            let s = from_sampler_name(name)?;
+            (s.class_name.to_string(), s.overrides)
+        }
+    };
+    overrides.extend(choice.overrides.clone());
+    let mut merged = config.clone();
+    if let Some(map) = merged.as_object_mut() {
+        // An explicit value is no longer "left at the default".
+        if let Some(Value::Array(defaults)) = map.get_mut("_use_default_values") {
+            defaults.retain(|k| !k.as_str().is_some_and(|k| overrides.contains_key(k)));
+        }
+        map.extend(overrides);
+    }
+    Ok(from_config_as(&class, &merged)?.scheduler)
+}
+
+/// Opens a component's weights from the files the resolver chose (variant,
+/// shards or `.bin`).
+pub fn open_component_weights(c: &ResolvedComponent) -> Result<ModelWeights> {
+    use diffusion_hub::weights::Weights;
+    let missing = || PipelineError::MissingComponent {
+        model: c.dir.display().to_string(),
+        component: c.name.clone(),
+        reason: "no weight files".into(),
+    };
+    Ok(match c.weight_format {
+        Some(WeightFormat::PytorchBin) => {
+            let file = c.weights.first().ok_or_else(missing)?;
+            ModelWeights::Torch(diffusion_hub::torch_pickle::TorchFile::open(file)?)
+        }
+        _ => match (&c.weight_index, c.weights.first()) {
+            (Some(index), _) => ModelWeights::Safetensors(Weights::open_sharded(index)?),
+            (None, Some(file)) => ModelWeights::Safetensors(Weights::open(file)?),
+            (None, None) => return Err(missing()),
+        },
+    })
+}
+
+/// The named component of a pipeline, or an error naming it.
+pub fn component<'m>(
+    model: &'m ResolvedModel,
+    name: &str,
+    why: &str,
+) -> Result<&'m ResolvedComponent> {
+    model
+        .components
+        .get(name)
+        .ok_or_else(|| PipelineError::MissingComponent {
+            model: model.source.display_name(),
+            component: name.to_string(),
+            reason: why.to_string(),
+        })
+}
+
+fn config_path(c: &ResolvedComponent) -> std::path::PathBuf {
+    c.config
+        .clone()
+        .unwrap_or_else(|| c.dir.join("config.json"))
+}
+
+/// A `UNet2DConditionModel` and its config.
+pub fn load_unet_condition<B: Backend>(
+    c: &ResolvedComponent,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<(UNet2DConditionModel<B>, UNet2DConditionConfig)> {
+    let config = read_config::<UNet2DConditionConfig>(&config_path(c))?.config;
+    let weights = open_component_weights(c)?;
+    let loader = Loader::new(&weights, device, precision);
+    let model = UNet2DConditionModel::load(&loader, &config)?;
+    loader.finish(&[])?;
+    Ok((model, config))
+}
+
+/// A `UNet2DModel` and its config.
+pub fn load_unet_2d<B: Backend>(
+    c: &ResolvedComponent,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<(UNet2DModel<B>, UNet2DConfig)> {
+    let config = read_config::<UNet2DConfig>(&config_path(c))?.config;
+    let weights = open_component_weights(c)?;
+    let loader = Loader::new(&weights, device, precision);
+    let model = UNet2DModel::load(&loader, &config)?;
+    loader.finish(&[])?;
+    Ok((model, config))
+}
+
+/// An `AutoencoderKL` (strict inside `load`).
+pub fn load_vae<B: Backend>(
+    c: &ResolvedComponent,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<AutoencoderKL<B>> {
+    let config = read_config::<AutoencoderKLConfig>(&config_path(c))?.config;
+    let weights = open_component_weights(c)?;
+    Ok(AutoencoderKL::load(
+        &Loader::new(&weights, device, precision),
+        &config,
+    )?)
+}
+
+/// A tokenizer and its CLIP text encoder; the with-projection class (SDXL's
+/// second encoder) when `model_index.json` names it.
+pub fn load_text_encoder<B: Backend>(
+    model: &ResolvedModel,
+    tokenizer: &str,
+    encoder: &str,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<TextEncoder<B>> {
+    let tok_c = component(model, tokenizer, "the prompt needs a tokenizer")?;
+    let enc_c = component(model, encoder, "the prompt needs a text encoder")?;
+    let tok = ClipTokenizer::from_dir(&tok_c.dir)?;
+    let cfg = CLIPTextConfig::read(&config_path(enc_c))?.config;
+    let weights = open_component_weights(enc_c)?;
+    let loader = Loader::new(&weights, device, precision);
+    let class = model
+        .model_index
+        .component(encoder)
+        .map(|c| c.class.as_str())
+        .unwrap_or("");
+    let model = match class {
+        "CLIPTextModelWithProjection" => {
+            TextModel::WithProjection(CLIPTextModelWithProjection::load(&loader, &cfg)?)
+        }
+        "CLIPTextModel" => TextModel::Plain(CLIPTextModel::load(&loader, &cfg)?),
+        other => {
+            return Err(PipelineError::WrongModel {
+                model: model.source.display_name(),
+                message: format!(
+                    "component `{encoder}` is a {other}; CLIPTextModel or CLIPTextModelWithProjection expected"
+                ),
+            });
+        }
+    };
+    Ok(TextEncoder {
+        tokenizer: tok,
+        model,
+    })
+}
