@@ -16,13 +16,17 @@ Writes crates/diffusion-pipelines/tests/fixtures/:
                             rebuilt from crates/diffusion-hub/tests/fixtures/tokenizer/
                             bpe_simple_vocab_16e6.txt.gz (the real 49408-token CLIP
                             vocabulary, too big to commit per pipeline)
-  shared/                   the CLIP text encoders (float16: the fp32 models are rounded
-                            to fp16 before any reference runs, so both sides see the same
-                            values) and the SD VAE, shared by several pipelines
+  shared/                   the CLIP text encoders, the SD VAE and the unconditional UNet,
+                            each used by several pipelines
+
+Every weight file is float16: the references run from these files (loaded as
+float32), so Python and Rust compute with the same values.
   inputs/                   init images and masks (PNG, already at the target size)
   cases/<case>.safetensors  noise.<i> (every randn_tensor draw, in call order),
-                            latents (caller-supplied, when given), and the output
+                            latents (caller-supplied, when given), the output
                             (images [N, H, W, 3] from output_type="np", or latents_out)
+                            and, for the Stable Diffusion pipelines, latents_final
+                            (the last step's latents, before the VAE decode)
   cases.json                the manifest (see `case_entry`)
 
 The references run from the fully assembled folder, loaded with
@@ -30,6 +34,7 @@ The references run from the fully assembled folder, loaded with
 named pipeline class), so Python sees exactly the files Rust reads.
 """
 import gzip
+import inspect
 import json
 import os
 import shutil
@@ -304,6 +309,10 @@ def save_pipeline(name, pipe, scheduler_config, tokenizers, shared, keep_shared=
     d = os.path.join(OUT, "pipelines", name)
     clean(d)
     pipe.save_pretrained(d, safe_serialization=True)
+    for root, _, files in os.walk(d):
+        for f in files:
+            if f.endswith(".safetensors"):
+                to_fp16(os.path.join(root, f))
     if scheduler_config is not None:
         write_json(os.path.join(d, "scheduler", "scheduler_config.json"), scheduler_config)
     for tok, pad in tokenizers.items():
@@ -341,6 +350,15 @@ def save_pipeline(name, pipe, scheduler_config, tokenizers, shared, keep_shared=
                 write_json(p, cfg)
 
 
+def to_fp16(path):
+    """Rewrites a safetensors file with its float tensors in float16 (halves the
+    fixtures; the references load the same files, so no precision is lost between
+    Python and Rust)."""
+    sd = load_file(path)
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}, path,
+              metadata={"format": "pt"})
+
+
 def save_shared(te, te2, sd_vae):
     d = os.path.join(OUT, "shared")
     clean(d)
@@ -352,6 +370,7 @@ def save_shared(te, te2, sd_vae):
     with tempfile.TemporaryDirectory() as tmp:
         sd_vae.save_pretrained(tmp, safe_serialization=True)
         shutil.copyfile(os.path.join(tmp, "diffusion_pytorch_model.safetensors"), os.path.join(d, "vae_sd.safetensors"))
+    to_fp16(os.path.join(d, "vae_sd.safetensors"))
 
 
 def assemble(name, dest):
@@ -671,8 +690,21 @@ def run_case(case, folders, tokenizers, loaded):
         if k in call:
             call[k] = tuple(call[k])
     output_type = call.pop("output_type", "np")
+    # The last step's latents (after the legacy inpaint blend), before the VAE
+    # decodes them: the decoder ends in a GroupNorm, so it would hide an error in
+    # the latents' scale; the tests compare these as well as the images.
+    final = {}
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        def keep_latents(_pipe, _i, _t, kwargs):
+            final["latents"] = kwargs["latents"].detach().clone()
+            return {}
+
+        call["callback_on_step_end"] = keep_latents
+        call["callback_on_step_end_tensor_inputs"] = ["latents"]
     install_recorder()
     res = pipe(**call, generator=generators(case["seed"]), output_type=output_type)
+    if "latents" in final:
+        tensors["latents_final"] = final["latents"]
     draws = list(DRAWS)
     assert len(draws) == case["draws"], (case["name"], len(draws), case["draws"])
     for i, (t, _) in enumerate(draws):
@@ -706,6 +738,7 @@ def run_case(case, folders, tokenizers, loaded):
         "noise_sources": [src for _, src in draws],
         "output": out_key,
         "output_shape": list(tensors[out_key].shape),
+        "extra_outputs": sorted(k for k in tensors if k == "latents_final"),
         "token_ids": token_ids,
     }
     if sat is not None:

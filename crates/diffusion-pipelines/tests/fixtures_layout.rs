@@ -115,6 +115,22 @@ fn case_files_hold_what_the_manifest_says() {
                 case.name
             );
         }
+        for extra in &case.extra_outputs {
+            let (shape, values) = &tensors[extra];
+            assert_eq!(shape[0], case.output_shape[0], "{}: {extra}", case.name);
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{}: {extra}",
+                case.name
+            );
+        }
+        let sd = case.class.starts_with("StableDiffusion");
+        assert_eq!(
+            case.extra_outputs.contains(&"latents_final".to_string()),
+            sd,
+            "{}",
+            case.name
+        );
         let caller_latents = case.kw("latents").is_some();
         assert_eq!(
             tensors.contains_key("latents"),

@@ -156,6 +156,11 @@ pub struct Case {
     /// `images` (output_type "np", [N, H, W, 3] in [0, 1]) or `latents_out` (output_type "latent").
     pub output: String,
     pub output_shape: Vec<usize>,
+    /// Further expected tensors: `latents_final` (the Stable Diffusion pipelines:
+    /// the last step's latents, after the legacy inpaint blend, before the VAE
+    /// decode; [N, 4, h, w]). The decoder ends in a GroupNorm that hides a wrong
+    /// latent scale, so compare these too.
+    pub extra_outputs: Vec<String>,
     /// Tokenizer folder -> prompt text -> transformers' padded (77) ids.
     pub token_ids: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
     /// Fraction of output values at 0 or 1 (clamped); absent for latent outputs.
@@ -230,7 +235,8 @@ pub fn case(name: &str) -> Case {
         .unwrap_or_else(|| panic!("no case {name} in cases.json"))
 }
 
-/// Every tensor of the case file (all f32): `noise.<i>`, `latents`, `images` / `latents_out`.
+/// Every tensor of the case file (all f32): `noise.<i>`, `latents`, `images` /
+/// `latents_out`, `latents_final`.
 pub fn read_case_tensors(case: &Case) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let path = case.tensors_path();
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
