@@ -731,6 +731,12 @@ def run_case(case, folders, tokenizers, loaded):
         "pipeline": case["pipeline"],
         "class": case["cls"],
         "scheduler": None if case["sched"] is None else SCHED[case["sched"]].__name__,
+        # The config the scheduler ran with. diffusers' from_config carries over only
+        # the keys the repo's JSON sets (`_use_default_values` lists the rest, which
+        # the new class fills with its own defaults): e.g. Euler built from SD1.5's
+        # PNDM config gets timestep_spacing "linspace", DDIM gets "leading".
+        "scheduler_config": {k: v for k, v in pipe.scheduler.config.items()
+                             if k not in ("_use_default_values", "_diffusers_version")},
         "kwargs": kw,
         "seeds": case["seed"],
         "noise_draws": len(draws),

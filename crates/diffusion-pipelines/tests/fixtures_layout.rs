@@ -85,6 +85,16 @@ fn case_files_hold_what_the_manifest_says() {
             case.name,
             case.pipeline
         );
+        let sched = case
+            .scheduler_config
+            .as_object()
+            .expect("scheduler_config object");
+        assert_eq!(
+            sched.get("num_train_timesteps"),
+            Some(&serde_json::json!(1000)),
+            "{}",
+            case.name
+        );
         let tensors = read_case_tensors(case);
         assert_eq!(case.noise_shapes.len(), case.noise_draws, "{}", case.name);
         assert_eq!(case.noise_sources.len(), case.noise_draws, "{}", case.name);

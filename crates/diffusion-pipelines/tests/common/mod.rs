@@ -141,6 +141,11 @@ pub struct Case {
     /// The scheduler class swapped in with `Cls.from_config(pipe.scheduler.config)`;
     /// `None`: the folder's own scheduler.
     pub scheduler: Option<String>,
+    /// The scheduler's config as it ran (`pipe.scheduler.config` minus
+    /// `_use_default_values` / `_diffusers_version`; `_class_name` is the
+    /// folder's). `from_config` keeps only the keys the folder's JSON sets;
+    /// the swapped-in class fills the others with its own defaults.
+    pub scheduler_config: Value,
     /// The call's keyword arguments as JSON (`image` / `mask_image`: PNG paths
     /// relative to `fixtures()`; `latents`: the string "latents", meaning the
     /// tensor of that name in the case file). `generator` and `output_type`
