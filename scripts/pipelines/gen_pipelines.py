@@ -735,7 +735,9 @@ def run_case(case, folders, tokenizers, loaded):
         # the keys the repo's JSON sets (`_use_default_values` lists the rest, which
         # the new class fills with its own defaults): e.g. Euler built from SD1.5's
         # PNDM config gets timestep_spacing "linspace", DDIM gets "leading".
-        "scheduler_config": {k: v for k, v in pipe.scheduler.config.items()
+        # JSON has no infinities: DPM-Solver's lambda_min_clipped = -inf is written "-inf".
+        "scheduler_config": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v)
+                             for k, v in pipe.scheduler.config.items()
                              if k not in ("_use_default_values", "_diffusers_version")},
         "kwargs": kw,
         "seeds": case["seed"],
@@ -776,7 +778,7 @@ def main():
         "cases": entries,
     }
     with open(os.path.join(OUT, "cases.json"), "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1, ensure_ascii=True)
+        json.dump(doc, f, indent=1, ensure_ascii=True, allow_nan=False)
         f.write("\n")
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(OUT) for f in fs)
     sats = [e["saturated_fraction"] for e in entries if "saturated_fraction" in e]

@@ -144,7 +144,8 @@ pub struct Case {
     /// The scheduler's config as it ran (`pipe.scheduler.config` minus
     /// `_use_default_values` / `_diffusers_version`; `_class_name` is the
     /// folder's). `from_config` keeps only the keys the folder's JSON sets;
-    /// the swapped-in class fills the others with its own defaults.
+    /// the swapped-in class fills the others with its own defaults. A non-finite
+    /// float is a string (`"-inf"`: DPM-Solver's `lambda_min_clipped`).
     pub scheduler_config: Value,
     /// The call's keyword arguments as JSON (`image` / `mask_image`: PNG paths
     /// relative to `fixtures()`; `latents`: the string "latents", meaning the
