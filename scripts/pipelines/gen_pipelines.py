@@ -27,7 +27,18 @@ float32), so Python and Rust compute with the same values.
                             (images [N, H, W, 3] from output_type="np", or latents_out)
                             and, for the Stable Diffusion pipelines, latents_final
                             (the last step's latents, before the VAE decode)
-  cases.json                the manifest (see `case_entry`)
+  cases.json                the manifest: {"generator", "diffusers", "torch", "cases": [...]},
+                            each case with name, pipeline (folder), class (the diffusers
+                            pipeline class run), scheduler (class swapped in with
+                            `Cls.from_config(pipe.scheduler.config)`, or null: the folder's),
+                            scheduler_config (as it ran), kwargs (the call's, JSON; image and
+                            mask_image are fixtures-relative PNG paths, latents "latents"
+                            names the case tensor), seeds (int, or one per image for a list
+                            of generators), noise_draws / noise_shapes / noise_sources (the
+                            caller chain of each randn_tensor call), output ("images" or
+                            "latents_out"), output_shape, extra_outputs, token_ids
+                            ({tokenizer folder: {text: transformers' 77 padded ids}}) and
+                            saturated_fraction (output values at exactly 0 or 1)
 
 The references run from the fully assembled folder, loaded with
 `DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)` (or the
@@ -287,7 +298,7 @@ def write_tokenizer_dir(out_dir, pad):
     write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
 
 
-def load_tokenizer(folder_with_config, pad):
+def load_tokenizer(pad):
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_dir(tmp, pad)
         write_vocab_files(tmp)
@@ -322,21 +333,15 @@ def save_pipeline(name, pipe, scheduler_config, tokenizers, shared, keep_shared=
         if keep_shared:
             shutil.copyfile(os.path.join(d, dest), os.path.join(OUT, "shared", src))
         os.remove(os.path.join(d, dest))
-    # transformers records the save dtype; the shared text encoder files are float16.
+    # transformers records the save dtype; the text encoder files are float16.
     for dest in shared:
         cfg_path = os.path.join(d, os.path.dirname(dest), "config.json")
-        if dest.endswith("model.safetensors") and os.path.exists(cfg_path):
+        if dest.endswith("/model.safetensors"):
             with open(cfg_path) as f:
                 cfg = json.load(f)
             for key in ("dtype", "torch_dtype"):
                 if key in cfg:
                     cfg[key] = "float16"
-            cfg.pop("transformers_version", None)
-            write_json(cfg_path, cfg)
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                cfg = json.load(f)
-            cfg.pop("transformers_version", None)
             write_json(cfg_path, cfg)
     write_json(os.path.join(d, "assemble.json"), {"shared": shared, "vocab": sorted(tokenizers)})
     # Drop the version stamps that would make the files differ between library versions.
@@ -396,8 +401,8 @@ def build_pipelines():
     xl_vae.load_state_dict(sd_vae.state_dict())
     xl_vae.eval()
     save_shared(te, te2, sd_vae)
-    tok1 = load_tokenizer(None, "<|endoftext|>")
-    tok2 = load_tokenizer(None, "!")
+    tok1 = load_tokenizer("<|endoftext|>")
+    tok2 = load_tokenizer("!")
     common_sd = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     te_shared = {"text_encoder/model.safetensors": "clip_l_fp16.safetensors",
                  "vae/diffusion_pytorch_model.safetensors": "vae_sd.safetensors"}
@@ -458,14 +463,19 @@ def mask_array(w, h, kind):
 
 
 def write_inputs():
+    """Init images (center crop + Lanczos resize of the photos, to the exact sizes
+    the cases use, so the pipelines do not resize) and masks. Without the photos
+    (another machine), the committed PNGs are kept."""
     d = os.path.join(OUT, "inputs")
+    if not all(os.path.exists(p) for p in PHOTOS.values()):
+        if os.path.isdir(d):
+            print(f"photos not found under {PHOTO_DIR}: keeping the committed inputs/")
+            return
+        sys.exit(f"photos not found under {PHOTO_DIR} and no committed inputs/")
     clean(d)
-    files = {}
     for name, src in PHOTOS.items():
         for w, h in ((32, 32), (48, 32)):
-            fname = f"{name}_{w}x{h}.png"
-            center_crop_resize(src, w, h).save(os.path.join(d, fname))
-            files[fname] = fname
+            center_crop_resize(src, w, h).save(os.path.join(d, f"{name}_{w}x{h}.png"))
     for w, h in ((32, 32), (48, 32)):
         Image.fromarray(mask_array(w, h, 0), mode="L").save(os.path.join(d, f"mask_rect_{w}x{h}_L.png"))
         m = mask_array(w, h, 1)
