@@ -32,6 +32,9 @@ pub struct LoadOptions<B: Backend> {
     pub revision: Option<String>,
     /// Never touch the network (also when `HF_HUB_OFFLINE=1`).
     pub local_files_only: bool,
+    /// The Hub cache folder (default: `HF_HUB_CACHE`, else `$HF_HOME/hub`,
+    /// shared with Python's huggingface_hub).
+    pub cache_dir: Option<std::path::PathBuf>,
     /// Replace the repo's scheduler (see [`SchedulerChoice`]).
     pub scheduler: Option<SchedulerChoice>,
     /// Show progress on stderr while loading.
@@ -46,6 +49,7 @@ impl<B: Backend> Default for LoadOptions<B> {
             variant: None,
             revision: None,
             local_files_only: false,
+            cache_dir: None,
             scheduler: None,
             progress: true,
         }

@@ -39,7 +39,7 @@ pub struct StepInfo<'a, B: Backend> {
     /// The timestep just done.
     pub timestep: f64,
     /// The latents after this step `[N, C, h, w]` (scaled as the UNet sees them;
-    /// decode with the VAE, or preview with a TAESD, see [`crate::preview`]).
+    /// decode with the VAE, or preview with a TAESD, see [`crate::preview()`]).
     pub latents: &'a Tensor<B, 4>,
 }
 

@@ -60,6 +60,9 @@ impl<B: Backend> DiffusionPipeline<B> {
         if options.local_files_only {
             resolve_options = resolve_options.local_files_only(true);
         }
+        if let Some(dir) = &options.cache_dir {
+            resolve_options.cache_dir = dir.clone();
+        }
         match resolve(model, &resolve_options)? {
             Resolved::Pipeline(m) => Self::from_resolved(&m, options),
             Resolved::Model(c) => Err(PipelineError::WrongModel {

@@ -578,13 +578,19 @@ impl<B: Backend> StableDiffusion<B> {
         let device = self.device.clone();
         let vsf = self.vae_scale_factor();
         let image = params.image.as_ref().expect("checked");
+        let mask_image = params.mask_image.as_ref().expect("checked");
+        // diffusers resizes both to the output size; a mask of another size
+        // than its image would be stretched onto the wrong pixels, so refuse it.
+        let (iw, ih) = (image.width(), image.height());
+        let (mw, mh) = (mask_image.width(), mask_image.height());
+        if (iw, ih) != (mw, mh) {
+            return Err(PipelineError::parameter(
+                "mask_image",
+                format!("{mw}×{mh} pixels, the image is {iw}×{ih}"),
+            ));
+        }
         let image = image_tensor::<B>(image, height, width, &device);
-        let mask = mask_tensor::<B>(
-            params.mask_image.as_ref().expect("checked"),
-            height,
-            width,
-            &device,
-        );
+        let mask = mask_tensor::<B>(mask_image, height, width, &device);
         // Kept where the mask is black (< 0.5).
         let masked_image = image.clone() * mask.clone().lower_elem(0.5).float();
         let unet_channels = self.unet_config.in_channels;

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData};
-use common::{Case, Seeds, mean_abs_error, max_abs_error, read_case_tensors};
+use common::{Case, Seeds, max_abs_error, mean_abs_error, read_case_tensors};
 use diffusion_hub::resolve::{ResolveOptions, Resolved, resolve};
 use diffusion_pipelines::{
     DiffusionPipeline, Generator, LoadOptions, OutputType, Params, SchedulerChoice, Task,
@@ -39,7 +39,10 @@ fn strings(v: &Value) -> Vec<String> {
 
 fn pair(v: &Value) -> (usize, usize) {
     let a = v.as_array().unwrap();
-    (a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize)
+    (
+        a[0].as_u64().unwrap() as usize,
+        a[1].as_u64().unwrap() as usize,
+    )
 }
 
 fn tensor4(shape: &[usize], values: &[f32]) -> Tensor<B, 4> {
@@ -75,18 +78,29 @@ fn params<'a>(
             "eta" => p.eta = v.as_f64(),
             "strength" => p.strength = v.as_f64(),
             "timesteps" => {
-                p.timesteps = Some(v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+                p.timesteps = Some(
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect(),
+                )
             }
             "original_size" => p.original_size = Some(pair(v)),
             "crops_coords_top_left" => p.crops_coords_top_left = pair(v),
             "target_size" => p.target_size = Some(pair(v)),
             "denoising_end" => p.denoising_end = v.as_f64(),
             "image" => {
-                p.image = Some(diffusion_pipelines::image::load_image(&case.kw_path("image").unwrap()).unwrap())
+                p.image = Some(
+                    diffusion_pipelines::image::load_image(&case.kw_path("image").unwrap())
+                        .unwrap(),
+                )
             }
             "mask_image" => {
-                p.mask_image =
-                    Some(diffusion_pipelines::image::load_image(&case.kw_path("mask_image").unwrap()).unwrap())
+                p.mask_image = Some(
+                    diffusion_pipelines::image::load_image(&case.kw_path("mask_image").unwrap())
+                        .unwrap(),
+                )
             }
             "latents" => {
                 let (shape, values) = &tensors["latents"];
@@ -144,19 +158,28 @@ fn check(pipeline: &str, which: impl Fn(&Case) -> bool) {
     for case in &cases {
         let tensors = read_case_tensors(case);
         let choice = SchedulerChoice {
-            name: Some(case.scheduler.clone().unwrap_or_else(|| repo_scheduler.to_string())),
+            name: Some(
+                case.scheduler
+                    .clone()
+                    .unwrap_or_else(|| repo_scheduler.to_string()),
+            ),
             ..SchedulerChoice::default()
         };
         // An img2img list-of-generators case records one draw per image for
         // the image encoding, which only the seeded path reproduces in order.
-        let modes: &[bool] = if case.name.contains("gen_list") && task(&case.class) != Task::TextToImage {
-            &[false]
-        } else {
-            &[true, false]
-        };
+        let modes: &[bool] =
+            if case.name.contains("gen_list") && task(&case.class) != Task::TextToImage {
+                &[false]
+            } else {
+                &[true, false]
+            };
         for &replay in modes {
             pipe.set_scheduler(&choice).unwrap();
-            let label = format!("{} ({})", case.name, if replay { "replayed noise" } else { "seeded" });
+            let label = format!(
+                "{} ({})",
+                case.name,
+                if replay { "replayed noise" } else { "seeded" }
+            );
             let out = match pipe.run(task(&case.class), params(case, &tensors, replay)) {
                 Ok(o) => o,
                 Err(e) => {
@@ -182,7 +205,11 @@ fn check(pipeline: &str, which: impl Fn(&Case) -> bool) {
             let mut ok = mae <= 1.0 / 255.0;
             if let Some((shape, lat)) = tensors.get("latents_final") {
                 let got_l = out.latents.clone().into_data().to_vec::<f32>().unwrap();
-                assert_eq!(out.latents.dims().to_vec(), *shape, "{label}: latents shape");
+                assert_eq!(
+                    out.latents.dims().to_vec(),
+                    *shape,
+                    "{label}: latents shape"
+                );
                 let scale = lat.iter().map(|x| x.abs()).sum::<f32>() / lat.len() as f32;
                 let rel = mean_abs_error(&got_l, lat) / scale;
                 line += &format!(", latents rel. MAE {rel:.2e}");
