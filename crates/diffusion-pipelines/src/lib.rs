@@ -38,7 +38,7 @@ pub use components::{LoadOptions, SchedulerChoice};
 pub use error::{PipelineError, Result};
 pub use image::Images;
 pub use latents::Latents;
-pub use noise::Generator;
+pub use noise::{Generator, SeededNoise};
 pub use params::{Control, OutputType, Params, StepInfo};
 pub use pipeline::{DiffusionPipeline, PIPELINE_CLASSES};
 pub use preview::preview;

@@ -144,6 +144,41 @@ impl Rng {
     }
 }
 
+/// Seeded noise for hand-written denoising loops over Burn latents: the
+/// initial noise ([`SeededNoise::randn`]) and the noise stochastic schedulers
+/// ask for in `step` (it is their [`NoiseSource`]), from the same
+/// torch-compatible stream a pipeline uses.
+#[derive(Debug)]
+pub struct SeededNoise<B: Backend> {
+    rng: Rng,
+    device: B::Device,
+}
+
+impl<B: Backend> SeededNoise<B> {
+    /// Noise from `generator` for a batch of `batch` items on `device`.
+    pub fn new(generator: &Generator, batch: usize, device: &B::Device) -> Result<Self> {
+        Ok(SeededNoise {
+            rng: Rng::new(generator, batch)?,
+            device: device.clone(),
+        })
+    }
+
+    /// A standard-normal tensor of `shape` (diffusers' `randn_tensor`).
+    pub fn randn(&mut self, shape: [usize; 4]) -> Result<Tensor<B, 4>> {
+        self.rng.randn_tensor::<B>(shape, &self.device)
+    }
+}
+
+impl<B: Backend> NoiseSource<Latents<B>> for SeededNoise<B> {
+    fn noise(&mut self, like: &Latents<B>) -> std::result::Result<Latents<B>, SchedulerError> {
+        StepNoise::<B> {
+            rng: &mut self.rng,
+            device: self.device.clone(),
+        }
+        .noise(like)
+    }
+}
+
 /// Lends a [`Rng`] to a scheduler's `step` (stochastic schedulers ask for noise
 /// shaped like the latents).
 pub(crate) struct StepNoise<'a, B: Backend> {
