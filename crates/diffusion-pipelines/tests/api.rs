@@ -319,3 +319,31 @@ fn seeds_are_deterministic_and_per_image_seeds_are_batch_independent() {
         .fold(0f32, f32::max);
     assert!(max < 1e-3, "max diff {max}");
 }
+
+/// `LoadOptions::precision`: the whole pipeline in f16 or bf16 (statistics and
+/// the scheduler in f32) stays close to f32.
+#[test]
+fn half_precision_pipelines_stay_close_to_f32() {
+    let dir = common::pipeline_dir("sd1");
+    let run = |precision| {
+        let options = LoadOptions {
+            precision,
+            ..quiet()
+        };
+        let mut pipe =
+            DiffusionPipeline::<B>::from_pretrained(dir.path().to_str().unwrap(), &options)
+                .unwrap();
+        pipe.call(small("a photo of a cat"))
+            .unwrap()
+            .images
+            .unwrap()
+            .data
+    };
+    let full = run(Precision::F32);
+    for (precision, tol) in [(Precision::F16, 2e-3), (Precision::BF16, 2e-2)] {
+        let half = run(precision);
+        let mae = common::mean_abs_error(&half, &full);
+        eprintln!("{precision:?}: image MAE vs f32 {mae:.2e}");
+        assert!(mae < tol, "{precision:?}: MAE {mae}");
+    }
+}
