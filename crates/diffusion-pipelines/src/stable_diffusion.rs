@@ -219,7 +219,13 @@ impl<B: Backend> StableDiffusion<B> {
 
         // Timesteps.
         let mut timesteps = self.set_timesteps(&params)?;
-        let num_steps = timesteps.len() / self.scheduler.order().max(1);
+        // diffusers' `retrieve_timesteps`: the requested count, or with custom
+        // timesteps/sigmas the length of the resulting schedule.
+        let num_steps = if params.timesteps.is_some() || params.sigmas.is_some() {
+            timesteps.len()
+        } else {
+            params.num_inference_steps.unwrap_or(50)
+        };
         if task != Task::TextToImage {
             timesteps = self.strength_timesteps(num_steps, strength)?;
         }
