@@ -76,6 +76,7 @@ from diffusers import (  # noqa: E402
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
@@ -535,6 +536,7 @@ SCHED = {
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
     "pndm": PNDMScheduler,
+    "heun": HeunDiscreteScheduler,
 }
 
 CLASSES = {
@@ -597,6 +599,9 @@ def cases():
           guidance_scale=7.5, num_images_per_prompt=2, num_inference_steps=10),
         C("sd1_i2i_euler_gen_list", "sd1", I2I, "euler", [24, 25], 3, prompt=[P["cat"], P["cafe"]],
           image=img, strength=0.6, guidance_scale=7.5, num_inference_steps=10),
+        # order 2: 2n - 1 timesteps, the start step counts in steps, not timesteps
+        C("sd1_i2i_heun", "sd1", I2I, "heun", 26, 2, prompt=P["dog"], image=img, strength=0.5,
+          guidance_scale=7.5, num_inference_steps=5),
         # ---- sd1 legacy inpaint (4-channel UNet)
         C("sd1_inpaint_legacy_ddim", "sd1", INP, "ddim", 31, 3, prompt=P["cat"], image=img, mask_image=mask_l,
           strength=1.0, guidance_scale=7.5, num_inference_steps=8, height=32, width=32),
