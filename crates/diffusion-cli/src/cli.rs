@@ -100,7 +100,12 @@ fn generation(cmd: Command) -> Command {
             .help(help)
     };
     let num = |id: &'static str, long: &'static str, name: &'static str, help: &'static str| {
-        Arg::new(id).long(long).value_name(name).help(help)
+        // `--strength -0.1` is a (bad) value, not a flag.
+        Arg::new(id)
+            .long(long)
+            .value_name(name)
+            .help(help)
+            .allow_negative_numbers(true)
     };
     hub_args(cmd)
         .arg(text("prompt", "prompt", "The prompt; repeat for a batch").short('p'))

@@ -59,7 +59,7 @@ pub fn info(name: &str, options: &ResolveOptions) -> Result<String> {
                 model_type.pipeline_class()
             );
             if let Checkpoint::Safetensors(w) = &ckpt {
-                let _ = writeln!(s, "weights: {}", summarize(&w));
+                let _ = writeln!(s, "weights: {}", summarize(w));
             }
             let _ = writeln!(
                 s,

@@ -84,7 +84,7 @@ impl Settings {
             .unwrap_or_default();
         let scheduler_name = m.get_one::<String>("scheduler").cloned();
         let scheduler =
-            (scheduler_name.is_some() || !overrides.is_empty()).then(|| SchedulerChoice {
+            (scheduler_name.is_some() || !overrides.is_empty()).then_some(SchedulerChoice {
                 name: scheduler_name,
                 overrides,
             });
