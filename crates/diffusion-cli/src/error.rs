@@ -16,6 +16,7 @@ pub enum CliError {
     )]
     NoDefaultModel,
     /// `--device cuda` in a build without the `cuda` feature.
+    #[cfg(not(feature = "cuda"))]
     #[error("--device {0}: this build has no CUDA support (rebuild with `--features cuda`)")]
     NoCuda(String),
     /// The model cannot do what the command asks.

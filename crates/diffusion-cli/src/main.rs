@@ -63,7 +63,7 @@ use diffusion_pipelines::Task;
 use serde_json::json;
 
 use crate::args::Device;
-use crate::error::{CliError, Result};
+use crate::error::Result;
 use crate::generate::Written;
 use crate::model::HubArgs;
 use crate::settings::Settings;
@@ -157,6 +157,6 @@ fn on_device(settings: &Settings) -> Result<Vec<Written>> {
             burn::backend::cuda::CudaDevice::new(n),
         ),
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(CliError::NoCuda(settings.device.name())),
+        Device::Cuda(_) => Err(error::CliError::NoCuda(settings.device.name())),
     }
 }
