@@ -499,3 +499,68 @@ fn cuda_needs_the_feature() {
     );
     assert_one_line_error(&o, "--features cuda");
 }
+
+/// diffusion-hub's tiny SD1 single-file checkpoint.
+fn sd1_checkpoint() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../diffusion-hub/tests/fixtures/single_file/sd1.safetensors")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn convert_and_inspect_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = sd1_checkpoint();
+    let o = diffuse(tmp.path(), &["info", "--model", &ckpt]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("single-file checkpoint: SD1.x, 369 tensors"),
+        "{out}"
+    );
+    assert!(out.contains("(F32 × 368, I64 × 1)"), "{out}");
+
+    let o = diffuse(tmp.path(), &["convert", &ckpt, "converted"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "SD1.x",
+        "StableDiffusionPipeline",
+        "unet: 208 tensors",
+        "skipped 1 checkpoint keys",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+    // The converter refuses to overwrite.
+    let o = diffuse(tmp.path(), &["convert", &ckpt, "converted"]);
+    assert_one_line_error(&o, "not empty");
+
+    let o = diffuse(tmp.path(), &["info", "--model", "converted"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "unet: diffusers/UNet2DConditionModel, 13,604 parameters in 208 tensors (F32 × 208)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("tokenizer: none"), "{out}");
+
+    // A checkpoint carries no tokenizer: generating names the missing component.
+    let o = diffuse(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "converted",
+            "-p",
+            "a cat",
+            "-q",
+            "-o",
+            "cat.png",
+        ],
+    );
+    assert_one_line_error(&o, "component `tokenizer` is missing");
+    assert!(!tmp.path().join("cat.png").exists());
+}
