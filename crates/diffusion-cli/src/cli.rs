@@ -14,13 +14,20 @@ pub fn command() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(
+            // Every generation flag is declared for all three commands (one
+            // settings reader); those a command refuses are hidden from its help.
             generation(Command::new("generate"))
-                .about("Text-to-image (unconditional for DDPM/DDIM models)"),
+                .about("Text-to-image (unconditional for DDPM/DDIM models)")
+                .mut_arg("strength", |a| a.hide(true))
+                .mut_arg("image", |a| a.hide(true))
+                .mut_arg("mask", |a| a.hide(true)),
         )
         .subcommand(
             generation(Command::new("img2img"))
                 .about("Image-to-image: denoise a noised copy of --image")
-                .mut_arg("image", |a| a.required(true)),
+                .mut_arg("image", |a| a.required(true))
+                .mut_arg("mask", |a| a.hide(true))
+                .mut_arg("latents", |a| a.hide(true)),
         )
         .subcommand(
             generation(Command::new("inpaint"))
