@@ -165,6 +165,16 @@ fn bad_flags_fail_before_loading() {
         &["generate", "--model", &model, "-o", "missing/out.png"],
     );
     assert_one_line_error(&o, "does not exist");
+    let o = diffuse(
+        tmp.path(),
+        &["generate", "--model", &model, "--image", "x.png"],
+    );
+    assert_one_line_error(&o, "use `img2img` or `inpaint`");
+    let o = diffuse(
+        tmp.path(),
+        &["generate", "--model", &model, "--strength", "0.5"],
+    );
+    assert_one_line_error(&o, "--strength");
     assert!(outputs(tmp.path()).is_empty());
 }
 
