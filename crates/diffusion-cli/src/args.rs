@@ -1,0 +1,183 @@
+//! Parsers for the flag values that are more than a number: `KEY=VALUE`
+//! scheduler overrides, `HxW` sizes, `Y,X` corners, seed lists, dtypes and
+//! devices. Each returns a message that names what was expected, which clap
+//! prefixes with the flag and the value given.
+
+use diffusion_models::Precision;
+use serde_json::Value;
+
+/// `KEY=VALUE` for `--scheduler-config`: the value is JSON when it parses as
+/// JSON (`true`, `0.5`, `"x"`, `[1, 2]`), otherwise the bare word as a string
+/// (`timestep_spacing=trailing`), so shells need no extra quoting.
+pub fn key_value(s: &str) -> Result<(String, Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("`{s}` has an empty KEY"));
+    }
+    let value = value.trim();
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    Ok((key.to_string(), value))
+}
+
+/// `HxW` (height first, as diffusers' `(height, width)` tuples): `1024x768`.
+pub fn size_hw(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not HEIGHTxWIDTH (e.g. 1024x1024)"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{s}` is not HEIGHTxWIDTH with positive integers"))
+    };
+    Ok((num(h)?, num(w)?))
+}
+
+/// `Y,X` (top first, as diffusers' `crops_coords_top_left`): `0,0`.
+pub fn corner_yx(s: &str) -> Result<(usize, usize), String> {
+    let (y, x) = s
+        .split_once(',')
+        .ok_or_else(|| format!("`{s}` is not Y,X (e.g. 0,0)"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}` is not Y,X with non-negative integers"))
+    };
+    Ok((num(y)?, num(x)?))
+}
+
+/// `a,b,c`: one seed per image.
+pub fn seed_list(s: &str) -> Result<Vec<u64>, String> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("`{v}` in `{s}` is not a seed (a non-negative integer)"))
+        })
+        .collect()
+}
+
+/// `f32`, `f16` or `bf16` (diffusers' `torch_dtype`).
+pub fn dtype(s: &str) -> Result<Precision, String> {
+    Precision::parse(s).ok_or_else(|| format!("`{s}` is not one of f32, f16, bf16"))
+}
+
+/// Where the models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// burn-flex on the CPU.
+    Cpu,
+    /// NVIDIA GPU `n` (only with the crate feature `cuda`).
+    Cuda(usize),
+}
+
+impl Device {
+    /// The name as given on the command line (for the saved parameters).
+    pub fn name(self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(0) => "cuda".into(),
+            Device::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn device(s: &str) -> Result<Device, String> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("`{s}` is not cpu, cuda or cuda:N")),
+    }
+}
+
+/// diffusers' check on `height`/`width`: a positive multiple of 8 (the VAE's
+/// scale factor), caught here before any model is loaded.
+pub fn check_pixels(flag: &str, v: usize) -> Result<(), String> {
+    if v == 0 || !v.is_multiple_of(8) {
+        Err(format!("{flag} {v}: must be a positive multiple of 8"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_values_parse_json_or_take_the_word() {
+        assert_eq!(
+            key_value("use_karras_sigmas=true").unwrap(),
+            ("use_karras_sigmas".into(), json!(true))
+        );
+        assert_eq!(key_value("eta = 0.5").unwrap(), ("eta".into(), json!(0.5)));
+        assert_eq!(
+            key_value("timestep_spacing=trailing").unwrap(),
+            ("timestep_spacing".into(), json!("trailing"))
+        );
+        assert_eq!(
+            key_value("betas=[1, 2]").unwrap(),
+            ("betas".into(), json!([1, 2]))
+        );
+        assert_eq!(
+            key_value("s=\"true\"").unwrap(),
+            ("s".into(), json!("true"))
+        );
+        // Only the first `=` splits.
+        assert_eq!(key_value("a=b=c").unwrap(), ("a".into(), json!("b=c")));
+        assert_eq!(key_value("k=").unwrap(), ("k".into(), json!("")));
+        assert!(key_value("novalue").unwrap_err().contains("KEY=VALUE"));
+        assert!(key_value("=1").unwrap_err().contains("empty KEY"));
+    }
+
+    #[test]
+    fn sizes_are_height_by_width() {
+        assert_eq!(size_hw("1024x768").unwrap(), (1024, 768));
+        assert_eq!(size_hw("64X32").unwrap(), (64, 32));
+        assert!(size_hw("1024").is_err());
+        assert!(size_hw("0x8").is_err());
+        assert!(size_hw("ax8").is_err());
+        assert!(size_hw("-8x8").is_err());
+        assert_eq!(corner_yx("12, 0").unwrap(), (12, 0));
+        assert!(corner_yx("12").is_err());
+        assert!(corner_yx("1,-1").is_err());
+    }
+
+    #[test]
+    fn seed_lists() {
+        assert_eq!(seed_list("1,2, 3").unwrap(), vec![1, 2, 3]);
+        assert_eq!(seed_list("7").unwrap(), vec![7]);
+        assert!(seed_list("1,,2").unwrap_err().contains("not a seed"));
+        assert!(seed_list("1,-2").is_err());
+        assert!(seed_list("").is_err());
+    }
+
+    #[test]
+    fn dtypes_devices_and_pixels() {
+        assert_eq!(dtype("bf16").unwrap(), Precision::BF16);
+        assert_eq!(dtype("fp16").unwrap(), Precision::F16);
+        assert!(dtype("f8").is_err());
+        assert_eq!(device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(device("cuda").unwrap(), Device::Cuda(0));
+        assert_eq!(device("cuda:2").unwrap(), Device::Cuda(2));
+        assert!(device("gpu").is_err());
+        assert_eq!(Device::Cuda(2).name(), "cuda:2");
+        assert!(check_pixels("--width", 512).is_ok());
+        assert!(check_pixels("--width", 0).is_err());
+        assert!(
+            check_pixels("--width", 13)
+                .unwrap_err()
+                .contains("--width 13")
+        );
+    }
+}

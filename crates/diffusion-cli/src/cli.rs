@@ -1,0 +1,309 @@
+//! The command line, declared with clap's builder API (the derive macros are
+//! not available offline). Flags carry diffusers' call-parameter names, with
+//! dashes.
+
+use clap::{Arg, ArgAction, Command, value_parser};
+
+use crate::args;
+
+/// The `diffuse` command and its subcommands.
+pub fn command() -> Command {
+    Command::new("diffuse")
+        .about("Generate images with diffusion models (diffusers' pipelines, in Rust)")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(
+            // Every generation flag is declared for all three commands (one
+            // settings reader); those a command refuses are hidden from its help.
+            generation(Command::new("generate"))
+                .about("Text-to-image (unconditional for DDPM/DDIM models)")
+                .mut_arg("strength", |a| a.hide(true))
+                .mut_arg("image", |a| a.hide(true))
+                .mut_arg("mask", |a| a.hide(true)),
+        )
+        .subcommand(
+            generation(Command::new("img2img"))
+                .about("Image-to-image: denoise a noised copy of --image")
+                .mut_arg("image", |a| a.required(true))
+                .mut_arg("mask", |a| a.hide(true))
+                .mut_arg("latents", |a| a.hide(true)),
+        )
+        .subcommand(
+            generation(Command::new("inpaint"))
+                .about("Inpainting: repaint where --mask is white")
+                .mut_arg("image", |a| a.required(true))
+                .mut_arg("mask", |a| a.required(true)),
+        )
+        .subcommand(
+            Command::new("convert")
+                .about("Convert a single-file (A1111/ComfyUI) checkpoint to a diffusers folder")
+                .arg(
+                    Arg::new("checkpoint")
+                        .value_name("CHECKPOINT")
+                        .required(true)
+                        .help("The .safetensors or .ckpt file"),
+                )
+                .arg(
+                    Arg::new("out_dir")
+                        .value_name("OUT_DIR")
+                        .required(true)
+                        .help("The diffusers folder to write (must not exist or be empty)"),
+                )
+                .arg(
+                    Arg::new("prediction_type")
+                        .long("prediction-type")
+                        .value_name("TYPE")
+                        .help(
+                            "The scheduler's prediction_type (v_prediction for SD2 768-v models)",
+                        ),
+                ),
+        )
+        .subcommand(
+            hub_args(
+                Command::new("info")
+                    .about("Show a model's pipeline, components, weights and scheduler"),
+            )
+            .mut_arg("model", |a| a.required(true)),
+        )
+}
+
+/// `--model`, `--variant`, `--revision`, `--offline`.
+fn hub_args(cmd: Command) -> Command {
+    cmd.arg(
+        Arg::new("model")
+            .long("model")
+            .short('m')
+            .value_name("MODEL")
+            .help("Hub repo id, diffusers folder or single-file checkpoint"),
+    )
+    .arg(
+        Arg::new("variant")
+            .long("variant")
+            .value_name("VARIANT")
+            .help("Weight variant, e.g. fp16"),
+    )
+    .arg(
+        Arg::new("revision")
+            .long("revision")
+            .value_name("REV")
+            .help("Hub branch, tag or commit"),
+    )
+    .arg(
+        Arg::new("offline")
+            .long("offline")
+            .action(ArgAction::SetTrue)
+            .help("Never touch the network (as HF_HUB_OFFLINE=1)"),
+    )
+}
+
+/// The flags of `generate`, `img2img` and `inpaint` (diffusers' call parameters).
+fn generation(cmd: Command) -> Command {
+    let text = |id: &'static str, long: &'static str, help: &'static str| {
+        Arg::new(id)
+            .long(long)
+            .value_name("TEXT")
+            .action(ArgAction::Append)
+            .help(help)
+    };
+    let num = |id: &'static str, long: &'static str, name: &'static str, help: &'static str| {
+        // `--strength -0.1` is a (bad) value, not a flag.
+        Arg::new(id)
+            .long(long)
+            .value_name(name)
+            .help(help)
+            .allow_negative_numbers(true)
+    };
+    hub_args(cmd)
+        .arg(text("prompt", "prompt", "The prompt; repeat for a batch").short('p'))
+        .arg(text(
+            "negative_prompt",
+            "negative-prompt",
+            "Negative prompt: one for all prompts, or one per prompt",
+        ))
+        .arg(text("prompt_2", "prompt-2", "SDXL: prompt for the second text encoder"))
+        .arg(text(
+            "negative_prompt_2",
+            "negative-prompt-2",
+            "SDXL: negative prompt for the second text encoder",
+        ))
+        .arg(
+            Arg::new("scheduler")
+                .long("scheduler")
+                .value_name("NAME")
+                .help("Scheduler: diffusers class (EulerDiscreteScheduler) or A1111 name (\"DPM++ 2M Karras\")"),
+        )
+        .arg(
+            Arg::new("scheduler_config")
+                .long("scheduler-config")
+                .value_name("KEY=VALUE")
+                .action(ArgAction::Append)
+                .value_parser(args::key_value)
+                .help("Scheduler config override; VALUE is JSON or a bare string (repeatable)"),
+        )
+        .arg(
+            num("seed", "seed", "N", "One torch-compatible generator for the whole batch")
+                .value_parser(value_parser!(u64))
+                .conflicts_with("seeds"),
+        )
+        .arg(
+            num("seeds", "seeds", "A,B,...", "One generator per image")
+                .value_parser(args::seed_list),
+        )
+        .arg(
+            num("steps", "steps", "N", "num_inference_steps")
+                .value_parser(value_parser!(usize)),
+        )
+        .arg(num("guidance", "guidance", "F", "guidance_scale").value_parser(value_parser!(f64)))
+        .arg(
+            num("guidance_rescale", "guidance-rescale", "F", "guidance_rescale (0 = off)")
+                .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            num("width", "width", "PX", "Width in pixels (a multiple of 8)")
+                .value_parser(value_parser!(usize)),
+        )
+        .arg(
+            num("height", "height", "PX", "Height in pixels (a multiple of 8)")
+                .value_parser(value_parser!(usize)),
+        )
+        .arg(
+            num("num_images", "num-images", "N", "num_images_per_prompt")
+                .value_parser(value_parser!(usize)),
+        )
+        .arg(num(
+            "latents",
+            "latents",
+            "FILE",
+            "Initial latents: safetensors with a 4-D tensor `latents` (f32/f16/bf16)",
+        ))
+        .arg(num("eta", "eta", "F", "DDIM eta").value_parser(value_parser!(f64)))
+        .arg(
+            num("clip_skip", "clip-skip", "N", "Text encoder layers to skip")
+                .value_parser(value_parser!(usize)),
+        )
+        .arg(
+            Arg::new("long_prompt")
+                .long("long-prompt")
+                .action(ArgAction::SetTrue)
+                .help("Encode prompts over 77 tokens in chunks instead of truncating"),
+        )
+        .arg(
+            num("strength", "strength", "F", "img2img/inpaint: how much to change, in [0, 1]")
+                .value_parser(value_parser!(f64)),
+        )
+        .arg(num("image", "image", "FILE", "Input image (PNG or JPEG)"))
+        .arg(num(
+            "mask",
+            "mask",
+            "FILE",
+            "Inpainting mask, white = repaint; the size of --image",
+        ))
+        .arg(
+            num("original_size", "original-size", "HxW", "SDXL micro-conditioning")
+                .value_parser(args::size_hw),
+        )
+        .arg(
+            num(
+                "crops_coords_top_left",
+                "crops-coords-top-left",
+                "Y,X",
+                "SDXL micro-conditioning",
+            )
+            .value_parser(args::corner_yx),
+        )
+        .arg(
+            num("target_size", "target-size", "HxW", "SDXL micro-conditioning")
+                .value_parser(args::size_hw),
+        )
+        .arg(
+            num("denoising_end", "denoising-end", "F", "SDXL: stop after this fraction")
+                .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            num("dtype", "dtype", "DTYPE", "f32, f16 or bf16 [default: f32]")
+                .value_parser(args::dtype),
+        )
+        .arg(
+            num("device", "device", "DEVICE", "cpu, or cuda[:N] (built with feature cuda) [default: cpu]")
+                .value_parser(args::device),
+        )
+        .arg(
+            num(
+                "output",
+                "output",
+                "PATH",
+                "PNG to write; several images get -0, -1, ... before the extension [default: output.png]",
+            )
+            .short('o'),
+        )
+        .arg(num(
+            "output_latents",
+            "output-latents",
+            "FILE",
+            "Also write the final latents (safetensors, key `latents`)",
+        ))
+        .arg(
+            Arg::new("quiet")
+                .long("quiet")
+                .short('q')
+                .action(ArgAction::SetTrue)
+                .help("No progress bars"),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn repeated_flags_collect_and_seeds_conflict() {
+        let m = command()
+            .try_get_matches_from([
+                "diffuse",
+                "generate",
+                "-p",
+                "a",
+                "--prompt",
+                "b",
+                "--scheduler-config",
+                "use_karras_sigmas=true",
+                "--scheduler-config",
+                "timestep_spacing=trailing",
+                "--seeds",
+                "1,2",
+            ])
+            .unwrap();
+        let (_, sub) = m.subcommand().unwrap();
+        let prompts: Vec<&String> = sub.get_many("prompt").unwrap().collect();
+        assert_eq!(prompts, ["a", "b"]);
+        assert_eq!(
+            sub.get_many::<(String, serde_json::Value)>("scheduler_config")
+                .unwrap()
+                .count(),
+            2
+        );
+        assert_eq!(sub.get_one::<Vec<u64>>("seeds").unwrap(), &vec![1, 2]);
+        let err = command()
+            .try_get_matches_from(["diffuse", "generate", "--seed", "1", "--seeds", "1,2"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn img2img_needs_an_image() {
+        let err = command()
+            .try_get_matches_from(["diffuse", "img2img", "-p", "x"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = command()
+            .try_get_matches_from(["diffuse", "generate", "--original-size", "64"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+}

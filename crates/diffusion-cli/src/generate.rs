@@ -1,0 +1,234 @@
+//! `generate`, `img2img`, `inpaint`: load, run, and only then write the
+//! images (and latents), each PNG carrying its parameters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use diffusion_hub::save::{OwnedTensor, save_safetensors};
+use diffusion_pipelines::image::Images;
+use diffusion_pipelines::{Generator, LoadOptions, LongPrompt, Params};
+use serde_json::{Map, Value, json};
+
+use crate::error::{CliError, Result};
+use crate::model::load_pipeline;
+use crate::settings::Settings;
+
+/// One written image: its path and parameters (printed as a JSON line).
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The PNG.
+    pub path: PathBuf,
+    /// Its parameters.
+    pub parameters: Map<String, Value>,
+}
+
+/// Runs a generation on backend `B` (device `device`) and writes the outputs.
+pub fn run<B: Backend>(settings: &Settings, device: B::Device) -> Result<Vec<Written>> {
+    let model = settings.hub.model_name()?;
+    let options = LoadOptions::<B> {
+        device: device.clone(),
+        precision: settings.dtype,
+        variant: settings.hub.variant.clone(),
+        revision: settings.hub.revision.clone(),
+        local_files_only: settings.hub.offline,
+        scheduler: settings.scheduler.clone(),
+        progress: !settings.quiet,
+    };
+    let mut pipe = load_pipeline(
+        &model,
+        settings.task,
+        &options,
+        &settings.hub.resolve_options(),
+    )?;
+
+    // A seed is always chosen here, so that it can be recorded.
+    let generator = match (&settings.seeds, settings.seed) {
+        (Some(seeds), _) => Generator::Seeds(seeds.clone()),
+        (None, Some(seed)) => Generator::Seed(seed),
+        (None, None) => Generator::Seed(Generator::random_seed()),
+    };
+    let params = Params::<B> {
+        prompt: settings.prompt.clone(),
+        negative_prompt: settings.negative_prompt.clone(),
+        prompt_2: settings.prompt_2.clone(),
+        negative_prompt_2: settings.negative_prompt_2.clone(),
+        height: settings.height,
+        width: settings.width,
+        num_inference_steps: settings.steps,
+        guidance_scale: settings.guidance,
+        guidance_rescale: settings.guidance_rescale.unwrap_or(0.0),
+        num_images_per_prompt: settings.num_images,
+        generator: Some(generator.clone()),
+        latents: settings
+            .latents
+            .as_ref()
+            .map(|l| Tensor::from_data(TensorData::new(l.values.clone(), l.shape), &device)),
+        eta: settings.eta,
+        clip_skip: settings.clip_skip,
+        long_prompt: if settings.long_prompt {
+            LongPrompt::Chunk
+        } else {
+            LongPrompt::Truncate
+        },
+        strength: settings.strength,
+        image: settings.image.clone(),
+        mask_image: settings.mask.clone(),
+        original_size: settings.original_size,
+        crops_coords_top_left: settings.crops_coords_top_left.unwrap_or((0, 0)),
+        target_size: settings.target_size,
+        denoising_end: settings.denoising_end,
+        progress: !settings.quiet,
+        ..Params::default()
+    };
+    let out = pipe.run(settings.task, params)?;
+    let images = out
+        .images
+        .expect("images are asked for (OutputType::Images)");
+
+    let mut base = settings.to_json(&model);
+    base.insert("pipeline".into(), json!(pipe.class_name()));
+    base.insert("scheduler_class".into(), json!(pipe.scheduler_name()));
+    base.insert("height".into(), json!(images.height));
+    base.insert("width".into(), json!(images.width));
+    if let Generator::Seed(s) = generator {
+        base.insert("seed".into(), json!(s));
+    }
+
+    if let Some(path) = &settings.output_latents {
+        save_latents(path, out.latents)?;
+    }
+    write_images(settings, &images, &base)
+}
+
+/// Writes every image with its parameters.
+fn write_images(
+    settings: &Settings,
+    images: &Images,
+    base: &Map<String, Value>,
+) -> Result<Vec<Written>> {
+    let mut written = Vec::with_capacity(images.count);
+    for i in 0..images.count {
+        let path = output_path(&settings.output, i, images.count);
+        let parameters = image_parameters(settings, base, i, images.count);
+        images.save_png(i, &path, &png_text(&parameters))?;
+        written.push(Written { path, parameters });
+    }
+    Ok(written)
+}
+
+/// `out.png` for one image; `out-0.png`, `out-1.png`, ... for several.
+pub fn output_path(path: &Path, i: usize, count: usize) -> PathBuf {
+    if count == 1 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{i}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{i}"),
+    };
+    path.with_file_name(name)
+}
+
+/// The parameters of image `i`: the run's, with this image's prompt, negative
+/// prompt and seed (images come prompt by prompt, `num_images_per_prompt`
+/// each, as diffusers orders them).
+pub fn image_parameters(
+    settings: &Settings,
+    base: &Map<String, Value>,
+    i: usize,
+    count: usize,
+) -> Map<String, Value> {
+    let mut p = base.clone();
+    p.insert("image_index".into(), json!(i));
+    p.insert("batch_size".into(), json!(count));
+    let prompt_index = i / settings.num_images.max(1);
+    let pick = |list: &Option<Vec<String>>| -> Option<String> {
+        let list = list.as_ref()?;
+        match list.len() {
+            1 => Some(list[0].clone()),
+            _ => list.get(prompt_index).cloned(),
+        }
+    };
+    if let Some(prompt) = settings.prompt.get(prompt_index) {
+        p.insert("prompt".into(), json!(prompt));
+    }
+    if let Some(n) = pick(&settings.negative_prompt) {
+        p.insert("negative_prompt".into(), json!(n));
+    }
+    if let Some(seeds) = &settings.seeds {
+        p.remove("seeds");
+        p.insert("seed".into(), json!(seeds.get(i)));
+        p.insert("generator".into(), json!("per_image"));
+    } else {
+        p.insert("generator".into(), json!("batch"));
+    }
+    p
+}
+
+/// The PNG text chunks: `parameters` (all of it, JSON) and the common fields
+/// on their own for tools that read single keys.
+fn png_text(parameters: &Map<String, Value>) -> Vec<(String, String)> {
+    let mut text = vec![(
+        "parameters".to_string(),
+        Value::Object(parameters.clone()).to_string(),
+    )];
+    for key in [
+        "prompt",
+        "negative_prompt",
+        "model",
+        "seed",
+        "num_inference_steps",
+        "guidance_scale",
+        "scheduler_class",
+        "width",
+        "height",
+        "pipeline",
+    ] {
+        match parameters.get(key) {
+            Some(Value::String(s)) => text.push((key.into(), s.clone())),
+            Some(v) => text.push((key.into(), v.to_string())),
+            None => {}
+        }
+    }
+    text.push((
+        "software".into(),
+        format!("diffuse {}", env!("CARGO_PKG_VERSION")),
+    ));
+    text
+}
+
+/// Writes the final latents as f32 safetensors (key `latents`).
+fn save_latents<B: Backend>(path: &Path, latents: Tensor<B, 4>) -> Result<()> {
+    let shape = latents.dims().to_vec();
+    let values = latents
+        .cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| CliError::Input {
+            path: path.to_path_buf(),
+            message: format!("reading the latents back: {e:?}"),
+        })?;
+    let mut tensors = BTreeMap::new();
+    tensors.insert("latents".to_string(), OwnedTensor::f32(shape, &values));
+    save_safetensors(path, &tensors, None)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_images_are_numbered_before_the_extension() {
+        let p = Path::new("dir/out.png");
+        assert_eq!(output_path(p, 0, 1), PathBuf::from("dir/out.png"));
+        assert_eq!(output_path(p, 0, 3), PathBuf::from("dir/out-0.png"));
+        assert_eq!(output_path(p, 2, 3), PathBuf::from("dir/out-2.png"));
+        assert_eq!(output_path(Path::new("x"), 1, 2), PathBuf::from("x-1"));
+    }
+}

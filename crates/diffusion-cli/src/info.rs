@@ -1,0 +1,182 @@
+//! `diffuse info`: what a model is, from its files alone: the pipeline class,
+//! each component's library and class, the size and dtypes of each model's
+//! weights (read from the safetensors headers, nothing loaded), and the
+//! scheduler with its config.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use diffusion_hub::model_index::ComponentKind;
+use diffusion_hub::resolve::{
+    ResolveOptions, Resolved, ResolvedComponent, ResolvedModel, WeightFormat, resolve,
+};
+use diffusion_hub::single_file::{Checkpoint, detect};
+use diffusion_hub::weights::Weights;
+use diffusion_pipelines::components::read_scheduler_config;
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// The report for `name`, as printed.
+pub fn info(name: &str, options: &ResolveOptions) -> Result<String> {
+    let mut s = String::new();
+    match resolve(name, options)? {
+        Resolved::Pipeline(m) => pipeline(&mut s, &m)?,
+        Resolved::Model(c) => {
+            let _ = writeln!(s, "model: {name}");
+            let _ = writeln!(
+                s,
+                "single model folder (no model_index.json): {}",
+                c.dir.display()
+            );
+            let class = c
+                .config
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| {
+                    v.get("_class_name")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .unwrap_or_else(|| "?".into());
+            let _ = writeln!(s, "class: {class}");
+            let _ = writeln!(s, "weights: {}", weights_summary(&c)?);
+        }
+        Resolved::Checkpoint(path) => {
+            let ckpt = Checkpoint::open(&path)?;
+            let keys = ckpt.keys();
+            let model_type = detect(&path, &keys)?;
+            let _ = writeln!(s, "model: {name}");
+            let _ = writeln!(
+                s,
+                "single-file checkpoint: {model_type}, {} tensors",
+                keys.len()
+            );
+            let _ = writeln!(
+                s,
+                "pipeline: {} (after conversion)",
+                model_type.pipeline_class()
+            );
+            if let Checkpoint::Safetensors(w) = &ckpt {
+                let _ = writeln!(s, "weights: {}", summarize(w));
+            }
+            let _ = writeln!(
+                s,
+                "convert with: diffuse convert {} OUT_DIR",
+                path.display()
+            );
+        }
+    }
+    Ok(s)
+}
+
+fn pipeline(s: &mut String, m: &ResolvedModel) -> Result<()> {
+    let index = &m.model_index;
+    let _ = writeln!(s, "model: {}", m.source.display_name());
+    let _ = writeln!(s, "folder: {}", m.root.display());
+    if let Some(c) = &m.commit {
+        let _ = writeln!(s, "commit: {c}");
+    }
+    let _ = writeln!(s, "pipeline: {}", index.class_name);
+    if let Some(v) = &index.diffusers_version {
+        let _ = writeln!(s, "diffusers version: {v}");
+    }
+    let _ = writeln!(s, "components:");
+    let mut scheduler = None;
+    for (name, comp) in &index.components {
+        let _ = write!(s, "  {name}: {}/{}", comp.library, comp.class);
+        match m.components.get(name) {
+            None => {
+                let _ = write!(s, " (not resolved)");
+            }
+            Some(c) if c.kind == ComponentKind::Model => {
+                let _ = write!(s, ", {}", weights_summary(c)?);
+                if c.used_variant {
+                    let _ = write!(s, ", variant {}", m.variant.as_deref().unwrap_or("?"));
+                }
+            }
+            Some(c) if c.kind == ComponentKind::Scheduler => scheduler = Some(c),
+            Some(_) => {}
+        }
+        let _ = writeln!(s);
+    }
+    for name in &index.absent {
+        let _ = writeln!(s, "  {name}: none");
+    }
+    for (k, v) in &index.options {
+        let _ = writeln!(s, "option {k}: {v}");
+    }
+    if let Some(c) = scheduler
+        && let Some(path) = &c.config
+    {
+        let config = read_scheduler_config(path)?;
+        let class = config
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let _ = writeln!(s, "scheduler: {class}");
+        if let Value::Object(map) = &config {
+            for (k, v) in map.iter().filter(|(k, _)| !k.starts_with('_')) {
+                let _ = writeln!(s, "  {k}: {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `N parameters (F16 × 196 tensors)` from the weight headers.
+fn weights_summary(c: &ResolvedComponent) -> Result<String> {
+    if c.weight_format == Some(WeightFormat::PytorchBin) {
+        return Ok(format!(
+            "PyTorch .bin weights ({} files, not inspected)",
+            c.weights.len()
+        ));
+    }
+    if c.weights.is_empty() {
+        return Ok("no weight files".into());
+    }
+    Ok(summarize(&c.open_weights()?))
+}
+
+fn summarize(w: &Weights) -> String {
+    let mut params = 0usize;
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, info) in w.tensors() {
+        params += info.shape.iter().product::<usize>();
+        *dtypes.entry(info.dtype.to_string()).or_default() += 1;
+    }
+    let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();
+    format!(
+        "{} parameters in {} tensors ({})",
+        thousands(params),
+        w.len(),
+        dtypes.join(", ")
+    )
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(859_520_964), "859,520,964");
+    }
+}

@@ -1,0 +1,162 @@
+//! # diffuse
+//!
+//! A thin command line over `diffusion-pipelines`: diffusers' pipelines with
+//! diffusers' parameter names, seeds that reproduce diffusers' CPU
+//! `torch.Generator` images, and the parameters stored in every PNG.
+//!
+//! ```text
+//! diffuse generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 \
+//!     --prompt "a photo of an astronaut riding a horse on mars" --seed 0 -o astronaut.png
+//! diffuse generate --model google/ddpm-cat-256 --steps 1000 --num-images 2 -o cat.png   # cat-0.png, cat-1.png
+//! diffuse img2img --model ./sd15 --image in.png --strength 0.6 -p "oil painting" \
+//!     --scheduler "DPM++ 2M Karras" --steps 30
+//! diffuse inpaint --model ./sd15-inpainting --image in.png --mask mask.png -p "a red sofa"
+//! diffuse generate --model ./sdxl -p "a cat" -p "a dog" --seeds 1,2 \
+//!     --scheduler EulerDiscreteScheduler --scheduler-config timestep_spacing=trailing
+//! diffuse convert model.safetensors ./model-diffusers
+//! diffuse info --model stabilityai/stable-diffusion-xl-base-1.0
+//! ```
+//!
+//! Flags follow diffusers' call parameters: `--prompt` (repeat for a batch),
+//! `--negative-prompt`, `--prompt-2`/`--negative-prompt-2` (SDXL), `--steps`,
+//! `--guidance`, `--guidance-rescale`, `--width`/`--height`, `--num-images`
+//! (per prompt), `--eta`, `--clip-skip`, `--long-prompt` (chunk prompts over 77
+//! tokens instead of truncating), `--strength`, `--image`, `--mask`,
+//! `--original-size HxW`, `--crops-coords-top-left Y,X`, `--target-size HxW`,
+//! `--denoising-end`. Randomness: `--seed N` is one generator for the batch,
+//! `--seeds a,b,c` one per image (an image then does not depend on its batch);
+//! without either a seed is drawn and recorded. `--latents FILE` passes
+//! initial latents (a safetensors tensor `latents`), `--output-latents FILE`
+//! writes the final ones. `--scheduler` takes a diffusers class or an A1111
+//! name; `--scheduler-config KEY=VALUE` overrides the config (VALUE is JSON,
+//! or a bare string). `--dtype f32|f16|bf16`, `--device cpu|cuda` (CUDA in
+//! builds with the `cuda` feature), `--variant`, `--revision`, `--offline`.
+//!
+//! Outputs: `--output PATH` (default `output.png`; several images get `-0`,
+//! `-1`, ... before the extension). Each PNG carries a `parameters` text entry
+//! (the run's settings as JSON, with that image's prompt and seed) and the
+//! main fields as separate entries; stdout gets one JSON line per image,
+//! `{"path": ..., "parameters": {...}}`. Nothing is written unless the
+//! pipeline succeeded.
+//!
+//! Masks must have the input image's size: diffusers would stretch a mask of
+//! another size to the image's, which misplaces the repainted region when
+//! the aspect ratios differ, so `diffuse` refuses it.
+//!
+//! Errors are one `error: ...` line on stderr and a non-zero exit status.
+
+mod args;
+mod cli;
+mod convert;
+mod error;
+mod generate;
+mod info;
+mod model;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::ArgMatches;
+use clap::error::ErrorKind;
+use diffusion_pipelines::Task;
+use serde_json::json;
+
+use crate::args::Device;
+use crate::error::Result;
+use crate::generate::Written;
+use crate::model::HubArgs;
+use crate::settings::Settings;
+
+fn main() -> ExitCode {
+    let matches = match cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let code = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                };
+                let _ = e.print();
+                return ExitCode::from(code);
+            }
+            // clap's message and tip without its usage block: one line.
+            let text = e.render().to_string();
+            let mut line = text
+                .lines()
+                .next()
+                .unwrap_or("error: bad arguments")
+                .to_string();
+            if let Some(tip) = text.lines().find_map(|l| l.trim().strip_prefix("tip: ")) {
+                line = format!("{line} ({tip})");
+            }
+            eprintln!("{line}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&matches) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = e.to_string().replace('\n', " ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(matches: &ArgMatches) -> Result<()> {
+    match matches.subcommand() {
+        Some(("generate", m)) => generation(Task::TextToImage, m),
+        Some(("img2img", m)) => generation(Task::ImageToImage, m),
+        Some(("inpaint", m)) => generation(Task::Inpaint, m),
+        Some(("convert", m)) => {
+            let checkpoint = PathBuf::from(m.get_one::<String>("checkpoint").expect("required"));
+            let out_dir = PathBuf::from(m.get_one::<String>("out_dir").expect("required"));
+            let prediction = m.get_one::<String>("prediction_type").map(String::as_str);
+            print!("{}", convert::convert(&checkpoint, &out_dir, prediction)?);
+            Ok(())
+        }
+        Some(("info", m)) => {
+            let hub = HubArgs::from_matches(m);
+            print!(
+                "{}",
+                info::info(&hub.model_name()?, &hub.resolve_options())?
+            );
+            Ok(())
+        }
+        _ => unreachable!("clap requires a known subcommand"),
+    }
+}
+
+/// `generate` / `img2img` / `inpaint` on the chosen device.
+fn generation(task: Task, m: &ArgMatches) -> Result<()> {
+    let settings = Settings::from_matches(task, m)?;
+    // Fail on a missing model before anything heavy.
+    settings.hub.model_name()?;
+    let written = on_device(&settings)?;
+    for w in written {
+        println!("{}", json!({"path": w.path, "parameters": w.parameters}));
+    }
+    Ok(())
+}
+
+fn on_device(settings: &Settings) -> Result<Vec<Written>> {
+    match settings.device {
+        Device::Cpu => {
+            generate::run::<diffusion_models::backend::Cpu>(settings, Default::default())
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => generate::run::<diffusion_models::backend::Cuda>(
+            settings,
+            burn::backend::cuda::CudaDevice::new(n),
+        ),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(error::CliError::NoCuda(settings.device.name())),
+    }
+}

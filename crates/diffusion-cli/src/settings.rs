@@ -1,0 +1,322 @@
+//! The settings of one `generate` / `img2img` / `inpaint` run: read from the
+//! flags, checked, and its input files read, all before any model is loaded,
+//! so that a bad flag fails at once and nothing is written.
+
+use std::path::{Path, PathBuf};
+
+use clap::ArgMatches;
+use diffusion_hub::weights::Weights;
+use diffusion_models::Precision;
+use diffusion_pipelines::image::load_image;
+use diffusion_pipelines::{SchedulerChoice, Task};
+use image::DynamicImage;
+use serde_json::{Map, Value, json};
+
+use crate::args::{Device, check_pixels};
+use crate::error::{CliError, Result, usage};
+use crate::model::HubArgs;
+
+/// Initial latents read from `--latents`.
+#[derive(Debug, Clone)]
+pub struct LatentsInput {
+    /// `[N, C, h, w]`.
+    pub shape: [usize; 4],
+    /// The values, as f32.
+    pub values: Vec<f32>,
+}
+
+/// Everything a generation run was asked for.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Which pipeline task.
+    pub task: Task,
+    /// Model flags.
+    pub hub: HubArgs,
+    pub prompt: Vec<String>,
+    pub negative_prompt: Option<Vec<String>>,
+    pub prompt_2: Option<Vec<String>>,
+    pub negative_prompt_2: Option<Vec<String>>,
+    /// `--scheduler` and `--scheduler-config`, when either is given.
+    pub scheduler: Option<SchedulerChoice>,
+    /// `--seed`; a random one is drawn (and recorded) when neither it nor
+    /// `--seeds` is given.
+    pub seed: Option<u64>,
+    pub seeds: Option<Vec<u64>>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub guidance_rescale: Option<f64>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub num_images: usize,
+    pub latents_path: Option<PathBuf>,
+    pub latents: Option<LatentsInput>,
+    pub eta: Option<f64>,
+    pub clip_skip: Option<usize>,
+    pub long_prompt: bool,
+    pub strength: Option<f64>,
+    pub image_path: Option<PathBuf>,
+    pub image: Option<DynamicImage>,
+    pub mask_path: Option<PathBuf>,
+    pub mask: Option<DynamicImage>,
+    pub original_size: Option<(usize, usize)>,
+    pub crops_coords_top_left: Option<(usize, usize)>,
+    pub target_size: Option<(usize, usize)>,
+    pub denoising_end: Option<f64>,
+    pub dtype: Precision,
+    pub device: Device,
+    /// `--output` (default `output.png`).
+    pub output: PathBuf,
+    pub output_latents: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+fn strings(m: &ArgMatches, id: &str) -> Option<Vec<String>> {
+    m.get_many::<String>(id).map(|v| v.cloned().collect())
+}
+
+impl Settings {
+    /// Reads and checks the flags of a generation subcommand, and reads its
+    /// input files.
+    pub fn from_matches(task: Task, m: &ArgMatches) -> Result<Self> {
+        let overrides: Map<String, Value> = m
+            .get_many::<(String, Value)>("scheduler_config")
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default();
+        let scheduler_name = m.get_one::<String>("scheduler").cloned();
+        let scheduler =
+            (scheduler_name.is_some() || !overrides.is_empty()).then_some(SchedulerChoice {
+                name: scheduler_name,
+                overrides,
+            });
+        let mut s = Settings {
+            task,
+            hub: HubArgs::from_matches(m),
+            prompt: strings(m, "prompt").unwrap_or_default(),
+            negative_prompt: strings(m, "negative_prompt"),
+            prompt_2: strings(m, "prompt_2"),
+            negative_prompt_2: strings(m, "negative_prompt_2"),
+            scheduler,
+            seed: m.get_one::<u64>("seed").copied(),
+            seeds: m.get_one::<Vec<u64>>("seeds").cloned(),
+            steps: m.get_one::<usize>("steps").copied(),
+            guidance: m.get_one::<f64>("guidance").copied(),
+            guidance_rescale: m.get_one::<f64>("guidance_rescale").copied(),
+            width: m.get_one::<usize>("width").copied(),
+            height: m.get_one::<usize>("height").copied(),
+            num_images: m.get_one::<usize>("num_images").copied().unwrap_or(1),
+            latents_path: m.get_one::<String>("latents").map(PathBuf::from),
+            latents: None,
+            eta: m.get_one::<f64>("eta").copied(),
+            clip_skip: m.get_one::<usize>("clip_skip").copied(),
+            long_prompt: m.get_flag("long_prompt"),
+            strength: m.get_one::<f64>("strength").copied(),
+            image_path: m.get_one::<String>("image").map(PathBuf::from),
+            image: None,
+            mask_path: m.get_one::<String>("mask").map(PathBuf::from),
+            mask: None,
+            original_size: m.get_one::<(usize, usize)>("original_size").copied(),
+            crops_coords_top_left: m
+                .get_one::<(usize, usize)>("crops_coords_top_left")
+                .copied(),
+            target_size: m.get_one::<(usize, usize)>("target_size").copied(),
+            denoising_end: m.get_one::<f64>("denoising_end").copied(),
+            dtype: m.get_one::<Precision>("dtype").copied().unwrap_or_default(),
+            device: m
+                .get_one::<Device>("device")
+                .copied()
+                .unwrap_or(Device::Cpu),
+            output: m
+                .get_one::<String>("output")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("output.png")),
+            output_latents: m.get_one::<String>("output_latents").map(PathBuf::from),
+            quiet: m.get_flag("quiet"),
+        };
+        s.check()?;
+        s.read_inputs()?;
+        Ok(s)
+    }
+
+    /// The checks that need no model (diffusers makes the same ones, later).
+    fn check(&self) -> Result<()> {
+        for (flag, v) in [("--width", self.width), ("--height", self.height)] {
+            if let Some(v) = v {
+                check_pixels(flag, v).map_err(usage)?;
+            }
+        }
+        if let Some(s) = self.strength
+            && !(0.0..=1.0).contains(&s)
+        {
+            return Err(usage(format!("--strength {s}: must be in [0, 1]")));
+        }
+        if let Some(e) = self.denoising_end
+            && !(0.0..=1.0).contains(&e)
+        {
+            return Err(usage(format!("--denoising-end {e}: must be in [0, 1]")));
+        }
+        if self.num_images == 0 {
+            return Err(usage("--num-images 0: must be at least 1"));
+        }
+        if self.task == Task::TextToImage && (self.image_path.is_some() || self.mask_path.is_some())
+        {
+            return Err(usage(
+                "--image/--mask: `generate` is text-to-image; use `img2img` or `inpaint`",
+            ));
+        }
+        if self.task == Task::ImageToImage && self.mask_path.is_some() {
+            return Err(usage("--mask: `img2img` takes no mask; use `inpaint`"));
+        }
+        if self.task == Task::ImageToImage && self.latents_path.is_some() {
+            return Err(usage(
+                "--latents: `img2img` starts from the image's latents",
+            ));
+        }
+        if self.task == Task::TextToImage && self.strength.is_some() {
+            return Err(usage("--strength: only for `img2img` and `inpaint`"));
+        }
+        check_output_dir("--output", &self.output)?;
+        if let Some(p) = &self.output_latents {
+            check_output_dir("--output-latents", p)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `--image`, `--mask` and `--latents`. A mask of another size than
+    /// the image is refused: diffusers would stretch it to the image's size,
+    /// which silently misplaces the repainted region whenever the aspect
+    /// ratios differ; resize the mask yourself if that is what you want.
+    fn read_inputs(&mut self) -> Result<()> {
+        if let Some(p) = &self.image_path {
+            self.image = Some(load_image(p)?);
+        }
+        if let Some(p) = &self.mask_path {
+            let mask = load_image(p)?;
+            if let Some(image) = &self.image
+                && (mask.width(), mask.height()) != (image.width(), image.height())
+            {
+                return Err(usage(format!(
+                    "--mask {}: {}x{} (HxW), but --image is {}x{}; the mask must have the image's size",
+                    p.display(),
+                    mask.height(),
+                    mask.width(),
+                    image.height(),
+                    image.width()
+                )));
+            }
+            self.mask = Some(mask);
+        }
+        if let Some(p) = &self.latents_path {
+            self.latents = Some(read_latents(p)?);
+        }
+        Ok(())
+    }
+
+    /// The settings as JSON: what is stored in each PNG (`parameters`) and
+    /// printed, enough to remake the image. Unset optional flags are left out.
+    pub fn to_json(&self, model: &str) -> Map<String, Value> {
+        let mut j = Map::new();
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                j.insert(k.to_string(), v);
+            }
+        };
+        let task = match self.task {
+            Task::TextToImage => "generate",
+            Task::ImageToImage => "img2img",
+            Task::Inpaint => "inpaint",
+        };
+        put("command", json!(task));
+        put("model", json!(model));
+        put("variant", json!(self.hub.variant));
+        put("revision", json!(self.hub.revision));
+        if !self.prompt.is_empty() {
+            put("prompt", json!(self.prompt));
+        }
+        put("negative_prompt", json!(self.negative_prompt));
+        put("prompt_2", json!(self.prompt_2));
+        put("negative_prompt_2", json!(self.negative_prompt_2));
+        if let Some(s) = &self.scheduler {
+            put("scheduler", json!(s.name));
+            if !s.overrides.is_empty() {
+                put("scheduler_config", Value::Object(s.overrides.clone()));
+            }
+        }
+        put("seed", json!(self.seed));
+        put("seeds", json!(self.seeds));
+        put("num_inference_steps", json!(self.steps));
+        put("guidance_scale", json!(self.guidance));
+        put("guidance_rescale", json!(self.guidance_rescale));
+        put("width", json!(self.width));
+        put("height", json!(self.height));
+        put("num_images_per_prompt", json!(self.num_images));
+        put("latents", json!(self.latents_path));
+        put("eta", json!(self.eta));
+        put("clip_skip", json!(self.clip_skip));
+        if self.long_prompt {
+            put("long_prompt", json!("chunk"));
+        }
+        put("strength", json!(self.strength));
+        put("image", json!(self.image_path));
+        put("mask_image", json!(self.mask_path));
+        put("original_size", json!(self.original_size));
+        put("crops_coords_top_left", json!(self.crops_coords_top_left));
+        put("target_size", json!(self.target_size));
+        put("denoising_end", json!(self.denoising_end));
+        put(
+            "dtype",
+            json!(match self.dtype {
+                Precision::F32 => "f32",
+                Precision::F16 => "f16",
+                Precision::BF16 => "bf16",
+            }),
+        );
+        put("device", json!(self.device.name()));
+        j
+    }
+}
+
+/// The folder an output goes to must exist, checked before generating (the
+/// write itself is atomic).
+fn check_output_dir(flag: &str, path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match dir {
+        Some(d) if !d.is_dir() => Err(usage(format!(
+            "{flag} {}: folder {} does not exist",
+            path.display(),
+            d.display()
+        ))),
+        _ if path.is_dir() => Err(usage(format!(
+            "{flag} {}: is a folder, a file name is expected",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `--latents`: the 4-D float tensor `latents` of a safetensors file.
+pub fn read_latents(path: &Path) -> Result<LatentsInput> {
+    let bad = |message: String| CliError::Input {
+        path: path.to_path_buf(),
+        message,
+    };
+    let weights = Weights::open(path)?;
+    let t = weights
+        .tensor("latents")
+        .map_err(|_| bad("no tensor named `latents`".into()))?;
+    if !t.dtype.is_model_float() {
+        return Err(bad(format!(
+            "`latents` is {}; F32, F16 or BF16 expected",
+            t.dtype
+        )));
+    }
+    let shape: [usize; 4] = t.shape.try_into().map_err(|_| {
+        bad(format!(
+            "`latents` has shape {:?}; 4-D [N, C, h, w] expected",
+            t.shape
+        ))
+    })?;
+    Ok(LatentsInput {
+        shape,
+        values: t.to_f32_vec()?,
+    })
+}
