@@ -32,6 +32,7 @@ pub fn run<B: Backend>(settings: &Settings, device: B::Device) -> Result<Vec<Wri
         variant: settings.hub.variant.clone(),
         revision: settings.hub.revision.clone(),
         local_files_only: settings.hub.offline,
+        cache_dir: None,
         scheduler: settings.scheduler.clone(),
         progress: !settings.quiet,
     };

@@ -17,8 +17,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// `crates/diffusion-pipelines/tests/fixtures`.
+/// (Through `../diffusion-pipelines` so that diffusion-cli's tests can include
+/// this module too.)
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("diffusion-pipelines")
         .join("tests")
         .join("fixtures")
 }
