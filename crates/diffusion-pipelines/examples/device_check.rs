@@ -15,6 +15,9 @@
 //!
 //! The first argument is the repository root (fixtures and configs are read from it).
 
+// The CPU device is `Copy`, the CUDA one is not: clone for both.
+#![allow(clippy::clone_on_copy)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
