@@ -18,4 +18,4 @@ timeout ${TORCH_TIMEOUT:-150} python3 scripts/bench/gpu_compare.py --steps "$STE
 echo "torch exit $?" | tee -a "$OUT/summary.txt"
 kill $P
 echo "baseline MiB $base; peak MiB rust $(sort -n "$OUT/mem_rust.txt" | tail -1), diffusers $(sort -n "$OUT/mem_torch.txt" | tail -1)" | tee -a "$OUT/summary.txt"
-tail -5 "$OUT/rust.err" "$OUT/torch.err"
+tail -n 5 "$OUT/rust.err" "$OUT/torch.err"
