@@ -602,11 +602,17 @@ def cases():
         # order 2: 2n - 1 timesteps, the start step counts in steps, not timesteps
         C("sd1_i2i_heun", "sd1", I2I, "heun", 26, 2, prompt=P["dog"], image=img, strength=0.5,
           guidance_scale=7.5, num_inference_steps=5),
+        C("sd1_i2i_unipc", "sd1", I2I, "unipc", 27, 2, prompt=P["cafe"], image=img_w, strength=0.7,
+          guidance_scale=7.5, num_inference_steps=8),
+        C("sd1_i2i_pndm", "sd1", I2I, None, 28, 2, prompt=P["cat"], negative_prompt=P["neg"], image=img,
+          strength=0.7, guidance_scale=7.5, num_inference_steps=8),
         # ---- sd1 legacy inpaint (4-channel UNet)
         C("sd1_inpaint_legacy_ddim", "sd1", INP, "ddim", 31, 3, prompt=P["cat"], image=img, mask_image=mask_l,
           strength=1.0, guidance_scale=7.5, num_inference_steps=8, height=32, width=32),
         C("sd1_inpaint_legacy_euler", "sd1", INP, "euler", 32, 3, prompt=P["dog"], image=img_w,
           mask_image=mask_rgb_w, strength=0.75, guidance_scale=7.5, num_inference_steps=8, height=32, width=48),
+        C("sd1_inpaint_legacy_dpmpp_2m", "sd1", INP, "dpmpp_2m", 33, 3, prompt=P["cafe"], image=img,
+          mask_image=mask_l, strength=0.8, guidance_scale=7.5, num_inference_steps=8, height=32, width=32),
         # ---- 9-channel inpaint
         C("inpaint_ddim", "inpaint", INP, "ddim", 41, 2, prompt=P["cat"], negative_prompt=P["neg"], image=img,
           mask_image=mask_l, strength=1.0, guidance_scale=7.5, num_inference_steps=8, height=32, width=32),
@@ -616,6 +622,9 @@ def cases():
           strength=0.8, guidance_scale=7.5, num_inference_steps=8, height=32, width=32),
         C("inpaint_pndm_no_cfg", "inpaint", INP, None, 44, 2, prompt=P["dog"], image=img, mask_image=mask_l,
           strength=1.0, guidance_scale=1.0, num_inference_steps=8, height=32, width=32),
+        C("inpaint_dpmpp_2m", "inpaint", INP, "dpmpp_2m", 45, 3, prompt=P["cat"], negative_prompt=P["neg"],
+          image=img_w, mask_image=mask_rgb_w, strength=0.9, guidance_scale=7.5, num_inference_steps=8,
+          height=32, width=48),
         # ---- sd2 (v-prediction)
         C("sd2_ddim", "sd2", S, None, 51, 1, prompt=P["cat"], negative_prompt=P["neg"], guidance_scale=7.5, **base),
         C("sd2_euler", "sd2", S, "euler", 52, 1, prompt=P["cafe"], guidance_scale=7.5, num_inference_steps=6,
