@@ -347,3 +347,40 @@ fn half_precision_pipelines_stay_close_to_f32() {
         assert!(mae < tol, "{precision:?}: MAE {mae}");
     }
 }
+
+/// Caller-made prompt embeddings give the same image as the prompt they encode.
+#[test]
+fn prompt_embeds_replace_the_prompt() {
+    use diffusion_pipelines::text::{PromptInputs, encode_sd};
+    let (_d, mut pipe) = load("sd1");
+    let run = |pipe: &mut DiffusionPipeline<B>, p: Params<'static, B>| {
+        let mut p = p;
+        p.output_type = OutputType::Latents;
+        pipe.call(p)
+            .unwrap()
+            .latents
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let mut with_text = small("a photo of a cat");
+    with_text.negative_prompt = Some(vec!["blurry".into()]);
+    let expected = run(&mut pipe, with_text);
+    let sd = pipe.stable_diffusion().unwrap();
+    let prompt = vec!["a photo of a cat".to_string()];
+    let negative = vec!["blurry".to_string()];
+    let embeds = encode_sd(
+        sd.text_encoder.as_ref().unwrap(),
+        &PromptInputs {
+            prompt: &prompt,
+            negative_prompt: Some(&negative),
+            ..PromptInputs::default()
+        },
+        true,
+    )
+    .unwrap();
+    let mut with_embeds = small("");
+    with_embeds.prompt = Vec::new();
+    with_embeds.prompt_embeds = Some(embeds);
+    assert_eq!(run(&mut pipe, with_embeds), expected);
+}
