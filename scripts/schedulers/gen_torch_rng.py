@@ -6,7 +6,7 @@ selected here with ATEN_CPU_CAPABILITY=default in a child process).
 
 Small draws are stored whole; larger ones as their first and last 16 values, every
 97th value and their sum (float64, in order), to keep the file small.
-Writes crates/diffusion-schedulers/tests/fixtures/torch_rng.json.
+Writes crates/diffusion-schedulers/tests/fixtures/torch_rng/torch_rng.json.
 
 Usage: python scripts/schedulers/gen_torch_rng.py
 """
@@ -16,7 +16,7 @@ import pathlib
 import subprocess
 import sys
 
-OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/diffusion-schedulers/tests/fixtures/torch_rng.json"
+OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/diffusion-schedulers/tests/fixtures/torch_rng/torch_rng.json"
 SEEDS = [0, 1, 42, 2**32 + 5, 2**63 - 1]
 # One generator per seed draws these in order: both randn paths, the tail-block
 # recomputation, and the cached scalar sample surviving the large draws.
