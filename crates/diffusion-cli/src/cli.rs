@@ -59,6 +59,7 @@ pub fn command() -> Command {
                         ),
                 ),
         )
+        .subcommand(train())
         .subcommand(
             hub_args(
                 Command::new("info")
@@ -306,4 +307,63 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
+}
+
+/// `diffuse train`: `train_unconditional.py`'s flags, with dashes.
+fn train() -> Command {
+    let num = |id: &'static str, name: &'static str, help: &'static str| {
+        Arg::new(id)
+            .long(dashed(id))
+            .value_name(name)
+            .help(help)
+            .allow_negative_numbers(true)
+    };
+    let flag = |id: &'static str, help: &'static str| {
+        Arg::new(id)
+            .long(dashed(id))
+            .action(ArgAction::SetTrue)
+            .help(help)
+    };
+    Command::new("train")
+        .about("Train an unconditional UNet2DModel on a folder of images (diffusers' train_unconditional)")
+        .arg(num("train_data_dir", "DIR", "Folder of .png/.jpg training images").required(true))
+        .arg(num("output_dir", "DIR", "Where the pipeline, checkpoints, samples and loss curve go").required(true))
+        .arg(num("model_config", "FILE", "UNet2DModel config.json (default: train_unconditional's UNet, RGB)"))
+        .arg(num("resolution", "PX", "Images are resized and center-cropped to this [default: 64]").value_parser(value_parser!(usize)))
+        .arg(flag("random_flip", "Mirror images at random"))
+        .arg(num("train_batch_size", "N", "Images per step [default: 16]").value_parser(value_parser!(usize)))
+        .arg(num("max_train_steps", "N", "Optimizer steps [default: 10000]").value_parser(value_parser!(u64)))
+        .arg(num("learning_rate", "F", "Base learning rate [default: 1e-4]").value_parser(value_parser!(f64)))
+        .arg(num("lr_scheduler", "NAME", "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial [default: cosine]"))
+        .arg(num("lr_warmup_steps", "N", "Warm-up steps [default: 500]").value_parser(value_parser!(u64)))
+        .arg(num("adam_beta1", "F", "[default: 0.95]").value_parser(value_parser!(f64)))
+        .arg(num("adam_beta2", "F", "[default: 0.999]").value_parser(value_parser!(f64)))
+        .arg(num("adam_weight_decay", "F", "[default: 1e-6]").value_parser(value_parser!(f64)))
+        .arg(num("adam_epsilon", "F", "[default: 1e-8]").value_parser(value_parser!(f64)))
+        .arg(num("max_grad_norm", "F", "Gradient-norm clipping, 0 = off [default: 1.0]").value_parser(value_parser!(f64)))
+        .arg(flag("use_ema", "Keep a moving average of the weights and save it"))
+        .arg(num("ema_inv_gamma", "F", "[default: 1.0]").value_parser(value_parser!(f64)))
+        .arg(num("ema_power", "F", "[default: 0.75]").value_parser(value_parser!(f64)))
+        .arg(num("ema_max_decay", "F", "[default: 0.9999]").value_parser(value_parser!(f64)))
+        .arg(num("prediction_type", "TYPE", "epsilon, v_prediction or sample [default: epsilon]"))
+        .arg(num("snr_gamma", "F", "Min-SNR-gamma loss weighting (5.0 recommended)").value_parser(value_parser!(f64)))
+        .arg(num("noise_offset", "F", "Noise offset [default: 0]").value_parser(value_parser!(f64)))
+        .arg(num("ddpm_num_steps", "N", "Training timesteps [default: 1000]").value_parser(value_parser!(usize)))
+        .arg(num("ddpm_beta_schedule", "NAME", "linear, scaled_linear, squaredcos_cap_v2 [default: linear]"))
+        .arg(num("checkpointing_steps", "N", "Checkpoint every N steps, 0 = only at the end [default: 500]").value_parser(value_parser!(u64)))
+        .arg(num("checkpoints_total_limit", "N", "Keep only the newest N checkpoints").value_parser(value_parser!(usize)))
+        .arg(num("resume_from_checkpoint", "DIR|latest", "Continue a run from a checkpoint"))
+        .arg(num("save_images_steps", "N", "A sample grid every N steps [default: only at the end]").value_parser(value_parser!(u64)))
+        .arg(num("eval_batch_size", "N", "Images in a sample grid [default: 16]").value_parser(value_parser!(usize)))
+        .arg(num("num_inference_steps", "N", "DDIM steps for sample grids [default: 50]").value_parser(value_parser!(usize)))
+        .arg(num("pipeline_class", "NAME", "DDPMPipeline or DDIMPipeline [default: DDPMPipeline]"))
+        .arg(num("seed", "N", "Seed of weights, data order and noise [default: 0]").value_parser(value_parser!(u64)))
+        .arg(num("device", "DEVICE", "cpu, or cuda[:N] (built with feature cuda) [default: cpu]").value_parser(args::device))
+        .arg(flag("quiet", "No progress bar"))
+}
+
+/// `train_data_dir` → `train-data-dir` (clap keeps `&'static str` names; the
+/// command is built once per process).
+fn dashed(id: &'static str) -> &'static str {
+    Box::leak(id.replace('_', "-").into_boxed_str())
 }

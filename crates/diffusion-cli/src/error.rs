@@ -9,12 +9,6 @@ pub enum CliError {
     /// A flag with a bad value, or flags that do not go together.
     #[error("{0}")]
     Usage(String),
-    /// No `--model` and no embedded default.
-    #[error(
-        "no --model given, and this build has no embedded default model yet; \
-         pass --model with a Hub repo id, a diffusers folder or a checkpoint file"
-    )]
-    NoDefaultModel,
     /// `--device cuda` in a build without the `cuda` feature.
     #[cfg(not(feature = "cuda"))]
     #[error("--device {0}: this build has no CUDA support (rebuild with `--features cuda`)")]

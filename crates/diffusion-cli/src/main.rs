@@ -52,7 +52,9 @@ mod error;
 mod generate;
 mod info;
 mod model;
+mod plot;
 mod settings;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,6 +122,32 @@ fn run(matches: &ArgMatches) -> Result<()> {
             let out_dir = PathBuf::from(m.get_one::<String>("out_dir").expect("required"));
             let prediction = m.get_one::<String>("prediction_type").map(String::as_str);
             print!("{}", convert::convert(&checkpoint, &out_dir, prediction)?);
+            Ok(())
+        }
+        Some(("train", m)) => {
+            let args = train::TrainArgs::from_matches(m)?;
+            let device = m
+                .get_one::<Device>("device")
+                .copied()
+                .unwrap_or(Device::Cpu);
+            let summary =
+                match device {
+                    Device::Cpu => train::run::<
+                        burn::backend::Autodiff<diffusion_models::backend::Cpu>,
+                    >(&args, Default::default())?,
+                    #[cfg(feature = "cuda")]
+                    Device::Cuda(n) => train::run::<
+                        burn::backend::Autodiff<diffusion_models::backend::Cuda>,
+                    >(
+                        &args, burn::backend::cuda::CudaDevice::new(n)
+                    )?,
+                    #[cfg(not(feature = "cuda"))]
+                    Device::Cuda(_) => return Err(error::CliError::NoCuda(device.name())),
+                };
+            println!(
+                "{}",
+                serde_json::to_string(&summary).expect("summary serializes")
+            );
             Ok(())
         }
         Some(("info", m)) => {

@@ -12,6 +12,7 @@ fn diffuse(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HOME", dir.join("hf-home"))
+        .env("DIFFUSE_CACHE", dir.join("cache"))
         .output()
         .expect("run diffuse")
 }
@@ -123,12 +124,41 @@ fn help_lists_the_commands_and_flags() {
 }
 
 #[test]
-fn no_model_is_a_one_line_error() {
+fn no_model_runs_the_embedded_default_model() {
     let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let run = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .args(["generate", "--seed", "0", "--steps", "10", "-o", out])
+            .current_dir(tmp.path())
+            .env("DIFFUSE_CACHE", &cache)
+            .output()
+            .expect("run diffuse")
+    };
+    let o = run("digit.png");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(tmp.path().join("digit.png")).unwrap();
+    assert_eq!(
+        (img.width(), img.height(), img.color()),
+        (16, 16, image::ColorType::L8)
+    );
+    // Unpacked once, into a folder named by its content; a second run reuses it.
+    let unpacked: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert!(unpacked[0].to_string_lossy().starts_with("default-model-"));
+    let o = run("again.png");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(tmp.path().join("digit.png")).unwrap(),
+        std::fs::read(tmp.path().join("again.png")).unwrap()
+    );
+    // A text prompt is refused by the unconditional default model, by name.
     let o = diffuse(tmp.path(), &["generate", "-p", "a cat"]);
-    assert_one_line_error(&o, "--model");
-    assert!(stderr(&o).contains("no embedded default model"));
-    assert!(outputs(tmp.path()).is_empty());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("prompt"), "{}", stderr(&o));
 }
 
 #[test]

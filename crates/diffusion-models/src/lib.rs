@@ -24,6 +24,7 @@ pub mod load;
 pub mod mid_block;
 pub mod nn;
 pub mod resnet;
+pub mod state;
 pub mod testing;
 pub mod transformer_2d;
 pub mod unet_2d;
@@ -32,7 +33,7 @@ pub mod unet_2d_condition;
 pub mod vae;
 
 pub use error::{ModelError, Result};
-pub use load::{Loader, Precision, TensorMap, WeightSource};
+pub use load::{Loader, ParamInfo, ParamKeys, Precision, TensorMap, WeightSource};
 
 /// The backends this crate is compiled for.
 pub mod backend {

@@ -14,7 +14,7 @@
 //! full-size configs without downloading gigabytes.
 
 use crate::error::{ModelError, Result};
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, FloatDType, Tensor, TensorData};
 use diffusion_hub::weights::{Dtype, Weights};
@@ -185,14 +185,34 @@ impl Init {
 
 enum Source<'a> {
     Weights(&'a dyn WeightSource),
-    Random,
+    /// Random initialisation: from the backend's generator, or, with a seed,
+    /// from a host generator keyed by `(seed, key)`.
+    Random(Option<u64>),
 }
 
 struct Context<'a, B: Backend> {
     source: Source<'a>,
     device: B::Device,
     used: RefCell<BTreeSet<String>>,
+    params: RefCell<ParamKeys>,
 }
+
+/// Where a parameter lives in diffusers' files: its key, its stored shape, and
+/// whether the module holds it transposed (Linear weights). Recorded by the
+/// [`Loader`] for every parameter it hands out, so a model built from it can
+/// be written back under the same keys ([`crate::state::state_dict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamInfo {
+    /// The diffusers key (`down_blocks.0.resnets.1.conv1.weight`).
+    pub key: String,
+    /// The shape in the file (PyTorch layout).
+    pub stored: Vec<usize>,
+    /// Held as `[in, out]`, stored as `[out, in, ...]`.
+    pub transposed: bool,
+}
+
+/// Every parameter of a model built by one [`Loader`], by Burn parameter id.
+pub type ParamKeys = BTreeMap<ParamId, ParamInfo>;
 
 /// Hands out parameters by diffusers key; see the module docs.
 pub struct Loader<'a, B: Backend> {
@@ -220,7 +240,20 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// Random initialisation with PyTorch's default schemes (seed the backend
     /// with `B::seed` first for reproducible weights).
     pub fn random(device: &B::Device, precision: Precision) -> Loader<'static, B> {
-        Loader::with_source(Source::Random, device, precision)
+        Loader::with_source(Source::Random(None), device, precision)
+    }
+
+    /// Random initialisation like [`Loader::random`], drawn on the host from
+    /// a generator keyed by `seed` and each parameter's key: the weights
+    /// depend on nothing else (not on the backend, the build order, or other
+    /// threads drawing random numbers), so a seeded training run is
+    /// reproducible.
+    pub fn random_seeded(
+        device: &B::Device,
+        precision: Precision,
+        seed: u64,
+    ) -> Loader<'static, B> {
+        Loader::with_source(Source::Random(Some(seed)), device, precision)
     }
 
     fn with_source(source: Source<'a>, device: &B::Device, precision: Precision) -> Self {
@@ -229,6 +262,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 source,
                 device: device.clone(),
                 used: RefCell::new(BTreeSet::new()),
+                params: RefCell::new(ParamKeys::new()),
             }),
             prefix: String::new(),
             precision,
@@ -281,7 +315,7 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// Whether this loader draws random weights.
     pub fn is_random(&self) -> bool {
-        matches!(self.ctx.source, Source::Random)
+        matches!(self.ctx.source, Source::Random(_))
     }
 
     /// Whether the weights hold `name` (always false for random init): for
@@ -289,7 +323,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     pub fn contains(&self, name: &str) -> bool {
         match self.ctx.source {
             Source::Weights(w) => w.shape(&self.key(name)).is_some(),
-            Source::Random => false,
+            Source::Random(_) => false,
         }
     }
 
@@ -297,7 +331,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     pub fn stored_shape(&self, name: &str) -> Option<Vec<usize>> {
         match self.ctx.source {
             Source::Weights(w) => w.shape(&self.key(name)),
-            Source::Random => None,
+            Source::Random(_) => None,
         }
     }
 
@@ -308,7 +342,26 @@ impl<'a, B: Backend> Loader<'a, B> {
         shape: [usize; D],
         init: Init,
     ) -> Result<Param<Tensor<B, D>>> {
-        Ok(Param::from_tensor(self.tensor(name, shape, init)?))
+        let param = Param::from_tensor(self.tensor(name, shape, init)?);
+        self.record(param.id, name, &shape, false);
+        Ok(param)
+    }
+
+    fn record(&self, id: ParamId, name: &str, stored: &[usize], transposed: bool) {
+        self.ctx.params.borrow_mut().insert(
+            id,
+            ParamInfo {
+                key: self.key(name),
+                stored: stored.to_vec(),
+                transposed,
+            },
+        );
+    }
+
+    /// The key, stored shape and layout of every parameter handed out so far
+    /// (by this loader and every loader derived from it with [`Loader::pp`]).
+    pub fn param_keys(&self) -> ParamKeys {
+        self.ctx.params.borrow().clone()
     }
 
     /// The tensor `name` with the given shape (see [`Loader::param`]).
@@ -334,7 +387,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         let device = &self.ctx.device;
         let dtype = self.precision.dtype();
         match self.read(name, stored)? {
-            None => Ok(random_tensor(shape, init, device, dtype)),
+            None => Ok(self.random_tensor(name, shape, init)),
             Some(data) => {
                 let data = TensorData::from_bytes(data.bytes, shape.to_vec(), data.dtype);
                 let data = if data.dtype == dtype {
@@ -351,7 +404,20 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// dimensions, `stored`), returned transposed to Burn's `[in, out]` and
     /// contiguous: the transpose is done once on the host, because a
     /// transposed view makes every CPU matmul slower (about 2× on ndarray).
-    pub fn linear_weight(
+    pub fn linear_param(
+        &self,
+        name: &str,
+        stored: &[usize],
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Param<Tensor<B, 2>>> {
+        let param =
+            Param::from_tensor(self.linear_weight(name, stored, out_features, in_features)?);
+        self.record(param.id, name, stored, true);
+        Ok(param)
+    }
+
+    fn linear_weight(
         &self,
         name: &str,
         stored: &[usize],
@@ -361,11 +427,10 @@ impl<'a, B: Backend> Loader<'a, B> {
         let device = &self.ctx.device;
         let dtype = self.precision.dtype();
         match self.read(name, stored)? {
-            None => Ok(random_tensor(
+            None => Ok(self.random_tensor(
+                name,
                 [in_features, out_features],
                 Init::fan_in(in_features),
-                device,
-                dtype,
             )),
             Some(data) => {
                 let values = data
@@ -394,7 +459,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     fn read(&self, name: &str, stored: &[usize]) -> Result<Option<TensorData>> {
         let key = self.key(name);
         let source = match self.ctx.source {
-            Source::Random => return Ok(None),
+            Source::Random(_) => return Ok(None),
             Source::Weights(w) => w,
         };
         let found = source.shape(&key).ok_or_else(|| ModelError::MissingKey {
@@ -432,6 +497,27 @@ impl<'a, B: Backend> Loader<'a, B> {
         )))
     }
 
+    fn random_tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Tensor<B, D> {
+        let (device, dtype) = (&self.ctx.device, self.precision.dtype());
+        let Source::Random(Some(seed)) = self.ctx.source else {
+            return random_tensor(shape, init, device, dtype);
+        };
+        let n = shape.iter().product();
+        let values = seeded_values(seed, &self.key(name), n, init);
+        let data = TensorData::new(values, shape.to_vec());
+        let data = if dtype == DType::F32 {
+            data
+        } else {
+            data.convert_dtype(dtype)
+        };
+        Tensor::from_data(data, (device, dtype))
+    }
+
     /// Marks `name` as consumed without reading it (buffers diffusers ignores).
     pub fn skip(&self, name: &str) {
         self.ctx.used.borrow_mut().insert(self.key(name));
@@ -442,7 +528,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// A loader with a prefix checks only the keys under its prefix.
     pub fn finish(self, ignorable: &[&str]) -> Result<()> {
         let source = match self.ctx.source {
-            Source::Random => return Ok(()),
+            Source::Random(_) => return Ok(()),
             Source::Weights(w) => w,
         };
         let used = self.ctx.used.borrow();
@@ -503,6 +589,33 @@ fn random_tensor<B: Backend, const D: usize>(
     } else {
         t.cast(dtype_to_float(dtype))
     }
+}
+
+/// `n` values drawn as `init` says from a splitmix64 stream keyed by the
+/// seed and the FNV-1a hash of `key` (normals by Box–Muller).
+fn seeded_values(seed: u64, key: &str, n: usize, init: Init) -> Vec<f32> {
+    let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        // 53 random bits in [0, 1).
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| match init {
+            Init::Ones => 1.0,
+            Init::Zeros => 0.0,
+            Init::Uniform(b) => ((2.0 * next() - 1.0) * b) as f32,
+            Init::Normal(std) => {
+                let (u1, u2) = (1.0 - next(), next());
+                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std) as f32
+            }
+        })
+        .collect()
 }
 
 fn dtype_to_float(dtype: DType) -> FloatDType {

@@ -47,16 +47,13 @@ impl<B: Backend> Linear<B> {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = loader.linear_weight("weight", stored, out_features, in_features)?;
+        let weight = loader.linear_param("weight", stored, out_features, in_features)?;
         let bias = if bias {
             Some(loader.param("bias", [out_features], Init::fan_in(in_features))?)
         } else {
             None
         };
-        Ok(Linear {
-            weight: Param::from_tensor(weight),
-            bias,
-        })
+        Ok(Linear { weight, bias })
     }
 
     /// Like [`Linear::load`], accepting a `[out, in, 1, 1]` 1×1-conv weight too

@@ -74,6 +74,17 @@ pub enum PipelineError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Writing a safetensors file failed.
+    #[error(transparent)]
+    Save(#[from] diffusion_hub::save::SaveError),
+    /// A training step that cannot go on (a non-finite loss or gradient).
+    #[error("training step {step}: {message}")]
+    Training {
+        /// The optimizer step (1-based) that failed.
+        step: u64,
+        /// What went wrong.
+        message: String,
+    },
     /// A config file that does not parse.
     #[error("{path}: {message}")]
     Config {

@@ -54,6 +54,32 @@ impl Images {
         }
     }
 
+    /// All images tiled into one, `columns` per row, separated by `gap`
+    /// black pixels (diffusers' `make_image_grid`, with a gap).
+    pub fn grid(&self, columns: usize, gap: usize) -> Images {
+        let cols = columns.clamp(1, self.count.max(1));
+        let rows = self.count.div_ceil(cols).max(1);
+        let (h, w, c) = (self.height, self.width, self.channels);
+        let (gh, gw) = (rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap);
+        let mut data = vec![0f32; gh * gw * c];
+        let n = h * w * c;
+        for i in 0..self.count {
+            let (top, left) = ((i / cols) * (h + gap), (i % cols) * (w + gap));
+            for y in 0..h {
+                let src = &self.data[i * n + y * w * c..i * n + (y + 1) * w * c];
+                let dst = ((top + y) * gw + left) * c;
+                data[dst..dst + w * c].copy_from_slice(src);
+            }
+        }
+        Images {
+            count: 1,
+            height: gh,
+            width: gw,
+            channels: c,
+            data,
+        }
+    }
+
     /// Image `i` as 8-bit pixels: `round(x · 255)`, ties to even as `np.round`.
     pub fn to_u8(&self, i: usize) -> Vec<u8> {
         let n = self.height * self.width * self.channels;

@@ -32,6 +32,7 @@ pub mod preview;
 pub(crate) mod progress;
 pub mod stable_diffusion;
 pub mod text;
+pub mod training;
 pub mod unconditional;
 
 pub use components::{LoadOptions, SchedulerChoice};

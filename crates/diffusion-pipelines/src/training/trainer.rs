@@ -1,0 +1,515 @@
+//! One optimizer step of a denoising network, as diffusers' training scripts
+//! take it: noise the batch with the noise scheduler, predict, weighted MSE,
+//! backward, global-norm clipping, AdamW at the scheduled learning rate, then
+//! the moving average. The caller supplies the noise and the timesteps (drawn
+//! from its own seeded generator), so a step is a pure function of the batch
+//! and the state: reproducible, resumable and comparable with PyTorch.
+
+use super::adamw::{AdamW, AdamWConfig, clip_coefficient};
+use super::ema::EmaConfig;
+use super::lr::{LrSchedule, LrScheduleKind};
+use super::objective::{Objective, PredictionType, snr};
+use super::params::{FlatParam, flatten, gradients, replace, replace_autodiff};
+use crate::error::{PipelineError, Result};
+use crate::latents::Latents;
+use burn::module::{AutodiffModule, Module, ParamId};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use diffusion_models::load::{Loader, ParamKeys, Precision, WeightSource};
+use diffusion_models::unet_2d::{ClassLabels, UNet2DConfig, UNet2DModel};
+use diffusion_models::unet_2d_condition::{
+    UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
+};
+use diffusion_schedulers::{CpuTensor, Scheduler};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// What a network is conditioned on besides the noisy sample and timestep.
+#[derive(Debug, Clone)]
+pub enum Condition<B: Backend> {
+    /// Nothing (unconditional UNet2DModel).
+    None,
+    /// Class ids for a UNet2DModel with a class embedding.
+    ClassLabels(Tensor<B, 1>),
+    /// Text-encoder states `[N, tokens, dim]` (UNet2DConditionModel).
+    Text(Tensor<B, 3>),
+}
+
+/// A network the trainer can train: built from its config by a [`Loader`],
+/// and predicting from a noisy batch.
+pub trait Denoiser<B: Backend>: Module<B> + Sized {
+    /// diffusers' class name (`config.json`'s `_class_name`).
+    const CLASS_NAME: &'static str;
+    /// Its `config.json`.
+    type Config: Serialize + DeserializeOwned + Clone + std::fmt::Debug;
+    /// Builds it (random or stored weights, by the loader).
+    fn build(loader: &Loader<B>, config: &Self::Config) -> diffusion_models::Result<Self>;
+    /// The prediction for `noisy` at `timesteps`.
+    fn denoise(
+        &self,
+        noisy: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        condition: &Condition<B>,
+    ) -> Result<Tensor<B, 4>>;
+}
+
+impl<B: Backend> Denoiser<B> for UNet2DModel<B> {
+    const CLASS_NAME: &'static str = "UNet2DModel";
+    type Config = UNet2DConfig;
+    fn build(loader: &Loader<B>, config: &UNet2DConfig) -> diffusion_models::Result<Self> {
+        UNet2DModel::load(loader, config)
+    }
+    fn denoise(
+        &self,
+        noisy: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        condition: &Condition<B>,
+    ) -> Result<Tensor<B, 4>> {
+        let labels = match condition {
+            Condition::None => None,
+            Condition::ClassLabels(l) => Some(ClassLabels::Values(l.clone())),
+            Condition::Text(_) => {
+                return Err(PipelineError::parameter(
+                    "condition",
+                    "UNet2DModel takes no text conditioning",
+                ));
+            }
+        };
+        Ok(self.forward(noisy, timesteps, labels)?)
+    }
+}
+
+impl<B: Backend> Denoiser<B> for UNet2DConditionModel<B> {
+    const CLASS_NAME: &'static str = "UNet2DConditionModel";
+    type Config = UNet2DConditionConfig;
+    fn build(loader: &Loader<B>, config: &UNet2DConditionConfig) -> diffusion_models::Result<Self> {
+        UNet2DConditionModel::load(loader, config)
+    }
+    fn denoise(
+        &self,
+        noisy: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        condition: &Condition<B>,
+    ) -> Result<Tensor<B, 4>> {
+        let Condition::Text(states) = condition else {
+            return Err(PipelineError::parameter(
+                "condition",
+                "UNet2DConditionModel needs text-encoder states (Condition::Text)",
+            ));
+        };
+        Ok(self.forward(noisy, timesteps, states.clone(), UNetConditions::default())?)
+    }
+}
+
+/// The hyper-parameters of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Base learning rate.
+    pub learning_rate: f64,
+    /// AdamW's other hyper-parameters.
+    pub optimizer: AdamWConfig,
+    /// Learning-rate schedule.
+    pub lr_schedule: LrSchedule,
+    /// Global gradient-norm limit (`clip_grad_norm_`); `None`: no clipping.
+    pub max_grad_norm: Option<f64>,
+    /// Moving average of the weights; `None`: none.
+    pub ema: Option<EmaConfig>,
+    /// Target and loss weighting.
+    pub objective: Objective,
+}
+
+impl Default for TrainConfig {
+    /// diffusers' `train_unconditional.py` defaults.
+    fn default() -> Self {
+        TrainConfig {
+            learning_rate: 1e-4,
+            optimizer: AdamWConfig {
+                beta1: 0.95,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 1e-6,
+            },
+            lr_schedule: LrSchedule::new(LrScheduleKind::Cosine, 500, 10_000),
+            max_grad_norm: Some(1.0),
+            ema: Some(EmaConfig {
+                decay: 0.9999,
+                use_ema_warmup: true,
+                inv_gamma: 1.0,
+                power: 0.75,
+                ..EmaConfig::default()
+            }),
+            objective: Objective::default(),
+        }
+    }
+}
+
+/// One batch: clean samples, the noise to add, the training timesteps.
+#[derive(Debug, Clone)]
+pub struct Batch<B: Backend> {
+    /// Clean samples `[N, C, H, W]` in the model's range (`[-1, 1]` for images).
+    pub x0: Tensor<B, 4>,
+    /// Gaussian noise of the same shape.
+    pub noise: Tensor<B, 4>,
+    /// `[N, C, 1, 1]` Gaussian noise scaled by `noise_offset` and added to
+    /// `noise` (needed only when the objective has a noise offset).
+    pub offset_noise: Option<Tensor<B, 4>>,
+    /// One training timestep per sample, in `0..num_train_timesteps`.
+    pub timesteps: Vec<i64>,
+    /// Conditioning.
+    pub condition: Condition<B>,
+}
+
+/// What a step measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Optimizer steps done, this one included.
+    pub step: u64,
+    /// The (weighted) loss before the update.
+    pub loss: f64,
+    /// Global gradient 2-norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A model being trained, with its optimizer, moving average and step count.
+pub struct Trainer<B: AutodiffBackend, M: Denoiser<B> + AutodiffModule<B>> {
+    pub(crate) model: M,
+    pub(crate) model_config: M::Config,
+    pub(crate) keys: ParamKeys,
+    pub(crate) scheduler_config: Value,
+    scheduler: Box<dyn Scheduler<Latents<B>>>,
+    snr_scheduler: Box<dyn Scheduler<CpuTensor>>,
+    prediction: PredictionType,
+    num_train_timesteps: usize,
+    pub(crate) config: TrainConfig,
+    pub(crate) optimizer: AdamW<B::InnerBackend>,
+    pub(crate) ema: Option<HashMap<ParamId, Tensor<B::InnerBackend, 1>>>,
+    pub(crate) step: u64,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend, M: Denoiser<B> + AutodiffModule<B>> Trainer<B, M>
+where
+    M::InnerModule: Module<B::InnerBackend>,
+{
+    /// A model built by `loader` (random weights to train from scratch, or a
+    /// pretrained model's to fine-tune) under `scheduler_config` (the noise
+    /// scheduler's `scheduler_config.json`: betas, timesteps, prediction type).
+    pub fn new(
+        loader: &Loader<B>,
+        model_config: M::Config,
+        scheduler_config: Value,
+        config: TrainConfig,
+    ) -> Result<Self> {
+        let model = M::build(loader, &model_config)?;
+        let keys = loader.param_keys();
+        Self::from_parts(
+            model,
+            model_config,
+            keys,
+            scheduler_config,
+            config,
+            loader.device().clone(),
+        )
+    }
+
+    /// A trainer for an already built `model` whose parameters `keys`
+    /// describes (see [`build_model`]).
+    pub fn from_parts(
+        model: M,
+        model_config: M::Config,
+        keys: ParamKeys,
+        scheduler_config: Value,
+        config: TrainConfig,
+        device: B::Device,
+    ) -> Result<Self> {
+        let scheduler =
+            diffusion_schedulers::from_config::<Latents<B>>(&scheduler_config)?.scheduler;
+        let snr_scheduler =
+            diffusion_schedulers::from_config::<CpuTensor>(&scheduler_config)?.scheduler;
+        let from_config = scheduler_config
+            .get("prediction_type")
+            .and_then(Value::as_str)
+            .unwrap_or("epsilon");
+        let prediction = match config.objective.prediction_type {
+            Some(p) => p,
+            None => serde_json::from_value(Value::String(from_config.into())).map_err(|_| {
+                PipelineError::parameter(
+                    "prediction_type",
+                    format!("unknown value {from_config:?} in the scheduler config"),
+                )
+            })?,
+        };
+        if prediction == PredictionType::FlowPrediction {
+            return Err(PipelineError::parameter(
+                "prediction_type",
+                "flow_prediction is not trainable here (epsilon, v_prediction or sample)",
+            ));
+        }
+        let num_train_timesteps = scheduler_config
+            .get("num_train_timesteps")
+            .and_then(Value::as_u64)
+            .unwrap_or(1000) as usize;
+        let ema = config.ema.map(|_| {
+            flatten(&model.valid())
+                .into_iter()
+                .map(|p| (p.id, p.value))
+                .collect()
+        });
+        Ok(Trainer {
+            model,
+            model_config,
+            keys,
+            scheduler_config,
+            scheduler,
+            snr_scheduler,
+            prediction,
+            num_train_timesteps,
+            optimizer: AdamW::new(config.optimizer),
+            config,
+            ema,
+            step: 0,
+            device,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// Its config.
+    pub fn model_config(&self) -> &M::Config {
+        &self.model_config
+    }
+
+    /// The key, stored shape and layout of each parameter (for saving).
+    pub fn param_keys(&self) -> &ParamKeys {
+        &self.keys
+    }
+
+    /// The noise scheduler's config.
+    pub fn scheduler_config(&self) -> &Value {
+        &self.scheduler_config
+    }
+
+    /// The run's hyper-parameters.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The target the model learns.
+    pub fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+
+    /// Training timesteps of the noise scheduler (timesteps are drawn in `0..this`).
+    pub fn num_train_timesteps(&self) -> usize {
+        self.num_train_timesteps
+    }
+
+    /// Optimizer steps done.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Stretches the learning-rate schedule to end at `total_steps` (a run
+    /// resumed with a longer budget than it started with).
+    pub fn set_total_steps(&mut self, total_steps: u64) {
+        self.config.lr_schedule.total_steps = total_steps;
+    }
+
+    /// The learning rate the next step will use.
+    pub fn next_lr(&self) -> f64 {
+        self.config
+            .lr_schedule
+            .lr(self.config.learning_rate, self.step)
+    }
+
+    /// The model for inference: the moving average when there is one (what
+    /// diffusers' scripts save), else the trained weights.
+    pub fn inference_model(&self) -> M::InnerModule {
+        let model = self.model.valid();
+        match &self.ema {
+            Some(shadow) => replace(model, shadow),
+            None => model,
+        }
+    }
+
+    /// The trained weights (not averaged), for inference.
+    pub fn raw_model(&self) -> M::InnerModule {
+        self.model.valid()
+    }
+
+    /// The loss of `batch` (a graph on the autodiff backend) and its value.
+    pub fn loss(&self, batch: &Batch<B>) -> Result<Tensor<B, 1>> {
+        let [n, ..] = batch.x0.dims();
+        let dims = batch.x0.dims();
+        for (name, t) in [("noise", &batch.noise)] {
+            if t.dims() != dims {
+                return Err(PipelineError::parameter(
+                    "batch",
+                    format!("{name} has shape {:?}, x0 has {dims:?}", t.dims()),
+                ));
+            }
+        }
+        if batch.timesteps.len() != n {
+            return Err(PipelineError::parameter(
+                "batch",
+                format!("{} timesteps for {n} samples", batch.timesteps.len()),
+            ));
+        }
+        if let Some(t) = batch
+            .timesteps
+            .iter()
+            .find(|&&t| t < 0 || t as usize >= self.num_train_timesteps)
+        {
+            return Err(PipelineError::parameter(
+                "batch",
+                format!("timestep {t} is outside 0..{}", self.num_train_timesteps),
+            ));
+        }
+        let offset = self.config.objective.noise_offset;
+        let noise = if offset != 0.0 {
+            let extra = batch.offset_noise.clone().ok_or_else(|| {
+                PipelineError::parameter("batch", "noise_offset is set but offset_noise is missing")
+            })?;
+            if extra.dims() != [dims[0], dims[1], 1, 1] {
+                return Err(PipelineError::parameter(
+                    "batch",
+                    format!(
+                        "offset_noise has shape {:?}, expected [N, C, 1, 1]",
+                        extra.dims()
+                    ),
+                ));
+            }
+            batch.noise.clone() + extra.mul_scalar(offset as f32)
+        } else {
+            batch.noise.clone()
+        };
+        let ts: Vec<f64> = batch.timesteps.iter().map(|&t| t as f64).collect();
+        let x0 = Latents(batch.x0.clone());
+        let noise = Latents(noise);
+        let noisy = self.scheduler.add_noise(&x0, &noise, &ts)?.0;
+        let target = match self.prediction {
+            PredictionType::Epsilon => noise.0,
+            PredictionType::VPrediction => self.scheduler.get_velocity(&x0, &noise, &ts)?.0,
+            PredictionType::Sample | PredictionType::FlowPrediction => x0.0,
+        };
+        let t = Tensor::<B, 1>::from_data(
+            TensorData::new(batch.timesteps.iter().map(|&t| t as f32).collect(), [n]),
+            &self.device,
+        );
+        let pred = self.model.denoise(noisy, t, &batch.condition)?;
+        if pred.dims() != dims {
+            return Err(PipelineError::parameter(
+                "batch",
+                format!(
+                    "the model predicts {:?} from a batch of {dims:?}",
+                    pred.dims()
+                ),
+            ));
+        }
+        let diff = pred - target;
+        let se = diff.clone() * diff;
+        if self.config.objective.snr_gamma.is_none() {
+            return Ok(se.mean());
+        }
+        let ones = CpuTensor::new(vec![1.0; n], vec![n, 1, 1, 1])?;
+        let zeros = CpuTensor::zeros(vec![n, 1, 1, 1]);
+        let signal = self.snr_scheduler.add_noise(&ones, &zeros, &ts)?;
+        let noise_scale = self.snr_scheduler.add_noise(&zeros, &ones, &ts)?;
+        let snr = snr(signal.data(), noise_scale.data());
+        let w = self.config.objective.weights(self.prediction, &snr);
+        let w = Tensor::<B, 1>::from_data(
+            TensorData::new(w.iter().map(|&v| v as f32).collect(), [n]),
+            &self.device,
+        );
+        let per_sample = se.reshape([n as i32, -1]).mean_dim(1).reshape([n]);
+        Ok((per_sample * w).mean())
+    }
+
+    /// One optimizer step on `batch`.
+    pub fn step(&mut self, batch: &Batch<B>) -> Result<StepStats> {
+        let step = self.step + 1;
+        let lr = self.next_lr();
+        let loss = self.loss(batch)?;
+        let loss_value = f64::from(loss.clone().into_scalar().elem::<f32>());
+        if !loss_value.is_finite() {
+            return Err(PipelineError::Training {
+                step,
+                message: format!("the loss is {loss_value}; the weights were not updated"),
+            });
+        }
+        let grads = loss.backward();
+        let ordered: Vec<(ParamId, Tensor<B::InnerBackend, 1>)> = gradients(&self.model, &grads)
+            .into_iter()
+            .filter_map(|(id, g)| g.map(|g| (id, g)))
+            .collect();
+        let (grad_norm, coef) =
+            clip_coefficient(ordered.iter().map(|(_, g)| g), self.config.max_grad_norm);
+        let grads: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = ordered.into_iter().collect();
+        if !grad_norm.is_finite() {
+            return Err(PipelineError::Training {
+                step,
+                message: format!("the gradient norm is {grad_norm}; the weights were not updated"),
+            });
+        }
+        let params: Vec<FlatParam<B::InnerBackend>> = flatten(&self.model)
+            .into_iter()
+            .map(|p| FlatParam {
+                id: p.id,
+                dims: p.dims,
+                value: p.value.inner(),
+            })
+            .collect();
+        let updated = self.optimizer.update(&params, &grads, lr, coef);
+        self.model = replace_autodiff(self.model.clone(), &updated);
+        self.step = step;
+        if let (Some(shadow), Some(ema)) = (self.ema.as_mut(), self.config.ema) {
+            let one_minus = (1.0 - ema.decay_at(step)) as f32;
+            for p in &params {
+                let current = updated.get(&p.id).unwrap_or(&p.value);
+                if let Some(s) = shadow.get_mut(&p.id) {
+                    *s = s.clone() - (s.clone() - current.clone()).mul_scalar(one_minus);
+                }
+            }
+        }
+        Ok(StepStats {
+            step,
+            loss: loss_value,
+            grad_norm,
+            lr,
+        })
+    }
+}
+
+/// Builds a model on `device` from a config and optional weights (without:
+/// PyTorch's default initialisation schemes, drawn from a host generator
+/// keyed by `seed`, see [`Loader::random_seeded`]), returning it with its
+/// parameter keys.
+pub fn build_model<B: Backend, M: Denoiser<B>>(
+    config: &M::Config,
+    weights: Option<&dyn WeightSource>,
+    device: &B::Device,
+    seed: u64,
+) -> Result<(M, ParamKeys)> {
+    let loader = match weights {
+        Some(w) => Loader::new(w, device, Precision::F32),
+        None => Loader::random_seeded(device, Precision::F32, seed),
+    };
+    let model = M::build(&loader, config)?;
+    let keys = loader.param_keys();
+    loader.finish(&[])?;
+    Ok((model, keys))
+}
+
+use burn::tensor::ElementConversion as _;
