@@ -253,62 +253,6 @@ fn generation(cmd: Command) -> Command {
         )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_command_is_consistent() {
-        command().debug_assert();
-    }
-
-    #[test]
-    fn repeated_flags_collect_and_seeds_conflict() {
-        let m = command()
-            .try_get_matches_from([
-                "diffuse",
-                "generate",
-                "-p",
-                "a",
-                "--prompt",
-                "b",
-                "--scheduler-config",
-                "use_karras_sigmas=true",
-                "--scheduler-config",
-                "timestep_spacing=trailing",
-                "--seeds",
-                "1,2",
-            ])
-            .unwrap();
-        let (_, sub) = m.subcommand().unwrap();
-        let prompts: Vec<&String> = sub.get_many("prompt").unwrap().collect();
-        assert_eq!(prompts, ["a", "b"]);
-        assert_eq!(
-            sub.get_many::<(String, serde_json::Value)>("scheduler_config")
-                .unwrap()
-                .count(),
-            2
-        );
-        assert_eq!(sub.get_one::<Vec<u64>>("seeds").unwrap(), &vec![1, 2]);
-        let err = command()
-            .try_get_matches_from(["diffuse", "generate", "--seed", "1", "--seeds", "1,2"])
-            .unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
-    }
-
-    #[test]
-    fn img2img_needs_an_image() {
-        let err = command()
-            .try_get_matches_from(["diffuse", "img2img", "-p", "x"])
-            .unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
-        let err = command()
-            .try_get_matches_from(["diffuse", "generate", "--original-size", "64"])
-            .unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
-    }
-}
-
 /// `diffuse train`: `train_unconditional.py`'s flags, with dashes.
 fn train() -> Command {
     let num = |id: &'static str, name: &'static str, help: &'static str| {
@@ -366,4 +310,60 @@ fn train() -> Command {
 /// command is built once per process).
 fn dashed(id: &'static str) -> &'static str {
     Box::leak(id.replace('_', "-").into_boxed_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn repeated_flags_collect_and_seeds_conflict() {
+        let m = command()
+            .try_get_matches_from([
+                "diffuse",
+                "generate",
+                "-p",
+                "a",
+                "--prompt",
+                "b",
+                "--scheduler-config",
+                "use_karras_sigmas=true",
+                "--scheduler-config",
+                "timestep_spacing=trailing",
+                "--seeds",
+                "1,2",
+            ])
+            .unwrap();
+        let (_, sub) = m.subcommand().unwrap();
+        let prompts: Vec<&String> = sub.get_many("prompt").unwrap().collect();
+        assert_eq!(prompts, ["a", "b"]);
+        assert_eq!(
+            sub.get_many::<(String, serde_json::Value)>("scheduler_config")
+                .unwrap()
+                .count(),
+            2
+        );
+        assert_eq!(sub.get_one::<Vec<u64>>("seeds").unwrap(), &vec![1, 2]);
+        let err = command()
+            .try_get_matches_from(["diffuse", "generate", "--seed", "1", "--seeds", "1,2"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn img2img_needs_an_image() {
+        let err = command()
+            .try_get_matches_from(["diffuse", "img2img", "-p", "x"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = command()
+            .try_get_matches_from(["diffuse", "generate", "--original-size", "64"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
 }
