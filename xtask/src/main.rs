@@ -1,6 +1,12 @@
 //! `cargo xtask <command>`: project automation.
 //!
-//! - `bench [schedulers]`: run the criterion benches and print each scheduler's
+//! - `bench [FLAGS]`: build `diffusion-bench` (benches/) in release, with
+//!   `--features cuda` when `--backend cuda` is asked, and run it with FLAGS:
+//!   component and pipeline timings for a preset (tiny … SD1.5 … SDXL), and
+//!   with `--compare diffusers` the same workloads in PyTorch side by side
+//!   (`cargo xtask bench --help` lists the flags). Writes
+//!   target/bench/report.json unless `--json` says otherwise.
+//! - `bench schedulers`: run the criterion benches and print each scheduler's
 //!   step time beside a plain copy of the same buffer (ratio = step / copy).
 //! - `bench models [--no-compare]`: criterion benches of a mid-size UNet
 //!   forward, a VAE decode and a CLIP-L encode on the default CPU backend,
@@ -38,14 +44,44 @@ fn estimate_ns(group_dir: &Path, name: &str) -> Option<f64> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    let what = args.first().map(String::as_str).unwrap_or("schedulers");
-    match what {
-        "schedulers" => bench_schedulers(),
-        "models" => bench_models(&args[1..]),
-        _ => Err(format!(
-            "unknown bench `{what}` (available: schedulers, models)"
+    match args.first().map(String::as_str) {
+        Some("schedulers") => bench_schedulers(),
+        Some("models") => bench_models(&args[1..]),
+        None => bench_components(args),
+        Some(flag) if flag.starts_with('-') => bench_components(args),
+        Some(what) => Err(format!(
+            "unknown bench `{what}` (available: FLAGS for the component bench, schedulers, models)"
         )),
     }
+}
+
+/// Builds and runs `diffusion-bench` with `args` (see benches/src/args.rs).
+fn bench_components(args: &[String]) -> Result<(), String> {
+    let cuda = args
+        .windows(2)
+        .any(|w| w[0] == "--backend" && w[1].starts_with("cuda"));
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(root())
+        .args(["build", "--release", "-p", "diffusion-bench"]);
+    if cuda {
+        build.args(["--features", "cuda"]);
+        // cudarc picks the CUDA API version at build time; without nvcc here it
+        // must be told (the driver is loaded at run time).
+        if std::env::var_os("CUDARC_CUDA_VERSION").is_none() {
+            build.env("CUDARC_CUDA_VERSION", "13000");
+        }
+    }
+    run(&mut build)?;
+    let mut cmd = Command::new(root().join("target/release/diffusion-bench"));
+    cmd.current_dir(root()).args(args);
+    if !args
+        .iter()
+        .any(|a| a == "--json" || a == "-h" || a == "--help")
+    {
+        cmd.args(["--json", "target/bench/report.json"]);
+    }
+    run(&mut cmd)
 }
 
 /// Runs the criterion model benches (burn-flex, the default CPU backend, all
@@ -186,7 +222,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("fixtures") => fixtures(&args[1..]),
-        _ => Err("usage: cargo xtask <bench [schedulers | models [--no-compare]] | fixtures [module ...]>".into()),
+        _ => Err("usage: cargo xtask <bench [FLAGS | schedulers | models [--no-compare]] | fixtures [module ...]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

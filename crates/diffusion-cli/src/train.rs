@@ -158,6 +158,16 @@ impl TrainArgs {
                 "--pipeline-class {pipeline_class}: expected DDPMPipeline or DDIMPipeline"
             )));
         }
+        let eval_batch_size: usize = get(m, "eval_batch_size").unwrap_or(16);
+        let num_inference_steps: usize = get(m, "num_inference_steps").unwrap_or(50);
+        for (flag, v) in [
+            ("--eval-batch-size", eval_batch_size),
+            ("--num-inference-steps", num_inference_steps),
+        ] {
+            if v == 0 {
+                return Err(usage(format!("{flag} 0: expected at least 1")));
+            }
+        }
         Ok(TrainArgs {
             data_dir: PathBuf::from(get::<String>(m, "train_data_dir").expect("required")),
             output_dir: PathBuf::from(get::<String>(m, "output_dir").expect("required")),
@@ -174,8 +184,8 @@ impl TrainArgs {
             checkpoints_total_limit: get(m, "checkpoints_total_limit"),
             resume: get(m, "resume_from_checkpoint"),
             save_images_steps: get(m, "save_images_steps").unwrap_or(0),
-            eval_batch_size: get(m, "eval_batch_size").unwrap_or(16),
-            num_inference_steps: get(m, "num_inference_steps").unwrap_or(50),
+            eval_batch_size,
+            num_inference_steps,
             pipeline_class,
             quiet: m.get_flag("quiet"),
         })
@@ -319,7 +329,6 @@ where
     let total = state.max_train_steps;
     let start = trainer.step_count();
     let bar = progress(total, start, args.quiet);
-    let began = Instant::now();
     let mut train_time = 0.0f64;
     while trainer.step_count() < total {
         let t0 = Instant::now();
@@ -373,7 +382,6 @@ where
     }
     write_losses(out, &state.losses)?;
     let steps_this_run = trainer.step_count() - start;
-    let _ = began;
     let tail = &state.losses[state.losses.len().saturating_sub(100)..];
     Ok(Summary {
         output_dir: out.clone(),

@@ -250,6 +250,13 @@ fn bad_training_input_is_a_one_line_error_naming_it() {
     assert!(with(&["--lr-scheduler", "exp"]).contains("--lr-scheduler exp"));
     assert!(with(&["--prediction-type", "x0"]).contains("--prediction-type x0"));
     assert!(with(&["--train-batch-size", "0"]).contains("--train-batch-size"));
+    for flag in ["--eval-batch-size", "--num-inference-steps"] {
+        // Rejected when parsed, not at the first sample grid.
+        let mut a = train_args(&data, &out, "2");
+        let i = a.iter().position(|x| x == flag).unwrap();
+        a[i + 1] = "0".into();
+        assert!(error_line(&run(&a)).contains(&format!("{flag} 0")));
+    }
     let not_ckpt = tmp.path().join("nothing");
     std::fs::create_dir_all(&not_ckpt).unwrap();
     assert!(

@@ -2,13 +2,15 @@
 //! scaled-dot-product attention it runs on Burn's fused attention op.
 
 use crate::error::Result;
+use crate::kernels::{self, AttentionKernel};
 use crate::load::Loader;
 use crate::nn::{GroupNorm, Linear, to_dtype, to_f32};
+use crate::profile;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, activation::softmax};
 
 /// Softmax(q kᵀ · scale) v for `[B, H, L, D]` tensors, on Burn's attention op
 /// (fused where the backend has a kernel). With `upcast` (diffusers'
@@ -25,6 +27,26 @@ pub fn scaled_dot_product_attention<B: Backend>(
     causal: bool,
     upcast: bool,
 ) -> Tensor<B, 4> {
+    let [b, h, l, d] = q.dims();
+    let s = k.dims()[2];
+    profile::scope::<B, _>(
+        &q.device(),
+        || format!("attention b={b} heads={h} q={l} kv={s} head_dim={d}"),
+        || sdpa(q, k, v, scale, causal, upcast),
+    )
+}
+
+fn sdpa<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+    causal: bool,
+    upcast: bool,
+) -> Tensor<B, 4> {
+    if !causal && kernels::attention() == AttentionKernel::Matmul {
+        return attention_matmul(q, k, v, scale, upcast);
+    }
     let dtype = q.dtype();
     let options = AttentionModuleOptions {
         scale: Some(scale),
@@ -37,6 +59,29 @@ pub fn scaled_dot_product_attention<B: Backend>(
     } else {
         attention(q, k, v, None, None, options)
     }
+}
+
+/// Softmax(q kᵀ · scale) v as two batched matmuls ([`AttentionKernel::Matmul`]):
+/// the scores are formed in the inputs' type (f32 with `upcast`), the softmax
+/// is taken in f32 and its result cast back, as PyTorch's math SDPA does.
+/// Needs the whole `[B, H, L, S]` score tensor in memory.
+pub fn attention_matmul<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+    upcast: bool,
+) -> Tensor<B, 4> {
+    let dtype = q.dtype();
+    let (q, k, v) = if upcast && dtype != DType::F32 {
+        (to_f32(q), to_f32(k), to_f32(v))
+    } else {
+        (q, k, v)
+    };
+    let inner = v.dtype();
+    let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+    let p = to_dtype(softmax(to_f32(scores), 3), inner);
+    to_dtype(p.matmul(v), dtype)
 }
 
 /// Settings of one `Attention` module, as diffusers' constructor takes them.

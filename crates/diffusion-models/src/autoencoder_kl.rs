@@ -20,8 +20,9 @@
 //! working precision as diffusers' pipelines do (`latents.to(dtype)`). BF16 is
 //! never upcast (diffusers' condition is `dtype == float16`). Set
 //! `force_upcast = false` in the config before loading to run an f16 VAE in
-//! f16 (what diffusers' SD 1.x pipelines do, whose VAE configs default
-//! `force_upcast` to true but which never read it).
+//! f16 (what diffusers' SD 1.x/2.x pipelines do, whose VAE configs default
+//! `force_upcast` to true but which never read it; diffusion-pipelines does
+//! the same for them).
 
 use crate::config::{Loaded, read_config, unsupported};
 use crate::error::{ModelError, Result};

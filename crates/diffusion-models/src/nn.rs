@@ -3,11 +3,13 @@
 //! numerics diffusers relies on: normalisation statistics always in f32.
 
 use crate::error::Result;
+use crate::kernels::{self, ConvKernel};
 use crate::load::{Init, Loader};
+use crate::profile;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv2d, linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv2d, linear, unfold4d};
+use burn::tensor::ops::{ConvOptions, UnfoldOptions};
 use burn::tensor::{DType, FloatDType, Tensor, activation};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +78,17 @@ impl<B: Backend> Linear<B> {
     /// Leading dimensions are flattened into one 2-D matmul: on the CPU
     /// backends that is about 3× faster than Burn's batched `linear` op.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let device = x.device();
+        let [din, dout] = self.weight.dims();
+        let rows = x.dims()[..D - 1].iter().product::<usize>();
+        profile::scope::<B, _>(
+            &device,
+            || format!("linear {din}->{dout} rows={rows}"),
+            || self.forward_inner(x),
+        )
+    }
+
+    fn forward_inner<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         if D < 2 {
             return linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         }
@@ -139,6 +152,27 @@ impl<B: Backend> Conv2d<B> {
 
     /// Convolution of `x` `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        let [n, c, h, w] = x.dims();
+        let [o, _, k, _] = self.weight.dims();
+        let s = self.stride;
+        profile::scope::<B, _>(
+            &device,
+            || format!("conv{k}x{k} s{s} {c}->{o} {n}x{h}x{w}"),
+            || self.conv(x),
+        )
+    }
+
+    fn conv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.weight.dims()[2] > 1 && kernels::conv() == ConvKernel::Im2col {
+            return conv2d_im2col(
+                x,
+                self.weight.val(),
+                self.bias.as_ref().map(|b| b.val()),
+                self.stride,
+                self.padding,
+            );
+        }
         conv2d(
             x,
             self.weight.val(),
@@ -150,6 +184,33 @@ impl<B: Backend> Conv2d<B> {
                 1,
             ),
         )
+    }
+}
+
+/// A square-kernel convolution as im2col + one batched matmul
+/// ([`ConvKernel::Im2col`]): the same sums as `conv2d`, in the backend's
+/// matmul kernels.
+pub fn conv2d_im2col<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<B, 4> {
+    let [n, _, h, w] = x.dims();
+    let [o, c, k, _] = weight.dims();
+    let oh = (h + 2 * padding - k) / stride + 1;
+    let ow = (w + 2 * padding - k) / stride + 1;
+    let cols = unfold4d(
+        x,
+        [k, k],
+        UnfoldOptions::new([stride, stride], [padding, padding], [1, 1]),
+    ); // [n, c·k·k, oh·ow]
+    let y = weight.reshape([1, o, c * k * k]).matmul(cols); // [n, o, oh·ow]
+    let y = y.reshape([n, o, oh, ow]);
+    match bias {
+        Some(b) => y + b.reshape([1, o, 1, 1]),
+        None => y,
     }
 }
 
@@ -203,14 +264,19 @@ impl<B: Backend> GroupNorm<B> {
     /// Normalises `x` `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let y = self.normalize(x.clone().reshape([n, c, h * w]));
-        to_dtype(y.reshape([n, c, h, w]), x.dtype())
+        self.forward3(x.reshape([n, c, h * w]))
+            .reshape([n, c, h, w])
     }
 
     /// Normalises `x` `[N, C, L]`.
     pub fn forward3(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
-        to_dtype(self.normalize(x), dtype)
+        let [n, c, l] = x.dims();
+        profile::scope::<B, _>(
+            &x.device(),
+            || format!("group_norm {n}x{c}x{l}"),
+            || to_dtype(self.normalize(x), dtype),
+        )
     }
 
     /// `[N, C, L]` in, f32 out.
@@ -265,6 +331,15 @@ impl<B: Backend> LayerNorm<B> {
 
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        profile::scope::<B, _>(
+            &x.device(),
+            || format!("layer_norm {dims:?}"),
+            || self.normalize(x),
+        )
+    }
+
+    fn normalize<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         let x = to_f32(x);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
@@ -310,6 +385,15 @@ pub enum Activation {
 impl Activation {
     /// Applies the activation.
     pub fn forward<const D: usize, B: Backend>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        profile::scope::<B, _>(
+            &x.device(),
+            || format!("activation {self:?} {dims:?}"),
+            || self.apply(x),
+        )
+    }
+
+    fn apply<const D: usize, B: Backend>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Activation::Silu => activation::silu(x),
             Activation::Gelu => activation::gelu(x),

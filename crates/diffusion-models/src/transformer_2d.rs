@@ -86,10 +86,18 @@ impl<B: Backend> FeedForward<B> {
     /// `x` `[B, L, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.proj_in.forward(x);
-        let inner = h.dims()[2] / 2;
-        let value = h.clone().narrow(2, 0, inner);
-        let gate = h.narrow(2, inner, inner);
-        self.proj_out.forward(value * activation::gelu(gate))
+        let dims = h.dims();
+        let inner = dims[2] / 2;
+        let gated = crate::profile::scope::<B, _>(
+            &h.device(),
+            || format!("geglu {dims:?}"),
+            || {
+                let value = h.clone().narrow(2, 0, inner);
+                let gate = h.narrow(2, inner, inner);
+                value * activation::gelu(gate)
+            },
+        );
+        self.proj_out.forward(gated)
     }
 }
 

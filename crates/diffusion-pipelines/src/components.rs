@@ -185,13 +185,18 @@ pub fn load_unet_2d<B: Backend>(
     Ok((model, config))
 }
 
-/// An `AutoencoderKL` (strict inside `load`).
+/// An `AutoencoderKL` (strict inside `load`). `force_upcast` from the config
+/// applies only when `honour_force_upcast`: diffusers' SDXL pipelines read it,
+/// its SD 1.x/2.x pipelines never do (their VAE configs default it to true,
+/// yet run the VAE in f16).
 pub fn load_vae<B: Backend>(
     c: &ResolvedComponent,
     device: &B::Device,
     precision: Precision,
+    honour_force_upcast: bool,
 ) -> Result<AutoencoderKL<B>> {
-    let config = read_config::<AutoencoderKLConfig>(&config_path(c))?.config;
+    let mut config = read_config::<AutoencoderKLConfig>(&config_path(c))?.config;
+    config.force_upcast &= honour_force_upcast;
     let weights = open_component_weights(c)?;
     Ok(AutoencoderKL::load(
         &Loader::new(&weights, device, precision),

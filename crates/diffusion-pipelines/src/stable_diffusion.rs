@@ -142,6 +142,7 @@ impl<B: Backend> StableDiffusion<B> {
             component(model, "vae", "latents are decoded by it")?,
             device,
             precision,
+            xl,
         )?;
         progress.inc();
         let sched_c = component(model, "scheduler", "the denoising schedule")?;

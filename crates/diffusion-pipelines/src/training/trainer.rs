@@ -14,7 +14,7 @@ use crate::error::{PipelineError, Result};
 use crate::latents::Latents;
 use burn::module::{AutodiffModule, Module, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use diffusion_models::load::{Loader, ParamKeys, Precision, WeightSource};
 use diffusion_models::unet_2d::{ClassLabels, UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{
@@ -353,13 +353,11 @@ where
     pub fn loss(&self, batch: &Batch<B>) -> Result<Tensor<B, 1>> {
         let [n, ..] = batch.x0.dims();
         let dims = batch.x0.dims();
-        for (name, t) in [("noise", &batch.noise)] {
-            if t.dims() != dims {
-                return Err(PipelineError::parameter(
-                    "batch",
-                    format!("{name} has shape {:?}, x0 has {dims:?}", t.dims()),
-                ));
-            }
+        if batch.noise.dims() != dims {
+            return Err(PipelineError::parameter(
+                "batch",
+                format!("noise has shape {:?}, x0 has {dims:?}", batch.noise.dims()),
+            ));
         }
         if batch.timesteps.len() != n {
             return Err(PipelineError::parameter(
@@ -511,5 +509,3 @@ pub fn build_model<B: Backend, M: Denoiser<B>>(
     loader.finish(&[])?;
     Ok((model, keys))
 }
-
-use burn::tensor::ElementConversion as _;

@@ -1,0 +1,90 @@
+//! Which formulation the layers use for their heaviest ops.
+//!
+//! The same math can run as different Burn ops, and which is fastest depends
+//! on the backend (and its version): on burn-cuda 0.21 two batched matmuls and
+//! a softmax can beat the fused flash-attention op, and a 3×3 convolution as
+//! im2col + one matmul can beat the direct convolution, because the matmul
+//! kernels are the most tuned. `cargo xtask bench --component ops` times
+//! every choice at a model's shapes. The choice is process-wide, like
+//! diffusers' `set_attn_processor`, and can also be made from the
+//! environment (`DIFFUSION_ATTENTION=fused|matmul`, `DIFFUSION_CONV=direct|im2col`)
+//! for benchmarking without a rebuild.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How scaled-dot-product attention runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Burn's attention op (flash attention where the backend has it).
+    Fused,
+    /// `softmax(q kᵀ · scale) v` as two batched matmuls, softmax in f32.
+    Matmul,
+}
+
+/// How convolutions with a kernel larger than 1×1 run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// Burn's conv2d op.
+    Direct,
+    /// Unfold (im2col) + one batched matmul.
+    Im2col,
+}
+
+/// A process-wide choice among `names`, first read from `var`.
+struct Switch {
+    /// 0 = not read yet, else the index into `names` plus one.
+    cell: AtomicU8,
+    var: &'static str,
+    names: [&'static str; 2],
+}
+
+impl Switch {
+    const fn new(var: &'static str, names: [&'static str; 2]) -> Self {
+        Switch {
+            cell: AtomicU8::new(0),
+            var,
+            names,
+        }
+    }
+
+    /// The chosen index (the environment's, else 0).
+    fn get(&self) -> usize {
+        let v = self.cell.load(Ordering::Relaxed);
+        if v != 0 {
+            return usize::from(v - 1);
+        }
+        let value = std::env::var(self.var)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let i = self.names.iter().position(|n| *n == value).unwrap_or(0);
+        self.set(i);
+        i
+    }
+
+    fn set(&self, i: usize) {
+        self.cell.store(i as u8 + 1, Ordering::Relaxed);
+    }
+}
+
+static ATTENTION: Switch = Switch::new("DIFFUSION_ATTENTION", ["fused", "matmul"]);
+static CONV: Switch = Switch::new("DIFFUSION_CONV", ["direct", "im2col"]);
+
+/// The attention formulation in use (default [`AttentionKernel::Fused`]).
+pub fn attention() -> AttentionKernel {
+    [AttentionKernel::Fused, AttentionKernel::Matmul][ATTENTION.get()]
+}
+
+/// Chooses the attention formulation (process-wide).
+pub fn set_attention(kernel: AttentionKernel) {
+    ATTENTION.set(kernel as usize);
+}
+
+/// The convolution formulation in use (default [`ConvKernel::Direct`]).
+pub fn conv() -> ConvKernel {
+    [ConvKernel::Direct, ConvKernel::Im2col][CONV.get()]
+}
+
+/// Chooses the convolution formulation (process-wide).
+pub fn set_conv(kernel: ConvKernel) {
+    CONV.set(kernel as usize);
+}

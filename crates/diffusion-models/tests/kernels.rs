@@ -1,0 +1,90 @@
+//! The alternative formulations of `diffusion_models::kernels` compute the
+//! same values as Burn's ops, and the layers give the same outputs with either.
+
+use burn::backend::Flex;
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{Distribution, FloatDType, Tensor};
+use diffusion_models::attention::{Attention, AttentionConfig, attention_matmul};
+use diffusion_models::kernels::{self, AttentionKernel, ConvKernel};
+use diffusion_models::nn::{Conv2d, conv2d_im2col};
+use diffusion_models::{Loader, Precision};
+
+fn max_err(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
+    let a = a.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+    let b = b.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn rand(s: [usize; 4]) -> Tensor<Flex, 4> {
+    Tensor::random(s, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+#[test]
+fn matmul_attention_equals_the_attention_op() {
+    let (q, k, v) = (rand([2, 3, 9, 8]), rand([2, 3, 5, 8]), rand([2, 3, 5, 8]));
+    let opts = AttentionModuleOptions {
+        scale: Some(0.35),
+        softcap: None,
+        is_causal: false,
+    };
+    let want = attention(q.clone(), k.clone(), v.clone(), None, None, opts);
+    let got = attention_matmul(q.clone(), k.clone(), v.clone(), 0.35, false);
+    assert!(max_err(got, want.clone()) < 1e-5);
+    // Half inputs, upcast: computed in f32, returned in f16.
+    let h = |t: Tensor<Flex, 4>| t.cast(FloatDType::F16);
+    let got = attention_matmul(h(q), h(k), h(v), 0.35, true);
+    assert_eq!(got.dtype(), burn::tensor::DType::F16);
+    assert!(max_err(got, want) < 5e-3);
+}
+
+#[test]
+fn im2col_conv_equals_conv2d() {
+    let x = rand([2, 3, 7, 6]);
+    let w = rand([4, 3, 3, 3]);
+    let b = Tensor::<Flex, 1>::from_floats([0.1, -0.2, 0.3, 0.0], &Default::default());
+    for (stride, padding) in [(1, 1), (2, 1), (2, 0), (1, 0)] {
+        let want = conv2d(
+            x.clone(),
+            w.clone(),
+            Some(b.clone()),
+            ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+        );
+        let got = conv2d_im2col(x.clone(), w.clone(), Some(b.clone()), stride, padding);
+        assert_eq!(got.dims(), want.dims(), "stride {stride} padding {padding}");
+        assert!(
+            max_err(got, want) < 1e-5,
+            "stride {stride} padding {padding}"
+        );
+    }
+}
+
+#[test]
+fn layers_give_the_same_outputs_with_either_kernel() {
+    let device = Default::default();
+    let loader = Loader::<Flex>::random(&device, Precision::F32);
+    let conv = Conv2d::load(&loader.pp("conv"), 3, 4, 3, 2, 1, true).unwrap();
+    let attn = Attention::load(&loader.pp("attn"), &AttentionConfig::new(8, 2, 4)).unwrap();
+    let x = rand([1, 3, 8, 8]);
+    let seq = Tensor::<Flex, 3>::random([2, 6, 8], Distribution::Normal(0.0, 1.0), &device);
+    let run = || {
+        (
+            conv.forward(x.clone()),
+            attn.forward(seq.clone(), None).unsqueeze::<4>(),
+        )
+    };
+    assert_eq!(kernels::conv(), ConvKernel::Direct);
+    assert_eq!(kernels::attention(), AttentionKernel::Fused);
+    let (c0, a0) = run();
+    kernels::set_conv(ConvKernel::Im2col);
+    kernels::set_attention(AttentionKernel::Matmul);
+    let (c1, a1) = run();
+    kernels::set_conv(ConvKernel::Direct);
+    kernels::set_attention(AttentionKernel::Fused);
+    assert!(max_err(c0, c1) < 1e-5);
+    assert!(max_err(a0, a1) < 1e-5);
+}
