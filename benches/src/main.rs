@@ -68,6 +68,10 @@ pub type Result<T> = std::result::Result<T, BenchError>;
 
 fn run() -> Result<()> {
     let args = Args::parse(std::env::args().skip(1))?;
+    diffusion_models::kernels::init_from_env().map_err(|e| BenchError::Usage(e.to_string()))?;
+    if args.backend.starts_with("cuda") {
+        probe_cuda()?;
+    }
     if args.help {
         println!("{}", args::USAGE);
         return Ok(());
@@ -123,6 +127,51 @@ fn run() -> Result<()> {
         )?;
         eprintln!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// A usable CUDA driver with at least one device, asked of the driver library
+/// itself: cudarc panics when either is missing.
+#[cfg(feature = "cuda")]
+fn probe_cuda() -> Result<()> {
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type DeviceCount = unsafe extern "C" fn(*mut i32) -> i32;
+    let name = if cfg!(windows) {
+        "nvcuda.dll"
+    } else {
+        "libcuda.so.1"
+    };
+    let fail = |what: String| BenchError::Usage(format!("--backend cuda: {what}"));
+    // SAFETY: loading the driver library runs no initialiser with
+    // preconditions, and `cuInit` / `cuDeviceGetCount` have these C signatures
+    // in every CUDA driver API version.
+    unsafe {
+        let lib = libloading::Library::new(name)
+            .map_err(|e| fail(format!("no CUDA driver ({name}): {e}")))?;
+        let init: libloading::Symbol<Init> = lib
+            .get(b"cuInit\0")
+            .map_err(|e| fail(format!("{name} has no cuInit: {e}")))?;
+        let code = init(0);
+        if code != 0 {
+            return Err(fail(format!("cuInit failed (CUDA error {code})")));
+        }
+        let count: libloading::Symbol<DeviceCount> = lib
+            .get(b"cuDeviceGetCount\0")
+            .map_err(|e| fail(format!("{name} has no cuDeviceGetCount: {e}")))?;
+        let mut devices = 0;
+        let code = count(&mut devices);
+        if code != 0 || devices < 1 {
+            return Err(fail(format!(
+                "no CUDA device (cuDeviceGetCount: {devices} devices, CUDA error {code})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Without the `cuda` feature the backend is refused when it is matched.
+#[cfg(not(feature = "cuda"))]
+fn probe_cuda() -> Result<()> {
     Ok(())
 }
 

@@ -91,6 +91,14 @@ fn bad_requests_fail_with_one_named_problem() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    let o = Command::new(env!("CARGO_BIN_EXE_diffusion-bench"))
+        .current_dir(root())
+        .args(["--preset", "tiny"])
+        .env("DIFFUSION_CONV", "winograd")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("DIFFUSION_CONV=\"winograd\""));
     if !cfg!(feature = "cuda") {
         let o = bench(&["--preset", "tiny", "--backend", "cuda"]);
         assert!(!o.status.success());

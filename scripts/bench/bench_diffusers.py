@@ -189,6 +189,8 @@ def run_preset(args, name, presets, device, dtype):
 
             row = measure(device, args.pipeline_runs or min(args.runs, 3), call)
             row["steps"] = args.steps
+            # Components listed after `pipeline` time the VAE as loaded.
+            vae.to(vae_dtype(vae_cfg, dtype, te2 is not None))
         else:
             continue
         row.update({"side": "diffusers", "preset": name, "component": comp})

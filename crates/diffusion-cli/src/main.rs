@@ -113,6 +113,8 @@ fn main() -> ExitCode {
 }
 
 fn run(matches: &ArgMatches) -> Result<()> {
+    diffusion_models::kernels::init_from_env()
+        .map_err(|e| error::CliError::Usage(e.to_string()))?;
     match matches.subcommand() {
         Some(("generate", m)) => generation(Task::TextToImage, m),
         Some(("img2img", m)) => generation(Task::ImageToImage, m),

@@ -16,8 +16,8 @@ use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_pipelines::components::build_scheduler;
 use diffusion_pipelines::image::write_atomic;
 use diffusion_pipelines::training::{
-    AdamWConfig, BatchSampler, EmaConfig, ImageDataset, LrSchedule, LrScheduleKind, Objective,
-    PredictionType, StepStats, TrainConfig, Trainer, build_model,
+    AdamWConfig, BatchSampler, Crop, EmaConfig, ImageDataset, LrSchedule, LrScheduleKind,
+    Objective, PredictionType, StepStats, TrainConfig, Trainer, build_model,
 };
 use diffusion_pipelines::{Generator, Images, Params, SchedulerChoice, Unconditional};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -45,6 +45,8 @@ pub struct TrainArgs {
     pub max_train_steps_given: Option<u64>,
     /// `--random-flip`.
     pub random_flip: bool,
+    /// `--random-crop`.
+    pub random_crop: bool,
     /// `--seed`.
     pub seed: u64,
     /// Hyper-parameters.
@@ -177,6 +179,7 @@ impl TrainArgs {
             max_train_steps,
             max_train_steps_given: get(m, "max_train_steps"),
             random_flip: m.get_flag("random_flip"),
+            random_crop: m.get_flag("random_crop"),
             seed: get(m, "seed").unwrap_or(0),
             config,
             scheduler_config,
@@ -237,6 +240,9 @@ struct RunState {
     seed: u64,
     batch_size: usize,
     random_flip: bool,
+    /// Absent in checkpoints of runs before `--random-crop` existed.
+    #[serde(default)]
+    random_crop: bool,
     resolution: usize,
     max_train_steps: u64,
     /// `[step, loss, lr, grad_norm]` of every step so far.
@@ -311,6 +317,7 @@ where
                 seed: args.seed,
                 batch_size: args.batch_size,
                 random_flip: args.random_flip,
+                random_crop: args.random_crop,
                 resolution: args.resolution,
                 max_train_steps: args.max_train_steps,
                 losses: Vec::new(),
@@ -320,7 +327,12 @@ where
     };
     remove_stale_temporaries(out);
     let channels = trainer.model_config().in_channels;
-    let data = ImageDataset::load(&args.data_dir, state.resolution, channels)?;
+    let crop = if state.random_crop {
+        Crop::Random
+    } else {
+        Crop::Center
+    };
+    let data = ImageDataset::load_with(&args.data_dir, state.resolution, channels, crop)?;
     let sampler = BatchSampler {
         seed: state.seed,
         batch_size: state.batch_size,

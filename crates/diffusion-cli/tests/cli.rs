@@ -170,6 +170,14 @@ fn bad_flags_fail_before_loading() {
         &["generate", "--model", &model, "--width", "13"],
     );
     assert_one_line_error(&o, "--width 13");
+    let o = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(["generate", "--model", &model])
+        .current_dir(tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("DIFFUSION_ATTENTION", "flash3")
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "DIFFUSION_ATTENTION=\"flash3\"");
     let o = diffuse(
         tmp.path(),
         &["generate", "--model", &model, "--height", "0"],

@@ -50,6 +50,7 @@ fn train_args<'a>(data: &'a Path, out: &'a Path, steps: &'a str) -> Vec<String> 
         "1e-3",
         "--use-ema",
         "--random-flip",
+        "--random-crop",
         "--eval-batch-size",
         "4",
         "--num-inference-steps",

@@ -29,9 +29,13 @@ pub fn scaled_dot_product_attention<B: Backend>(
 ) -> Tensor<B, 4> {
     let [b, h, l, d] = q.dims();
     let s = k.dims()[2];
+    let kernel = match kernels::attention() {
+        AttentionKernel::Matmul if !causal => "matmul",
+        _ => "fused",
+    };
     profile::scope::<B, _>(
         &q.device(),
-        || format!("attention b={b} heads={h} q={l} kv={s} head_dim={d}"),
+        || format!("attention b={b} heads={h} q={l} kv={s} head_dim={d} kernel={kernel}"),
         || sdpa(q, k, v, scale, causal, upcast),
     )
 }

@@ -8,7 +8,8 @@
 //! every choice at a model's shapes. The choice is process-wide, like
 //! diffusers' `set_attn_processor`, and can also be made from the
 //! environment (`DIFFUSION_ATTENTION=fused|matmul`, `DIFFUSION_CONV=direct|im2col`)
-//! for benchmarking without a rebuild.
+//! for benchmarking without a rebuild. Programs call [`init_from_env`] at
+//! start-up so that a misspelt value is an error rather than the default.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -30,6 +31,25 @@ pub enum ConvKernel {
     Im2col,
 }
 
+/// An environment variable that names no formulation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?}: expected one of {}", expected.join(", "))]
+pub struct KernelChoiceError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: Vec<&'static str>,
+}
+
+/// Read `DIFFUSION_ATTENTION` and `DIFFUSION_CONV` now. An unset or empty
+/// variable keeps the default; any other value must name a formulation.
+pub fn init_from_env() -> Result<(), KernelChoiceError> {
+    for switch in [&ATTENTION, &CONV] {
+        let value = std::env::var(switch.var).ok();
+        switch.set(switch.parse(value.as_deref())?);
+    }
+    Ok(())
+}
+
 /// A process-wide choice among `names`, first read from `var`.
 struct Switch {
     /// 0 = not read yet, else the index into `names` plus one.
@@ -47,18 +67,33 @@ impl Switch {
         }
     }
 
-    /// The chosen index (the environment's, else 0).
+    /// The chosen index: set, else the environment's, else 0 (an invalid
+    /// value, which [`init_from_env`] reports, also gives 0 here).
     fn get(&self) -> usize {
         let v = self.cell.load(Ordering::Relaxed);
         if v != 0 {
             return usize::from(v - 1);
         }
-        let value = std::env::var(self.var)
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let i = self.names.iter().position(|n| *n == value).unwrap_or(0);
+        let value = std::env::var(self.var).ok();
+        let i = self.parse(value.as_deref()).unwrap_or(0);
         self.set(i);
         i
+    }
+
+    /// The index `value` names (case-insensitive); unset or empty is 0.
+    fn parse(&self, value: Option<&str>) -> Result<usize, KernelChoiceError> {
+        let value = value.unwrap_or_default().trim();
+        if value.is_empty() {
+            return Ok(0);
+        }
+        self.names
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(value))
+            .ok_or_else(|| KernelChoiceError {
+                var: self.var,
+                value: value.to_string(),
+                expected: self.names.to_vec(),
+            })
     }
 
     fn set(&self, i: usize) {
@@ -87,4 +122,22 @@ pub fn conv() -> ConvKernel {
 /// Chooses the convolution formulation (process-wide).
 pub fn set_conv(kernel: ConvKernel) {
     CONV.set(kernel as usize);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_values_parse_or_name_the_variable() {
+        assert_eq!(ATTENTION.parse(None), Ok(0));
+        assert_eq!(ATTENTION.parse(Some("")), Ok(0));
+        assert_eq!(ATTENTION.parse(Some("MatMul")), Ok(1));
+        assert_eq!(CONV.parse(Some("im2col")), Ok(1));
+        let err = CONV.parse(Some("winograd")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "DIFFUSION_CONV=\"winograd\": expected one of direct, im2col"
+        );
+    }
 }

@@ -156,9 +156,13 @@ impl<B: Backend> Conv2d<B> {
         let [n, c, h, w] = x.dims();
         let [o, _, k, _] = self.weight.dims();
         let s = self.stride;
+        let kernel = match kernels::conv() {
+            ConvKernel::Im2col if k > 1 => "im2col",
+            _ => "direct",
+        };
         profile::scope::<B, _>(
             &device,
-            || format!("conv{k}x{k} s{s} {c}->{o} {n}x{h}x{w}"),
+            || format!("conv{k}x{k} s{s} {c}->{o} {n}x{h}x{w} kernel={kernel}"),
             || self.conv(x),
         )
     }

@@ -39,15 +39,8 @@ pub fn to_stored(info: &ParamInfo, values: Vec<f32>) -> Vec<f32> {
     if !info.transposed {
         return values;
     }
-    let rows = info.stored[0];
-    let cols = values.len() / rows.max(1);
-    let mut t = vec![0f32; values.len()];
-    for i in 0..cols {
-        for o in 0..rows {
-            t[o * cols + i] = values[i * rows + o];
-        }
-    }
-    t
+    let out = info.stored[0];
+    transpose(&values, values.len() / out.max(1), out)
 }
 
 /// The inverse of [`to_stored`]: stored values in the module's layout.
@@ -55,12 +48,16 @@ pub fn from_stored(info: &ParamInfo, values: Vec<f32>) -> Vec<f32> {
     if !info.transposed {
         return values;
     }
-    let rows = info.stored[0];
-    let cols = values.len() / rows.max(1);
+    let out = info.stored[0];
+    transpose(&values, out, values.len() / out.max(1))
+}
+
+/// The `cols × rows` transpose of a row-major `rows × cols` matrix.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; values.len()];
-    for o in 0..rows {
-        for i in 0..cols {
-            t[i * rows + o] = values[o * cols + i];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = values[r * cols + c];
         }
     }
     t

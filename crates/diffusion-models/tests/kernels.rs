@@ -8,6 +8,7 @@ use burn::tensor::{Distribution, FloatDType, Tensor};
 use diffusion_models::attention::{Attention, AttentionConfig, attention_matmul};
 use diffusion_models::kernels::{self, AttentionKernel, ConvKernel};
 use diffusion_models::nn::{Conv2d, conv2d_im2col};
+use diffusion_models::profile;
 use diffusion_models::{Loader, Precision};
 
 fn max_err(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
@@ -77,14 +78,29 @@ fn layers_give_the_same_outputs_with_either_kernel() {
             attn.forward(seq.clone(), None).unsqueeze::<4>(),
         )
     };
+    // The profile's labels name the formulation each layer ran (this test's
+    // shapes only: other tests of this file run meanwhile).
+    let ran = || {
+        let mut kinds: Vec<String> = profile::take()
+            .into_iter()
+            .filter(|(label, _)| label.contains("3->4 1x8x8") || label.contains("q=6 kv=6"))
+            .filter_map(|(label, _)| label.split("kernel=").nth(1).map(str::to_string))
+            .collect();
+        kinds.sort();
+        kinds
+    };
     assert_eq!(kernels::conv(), ConvKernel::Direct);
     assert_eq!(kernels::attention(), AttentionKernel::Fused);
+    profile::set_enabled(true);
     let (c0, a0) = run();
+    assert_eq!(ran(), ["direct", "fused"]);
     kernels::set_conv(ConvKernel::Im2col);
     kernels::set_attention(AttentionKernel::Matmul);
     let (c1, a1) = run();
+    assert_eq!(ran(), ["im2col", "matmul"]);
+    profile::set_enabled(false);
     kernels::set_conv(ConvKernel::Direct);
     kernels::set_attention(AttentionKernel::Fused);
-    assert!(max_err(c0, c1) < 1e-5);
-    assert!(max_err(a0, a1) < 1e-5);
+    let (dc, da) = (max_err(c0, c1), max_err(a0, a1));
+    assert!(dc < 1e-5 && da < 1e-5, "{dc} {da}");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use diffusion_models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use diffusion_models::{Loader, Precision};
 use diffusion_pipelines::{
@@ -383,4 +383,28 @@ fn prompt_embeds_replace_the_prompt() {
     with_embeds.prompt = Vec::new();
     with_embeds.prompt_embeds = Some(embeds);
     assert_eq!(run(&mut pipe, with_embeds), expected);
+}
+
+/// diffusers' SD 1.x/2.x pipelines run the VAE in f16 even when its config says
+/// `force_upcast: true` (they never read it); the SDXL pipelines upcast it.
+#[test]
+fn only_sdxl_pipelines_honour_force_upcast() {
+    let f16 = LoadOptions {
+        precision: Precision::F16,
+        ..quiet()
+    };
+    let sd1 = common::pipeline_dir("sd1");
+    let config_path = sd1.path().join("vae/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["force_upcast"] = serde_json::Value::Bool(true);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let sdxl = common::pipeline_dir("sdxl");
+    for (dir, want) in [(&sd1, DType::F16), (&sdxl, DType::F32)] {
+        let mut pipe =
+            DiffusionPipeline::<B>::from_pretrained(dir.path().to_str().unwrap(), &f16).unwrap();
+        let name = pipe.class_name();
+        let sd = pipe.stable_diffusion().unwrap();
+        assert_eq!(sd.vae.dtype(), want, "{name}");
+    }
 }

@@ -66,12 +66,7 @@ fn dataset() -> ImageDataset {
                 .collect()
         })
         .collect();
-    ImageDataset {
-        resolution: 8,
-        channels: 1,
-        images,
-        paths: vec![],
-    }
+    ImageDataset::from_images(8, 1, images).unwrap()
 }
 
 fn sampler() -> BatchSampler {
@@ -329,6 +324,8 @@ fn image_folders_load_and_bad_folders_are_named() {
     std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
     let d = ImageDataset::load(dir.path(), 8, 1).unwrap();
     assert_eq!((d.len(), d.images[0].len()), (1, 64));
+    let err = ImageDataset::from_images(8, 1, vec![vec![0.0; 63]]).unwrap_err();
+    assert!(err.to_string().contains("image 0 has 63 values"), "{err}");
     assert_eq!(d.images[0][0], -1.0);
     assert_eq!(d.images[0][7], 1.0);
     assert_eq!(

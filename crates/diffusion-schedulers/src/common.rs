@@ -9,6 +9,7 @@
 
 use crate::config::{BetaSchedule, PredictionType};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Program, Val};
 use crate::scheduler::TimestepSpec;
 use crate::tensor::SchedulerTensor;
 
@@ -510,6 +511,12 @@ impl StepIndex {
         }
     }
 
+    /// Commit a step taken at index `i` (found with [`StepIndex::peek`], so that
+    /// a step that fails leaves the index as it was).
+    pub fn advance_from(&mut self, i: usize) {
+        self.step_index = Some(i + 1);
+    }
+
     pub fn advance(&mut self) {
         if let Some(i) = self.step_index.as_mut() {
             *i += 1;
@@ -519,13 +526,7 @@ impl StepIndex {
 
 /// Refuse a model output/sample pair of different shapes or with non-finite values.
 pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
-    if model_output.shape() != sample.shape() {
-        return Err(SchedulerError::ShapeMismatch {
-            what: "model_output vs sample",
-            expected: sample.shape(),
-            got: model_output.shape(),
-        });
-    }
+    check_step_shapes(model_output, sample)?;
     if !model_output.all_finite() {
         return Err(SchedulerError::NonFinite("model_output"));
     }
@@ -533,6 +534,32 @@ pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
         return Err(SchedulerError::NonFinite("sample"));
     }
     Ok(())
+}
+
+/// `model_output` and `sample` have one shape (steps written as a [`Program`]
+/// check finiteness in the program's pass).
+pub fn check_step_shapes<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
+    if model_output.shape() != sample.shape() {
+        return Err(SchedulerError::ShapeMismatch {
+            what: "model_output vs sample",
+            expected: sample.shape(),
+            got: model_output.shape(),
+        });
+    }
+    Ok(())
+}
+
+/// Noise for a step written as a [`Program`], which draws it before the pass
+/// that checks the inputs: when the source fails and an input is non-finite,
+/// the non-finite input is the error reported (as when the check came first).
+pub fn step_noise<T: SchedulerTensor>(
+    noise: &mut dyn crate::tensor::NoiseSource<T>,
+    model_output: &T,
+    sample: &T,
+) -> Result<T> {
+    noise
+        .noise(model_output)
+        .map_err(|e| check_step_inputs(model_output, sample).err().unwrap_or(e))
 }
 
 /// The `num_inference_steps` of a spec for a scheduler that takes no custom
@@ -571,28 +598,131 @@ pub fn check_num_steps(n: usize, num_train_timesteps: usize) -> Result<()> {
     Ok(())
 }
 
-/// `x0` and `eps` from a model output of an alpha-parameterised (DDPM-family)
-/// model at cumulative alpha `alpha_prod_t`. Returns `(x0, eps)`.
-pub fn alpha_prediction<T: SchedulerTensor>(
+/// How a predicted `x0` is bounded: diffusers' `clip_sample` (an element-wise
+/// clamp) or `thresholding` (Imagen's dynamic thresholding, which wins when both
+/// are set).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum X0Bound {
+    None,
+    Clip(f64),
+    Threshold { ratio: f64, max: f64 },
+}
+
+/// The [`X0Bound`] of a config with diffusers' field names (`thresholding`,
+/// `dynamic_thresholding_ratio`, `sample_max_value`, `clip_sample`,
+/// `clip_sample_range`).
+macro_rules! x0_bound {
+    ($config:expr) => {{
+        let c = &$config;
+        $crate::common::X0Bound::from_config(
+            c.thresholding,
+            c.dynamic_thresholding_ratio,
+            c.sample_max_value,
+            c.clip_sample,
+            c.clip_sample_range,
+        )
+    }};
+}
+pub(crate) use x0_bound;
+
+impl X0Bound {
+    pub fn from_config(
+        thresholding: bool,
+        ratio: f64,
+        sample_max_value: f64,
+        clip_sample: bool,
+        clip_sample_range: f64,
+    ) -> Self {
+        if thresholding {
+            Self::Threshold {
+                ratio,
+                max: sample_max_value,
+            }
+        } else if clip_sample {
+            Self::Clip(clip_sample_range)
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// The values of a step's [`Program`] after [`alpha_x0`]: the two checked
+/// inputs, the bounded `x0` and the `eps` of the (unbounded) prediction.
+#[derive(Debug)]
+pub struct AlphaX0<T> {
+    pub model_output: Val,
+    pub sample: Val,
+    pub x0: Val,
+    pub eps: Val,
+    /// The thresholded `x0`, an extra input of the program (thresholding is a
+    /// per-item quantile, so it cannot be part of an element-wise pass).
+    thresholded: Option<T>,
+}
+
+impl<T> AlphaX0<T> {
+    /// The inputs declared so far, in order.
+    pub fn inputs<'a>(&'a self, model_output: &'a T, sample: &'a T) -> Vec<&'a T> {
+        let mut inputs = vec![model_output, sample];
+        inputs.extend(self.thresholded.as_ref());
+        inputs
+    }
+}
+
+/// Declare `model_output` and `sample` (checked for non-finite values) in an
+/// empty program and add `x0` and `eps` of an alpha-parameterised model output
+/// (`alpha_prod_t` the cumulative alpha), `x0` bounded as `bound` says.
+pub fn alpha_x0<T: SchedulerTensor>(
+    p: &mut Program,
     prediction_type: PredictionType,
     class: &'static str,
     model_output: &T,
     sample: &T,
     alpha_prod_t: f64,
-) -> Result<(T, T)> {
+    bound: X0Bound,
+) -> Result<AlphaX0<T>> {
+    let m = p.checked_input("model_output");
+    let s = p.checked_input("sample");
+    let (x0, eps) = alpha_prediction(p, prediction_type, class, m, s, alpha_prod_t)?;
+    let (x0, thresholded) = match bound {
+        X0Bound::None => (x0, None),
+        X0Bound::Clip(range) => (p.clamp(x0, -range, range), None),
+        X0Bound::Threshold { ratio, max } => {
+            let [raw] = p.run(&[model_output, sample], [x0])?;
+            (p.input(), Some(raw.dynamic_threshold(ratio, max)))
+        }
+    };
+    Ok(AlphaX0 {
+        model_output: m,
+        sample: s,
+        x0,
+        eps,
+        thresholded,
+    })
+}
+
+/// `(x0, eps)` of an alpha-parameterised model output (`alpha_prod_t` the
+/// cumulative alpha), as diffusers' DDPM-family `step`s compute them.
+pub fn alpha_prediction(
+    p: &mut Program,
+    prediction_type: PredictionType,
+    class: &'static str,
+    model_output: Val,
+    sample: Val,
+    alpha_prod_t: f64,
+) -> Result<(Val, Val)> {
     let (a, b) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
     Ok(match prediction_type {
         PredictionType::Epsilon => (
-            T::linear_combination(&[(1.0 / a, sample), (-b / a, model_output)]),
-            model_output.clone(),
+            p.linear(&[(1.0 / a, sample), (-b / a, model_output)]),
+            model_output,
         ),
         PredictionType::Sample => (
-            model_output.clone(),
-            T::linear_combination(&[(1.0 / b, sample), (-a / b, model_output)]),
+            model_output,
+            p.linear(&[(1.0 / b, sample), (-a / b, model_output)]),
         ),
         PredictionType::VPrediction => (
-            T::linear_combination(&[(a, sample), (-b, model_output)]),
-            T::linear_combination(&[(a, model_output), (b, sample)]),
+            p.linear(&[(a, sample), (-b, model_output)]),
+            p.linear(&[(a, model_output), (b, sample)]),
         ),
         PredictionType::FlowPrediction => {
             return Err(SchedulerError::Unsupported {

@@ -7,6 +7,8 @@
 //! leaves the device.
 
 use crate::error::SchedulerError;
+use crate::fused::{Program, Val};
+use crate::kernels;
 
 /// Element-wise operations over a tensor of any shape. All operands of one call
 /// have the same shape; the first dimension is the batch.
@@ -43,6 +45,21 @@ pub trait SchedulerTensor: Clone {
     /// `a * self`.
     fn scale(&self, a: f64) -> Self {
         Self::linear_combination(&[(a, self)])
+    }
+
+    /// Run a [`Program`] on `inputs` (same shape, in the program's declaration
+    /// order; checked by [`Program::run`]) and return the values named by
+    /// `outputs`, in order. Fails with [`SchedulerError::NonFinite`] naming the
+    /// first checked input that holds a non-finite value.
+    ///
+    /// The default applies the operations one at a time through the methods
+    /// above; an implementation may fuse them, but must round exactly as they do.
+    fn evaluate(
+        program: &Program,
+        inputs: &[&Self],
+        outputs: &[Val],
+    ) -> Result<Vec<Self>, SchedulerError> {
+        crate::fused::evaluate_unfused(program, inputs, outputs)
     }
 }
 
@@ -156,8 +173,10 @@ mod pool {
             let reused = IDLE
                 .try_with(|idle| {
                     let mut idle = idle.borrow_mut();
-                    let i = idle.iter().position(|v| v.capacity() >= n)?;
-                    Some(idle.swap_remove(i))
+                    // The most recently returned buffer that fits: the one most
+                    // likely still in cache.
+                    let i = idle.iter().rposition(|v| v.capacity() >= n)?;
+                    Some(idle.remove(i))
                 })
                 .ok()
                 .flatten();
@@ -223,40 +242,11 @@ impl SchedulerTensor for CpuTensor {
     }
 
     fn linear_combination(terms: &[(f64, &Self)]) -> Self {
-        // One pass over memory: each cache-sized chunk of the output is written by
-        // the first term and then accumulated term by term, in the same order (and
-        // so with the same f32 rounding) as a term-at-a-time loop.
-        const CHUNK: usize = 4096;
         let x0 = terms[0].1;
         let coeffs: Vec<f32> = terms.iter().map(|(c, _)| *c as f32).collect();
-        let n = x0.data.len();
-        let mut data = pool::take(n);
-        // The common short forms in one fused loop; `(c0 a + c1 b) + c2 c` rounds
-        // exactly as the term-at-a-time accumulation below.
-        match terms {
-            [(_, a), (_, b)] => {
-                let (c0, c1) = (coeffs[0], coeffs[1]);
-                data.extend(a.data.iter().zip(&b.data).map(|(a, b)| c0 * a + c1 * b));
-            }
-            [(_, a), (_, b), (_, c)] => {
-                let (c0, c1, c2) = (coeffs[0], coeffs[1], coeffs[2]);
-                let abc = a.data.iter().zip(&b.data).zip(&c.data);
-                data.extend(abc.map(|((a, b), c)| c0 * a + c1 * b + c2 * c));
-            }
-            _ => {
-                for start in (0..n).step_by(CHUNK) {
-                    let end = (start + CHUNK).min(n);
-                    let c0 = coeffs[0];
-                    data.extend(x0.data[start..end].iter().map(|v| c0 * v));
-                    let out = &mut data[start..end];
-                    for (&c, (_, x)) in coeffs.iter().zip(terms).skip(1) {
-                        for (d, v) in out.iter_mut().zip(&x.data[start..end]) {
-                            *d += c * v;
-                        }
-                    }
-                }
-            }
-        }
+        let slices: Vec<&[f32]> = terms.iter().map(|(_, x)| x.data.as_slice()).collect();
+        let mut data = pool::take(x0.data.len());
+        kernels::linear_extend(&mut data, &coeffs, &slices);
         Self {
             shape: x0.shape.clone(),
             data,
@@ -280,14 +270,9 @@ impl SchedulerTensor for CpuTensor {
     }
 
     fn clamp(&self, min: f64, max: f64) -> Self {
-        let (lo, hi) = (min as f32, max as f32);
         let mut data = pool::take(self.data.len());
-        // Comparisons rather than f32::max/min: they vectorize, and a NaN passes
-        // through as in torch.clamp.
-        data.extend(self.data.iter().map(|&v| {
-            let v = if v < lo { lo } else { v };
-            if v > hi { hi } else { v }
-        }));
+        data.extend_from_slice(&self.data);
+        kernels::clamp_in_place(&mut data, min as f32, max as f32);
         Self {
             shape: self.shape.clone(),
             data,
@@ -312,13 +297,27 @@ impl SchedulerTensor for CpuTensor {
     }
 
     fn all_finite(&self) -> bool {
-        // Branch-free over the exponent bits (all ones = inf or NaN), so it vectorizes.
-        const EXP: u32 = 0x7f80_0000;
-        let bad = self
-            .data
-            .iter()
-            .fold(0u32, |acc, v| acc | ((v.to_bits() & EXP) == EXP) as u32);
-        bad == 0
+        kernels::all_finite(&self.data)
+    }
+
+    fn evaluate(
+        program: &Program,
+        inputs: &[&Self],
+        outputs: &[Val],
+    ) -> Result<Vec<Self>, SchedulerError> {
+        let n = inputs.first().map_or(0, |t| t.data.len());
+        let data: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
+        let mut out: Vec<Vec<f32>> = outputs.iter().map(|_| pool::take(n)).collect();
+        let finite = kernels::evaluate(program, &data, outputs, &mut out);
+        crate::fused::first_non_finite(program, |i| finite[i])?;
+        let shape = inputs.first().map(|t| t.shape.clone()).unwrap_or_default();
+        Ok(out
+            .into_iter()
+            .map(|data| Self {
+                shape: shape.clone(),
+                data,
+            })
+            .collect())
     }
 }
 

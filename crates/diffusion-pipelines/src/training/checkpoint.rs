@@ -254,12 +254,30 @@ where
         };
         if trainer.ema.is_some() {
             let ema = Weights::open(&dir.join("unet_ema").join(WEIGHTS_NAME))?;
-            trainer.ema = Some(load_flat(&ema, &trainer.keys, "", &inner_device)?);
+            trainer.ema = Some(load_flat(
+                &ema,
+                &trainer.keys,
+                "",
+                Layout::Stored,
+                &inner_device,
+            )?);
         }
         let moments = Weights::open(&dir.join("optimizer.safetensors"))?;
         if moments.tensors().next().is_some() {
-            let m = load_flat_raw(&moments, &trainer.keys, "exp_avg.", &inner_device)?;
-            let mut v = load_flat_raw(&moments, &trainer.keys, "exp_avg_sq.", &inner_device)?;
+            let m = load_flat(
+                &moments,
+                &trainer.keys,
+                "exp_avg.",
+                Layout::Flat,
+                &inner_device,
+            )?;
+            let mut v = load_flat(
+                &moments,
+                &trainer.keys,
+                "exp_avg_sq.",
+                Layout::Flat,
+                &inner_device,
+            )?;
             for (id, exp_avg) in m {
                 let exp_avg_sq = v.remove(&id).ok_or_else(|| PipelineError::Config {
                     path: dir.join("optimizer.safetensors"),
@@ -324,54 +342,57 @@ fn f32_values(w: &Weights, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((view.shape.to_vec(), data.into_vec().expect("F32 data")))
 }
 
-/// The stored tensors `{prefix}{key}` in the module's layout (Linear weights
-/// transposed back to `[in, out]`), flattened, by parameter id.
+/// How a checkpoint file holds one tensor per parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Every parameter, in the diffusers layout and shape (Linear weights
+    /// `[out, in]`, transposed back to the module's `[in, out]` on load).
+    Stored,
+    /// Flat, in the module's layout already (optimizer moments); parameters
+    /// without a tensor are skipped.
+    Flat,
+}
+
+/// The tensors `{prefix}{key}` of `keys`, flattened and in the module's
+/// layout, by parameter id.
 fn load_flat<B: Backend>(
     w: &Weights,
     keys: &ParamKeys,
     prefix: &str,
+    layout: Layout,
     device: &B::Device,
 ) -> Result<HashMap<ParamId, Tensor<B, 1>>> {
     let mut out = HashMap::new();
     for (id, info) in keys {
         let key = format!("{prefix}{}", info.key);
-        let (shape, values) = f32_values(w, &key)?;
-        if shape != info.stored {
-            return Err(PipelineError::Config {
-                path: w.source().to_path_buf(),
-                message: format!("`{key}` has shape {shape:?}, expected {:?}", info.stored),
-            });
-        }
-        let values = diffusion_models::state::from_stored(info, values);
-        let n = values.len();
-        out.insert(*id, Tensor::from_data(TensorData::new(values, [n]), device));
-    }
-    Ok(out)
-}
-
-/// The flat tensors `{prefix}{key}` as stored (optimizer moments are saved in
-/// the module's layout already), by parameter id; absent keys are skipped.
-fn load_flat_raw<B: Backend>(
-    w: &Weights,
-    keys: &ParamKeys,
-    prefix: &str,
-    device: &B::Device,
-) -> Result<HashMap<ParamId, Tensor<B, 1>>> {
-    let mut out = HashMap::new();
-    for (id, info) in keys {
-        let key = format!("{prefix}{}", info.key);
-        if w.tensor(&key).is_err() {
+        if layout == Layout::Flat && w.tensor(&key).is_err() {
             continue;
         }
-        let (_, values) = f32_values(w, &key)?;
+        let (shape, values) = f32_values(w, &key)?;
+        let bad = |message: String| PipelineError::Config {
+            path: w.source().to_path_buf(),
+            message,
+        };
+        let values = match layout {
+            Layout::Stored if shape != info.stored => {
+                return Err(bad(format!(
+                    "`{key}` has shape {shape:?}, expected {:?}",
+                    info.stored
+                )));
+            }
+            Layout::Stored => diffusion_models::state::from_stored(info, values),
+            Layout::Flat => {
+                let expected: usize = info.stored.iter().product();
+                if values.len() != expected {
+                    return Err(bad(format!(
+                        "`{key}` has {} values, the parameter has {expected}",
+                        values.len()
+                    )));
+                }
+                values
+            }
+        };
         let n = values.len();
-        let expected: usize = info.stored.iter().product();
-        if n != expected {
-            return Err(PipelineError::Config {
-                path: w.source().to_path_buf(),
-                message: format!("`{key}` has {n} values, the parameter has {expected}"),
-            });
-        }
         out.insert(*id, Tensor::from_data(TensorData::new(values, [n]), device));
     }
     Ok(out)

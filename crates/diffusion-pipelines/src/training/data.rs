@@ -1,9 +1,10 @@
 //! A folder of images as training data, and the batches drawn from it.
 //!
 //! Preprocessing follows `train_unconditional.py`: resize the shorter side to
-//! the resolution (bilinear, antialiased when shrinking), center-crop to a
-//! square, optional random horizontal flip, scale to `[-1, 1]`. Images are
-//! decoded once and kept in memory.
+//! the resolution (bilinear, antialiased when shrinking), crop a square (the
+//! center, or at random per draw as torchvision's `RandomCrop`), optional
+//! random horizontal flip, scale to `[-1, 1]`. Images are decoded and resized
+//! once and kept in memory.
 //!
 //! Every random choice of step `s` (which images, flips, timesteps, noise) is
 //! drawn from generators seeded by `(seed, s)` alone, so a batch does not
@@ -18,6 +19,26 @@ use diffusion_schedulers::TorchGenerator;
 use image::imageops::FilterType;
 use std::path::{Path, PathBuf};
 
+/// Where the square training crop is taken from an image whose shorter side
+/// was resized to the resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Crop {
+    /// The center (diffusers' `--center_crop`).
+    #[default]
+    Center,
+    /// A window drawn anew each time the image is drawn (torchvision's
+    /// `RandomCrop`, diffusers' default).
+    Random,
+}
+
+/// An image resized so that its shorter side is the resolution, channel-major.
+#[derive(Debug, Clone)]
+struct Resized {
+    height: usize,
+    width: usize,
+    values: Vec<f32>,
+}
+
 /// Decoded, preprocessed images.
 #[derive(Debug, Clone)]
 pub struct ImageDataset {
@@ -25,16 +46,26 @@ pub struct ImageDataset {
     pub resolution: usize,
     /// 1 (grayscale) or 3 (RGB).
     pub channels: usize,
-    /// Each image as `channels × resolution × resolution` values in `[-1, 1]`.
+    /// Each image center-cropped: `channels × resolution × resolution` values
+    /// in `[-1, 1]`.
     pub images: Vec<Vec<f32>>,
     /// The file of each image.
     pub paths: Vec<PathBuf>,
+    /// How batches crop the images.
+    pub crop: Crop,
+    /// With [`Crop::Random`]: each image resized, uncropped.
+    resized: Vec<Resized>,
 }
 
 impl ImageDataset {
     /// Every `.png`/`.jpg`/`.jpeg` file directly in `dir` (sorted by name),
     /// resized and center-cropped to `resolution`, as `channels` channels.
     pub fn load(dir: &Path, resolution: usize, channels: usize) -> Result<Self> {
+        Self::load_with(dir, resolution, channels, Crop::Center)
+    }
+
+    /// [`ImageDataset::load`], with the batches' crops taken as `crop` says.
+    pub fn load_with(dir: &Path, resolution: usize, channels: usize, crop: Crop) -> Result<Self> {
         if resolution == 0 {
             return Err(PipelineError::parameter("resolution", "must be at least 1"));
         }
@@ -63,21 +94,48 @@ impl ImageDataset {
                 message: "no .png/.jpg/.jpeg images in this folder".into(),
             });
         }
-        let images = paths
+        let resized = paths
             .iter()
-            .map(|p| {
-                Ok(preprocess(
-                    &crate::image::load_image(p)?,
-                    resolution,
-                    channels,
-                ))
-            })
+            .map(|p| Ok(resize(&crate::image::load_image(p)?, resolution, channels)))
             .collect::<Result<Vec<_>>>()?;
+        let images = resized
+            .iter()
+            .map(|r| r.crop(channels, resolution, None))
+            .collect();
         Ok(ImageDataset {
             resolution,
             channels,
             images,
             paths,
+            crop,
+            resized: if crop == Crop::Random {
+                resized
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// A data set of images already preprocessed (`channels × resolution ×
+    /// resolution` values in `[-1, 1]` each), center crops only.
+    pub fn from_images(resolution: usize, channels: usize, images: Vec<Vec<f32>>) -> Result<Self> {
+        let want = channels * resolution * resolution;
+        if let Some((i, image)) = images.iter().enumerate().find(|(_, v)| v.len() != want) {
+            return Err(PipelineError::parameter(
+                "images",
+                format!(
+                    "image {i} has {} values, {channels}×{resolution}×{resolution} = {want} expected",
+                    image.len()
+                ),
+            ));
+        }
+        Ok(ImageDataset {
+            resolution,
+            channels,
+            images,
+            paths: Vec::new(),
+            crop: Crop::Center,
+            resized: Vec::new(),
         })
     }
 
@@ -94,6 +152,11 @@ impl ImageDataset {
 
 /// Resize (shorter side), center crop, `[-1, 1]`, channel-major.
 pub fn preprocess(image: &image::DynamicImage, resolution: usize, channels: usize) -> Vec<f32> {
+    resize(image, resolution, channels).crop(channels, resolution, None)
+}
+
+/// Resize so that the shorter side is `resolution`; `[-1, 1]`, channel-major.
+fn resize(image: &image::DynamicImage, resolution: usize, channels: usize) -> Resized {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let scale = resolution as f64 / w.min(h) as f64;
     let (nw, nh) = (
@@ -101,27 +164,39 @@ pub fn preprocess(image: &image::DynamicImage, resolution: usize, channels: usiz
         ((h as f64 * scale).round() as u32).max(resolution as u32),
     );
     let resized = image.resize_exact(nw, nh, FilterType::Triangle);
-    let left = (nw as usize - resolution) / 2;
-    let top = (nh as usize - resolution) / 2;
-    let cropped = resized.crop_imm(
-        left as u32,
-        top as u32,
-        resolution as u32,
-        resolution as u32,
-    );
     let pixels: Vec<u8> = if channels == 1 {
-        cropped.to_luma8().into_raw()
+        resized.to_luma8().into_raw()
     } else {
-        cropped.to_rgb8().into_raw()
+        resized.to_rgb8().into_raw()
     };
-    let plane = resolution * resolution;
-    let mut out = vec![0f32; channels * plane];
+    let plane = nw as usize * nh as usize;
+    let mut values = vec![0f32; channels * plane];
     for (i, px) in pixels.chunks(channels).enumerate() {
         for (c, &v) in px.iter().enumerate() {
-            out[c * plane + i] = f32::from(v) / 127.5 - 1.0;
+            values[c * plane + i] = f32::from(v) / 127.5 - 1.0;
         }
     }
-    out
+    Resized {
+        height: nh as usize,
+        width: nw as usize,
+        values,
+    }
+}
+
+impl Resized {
+    /// The `side × side` window at `(top, left)`, or the center one.
+    fn crop(&self, channels: usize, side: usize, at: Option<(usize, usize)>) -> Vec<f32> {
+        let (top, left) = at.unwrap_or(((self.height - side) / 2, (self.width - side) / 2));
+        let plane = self.height * self.width;
+        let mut out = Vec::with_capacity(channels * side * side);
+        for c in 0..channels {
+            for y in top..top + side {
+                let row = c * plane + y * self.width + left;
+                out.extend_from_slice(&self.values[row..row + side]);
+            }
+        }
+        out
+    }
 }
 
 /// splitmix64: a well-mixed 64-bit value from `x`.
@@ -166,6 +241,7 @@ const EPOCH: u64 = 1;
 const FLIP: u64 = 2;
 const TIMESTEPS: u64 = 3;
 const NOISE: u64 = 4;
+const CROP: u64 = 5;
 
 impl BatchSampler {
     /// The images of step `step` (0-based): epochs are shuffled permutations
@@ -212,9 +288,19 @@ impl BatchSampler {
         }
         let (n, c, r) = (self.batch_size, data.channels, data.resolution);
         let mut flips = Stream::new(self.seed, FLIP, step);
+        let mut crops = Stream::new(self.seed, CROP, step);
         let mut x0 = Vec::with_capacity(n * c * r * r);
         for i in self.indices(data.len(), step) {
-            let img = &data.images[i];
+            let random;
+            let img = match data.resized.get(i) {
+                Some(full) if data.crop == Crop::Random => {
+                    let top = crops.below(full.height - r + 1);
+                    let left = crops.below(full.width - r + 1);
+                    random = full.crop(c, r, Some((top, left)));
+                    &random
+                }
+                _ => &data.images[i],
+            };
             if self.random_flip && flips.next() & 1 == 1 {
                 for row in img.chunks(r) {
                     x0.extend(row.iter().rev());
@@ -261,5 +347,41 @@ mod tests {
         assert_ne!(s.indices(12, 4), s.indices(12, 0));
         let other = BatchSampler { seed: 8, ..s };
         assert_ne!(other.indices(12, 0), s.indices(12, 0));
+    }
+
+    /// A 6×4 image (values = 10 y + x) resized to side 4 is itself (shorter
+    /// side 4): random crops are 4×4 windows at rows 0..=2, drawn per step,
+    /// the same for the same step; the center crop is rows 1..5.
+    #[test]
+    fn random_crops_are_windows_of_the_resized_image() {
+        let img = image::GrayImage::from_fn(4, 6, |x, y| image::Luma([(10 * y + x) as u8]));
+        let dir = tempfile::tempdir().unwrap();
+        img.save(dir.path().join("a.png")).unwrap();
+        let center = ImageDataset::load(dir.path(), 4, 1).unwrap();
+        let random = ImageDataset::load_with(dir.path(), 4, 1, Crop::Random).unwrap();
+        let value = |v: f32| ((v + 1.0) * 127.5).round() as u32;
+        assert_eq!(value(center.images[0][0]), 10);
+        let s = BatchSampler {
+            seed: 3,
+            batch_size: 1,
+            random_flip: false,
+        };
+        let top = |data: &ImageDataset, step| {
+            let b = s
+                .batch::<burn::backend::Flex>(data, step, 10, &Default::default())
+                .unwrap();
+            let v = b.x0.into_data().to_vec::<f32>().unwrap();
+            // Every row of the window is a row of the image, in order.
+            let first = value(v[0]);
+            for (k, px) in v.iter().enumerate() {
+                assert_eq!(value(*px), first + 10 * (k as u32 / 4) + k as u32 % 4);
+            }
+            first / 10
+        };
+        assert!((0..8).all(|step| top(&center, step) == 1));
+        let tops: Vec<u32> = (0..16).map(|step| top(&random, step)).collect();
+        assert!(tops.iter().all(|&t| t <= 2), "{tops:?}");
+        assert!((0..=2).all(|t| tops.contains(&t)), "{tops:?}");
+        assert_eq!(top(&random, 5), tops[5]);
     }
 }

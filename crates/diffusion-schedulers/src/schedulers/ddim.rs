@@ -10,6 +10,7 @@ use crate::alpha::{spaced_timesteps, validate_alpha_schedule};
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -188,48 +189,49 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
         let n = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         let t_int = crate::scheduler::alpha_lookup(&self.alphas_cumprod, &[t])?;
         let alpha_prod_t = t_int[0];
         let prev_t = t.round() as i64 - (self.config.num_train_timesteps / n) as i64;
         let alpha_prod_t_prev = self.alpha_prev(prev_t);
         let beta_prod_t = 1.0 - alpha_prod_t;
 
-        let (mut x0, mut eps) = common::alpha_prediction(
-            self.config.prediction_type,
+        // One element-wise program: x0 (bounded), the direction, the update.
+        let mut p = Program::new();
+        let c = &self.config;
+        let bound = common::x0_bound!(c);
+        let pred = common::alpha_x0(
+            &mut p,
+            c.prediction_type,
             CLASS_NAME,
             model_output,
             sample,
             alpha_prod_t,
+            bound,
         )?;
-        if self.config.thresholding {
-            x0 = x0.dynamic_threshold(
-                self.config.dynamic_thresholding_ratio,
-                self.config.sample_max_value,
-            );
-        } else if self.config.clip_sample {
-            x0 = x0.clamp(
-                -self.config.clip_sample_range,
-                self.config.clip_sample_range,
-            );
-        }
-
         let eta = options.eta.unwrap_or(0.0);
         let variance =
             (1.0 - alpha_prod_t_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_t_prev);
         let std_dev_t = eta * variance.sqrt();
-        if options.use_clipped_model_output.unwrap_or(false) {
-            eps = T::linear_combination(&[
-                (1.0 / beta_prod_t.sqrt(), sample),
-                (-alpha_prod_t.sqrt() / beta_prod_t.sqrt(), &x0),
-            ]);
-        }
+        let eps = if options.use_clipped_model_output.unwrap_or(false) {
+            p.linear(&[
+                (1.0 / beta_prod_t.sqrt(), pred.sample),
+                (-alpha_prod_t.sqrt() / beta_prod_t.sqrt(), pred.x0),
+            ])
+        } else {
+            pred.eps
+        };
         let direction = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
-        let mut prev = T::linear_combination(&[(alpha_prod_t_prev.sqrt(), &x0), (direction, &eps)]);
+        let mut prev = p.linear(&[(alpha_prod_t_prev.sqrt(), pred.x0), (direction, eps)]);
+        let z;
+        let mut inputs = pred.inputs(model_output, sample);
         if eta > 0.0 {
-            let z = noise.noise(model_output)?;
-            prev = T::linear_combination(&[(1.0, &prev), (std_dev_t, &z)]);
+            z = common::step_noise(noise, model_output, sample)?;
+            let zv = p.input();
+            prev = p.linear(&[(1.0, prev), (std_dev_t, zv)]);
+            inputs.push(&z);
         }
+        let [prev, x0] = p.run(&inputs, [prev, pred.x0])?;
         self.index.advance();
         Ok(StepOutput {
             prev_sample: prev,

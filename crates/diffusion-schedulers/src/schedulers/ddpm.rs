@@ -16,6 +16,7 @@ use crate::alpha::{alpha_f32, check_threshold_config, custom_timesteps, spaced_t
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -266,7 +267,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
         _options: &StepOptions,
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         let a_t = alpha_f32(&self.alphas_cumprod, t)?;
         let t_int = t as i64;
         let prev_t = self.previous_timestep(t_int)?;
@@ -280,34 +281,34 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
         let cur_alpha = a_t / a_prev;
         let cur_beta = 1.0 - cur_alpha;
 
-        let (mut x0, _) = common::alpha_prediction(
-            self.config.prediction_type,
+        let c = &self.config;
+        let bound = common::x0_bound!(c);
+        let mut p = Program::new();
+        let pred = common::alpha_x0(
+            &mut p,
+            c.prediction_type,
             CLASS_NAME,
             model_output,
             sample,
             a_t as f64,
+            bound,
         )?;
-        if self.config.thresholding {
-            x0 = x0.dynamic_threshold(
-                self.config.dynamic_thresholding_ratio,
-                self.config.sample_max_value,
-            );
-        } else if self.config.clip_sample {
-            x0 = x0.clamp(
-                -self.config.clip_sample_range,
-                self.config.clip_sample_range,
-            );
-        }
         let x0_coeff = a_prev.sqrt() * cur_beta / b_t;
         let sample_coeff = cur_alpha.sqrt() * b_prev / b_t;
-        let mean = T::linear_combination(&[(x0_coeff as f64, &x0), (sample_coeff as f64, sample)]);
-        let prev = if t_int > 0 {
-            let z = noise.noise(model_output)?;
+        let mut prev = p.linear(&[
+            (x0_coeff as f64, pred.x0),
+            (sample_coeff as f64, pred.sample),
+        ]);
+        let z;
+        let mut inputs = pred.inputs(model_output, sample);
+        if t_int > 0 {
+            z = common::step_noise(noise, model_output, sample)?;
             let std = self.noise_std(a_t, a_prev);
-            T::linear_combination(&[(1.0, &mean), (std as f64, &z)])
-        } else {
-            mean
-        };
+            let zv = p.input();
+            prev = p.linear(&[(1.0, prev), (std as f64, zv)]);
+            inputs.push(&z);
+        }
+        let [prev, x0] = p.run(&inputs, [prev, pred.x0])?;
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),

@@ -14,6 +14,7 @@ use super::euler_discrete::{euler_churn_step, input_sigma, step_position};
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{FinalSigmasType, PredictionType, invalid};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Program, Val};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{begin_index_beyond, sigma_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -151,12 +152,13 @@ impl EDMEulerScheduler {
     }
 
     /// `c_skip * x + c_out * model_output` at noise level `sigma` (f32 scalars, as diffusers).
-    fn precondition_outputs<T: SchedulerTensor>(
+    fn precondition_outputs(
         &self,
-        sample: &T,
-        model_output: &T,
+        p: &mut Program,
+        sample: Val,
+        model_output: Val,
         sigma: f64,
-    ) -> T {
+    ) -> Val {
         let (s, sd) = (sigma as f32, self.config.sigma_data);
         let sd2 = (sd * sd) as f32;
         let denom = s * s + sd2;
@@ -166,7 +168,7 @@ impl EDMEulerScheduler {
             PredictionType::VPrediction => -c_out,
             _ => c_out,
         };
-        T::linear_combination(&[(c_skip as f64, sample), (c_out as f64, model_output)])
+        p.linear(&[(c_skip as f64, sample), (c_out as f64, model_output)])
     }
 }
 
@@ -262,8 +264,8 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let i = step_position(&mut self.index, t, &self.timesteps, &self.sigmas)?;
+        common::check_step_shapes(model_output, sample)?;
+        let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let (prev, x0) = euler_churn_step(
             model_output,
             sample,
@@ -271,9 +273,9 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
             i,
             options,
             noise,
-            |x, sigma_hat| self.precondition_outputs(x, model_output, sigma_hat),
+            |p, m, x, sigma_hat| self.precondition_outputs(p, x, m, sigma_hat),
         )?;
-        self.index.advance();
+        self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),

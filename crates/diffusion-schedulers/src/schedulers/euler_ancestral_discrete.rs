@@ -11,6 +11,7 @@ use super::euler_discrete::{
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
     begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
@@ -186,13 +187,17 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let i = step_position(&mut self.index, t, &self.timesteps, &self.sigmas)?;
+        common::check_step_shapes(model_output, sample)?;
+        let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let (sigma, sigma_to) = (self.sigmas[i] as f32, self.sigmas[i + 1] as f32);
+        let mut p = Program::new();
+        let m = p.checked_input("model_output");
+        let s = p.checked_input("sample");
         let x0 = sigma_prediction(
+            &mut p,
             self.config.prediction_type,
-            model_output,
-            sample,
+            m,
+            s,
             sigma as f64,
             sigma as f64,
         );
@@ -201,10 +206,12 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         let sigma_up = (to2 * (from2 - to2) / from2).max(0.0).sqrt();
         let sigma_down = (to2 - sigma_up * sigma_up).max(0.0).sqrt();
         let dt = (sigma_down - sigma) as f64;
-        let prev = euler_update(sample, &x0, sigma as f64, dt);
-        let z = noise.noise(model_output)?;
-        let prev = T::linear_combination(&[(1.0, &prev), (sigma_up as f64, &z)]);
-        self.index.advance();
+        let prev = euler_update(&mut p, s, x0, sigma as f64, dt);
+        let z = common::step_noise(noise, model_output, sample)?;
+        let zv = p.input();
+        let prev = p.linear(&[(1.0, prev), (sigma_up as f64, zv)]);
+        let [prev, x0] = p.run(&[model_output, sample, &z], [prev, x0])?;
+        self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Program, Val};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
 use crate::sigmas::{
     SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
@@ -119,12 +120,12 @@ pub(crate) fn sigma_to_t_f32(sigma: f64, log_sigmas: &[f64]) -> f64 {
 /// The index into the sigmas of a step at timestep `t`, with the checks that the
 /// step and its successor exist.
 pub(crate) fn step_position(
-    index: &mut StepIndex,
+    index: &StepIndex,
     t: f64,
     schedule: &[f64],
     sigmas: &[f64],
 ) -> Result<usize> {
-    let i = index.current(t, schedule)?;
+    let i = index.peek(t, schedule)?;
     if i + 1 >= sigmas.len() {
         return Err(SchedulerError::PastLastStep(i));
     }
@@ -159,8 +160,9 @@ pub(crate) fn churn_gamma(options: &StepOptions, sigma: f64, num_sigmas: usize) 
     }
 }
 
-/// Churn (if any) and one Euler step from `sigmas[i]` to `sigmas[i + 1]`, with
-/// `x0` given by `denoise(sample, sigma_hat)`. Returns `(prev_sample, x0)`.
+/// Churn (if any) and one Euler step from `sigmas[i]` to `sigmas[i + 1]`, as one
+/// [`Program`], with `x0` given by `denoise(p, model_output, sample, sigma_hat)`.
+/// Returns `(prev_sample, x0)`.
 pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     model_output: &T,
     sample: &T,
@@ -168,58 +170,67 @@ pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     i: usize,
     options: &StepOptions,
     noise: &mut dyn NoiseSource<T>,
-    denoise: impl FnOnce(&T, f64) -> T,
+    denoise: impl FnOnce(&mut Program, Val, Val, f64) -> Val,
 ) -> Result<(T, T)> {
+    common::check_step_shapes(model_output, sample)?;
+    let mut p = Program::new();
+    let m = p.checked_input("model_output");
+    let s = p.checked_input("sample");
+    let mut inputs = vec![model_output, sample];
     let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
     let gamma = churn_gamma(options, sigma, sigmas.len());
     let sigma_hat = sigma as f32 * (gamma + 1.0) as f32;
-    let churned;
-    let sample = if gamma > 0.0 {
-        let z = noise.noise(model_output)?;
-        let z = match options.s_noise.unwrap_or(1.0) {
-            1.0 => z,
-            s_noise => z.scale(s_noise),
+    let z;
+    let x = if gamma > 0.0 {
+        z = common::step_noise(noise, model_output, sample)?;
+        inputs.push(&z);
+        let zv = p.input();
+        let zv = match options.s_noise.unwrap_or(1.0) {
+            1.0 => zv,
+            s_noise => p.scale(zv, s_noise),
         };
-        let s = sigma as f32;
-        let extra = (sigma_hat * sigma_hat - s * s).max(0.0).sqrt();
-        churned = T::linear_combination(&[(1.0, sample), (extra as f64, &z)]);
-        &churned
+        let s32 = sigma as f32;
+        let extra = (sigma_hat * sigma_hat - s32 * s32).max(0.0).sqrt();
+        p.linear(&[(1.0, s), (extra as f64, zv)])
     } else {
-        sample
+        s
     };
     let sigma_hat = sigma_hat as f64;
-    let x0 = denoise(sample, sigma_hat);
+    let x0 = denoise(&mut p, m, x, sigma_hat);
     let dt = f32r(sigma_next - sigma_hat);
-    let prev = euler_update(sample, &x0, sigma_hat, dt);
+    let prev = euler_update(&mut p, x, x0, sigma_hat, dt);
+    let [prev, x0] = p.run(&inputs, [prev, x0])?;
     Ok((prev, x0))
 }
 
 /// `sample + (sample - x0) / sigma * dt`, in the order diffusers evaluates it
 /// (the rounding matters where `sample` is far larger than the result).
-pub(crate) fn euler_update<T: SchedulerTensor>(sample: &T, x0: &T, sigma: f64, dt: f64) -> T {
-    let derivative = T::linear_combination(&[(1.0, sample), (-1.0, x0)]).scale(1.0 / sigma);
-    T::linear_combination(&[(1.0, sample), (dt, &derivative)])
+pub(crate) fn euler_update(p: &mut Program, sample: Val, x0: Val, sigma: f64, dt: f64) -> Val {
+    let difference = p.linear(&[(1.0, sample), (-1.0, x0)]);
+    let derivative = p.scale(difference, 1.0 / sigma);
+    p.linear(&[(1.0, sample), (dt, derivative)])
 }
 
 /// `x0` of a k-diffusion model output at noise level `sigma` (`sigma_v` is the
 /// level v-prediction uses, which diffusers keeps un-churned).
-pub(crate) fn sigma_prediction<T: SchedulerTensor>(
+pub(crate) fn sigma_prediction(
+    p: &mut Program,
     prediction_type: PredictionType,
-    model_output: &T,
-    sample: &T,
+    model_output: Val,
+    sample: Val,
     sigma: f64,
     sigma_v: f64,
-) -> T {
+) -> Val {
     match prediction_type {
-        PredictionType::Epsilon => T::linear_combination(&[(1.0, sample), (-sigma, model_output)]),
+        PredictionType::Epsilon => p.linear(&[(1.0, sample), (-sigma, model_output)]),
         PredictionType::VPrediction => {
             let s = sigma_v as f32;
             let s2 = s * s + 1.0;
             let c_out = -s / s2.sqrt();
-            T::linear_combination(&[(c_out as f64, model_output), (1.0 / s2 as f64, sample)])
+            p.linear(&[(c_out as f64, model_output), (1.0 / s2 as f64, sample)])
         }
         // `sample`; flow_prediction is refused at construction.
-        _ => model_output.clone(),
+        _ => model_output,
     }
 }
 
@@ -471,8 +482,8 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let i = step_position(&mut self.index, t, &self.timesteps, &self.sigmas)?;
+        common::check_step_shapes(model_output, sample)?;
+        let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let sigma = self.sigmas[i];
         let prediction_type = self.config.prediction_type;
         let (prev, x0) = euler_churn_step(
@@ -482,9 +493,9 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
             i,
             options,
             noise,
-            |x, sigma_hat| sigma_prediction(prediction_type, model_output, x, sigma_hat, sigma),
+            |p, m, x, sigma_hat| sigma_prediction(p, prediction_type, m, x, sigma_hat, sigma),
         )?;
-        self.index.advance();
+        self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),

@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::common::{self, StepIndex, f32r};
 use crate::config::invalid;
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
 use crate::sigmas::SigmaSpacing;
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -410,21 +411,26 @@ impl<T: SchedulerTensor> Scheduler<T> for FlowMatchEulerDiscreteScheduler {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let i = self.index.current(t, &self.timesteps)?;
+        common::check_step_shapes(model_output, sample)?;
+        let i = self.index.peek(t, &self.timesteps)?;
         if i + 1 >= self.sigmas.len() {
             return Err(SchedulerError::PastLastStep(i));
         }
         let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
-        let prev = if self.config.stochastic_sampling {
-            let x0 = T::linear_combination(&[(1.0, sample), (-sigma, model_output)]);
-            let z = noise.noise(sample)?;
-            T::linear_combination(&[(f32r(1.0 - sigma_next), &x0), (sigma_next, &z)])
+        let mut p = Program::new();
+        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
+        let [prev] = if self.config.stochastic_sampling {
+            let x0 = p.linear(&[(1.0, s), (-sigma, m)]);
+            let z = common::step_noise(noise, model_output, sample)?;
+            let zv = p.input();
+            let prev = p.linear(&[(f32r(1.0 - sigma_next), x0), (sigma_next, zv)]);
+            p.run(&[model_output, sample, &z], [prev])?
         } else {
             let dt = f32r(sigma_next - sigma);
-            T::linear_combination(&[(1.0, sample), (dt, model_output)])
+            let prev = p.linear(&[(1.0, s), (dt, m)]);
+            p.run(&[model_output, sample], [prev])?
         };
-        self.index.advance();
+        self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: None,

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Program, Val};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
     SigmaSpacing, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
@@ -183,26 +184,28 @@ pub(crate) fn interleave_tail_f32(x: &[f32]) -> Vec<f32> {
 
 /// `x0` from a model output at noise level `sigma` (epsilon or v-prediction of a
 /// variance-exploding model; `sample` returns the output itself).
-pub(crate) fn sigma_prediction<T: SchedulerTensor>(
+pub(crate) fn sigma_prediction(
+    p: &mut Program,
     prediction_type: PredictionType,
-    model_output: &T,
-    sample: &T,
+    model_output: Val,
+    sample: Val,
     sigma: f64,
-) -> T {
+) -> Val {
     match prediction_type {
-        PredictionType::Epsilon => T::linear_combination(&[(1.0, sample), (-sigma, model_output)]),
+        PredictionType::Epsilon => p.linear(&[(1.0, sample), (-sigma, model_output)]),
         PredictionType::VPrediction => {
             let s2 = common::f32r(common::f32r(sigma * sigma) + 1.0);
             let c_out = common::f32r(-sigma / common::f32r(s2.sqrt()));
-            T::linear_combination(&[(c_out, model_output), (1.0 / s2, sample)])
+            p.linear(&[(c_out, model_output), (1.0 / s2, sample)])
         }
-        _ => model_output.clone(),
+        _ => model_output,
     }
 }
 
 /// `(sample - x0) / sigma`, with the difference rounded first as in torch.
-pub(crate) fn ode_derivative<T: SchedulerTensor>(sample: &T, x0: &T, sigma: f64) -> T {
-    T::linear_combination(&[(1.0, sample), (-1.0, x0)]).scale(1.0 / sigma)
+pub(crate) fn ode_derivative(p: &mut Program, sample: Val, x0: Val, sigma: f64) -> Val {
+    let difference = p.linear(&[(1.0, sample), (-1.0, x0)]);
+    p.scale(difference, 1.0 / sigma)
 }
 
 /// `init_noise_sigma` of the Karras family: the largest sigma, or
@@ -500,8 +503,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let i = self.index.current(t, &self.timesteps)?;
+        common::check_step_shapes(model_output, sample)?;
+        let i = self.index.peek(t, &self.timesteps)?;
         if i >= self.timesteps.len() || (self.first_half.is_some() && i == 0) {
             return Err(SchedulerError::PastLastStep(i));
         }
@@ -512,35 +515,40 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
             (self.sigmas[i - 1], self.sigmas[i])
         };
         let sigma_input = if first { sigma } else { sigma_next };
-        let mut x0 = sigma_prediction(
-            self.config.prediction_type,
-            model_output,
-            sample,
-            sigma_input,
-        );
+        let mut p = Program::new();
+        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
+        let mut x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma_input);
         if self.config.clip_sample {
             let r = self.config.clip_sample_range;
-            x0 = x0.clamp(-r, r);
+            x0 = p.clamp(x0, -r, r);
         }
-        let prev = match self.first_half.take() {
+        // The state changes only once the pass has succeeded.
+        let (prev, x0) = match &self.first_half {
             None => {
-                let derivative = ode_derivative(sample, &x0, sigma);
+                let derivative = ode_derivative(&mut p, s, x0, sigma);
                 let dt = (sigma_next as f32 - sigma as f32) as f64;
-                let prev = T::linear_combination(&[(1.0, sample), (dt, &derivative)]);
+                let prev = p.linear(&[(1.0, s), (dt, derivative)]);
+                let [prev, x0, derivative, sample] =
+                    p.run(&[model_output, sample], [prev, x0, derivative, s])?;
                 self.first_half = Some(FirstHalf {
                     derivative,
                     dt,
-                    sample: sample.clone(),
+                    sample,
                 });
-                prev
+                (prev, x0)
             }
             Some(half) => {
-                let d2 = ode_derivative(sample, &x0, sigma_next);
-                let derivative = T::linear_combination(&[(0.5, &half.derivative), (0.5, &d2)]);
-                T::linear_combination(&[(1.0, &half.sample), (half.dt, &derivative)])
+                let (d1, start) = (p.input(), p.input());
+                let d2 = ode_derivative(&mut p, s, x0, sigma_next);
+                let derivative = p.linear(&[(0.5, d1), (0.5, d2)]);
+                let prev = p.linear(&[(1.0, start), (half.dt, derivative)]);
+                let inputs = [model_output, sample, &half.derivative, &half.sample];
+                let [prev, x0] = p.run(&inputs, [prev, x0])?;
+                self.first_half = None;
+                (prev, x0)
             }
         };
-        self.index.advance();
+        self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::schedulers::heun_discrete::{
     HeunBetaSchedule, SigmaTable, inference_sigmas, interleave_tail_f32, karras_alphas_cumprod,
@@ -284,8 +285,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let i = self.index.current(t, &self.timesteps)?;
+        common::check_step_shapes(model_output, sample)?;
+        let i = self.index.peek(t, &self.timesteps)?;
         let first = self.first_sample.is_none();
         if i >= self.timesteps.len() || (!first && i == 0) {
             return Err(SchedulerError::PastLastStep(i));
@@ -300,26 +301,30 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
             (self.sigmas[i - 1], self.sigmas_interpol[i], self.sigmas[i])
         };
         let sigma_input = if first { sigma } else { sigma_interpol };
-        let x0 = sigma_prediction(
-            self.config.prediction_type,
-            model_output,
-            sample,
-            sigma_input,
-        );
-        let prev = match self.first_sample.take() {
+        let mut p = Program::new();
+        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
+        let x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma_input);
+        // The state changes only once the pass has succeeded.
+        let (prev, x0) = match &self.first_sample {
             None => {
-                let derivative = ode_derivative(sample, &x0, sigma);
+                let derivative = ode_derivative(&mut p, s, x0, sigma);
                 let dt = (sigma_interpol as f32 - sigma as f32) as f64;
-                self.first_sample = Some(sample.clone());
-                T::linear_combination(&[(1.0, sample), (dt, &derivative)])
+                let prev = p.linear(&[(1.0, s), (dt, derivative)]);
+                let [prev, x0, first] = p.run(&[model_output, sample], [prev, x0, s])?;
+                self.first_sample = Some(first);
+                (prev, x0)
             }
-            Some(start) => {
-                let derivative = ode_derivative(sample, &x0, sigma_interpol);
+            Some(first) => {
+                let start = p.input();
+                let derivative = ode_derivative(&mut p, s, x0, sigma_interpol);
                 let dt = (sigma_next as f32 - sigma as f32) as f64;
-                T::linear_combination(&[(1.0, &start), (dt, &derivative)])
+                let prev = p.linear(&[(1.0, start), (dt, derivative)]);
+                let [prev, x0] = p.run(&[model_output, sample, first], [prev, x0])?;
+                self.first_sample = None;
+                (prev, x0)
             }
         };
-        self.index.advance();
+        self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),

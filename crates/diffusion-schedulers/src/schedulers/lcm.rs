@@ -18,6 +18,7 @@ use crate::alpha::{
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -308,9 +309,9 @@ impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
         let n = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         let a_t = alpha_f32(&self.alphas_cumprod, t)?;
-        let idx = self.index.current(t, &self.timesteps)?;
+        let idx = self.index.peek(t, &self.timesteps)?;
         if idx >= self.timesteps.len() {
             return Err(SchedulerError::PastLastStep(idx));
         }
@@ -323,35 +324,30 @@ impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
         let b_prev = 1.0 - a_prev;
         let (c_skip, c_out) = self.boundary_scalings(t);
 
-        let (mut x0, _) = common::alpha_prediction(
-            self.config.prediction_type,
+        let c = &self.config;
+        let bound = common::x0_bound!(c);
+        let mut p = Program::new();
+        let pred = common::alpha_x0(
+            &mut p,
+            c.prediction_type,
             CLASS_NAME,
             model_output,
             sample,
             a_t as f64,
+            bound,
         )?;
-        if self.config.thresholding {
-            x0 = x0.dynamic_threshold(
-                self.config.dynamic_thresholding_ratio,
-                self.config.sample_max_value,
-            );
-        } else if self.config.clip_sample {
-            x0 = x0.clamp(
-                -self.config.clip_sample_range,
-                self.config.clip_sample_range,
-            );
+        let denoised = p.linear(&[(c_out as f64, pred.x0), (c_skip as f64, pred.sample)]);
+        let mut prev = denoised;
+        let z;
+        let mut inputs = pred.inputs(model_output, sample);
+        if idx + 1 != n {
+            z = common::step_noise(noise, model_output, sample)?;
+            let zv = p.input();
+            prev = p.linear(&[(a_prev.sqrt() as f64, denoised), (b_prev.sqrt() as f64, zv)]);
+            inputs.push(&z);
         }
-        let denoised = T::linear_combination(&[(c_out as f64, &x0), (c_skip as f64, sample)]);
-        let prev = if idx + 1 != n {
-            let z = noise.noise(model_output)?;
-            T::linear_combination(&[
-                (a_prev.sqrt() as f64, &denoised),
-                (b_prev.sqrt() as f64, &z),
-            ])
-        } else {
-            denoised.clone()
-        };
-        self.index.advance();
+        let [prev, denoised] = p.run(&inputs, [prev, denoised])?;
+        self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(denoised),

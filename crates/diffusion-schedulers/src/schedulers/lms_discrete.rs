@@ -18,6 +18,7 @@ use super::euler_discrete::{euler_init_noise_sigma, input_sigma, sigma_predictio
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
     SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
@@ -407,7 +408,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         // diffusers' `step(..., order=4)`: a per-call order, else the scheduler's.
         let lms_order = match options.order {
             Some(0) => {
@@ -420,16 +421,14 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
             Some(o) => o,
             None => self.lms_order,
         };
-        let i = step_position(&mut self.index, t, &self.timesteps, &self.sigmas)?;
+        let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let sigma = self.sigmas[i];
-        let x0 = sigma_prediction(
-            self.config.prediction_type,
-            model_output,
-            sample,
-            sigma,
-            sigma,
-        );
-        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &x0)]).scale(1.0 / sigma);
+        let mut p = Program::new();
+        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
+        let x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma, sigma);
+        let difference = p.linear(&[(1.0, s), (-1.0, x0)]);
+        let derivative = p.scale(difference, 1.0 / sigma);
+        let [x0, derivative] = p.run(&[model_output, sample], [x0, derivative])?;
         self.derivatives.push(derivative);
         if self.derivatives.len() > lms_order {
             self.derivatives.remove(0);
@@ -446,7 +445,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
             .collect();
         let update = T::linear_combination(&terms);
         let prev = T::linear_combination(&[(1.0, sample), (1.0, &update)]);
-        self.index.advance();
+        self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),

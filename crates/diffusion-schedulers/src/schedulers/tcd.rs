@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::alpha::{alpha_f32, check_threshold_config, validate_distilled_config};
-use crate::common::{self, StepIndex};
+use crate::common::{self, StepIndex, X0Bound};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
+use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -216,7 +217,7 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
         let n = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         let eta = options.eta.unwrap_or(DEFAULT_ETA);
         if !(0.0..=1.0).contains(&eta) {
             return Err(SchedulerError::InvalidArgument {
@@ -226,7 +227,7 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
             });
         }
         let a_t = alpha_f32(&self.alphas_cumprod, t)?;
-        let idx = self.index.current(t, &self.timesteps)?;
+        let idx = self.index.peek(t, &self.timesteps)?;
         if idx >= self.timesteps.len() {
             return Err(SchedulerError::PastLastStep(idx));
         }
@@ -237,25 +238,31 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
         let a_s = alpha_f32(&self.alphas_cumprod, s_t)?;
         let b_s = 1.0 - a_s;
 
-        let (x0, eps) = common::alpha_prediction(
+        let mut p = Program::new();
+        let pred = common::alpha_x0(
+            &mut p,
             self.config.prediction_type,
             CLASS_NAME,
             model_output,
             sample,
             a_t as f64,
+            X0Bound::None,
         )?;
-        let noised = T::linear_combination(&[(a_s.sqrt() as f64, &x0), (b_s.sqrt() as f64, &eps)]);
-        let prev = if eta > 0.0 && idx + 1 != n {
-            let z = noise.noise(model_output)?;
+        let mut prev = p.linear(&[(a_s.sqrt() as f64, pred.x0), (b_s.sqrt() as f64, pred.eps)]);
+        let z;
+        let mut inputs = pred.inputs(model_output, sample);
+        if eta > 0.0 && idx + 1 != n {
+            z = common::step_noise(noise, model_output, sample)?;
             let ratio = a_prev / a_s;
-            T::linear_combination(&[
-                (ratio.sqrt() as f64, &noised),
-                ((1.0 - ratio).sqrt() as f64, &z),
-            ])
-        } else {
-            noised
-        };
-        self.index.advance();
+            let zv = p.input();
+            prev = p.linear(&[
+                (ratio.sqrt() as f64, prev),
+                ((1.0 - ratio).sqrt() as f64, zv),
+            ]);
+            inputs.push(&z);
+        }
+        let [prev, x0] = p.run(&inputs, [prev, pred.x0])?;
+        self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: Some(x0),
