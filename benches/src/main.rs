@@ -68,13 +68,13 @@ pub type Result<T> = std::result::Result<T, BenchError>;
 
 fn run() -> Result<()> {
     let args = Args::parse(std::env::args().skip(1))?;
-    diffusion_models::kernels::init_from_env().map_err(|e| BenchError::Usage(e.to_string()))?;
-    if args.backend.starts_with("cuda") {
-        probe_cuda()?;
-    }
     if args.help {
         println!("{}", args::USAGE);
         return Ok(());
+    }
+    diffusion_models::kernels::init_from_env().map_err(|e| BenchError::Usage(e.to_string()))?;
+    if args.backend.starts_with("cuda") {
+        probe_cuda()?;
     }
     if args.write_tokenizers {
         let dir = workloads::write_tokenizers(&args.root)?;
@@ -165,6 +165,8 @@ fn probe_cuda() -> Result<()> {
                 "no CUDA device (cuDeviceGetCount: {devices} devices, CUDA error {code})"
             )));
         }
+        // Keep the initialised driver loaded: cudarc opens it again.
+        std::mem::forget(lib);
     }
     Ok(())
 }

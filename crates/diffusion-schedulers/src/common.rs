@@ -550,8 +550,10 @@ pub fn check_step_shapes<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
 }
 
 /// Noise for a step written as a [`Program`], which draws it before the pass
-/// that checks the inputs: when the source fails and an input is non-finite,
-/// the non-finite input is the error reported (as when the check came first).
+/// that checks the inputs: a step refused for a non-finite input has used one
+/// noise tensor (a replayed stream cannot go on after such an error anyway).
+/// When the source fails and an input is non-finite, the non-finite input is
+/// the error reported (as when the check came first).
 pub fn step_noise<T: SchedulerTensor>(
     noise: &mut dyn crate::tensor::NoiseSource<T>,
     model_output: &T,

@@ -120,7 +120,7 @@ impl Program {
         inputs: &[&T],
         outputs: [Val; N],
     ) -> Result<[T; N]> {
-        self.validate(inputs)?;
+        self.validate(inputs, &outputs)?;
         let values = T::evaluate(self, inputs, &outputs)?;
         let got = values.len();
         values
@@ -132,8 +132,25 @@ impl Program {
             })
     }
 
-    /// Every input has the same shape and every value refers to an earlier one.
-    fn validate<T: SchedulerTensor>(&self, inputs: &[&T]) -> Result<()> {
+    /// Every input has the same shape, and every value (operand or output)
+    /// exists: an input of this program or an operation before its user (a
+    /// `Val` of another program is refused rather than indexed out of bounds).
+    fn validate<T: SchedulerTensor>(&self, inputs: &[&T], outputs: &[Val]) -> Result<()> {
+        let known = |v: Val, before: usize| match v {
+            Val::Input(i) => i < self.inputs.len(),
+            Val::Op(j) => j < before,
+        };
+        let operands_known = self.ops.iter().enumerate().all(|(k, op)| match op {
+            Op::Linear(terms) => terms.iter().all(|&(_, v)| known(v, k)),
+            Op::Clamp { x, .. } => known(*x, k),
+        });
+        if !operands_known || !outputs.iter().all(|&v| known(v, self.ops.len())) {
+            return Err(SchedulerError::InvalidArgument {
+                field: "program",
+                value: format!("{} inputs, {} ops", self.inputs.len(), self.ops.len()),
+                reason: "a value refers to no earlier input or operation of this program".into(),
+            });
+        }
         if inputs.len() != self.inputs.len() {
             return Err(SchedulerError::InvalidArgument {
                 field: "inputs",
@@ -283,6 +300,15 @@ mod tests {
             p.run(&[&a, &a], outs),
             Err(SchedulerError::InvalidArgument {
                 field: "inputs",
+                ..
+            })
+        ));
+        let (mut other, _) = program();
+        let stranger = other.scale(Val::Op(4), 2.0);
+        assert!(matches!(
+            p.run(&[&a, &a, &a], [stranger]),
+            Err(SchedulerError::InvalidArgument {
+                field: "program",
                 ..
             })
         ));

@@ -51,8 +51,9 @@ pub struct ImageDataset {
     pub images: Vec<Vec<f32>>,
     /// The file of each image.
     pub paths: Vec<PathBuf>,
-    /// How batches crop the images.
-    pub crop: Crop,
+    /// How batches crop the images (fixed at load: a random crop needs the
+    /// uncropped images).
+    crop: Crop,
     /// With [`Crop::Random`]: each image resized, uncropped.
     resized: Vec<Resized>,
 }
@@ -137,6 +138,11 @@ impl ImageDataset {
             crop: Crop::Center,
             resized: Vec::new(),
         })
+    }
+
+    /// How batches crop the images.
+    pub fn crop(&self) -> Crop {
+        self.crop
     }
 
     /// Number of images.
