@@ -29,17 +29,23 @@ pub fn scaled_dot_product_attention<B: Backend>(
 ) -> Tensor<B, 4> {
     let [b, h, l, d] = q.dims();
     let s = k.dims()[2];
-    let kernel = match kernels::attention() {
-        AttentionKernel::Matmul if !causal => "matmul",
-        _ => "fused",
-    };
+    // Read the process-wide choice once: the label names what ran.
+    let matmul = !causal && kernels::attention() == AttentionKernel::Matmul;
+    let kernel = if matmul { "matmul" } else { "fused" };
     profile::scope::<B, _>(
         &q.device(),
         || format!("attention b={b} heads={h} q={l} kv={s} head_dim={d} kernel={kernel}"),
-        || sdpa(q, k, v, scale, causal, upcast),
+        || {
+            if matmul {
+                attention_matmul(q, k, v, scale, upcast)
+            } else {
+                sdpa(q, k, v, scale, causal, upcast)
+            }
+        },
     )
 }
 
+/// Burn's attention op, with the f32 upcast where asked.
 fn sdpa<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -48,9 +54,6 @@ fn sdpa<B: Backend>(
     causal: bool,
     upcast: bool,
 ) -> Tensor<B, 4> {
-    if !causal && kernels::attention() == AttentionKernel::Matmul {
-        return attention_matmul(q, k, v, scale, upcast);
-    }
     let dtype = q.dtype();
     let options = AttentionModuleOptions {
         scale: Some(scale),

@@ -156,19 +156,18 @@ impl<B: Backend> Conv2d<B> {
         let [n, c, h, w] = x.dims();
         let [o, _, k, _] = self.weight.dims();
         let s = self.stride;
-        let kernel = match kernels::conv() {
-            ConvKernel::Im2col if k > 1 => "im2col",
-            _ => "direct",
-        };
+        // Read the process-wide choice once: the label names what ran.
+        let im2col = k > 1 && kernels::conv() == ConvKernel::Im2col;
+        let kernel = if im2col { "im2col" } else { "direct" };
         profile::scope::<B, _>(
             &device,
             || format!("conv{k}x{k} s{s} {c}->{o} {n}x{h}x{w} kernel={kernel}"),
-            || self.conv(x),
+            || self.conv(x, im2col),
         )
     }
 
-    fn conv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if self.weight.dims()[2] > 1 && kernels::conv() == ConvKernel::Im2col {
+    fn conv(&self, x: Tensor<B, 4>, im2col: bool) -> Tensor<B, 4> {
+        if im2col {
             return conv2d_im2col(
                 x,
                 self.weight.val(),
