@@ -8,6 +8,9 @@
 # which that machine's Python lacks).
 #
 #   bash scripts/bench/gpu_run.sh "sd15:unet,profile,ops,vae-decode,text,scheduler,pipeline" "sdxl:unet"
+#
+# BACKEND (default cuda) picks the Rust backend (cuda-nofusion beside cuda in a
+# cuda-fusion build); PEER=0 skips the diffusers side.
 set -u
 OUT=${OUT:-/tmp/bench-out}
 # The carried binary may come gzipped (the device tool's 64 MiB limit).
@@ -31,7 +34,7 @@ for spec in "$@"; do
   preset=${spec%%:*}
   comps=${spec#*:}
   peer_comps=$(echo "$comps" | tr ',' '\n' | grep -v -e '^profile$' -e '^ops$' | paste -sd, -)
-  if [ -n "$peer_comps" ]; then
+  if [ -n "$peer_comps" ] && [ "${PEER:-1}" != 0 ]; then
     timeout "${PEER_TIMEOUT:-150}" python3 scripts/bench/bench_diffusers.py --preset "$preset" --component "$peer_comps" \
       --backend cuda --dtype f16 --batch 2 --runs "$RUNS" --steps "$STEPS" --threads 16 --root . \
       --tokenizers target/bench/tokenizers --json "$OUT/$preset-diffusers.json" 2>&1 | grep -v "should be kept in float32" \
@@ -39,6 +42,6 @@ for spec in "$@"; do
   fi
   peer=()
   [ -f "$OUT/$preset-diffusers.json" ] && peer=(--compare diffusers --peer-json "$OUT/$preset-diffusers.json")
-  timeout "${RUST_TIMEOUT:-300}" bin/diffusion-bench --backend cuda --dtype f16 --preset "$preset" --component "$comps" \
-    --runs "$RUNS" --steps "$STEPS" "${peer[@]}" --json "$OUT/$preset.json" 2>&1 | tee "$OUT/$preset.log"
+  timeout "${RUST_TIMEOUT:-300}" bin/diffusion-bench --backend "${BACKEND:-cuda}" --dtype f16 --preset "$preset" --component "$comps" \
+    --runs "$RUNS" --steps "$STEPS" "${peer[@]}" --json "$OUT/$preset-${BACKEND:-cuda}.json" 2>&1 | tee "$OUT/$preset-${BACKEND:-cuda}.log"
 done

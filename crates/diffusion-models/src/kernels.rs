@@ -22,12 +22,12 @@ pub enum AttentionKernel {
     Matmul,
 }
 
-/// How convolutions with a kernel larger than 1×1 run.
+/// How convolutions run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvKernel {
     /// Burn's conv2d op.
     Direct,
-    /// Unfold (im2col) + one batched matmul.
+    /// Unfold (im2col) + one batched matmul; a 1×1 kernel is the matmul alone.
     Im2col,
 }
 
@@ -43,11 +43,35 @@ pub struct KernelChoiceError {
 /// Read `DIFFUSION_ATTENTION` and `DIFFUSION_CONV` now. An unset or empty
 /// variable keeps the default; any other value must name a formulation.
 pub fn init_from_env() -> Result<(), KernelChoiceError> {
-    for switch in [&ATTENTION, &CONV] {
+    init_from_env_or(AttentionKernel::Fused, ConvKernel::Direct)
+}
+
+/// [`init_from_env`] with other defaults for unset variables: a program picks
+/// the formulations measured fastest on the backend it runs (see
+/// [`defaults_for`]).
+pub fn init_from_env_or(
+    attention: AttentionKernel,
+    conv: ConvKernel,
+) -> Result<(), KernelChoiceError> {
+    for (switch, default) in [(&ATTENTION, attention as usize), (&CONV, conv as usize)] {
         let value = std::env::var(switch.var).ok();
-        switch.set(switch.parse(value.as_deref())?);
+        let chosen = switch.parse(value.as_deref())?;
+        let unset = value.as_deref().is_none_or(|v| v.trim().is_empty());
+        switch.set(if unset { default } else { chosen });
     }
     Ok(())
+}
+
+/// The formulations measured fastest on a backend, by its kind: `"cuda"`
+/// (burn-cuda 0.21 on an H100, stock kernels: im2col + matmul convolutions
+/// 4–10× faster than its direct convolution, docs/gpu.md) or anything else
+/// (the CPU: Burn's own ops, docs/backends.md).
+pub fn defaults_for(backend: &str) -> (AttentionKernel, ConvKernel) {
+    if backend.starts_with("cuda") {
+        (AttentionKernel::Fused, ConvKernel::Im2col)
+    } else {
+        (AttentionKernel::Fused, ConvKernel::Direct)
+    }
 }
 
 /// A process-wide choice among `names`, first read from `var`.
@@ -134,6 +158,8 @@ mod tests {
         assert_eq!(ATTENTION.parse(Some("")), Ok(0));
         assert_eq!(ATTENTION.parse(Some("MatMul")), Ok(1));
         assert_eq!(CONV.parse(Some("im2col")), Ok(1));
+        assert_eq!(defaults_for("cuda-nofusion").1, ConvKernel::Im2col);
+        assert_eq!(defaults_for("cpu").1, ConvKernel::Direct);
         let err = CONV.parse(Some("winograd")).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -8,9 +8,9 @@ use crate::load::{Init, Loader};
 use crate::profile;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv2d, linear, unfold4d};
-use burn::tensor::ops::{ConvOptions, UnfoldOptions};
-use burn::tensor::{DType, FloatDType, Tensor, activation};
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{DType, FloatDType, Tensor, activation, s};
 use serde::{Deserialize, Serialize};
 
 /// `torch.nn.Linear`. The weight is held as `[in, out]` (Burn's layout; the
@@ -157,7 +157,7 @@ impl<B: Backend> Conv2d<B> {
         let [o, _, k, _] = self.weight.dims();
         let s = self.stride;
         // Read the process-wide choice once: the label names what ran.
-        let im2col = k > 1 && kernels::conv() == ConvKernel::Im2col;
+        let im2col = kernels::conv() == ConvKernel::Im2col;
         let kernel = if im2col { "im2col" } else { "direct" };
         profile::scope::<B, _>(
             &device,
@@ -190,9 +190,27 @@ impl<B: Backend> Conv2d<B> {
     }
 }
 
-/// A square-kernel convolution as im2col + one batched matmul
+/// A square-kernel convolution as im2col + one matmul
 /// ([`ConvKernel::Im2col`]): the same sums as `conv2d`, in the backend's
 /// matmul kernels.
+///
+/// The columns are gathered with plain (strided) slices of the zero-padded
+/// input, one per kernel tap, stacked in the weight's `(c, kh, kw)` order:
+/// Burn's `unfold4d` builds them with a convolution of its own, which on
+/// burn-cuda 0.21 was slower than the convolution it replaces (93 ms against
+/// 4.5 ms at SD1.5's 320-channel level, docs/gpu.md). A 1×1 kernel needs no
+/// columns: it is the matmul alone.
+///
+/// The batch is folded into the matmul's columns (`[c·k², n·oh·ow]`), and
+/// when those are few (SD1.5's 16×16 and 8×8 levels: 512 and 128) the long
+/// reduction is split into [`split_k`] batched partial products that are
+/// summed after: one matmul of 1280 rows by 128 columns gives a GPU too few
+/// output tiles to keep busy through an 11,520-long reduction.
+///
+/// Half-precision inputs are upcast and the matmul runs in f32: CubeCL's f16
+/// matmul accumulates in f16, and these reductions are up to nine times
+/// longer than a linear layer's (`9 · 2560` at SD1.5's deepest level). The
+/// result is returned in the input's dtype.
 pub fn conv2d_im2col<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -200,21 +218,67 @@ pub fn conv2d_im2col<B: Backend>(
     stride: usize,
     padding: usize,
 ) -> Tensor<B, 4> {
-    let [n, _, h, w] = x.dims();
-    let [o, c, k, _] = weight.dims();
+    let dtype = x.dtype();
+    let (x, weight) = (to_f32(x), to_f32(weight));
+    let [n, c, h, w] = x.dims();
+    let [o, _, k, _] = weight.dims();
     let oh = (h + 2 * padding - k) / stride + 1;
     let ow = (w + 2 * padding - k) / stride + 1;
-    let cols = unfold4d(
-        x,
-        [k, k],
-        UnfoldOptions::new([stride, stride], [padding, padding], [1, 1]),
-    ); // [n, c·k·k, oh·ow]
-    let y = weight.reshape([1, o, c * k * k]).matmul(cols); // [n, o, oh·ow]
-    let y = y.reshape([n, o, oh, ow]);
-    match bias {
-        Some(b) => y + b.reshape([1, o, 1, 1]),
+    let (rows, cols_n) = (c * k * k, n * oh * ow);
+    // Channels first, so that the taps stack into `[c, k², n, oh, ow]`.
+    let x = x.swap_dims(0, 1); // [c, n, h, w]
+    let cols = if k == 1 && stride == 1 && padding == 0 {
+        x.reshape([rows, cols_n])
+    } else {
+        let x = if padding > 0 {
+            x.pad(
+                [(padding, padding), (padding, padding)],
+                PadMode::Constant(0.0),
+            )
+        } else {
+            x
+        };
+        let taps: Vec<Tensor<B, 4>> = (0..k * k)
+            .map(|tap| {
+                let (i, j) = (tap / k, tap % k);
+                let (hi, wj) = (i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1);
+                x.clone()
+                    .slice(s![.., .., i..hi;stride as isize, j..wj;stride as isize])
+            })
+            .collect();
+        Tensor::stack::<5>(taps, 1).reshape([rows, cols_n])
+    };
+    let weight = weight.reshape([o, rows]);
+    let splits = split_k(rows, cols_n);
+    let y = if splits == 1 {
+        weight.matmul(cols)
+    } else {
+        let part = rows / splits;
+        let weight = weight.reshape([o, splits, part]).swap_dims(0, 1); // [s, o, part]
+        let cols = cols.reshape([splits, part, cols_n]);
+        weight.matmul(cols).sum_dim(0).reshape([o, cols_n])
+    }; // [o, n·oh·ow]
+    let y = y.reshape([o, n, oh, ow]).swap_dims(0, 1);
+    let y = match bias {
+        Some(b) => y + to_f32(b).reshape([1, o, 1, 1]),
         None => y,
+    };
+    to_dtype(y, dtype)
+}
+
+/// Into how many parts [`conv2d_im2col`] splits a `rows`-long reduction
+/// over `cols` output columns: one unless the columns are few (under 1,024)
+/// and the reduction long (parts of at least 1,024, at most 16, dividing
+/// `rows` evenly).
+pub fn split_k(rows: usize, cols: usize) -> usize {
+    if cols >= 1024 {
+        return 1;
     }
+    let mut s = (rows / 1024).clamp(1, 16);
+    while !rows.is_multiple_of(s) {
+        s -= 1;
+    }
+    s
 }
 
 /// Casts `x` to f32 when it is not already (statistics are computed in f32).
@@ -286,19 +350,25 @@ impl<B: Backend> GroupNorm<B> {
     ///
     /// The statistics are per group, the affine per channel; both fold into
     /// one per-(item, channel) scale and shift, so the full tensor is touched
-    /// by a single multiply-add after the statistics.
+    /// by a single multiply-add after the statistics. The group mean and
+    /// variance are taken in two stages, first over each channel's `L` values
+    /// and then over the group's channels (equal counts, so the mean of the
+    /// means is the mean): one reduction over `C/G · L` values per group left
+    /// too few rows for a GPU (2 ms a call at SD1.5's 320×64×64 level on
+    /// burn-cuda 0.21, docs/gpu.md).
     fn normalize(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [n, c, l] = x.dims();
+        let [n, c, _] = x.dims();
         let g = self.groups;
         let x = to_f32(x);
-        let (var, mean) = x.clone().reshape([n, g, (c / g) * l]).var_mean_bias(2);
-        let inv_std = (var + self.eps).sqrt().recip(); // [n, g, 1]
         let per_channel = |t: Tensor<B, 3>| t.expand([n, g, c / g]).reshape([n, c, 1]);
+        let group_mean = |t: Tensor<B, 3>| t.mean_dim(2).reshape([n, g, c / g]).mean_dim(2);
+        let mean = per_channel(group_mean(x.clone())); // [n, c, 1]
+        let centered = x - mean;
+        let var = group_mean(centered.clone().square()); // biased, [n, g, 1]
+        let inv_std = per_channel((var + self.eps).sqrt().recip());
         let weight = to_f32(self.weight.val()).reshape([1, c, 1]);
         let bias = to_f32(self.bias.val()).reshape([1, c, 1]);
-        let scale = per_channel(inv_std) * weight;
-        let shift = bias - per_channel(mean) * scale.clone();
-        x * scale + shift
+        centered * (inv_std * weight) + bias
     }
 }
 

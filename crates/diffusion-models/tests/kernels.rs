@@ -62,6 +62,38 @@ fn im2col_conv_equals_conv2d() {
             "stride {stride} padding {padding}"
         );
     }
+    // 1×1: the matmul alone.
+    let w1 = rand([4, 3, 1, 1]);
+    let want = conv2d(
+        x.clone(),
+        w1.clone(),
+        Some(b.clone()),
+        ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+    );
+    let got = conv2d_im2col(x, w1, Some(b), 1, 0);
+    assert!(max_err(got, want) < 1e-5);
+    // Few output columns and a long reduction: split into partial products.
+    let (x, w) = (rand([2, 256, 4, 3]), rand([5, 256, 3, 3]));
+    assert_eq!(diffusion_models::nn::split_k(256 * 9, 2 * 4 * 3), 2);
+    for (stride, padding) in [(1, 1), (2, 1)] {
+        let want = conv2d(
+            x.clone(),
+            w.clone(),
+            None,
+            ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+        );
+        let got = conv2d_im2col(x.clone(), w.clone(), None, stride, padding);
+        assert_eq!(got.dims(), want.dims());
+        let scale = max_err(want.clone(), want.clone() * 0.0);
+        assert!(max_err(got, want) < 1e-5 * scale, "stride {stride}");
+    }
+    // Half inputs: computed in f32, returned in f16.
+    let h = |t: Tensor<Flex, 4>| t.cast(FloatDType::F16);
+    let got = conv2d_im2col(h(x.clone()), h(w.clone()), None, 1, 1);
+    assert_eq!(got.dtype(), burn::tensor::DType::F16);
+    let want = conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+    let scale = max_err(want.clone(), want.clone() * 0.0);
+    assert!(max_err(got, want) < 2e-2 * scale);
 }
 
 #[test]
