@@ -57,6 +57,12 @@ pub fn command() -> Command {
                         .help(
                             "The scheduler's prediction_type (v_prediction for SD2 768-v models)",
                         ),
+                )
+                .arg(
+                    Arg::new("extract_ema")
+                        .long("extract-ema")
+                        .action(ArgAction::SetTrue)
+                        .help("Take the UNet from the checkpoint's EMA weights (model_ema.*)"),
                 ),
         )
         .subcommand(train())

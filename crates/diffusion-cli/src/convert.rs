@@ -9,12 +9,8 @@ use diffusion_hub::single_file::{ConvertOptions, convert_file};
 use crate::error::Result;
 
 /// Converts `checkpoint` into `out_dir` and returns the report, as printed.
-pub fn convert(checkpoint: &Path, out_dir: &Path, prediction_type: Option<&str>) -> Result<String> {
-    let options = ConvertOptions {
-        prediction_type: prediction_type.map(String::from),
-        ..ConvertOptions::default()
-    };
-    let report = convert_file(checkpoint, out_dir, &options)?;
+pub fn convert(checkpoint: &Path, out_dir: &Path, options: &ConvertOptions) -> Result<String> {
+    let report = convert_file(checkpoint, out_dir, options)?;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -22,7 +18,7 @@ pub fn convert(checkpoint: &Path, out_dir: &Path, prediction_type: Option<&str>)
         checkpoint.display(),
         report.model_type,
         out_dir.display(),
-        report.model_type.pipeline_class()
+        report.pipeline_class
     );
     for (component, n) in &report.tensors {
         let _ = writeln!(s, "  {component}: {n} tensors");

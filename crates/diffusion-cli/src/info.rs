@@ -56,7 +56,7 @@ pub fn info(name: &str, options: &ResolveOptions) -> Result<String> {
             let _ = writeln!(
                 s,
                 "pipeline: {} (after conversion)",
-                model_type.pipeline_class()
+                model_type.pipeline_class(ckpt.is_inpaint())
             );
             if let Checkpoint::Safetensors(w) = &ckpt {
                 let _ = writeln!(s, "weights: {}", summarize(w));

@@ -122,8 +122,12 @@ fn run(matches: &ArgMatches) -> Result<()> {
         Some(("convert", m)) => {
             let checkpoint = PathBuf::from(m.get_one::<String>("checkpoint").expect("required"));
             let out_dir = PathBuf::from(m.get_one::<String>("out_dir").expect("required"));
-            let prediction = m.get_one::<String>("prediction_type").map(String::as_str);
-            print!("{}", convert::convert(&checkpoint, &out_dir, prediction)?);
+            let options = diffusion_hub::single_file::ConvertOptions {
+                prediction_type: m.get_one::<String>("prediction_type").cloned(),
+                extract_ema: m.get_flag("extract_ema"),
+                ..Default::default()
+            };
+            print!("{}", convert::convert(&checkpoint, &out_dir, &options)?);
             Ok(())
         }
         Some(("train", m)) => {
@@ -132,6 +136,7 @@ fn run(matches: &ArgMatches) -> Result<()> {
                 .get_one::<Device>("device")
                 .copied()
                 .unwrap_or(Device::Cpu);
+            kernels_for(device)?;
             let summary =
                 match device {
                     Device::Cpu => train::run::<
@@ -176,7 +181,17 @@ fn generation(task: Task, m: &ArgMatches) -> Result<()> {
     Ok(())
 }
 
+/// The layers' formulations measured fastest on `device`
+/// (`diffusion_models::kernels::defaults_for`), unless the environment names
+/// others.
+fn kernels_for(device: Device) -> Result<()> {
+    let (attention, conv) = diffusion_models::kernels::defaults_for(&device.name());
+    diffusion_models::kernels::init_from_env_or(attention, conv)
+        .map_err(|e| error::CliError::Usage(e.to_string()))
+}
+
 fn on_device(settings: &Settings) -> Result<Vec<Written>> {
+    kernels_for(settings.device)?;
     match settings.device {
         Device::Cpu => {
             generate::run::<diffusion_models::backend::Cpu>(settings, Default::default())

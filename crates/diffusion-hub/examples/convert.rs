@@ -2,7 +2,7 @@
 //! `.ckpt`) into a diffusers folder.
 //!
 //! ```text
-//! cargo run --release -p diffusion-hub --example convert -- CHECKPOINT OUT_DIR [--prediction-type v_prediction]
+//! cargo run --release -p diffusion-hub --example convert -- CHECKPOINT OUT_DIR [--prediction-type v_prediction] [--extract-ema]
 //! ```
 //!
 //! OUT_DIR must not exist (or be empty); it is written atomically. Tokenizers are
@@ -25,12 +25,16 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             opts.prediction_type = Some(v);
+        } else if a == "--extract-ema" {
+            opts.extract_ema = true;
         } else {
             positional.push(PathBuf::from(a));
         }
     }
     let [checkpoint, out_dir] = &positional[..] else {
-        eprintln!("usage: convert CHECKPOINT OUT_DIR [--prediction-type v_prediction]");
+        eprintln!(
+            "usage: convert CHECKPOINT OUT_DIR [--prediction-type v_prediction] [--extract-ema]"
+        );
         return ExitCode::from(2);
     };
     let start = std::time::Instant::now();

@@ -31,6 +31,14 @@
 //! from its keys: the scheduler says `epsilon` unless [`ConvertOptions::prediction_type`]
 //! says otherwise.
 //!
+//! Variants: a UNet with 9 input channels (latents, mask, masked-image
+//! latents) makes the folder an inpainting pipeline
+//! (`StableDiffusionInpaintPipeline`, SDXL: `StableDiffusionXLInpaintPipeline`),
+//! as diffusers' `infer_diffusers_model_type` decides; with
+//! [`ConvertOptions::extract_ema`] the UNet comes from the checkpoint's EMA copy.
+//! The SDXL refiner's layout (OpenCLIP-bigG alone at `conditioner.embedders.0`)
+//! is not recognised.
+//!
 //! Tokenizers are not part of a single-file checkpoint: the folder's
 //! `model_index.json` declares `tokenizer` (and `tokenizer_2`) as `[null, null]`;
 //! take `tokenizer/` from the base model's diffusers repo.
@@ -200,6 +208,13 @@ impl Checkpoint {
             Self::Torch(t) => t.tensor(name),
         }
     }
+
+    /// Whether the UNet takes 9 input channels (latents, mask, masked-image
+    /// latents): an inpainting checkpoint.
+    pub fn is_inpaint(&self) -> bool {
+        self.tensor(&format!("{UNET}input_blocks.0.0.weight"))
+            .is_ok_and(|t| t.shape.get(1) == Some(&9))
+    }
 }
 
 /// The pipelines recognised.
@@ -214,11 +229,14 @@ pub enum ModelType {
 }
 
 impl ModelType {
-    /// The diffusers pipeline class.
-    pub fn pipeline_class(self) -> &'static str {
-        match self {
-            Self::Sd1 | Self::Sd2 => "StableDiffusionPipeline",
-            Self::Sdxl => "StableDiffusionXLPipeline",
+    /// The diffusers pipeline class, for a text-to-image or (a 9-channel
+    /// UNet) an inpainting checkpoint.
+    pub fn pipeline_class(self, inpaint: bool) -> &'static str {
+        match (self, inpaint) {
+            (Self::Sd1 | Self::Sd2, false) => "StableDiffusionPipeline",
+            (Self::Sd1 | Self::Sd2, true) => "StableDiffusionInpaintPipeline",
+            (Self::Sdxl, false) => "StableDiffusionXLPipeline",
+            (Self::Sdxl, true) => "StableDiffusionXLInpaintPipeline",
         }
     }
 }
@@ -272,6 +290,23 @@ pub struct ConvertOptions {
     /// Config fields to set per component (`unet`, `vae`, `text_encoder`,
     /// `text_encoder_2`, `scheduler`), applied after inference.
     pub overrides: BTreeMap<String, Map<String, Value>>,
+    /// Take the UNet's weights from the checkpoint's EMA copy (`model_ema.*`,
+    /// diffusers' `extract_ema=True`): `model.diffusion_model.a.b.weight` is
+    /// read from `model_ema.diffusion_modelabweight` (LDM's EMA keys drop the
+    /// dots). A UNet key without its EMA copy is an error naming that key
+    /// (diffusers instead warns and keeps the live weights when a checkpoint
+    /// has no more than 100 `model_ema` keys).
+    pub extract_ema: bool,
+}
+
+/// LDM's name for the EMA copy of a UNet key: `model_ema.` and the key
+/// without its leading `model.`, dots removed.
+pub fn ema_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(UNET)?;
+    Some(format!(
+        "model_ema.diffusion_model{}",
+        rest.replace('.', "")
+    ))
 }
 
 /// One output tensor: dtype, shape and bytes (borrowed from the checkpoint where possible).
@@ -321,6 +356,8 @@ struct Builder<'c> {
     component: &'static str,
     out: BTreeMap<String, OutTensor<'c>>,
     source: HashMap<String, String>,
+    /// Read UNet keys from their EMA copies ([`ConvertOptions::extract_ema`]).
+    ema: bool,
 }
 
 impl<'c> Builder<'c> {
@@ -330,10 +367,13 @@ impl<'c> Builder<'c> {
             component,
             out: BTreeMap::new(),
             source: HashMap::new(),
+            ema: false,
         }
     }
 
     fn view(&self, key: &str) -> Result<TensorView<'c>> {
+        let ema = if self.ema { ema_key(key) } else { None };
+        let key = ema.as_deref().unwrap_or(key);
         self.ckpt.tensor(key).map_err(|e| match e {
             WeightsError::TensorNotFound { .. } => SingleFileError::MissingKey {
                 path: self.ckpt.path().to_path_buf(),
@@ -435,8 +475,10 @@ fn convert_unet<'c>(
     mt: ModelType,
     keys: &[&str],
     text_embeds_dim: Option<usize>,
+    extract_ema: bool,
 ) -> Result<Component<'c>> {
     let mut b = Builder::new(ckpt, "unet");
+    b.ema = extract_ema;
     let ukeys: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(UNET)).collect();
     // Layers per block: the first downsampler sits at input block `layers + 1`.
     let mut n_input = 0usize;
@@ -1185,7 +1227,13 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
         .as_ref()
         .and_then(|c| c.tensors.get("text_projection.weight"))
         .map(|t| t.shape[0]);
-    components.push(convert_unet(ckpt, mt, &keys, text_embeds)?);
+    components.push(convert_unet(
+        ckpt,
+        mt,
+        &keys,
+        text_embeds,
+        opts.extract_ema,
+    )?);
     components.push(convert_vae(ckpt, mt, &keys)?);
     components.push(te);
     components.extend(te2);
@@ -1196,7 +1244,8 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
         ModelType::Sdxl => &[UNET, VAE, CLIP_SDXL, OPENCLIP_SDXL],
     };
     for k in &keys {
-        if !prefixes.iter().any(|p| k.starts_with(p)) {
+        let used_ema = opts.extract_ema && k.starts_with("model_ema.diffusion_model");
+        if !prefixes.iter().any(|p| k.starts_with(p)) && !used_ema {
             skipped.push(k.to_string());
         }
     }
@@ -1225,7 +1274,12 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
     }
 
     let mut index = Map::new();
-    index.insert("_class_name".into(), json!(mt.pipeline_class()));
+    // A UNet that also takes the masked image and the mask (4 + 4 + 1 input
+    // channels) is an inpainting model, as diffusers' from_single_file decides.
+    index.insert(
+        "_class_name".into(),
+        json!(mt.pipeline_class(ckpt.is_inpaint())),
+    );
     index.insert("_diffusers_version".into(), json!(DIFFUSERS_VERSION));
     for c in &components {
         index.insert(c.name.into(), json!([c.class.0, c.class.1]));
@@ -1405,6 +1459,8 @@ pub fn write_diffusers_folder(conv: &Converted<'_>, out_dir: &Path) -> Result<()
 pub struct ConvertReport {
     /// The detected type.
     pub model_type: ModelType,
+    /// The pipeline class written to `model_index.json`.
+    pub pipeline_class: String,
     /// Tensors written per component.
     pub tensors: Vec<(&'static str, usize)>,
     /// Checkpoint keys not converted.
@@ -1427,6 +1483,10 @@ pub fn convert_file(
     write_diffusers_folder(&conv, out_dir)?;
     Ok(ConvertReport {
         model_type: conv.model_type,
+        pipeline_class: conv.model_index["_class_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         tensors: conv
             .components
             .iter()

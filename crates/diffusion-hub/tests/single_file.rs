@@ -59,7 +59,7 @@ fn round_trip(kind: &str, ext: &str, model_type: ModelType) {
     assert_eq!(report.model_type, model_type);
 
     let index = read_json(&out.join("model_index.json"));
-    assert_eq!(index["_class_name"], model_type.pipeline_class());
+    assert_eq!(index["_class_name"], model_type.pipeline_class(false));
     let sched = read_json(&out.join("scheduler/scheduler_config.json"));
     assert_eq!(sched["prediction_type"], "epsilon");
 
@@ -488,4 +488,138 @@ fn legacy_and_non_zip_pickles_are_errors() {
     let err = TorchFile::open(&path).unwrap_err();
     assert!(matches!(err, WeightsError::Pickle { .. }), "{err}");
     assert!(err.to_string().contains("junk.ckpt"));
+}
+
+// ------------------------------------------------- EMA and inpainting variants
+
+/// `sd1.safetensors` with `edit` applied to its tensors (name → (dtype,
+/// shape, bytes)), written to `path`.
+fn edited_sd1(
+    path: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
+    let bytes = std::fs::read(fixtures().join("sd1.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
+}
+
+fn unet_bytes(conv: &diffusion_hub::single_file::Converted<'_>) -> BTreeMap<String, Vec<u8>> {
+    let unet = conv.components.iter().find(|c| c.name == "unet").unwrap();
+    unet.tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.data.to_vec()))
+        .collect()
+}
+
+#[test]
+fn extract_ema_takes_the_unet_from_model_ema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ema.safetensors");
+    // EMA copies with every byte flipped in its lowest bit, under LDM's
+    // dotless names.
+    edited_sd1(&path, |t| {
+        let ema: Vec<_> = t
+            .iter()
+            .filter_map(|(k, (d, s, b))| {
+                let key = diffusion_hub::single_file::ema_key(k)?;
+                Some((key, (*d, s.clone(), b.iter().map(|x| x ^ 1).collect())))
+            })
+            .collect();
+        assert!(!ema.is_empty());
+        t.extend(ema);
+    });
+    assert_eq!(
+        diffusion_hub::single_file::ema_key("model.diffusion_model.input_blocks.0.0.weight")
+            .as_deref(),
+        Some("model_ema.diffusion_modelinput_blocks00weight")
+    );
+    let plain = Checkpoint::open(&fixtures().join("sd1.safetensors")).unwrap();
+    let plain = convert(&plain, &ConvertOptions::default()).unwrap();
+    let ckpt = Checkpoint::open(&path).unwrap();
+    // Without the option the EMA copy is skipped and the live weights used.
+    let live = convert(&ckpt, &ConvertOptions::default()).unwrap();
+    assert_eq!(unet_bytes(&live), unet_bytes(&plain));
+    assert!(live.skipped.iter().any(|k| k.starts_with("model_ema.")));
+    let opts = ConvertOptions {
+        extract_ema: true,
+        ..Default::default()
+    };
+    let ema = convert(&ckpt, &opts).unwrap();
+    let (want, got) = (unet_bytes(&plain), unet_bytes(&ema));
+    assert_eq!(want.len(), got.len());
+    for (k, w) in &want {
+        let flipped: Vec<u8> = w.iter().map(|x| x ^ 1).collect();
+        assert_eq!(&got[k], &flipped, "{k}");
+    }
+    assert!(!ema.skipped.iter().any(|k| k.starts_with("model_ema.")));
+    // The other components keep their weights.
+    let vae = |c: &diffusion_hub::single_file::Converted<'_>| {
+        let v = c.components.iter().find(|c| c.name == "vae").unwrap();
+        v.tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.data.to_vec()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(vae(&ema), vae(&plain));
+
+    // An EMA copy missing: an error naming the EMA key.
+    let path = tmp.path().join("ema_partial.safetensors");
+    edited_sd1(&path, |t| {
+        let ema: Vec<_> = t
+            .iter()
+            .filter(|(k, _)| !k.ends_with("out.2.bias"))
+            .filter_map(|(k, v)| Some((diffusion_hub::single_file::ema_key(k)?, v.clone())))
+            .collect();
+        t.extend(ema);
+    });
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let err = convert(&ckpt, &opts).unwrap_err();
+    match &err {
+        SingleFileError::MissingKey { key, component, .. } => {
+            assert_eq!(key, "model_ema.diffusion_modelout2bias");
+            assert_eq!(*component, "unet");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_nine_channel_unet_is_an_inpainting_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("inpaint.safetensors");
+    edited_sd1(&path, |t| {
+        let (d, s, _) = t["model.diffusion_model.input_blocks.0.0.weight"].clone();
+        assert_eq!(s[1], 4);
+        let shape = vec![s[0], 9, s[2], s[3]];
+        let n = shape.iter().product::<usize>() * 4;
+        let data = (0..n).map(|i| (i % 7) as u8).collect();
+        t.insert(
+            "model.diffusion_model.input_blocks.0.0.weight".into(),
+            (d, shape, data),
+        );
+    });
+    let out = tmp.path().join("out");
+    let report = convert_file(&path, &out, &ConvertOptions::default()).unwrap();
+    assert_eq!(report.pipeline_class, "StableDiffusionInpaintPipeline");
+    let index = read_json(&out.join("model_index.json"));
+    assert_eq!(index["_class_name"], "StableDiffusionInpaintPipeline");
+    assert_eq!(read_json(&out.join("unet/config.json"))["in_channels"], 9);
+    // The text-to-image fixture stays text-to-image.
+    let ckpt = Checkpoint::open(&fixtures().join("sd1.safetensors")).unwrap();
+    assert!(!ckpt.is_inpaint());
 }
