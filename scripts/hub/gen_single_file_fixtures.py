@@ -20,7 +20,8 @@ in `<name>.expected.json`:
   (sha256 of the sorted `name=sha` lines, 16 hex digits), which the Rust test
   recomputes from the converted folder.
 
-Files: sd1 (f32) and sdxl (bf16) as .safetensors and .ckpt, sd2 (f16) as .ckpt.
+Files: sd1 (f32) and sdxl (bf16) as .safetensors and .ckpt, sd2 (f16) as .ckpt,
+the SDXL refiner (f16) as .safetensors.
 
 Run: /work/.venv/bin/python scripts/hub/gen_single_file_fixtures.py
 """
@@ -113,6 +114,19 @@ def tiny_unet(kind, dtype, cross_dim, proj_dim=None):
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             attention_head_dim=[2, 4],
             use_linear_projection=True,
+        )
+    elif kind == "sdxl_refiner":
+        # The refiner's shape: attention only in the middle levels, five time ids.
+        cfg = dict(
+            block_out_channels=(4, 8, 8, 8),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=[1, 2, 2, 2],
+            transformer_layers_per_block=[1, 2, 2, 1],
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=4,
+            projection_class_embeddings_input_dim=proj_dim + 5 * 4,
         )
     else:
         cfg = dict(
@@ -348,7 +362,11 @@ def diffusers_conversion(ldm, unet_cfg, vae_cfg, clips):
             sd = sfu.convert_ldm_clip_checkpoint(dict(ldm))
             sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
         else:
-            prefix = "cond_stage_model.model." if kind == "open_clip" else "conditioner.embedders.1.model."
+            prefix = {
+                "open_clip": "cond_stage_model.model.",
+                "open_clip_sdxl": "conditioner.embedders.1.model.",
+                "open_clip_refiner": "conditioner.embedders.0.model.",
+            }[kind]
             sd = sfu.convert_open_clip_checkpoint(model, dict(ldm), prefix=prefix)
         res[name] = sd
     return res
@@ -376,6 +394,16 @@ def build(kind, dtype):
         ldm.update(vae_to_ldm(vae.state_dict(), vae.config))
         ldm.update(open_clip_to_ldm(clip_state(te), "cond_stage_model.model.", dtype, extra_layer=True, text_projection=(8, 6)))
         clips = {"text_encoder": ("open_clip", te)}
+    elif kind == "sdxl_refiner":
+        torch.manual_seed(5)
+        te2 = CLIPTextModelWithProjection(clip_config(16, 2, "gelu", proj=12)).to(dtype)
+        unet = tiny_unet(kind, dtype, 16, proj_dim=12)
+        comps = {"unet": unet, "vae": vae, "text_encoder_2": te2}
+        ldm = {}
+        ldm.update(unet_to_ldm(unet.state_dict(), unet.config))
+        ldm.update(vae_to_ldm(vae.state_dict(), vae.config))
+        ldm.update(open_clip_to_ldm(clip_state(te2), "conditioner.embedders.0.model.", dtype))
+        clips = {"text_encoder_2": ("open_clip_refiner", te2)}
     else:
         te = CLIPTextModel(clip_config(8, 2, "quick_gelu")).to(dtype)
         torch.manual_seed(5)
@@ -393,9 +421,17 @@ def build(kind, dtype):
 
 def try_from_single_file(kind, comps, ckpt_path, dtype):
     """diffusers' from_single_file with a local diffusers config folder (offline)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
 
-    cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    xl = kind.startswith("sdxl")
+    cls = {
+        "sdxl": StableDiffusionXLPipeline,
+        "sdxl_refiner": StableDiffusionXLImg2ImgPipeline,
+    }.get(kind, StableDiffusionPipeline)
     tmp = tempfile.mkdtemp()
     try:
         from transformers import CLIPTokenizer  # noqa: F401
@@ -411,9 +447,12 @@ def try_from_single_file(kind, comps, ckpt_path, dtype):
             "tokenizer": [None, None],
             "scheduler": ["diffusers", "EulerDiscreteScheduler"],
         }
-        if kind == "sdxl":
+        if xl:
             index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
             index["tokenizer_2"] = [None, None]
+            if kind == "sdxl_refiner":
+                index["text_encoder"] = [None, None]
+                index["requires_aesthetics_score"] = True
         else:
             index["safety_checker"] = [None, None]
             index["feature_extractor"] = [None, None]
@@ -423,8 +462,10 @@ def try_from_single_file(kind, comps, ckpt_path, dtype):
         with open(os.path.join(tmp, "model_index.json"), "w") as f:
             json.dump(index, f)
         kwargs = dict(config=tmp, local_files_only=True, tokenizer=None, torch_dtype=dtype)
-        if kind == "sdxl":
+        if xl:
             kwargs["tokenizer_2"] = None
+        if kind == "sdxl_refiner":
+            kwargs["text_encoder"] = None
         else:
             kwargs.update(safety_checker=None, feature_extractor=None)
         pipe = cls.from_single_file(ckpt_path, **kwargs)
@@ -471,7 +512,12 @@ OVERRIDES = {
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    variants = [("sd1", torch.float32), ("sd2", torch.float16), ("sdxl", torch.bfloat16)]
+    variants = [
+        ("sd1", torch.float32),
+        ("sd2", torch.float16),
+        ("sdxl", torch.bfloat16),
+        ("sdxl_refiner", torch.float16),
+    ]
     for kind, dtype in variants:
         comps, ldm, clips = build(kind, dtype)
         expected = {}
@@ -500,13 +546,16 @@ def main():
 
         st_path = os.path.join(OUT, f"{kind}.safetensors")
         ckpt_path = os.path.join(OUT, f"{kind}.ckpt")
-        # Formats kept small: sd1 both, sd2 .ckpt only (f16 pickle), sdxl both (bf16).
+        # Formats kept small: sd1 both, sd2 .ckpt only (f16 pickle), sdxl both
+        # (bf16), the refiner .safetensors only (f16).
         save_file({k: v.contiguous() for k, v in ldm.items()}, st_path, metadata={"format": "pt"})
         torch.save({"state_dict": ldm, "global_step": 7, "epoch": 1}, ckpt_path)
 
         fsf, fsf_error = try_from_single_file(kind, comps, st_path, dtype)
         if kind == "sd2":
             os.remove(st_path)
+        if kind == "sdxl_refiner":
+            os.remove(ckpt_path)
         if fsf is not None:
             for name, hashes in fsf.items():
                 want = {k: e[2] for k, e in expected[name].items()}

@@ -1,11 +1,15 @@
-//! Single-file checkpoints (the original LDM/SGM layouts of SD1.x, SD2.x and SDXL
-//! base, as `.safetensors` or `.ckpt`) converted to a diffusers folder.
+//! Single-file checkpoints (the original LDM/SGM layouts of SD1.x, SD2.x, SDXL
+//! base and refiner, as `.safetensors` or `.ckpt`) converted to a diffusers folder.
 //!
 //! The model type is read from the keys:
 //! - SD1.x: `model.diffusion_model.*` with CLIP-L at `cond_stage_model.transformer.*`;
 //! - SD2.x: OpenCLIP-H at `cond_stage_model.model.*`;
 //! - SDXL base: CLIP-L at `conditioner.embedders.0.transformer.*`, OpenCLIP-bigG at
-//!   `conditioner.embedders.1.model.*` and `model.diffusion_model.label_emb`.
+//!   `conditioner.embedders.1.model.*` and `model.diffusion_model.label_emb`;
+//! - SDXL refiner: OpenCLIP-bigG alone at `conditioner.embedders.0.model.*` and
+//!   `label_emb` (five time ids: the aesthetic score replaces the target size),
+//!   written as `StableDiffusionXLImg2ImgPipeline` with `text_encoder` null and
+//!   `requires_aesthetics_score`, as the refiner's diffusers repo.
 //!
 //! Every key of the UNet (`model.diffusion_model.`), the VAE (`first_stage_model.`)
 //! and the text encoders is mapped to its diffusers name, as diffusers'
@@ -36,8 +40,6 @@
 //! (`StableDiffusionInpaintPipeline`, SDXL: `StableDiffusionXLInpaintPipeline`),
 //! as diffusers' `infer_diffusers_model_type` decides; with
 //! [`ConvertOptions::extract_ema`] the UNet comes from the checkpoint's EMA copy.
-//! The SDXL refiner's layout (OpenCLIP-bigG alone at `conditioner.embedders.0`)
-//! is not recognised.
 //!
 //! Tokenizers are not part of a single-file checkpoint: the folder's
 //! `model_index.json` declares `tokenizer` (and `tokenizer_2`) as `[null, null]`;
@@ -226,6 +228,9 @@ pub enum ModelType {
     Sd2,
     /// Stable Diffusion XL base (CLIP-L + OpenCLIP-bigG, 2048-wide context).
     Sdxl,
+    /// Stable Diffusion XL refiner (OpenCLIP-bigG alone, 1280-wide context,
+    /// aesthetic-score conditioning): an img2img pipeline.
+    SdxlRefiner,
 }
 
 impl ModelType {
@@ -236,8 +241,14 @@ impl ModelType {
             (Self::Sd1 | Self::Sd2, false) => "StableDiffusionPipeline",
             (Self::Sd1 | Self::Sd2, true) => "StableDiffusionInpaintPipeline",
             (Self::Sdxl, false) => "StableDiffusionXLPipeline",
-            (Self::Sdxl, true) => "StableDiffusionXLInpaintPipeline",
+            (Self::Sdxl | Self::SdxlRefiner, true) => "StableDiffusionXLInpaintPipeline",
+            (Self::SdxlRefiner, false) => "StableDiffusionXLImg2ImgPipeline",
         }
+    }
+
+    /// SDXL base or refiner (`text_time` conditioning, SDXL's VAE and scheduler).
+    pub fn is_xl(self) -> bool {
+        matches!(self, Self::Sdxl | Self::SdxlRefiner)
     }
 }
 
@@ -247,6 +258,7 @@ impl std::fmt::Display for ModelType {
             Self::Sd1 => "SD1.x",
             Self::Sd2 => "SD2.x",
             Self::Sdxl => "SDXL base",
+            Self::SdxlRefiner => "SDXL refiner",
         })
     }
 }
@@ -257,13 +269,18 @@ const CLIP_SD1: &str = "cond_stage_model.transformer.";
 const OPENCLIP_SD2: &str = "cond_stage_model.model.";
 const CLIP_SDXL: &str = "conditioner.embedders.0.transformer.";
 const OPENCLIP_SDXL: &str = "conditioner.embedders.1.model.";
+const OPENCLIP_REFINER: &str = "conditioner.embedders.0.model.";
 
 /// Detects the model type from the key names.
 pub fn detect<S: AsRef<str>>(path: &Path, keys: &[S]) -> Result<ModelType> {
     let has = |prefix: &str| keys.iter().any(|k| k.as_ref().starts_with(prefix));
     let unet = has(UNET);
-    if unet && has(CLIP_SDXL) && has(OPENCLIP_SDXL) && has("model.diffusion_model.label_emb.") {
+    let label_emb = has("model.diffusion_model.label_emb.");
+    if unet && has(CLIP_SDXL) && has(OPENCLIP_SDXL) && label_emb {
         return Ok(ModelType::Sdxl);
+    }
+    if unet && has(OPENCLIP_REFINER) && label_emb {
+        return Ok(ModelType::SdxlRefiner);
     }
     if unet && has(OPENCLIP_SD2) {
         return Ok(ModelType::Sd2);
@@ -523,8 +540,8 @@ fn convert_unet<'c>(
             "input_blocks.0.0." => Some("conv_in"),
             "out.0." => Some("conv_norm_out"),
             "out.2." => Some("conv_out"),
-            "label_emb.0.0." if mt == ModelType::Sdxl => Some("add_embedding.linear_1"),
-            "label_emb.0.2." if mt == ModelType::Sdxl => Some("add_embedding.linear_2"),
+            "label_emb.0.0." if mt.is_xl() => Some("add_embedding.linear_1"),
+            "label_emb.0.2." if mt.is_xl() => Some("add_embedding.linear_2"),
             _ => None,
         };
         if let Some(t) = top {
@@ -681,28 +698,31 @@ fn convert_unet<'c>(
         "out_channels": out_channels,
         "projection_class_embeddings_input_dim": null,
         "resnet_time_scale_shift": "default",
-        "sample_size": match mt { ModelType::Sd1 => 64, ModelType::Sd2 => 96, ModelType::Sdxl => 128 },
+        "sample_size": match mt { ModelType::Sd1 => 64, ModelType::Sd2 => 96, _ => 128 },
         "time_embedding_type": "positional",
         "transformer_layers_per_block": depth_value,
         "up_block_types": up_types,
         "upcast_attention": false,
         "use_linear_projection": linear,
     });
-    if mt == ModelType::Sdxl {
+    if mt.is_xl() {
         let adm = b.out_dim(
             "add_embedding.linear_1.weight",
             &format!("{UNET}label_emb.0.0.weight"),
             1,
         )?;
         let text = text_embeds_dim.unwrap_or(1280);
-        if adm <= text || !(adm - text).is_multiple_of(6) {
+        // Base: original size, crop corner, target size; the refiner replaces
+        // the target size with the aesthetic score.
+        let ids = if mt == ModelType::Sdxl { 6 } else { 5 };
+        if adm <= text || !(adm - text).is_multiple_of(ids) {
             return Err(b.bad_shape(
                 &format!("{UNET}label_emb.0.0.weight"),
-                format!("input width {adm} is not text_embeds ({text}) + 6 x time ids"),
+                format!("input width {adm} is not text_embeds ({text}) + {ids} x time ids"),
             ));
         }
         config["addition_embed_type"] = json!("text_time");
-        config["addition_time_embed_dim"] = json!((adm - text) / 6);
+        config["addition_time_embed_dim"] = json!((adm - text) / ids);
         config["projection_class_embeddings_input_dim"] = json!(adm);
     }
     Ok(Component {
@@ -872,8 +892,8 @@ fn convert_vae<'c>(ckpt: &'c Checkpoint, mt: ModelType, keys: &[&str]) -> Result
         "mid_block_add_attention": true,
         "norm_num_groups": 32,
         "out_channels": b.out_dim("decoder.conv_out.weight", &format!("{VAE}decoder.conv_out.weight"), 0)?,
-        "sample_size": match mt { ModelType::Sd1 => 512, ModelType::Sd2 => 768, ModelType::Sdxl => 1024 },
-        "scaling_factor": if mt == ModelType::Sdxl { 0.13025 } else { 0.18215 },
+        "sample_size": match mt { ModelType::Sd1 => 512, ModelType::Sd2 => 768, _ => 1024 },
+        "scaling_factor": if mt.is_xl() { 0.13025 } else { 0.18215 },
         "shift_factor": null,
         "up_block_types": vec!["UpDecoderBlock2D"; n_down],
         "use_post_quant_conv": true,
@@ -1167,7 +1187,7 @@ fn scheduler_config(mt: ModelType, prediction: &str) -> Value {
         "timestep_spacing": "leading",
         "trained_betas": null,
     });
-    if mt == ModelType::Sdxl {
+    if mt.is_xl() {
         c["_class_name"] = json!("EulerDiscreteScheduler");
         c["interpolation_type"] = json!("linear");
         c["sample_max_value"] = json!(1.0);
@@ -1184,8 +1204,9 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
     let keys = ckpt.keys();
     let mt = detect(ckpt.path(), &keys)?;
     for name in opts.overrides.keys() {
-        let known = ["unet", "vae", "text_encoder", "scheduler"].contains(&name.as_str())
-            || (name == "text_encoder_2" && mt == ModelType::Sdxl);
+        let known = ["unet", "vae", "scheduler"].contains(&name.as_str())
+            || (name == "text_encoder" && mt != ModelType::SdxlRefiner)
+            || (name == "text_encoder_2" && mt.is_xl());
         if !known {
             return Err(SingleFileError::BadOverride {
                 component: name.clone(),
@@ -1197,22 +1218,45 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
     let mut components = Vec::new();
     let (te, te2) = match mt {
         ModelType::Sd1 => (
-            convert_clip(ckpt, "text_encoder", CLIP_SD1, &keys, &mut skipped)?,
+            Some(convert_clip(
+                ckpt,
+                "text_encoder",
+                CLIP_SD1,
+                &keys,
+                &mut skipped,
+            )?),
             None,
         ),
         ModelType::Sd2 => (
-            convert_open_clip(
+            Some(convert_open_clip(
                 ckpt,
                 "text_encoder",
                 OPENCLIP_SD2,
                 &keys,
                 true,
                 &mut skipped,
-            )?,
+            )?),
             None,
         ),
+        ModelType::SdxlRefiner => (
+            None,
+            Some(convert_open_clip(
+                ckpt,
+                "text_encoder_2",
+                OPENCLIP_REFINER,
+                &keys,
+                false,
+                &mut skipped,
+            )?),
+        ),
         ModelType::Sdxl => (
-            convert_clip(ckpt, "text_encoder", CLIP_SDXL, &keys, &mut skipped)?,
+            Some(convert_clip(
+                ckpt,
+                "text_encoder",
+                CLIP_SDXL,
+                &keys,
+                &mut skipped,
+            )?),
             Some(convert_open_clip(
                 ckpt,
                 "text_encoder_2",
@@ -1235,13 +1279,14 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
         opts.extract_ema,
     )?);
     components.push(convert_vae(ckpt, mt, &keys)?);
-    components.push(te);
+    components.extend(te);
     components.extend(te2);
 
     let prefixes: &[&str] = match mt {
         ModelType::Sd1 => &[UNET, VAE, CLIP_SD1],
         ModelType::Sd2 => &[UNET, VAE, OPENCLIP_SD2],
         ModelType::Sdxl => &[UNET, VAE, CLIP_SDXL, OPENCLIP_SDXL],
+        ModelType::SdxlRefiner => &[UNET, VAE, OPENCLIP_REFINER],
     };
     for k in &keys {
         let used_ema = opts.extract_ema && k.starts_with("model_ema.diffusion_model");
@@ -1291,7 +1336,14 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
     index.insert("tokenizer".into(), json!([null, null]));
     index.insert("feature_extractor".into(), json!([null, null]));
     index.insert("image_encoder".into(), json!([null, null]));
-    if mt == ModelType::Sdxl {
+    if mt == ModelType::SdxlRefiner {
+        // As the refiner's diffusers repo: no first text encoder, conditioned
+        // on aesthetic scores.
+        index.insert("text_encoder".into(), json!([null, null]));
+        index.insert("tokenizer_2".into(), json!([null, null]));
+        index.insert("requires_aesthetics_score".into(), json!(true));
+        index.insert("force_zeros_for_empty_prompt".into(), json!(false));
+    } else if mt == ModelType::Sdxl {
         index.insert("tokenizer_2".into(), json!([null, null]));
         index.insert("force_zeros_for_empty_prompt".into(), json!(true));
     } else {

@@ -168,10 +168,24 @@ fn sdxl_ckpt_round_trip() {
 }
 
 #[test]
+fn sdxl_refiner_safetensors_round_trip() {
+    round_trip("sdxl_refiner", "safetensors", ModelType::SdxlRefiner);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("refiner");
+    let ckpt = fixtures().join("sdxl_refiner.safetensors");
+    convert_file(&ckpt, &out, &options(&expected("sdxl_refiner"))).unwrap();
+    let index = read_json(&out.join("model_index.json"));
+    assert_eq!(index["_class_name"], "StableDiffusionXLImg2ImgPipeline");
+    assert_eq!(index["text_encoder"], serde_json::json!([null, null]));
+    assert_eq!(index["requires_aesthetics_score"], true);
+    assert!(!out.join("text_encoder").exists());
+}
+
+#[test]
 fn generator_confirmed_diffusers_from_single_file() {
     // The generator ran diffusers' from_single_file offline (config= the tiny
     // diffusers folder); if that ever stops working the fixtures say why.
-    for kind in ["sd1", "sd2", "sdxl"] {
+    for kind in ["sd1", "sd2", "sdxl", "sdxl_refiner"] {
         let exp = expected(kind);
         assert!(
             exp["from_single_file"].is_object(),
