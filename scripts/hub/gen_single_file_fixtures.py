@@ -116,13 +116,15 @@ def tiny_unet(kind, dtype, cross_dim, proj_dim=None):
             use_linear_projection=True,
         )
     elif kind == "sdxl_refiner":
-        # The refiner's shape: attention only in the middle levels, five time ids.
+        # The refiner's shape: attention only in the middle levels, one
+        # transformer depth for them and the mid block (an integer, as the
+        # refiner's config: 4 there), five time ids.
         cfg = dict(
             block_out_channels=(4, 8, 8, 8),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=[1, 2, 2, 2],
-            transformer_layers_per_block=[1, 2, 2, 1],
+            transformer_layers_per_block=2,
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=4,

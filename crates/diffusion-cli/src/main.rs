@@ -136,7 +136,9 @@ fn run(matches: &ArgMatches) -> Result<()> {
                 .get_one::<Device>("device")
                 .copied()
                 .unwrap_or(Device::Cpu);
-            kernels_for(device)?;
+            // Training keeps Burn's own ops (`init_from_env`'s defaults): the
+            // im2col formulation was measured for inference only, and its
+            // columns would be kept for the backward pass.
             let summary =
                 match device {
                     Device::Cpu => train::run::<

@@ -67,9 +67,15 @@ pub enum SingleFileError {
     /// The checkpoint could not be read.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// EMA weights were asked for and the checkpoint has none.
+    #[error("{path}: no EMA weights (`model_ema.*` keys) to extract")]
+    NoEma {
+        /// The checkpoint.
+        path: PathBuf,
+    },
     /// The keys match none of the supported layouts.
     #[error(
-        "{path}: unknown checkpoint layout (not SD1.x, SD2.x or SDXL base in LDM/SGM layout); {n_keys} keys, e.g. {sample:?}"
+        "{path}: unknown checkpoint layout (not SD1.x, SD2.x, SDXL base or refiner in LDM/SGM layout); {n_keys} keys, e.g. {sample:?}"
     )]
     UnknownLayout {
         /// The checkpoint.
@@ -310,9 +316,11 @@ pub struct ConvertOptions {
     /// Take the UNet's weights from the checkpoint's EMA copy (`model_ema.*`,
     /// diffusers' `extract_ema=True`): `model.diffusion_model.a.b.weight` is
     /// read from `model_ema.diffusion_modelabweight` (LDM's EMA keys drop the
-    /// dots). A UNet key without its EMA copy is an error naming that key
+    /// dots). A checkpoint without EMA weights is [`SingleFileError::NoEma`],
+    /// a UNet key without its EMA copy a `MissingKey` naming that copy
     /// (diffusers instead warns and keeps the live weights when a checkpoint
-    /// has no more than 100 `model_ema` keys).
+    /// has no more than 100 `model_ema` keys). The live UNet weights are then
+    /// listed in [`Converted::skipped`].
     pub extract_ema: bool,
 }
 
@@ -659,10 +667,43 @@ fn convert_unet<'c>(
         1,
     )?;
     let out_channels = b.out_dim("conv_out.weight", &format!("{UNET}out.2.weight"), 0)?;
-    let depth_value = if depth.iter().all(|&d| d == depth[0]) {
-        json!(depth[0])
-    } else {
-        json!(depth)
+    // diffusers sizes the mid block from the last entry of
+    // `transformer_layers_per_block`; levels without attention ignore theirs.
+    let mid_tb = "mid_block.attentions.0.transformer_blocks.";
+    let mid_depth = b
+        .out
+        .keys()
+        .filter_map(|k| k.strip_prefix(mid_tb))
+        .filter_map(|r| r.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map(|m| m + 1);
+    let attn_depths: Vec<usize> = depth
+        .iter()
+        .zip(&down_types)
+        .filter(|(_, t)| **t == "CrossAttnDownBlock2D")
+        .map(|(d, _)| *d)
+        .collect();
+    let depth_value = match mid_depth {
+        // One depth everywhere (SD1/SD2, the SDXL refiner): an integer, as
+        // their configs write it.
+        Some(m) if attn_depths.iter().all(|&d| d == m) => json!(m),
+        Some(m) => {
+            if down_types.last() == Some(&"DownBlock2D") {
+                *depth.last_mut().expect("n_levels > 0") = m;
+            } else if depth.last() != Some(&m) {
+                return Err(b.bad_shape(
+                    &format!("{UNET}middle_block.1.transformer_blocks.0.norm1.weight"),
+                    format!(
+                        "the mid block has {m} transformer blocks and the last level {}: \
+                         diffusers' config cannot express that",
+                        depth.last().copied().unwrap_or_default()
+                    ),
+                ));
+            }
+            json!(depth)
+        }
+        None if depth.iter().all(|&d| d == depth[0]) => json!(depth[0]),
+        None => json!(depth),
     };
     let heads: Value = match mt {
         ModelType::Sd1 => json!(8),
@@ -1214,6 +1255,15 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
             });
         }
     }
+    if opts.extract_ema
+        && !keys
+            .iter()
+            .any(|k| k.starts_with("model_ema.diffusion_model"))
+    {
+        return Err(SingleFileError::NoEma {
+            path: ckpt.path().to_path_buf(),
+        });
+    }
     let mut skipped = Vec::new();
     let mut components = Vec::new();
     let (te, te2) = match mt {
@@ -1289,8 +1339,14 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
         ModelType::SdxlRefiner => &[UNET, VAE, OPENCLIP_REFINER],
     };
     for k in &keys {
-        let used_ema = opts.extract_ema && k.starts_with("model_ema.diffusion_model");
-        if !prefixes.iter().any(|p| k.starts_with(p)) && !used_ema {
+        // With EMA weights, the UNet's own are the ones left out.
+        let converted = if opts.extract_ema {
+            (prefixes.iter().any(|p| k.starts_with(p)) && !k.starts_with(UNET))
+                || k.starts_with("model_ema.diffusion_model")
+        } else {
+            prefixes.iter().any(|p| k.starts_with(p))
+        };
+        if !converted {
             skipped.push(k.to_string());
         }
     }

@@ -581,6 +581,19 @@ fn extract_ema_takes_the_unet_from_model_ema() {
         assert_eq!(&got[k], &flipped, "{k}");
     }
     assert!(!ema.skipped.iter().any(|k| k.starts_with("model_ema.")));
+    // The live UNet weights are the ones left out now.
+    assert!(
+        ema.skipped
+            .iter()
+            .any(|k| k == "model.diffusion_model.out.2.bias")
+    );
+    // A checkpoint without EMA weights: a typed error.
+    let err = convert(
+        &Checkpoint::open(&fixtures().join("sd1.safetensors")).unwrap(),
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(err, SingleFileError::NoEma { .. }), "{err}");
     // The other components keep their weights.
     let vae = |c: &diffusion_hub::single_file::Converted<'_>| {
         let v = c.components.iter().find(|c| c.name == "vae").unwrap();

@@ -205,7 +205,10 @@ impl<B: Backend> Conv2d<B> {
 /// when those are few (SD1.5's 16×16 and 8×8 levels: 512 and 128) the long
 /// reduction is split into [`split_k`] batched partial products that are
 /// summed after: one matmul of 1280 rows by 128 columns gives a GPU too few
-/// output tiles to keep busy through an 11,520-long reduction.
+/// output tiles to keep busy through an 11,520-long reduction. When the
+/// columns would pass [`IM2COL_BUDGET`] bytes (a VAE decoder at 512²: 2.4 GB
+/// at 256 channels) the output is computed in bands of rows, each from its
+/// own columns.
 ///
 /// Half-precision inputs are upcast and the matmul runs in f32: CubeCL's f16
 /// matmul accumulates in f16, and these reductions are up to nine times
@@ -218,26 +221,84 @@ pub fn conv2d_im2col<B: Backend>(
     stride: usize,
     padding: usize,
 ) -> Tensor<B, 4> {
+    conv2d_im2col_banded(x, weight, bias, stride, padding, IM2COL_BUDGET)
+}
+
+/// The most bytes of f32 columns [`conv2d_im2col`] gathers at once.
+pub const IM2COL_BUDGET: usize = 256 << 20;
+
+/// [`conv2d_im2col`] with its column budget in bytes (at least one output
+/// row is computed at a time, whatever the budget).
+pub fn conv2d_im2col_banded<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: usize,
+    padding: usize,
+    budget: usize,
+) -> Tensor<B, 4> {
     let dtype = x.dtype();
     let (x, weight) = (to_f32(x), to_f32(weight));
     let [n, c, h, w] = x.dims();
     let [o, _, k, _] = weight.dims();
     let oh = (h + 2 * padding - k) / stride + 1;
     let ow = (w + 2 * padding - k) / stride + 1;
-    let (rows, cols_n) = (c * k * k, n * oh * ow);
+    let rows = c * k * k;
+    let weight = weight.reshape([o, rows]);
     // Channels first, so that the taps stack into `[c, k², n, oh, ow]`.
     let x = x.swap_dims(0, 1); // [c, n, h, w]
-    let cols = if k == 1 && stride == 1 && padding == 0 {
+    let x = if padding > 0 {
+        x.pad(
+            [(padding, padding), (padding, padding)],
+            PadMode::Constant(0.0),
+        )
+    } else {
+        x
+    };
+    let row_bytes = rows * n * ow * std::mem::size_of::<f32>();
+    let band = (budget / row_bytes.max(1)).clamp(1, oh);
+    let bands: Vec<Tensor<B, 4>> = (0..oh)
+        .step_by(band)
+        .map(|r0| {
+            let r1 = (r0 + band).min(oh);
+            let x = if band == oh {
+                x.clone()
+            } else {
+                x.clone()
+                    .slice(s![.., .., r0 * stride..(r1 - 1) * stride + k, ..])
+            };
+            im2col_matmul(x, weight.clone(), k, stride, r1 - r0, ow)
+        })
+        .collect();
+    let y = if bands.len() == 1 {
+        bands.into_iter().next().expect("one band")
+    } else {
+        Tensor::cat(bands, 2)
+    }; // [o, n, oh, ow]
+    let y = y.swap_dims(0, 1);
+    let y = match bias {
+        Some(b) => y + to_f32(b).reshape([1, o, 1, 1]),
+        None => y,
+    };
+    to_dtype(y, dtype)
+}
+
+/// `weight` `[o, c·k²]` times the columns of the padded, channels-first `x`
+/// `[c, n, h, w]` for `oh × ow` outputs: `[o, n, oh, ow]`.
+fn im2col_matmul<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 2>,
+    k: usize,
+    stride: usize,
+    oh: usize,
+    ow: usize,
+) -> Tensor<B, 4> {
+    let [c, n, h, w] = x.dims();
+    let [o, rows] = weight.dims();
+    let cols_n = n * oh * ow;
+    let cols = if k == 1 && stride == 1 && (h, w) == (oh, ow) {
         x.reshape([rows, cols_n])
     } else {
-        let x = if padding > 0 {
-            x.pad(
-                [(padding, padding), (padding, padding)],
-                PadMode::Constant(0.0),
-            )
-        } else {
-            x
-        };
         let taps: Vec<Tensor<B, 4>> = (0..k * k)
             .map(|tap| {
                 let (i, j) = (tap / k, tap % k);
@@ -246,9 +307,8 @@ pub fn conv2d_im2col<B: Backend>(
                     .slice(s![.., .., i..hi;stride as isize, j..wj;stride as isize])
             })
             .collect();
-        Tensor::stack::<5>(taps, 1).reshape([rows, cols_n])
+        Tensor::stack::<5>(taps, 1).reshape([c * k * k, cols_n])
     };
-    let weight = weight.reshape([o, rows]);
     let splits = split_k(rows, cols_n);
     let y = if splits == 1 {
         weight.matmul(cols)
@@ -258,12 +318,7 @@ pub fn conv2d_im2col<B: Backend>(
         let cols = cols.reshape([splits, part, cols_n]);
         weight.matmul(cols).sum_dim(0).reshape([o, cols_n])
     }; // [o, n·oh·ow]
-    let y = y.reshape([o, n, oh, ow]).swap_dims(0, 1);
-    let y = match bias {
-        Some(b) => y + to_f32(b).reshape([1, o, 1, 1]),
-        None => y,
-    };
-    to_dtype(y, dtype)
+    y.reshape([o, n, oh, ow])
 }
 
 /// Into how many parts [`conv2d_im2col`] splits a `rows`-long reduction

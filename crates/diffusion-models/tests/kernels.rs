@@ -87,6 +87,32 @@ fn im2col_conv_equals_conv2d() {
         let scale = max_err(want.clone(), want.clone() * 0.0);
         assert!(max_err(got, want) < 1e-5 * scale, "stride {stride}");
     }
+    // Computed in bands of output rows when the columns pass the budget
+    // (here: one, two or three rows at a time, strides 1 and 2).
+    let x7 = rand([2, 3, 7, 6]);
+    let w7 = rand([4, 3, 3, 3]);
+    let row = 3 * 9 * 2 * 6 * 4; // bytes of columns per output row at stride 1
+    for (stride, padding) in [(1, 1), (2, 1), (1, 0)] {
+        let want = conv2d(
+            x7.clone(),
+            w7.clone(),
+            None,
+            ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+        );
+        for budget in [1, row, 2 * row + 1, 3 * row] {
+            let got = diffusion_models::nn::conv2d_im2col_banded(
+                x7.clone(),
+                w7.clone(),
+                None,
+                stride,
+                padding,
+                budget,
+            );
+            assert_eq!(got.dims(), want.dims());
+            let err = max_err(got, want.clone());
+            assert!(err < 1e-5, "stride {stride} budget {budget}: {err}");
+        }
+    }
     // Half inputs: computed in f32, returned in f16.
     let h = |t: Tensor<Flex, 4>| t.cast(FloatDType::F16);
     let got = conv2d_im2col(h(x.clone()), h(w.clone()), None, 1, 1);

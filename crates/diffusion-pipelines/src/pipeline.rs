@@ -31,6 +31,8 @@ pub enum DiffusionPipeline<B: Backend> {
     StableDiffusionXLPipeline(StableDiffusion<B>),
     /// `StableDiffusionXLImg2ImgPipeline`.
     StableDiffusionXLImg2ImgPipeline(StableDiffusion<B>),
+    /// `StableDiffusionXLInpaintPipeline`.
+    StableDiffusionXLInpaintPipeline(StableDiffusion<B>),
 }
 
 /// The pipeline classes [`DiffusionPipeline::from_pretrained`] loads.
@@ -42,6 +44,7 @@ pub const PIPELINE_CLASSES: &[&str] = &[
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
 ];
 
 impl<B: Backend> DiffusionPipeline<B> {
@@ -109,6 +112,9 @@ impl<B: Backend> DiffusionPipeline<B> {
             "StableDiffusionXLImg2ImgPipeline" => {
                 Self::StableDiffusionXLImg2ImgPipeline(StableDiffusion::load(model, options)?)
             }
+            "StableDiffusionXLInpaintPipeline" => {
+                Self::StableDiffusionXLInpaintPipeline(StableDiffusion::load(model, options)?)
+            }
             other => {
                 return Err(PipelineError::WrongModel {
                     model: model.source.display_name(),
@@ -131,6 +137,7 @@ impl<B: Backend> DiffusionPipeline<B> {
             Self::StableDiffusionInpaintPipeline(_) => "StableDiffusionInpaintPipeline",
             Self::StableDiffusionXLPipeline(_) => "StableDiffusionXLPipeline",
             Self::StableDiffusionXLImg2ImgPipeline(_) => "StableDiffusionXLImg2ImgPipeline",
+            Self::StableDiffusionXLInpaintPipeline(_) => "StableDiffusionXLInpaintPipeline",
         }
     }
 
@@ -142,7 +149,8 @@ impl<B: Backend> DiffusionPipeline<B> {
             | Self::StableDiffusionImg2ImgPipeline(s)
             | Self::StableDiffusionInpaintPipeline(s)
             | Self::StableDiffusionXLPipeline(s)
-            | Self::StableDiffusionXLImg2ImgPipeline(s) => Some(s),
+            | Self::StableDiffusionXLImg2ImgPipeline(s)
+            | Self::StableDiffusionXLInpaintPipeline(s) => Some(s),
         }
     }
 
@@ -174,7 +182,8 @@ impl<B: Backend> DiffusionPipeline<B> {
             | Self::StableDiffusionImg2ImgPipeline(s)
             | Self::StableDiffusionInpaintPipeline(s)
             | Self::StableDiffusionXLPipeline(s)
-            | Self::StableDiffusionXLImg2ImgPipeline(s) => s.scheduler.class_name(),
+            | Self::StableDiffusionXLImg2ImgPipeline(s)
+            | Self::StableDiffusionXLInpaintPipeline(s) => s.scheduler.class_name(),
         }
     }
 
@@ -188,7 +197,9 @@ impl<B: Backend> DiffusionPipeline<B> {
             Self::StableDiffusionImg2ImgPipeline(s) | Self::StableDiffusionXLImg2ImgPipeline(s) => {
                 s.run(Task::ImageToImage, params)
             }
-            Self::StableDiffusionInpaintPipeline(s) => s.run(Task::Inpaint, params),
+            Self::StableDiffusionInpaintPipeline(s) | Self::StableDiffusionXLInpaintPipeline(s) => {
+                s.run(Task::Inpaint, params)
+            }
         }
     }
 

@@ -408,3 +408,21 @@ fn only_sdxl_pipelines_honour_force_upcast() {
         assert_eq!(sd.vae.dtype(), want, "{name}");
     }
 }
+
+/// A `model_index.json` naming `StableDiffusionXLInpaintPipeline` (what an
+/// SDXL inpainting checkpoint converts to) loads, and its call inpaints.
+#[test]
+fn sdxl_inpaint_class_loads() {
+    let sdxl = common::pipeline_dir("sdxl");
+    let index_path = sdxl.path().join("model_index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["_class_name"] = "StableDiffusionXLInpaintPipeline".into();
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let mut pipe =
+        DiffusionPipeline::<B>::from_pretrained(sdxl.path().to_str().unwrap(), &quiet()).unwrap();
+    assert_eq!(pipe.class_name(), "StableDiffusionXLInpaintPipeline");
+    // Without an image and a mask the inpainting call refuses, naming them.
+    let err = pipe.call(Params::default()).unwrap_err().to_string();
+    assert!(err.contains("image"), "{err}");
+}
