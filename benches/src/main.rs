@@ -72,9 +72,10 @@ fn run() -> Result<()> {
         println!("{}", args::USAGE);
         return Ok(());
     }
-    let (attention, conv) = diffusion_models::kernels::defaults_for(&args.backend);
-    diffusion_models::kernels::init_from_env_or(attention, conv)
-        .map_err(|e| BenchError::Usage(e.to_string()))?;
+    diffusion_models::kernels::init_from_env_or(diffusion_models::kernels::defaults_for(
+        &args.backend,
+    ))
+    .map_err(|e| BenchError::Usage(e.to_string()))?;
     if args.backend.starts_with("cuda") {
         probe_cuda()?;
     }

@@ -187,9 +187,10 @@ fn generation(task: Task, m: &ArgMatches) -> Result<()> {
 /// (`diffusion_models::kernels::defaults_for`), unless the environment names
 /// others.
 fn kernels_for(device: Device) -> Result<()> {
-    let (attention, conv) = diffusion_models::kernels::defaults_for(&device.name());
-    diffusion_models::kernels::init_from_env_or(attention, conv)
-        .map_err(|e| error::CliError::Usage(e.to_string()))
+    diffusion_models::kernels::init_from_env_or(diffusion_models::kernels::defaults_for(
+        &device.name(),
+    ))
+    .map_err(|e| error::CliError::Usage(e.to_string()))
 }
 
 fn on_device(settings: &Settings) -> Result<Vec<Written>> {

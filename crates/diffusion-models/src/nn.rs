@@ -3,7 +3,7 @@
 //! numerics diffusers relies on: normalisation statistics always in f32.
 
 use crate::error::Result;
-use crate::kernels::{self, ConvKernel};
+use crate::kernels::{self, ConvKernel, GroupNormKernel};
 use crate::load::{Init, Loader};
 use crate::profile;
 use burn::module::{Module, Param};
@@ -394,10 +394,13 @@ impl<B: Backend> GroupNorm<B> {
     pub fn forward3(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
         let [n, c, l] = x.dims();
+        // Read the process-wide choice once: the label names what ran.
+        let two_stage = kernels::group_norm() == GroupNormKernel::TwoStage;
+        let kernel = if two_stage { "two-stage" } else { "one-pass" };
         profile::scope::<B, _>(
             &x.device(),
-            || format!("group_norm {n}x{c}x{l}"),
-            || to_dtype(self.normalize(x), dtype),
+            || format!("group_norm {n}x{c}x{l} kernel={kernel}"),
+            || to_dtype(self.normalize(x, two_stage), dtype),
         )
     }
 
@@ -405,25 +408,36 @@ impl<B: Backend> GroupNorm<B> {
     ///
     /// The statistics are per group, the affine per channel; both fold into
     /// one per-(item, channel) scale and shift, so the full tensor is touched
-    /// by a single multiply-add after the statistics. The group mean and
-    /// variance are taken in two stages, first over each channel's `L` values
-    /// and then over the group's channels (equal counts, so the mean of the
-    /// means is the mean): one reduction over `C/G · L` values per group left
-    /// too few rows for a GPU (2 ms a call at SD1.5's 320×64×64 level on
-    /// burn-cuda 0.21, docs/gpu.md).
-    fn normalize(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// by a single multiply-add after the statistics.
+    ///
+    /// [`GroupNormKernel::TwoStage`] takes the group mean and variance in two
+    /// stages, first over each channel's `L` values and then over the group's
+    /// channels (equal counts, so the mean of the means is the mean): one
+    /// reduction over `C/G · L` values per group left too few rows for a GPU
+    /// (2.1 ms a call at SD1.5's 320×64×64 level on burn-cuda 0.21, 0.5 ms in
+    /// two stages, docs/gpu.md), while burn-flex runs the one-pass form 3–10×
+    /// faster.
+    fn normalize(&self, x: Tensor<B, 3>, two_stage: bool) -> Tensor<B, 3> {
         let [n, c, _] = x.dims();
         let g = self.groups;
         let x = to_f32(x);
         let per_channel = |t: Tensor<B, 3>| t.expand([n, g, c / g]).reshape([n, c, 1]);
-        let group_mean = |t: Tensor<B, 3>| t.mean_dim(2).reshape([n, g, c / g]).mean_dim(2);
-        let mean = per_channel(group_mean(x.clone())); // [n, c, 1]
-        let centered = x - mean;
-        let var = group_mean(centered.clone().square()); // biased, [n, g, 1]
-        let inv_std = per_channel((var + self.eps).sqrt().recip());
         let weight = to_f32(self.weight.val()).reshape([1, c, 1]);
         let bias = to_f32(self.bias.val()).reshape([1, c, 1]);
-        centered * (inv_std * weight) + bias
+        if two_stage {
+            let group_mean = |t: Tensor<B, 3>| t.mean_dim(2).reshape([n, g, c / g]).mean_dim(2);
+            let mean = per_channel(group_mean(x.clone())); // [n, c, 1]
+            let centered = x - mean;
+            let var = group_mean(centered.clone().square()); // biased, [n, g, 1]
+            let inv_std = per_channel((var + self.eps).sqrt().recip());
+            return centered * (inv_std * weight) + bias;
+        }
+        let [_, _, l] = x.dims();
+        let (var, mean) = x.clone().reshape([n, g, (c / g) * l]).var_mean_bias(2);
+        let inv_std = (var + self.eps).sqrt().recip(); // [n, g, 1]
+        let scale = per_channel(inv_std) * weight;
+        let shift = bias - per_channel(mean) * scale.clone();
+        x * scale + shift
     }
 }
 

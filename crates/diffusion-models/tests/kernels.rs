@@ -6,8 +6,8 @@ use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Distribution, FloatDType, Tensor};
 use diffusion_models::attention::{Attention, AttentionConfig, attention_matmul};
-use diffusion_models::kernels::{self, AttentionKernel, ConvKernel};
-use diffusion_models::nn::{Conv2d, conv2d_im2col};
+use diffusion_models::kernels::{self, AttentionKernel, ConvKernel, GroupNormKernel};
+use diffusion_models::nn::{Conv2d, GroupNorm, conv2d_im2col};
 use diffusion_models::profile;
 use diffusion_models::{Loader, Precision};
 
@@ -128,12 +128,16 @@ fn layers_give_the_same_outputs_with_either_kernel() {
     let loader = Loader::<Flex>::random(&device, Precision::F32);
     let conv = Conv2d::load(&loader.pp("conv"), 3, 4, 3, 2, 1, true).unwrap();
     let attn = Attention::load(&loader.pp("attn"), &AttentionConfig::new(8, 2, 4)).unwrap();
+    let norm = GroupNorm::load(&loader.pp("norm"), 2, 6, 1e-6).unwrap();
     let x = rand([1, 3, 8, 8]);
     let seq = Tensor::<Flex, 3>::random([2, 6, 8], Distribution::Normal(0.0, 1.0), &device);
+    // Offset, so that a variance taken around the wrong mean would show.
+    let feat = rand([2, 6, 3, 5]) * 3.0 + 5.0;
     let run = || {
         (
             conv.forward(x.clone()),
             attn.forward(seq.clone(), None).unsqueeze::<4>(),
+            norm.forward(feat.clone()),
         )
     };
     // The profile's labels name the formulation each layer ran (this test's
@@ -141,7 +145,11 @@ fn layers_give_the_same_outputs_with_either_kernel() {
     let ran = || {
         let mut kinds: Vec<String> = profile::take()
             .into_iter()
-            .filter(|(label, _)| label.contains("3->4 1x8x8") || label.contains("q=6 kv=6"))
+            .filter(|(label, _)| {
+                label.contains("3->4 1x8x8")
+                    || label.contains("q=6 kv=6")
+                    || label.contains("group_norm 2x6x15")
+            })
             .filter_map(|(label, _)| label.split("kernel=").nth(1).map(str::to_string))
             .collect();
         kinds.sort();
@@ -149,16 +157,30 @@ fn layers_give_the_same_outputs_with_either_kernel() {
     };
     assert_eq!(kernels::conv(), ConvKernel::Direct);
     assert_eq!(kernels::attention(), AttentionKernel::Fused);
+    assert_eq!(kernels::group_norm(), GroupNormKernel::OnePass);
     profile::set_enabled(true);
-    let (c0, a0) = run();
-    assert_eq!(ran(), ["direct", "fused"]);
+    let (c0, a0, n0) = run();
+    assert_eq!(ran(), ["direct", "fused", "one-pass"]);
     kernels::set_conv(ConvKernel::Im2col);
     kernels::set_attention(AttentionKernel::Matmul);
-    let (c1, a1) = run();
-    assert_eq!(ran(), ["im2col", "matmul"]);
+    kernels::set_group_norm(GroupNormKernel::TwoStage);
+    let (c1, a1, n1) = run();
+    assert_eq!(ran(), ["im2col", "matmul", "two-stage"]);
     profile::set_enabled(false);
     kernels::set_conv(ConvKernel::Direct);
     kernels::set_attention(AttentionKernel::Fused);
-    let (dc, da) = (max_err(c0, c1), max_err(a0, a1));
-    assert!(dc < 1e-5 && da < 1e-5, "{dc} {da}");
+    kernels::set_group_norm(GroupNormKernel::OnePass);
+    let (dc, da, dn) = (max_err(c0, c1), max_err(a0, a1), max_err(n0.clone(), n1));
+    assert!(dc < 1e-5 && da < 1e-5 && dn < 1e-5, "{dc} {da} {dn}");
+    // The random loader gives a GroupNorm weight ones and bias zeros: each
+    // group (3 channels × 15 values) comes out with mean 0 and variance 1.
+    let v = n0.into_data().to_vec::<f32>().unwrap();
+    for group in v.chunks(45) {
+        let mean = group.iter().sum::<f32>() / 45.0;
+        let var = group.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 45.0;
+        assert!(
+            mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3,
+            "{mean} {var}"
+        );
+    }
 }
