@@ -292,6 +292,7 @@ fn train() -> Command {
         .arg(num("adam_weight_decay", "F", "[default: 1e-6]").value_parser(value_parser!(f64)))
         .arg(num("adam_epsilon", "F", "[default: 1e-8]").value_parser(value_parser!(f64)))
         .arg(num("max_grad_norm", "F", "Gradient-norm clipping, 0 = off [default: 1.0]").value_parser(value_parser!(f64)))
+        .arg(num("mixed_precision", "MODE", "no, fp16 (dynamic loss scaling) or bf16: the network runs in half precision over f32 weights [default: no]"))
         .arg(flag("use_ema", "Keep a moving average of the weights and save it"))
         .arg(num("ema_inv_gamma", "F", "[default: 1.0]").value_parser(value_parser!(f64)))
         .arg(num("ema_power", "F", "[default: 0.75]").value_parser(value_parser!(f64)))

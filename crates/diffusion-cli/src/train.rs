@@ -17,7 +17,7 @@ use diffusion_pipelines::components::build_scheduler;
 use diffusion_pipelines::image::write_atomic;
 use diffusion_pipelines::training::{
     AdamWConfig, BatchSampler, Crop, EmaConfig, ImageDataset, LrSchedule, LrScheduleKind,
-    Objective, PredictionType, StepStats, TrainConfig, Trainer, build_model,
+    MixedPrecision, Objective, PredictionType, StepStats, TrainConfig, Trainer, build_model,
 };
 use diffusion_pipelines::{Generator, Images, Params, SchedulerChoice, Unconditional};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -121,6 +121,13 @@ impl TrainArgs {
             ..EmaConfig::default()
         });
         let max_grad_norm: f64 = get(m, "max_grad_norm").unwrap_or(1.0);
+        let precision_name: String = get(m, "mixed_precision").unwrap_or_else(|| "no".into());
+        let mixed_precision = MixedPrecision::parse(&precision_name).ok_or_else(|| {
+            usage(format!(
+                "--mixed-precision {precision_name}: expected one of {}",
+                MixedPrecision::NAMES.join(", ")
+            ))
+        })?;
         let config = TrainConfig {
             learning_rate,
             optimizer: AdamWConfig {
@@ -141,6 +148,7 @@ impl TrainArgs {
                 snr_gamma: get(m, "snr_gamma"),
                 noise_offset: get(m, "noise_offset").unwrap_or(0.0),
             },
+            mixed_precision,
         };
         let mut scheduler_config = json!({
             "_class_name": "DDPMScheduler",
@@ -264,6 +272,13 @@ pub struct Summary {
     pub final_loss: f64,
     /// The checkpoint resumed from.
     pub resumed_from: Option<PathBuf>,
+    /// `--mixed-precision`.
+    pub mixed_precision: MixedPrecision,
+    /// Steps (of the whole run) whose f16 gradients overflowed and left the
+    /// weights as they were: the step count less the optimizer updates.
+    pub skipped_steps: u64,
+    /// The f16 loss scale at the end (`None` unless `fp16`).
+    pub loss_scale: Option<f64>,
 }
 
 /// Runs `diffuse train` on backend `B` (autodiff over the inference backend).
@@ -355,6 +370,7 @@ where
             loss,
             grad_norm,
             lr,
+            ..
         } = trainer.step(&batch)?;
         train_time += t0.elapsed().as_secs_f64();
         state.losses.push([step as f64, loss, lr, grad_norm]);
@@ -406,6 +422,9 @@ where
         },
         final_loss: tail.iter().map(|l| l[1]).sum::<f64>() / tail.len().max(1) as f64,
         resumed_from: resume_dir,
+        mixed_precision: trainer.config().mixed_precision,
+        skipped_steps: trainer.step_count() - trainer.optimizer_steps(),
+        loss_scale: trainer.grad_scaler().map(|s| s.scale),
     })
 }
 

@@ -231,6 +231,33 @@ fn a_killed_run_resumes_exactly_where_its_last_checkpoint_left_it() {
     assert!(stray.is_empty(), "{stray:?}");
 }
 
+#[test]
+fn fp16_mixed_precision_trains_and_checkpoints_its_loss_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = images(tmp.path());
+    let out = tmp.path().join("run");
+    let mut args = train_args(&data, &out, "2");
+    args.extend(["--mixed-precision", "fp16"].map(String::from));
+    let summary = ok(&run(&args));
+    assert_eq!(summary["mixed_precision"], "fp16");
+    assert_eq!(summary["skipped_steps"], 0);
+    assert_eq!(summary["loss_scale"], 65536.0);
+    assert!(summary["final_loss"].as_f64().unwrap().is_finite());
+    let state: serde_json::Value =
+        serde_json::from_slice(&file(&out.join("checkpoint-2/trainer_state.json"))).unwrap();
+    assert_eq!(state["config"]["mixed_precision"], "fp16");
+    assert_eq!(state["grad_scaler"]["scale"], 65536.0);
+    assert_eq!(state["optimizer_steps"], 2);
+    // The saved weights are f32 (the master copy), as diffusers' scripts save them.
+    let weights = file(&out.join("unet/diffusion_pytorch_model.safetensors"));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&weights).unwrap();
+    assert!(
+        meta.tensors()
+            .values()
+            .all(|t| t.dtype == safetensors::Dtype::F32)
+    );
+}
+
 fn error_line(o: &Output) -> String {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -250,6 +277,7 @@ fn bad_training_input_is_a_one_line_error_naming_it() {
     };
     assert!(with(&["--lr-scheduler", "exp"]).contains("--lr-scheduler exp"));
     assert!(with(&["--prediction-type", "x0"]).contains("--prediction-type x0"));
+    assert!(with(&["--mixed-precision", "fp8"]).contains("--mixed-precision fp8"));
     assert!(with(&["--train-batch-size", "0"]).contains("--train-batch-size"));
     for flag in ["--eval-batch-size", "--num-inference-steps"] {
         // Rejected when parsed, not at the first sample grid.

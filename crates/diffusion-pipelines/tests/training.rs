@@ -14,8 +14,8 @@ use diffusion_models::state::to_stored;
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_pipelines::training::params::gradients;
 use diffusion_pipelines::training::{
-    AdamWConfig, Batch, Condition, EmaConfig, LrSchedule, LrScheduleKind, Objective,
-    PredictionType, TrainConfig, Trainer, build_model,
+    AdamWConfig, Batch, Condition, EmaConfig, LrSchedule, LrScheduleKind, MixedPrecision,
+    Objective, PredictionType, TrainConfig, Trainer, build_model,
 };
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -103,6 +103,7 @@ fn train_config(case: &Value) -> TrainConfig {
             snr_gamma: f("snr_gamma"),
             noise_offset: f("noise_offset").unwrap(),
         },
+        mixed_precision: MixedPrecision::No,
     }
 }
 

@@ -6,9 +6,10 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use diffusion_pipelines::training::params::gradients;
 use diffusion_pipelines::training::{
-    BatchSampler, Condition, EmaConfig, ImageDataset, LrSchedule, LrScheduleKind, TrainConfig,
-    Trainer, build_model,
+    BatchSampler, Condition, EmaConfig, GradScaler, ImageDataset, LrSchedule, LrScheduleKind,
+    MixedPrecision, TrainConfig, Trainer, build_model,
 };
 use diffusion_pipelines::{DiffusionPipeline, Generator, LoadOptions, Params, PipelineError};
 use serde_json::{Value, json};
@@ -44,6 +45,10 @@ fn train_config() -> TrainConfig {
 }
 
 fn trainer(seed: u64) -> Trainer<B, Unet> {
+    trainer_in(seed, MixedPrecision::No)
+}
+
+fn trainer_in(seed: u64, mixed_precision: MixedPrecision) -> Trainer<B, Unet> {
     let dev = Default::default();
     let (model, keys) = build_model::<B, Unet>(&unet_config(), None, &dev, seed).unwrap();
     Trainer::from_parts(
@@ -51,7 +56,10 @@ fn trainer(seed: u64) -> Trainer<B, Unet> {
         unet_config(),
         keys,
         scheduler_config(),
-        train_config(),
+        TrainConfig {
+            mixed_precision,
+            ..train_config()
+        },
         dev,
     )
     .unwrap()
@@ -337,4 +345,145 @@ fn image_folders_load_and_bad_folders_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("b.png"), "{err}");
+}
+
+/// The loss and the flattened gradients of every parameter, in parameter order.
+fn loss_and_gradients(
+    t: &Trainer<B, Unet>,
+    batch: &diffusion_pipelines::training::Batch<B>,
+) -> (f64, Vec<f32>) {
+    let loss = t.loss(batch).unwrap();
+    let value = loss.clone().into_scalar() as f64;
+    let grads = loss.backward();
+    let flat = gradients(t.model(), &grads)
+        .into_iter()
+        .flat_map(|(_, g)| values(g.expect("every parameter has a gradient")))
+        .collect();
+    (value, flat)
+}
+
+#[test]
+fn mixed_precision_losses_and_gradients_track_f32() {
+    let data = dataset();
+    let dev = Default::default();
+    let batch = sampler().batch::<B>(&data, 0, 1000, &dev).unwrap();
+    let (loss, grad) = loss_and_gradients(&trainer(9), &batch);
+    // f16 keeps 11 significant bits, bf16 8: the loss within a few of their
+    // ulps, the gradient direction nearly the same.
+    for (precision, loss_tol, min_cos) in [
+        (MixedPrecision::Fp16, 2e-3, 0.9999),
+        (MixedPrecision::Bf16, 1e-2, 0.999),
+    ] {
+        let t = trainer_in(9, precision);
+        let (l, g) = loss_and_gradients(&t, &batch);
+        let dot: f64 = g
+            .iter()
+            .zip(&grad)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (norm(&g) * norm(&grad));
+        let rel = (l - loss).abs() / loss;
+        eprintln!("{precision:?}: loss {l} vs {loss} (rel {rel:.2e}), gradient cosine {cos:.6}");
+        assert!(rel < loss_tol, "{precision:?}: loss {l} vs f32 {loss}");
+        assert!(cos > min_cos, "{precision:?}: gradient cosine {cos}");
+        assert_eq!(g.len(), grad.len());
+    }
+}
+
+#[test]
+fn fp16_training_reduces_the_loss_over_f32_master_weights() {
+    let data = dataset();
+    let dev = Default::default();
+    let mut t = trainer_in(2, MixedPrecision::Fp16);
+    let batch = sampler().batch::<B>(&data, 0, 1000, &dev).unwrap();
+    let first = t.step(&batch).unwrap();
+    assert_eq!(first.loss_scale, Some(65536.0));
+    assert!(!first.skipped);
+    let mut last = first.loss;
+    for _ in 0..15 {
+        last = t.step(&batch).unwrap().loss;
+    }
+    assert!(last < 0.7 * first.loss, "loss {} -> {last}", first.loss);
+    assert_eq!(t.optimizer_steps(), 16);
+    // The weights the trainer keeps (and saves) are f32.
+    for (key, tensor) in t.inference_state_dict().unwrap() {
+        assert_eq!(tensor.dtype, diffusion_hub::weights::Dtype::F32, "{key}");
+    }
+}
+
+#[test]
+fn an_overflowing_f16_loss_scale_skips_steps_and_backs_off() {
+    let data = dataset();
+    let dev = Default::default();
+    let mut t = trainer_in(6, MixedPrecision::Fp16);
+    t.set_grad_scaler(GradScaler::with_scale(2f64.powi(40)))
+        .unwrap();
+    let before = weights(&t);
+    let raw = |t: &Trainer<B, Unet>| {
+        diffusion_models::state::state_dict(&t.raw_model(), t.param_keys()).unwrap()
+    };
+    let raw_before = raw(&t);
+    let mut skipped = 0;
+    loop {
+        let batch = sampler()
+            .batch::<B>(&data, t.step_count(), 1000, &dev)
+            .unwrap();
+        let scale = t.grad_scaler().unwrap().scale;
+        let stats = t.step(&batch).unwrap();
+        assert_eq!(stats.loss_scale, Some(scale));
+        if !stats.skipped {
+            // The learning-rate schedule did not advance over the skipped
+            // steps: the first update runs at the warm-up's first rate.
+            assert_eq!(stats.lr, train_config().lr_schedule.lr(1e-3, 0));
+            break;
+        }
+        skipped += 1;
+        // Nothing moved; the scale halved; the optimizer took no step.
+        assert_eq!(t.grad_scaler().unwrap().scale, scale / 2.0);
+        assert_eq!(t.optimizer_steps(), 0);
+        assert!(raw(&t) == raw_before, "a skipped step changed the weights");
+        assert!(
+            skipped < 40,
+            "the scale never came down to a finite gradient"
+        );
+    }
+    assert!(
+        skipped >= 10,
+        "2^40 should overflow f16 gradients ({skipped} skips)"
+    );
+    assert_eq!(t.step_count(), skipped + 1);
+    assert_eq!(t.optimizer_steps(), 1);
+    let batch = sampler()
+        .batch::<B>(&data, t.step_count(), 1000, &dev)
+        .unwrap();
+    assert!(!t.step(&batch).unwrap().skipped);
+    assert!(!same(&weights(&t), &before));
+
+    // The scaler and the optimizer's own count survive a checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    t.save_checkpoint(&ckpt, json!({})).unwrap();
+    let (mut resumed, _) = Trainer::<B, Unet>::resume(&ckpt, &dev).unwrap();
+    assert_eq!(resumed.grad_scaler(), t.grad_scaler());
+    assert_eq!(resumed.optimizer_steps(), 2);
+    assert_eq!(resumed.config().mixed_precision, MixedPrecision::Fp16);
+    let batch = sampler()
+        .batch::<B>(&data, t.step_count(), 1000, &dev)
+        .unwrap();
+    t.step(&batch).unwrap();
+    resumed.step(&batch).unwrap();
+    assert!(same(&weights(&resumed), &weights(&t)));
+}
+
+#[test]
+fn loss_scaling_is_refused_outside_f16() {
+    let mut t = trainer_in(1, MixedPrecision::Bf16);
+    assert!(t.grad_scaler().is_none());
+    assert!(matches!(
+        t.set_grad_scaler(GradScaler::default()),
+        Err(PipelineError::Parameter { .. })
+    ));
+    let mut t = trainer_in(1, MixedPrecision::Fp16);
+    assert!(t.set_grad_scaler(GradScaler::with_scale(f64::NAN)).is_err());
 }

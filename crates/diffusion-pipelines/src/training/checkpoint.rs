@@ -43,6 +43,13 @@ pub struct TrainerState {
     pub config: TrainConfig,
     /// The caller's state (data position, RNG seed, loss history, ...).
     pub extra: Value,
+    /// Optimizer updates taken (fewer than `step` when f16 steps were
+    /// skipped; absent in older checkpoints: `step`).
+    #[serde(default)]
+    pub optimizer_steps: Option<u64>,
+    /// The f16 loss scaler's state.
+    #[serde(default)]
+    pub grad_scaler: Option<super::precision::GradScaler>,
 }
 
 /// A model config as diffusers writes it: the fields plus `_class_name` and
@@ -199,6 +206,8 @@ where
             model_class: M::CLASS_NAME.to_string(),
             config: self.config.clone(),
             extra,
+            optimizer_steps: Some(self.optimizer.steps),
+            grad_scaler: self.scaler,
         };
         write_json(
             &dir.join("trainer_state.json"),
@@ -247,6 +256,10 @@ where
             device.clone(),
         )?;
         trainer.step = state.step;
+        trainer.optimizer.steps = state.optimizer_steps.unwrap_or(state.step);
+        if let Some(scaler) = state.grad_scaler {
+            trainer.set_grad_scaler(scaler)?;
+        }
         let inner_device = trainer.model.valid().devices().into_iter().next();
         let inner_device = match inner_device {
             Some(d) => d,
@@ -292,7 +305,6 @@ where
                 );
             }
         }
-        trainer.optimizer.steps = state.step;
         Ok((trainer, state.extra))
     }
 }

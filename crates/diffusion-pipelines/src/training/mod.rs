@@ -6,7 +6,8 @@
 //!   `get_velocity`, targets `epsilon` / `v_prediction` / `sample`, min-SNR-γ
 //!   weighting and noise offset ([`Objective`]), global-norm gradient clipping,
 //!   [`AdamW`] exactly as PyTorch's, a learning-rate schedule ([`LrSchedule`])
-//!   and diffusers' `EMAModel` ([`EmaConfig`]).
+//!   and diffusers' `EMAModel` ([`EmaConfig`]); f32 or mixed precision
+//!   (f16 with dynamic loss scaling, or bf16: [`MixedPrecision`]).
 //! * [`Trainer::save_pipeline`] writes a diffusers folder Python loads;
 //!   [`Trainer::save_checkpoint`] / [`Trainer::resume`] continue a killed run
 //!   exactly where its last checkpoint left it.
@@ -21,6 +22,7 @@ pub mod ema;
 pub mod lr;
 pub mod objective;
 pub mod params;
+pub mod precision;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
@@ -29,6 +31,7 @@ pub use data::{BatchSampler, Crop, ImageDataset};
 pub use ema::EmaConfig;
 pub use lr::{LrSchedule, LrScheduleKind};
 pub use objective::{Objective, PredictionType};
+pub use precision::{GradScaler, MixedPrecision};
 pub use trainer::{Batch, Condition, Denoiser, StepStats, TrainConfig, Trainer, build_model};
 
 /// The CPU training backend: burn-flex under Burn's autodiff.

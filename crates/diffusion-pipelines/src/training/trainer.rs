@@ -10,12 +10,14 @@ use super::ema::EmaConfig;
 use super::lr::{LrSchedule, LrScheduleKind};
 use super::objective::{Objective, PredictionType, snr};
 use super::params::{FlatParam, flatten, gradients, replace, replace_autodiff};
+use super::precision::{GradScaler, MixedPrecision, cast_params};
 use crate::error::{PipelineError, Result};
 use crate::latents::Latents;
 use burn::module::{AutodiffModule, Module, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 use diffusion_models::load::{Loader, ParamKeys, Precision, WeightSource};
+use diffusion_models::nn::to_dtype;
 use diffusion_models::unet_2d::{ClassLabels, UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
@@ -118,6 +120,10 @@ pub struct TrainConfig {
     pub ema: Option<EmaConfig>,
     /// Target and loss weighting.
     pub objective: Objective,
+    /// f32, or f16/bf16 activations over f32 master weights
+    /// ([`MixedPrecision`]; accelerate's `--mixed_precision`).
+    #[serde(default)]
+    pub mixed_precision: MixedPrecision,
 }
 
 impl Default for TrainConfig {
@@ -141,6 +147,7 @@ impl Default for TrainConfig {
                 ..EmaConfig::default()
             }),
             objective: Objective::default(),
+            mixed_precision: MixedPrecision::No,
         }
     }
 }
@@ -172,6 +179,15 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// Mixed precision (f16): the gradients overflowed at this loss scale, so
+    /// the weights were left as they were and the scale backed off (as
+    /// `GradScaler` skips `optimizer.step()`); the moving average still took
+    /// its step, as in diffusers' scripts.
+    #[serde(default)]
+    pub skipped: bool,
+    /// The loss scale this step used (f16 mixed precision only).
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
 }
 
 /// A model being trained, with its optimizer, moving average and step count.
@@ -187,6 +203,7 @@ pub struct Trainer<B: AutodiffBackend, M: Denoiser<B> + AutodiffModule<B>> {
     pub(crate) config: TrainConfig,
     pub(crate) optimizer: AdamW<B::InnerBackend>,
     pub(crate) ema: Option<HashMap<ParamId, Tensor<B::InnerBackend, 1>>>,
+    pub(crate) scaler: Option<GradScaler>,
     pub(crate) step: u64,
     device: B::Device,
 }
@@ -269,6 +286,10 @@ where
             prediction,
             num_train_timesteps,
             optimizer: AdamW::new(config.optimizer),
+            scaler: config
+                .mixed_precision
+                .needs_loss_scaling()
+                .then(GradScaler::default),
             config,
             ema,
             step: 0,
@@ -316,6 +337,37 @@ where
         self.step
     }
 
+    /// The loss scaler (f16 mixed precision only).
+    pub fn grad_scaler(&self) -> Option<&GradScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// Sets the loss scaler's state (e.g. another initial scale, as
+    /// `GradScaler(init_scale=...)`); refused unless the run is in f16.
+    pub fn set_grad_scaler(&mut self, scaler: GradScaler) -> Result<()> {
+        if !self.config.mixed_precision.needs_loss_scaling() {
+            return Err(PipelineError::parameter(
+                "grad_scaler",
+                "loss scaling applies to f16 mixed precision only",
+            ));
+        }
+        if !(scaler.scale.is_finite() && scaler.scale > 0.0) {
+            return Err(PipelineError::parameter(
+                "grad_scaler",
+                format!("scale {} must be positive and finite", scaler.scale),
+            ));
+        }
+        self.scaler = Some(scaler);
+        Ok(())
+    }
+
+    /// Optimizer updates taken: the step count less the steps skipped for
+    /// overflowing f16 gradients. The learning-rate schedule follows it, as
+    /// accelerate's scheduler does not step when the optimizer skipped.
+    pub fn optimizer_steps(&self) -> u64 {
+        self.optimizer.steps
+    }
+
     /// The device the model lives on.
     pub fn device(&self) -> &B::Device {
         &self.device
@@ -331,7 +383,7 @@ where
     pub fn next_lr(&self) -> f64 {
         self.config
             .lr_schedule
-            .lr(self.config.learning_rate, self.step)
+            .lr(self.config.learning_rate, self.optimizer.steps)
     }
 
     /// The model for inference: the moving average when there is one (what
@@ -406,7 +458,20 @@ where
             TensorData::new(batch.timesteps.iter().map(|&t| t as f32).collect(), [n]),
             &self.device,
         );
-        let pred = self.model.denoise(noisy, t, &batch.condition)?;
+        let pred = match self.config.mixed_precision.dtype() {
+            None => self.model.denoise(noisy, t, &batch.condition)?,
+            Some(dtype) => {
+                // Half-precision copies of the weights, recorded by autodiff:
+                // the gradients land on the f32 weights.
+                let half = cast_params(self.model.clone(), dtype);
+                let condition = match &batch.condition {
+                    Condition::Text(states) => Condition::Text(to_dtype(states.clone(), dtype)),
+                    other => other.clone(),
+                };
+                let pred = half.denoise(to_dtype(noisy, dtype), t, &condition)?;
+                to_dtype(pred, DType::F32)
+            }
+        };
         if pred.dims() != dims {
             return Err(PipelineError::parameter(
                 "batch",
@@ -447,20 +512,23 @@ where
                 message: format!("the loss is {loss_value}; the weights were not updated"),
             });
         }
-        let grads = loss.backward();
+        let loss_scale = self.scaler.map(|s| s.scale);
+        let grads = match loss_scale {
+            Some(scale) => loss.mul_scalar(scale as f32).backward(),
+            None => loss.backward(),
+        };
         let ordered: Vec<(ParamId, Tensor<B::InnerBackend, 1>)> = gradients(&self.model, &grads)
             .into_iter()
             .filter_map(|(id, g)| g.map(|g| (id, g)))
+            .map(|(id, g)| match loss_scale {
+                // Unscaled before clipping, as accelerate's `clip_grad_norm_`.
+                Some(scale) => (id, g.mul_scalar((1.0 / scale) as f32)),
+                None => (id, g),
+            })
             .collect();
         let (grad_norm, coef) =
             clip_coefficient(ordered.iter().map(|(_, g)| g), self.config.max_grad_norm);
         let grads: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = ordered.into_iter().collect();
-        if !grad_norm.is_finite() {
-            return Err(PipelineError::Training {
-                step,
-                message: format!("the gradient norm is {grad_norm}; the weights were not updated"),
-            });
-        }
         let params: Vec<FlatParam<B::InnerBackend>> = flatten(&self.model)
             .into_iter()
             .map(|p| FlatParam {
@@ -469,8 +537,22 @@ where
                 value: p.value.inner(),
             })
             .collect();
-        let updated = self.optimizer.update(&params, &grads, lr, coef);
-        self.model = replace_autodiff(self.model.clone(), &updated);
+        let skipped = !grad_norm.is_finite();
+        if let Some(scaler) = self.scaler.as_mut() {
+            scaler.update(skipped);
+        } else if skipped {
+            return Err(PipelineError::Training {
+                step,
+                message: format!("the gradient norm is {grad_norm}; the weights were not updated"),
+            });
+        }
+        let updated = if skipped {
+            HashMap::new()
+        } else {
+            let new_values = self.optimizer.update(&params, &grads, lr, coef);
+            self.model = replace_autodiff(self.model.clone(), &new_values);
+            new_values
+        };
         self.step = step;
         if let (Some(shadow), Some(ema)) = (self.ema.as_mut(), self.config.ema) {
             let one_minus = (1.0 - ema.decay_at(step)) as f32;
@@ -486,6 +568,8 @@ where
             loss: loss_value,
             grad_norm,
             lr,
+            skipped,
+            loss_scale,
         })
     }
 }
