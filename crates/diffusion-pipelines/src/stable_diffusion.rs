@@ -757,6 +757,8 @@ impl<B: Backend> StableDiffusion<B> {
         let unet_dtype = self.unet.conv_in.weight.val().dtype();
         let options = StepOptions {
             eta: a.eta,
+            // Only `prev_sample` is read: no latent-sized x0 written.
+            pred_original_sample: Some(false),
             ..StepOptions::default()
         };
         let mut latents = a.latents;

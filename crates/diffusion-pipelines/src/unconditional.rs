@@ -140,6 +140,8 @@ impl<B: Backend> Unconditional<B> {
             } else {
                 None
             },
+            // Only `prev_sample` is read: no latent-sized x0 written.
+            pred_original_sample: Some(false),
             ..StepOptions::default()
         };
         let dtype = self.unet.conv_in.weight.val().dtype();

@@ -7,7 +7,9 @@
 //! history filling as in a real run, and only the `step` calls are timed (a new
 //! scheduler is built, untimed, whenever a schedule runs out). Stochastic
 //! schedulers get their noise as a copy of a fixed tensor, so a noisy step
-//! includes one buffer copy for the noise.
+//! includes one buffer copy for the noise. Each scheduler is timed with
+//! diffusers' outputs and again as `CLASS-prev-only`, without
+//! `pred_original_sample` (what the pipelines ask for).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -60,8 +62,19 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("scheduler_step_2x4x128x128");
     group.sample_size(30);
     group.bench_function("copy", |b| b.iter(|| black_box(x.clone())));
-    for class in SCHEDULER_CLASSES {
-        group.bench_function(*class, |b| {
+    // Each scheduler twice: with diffusers' outputs (`prev_sample` and, where
+    // it has one, `pred_original_sample`), and `-prev-only` as the pipelines
+    // call it (`pred_original_sample: Some(false)`).
+    let lean = StepOptions {
+        pred_original_sample: Some(false),
+        ..StepOptions::default()
+    };
+    let variants = [("", StepOptions::default()), ("-prev-only", lean)];
+    for (class, (suffix, options)) in SCHEDULER_CLASSES
+        .iter()
+        .flat_map(|c| variants.iter().map(move |v| (c, v)))
+    {
+        group.bench_function(format!("{class}{suffix}"), |b| {
             b.iter_custom(|iters| {
                 let (mut s, mut ts) = fresh(class);
                 let mut pos = 0;
@@ -72,9 +85,7 @@ fn bench(c: &mut Criterion) {
                         pos = 0;
                     }
                     let start = Instant::now();
-                    let out = s
-                        .step(&x, ts[pos], &x, &StepOptions::default(), &mut noise)
-                        .unwrap();
+                    let out = s.step(&x, ts[pos], &x, options, &mut noise).unwrap();
                     total += start.elapsed();
                     black_box(out);
                     pos += 1;

@@ -132,6 +132,35 @@ impl Program {
             })
     }
 
+    /// Like [`Program::run`], plus `extra` when it is `Some`: an output the
+    /// caller may not want (`pred_original_sample`), which costs a
+    /// latent-sized write when it is produced.
+    pub fn run_with<T: SchedulerTensor, const N: usize>(
+        &self,
+        inputs: &[&T],
+        outputs: [Val; N],
+        extra: Option<Val>,
+    ) -> Result<([T; N], Option<T>)> {
+        let all: Vec<Val> = outputs.iter().copied().chain(extra).collect();
+        self.validate(inputs, &all)?;
+        let mut values = T::evaluate(self, inputs, &all)?;
+        let got = values.len();
+        let wrong = || SchedulerError::InvalidArgument {
+            field: "evaluate",
+            value: got.to_string(),
+            reason: format!(
+                "a tensor implementation returned {got} values for {} outputs",
+                all.len()
+            ),
+        };
+        if got != all.len() {
+            return Err(wrong());
+        }
+        let extra = extra.and_then(|_| values.pop());
+        let main: [T; N] = values.try_into().map_err(|_| wrong())?;
+        Ok((main, extra))
+    }
+
     /// Every input has the same shape, and every value (operand or output)
     /// exists: an input of this program or an operation before its user (a
     /// `Val` of another program is refused rather than indexed out of bounds).

@@ -334,4 +334,62 @@ mod tests {
         assert_eq!(dpm["timestep_spacing"], serde_json::json!("linspace"));
         assert_eq!(dpm["steps_offset"], serde_json::json!(1));
     }
+
+    /// `pred_original_sample: Some(false)` drops only that output: every
+    /// scheduler's `prev_sample` is the same, bit for bit, with and without it
+    /// (stochastic ones included, with the same noise and `eta`, churn on).
+    #[test]
+    fn opting_out_of_pred_original_sample_changes_nothing_else() {
+        let shape = vec![2, 3, 5, 7];
+        let n: usize = shape.iter().product();
+        let wave = |k: f32| -> CpuTensor {
+            let data = (0..n).map(|i| (i as f32 * 0.37 + k).sin()).collect();
+            CpuTensor::new(data, shape.clone()).unwrap()
+        };
+        let noise = || QueuedNoise::new((0..40).map(|k| wave(k as f32 + 10.0)));
+        let options = StepOptions {
+            eta: Some(0.5),
+            s_churn: Some(1.0),
+            ..StepOptions::default()
+        };
+        let lean = StepOptions {
+            pred_original_sample: Some(false),
+            ..options.clone()
+        };
+        for class in SCHEDULER_CLASSES {
+            let build = || {
+                let mut s = from_config_as::<CpuTensor>(class, &serde_json::json!({}))
+                    .unwrap()
+                    .scheduler;
+                s.set_timesteps(6).unwrap();
+                s
+            };
+            let (mut full, mut slim) = (build(), build());
+            let (mut noise_full, mut noise_slim) = (noise(), noise());
+            let (mut x_full, mut x_slim) = (wave(0.0), wave(0.0));
+            let mut returned = false;
+            for (k, &t) in full.timesteps().to_vec().iter().enumerate() {
+                let eps = wave(1.0 + k as f32);
+                let a = full
+                    .step(&eps, t, &x_full, &options, &mut noise_full)
+                    .unwrap();
+                let b = slim.step(&eps, t, &x_slim, &lean, &mut noise_slim).unwrap();
+                assert_eq!(a.prev_sample, b.prev_sample, "{class} step {k}");
+                assert!(b.pred_original_sample.is_none(), "{class} step {k}");
+                returned |= a.pred_original_sample.is_some();
+                (x_full, x_slim) = (a.prev_sample, b.prev_sample);
+            }
+            assert_eq!(noise_full.used(), noise_slim.used(), "{class}");
+            let has_x0 = !matches!(
+                *class,
+                "PNDMScheduler"
+                    | "DPMSolverMultistepScheduler"
+                    | "DPMSolverSinglestepScheduler"
+                    | "UniPCMultistepScheduler"
+                    | "DEISMultistepScheduler"
+                    | "FlowMatchEulerDiscreteScheduler"
+            );
+            assert_eq!(returned, has_x0, "{class}");
+        }
+    }
 }

@@ -33,6 +33,18 @@ pub struct StepOptions {
     pub s_noise: Option<f64>,
     /// LMS: the multistep order of this step (diffusers' default 4).
     pub order: Option<usize>,
+    /// Whether `step` returns `pred_original_sample` where the scheduler has
+    /// one (default: yes, as diffusers). `Some(false)` skips writing it, a
+    /// latent-sized tensor, for callers that only read `prev_sample` (the
+    /// pipelines).
+    pub pred_original_sample: Option<bool>,
+}
+
+impl StepOptions {
+    /// Whether the caller wants `pred_original_sample` (unless told otherwise, yes).
+    pub fn wants_pred_original_sample(&self) -> bool {
+        self.pred_original_sample.unwrap_or(true)
+    }
 }
 
 /// The arguments of diffusers' `set_timesteps`: a step count, or a custom list of

@@ -264,7 +264,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
         model_output: &T,
         t: f64,
         sample: &T,
-        _options: &StepOptions,
+        options: &StepOptions,
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
         common::check_step_shapes(model_output, sample)?;
@@ -308,10 +308,11 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
             prev = p.linear(&[(1.0, prev), (std as f64, zv)]);
             inputs.push(&z);
         }
-        let [prev, x0] = p.run(&inputs, [prev, pred.x0])?;
+        let want_x0 = options.wants_pred_original_sample();
+        let ([prev], x0) = p.run_with(&inputs, [prev], want_x0.then_some(pred.x0))?;
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 

@@ -278,7 +278,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 

@@ -181,7 +181,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         model_output: &T,
         t: f64,
         sample: &T,
-        _options: &StepOptions,
+        options: &StepOptions,
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
         if self.num_inference_steps.is_none() {
@@ -210,11 +210,13 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         let z = common::step_noise(noise, model_output, sample)?;
         let zv = p.input();
         let prev = p.linear(&[(1.0, prev), (sigma_up as f64, zv)]);
-        let [prev, x0] = p.run(&[model_output, sample, &z], [prev, x0])?;
+        let want_x0 = options.wants_pred_original_sample();
+        let ([prev], x0) =
+            p.run_with(&[model_output, sample, &z], [prev], want_x0.then_some(x0))?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 

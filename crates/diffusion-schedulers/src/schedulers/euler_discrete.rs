@@ -162,7 +162,7 @@ pub(crate) fn churn_gamma(options: &StepOptions, sigma: f64, num_sigmas: usize) 
 
 /// Churn (if any) and one Euler step from `sigmas[i]` to `sigmas[i + 1]`, as one
 /// [`Program`], with `x0` given by `denoise(p, model_output, sample, sigma_hat)`.
-/// Returns `(prev_sample, x0)`.
+/// Returns `(prev_sample, x0)`, `x0` when the options want it.
 pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     model_output: &T,
     sample: &T,
@@ -171,7 +171,7 @@ pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     options: &StepOptions,
     noise: &mut dyn NoiseSource<T>,
     denoise: impl FnOnce(&mut Program, Val, Val, f64) -> Val,
-) -> Result<(T, T)> {
+) -> Result<(T, Option<T>)> {
     common::check_step_shapes(model_output, sample)?;
     let mut p = Program::new();
     let m = p.checked_input("model_output");
@@ -199,7 +199,8 @@ pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     let x0 = denoise(&mut p, m, x, sigma_hat);
     let dt = f32r(sigma_next - sigma_hat);
     let prev = euler_update(&mut p, x, x0, sigma_hat, dt);
-    let [prev, x0] = p.run(&inputs, [prev, x0])?;
+    let want_x0 = options.wants_pred_original_sample();
+    let ([prev], x0) = p.run_with(&inputs, [prev], want_x0.then_some(x0))?;
     Ok((prev, x0))
 }
 
@@ -498,7 +499,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 

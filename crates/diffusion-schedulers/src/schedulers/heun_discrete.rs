@@ -497,7 +497,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
         model_output: &T,
         t: f64,
         sample: &T,
-        _options: &StepOptions,
+        options: &StepOptions,
         _noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
         if self.num_inference_steps.is_none() {
@@ -522,14 +522,15 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
             let r = self.config.clip_sample_range;
             x0 = p.clamp(x0, -r, r);
         }
+        let want_x0 = options.wants_pred_original_sample().then_some(x0);
         // The state changes only once the pass has succeeded.
         let (prev, x0) = match &self.first_half {
             None => {
                 let derivative = ode_derivative(&mut p, s, x0, sigma);
                 let dt = (sigma_next as f32 - sigma as f32) as f64;
                 let prev = p.linear(&[(1.0, s), (dt, derivative)]);
-                let [prev, x0, derivative, sample] =
-                    p.run(&[model_output, sample], [prev, x0, derivative, s])?;
+                let ([prev, derivative, sample], x0) =
+                    p.run_with(&[model_output, sample], [prev, derivative, s], want_x0)?;
                 self.first_half = Some(FirstHalf {
                     derivative,
                     dt,
@@ -543,7 +544,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
                 let derivative = p.linear(&[(0.5, d1), (0.5, d2)]);
                 let prev = p.linear(&[(1.0, start), (half.dt, derivative)]);
                 let inputs = [model_output, sample, &half.derivative, &half.sample];
-                let [prev, x0] = p.run(&inputs, [prev, x0])?;
+                let ([prev], x0) = p.run_with(&inputs, [prev], want_x0)?;
                 self.first_half = None;
                 (prev, x0)
             }
@@ -551,7 +552,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 

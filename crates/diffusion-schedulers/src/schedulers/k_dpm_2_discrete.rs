@@ -279,7 +279,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
         model_output: &T,
         t: f64,
         sample: &T,
-        _options: &StepOptions,
+        options: &StepOptions,
         _noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
         if self.num_inference_steps.is_none() {
@@ -304,13 +304,15 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
         let mut p = Program::new();
         let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
         let x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma_input);
+        let want_x0 = options.wants_pred_original_sample().then_some(x0);
         // The state changes only once the pass has succeeded.
         let (prev, x0) = match &self.first_sample {
             None => {
                 let derivative = ode_derivative(&mut p, s, x0, sigma);
                 let dt = (sigma_interpol as f32 - sigma as f32) as f64;
                 let prev = p.linear(&[(1.0, s), (dt, derivative)]);
-                let [prev, x0, first] = p.run(&[model_output, sample], [prev, x0, s])?;
+                let ([prev, first], x0) =
+                    p.run_with(&[model_output, sample], [prev, s], want_x0)?;
                 self.first_sample = Some(first);
                 (prev, x0)
             }
@@ -319,7 +321,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
                 let derivative = ode_derivative(&mut p, s, x0, sigma_interpol);
                 let dt = (sigma_next as f32 - sigma as f32) as f64;
                 let prev = p.linear(&[(1.0, start), (dt, derivative)]);
-                let [prev, x0] = p.run(&[model_output, sample, first], [prev, x0])?;
+                let ([prev], x0) = p.run_with(&[model_output, sample, first], [prev], want_x0)?;
                 self.first_sample = None;
                 (prev, x0)
             }
@@ -327,7 +329,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 

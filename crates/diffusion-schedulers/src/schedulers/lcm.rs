@@ -303,7 +303,7 @@ impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
         model_output: &T,
         t: f64,
         sample: &T,
-        _options: &StepOptions,
+        options: &StepOptions,
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
         let n = self
@@ -346,11 +346,12 @@ impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
             prev = p.linear(&[(a_prev.sqrt() as f64, denoised), (b_prev.sqrt() as f64, zv)]);
             inputs.push(&z);
         }
-        let [prev, denoised] = p.run(&inputs, [prev, denoised])?;
+        let want = options.wants_pred_original_sample();
+        let ([prev], denoised) = p.run_with(&inputs, [prev], want.then_some(denoised))?;
         self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(denoised),
+            pred_original_sample: denoised,
         })
     }
 

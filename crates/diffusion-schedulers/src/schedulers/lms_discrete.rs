@@ -428,7 +428,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         let x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma, sigma);
         let difference = p.linear(&[(1.0, s), (-1.0, x0)]);
         let derivative = p.scale(difference, 1.0 / sigma);
-        let [x0, derivative] = p.run(&[model_output, sample], [x0, derivative])?;
+        let want_x0 = options.wants_pred_original_sample().then_some(x0);
+        let ([derivative], x0) = p.run_with(&[model_output, sample], [derivative], want_x0)?;
         self.derivatives.push(derivative);
         if self.derivatives.len() > lms_order {
             self.derivatives.remove(0);
@@ -448,7 +449,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 

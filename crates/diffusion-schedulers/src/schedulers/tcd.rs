@@ -261,11 +261,12 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
             ]);
             inputs.push(&z);
         }
-        let [prev, x0] = p.run(&inputs, [prev, pred.x0])?;
+        let want_x0 = options.wants_pred_original_sample();
+        let ([prev], x0) = p.run_with(&inputs, [prev], want_x0.then_some(pred.x0))?;
         self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,
-            pred_original_sample: Some(x0),
+            pred_original_sample: x0,
         })
     }
 
