@@ -253,8 +253,22 @@ struct RunState {
     random_crop: bool,
     resolution: usize,
     max_train_steps: u64,
-    /// `[step, loss, lr, grad_norm]` of every step so far.
+    /// `[step, loss, lr, grad_norm]` of every step so far. A skipped f16
+    /// step has an infinite or NaN loss or norm, which JSON writes as `null`
+    /// and which reads back as NaN.
+    #[serde(deserialize_with = "nullable_rows")]
     losses: Vec<[f64; 4]>,
+}
+
+/// `[f64; 4]` rows whose non-finite values were written as `null`.
+fn nullable_rows<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<[f64; 4]>, D::Error> {
+    let rows: Vec<[Option<f64>; 4]> = serde::Deserialize::deserialize(d)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| row.map(|v| v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 /// What a run did (printed as JSON).
@@ -420,10 +434,20 @@ where
         } else {
             0.0
         },
-        final_loss: tail.iter().map(|l| l[1]).sum::<f64>() / tail.len().max(1) as f64,
+        // Finite losses only: a skipped f16 step may have overflowed.
+        final_loss: {
+            let finite: Vec<f64> = tail
+                .iter()
+                .map(|l| l[1])
+                .filter(|l| l.is_finite())
+                .collect();
+            finite.iter().sum::<f64>() / finite.len().max(1) as f64
+        },
         resumed_from: resume_dir,
         mixed_precision: trainer.config().mixed_precision,
-        skipped_steps: trainer.step_count() - trainer.optimizer_steps(),
+        skipped_steps: trainer
+            .step_count()
+            .saturating_sub(trainer.optimizer_steps()),
         loss_scale: trainer.grad_scaler().map(|s| s.scale),
     })
 }
@@ -585,4 +609,32 @@ fn write_losses(dir: &Path, losses: &[[f64; 4]]) -> Result<()> {
     let png = crate::plot::loss_plot(losses);
     write_atomic(&dir.join("loss.png"), &png)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A skipped f16 step's non-finite loss or norm goes into the checkpoint
+    /// as `null` (all JSON has) and must read back, or the run could not resume.
+    #[test]
+    fn run_state_with_non_finite_losses_survives_a_checkpoint() {
+        let state = RunState {
+            seed: 1,
+            batch_size: 2,
+            random_flip: false,
+            random_crop: false,
+            resolution: 8,
+            max_train_steps: 3,
+            losses: vec![
+                [1.0, 0.5, 1e-4, f64::NAN],
+                [2.0, f64::INFINITY, 1e-4, f64::NAN],
+            ],
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        assert!(json["losses"][1][1].is_null());
+        let back: RunState = serde_json::from_value(json).unwrap();
+        assert_eq!(back.losses[0][..3], [1.0, 0.5, 1e-4]);
+        assert!(back.losses[0][3].is_nan() && back.losses[1][1].is_nan());
+    }
 }

@@ -757,7 +757,7 @@ impl<B: Backend> StableDiffusion<B> {
         let unet_dtype = self.unet.conv_in.weight.val().dtype();
         let options = StepOptions {
             eta: a.eta,
-            // Only `prev_sample` is read: no latent-sized x0 written.
+            // Only `prev_sample` is read (a fused CPU pass then skips writing x0).
             pred_original_sample: Some(false),
             ..StepOptions::default()
         };

@@ -140,7 +140,7 @@ impl<B: Backend> Unconditional<B> {
             } else {
                 None
             },
-            // Only `prev_sample` is read: no latent-sized x0 written.
+            // Only `prev_sample` is read (a fused CPU pass then skips writing x0).
             pred_original_sample: Some(false),
             ..StepOptions::default()
         };

@@ -49,20 +49,19 @@ fn trainer(seed: u64) -> Trainer<B, Unet> {
 }
 
 fn trainer_in(seed: u64, mixed_precision: MixedPrecision) -> Trainer<B, Unet> {
-    let dev = Default::default();
-    let (model, keys) = build_model::<B, Unet>(&unet_config(), None, &dev, seed).unwrap();
-    Trainer::from_parts(
-        model,
-        unet_config(),
-        keys,
-        scheduler_config(),
+    trainer_with(
+        seed,
         TrainConfig {
             mixed_precision,
             ..train_config()
         },
-        dev,
     )
-    .unwrap()
+}
+
+fn trainer_with(seed: u64, config: TrainConfig) -> Trainer<B, Unet> {
+    let dev = Default::default();
+    let (model, keys) = build_model::<B, Unet>(&unet_config(), None, &dev, seed).unwrap();
+    Trainer::from_parts(model, unet_config(), keys, scheduler_config(), config, dev).unwrap()
 }
 
 /// Eight 8×8 "images": bars at different rows.
@@ -416,7 +415,16 @@ fn fp16_training_reduces_the_loss_over_f32_master_weights() {
 fn an_overflowing_f16_loss_scale_skips_steps_and_backs_off() {
     let data = dataset();
     let dev = Default::default();
-    let mut t = trainer_in(6, MixedPrecision::Fp16);
+    // A long linear warm-up: every step count has its own learning rate.
+    let schedule = LrSchedule::new(LrScheduleKind::ConstantWithWarmup, 100, 1000);
+    let mut t = trainer_with(
+        6,
+        TrainConfig {
+            mixed_precision: MixedPrecision::Fp16,
+            lr_schedule: schedule,
+            ..train_config()
+        },
+    );
     t.set_grad_scaler(GradScaler::with_scale(2f64.powi(40)))
         .unwrap();
     let before = weights(&t);
@@ -435,7 +443,8 @@ fn an_overflowing_f16_loss_scale_skips_steps_and_backs_off() {
         if !stats.skipped {
             // The learning-rate schedule did not advance over the skipped
             // steps: the first update runs at the warm-up's first rate.
-            assert_eq!(stats.lr, train_config().lr_schedule.lr(1e-3, 0));
+            assert_eq!(stats.lr, schedule.lr(1e-3, 0));
+            assert_ne!(stats.lr, schedule.lr(1e-3, skipped));
             break;
         }
         skipped += 1;
@@ -486,4 +495,106 @@ fn loss_scaling_is_refused_outside_f16() {
     ));
     let mut t = trainer_in(1, MixedPrecision::Fp16);
     assert!(t.set_grad_scaler(GradScaler::with_scale(f64::NAN)).is_err());
+}
+
+#[test]
+fn a_skipped_f16_step_still_moves_the_moving_average() {
+    let data = dataset();
+    let dev = Default::default();
+    let mut t = trainer_in(8, MixedPrecision::Fp16);
+    for _ in 0..3 {
+        let batch = sampler()
+            .batch::<B>(&data, t.step_count(), 1000, &dev)
+            .unwrap();
+        assert!(!t.step(&batch).unwrap().skipped);
+    }
+    let raw = |t: &Trainer<B, Unet>| {
+        diffusion_models::state::state_dict(&t.raw_model(), t.param_keys()).unwrap()
+    };
+    let (raw_before, ema_before) = (raw(&t), weights(&t));
+    t.set_grad_scaler(GradScaler::with_scale(2f64.powi(40)))
+        .unwrap();
+    let batch = sampler()
+        .batch::<B>(&data, t.step_count(), 1000, &dev)
+        .unwrap();
+    assert!(t.step(&batch).unwrap().skipped);
+    assert!(raw(&t) == raw_before, "a skipped step changed the weights");
+    // The average moved towards the (unchanged) weights, as diffusers'
+    // scripts step the EMA whether or not the optimizer stepped.
+    assert!(!same(&weights(&t), &ema_before));
+}
+
+#[test]
+fn an_f16_forward_overflow_is_a_skipped_step_not_an_error() {
+    let dev = Default::default();
+    // Clean samples beyond f16's range (65504): the half-precision pass
+    // overflows; in f32 the same batch is merely a large loss.
+    let x0 = Tensor::<B, 4>::from_data(TensorData::new(vec![1e6f32; 4 * 64], [4, 1, 8, 8]), &dev);
+    let batch = diffusion_pipelines::training::Batch {
+        noise: x0.zeros_like(),
+        x0,
+        offset_noise: None,
+        timesteps: vec![10, 20, 30, 40],
+        condition: Condition::None,
+    };
+    let mut t = trainer_in(3, MixedPrecision::Fp16);
+    let raw = |t: &Trainer<B, Unet>| {
+        diffusion_models::state::state_dict(&t.raw_model(), t.param_keys()).unwrap()
+    };
+    let before = raw(&t);
+    let stats = t.step(&batch).unwrap();
+    assert!(stats.skipped && !stats.loss.is_finite(), "{stats:?}");
+    assert_eq!(t.grad_scaler().unwrap().scale, 32768.0);
+    assert_eq!((t.step_count(), t.optimizer_steps()), (1, 0));
+    assert!(raw(&t) == before);
+    let stats = trainer(3).step(&batch).unwrap();
+    assert!(stats.loss.is_finite() && !stats.skipped);
+    // bf16 has f32's range: no overflow, no scaler.
+    assert!(
+        !trainer_in(3, MixedPrecision::Bf16)
+            .step(&batch)
+            .unwrap()
+            .skipped
+    );
+}
+
+#[test]
+fn checkpoints_from_before_mixed_precision_still_resume() {
+    let data = dataset();
+    let dev = Default::default();
+    let mut t = trainer(4);
+    let batch = sampler().batch::<B>(&data, 0, 1000, &dev).unwrap();
+    t.step(&batch).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    t.save_checkpoint(&ckpt, json!({})).unwrap();
+    let path = ckpt.join("trainer_state.json");
+    let read =
+        || -> Value { serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap() };
+    let mut state = read();
+    let obj = state.as_object_mut().unwrap();
+    assert!(obj.remove("optimizer_steps").is_some() && obj.remove("grad_scaler").is_some());
+    assert!(
+        obj["config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("mixed_precision")
+            .is_some()
+    );
+    std::fs::write(&path, state.to_string()).unwrap();
+    let (resumed, _) = Trainer::<B, Unet>::resume(&ckpt, &dev).unwrap();
+    assert_eq!(resumed.config().mixed_precision, MixedPrecision::No);
+    assert_eq!((resumed.step_count(), resumed.optimizer_steps()), (1, 1));
+    // A state claiming more updates than steps is refused, naming the file.
+    let mut state = read();
+    state["optimizer_steps"] = json!(5);
+    std::fs::write(&path, state.to_string()).unwrap();
+    let err = Trainer::<B, Unet>::resume(&ckpt, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("trainer_state.json") && err.contains("optimizer_steps 5"),
+        "{err}"
+    );
 }

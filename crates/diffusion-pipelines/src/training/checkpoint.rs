@@ -257,6 +257,15 @@ where
         )?;
         trainer.step = state.step;
         trainer.optimizer.steps = state.optimizer_steps.unwrap_or(state.step);
+        if trainer.optimizer.steps > state.step {
+            return Err(PipelineError::Config {
+                path: dir.join("trainer_state.json"),
+                message: format!(
+                    "optimizer_steps {} exceeds step {}",
+                    trainer.optimizer.steps, state.step
+                ),
+            });
+        }
         if let Some(scaler) = state.grad_scaler {
             trainer.set_grad_scaler(scaler)?;
         }

@@ -124,6 +124,33 @@ impl GradScaler {
         }
     }
 
+    /// Refuses a state `torch.amp.GradScaler` would refuse or that would stall
+    /// (a scale that is not a positive finite number, a growth factor not
+    /// above 1, a backoff factor outside (0, 1), a zero interval), naming the
+    /// field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let bad = |field: &str, value: String, rule: &str| {
+            Err(format!("{field} {value}: must be {rule}"))
+        };
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return bad("scale", self.scale.to_string(), "positive and finite");
+        }
+        if !(self.growth_factor.is_finite() && self.growth_factor > 1.0) {
+            return bad("growth_factor", self.growth_factor.to_string(), "above 1");
+        }
+        if !(self.backoff_factor > 0.0 && self.backoff_factor < 1.0) {
+            return bad(
+                "backoff_factor",
+                self.backoff_factor.to_string(),
+                "in (0, 1)",
+            );
+        }
+        if self.growth_interval == 0 {
+            return bad("growth_interval", "0".into(), "at least 1");
+        }
+        Ok(())
+    }
+
     /// After a step: back off when the gradients overflowed, else count the
     /// clean step and grow the scale every `growth_interval` of them.
     pub fn update(&mut self, found_inf: bool) {
@@ -171,5 +198,38 @@ mod tests {
             s.update(false);
         }
         assert_eq!((s.scale, s.growth_tracker), (65536.0, 0));
+    }
+
+    #[test]
+    fn a_scaler_that_would_stall_is_refused_naming_the_field() {
+        assert!(GradScaler::default().validate().is_ok());
+        for (scaler, field) in [
+            (GradScaler::with_scale(0.0), "scale"),
+            (GradScaler::with_scale(f64::INFINITY), "scale"),
+            (
+                GradScaler {
+                    growth_factor: 1.0,
+                    ..GradScaler::default()
+                },
+                "growth_factor",
+            ),
+            (
+                GradScaler {
+                    backoff_factor: 1.0,
+                    ..GradScaler::default()
+                },
+                "backoff_factor",
+            ),
+            (
+                GradScaler {
+                    growth_interval: 0,
+                    ..GradScaler::default()
+                },
+                "growth_interval",
+            ),
+        ] {
+            let err = scaler.validate().unwrap_err();
+            assert!(err.starts_with(field), "{err}");
+        }
     }
 }

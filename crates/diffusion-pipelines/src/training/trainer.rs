@@ -351,12 +351,9 @@ where
                 "loss scaling applies to f16 mixed precision only",
             ));
         }
-        if !(scaler.scale.is_finite() && scaler.scale > 0.0) {
-            return Err(PipelineError::parameter(
-                "grad_scaler",
-                format!("scale {} must be positive and finite", scaler.scale),
-            ));
-        }
+        scaler
+            .validate()
+            .map_err(|e| PipelineError::parameter("grad_scaler", e))?;
         self.scaler = Some(scaler);
         Ok(())
     }
@@ -501,34 +498,52 @@ where
     }
 
     /// One optimizer step on `batch`.
+    ///
+    /// A non-finite loss or gradient leaves the weights as they were: in f32
+    /// and bf16 it is a [`PipelineError::Training`] naming the step; in f16 it
+    /// is an overflow of the half-precision pass, so the step is skipped and
+    /// the loss scale backs off (`StepStats::skipped`), as `GradScaler` does.
     pub fn step(&mut self, batch: &Batch<B>) -> Result<StepStats> {
         let step = self.step + 1;
         let lr = self.next_lr();
         let loss = self.loss(batch)?;
         let loss_value = f64::from(loss.clone().into_scalar().elem::<f32>());
-        if !loss_value.is_finite() {
-            return Err(PipelineError::Training {
-                step,
-                message: format!("the loss is {loss_value}; the weights were not updated"),
-            });
-        }
         let loss_scale = self.scaler.map(|s| s.scale);
-        let grads = match loss_scale {
-            Some(scale) => loss.mul_scalar(scale as f32).backward(),
-            None => loss.backward(),
+        let refuse = |what: &str, value: f64| PipelineError::Training {
+            step,
+            message: format!("the {what} is {value}; the weights were not updated"),
         };
-        let ordered: Vec<(ParamId, Tensor<B::InnerBackend, 1>)> = gradients(&self.model, &grads)
-            .into_iter()
-            .filter_map(|(id, g)| g.map(|g| (id, g)))
-            .map(|(id, g)| match loss_scale {
-                // Unscaled before clipping, as accelerate's `clip_grad_norm_`.
-                Some(scale) => (id, g.mul_scalar((1.0 / scale) as f32)),
-                None => (id, g),
-            })
-            .collect();
-        let (grad_norm, coef) =
-            clip_coefficient(ordered.iter().map(|(_, g)| g), self.config.max_grad_norm);
-        let grads: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = ordered.into_iter().collect();
+        if !loss_value.is_finite() && loss_scale.is_none() {
+            return Err(refuse("loss", loss_value));
+        }
+        let (grad_norm, update) = if loss_value.is_finite() {
+            let grads = match loss_scale {
+                Some(scale) => loss.mul_scalar(scale as f32).backward(),
+                None => loss.backward(),
+            };
+            let ordered: Vec<(ParamId, Tensor<B::InnerBackend, 1>)> =
+                gradients(&self.model, &grads)
+                    .into_iter()
+                    .filter_map(|(id, g)| g.map(|g| (id, g)))
+                    .map(|(id, g)| match loss_scale {
+                        // Unscaled before clipping, as accelerate's `clip_grad_norm_`.
+                        Some(scale) => (id, g.mul_scalar((1.0 / scale) as f32)),
+                        None => (id, g),
+                    })
+                    .collect();
+            let (grad_norm, coef) =
+                clip_coefficient(ordered.iter().map(|(_, g)| g), self.config.max_grad_norm);
+            (grad_norm, Some((ordered, coef)))
+        } else {
+            // An f16 forward pass that overflowed: nothing to differentiate.
+            (f64::NAN, None)
+        };
+        let skipped = !grad_norm.is_finite();
+        match self.scaler.as_mut() {
+            Some(scaler) => scaler.update(skipped),
+            None if skipped => return Err(refuse("gradient norm", grad_norm)),
+            None => {}
+        }
         let params: Vec<FlatParam<B::InnerBackend>> = flatten(&self.model)
             .into_iter()
             .map(|p| FlatParam {
@@ -537,23 +552,18 @@ where
                 value: p.value.inner(),
             })
             .collect();
-        let skipped = !grad_norm.is_finite();
-        if let Some(scaler) = self.scaler.as_mut() {
-            scaler.update(skipped);
-        } else if skipped {
-            return Err(PipelineError::Training {
-                step,
-                message: format!("the gradient norm is {grad_norm}; the weights were not updated"),
-            });
-        }
-        let updated = if skipped {
-            HashMap::new()
-        } else {
-            let new_values = self.optimizer.update(&params, &grads, lr, coef);
-            self.model = replace_autodiff(self.model.clone(), &new_values);
-            new_values
+        let updated = match update {
+            Some((ordered, coef)) if !skipped => {
+                let grads: HashMap<_, _> = ordered.into_iter().collect();
+                let new_values = self.optimizer.update(&params, &grads, lr, coef);
+                self.model = replace_autodiff(self.model.clone(), &new_values);
+                new_values
+            }
+            _ => HashMap::new(),
         };
         self.step = step;
+        // The moving average steps on a skipped step too (with the unchanged
+        // weights), as diffusers' scripts call `ema_model.step` regardless.
         if let (Some(shadow), Some(ema)) = (self.ema.as_mut(), self.config.ema) {
             let one_minus = (1.0 - ema.decay_at(step)) as f32;
             for p in &params {
