@@ -51,6 +51,9 @@ pub struct TrainArgs {
     pub seed: u64,
     /// Hyper-parameters.
     pub config: TrainConfig,
+    /// `--mixed-precision` as given: on resume it switches the precision of
+    /// the steps to come (the checkpoint's other hyper-parameters stay).
+    pub mixed_precision_given: Option<MixedPrecision>,
     /// `--ddpm-num-steps`, `--ddpm-beta-schedule`, `--prediction-type`: the noise scheduler.
     pub scheduler_config: Value,
     /// `--checkpointing-steps`.
@@ -186,6 +189,7 @@ impl TrainArgs {
             batch_size,
             max_train_steps,
             max_train_steps_given: get(m, "max_train_steps"),
+            mixed_precision_given: m.contains_id("mixed_precision").then_some(mixed_precision),
             random_flip: m.get_flag("random_flip"),
             random_crop: m.get_flag("random_crop"),
             seed: get(m, "seed").unwrap_or(0),
@@ -327,6 +331,9 @@ where
                 }
                 state.max_train_steps = total;
                 trainer.set_total_steps(total);
+            }
+            if let Some(precision) = args.mixed_precision_given {
+                trainer.set_mixed_precision(precision);
             }
             (trainer, state)
         }

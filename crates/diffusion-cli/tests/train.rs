@@ -248,6 +248,34 @@ fn fp16_mixed_precision_trains_and_checkpoints_its_loss_scale() {
     assert_eq!(state["config"]["mixed_precision"], "fp16");
     assert_eq!(state["grad_scaler"]["scale"], 65536.0);
     assert_eq!(state["optimizer_steps"], 2);
+    // Resumed with another precision: the steps to come run in it.
+    let mut more = train_args(&data, &out, "3");
+    more.extend(
+        [
+            "--resume-from-checkpoint",
+            "latest",
+            "--mixed-precision",
+            "bf16",
+        ]
+        .map(String::from),
+    );
+    let summary = ok(&run(&more));
+    assert_eq!(
+        (
+            summary["steps"].as_u64(),
+            summary["steps_this_run"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+    assert_eq!(summary["mixed_precision"], "bf16");
+    assert!(summary["loss_scale"].is_null());
+    let mut again = train_args(&data, &out, "4");
+    again.extend(["--resume-from-checkpoint", "latest"].map(String::from));
+    assert_eq!(
+        ok(&run(&again))["mixed_precision"],
+        "bf16",
+        "the checkpoint's setting applies"
+    );
     // The saved weights are f32 (the master copy), as diffusers' scripts save them.
     let weights = file(&out.join("unet/diffusion_pytorch_model.safetensors"));
     let (_, meta) = safetensors::SafeTensors::read_metadata(&weights).unwrap();

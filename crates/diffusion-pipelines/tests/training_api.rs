@@ -495,6 +495,15 @@ fn loss_scaling_is_refused_outside_f16() {
     ));
     let mut t = trainer_in(1, MixedPrecision::Fp16);
     assert!(t.set_grad_scaler(GradScaler::with_scale(f64::NAN)).is_err());
+    // Switching precision: into f16 keeps a running scaler, out of it drops it.
+    t.set_grad_scaler(GradScaler::with_scale(8.0)).unwrap();
+    t.set_mixed_precision(MixedPrecision::Fp16);
+    assert_eq!(t.grad_scaler().unwrap().scale, 8.0);
+    t.set_mixed_precision(MixedPrecision::No);
+    assert!(t.grad_scaler().is_none());
+    t.set_mixed_precision(MixedPrecision::Fp16);
+    assert_eq!(t.grad_scaler(), Some(&GradScaler::default()));
+    assert_eq!(t.config().mixed_precision, MixedPrecision::Fp16);
 }
 
 #[test]

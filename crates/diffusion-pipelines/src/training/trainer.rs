@@ -358,6 +358,19 @@ where
         Ok(())
     }
 
+    /// Switches the precision of the steps to come (e.g. a run resumed with
+    /// another `--mixed-precision`). Entering f16 starts a fresh loss scaler
+    /// unless one is running; leaving f16 drops it. The weights are f32
+    /// either way, so nothing else changes.
+    pub fn set_mixed_precision(&mut self, mixed_precision: MixedPrecision) {
+        self.config.mixed_precision = mixed_precision;
+        self.scaler = match (mixed_precision.needs_loss_scaling(), self.scaler) {
+            (true, Some(running)) => Some(running),
+            (true, None) => Some(GradScaler::default()),
+            (false, _) => None,
+        };
+    }
+
     /// Optimizer updates taken: the step count less the steps skipped for
     /// overflowing f16 gradients. The learning-rate schedule follows it, as
     /// accelerate's scheduler does not step when the optimizer skipped.
