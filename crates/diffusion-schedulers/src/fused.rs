@@ -120,16 +120,8 @@ impl Program {
         inputs: &[&T],
         outputs: [Val; N],
     ) -> Result<[T; N]> {
-        self.validate(inputs, &outputs)?;
-        let values = T::evaluate(self, inputs, &outputs)?;
-        let got = values.len();
-        values
-            .try_into()
-            .map_err(|_| SchedulerError::InvalidArgument {
-                field: "evaluate",
-                value: got.to_string(),
-                reason: format!("a tensor implementation returned {got} values for {N} outputs"),
-            })
+        self.run_with(inputs, outputs, None)
+            .map(|(values, _)| values)
     }
 
     /// Like [`Program::run`], plus `extra` when it is `Some`: an output the
