@@ -22,6 +22,21 @@ pub fn key_value(s: &str) -> Result<(String, Value), String> {
     Ok((key.to_string(), value))
 }
 
+/// `COMPONENT.FIELD=VALUE` for `diffuse convert --set`: a config field of one
+/// component of the converted pipeline (`unet`, `vae`, `text_encoder`,
+/// `text_encoder_2`, `scheduler`); VALUE as for [`key_value`].
+pub fn component_field_value(s: &str) -> Result<(String, String, Value), String> {
+    let (key, value) = key_value(s)?;
+    match key.split_once('.') {
+        Some((component, field)) if !component.is_empty() && !field.is_empty() => {
+            Ok((component.to_string(), field.to_string(), value))
+        }
+        _ => Err(format!(
+            "`{s}` is not COMPONENT.FIELD=VALUE (e.g. vae.scaling_factor=0.13025)"
+        )),
+    }
+}
+
 /// `HxW` (height first, as diffusers' `(height, width)` tuples): `1024x768`.
 pub fn size_hw(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = s
@@ -137,6 +152,21 @@ mod tests {
         assert_eq!(key_value("a=b=c").unwrap(), ("a".into(), json!("b=c")));
         assert_eq!(key_value("k=").unwrap(), ("k".into(), json!("")));
         assert!(key_value("novalue").unwrap_err().contains("KEY=VALUE"));
+        assert_eq!(
+            component_field_value("vae.scaling_factor=0.13").unwrap(),
+            (
+                "vae".into(),
+                "scaling_factor".into(),
+                serde_json::json!(0.13)
+            )
+        );
+        assert_eq!(
+            component_field_value("unet.a.b=x").unwrap(),
+            ("unet".into(), "a.b".into(), serde_json::json!("x"))
+        );
+        for bad in ["scaling_factor=1", ".x=1", "vae.=1", "vae.x"] {
+            assert!(component_field_value(bad).is_err(), "{bad}");
+        }
         assert!(key_value("=1").unwrap_err().contains("empty KEY"));
     }
 

@@ -63,6 +63,18 @@ pub fn command() -> Command {
                         .long("extract-ema")
                         .action(ArgAction::SetTrue)
                         .help("Take the UNet from the checkpoint's EMA weights (model_ema.*)"),
+                )
+                .arg(
+                    Arg::new("set")
+                        .long("set")
+                        .value_name("COMPONENT.FIELD=VALUE")
+                        .action(ArgAction::Append)
+                        .value_parser(args::component_field_value)
+                        .help(
+                            "Set a config field the weights cannot tell, e.g. \
+                             unet.upcast_attention=true or vae.scaling_factor=0.13025; \
+                             VALUE is JSON or a bare string (repeatable)",
+                        ),
                 ),
         )
         .subcommand(train())

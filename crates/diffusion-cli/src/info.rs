@@ -58,9 +58,7 @@ pub fn info(name: &str, options: &ResolveOptions) -> Result<String> {
                 "pipeline: {} (after conversion)",
                 model_type.pipeline_class(ckpt.is_inpaint())
             );
-            if let Checkpoint::Safetensors(w) = &ckpt {
-                let _ = writeln!(s, "weights: {}", summarize(w));
-            }
+            let _ = writeln!(s, "weights: {}", summarize(ckpt.weights()));
             let _ = writeln!(
                 s,
                 "convert with: diffuse convert {} OUT_DIR",

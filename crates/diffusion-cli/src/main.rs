@@ -122,10 +122,22 @@ fn run(matches: &ArgMatches) -> Result<()> {
         Some(("convert", m)) => {
             let checkpoint = PathBuf::from(m.get_one::<String>("checkpoint").expect("required"));
             let out_dir = PathBuf::from(m.get_one::<String>("out_dir").expect("required"));
+            let mut overrides: std::collections::BTreeMap<_, serde_json::Map<_, _>> =
+                Default::default();
+            for (component, field, value) in m
+                .get_many::<(String, String, serde_json::Value)>("set")
+                .into_iter()
+                .flatten()
+            {
+                overrides
+                    .entry(component.clone())
+                    .or_default()
+                    .insert(field.clone(), value.clone());
+            }
             let options = diffusion_hub::single_file::ConvertOptions {
                 prediction_type: m.get_one::<String>("prediction_type").cloned(),
                 extract_ema: m.get_flag("extract_ema"),
-                ..Default::default()
+                overrides,
             };
             print!("{}", convert::convert(&checkpoint, &out_dir, &options)?);
             Ok(())

@@ -589,6 +589,48 @@ fn convert_and_inspect_a_checkpoint() {
     assert_one_line_error(&o, "no EMA weights");
     assert!(!tmp.path().join("ema").exists());
 
+    // Fields the weights cannot tell, set by hand; an unknown component or a
+    // malformed setting is a one-line error.
+    let o = diffuse(
+        tmp.path(),
+        &[
+            "convert",
+            &ckpt,
+            "set",
+            "--set",
+            "vae.scaling_factor=0.13025",
+            "--set",
+            "unet.upcast_attention=true",
+            "--set",
+            "scheduler.timestep_spacing=trailing",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = |rel: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("set").join(rel)).unwrap())
+            .unwrap()
+    };
+    assert_eq!(config("vae/config.json")["scaling_factor"], 0.13025);
+    assert_eq!(config("unet/config.json")["upcast_attention"], true);
+    assert_eq!(
+        config("scheduler/scheduler_config.json")["timestep_spacing"],
+        "trailing"
+    );
+    let o = diffuse(
+        tmp.path(),
+        &["convert", &ckpt, "bad", "--set", "text_encoder_2.x=1"],
+    );
+    assert_one_line_error(&o, "text_encoder_2");
+    assert!(!tmp.path().join("bad").exists());
+    let o = diffuse(tmp.path(), &["convert", &ckpt, "bad", "--set", "x=1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("COMPONENT.FIELD=VALUE"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!tmp.path().join("bad").exists());
+
     let o = diffuse(tmp.path(), &["info", "--model", "converted"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);

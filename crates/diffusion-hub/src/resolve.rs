@@ -36,6 +36,15 @@
 //! Offline mode (`HF_HUB_OFFLINE=1`/`true`, or [`ResolveOptions::local_files_only`])
 //! reads the cache only; a file that is not there is a [`ResolveError::NotCached`]
 //! naming the file and the cache folder.
+//!
+//! Online, one request asks the Hub for the revision's commit and file list;
+//! each needed file not yet in that snapshot is then downloaded (a metadata
+//! probe, then the content, following the Hub's redirect for LFS files and
+//! resuming a `.part` left by an interrupted download). The tests run this path
+//! against a local server that answers as huggingface.co does
+//! (`tests/support/mock_hub.rs`, `tests/download.rs`); Python's
+//! huggingface_hub (2.4) reads the cache they write (`scan_cache_dir` without
+//! warnings, `hf_hub_download(..., local_files_only=True)`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -510,7 +519,7 @@ pub struct ResolvedComponent {
 }
 
 impl ResolvedComponent {
-    /// Opens the weights (safetensors only; `.bin` gives [`WeightsError::Unsupported`]).
+    /// Opens the weights (safetensors or `.bin`, single or sharded; see [`Weights::open`]).
     pub fn open_weights(&self) -> Result<Weights, WeightsError> {
         match (&self.weight_index, self.weights.first()) {
             (Some(index), _) => Weights::open(index),

@@ -26,7 +26,7 @@
 //! transformer depth, cross-attention width, linear projection, text-encoder widths,
 //! layers and vocabulary). What the weights cannot tell comes from the per-type
 //! defaults of the released models and can be overridden
-//! ([`ConvertOptions::overrides`]): attention heads (SD1: 8; SD2/SDXL: channels/64;
+//! ([`ConvertOptions::overrides`]; `diffuse convert --set COMPONENT.FIELD=VALUE`): attention heads (SD1: 8; SD2/SDXL: channels/64;
 //! CLIP: hidden/64), group-norm groups (32), sample sizes, the VAE scaling factor,
 //! activation functions, `projection_dim` of CLIP-L. SD2: the checkpoint holds all
 //! 24 OpenCLIP-H layers but the diffusers text encoder uses 23 (SD2 conditions on the
@@ -55,7 +55,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use crate::torch_pickle::TorchFile;
 use crate::weights::{Dtype, TensorView, Weights, WeightsError};
 
 /// The diffusers version written into configs.
@@ -161,60 +160,44 @@ pub enum SingleFileError {
 
 type Result<T> = std::result::Result<T, SingleFileError>;
 
-/// A checkpoint file of either format.
+/// A single-file checkpoint of either format (`.safetensors`, or a PyTorch
+/// pickle `.ckpt` / `.bin` / `.pt` / `.pth`), read through [`Weights`].
 #[derive(Debug)]
-pub enum Checkpoint {
-    /// A `.safetensors` file (or shard index).
-    Safetensors(Weights),
-    /// A zip-based `torch.save` file (`.ckpt`, `.bin`, `.pt`, `.pth`).
-    Torch(TorchFile),
+pub struct Checkpoint {
+    weights: Weights,
 }
 
 impl Checkpoint {
-    /// Opens a checkpoint, choosing the reader by extension (`.safetensors` and
-    /// safetensors shard indexes; `.ckpt`, `.bin`, `.pt`, `.pth` as torch pickles).
+    /// Opens a checkpoint, choosing the reader by extension (see [`Weights::open`]).
     pub fn open(path: &Path) -> std::result::Result<Self, WeightsError> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        match ext.as_str() {
-            "ckpt" | "bin" | "pt" | "pth" => Ok(Self::Torch(TorchFile::open(path)?)),
-            _ => Ok(Self::Safetensors(Weights::open(path)?)),
-        }
+        Ok(Self {
+            weights: Weights::open(path)?,
+        })
     }
 
     /// The file it was opened from.
     pub fn path(&self) -> &Path {
-        match self {
-            Self::Safetensors(w) => w.source(),
-            Self::Torch(t) => t.path(),
-        }
+        self.weights.source()
+    }
+
+    /// The tensors, whatever the file format.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
     }
 
     /// All tensor names, sorted.
     pub fn keys(&self) -> Vec<&str> {
-        match self {
-            Self::Safetensors(w) => w.tensors().map(|(k, _)| k).collect(),
-            Self::Torch(t) => t.tensors().map(|(k, _)| k).collect(),
-        }
+        self.weights.tensors().map(|(k, _)| k).collect()
     }
 
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        match self {
-            Self::Safetensors(w) => w.contains(name),
-            Self::Torch(t) => t.contains(name),
-        }
+        self.weights.contains(name)
     }
 
     /// One tensor.
     pub fn tensor(&self, name: &str) -> std::result::Result<TensorView<'_>, WeightsError> {
-        match self {
-            Self::Safetensors(w) => w.tensor(name),
-            Self::Torch(t) => t.tensor(name),
-        }
+        self.weights.tensor(name)
     }
 
     /// Whether the UNet takes 9 input channels (latents, mask, masked-image

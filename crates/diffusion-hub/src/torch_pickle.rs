@@ -147,6 +147,11 @@ impl TorchFile {
         self.tensors.iter().map(|(k, (i, _))| (k.as_str(), i))
     }
 
+    /// The dtype and shape of one tensor, if present.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name).map(|(info, _)| info)
+    }
+
     /// Whether the state dict holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

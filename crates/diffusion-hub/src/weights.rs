@@ -15,9 +15,12 @@
 //! the index assigns to it, so a partial download is caught at open time rather
 //! than as a missing tensor deep inside model loading.
 //!
-//! PyTorch pickles (`.bin`, `.ckpt`, `.pt`, `.pth`) are reported as
-//! [`WeightsError::Unsupported`] here; [`crate::torch_pickle::TorchFile`] reads
-//! them (and [`crate::single_file::Checkpoint`] opens either kind).
+//! PyTorch pickles (`.bin`, `.ckpt`, `.pt`, `.pth`, and shard indexes of
+//! them) open through the same [`Weights`] API: each file is a [`WeightFile`],
+//! read by [`crate::torch_pickle::TorchFile`] (no code execution) when it is a
+//! pickle. Older Hub repos ship only `diffusion_pytorch_model.bin`, and
+//! transformers' sharded `pytorch_model.bin.index.json`, so a caller should not
+//! have to care which format a folder holds.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -25,6 +28,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use serde_json::Value;
+
+use crate::torch_pickle::TorchFile;
 
 /// Largest header accepted, as in the `safetensors` crate (100 MB): a larger
 /// length is a corrupt file, and refusing it early avoids a huge allocation.
@@ -41,10 +46,8 @@ pub enum WeightsError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A PyTorch pickle (or other format) this module does not read.
-    #[error(
-        "{path}: {format} weights are not read by diffusion-hub's safetensors reader (use the PyTorch checkpoint reader, or convert to .safetensors)"
-    )]
+    /// A file of a format this module does not read (by extension).
+    #[error("{path}: {format} weights are not supported (safetensors or PyTorch pickles expected)")]
     Unsupported {
         /// The weight file.
         path: PathBuf,
@@ -731,44 +734,121 @@ impl ShardIndex {
     }
 }
 
-/// The weights of one model: one safetensors file or every shard of an index.
+/// The file kinds [`WeightFile::open`] reads, by extension.
+fn pickle_extension(ext: &str) -> bool {
+    matches!(ext, "bin" | "ckpt" | "pt" | "pth")
+}
+
+fn lower_extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// One weight file of either format.
+#[derive(Debug)]
+pub enum WeightFile {
+    /// A `.safetensors` file.
+    Safetensors(SafetensorsFile),
+    /// A zip-based `torch.save` file (`.bin`, `.ckpt`, `.pt`, `.pth`).
+    Torch(TorchFile),
+}
+
+impl WeightFile {
+    /// Opens a weight file, choosing the reader by extension: `.safetensors`,
+    /// or `.bin` / `.ckpt` / `.pt` / `.pth` as a PyTorch pickle. Any other
+    /// extension is [`WeightsError::Unsupported`].
+    pub fn open(path: &Path) -> Result<Self, WeightsError> {
+        let ext = lower_extension(path);
+        if ext == "safetensors" {
+            Ok(Self::Safetensors(SafetensorsFile::open(path)?))
+        } else if pickle_extension(&ext) {
+            Ok(Self::Torch(TorchFile::open(path)?))
+        } else {
+            Err(WeightsError::Unsupported {
+                path: path.to_path_buf(),
+                format: format!("unknown (extension {ext:?})"),
+            })
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Safetensors(f) => f.path(),
+            Self::Torch(f) => f.path(),
+        }
+    }
+
+    /// Tensor names with dtype and shape, in name order (`data_offsets` are
+    /// file offsets for safetensors only).
+    pub fn tensors(&self) -> Box<dyn Iterator<Item = (&str, &TensorInfo)> + '_> {
+        match self {
+            Self::Safetensors(f) => {
+                Box::new(f.header().tensors.iter().map(|(k, i)| (k.as_str(), i)))
+            }
+            Self::Torch(f) => Box::new(f.tensors()),
+        }
+    }
+
+    /// The information on one tensor, if present.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        match self {
+            Self::Safetensors(f) => f.header().tensors.get(name),
+            Self::Torch(f) => f.info(name),
+        }
+    }
+
+    /// Whether the file holds a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Self::Safetensors(f) => f.contains(name),
+            Self::Torch(f) => f.contains(name),
+        }
+    }
+
+    /// A view of one tensor's bytes (little-endian, row-major).
+    pub fn tensor(&self, name: &str) -> Result<TensorView<'_>, WeightsError> {
+        match self {
+            Self::Safetensors(f) => f.tensor(name),
+            Self::Torch(f) => f.tensor(name),
+        }
+    }
+}
+
+/// The weights of one model: one file or every shard of an index, safetensors
+/// or PyTorch pickles.
 #[derive(Debug)]
 pub struct Weights {
-    /// The file named to [`Weights::open`] (a `.safetensors` or an index).
+    /// The file named to [`Weights::open`] (a weight file or an index).
     source: PathBuf,
-    files: Vec<SafetensorsFile>,
+    files: Vec<WeightFile>,
     /// Tensor name to position in `files`.
     by_name: BTreeMap<String, usize>,
 }
 
 impl Weights {
-    /// Opens a `.safetensors` file or a `*.safetensors.index*.json` shard index.
-    /// `.bin`, `.ckpt`, `.pt` and `.pth` give [`WeightsError::Unsupported`].
+    /// Opens a weight file or a shard index: `.safetensors`; a PyTorch pickle
+    /// (`.bin`, `.ckpt`, `.pt`, `.pth`); or a `*.safetensors.index*.json` /
+    /// `*.bin.index*.json` shard index. Other files give
+    /// [`WeightsError::Unsupported`].
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default();
-        match ext.to_ascii_lowercase().as_str() {
-            "safetensors" => Self::from_files(path, vec![SafetensorsFile::open(path)?]),
-            "json" if name.contains(".safetensors.") => Self::open_sharded(path),
-            "json" => Err(WeightsError::Unsupported {
+        let ext = lower_extension(path);
+        if ext == "json" {
+            if name.contains(".safetensors.") || name.contains(".bin.") {
+                return Self::open_sharded(path);
+            }
+            return Err(WeightsError::Unsupported {
                 path: path.to_path_buf(),
-                format: "a JSON index of non-safetensors shards".into(),
-            }),
-            "bin" | "ckpt" | "pt" | "pth" => Err(WeightsError::Unsupported {
-                path: path.to_path_buf(),
-                format: format!("PyTorch pickle (.{ext})"),
-            }),
-            _ => Err(WeightsError::Unsupported {
-                path: path.to_path_buf(),
-                format: format!("unknown (extension {ext:?})"),
-            }),
+                format: "a JSON file that is not a .safetensors or .bin shard index".into(),
+            });
         }
+        Self::from_files(path, vec![WeightFile::open(path)?])
     }
 
     /// Opens every shard of an index and checks that each key is where the index says.
@@ -779,7 +859,7 @@ impl Weights {
         let mut shard_pos = BTreeMap::new();
         for shard in index.shards() {
             let shard_path = dir.join(shard);
-            let file = SafetensorsFile::open(&shard_path).map_err(|e| match e {
+            let file = WeightFile::open(&shard_path).map_err(|e| match e {
                 WeightsError::Io { source, .. } => WeightsError::ShardMissing {
                     index: index_path.to_path_buf(),
                     first_key: index
@@ -809,13 +889,13 @@ impl Weights {
         Self::from_files(index_path, files)
     }
 
-    fn from_files(source: &Path, files: Vec<SafetensorsFile>) -> Result<Self, WeightsError> {
+    fn from_files(source: &Path, files: Vec<WeightFile>) -> Result<Self, WeightsError> {
         let mut by_name = BTreeMap::new();
         for (i, file) in files.iter().enumerate() {
-            for name in file.header().tensors.keys() {
-                if let Some(first) = by_name.insert(name.clone(), i) {
+            for (name, _) in file.tensors() {
+                if let Some(first) = by_name.insert(name.to_string(), i) {
                     return Err(WeightsError::DuplicateTensor {
-                        tensor: name.clone(),
+                        tensor: name.to_string(),
                         first: files[first].path().to_path_buf(),
                         second: file.path().to_path_buf(),
                     });
@@ -829,13 +909,13 @@ impl Weights {
         })
     }
 
-    /// The file this was opened from (a `.safetensors` or an index).
+    /// The file this was opened from (a weight file or an index).
     pub fn source(&self) -> &Path {
         &self.source
     }
 
-    /// The opened safetensors files, in shard order.
-    pub fn files(&self) -> &[SafetensorsFile] {
+    /// The opened files, in shard order.
+    pub fn files(&self) -> &[WeightFile] {
         &self.files
     }
 
@@ -851,13 +931,9 @@ impl Weights {
 
     /// Every tensor name with its dtype and shape, in name order.
     pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorInfo)> {
-        self.by_name.iter().filter_map(|(name, &i)| {
-            self.files[i]
-                .header()
-                .tensors
-                .get(name)
-                .map(|info| (name.as_str(), info))
-        })
+        self.by_name
+            .iter()
+            .filter_map(|(name, &i)| self.files[i].info(name).map(|info| (name.as_str(), info)))
     }
 
     /// Tensors whose dtype is not F32/F16/BF16 (name and dtype), for reporting.

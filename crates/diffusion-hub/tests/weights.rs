@@ -1,11 +1,13 @@
-//! Safetensors reading: valid single and sharded files (written by the
+//! Weight reading: PyTorch pickles through the same API, and safetensors:
+//! valid single and sharded files (written by the
 //! `safetensors` crate, the reference writer), and a regression corpus of
 //! broken files, each of which must give a typed error naming the file.
 
 use std::path::{Path, PathBuf};
 
+use diffusion_hub::torch_pickle::TorchFile;
 use diffusion_hub::weights::{
-    Dtype, Header, SafetensorsFile, ShardIndex, Weights, WeightsError, f16_to_f32,
+    Dtype, Header, SafetensorsFile, ShardIndex, WeightFile, Weights, WeightsError, f16_to_f32,
 };
 use safetensors::tensor::TensorView;
 
@@ -240,29 +242,105 @@ fn sharded_corrupt_shard_names_that_shard() {
     assert!(err.to_string().contains(S2), "{err}");
 }
 
+fn pickle_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/single_file")
+        .join(name)
+}
+
+/// PyTorch pickles open through the same API as safetensors, under every
+/// extension diffusers and model sites use, with the same tensors the pickle
+/// reader sees.
 #[test]
-fn pickles_are_unsupported_not_panics() {
+fn pickles_open_through_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in [
-        "diffusion_pytorch_model.bin",
-        "v1-5.ckpt",
-        "m.pt",
-        "m.pth",
-        "m.onnx",
-    ] {
-        let p = write(tmp.path(), name, b"PK\x03\x04");
-        let err = Weights::open(&p).unwrap_err();
-        assert!(
-            matches!(err, WeightsError::Unsupported { .. }),
-            "{name}: {err}"
-        );
+    let reference = TorchFile::open(&pickle_fixture("misc.pt")).unwrap();
+    for name in ["diffusion_pytorch_model.bin", "v1-5.ckpt", "m.PT", "m.pth"] {
+        let p = tmp.path().join(name);
+        std::fs::copy(pickle_fixture("misc.pt"), &p).unwrap();
+        let w = Weights::open(&p).unwrap();
+        assert_eq!(w.source(), p);
+        assert!(matches!(w.files(), [WeightFile::Torch(_)]), "{name}");
+        let names: Vec<_> = w.tensors().map(|(k, info)| (k, info.clone())).collect();
+        let expected: Vec<_> = reference.tensors().map(|(k, i)| (k, i.clone())).collect();
+        assert_eq!(names, expected, "{name}");
+        for (key, _) in reference.tensors() {
+            assert_eq!(
+                w.tensor(key).unwrap().data,
+                reference.tensor(key).unwrap().data
+            );
+        }
+        let err = w.tensor("absent").unwrap_err();
         assert!(err.to_string().contains(name), "{err}");
     }
-    let p = write(tmp.path(), "pytorch_model.bin.index.json", b"{}");
+}
+
+/// A broken pickle is a typed error naming the file; an unknown extension is
+/// `Unsupported`, as is a JSON file that is not a shard index.
+#[test]
+fn broken_pickles_and_unknown_formats_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["diffusion_pytorch_model.bin", "v1-5.ckpt", "m.pt", "m.pth"] {
+        let p = write(tmp.path(), name, b"PK\x03\x04");
+        let err = Weights::open(&p).unwrap_err();
+        assert!(err.to_string().contains(name), "{name}: {err}");
+    }
+    let p = write(tmp.path(), "m.onnx", b"PK\x03\x04");
+    let err = Weights::open(&p).unwrap_err();
+    assert!(matches!(err, WeightsError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("m.onnx"), "{err}");
+    let p = write(tmp.path(), "config.json", b"{}");
     assert!(matches!(
         Weights::open(&p),
         Err(WeightsError::Unsupported { .. })
     ));
+}
+
+/// transformers' sharded pickles (`pytorch_model.bin.index.json`): the index
+/// is checked against the shards as for safetensors, and shards of either
+/// format can be mixed.
+#[test]
+fn sharded_pickles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = "pytorch_model-00001-of-00002.bin";
+    let b = "pytorch_model-00002-of-00002.bin";
+    std::fs::copy(pickle_fixture("misc.pt"), tmp.path().join(a)).unwrap();
+    std::fs::copy(pickle_fixture("sd2.ckpt"), tmp.path().join(b)).unwrap();
+    let first = TorchFile::open(&tmp.path().join(a)).unwrap();
+    let second = TorchFile::open(&tmp.path().join(b)).unwrap();
+    let mut map: Vec<(&str, &str)> = first.tensors().map(|(k, _)| (k, a)).collect();
+    map.extend(second.tensors().map(|(k, _)| (k, b)));
+    let idx = write(tmp.path(), "pytorch_model.bin.index.json", &index(&map));
+    let w = Weights::open(&idx).unwrap();
+    assert_eq!(w.len(), first.len() + second.len());
+    for (key, shard) in &map {
+        let reference = if *shard == a { &first } else { &second };
+        assert_eq!(
+            w.tensor(key).unwrap().data,
+            reference.tensor(key).unwrap().data
+        );
+    }
+    // Mixed formats: one safetensors shard beside a pickle shard.
+    write(tmp.path(), S1, &shard("extra", 3.0));
+    let mut mixed = map.clone();
+    mixed.push(("extra", S1));
+    let idx = write(
+        tmp.path(),
+        "diffusion_pytorch_model.bin.index.json",
+        &index(&mixed),
+    );
+    let w = Weights::open(&idx).unwrap();
+    assert_eq!(w.tensor("extra").unwrap().to_f32_vec().unwrap(), vec![3.0]);
+    // A key the index puts in the wrong pickle shard.
+    let (key, _) = map[0];
+    let mut wrong = map.clone();
+    wrong[0] = (key, b);
+    let idx = write(tmp.path(), "bad.bin.index.json", &index(&wrong));
+    let err = Weights::open(&idx).unwrap_err();
+    assert!(
+        matches!(&err, WeightsError::KeyNotInShard { key: k, .. } if k == key),
+        "{err}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! reported, and a malformed value is an error that names the field.
 
 use crate::error::{ModelError, Result};
+use diffusion_hub::weights::Weights;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -73,89 +74,33 @@ pub fn unsupported(source_name: &str, field: &str, value: impl std::fmt::Debug) 
     ModelError::config(source_name, field, format!("unsupported value {value:?}"))
 }
 
-/// A model folder's weights: safetensors (single or sharded), or a PyTorch
-/// pickle (`.bin`) for repos that ship no safetensors (older DDPM/DDIM repos).
-#[derive(Debug)]
-pub enum ModelWeights {
-    /// `{stem}.safetensors` or its sharded index.
-    Safetensors(diffusion_hub::weights::Weights),
-    /// `{stem}.bin` (a zip-based `torch.save` file), read by diffusion-hub's
-    /// pickle reader, which executes no code.
-    Torch(diffusion_hub::torch_pickle::TorchFile),
-}
-
-impl crate::load::WeightSource for ModelWeights {
-    fn name(&self) -> String {
-        match self {
-            ModelWeights::Safetensors(w) => w.name(),
-            ModelWeights::Torch(t) => t.path().display().to_string(),
-        }
-    }
-    fn keys(&self) -> Vec<String> {
-        match self {
-            ModelWeights::Safetensors(w) => w.keys(),
-            ModelWeights::Torch(t) => t.tensors().map(|(k, _)| k.to_string()).collect(),
-        }
-    }
-    fn shape(&self, key: &str) -> Option<Vec<usize>> {
-        match self {
-            ModelWeights::Safetensors(w) => w.shape(key),
-            ModelWeights::Torch(t) => t.tensor(key).ok().map(|v| v.shape.to_vec()),
-        }
-    }
-    fn dtype(&self, key: &str) -> Option<diffusion_hub::weights::Dtype> {
-        match self {
-            ModelWeights::Safetensors(w) => w.dtype(key),
-            ModelWeights::Torch(t) => t.tensor(key).ok().map(|v| v.dtype.clone()),
-        }
-    }
-    fn read(&self, key: &str) -> Result<crate::load::StoredTensor> {
-        match self {
-            ModelWeights::Safetensors(w) => w.read(key),
-            ModelWeights::Torch(t) => {
-                let v = t.tensor(key)?;
-                Ok(crate::load::StoredTensor {
-                    shape: v.shape.to_vec(),
-                    dtype: v.dtype.clone(),
-                    bytes: v.data.to_vec(),
-                })
-            }
-        }
-    }
-}
-
 /// Opens a model folder's weights as diffusers does, safetensors first:
 /// `{stem}.safetensors`, else the shards of `{stem}.safetensors.index.json`,
 /// else the PyTorch pickle (`diffusion_pytorch_model.bin`, transformers'
 /// `pytorch_model.bin`). diffusers names the stem `diffusion_pytorch_model`,
 /// transformers `model`.
-pub fn open_weights(dir: &Path, stem: &str) -> Result<ModelWeights> {
-    use diffusion_hub::weights::Weights;
-    let single = dir.join(format!("{stem}.safetensors"));
-    if single.is_file() {
-        return Ok(ModelWeights::Safetensors(Weights::open(&single)?));
-    }
-    let index = dir.join(format!("{stem}.safetensors.index.json"));
-    if index.is_file() {
-        return Ok(ModelWeights::Safetensors(Weights::open_sharded(&index)?));
-    }
+pub fn open_weights(dir: &Path, stem: &str) -> Result<Weights> {
     let bin_stem = if stem == TRANSFORMERS_WEIGHTS {
         "pytorch_model"
     } else {
         stem
     };
-    let bin = dir.join(format!("{bin_stem}.bin"));
-    if bin.is_file() {
-        return Ok(ModelWeights::Torch(
-            diffusion_hub::torch_pickle::TorchFile::open(&bin)?,
-        ));
+    let single = dir.join(format!("{stem}.safetensors"));
+    let candidates = [
+        single.clone(),
+        dir.join(format!("{stem}.safetensors.index.json")),
+        dir.join(format!("{bin_stem}.bin")),
+        dir.join(format!("{bin_stem}.bin.index.json")),
+    ];
+    if let Some(file) = candidates.iter().find(|f| f.is_file()) {
+        return Ok(Weights::open(file)?);
     }
     Err(ModelError::Io {
         path: single,
         source: std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
-                "none of {stem}.safetensors, {stem}.safetensors.index.json or {bin_stem}.bin is in the folder"
+                "none of {stem}.safetensors, {stem}.safetensors.index.json, {bin_stem}.bin or {bin_stem}.bin.index.json is in the folder"
             ),
         ),
     })

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use diffusion_hub::resolve::{ResolvedComponent, ResolvedModel, WeightFormat};
+use diffusion_hub::resolve::{ResolvedComponent, ResolvedModel};
 use diffusion_hub::tokenizer::ClipTokenizer;
+use diffusion_hub::weights::Weights;
 use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
-use diffusion_models::config::{ModelWeights, read_config};
+use diffusion_models::config::read_config;
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use diffusion_models::{Loader, Precision};
@@ -115,24 +116,15 @@ pub fn build_scheduler<B: Backend>(
 
 /// Opens a component's weights from the files the resolver chose (variant,
 /// shards or `.bin`).
-pub fn open_component_weights(c: &ResolvedComponent) -> Result<ModelWeights> {
-    use diffusion_hub::weights::Weights;
-    let missing = || PipelineError::MissingComponent {
-        model: c.dir.display().to_string(),
-        component: c.name.clone(),
-        reason: "no weight files".into(),
-    };
-    Ok(match c.weight_format {
-        Some(WeightFormat::PytorchBin) => {
-            let file = c.weights.first().ok_or_else(missing)?;
-            ModelWeights::Torch(diffusion_hub::torch_pickle::TorchFile::open(file)?)
-        }
-        _ => match (&c.weight_index, c.weights.first()) {
-            (Some(index), _) => ModelWeights::Safetensors(Weights::open_sharded(index)?),
-            (None, Some(file)) => ModelWeights::Safetensors(Weights::open(file)?),
-            (None, None) => return Err(missing()),
-        },
-    })
+pub fn open_component_weights(c: &ResolvedComponent) -> Result<Weights> {
+    if c.weight_index.is_none() && c.weights.is_empty() {
+        return Err(PipelineError::MissingComponent {
+            model: c.dir.display().to_string(),
+            component: c.name.clone(),
+            reason: "no weight files".into(),
+        });
+    }
+    Ok(c.open_weights()?)
 }
 
 /// The named component of a pipeline, or an error naming it.

@@ -1,0 +1,323 @@
+//! A stand-in for the Hugging Face Hub on 127.0.0.1, answering the requests
+//! that hf-hub's blocking client makes, the way huggingface.co answers them:
+//!
+//! - `GET /api/models/{repo}/revision/{rev}`: the commit (`sha`) and file list
+//!   (`siblings`) as JSON; an unknown repo or revision is a 401 / 404 with the
+//!   Hub's `x-error-code`.
+//! - `GET /{repo}/resolve/{rev}/{file}` with `Range: bytes=0-0` (hf-hub's
+//!   metadata probe) or `bytes=N-` (the download, resumable): small files are
+//!   answered directly with an `ETag`; LFS files (weights) with a `302` to a
+//!   content URL, `X-Linked-Etag` (their sha256, which names the cache blob)
+//!   and `X-Repo-Commit`, as the Hub redirects to its CDN.
+//! - `GET /lfs/{sha256}`: the content, honouring `Range`.
+//!
+//! Every request is logged (`METHOD path`), so tests can assert exactly what a
+//! resolution fetched. No machine here reaches the real Hub; this lets the
+//! download path run end to end in tests.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// One repo: branches (name → commit) and, per commit, its files.
+#[derive(Clone, Default)]
+pub struct MockRepo {
+    pub id: String,
+    pub branches: BTreeMap<String, String>,
+    pub commits: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+impl MockRepo {
+    /// A repo whose `main` branch is `commit`, holding `files`.
+    pub fn new(id: &str, commit: &str, files: Vec<(String, Vec<u8>)>) -> Self {
+        let mut repo = MockRepo {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        repo.add_commit("main", commit, files);
+        repo
+    }
+
+    /// Adds a commit and points `branch` at it.
+    pub fn add_commit(&mut self, branch: &str, commit: &str, files: Vec<(String, Vec<u8>)>) {
+        self.branches.insert(branch.to_string(), commit.to_string());
+        self.commits
+            .insert(commit.to_string(), files.into_iter().collect());
+    }
+
+    fn commit_of(&self, revision: &str) -> Option<&str> {
+        if self.commits.contains_key(revision) {
+            return self
+                .commits
+                .get_key_value(revision)
+                .map(|(k, _)| k.as_str());
+        }
+        self.branches.get(revision).map(String::as_str)
+    }
+}
+
+/// Whether the Hub stores a file through LFS (and so redirects its downloads).
+fn is_lfs(path: &str) -> bool {
+    [
+        ".safetensors",
+        ".bin",
+        ".ckpt",
+        ".pt",
+        ".pth",
+        ".msgpack",
+        ".onnx",
+    ]
+    .iter()
+    .any(|ext| path.ends_with(ext))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The running server. It lives until the test process ends.
+pub struct MockHub {
+    /// `http://127.0.0.1:PORT`, for `HF_ENDPOINT` / `ResolveOptions::endpoint`.
+    pub endpoint: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+struct State {
+    endpoint: String,
+    repos: Vec<MockRepo>,
+    /// sha256 → content, for the LFS content URLs.
+    lfs: BTreeMap<String, Vec<u8>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl MockHub {
+    pub fn start(repos: Vec<MockRepo>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut lfs = BTreeMap::new();
+        for repo in &repos {
+            for files in repo.commits.values() {
+                for (path, bytes) in files {
+                    if is_lfs(path) {
+                        lfs.insert(sha256_hex(bytes), bytes.clone());
+                    }
+                }
+            }
+        }
+        let state = Arc::new(State {
+            endpoint: endpoint.clone(),
+            repos,
+            lfs,
+            log: log.clone(),
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let state = state.clone();
+                std::thread::spawn(move || serve(stream, &state));
+            }
+        });
+        MockHub { endpoint, log }
+    }
+
+    /// The requests so far (`GET /path`), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The repo files downloaded so far (the `resolve` requests that were not
+    /// metadata probes), as `rev/file`.
+    pub fn downloads(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !r.ends_with("[bytes=0-0]"))
+            .filter_map(|r| r.split_once("/resolve/").map(|(_, rest)| rest))
+            .map(|rest| rest.split(" [").next().unwrap_or(rest).to_string())
+            .collect()
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn new(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+    fn error(status: u16, code: &str, message: &str) -> Self {
+        let mut r = Response::new(status)
+            .header("x-error-code", code)
+            .header("Content-Type", "application/json");
+        r.body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap();
+        r
+    }
+}
+
+fn serve(stream: TcpStream, state: &State) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_string());
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let entry = match &range {
+        Some(r) => format!("{method} {path} [{r}]"),
+        None => format!("{method} {path}"),
+    };
+    state.log.lock().unwrap().push(entry);
+    let response = route(state, &path, range.as_deref());
+    let mut out = stream;
+    let mut head = format!("HTTP/1.1 {} X\r\n", response.status);
+    for (name, value) in &response.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        response.body.len()
+    ));
+    let _ = out.write_all(head.as_bytes());
+    let _ = out.write_all(&response.body);
+    let _ = out.flush();
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Answers `body` for a `Range` header (`bytes=A-` or `bytes=A-B`), or whole.
+fn ranged(body: &[u8], range: Option<&str>) -> Response {
+    let Some(spec) = range.and_then(|r| r.strip_prefix("bytes=")) else {
+        let mut r = Response::new(200);
+        r.body = body.to_vec();
+        return r;
+    };
+    let (a, b) = spec.split_once('-').unwrap_or((spec, ""));
+    let len = body.len();
+    let start: usize = a.parse().unwrap_or(0);
+    let end: usize = b.parse().map(|e: usize| e + 1).unwrap_or(len).min(len);
+    if start >= len || start >= end {
+        return Response::new(416).header("Content-Range", format!("bytes */{len}"));
+    }
+    let mut r =
+        Response::new(206).header("Content-Range", format!("bytes {start}-{}/{len}", end - 1));
+    r.body = body[start..end].to_vec();
+    r
+}
+
+fn route(state: &State, path: &str, range: Option<&str>) -> Response {
+    if let Some(rest) = path.strip_prefix("/api/models/") {
+        let Some((repo_id, revision)) = rest.split_once("/revision/") else {
+            return Response::error(404, "EntryNotFound", "bad api path");
+        };
+        let revision = percent_decode(revision);
+        let Some(repo) = state.repos.iter().find(|r| r.id == repo_id) else {
+            return Response::error(401, "RepoNotFound", "Repository not found");
+        };
+        let Some(commit) = repo.commit_of(&revision) else {
+            return Response::error(404, "RevisionNotFound", "Invalid rev id");
+        };
+        let siblings: Vec<_> = repo.commits[commit]
+            .keys()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        let mut r = Response::new(200).header("Content-Type", "application/json");
+        r.body = serde_json::to_vec(&serde_json::json!({
+            "_id": "0",
+            "id": repo.id,
+            "modelId": repo.id,
+            "sha": commit,
+            "siblings": siblings,
+        }))
+        .unwrap();
+        return r;
+    }
+    if let Some(sha) = path.strip_prefix("/lfs/") {
+        return match state.lfs.get(sha) {
+            Some(bytes) => ranged(bytes, range),
+            None => Response::error(404, "EntryNotFound", "no such object"),
+        };
+    }
+    let Some((repo_id, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
+        return Response::error(404, "EntryNotFound", "unknown path");
+    };
+    let Some((revision, file)) = rest.split_once('/') else {
+        return Response::error(404, "EntryNotFound", "no file");
+    };
+    let (revision, file) = (percent_decode(revision), percent_decode(file));
+    let Some(repo) = state.repos.iter().find(|r| r.id == repo_id) else {
+        return Response::error(401, "RepoNotFound", "Repository not found");
+    };
+    let Some(commit) = repo.commit_of(&revision) else {
+        return Response::error(404, "RevisionNotFound", "Invalid rev id");
+    };
+    let Some(bytes) = repo.commits[commit].get(&file) else {
+        return Response::error(404, "EntryNotFound", "Entry not found");
+    };
+    if is_lfs(&file) {
+        let sha = sha256_hex(bytes);
+        return Response::new(302)
+            .header("Location", format!("{}/lfs/{sha}", state.endpoint))
+            .header("X-Linked-Etag", format!("\"{sha}\""))
+            .header("X-Linked-Size", bytes.len().to_string())
+            .header("X-Repo-Commit", commit);
+    }
+    // A small file: its own ETag (the Hub uses the git blob hash; any stable
+    // digest names the blob the same way for hf-hub and huggingface_hub).
+    let etag = sha256_hex(bytes)[..40].to_string();
+    let mut r = ranged(bytes, range);
+    r.headers.push(("ETag".into(), format!("\"{etag}\"")));
+    r.headers.push(("X-Repo-Commit".into(), commit.to_string()));
+    r
+}

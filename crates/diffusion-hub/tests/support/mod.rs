@@ -1,0 +1,2 @@
+//! Test helpers shared by integration tests.
+pub mod mock_hub;
