@@ -26,14 +26,19 @@ pub fn key_value(s: &str) -> Result<(String, Value), String> {
 /// component of the converted pipeline (`unet`, `vae`, `text_encoder`,
 /// `text_encoder_2`, `scheduler`); VALUE as for [`key_value`].
 pub fn component_field_value(s: &str) -> Result<(String, String, Value), String> {
+    let bad = || format!("`{s}` is not COMPONENT.FIELD=VALUE (e.g. vae.scaling_factor=0.13025)");
+    if !s.contains('=') {
+        return Err(bad());
+    }
     let (key, value) = key_value(s)?;
     match key.split_once('.') {
-        Some((component, field)) if !component.is_empty() && !field.is_empty() => {
+        // Config fields are top-level names: a second dot is a typo.
+        Some((component, field))
+            if !component.is_empty() && !field.is_empty() && !field.contains('.') =>
+        {
             Ok((component.to_string(), field.to_string(), value))
         }
-        _ => Err(format!(
-            "`{s}` is not COMPONENT.FIELD=VALUE (e.g. vae.scaling_factor=0.13025)"
-        )),
+        _ => Err(bad()),
     }
 }
 
@@ -160,12 +165,9 @@ mod tests {
                 serde_json::json!(0.13)
             )
         );
-        assert_eq!(
-            component_field_value("unet.a.b=x").unwrap(),
-            ("unet".into(), "a.b".into(), serde_json::json!("x"))
-        );
-        for bad in ["scaling_factor=1", ".x=1", "vae.=1", "vae.x"] {
-            assert!(component_field_value(bad).is_err(), "{bad}");
+        for bad in ["scaling_factor=1", ".x=1", "vae.=1", "vae.x", "unet.a.b=x"] {
+            let err = component_field_value(bad).unwrap_err();
+            assert!(err.contains("COMPONENT.FIELD=VALUE"), "{bad}: {err}");
         }
         assert!(key_value("=1").unwrap_err().contains("empty KEY"));
     }

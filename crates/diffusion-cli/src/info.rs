@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use diffusion_hub::model_index::ComponentKind;
-use diffusion_hub::resolve::{
-    ResolveOptions, Resolved, ResolvedComponent, ResolvedModel, WeightFormat, resolve,
-};
+use diffusion_hub::resolve::{ResolveOptions, Resolved, ResolvedComponent, ResolvedModel, resolve};
 use diffusion_hub::single_file::{Checkpoint, detect};
 use diffusion_hub::weights::Weights;
 use diffusion_pipelines::components::read_scheduler_config;
@@ -125,12 +123,6 @@ fn pipeline(s: &mut String, m: &ResolvedModel) -> Result<()> {
 
 /// `N parameters (F16 × 196 tensors)` from the weight headers.
 fn weights_summary(c: &ResolvedComponent) -> Result<String> {
-    if c.weight_format == Some(WeightFormat::PytorchBin) {
-        return Ok(format!(
-            "PyTorch .bin weights ({} files, not inspected)",
-            c.weights.len()
-        ));
-    }
     if c.weights.is_empty() {
         return Ok("no weight files".into());
     }
@@ -141,7 +133,9 @@ fn summarize(w: &Weights) -> String {
     let mut params = 0usize;
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for (_, info) in w.tensors() {
-        params += info.shape.iter().product::<usize>();
+        // Saturating: a hostile header could claim absurd shapes.
+        let numel = info.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+        params = params.saturating_add(numel);
         *dtypes.entry(info.dtype.to_string()).or_default() += 1;
     }
     let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();

@@ -77,7 +77,7 @@ fn a_hub_model_is_downloaded_cached_and_used_offline() {
         downloads,
         default_model_files()
             .iter()
-            .map(|(f, _)| format!("main/{f}"))
+            .map(|(f, _)| format!("{COMMIT}/{f}"))
             .collect::<Vec<_>>()
     );
     let snapshot = dir
@@ -87,8 +87,11 @@ fn a_hub_model_is_downloaded_cached_and_used_offline() {
         assert_eq!(std::fs::read(snapshot.join(&rel)).unwrap(), bytes, "{rel}");
     }
 
-    // The same model embedded in the binary gives the same image.
+    // The same model embedded in the binary gives the same image, and asks
+    // the Hub for nothing.
+    let before = hub.requests().len();
     let o = run(None, "embedded.png", false);
+    assert_eq!(hub.requests().len(), before);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         pixels(&dir.join("hub.png")),

@@ -37,14 +37,18 @@
 //! reads the cache only; a file that is not there is a [`ResolveError::NotCached`]
 //! naming the file and the cache folder.
 //!
-//! Online, one request asks the Hub for the revision's commit and file list;
-//! each needed file not yet in that snapshot is then downloaded (a metadata
-//! probe, then the content, following the Hub's redirect for LFS files and
-//! resuming a `.part` left by an interrupted download). The tests run this path
-//! against a local server that answers as huggingface.co does
-//! (`tests/support/mock_hub.rs`, `tests/download.rs`); Python's
-//! huggingface_hub (2.4) reads the cache they write (`scan_cache_dir` without
-//! warnings, `hf_hub_download(..., local_files_only=True)`).
+//! Online, one request asks the Hub for the revision's commit and file list
+//! (with each file's blob name). Each needed file not yet in that snapshot is
+//! then linked to its blob when the cache already holds it (from another
+//! commit), else downloaded from that commit (not the branch, which may move
+//! meanwhile): a metadata probe, then the content, following the Hub's
+//! redirect for LFS files and resuming a `.part` left by an interrupted
+//! download. A branch's ref is written with its snapshot folder. The tests run
+//! this path against a local server that answers as huggingface.co does
+//! (`tests/support/mock_hub.rs`, `tests/download.rs`). Checked by hand once:
+//! Python's huggingface_hub 2.4 reads a cache written this way
+//! (`scan_cache_dir` without warnings, `hf_hub_download(...,
+//! local_files_only=True)` for two revisions).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -863,6 +867,12 @@ enum Store {
         commit: String,
         snapshot: PathBuf,
         files: BTreeSet<String>,
+        /// Per file, the name of its blob in the cache (the LFS sha256, or
+        /// the git blob id), when the Hub said: a blob already cached (from
+        /// another commit) is linked, not downloaded again.
+        blobs: BTreeMap<String, String>,
+        /// Pinned to `commit`, so that every file comes from the same commit
+        /// even if the branch moves during the resolution.
         api: Box<ApiRepo>,
     },
 }
@@ -961,21 +971,75 @@ impl Store {
                     Err(self.missing(rel))
                 }
             }
-            Store::Online { repo, api, .. } => {
+            Store::Online {
+                repo,
+                commit,
+                api,
+                blobs,
+                ..
+            } => {
                 if !self.has(rel) {
                     return Err(self.missing(rel));
                 }
                 if local.is_file() {
                     return Ok(local);
                 }
-                api.download(rel).map_err(|source| ResolveError::Hub {
+                let hub_error = |source: ApiError| ResolveError::Hub {
                     repo_id: repo.repo_id.clone(),
                     revision: repo.revision.clone(),
                     what: rel.to_string(),
                     source: Box::new(source),
-                })
+                };
+                if let Some(blob) = blobs.get(rel) {
+                    let blob = repo.cache_dir.join("blobs").join(blob);
+                    if blob.is_file() {
+                        link_blob(&blob, &local).map_err(|e| hub_error(e.into()))?;
+                        return Ok(local);
+                    }
+                }
+                let path = api.download(rel).map_err(hub_error)?;
+                // hf-hub records the pinned commit as a ref of its own name,
+                // which huggingface_hub never writes: remove it.
+                let stray = repo.cache_dir.join("refs").join(commit);
+                if repo.revision != *commit {
+                    let _ = std::fs::remove_file(stray);
+                }
+                Ok(path)
             }
         }
+    }
+}
+
+/// Links `pointer` (a snapshot file) to an existing cache blob with a
+/// relative symlink, as huggingface_hub does (a copy where symlinks are not
+/// available).
+fn link_blob(blob: &Path, pointer: &Path) -> std::io::Result<()> {
+    if let Some(parent) = pointer.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    #[cfg(unix)]
+    {
+        // `pointer` is `snapshots/<commit>/<rel>`, `blob` is `blobs/<name>`
+        // of the same repo folder.
+        let repo_dir = blob
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""));
+        let depth = pointer
+            .strip_prefix(repo_dir)
+            .map(|p| p.components().count())
+            .unwrap_or(1);
+        let mut target = PathBuf::new();
+        for _ in 1..depth {
+            target.push("..");
+        }
+        target.push("blobs");
+        target.push(blob.file_name().unwrap_or_default());
+        std::os::unix::fs::symlink(target, pointer)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::copy(blob, pointer).map(|_| ())
     }
 }
 
@@ -1074,8 +1138,15 @@ fn open_online(
     };
     let api = builder.build().map_err(|e| hub_error(&repo, e))?;
     let hf_repo = Repo::with_revision(repo.repo_id.clone(), RepoType::Model, repo.revision.clone());
-    let api_repo = api.repo(hf_repo.clone());
-    let info = match api_repo.info() {
+    // The file list with each file's blob name (`blobs=true`), in one request.
+    let info = api
+        .repo(hf_repo.clone())
+        .info_request()
+        .query("blobs", "true")
+        .call()
+        .map_err(|e| ApiError::from(Box::new(e)))
+        .and_then(|answer| answer.into_json::<HubRepoInfo>().map_err(ApiError::from));
+    let info = match info {
         Ok(info) => info,
         Err(e) => {
             // Unreachable Hub: fall back to the cache when it has the revision.
@@ -1094,26 +1165,62 @@ fn open_online(
             content: info.sha.chars().take(80).collect(),
         });
     }
+    let snapshot = repo.cache_dir.join("snapshots").join(&info.sha);
     if !is_commit_hash(&repo.revision) {
         // Record the branch so that later offline runs (here or in Python) find
-        // the snapshot; a read-only cache only loses that convenience.
-        let _ = Cache::new(options.cache_dir.clone())
-            .repo(hf_repo)
-            .create_ref(&info.sha);
+        // the snapshot; a read-only cache only loses that convenience. The
+        // snapshot folder is made with it, so that the ref never points at
+        // nothing (huggingface_hub's cache scan calls that corrupt).
+        if std::fs::create_dir_all(&snapshot).is_ok() {
+            let _ = Cache::new(options.cache_dir.clone())
+                .repo(hf_repo)
+                .create_ref(&info.sha);
+        }
     }
-    let files = info
-        .siblings
-        .into_iter()
-        .map(|s| s.rfilename)
-        .collect::<BTreeSet<_>>();
-    let snapshot = repo.cache_dir.join("snapshots").join(&info.sha);
+    let mut files = BTreeSet::new();
+    let mut blobs = BTreeMap::new();
+    for sibling in info.siblings {
+        let blob = sibling.lfs.map(|l| l.sha256).or(sibling.blob_id);
+        // Blob names become file names: only plain hex digests are used.
+        if let Some(blob) = blob
+            .filter(|b| (40..=64).contains(&b.len()) && b.bytes().all(|c| c.is_ascii_hexdigit()))
+        {
+            blobs.insert(sibling.rfilename.clone(), blob);
+        }
+        files.insert(sibling.rfilename);
+    }
+    let pinned = Repo::with_revision(repo.repo_id.clone(), RepoType::Model, info.sha.clone());
     Ok(Store::Online {
         repo,
         commit: info.sha,
         snapshot,
         files,
-        api: Box::new(api_repo),
+        blobs,
+        api: Box::new(api.repo(pinned)),
     })
+}
+
+/// The Hub's answer to `GET /api/models/{repo}/revision/{rev}?blobs=true`,
+/// the fields used.
+#[derive(Debug, serde::Deserialize)]
+struct HubRepoInfo {
+    sha: String,
+    siblings: Vec<HubSibling>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct HubSibling {
+    rfilename: String,
+    /// The git blob id: the ETag, and so the cache blob name, of a small file.
+    #[serde(rename = "blobId")]
+    blob_id: Option<String>,
+    /// For LFS files: their sha256, the cache blob name.
+    lfs: Option<HubLfs>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct HubLfs {
+    sha256: String,
 }
 
 /// Repo-relative paths (`/`-separated) of the regular files (or symlinks to

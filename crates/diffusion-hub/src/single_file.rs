@@ -1337,11 +1337,6 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
 
     let mut scheduler = scheduler_config(mt, opts.prediction_type.as_deref().unwrap_or("epsilon"));
     for c in &mut components {
-        if let Some(o) = opts.overrides.get(c.name) {
-            for (k, v) in o {
-                c.config[k.as_str()] = v.clone();
-            }
-        }
         if c.class.0 == "transformers" {
             let dtype = c.tensors.values().next().map(|t| match t.dtype {
                 Dtype::F16 => "float16",
@@ -1349,6 +1344,12 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
                 _ => "float32",
             });
             c.config["torch_dtype"] = json!(dtype.unwrap_or("float32"));
+        }
+        // Overrides last: what the user sets wins over anything inferred.
+        if let Some(o) = opts.overrides.get(c.name) {
+            for (k, v) in o {
+                c.config[k.as_str()] = v.clone();
+            }
         }
     }
     if let Some(o) = opts.overrides.get("scheduler") {

@@ -79,6 +79,12 @@ enum Location {
     Owned(usize),
 }
 
+/// A strided (non-contiguous) view is copied out of its storage only while
+/// it stays below this many times the file's size ...
+const MAX_VIEW_GROWTH: usize = 8;
+/// ... or below this many bytes.
+const MIN_VIEW_LIMIT: usize = 256 << 20;
+
 /// An opened PyTorch pickle checkpoint.
 #[derive(Debug)]
 pub struct TorchFile {
@@ -315,10 +321,13 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, WeightsError> {
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| tensor_err("element count overflows".into()))?;
+        let nbytes = numel
+            .checked_mul(elem)
+            .ok_or_else(|| tensor_err("byte count overflows".into()))?;
         let info = TensorInfo {
             dtype: t.storage.dtype.clone(),
             shape: t.shape.clone(),
-            data_offsets: (0, numel * elem),
+            data_offsets: (0, nbytes),
         };
         if numel == 0 {
             tensors.insert(name.clone(), (info, Location::Mapped(sa, sa)));
@@ -347,10 +356,24 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, WeightsError> {
         }
         let loc = if contiguous {
             let begin = sa + t.offset * elem;
-            Location::Mapped(begin, begin + numel * elem)
+            Location::Mapped(begin, begin + nbytes)
         } else {
+            // A strided view is copied out. Stride-0 (expanded) views may be
+            // larger than their storage, but a view far larger than the whole
+            // file is a corrupt or hostile file, not a checkpoint: refuse it
+            // rather than try to allocate it.
+            let limit = bytes
+                .len()
+                .saturating_mul(MAX_VIEW_GROWTH)
+                .max(MIN_VIEW_LIMIT);
+            if nbytes > limit {
+                return Err(tensor_err(format!(
+                    "a strided view of {nbytes} bytes from a file of {} bytes (corrupt?)",
+                    bytes.len()
+                )));
+            }
             let storage = &bytes[sa..sb];
-            let mut out = Vec::with_capacity(numel * elem);
+            let mut out = Vec::with_capacity(nbytes);
             let mut idx = vec![0usize; t.shape.len()];
             for _ in 0..numel {
                 let pos = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();

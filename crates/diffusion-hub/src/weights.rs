@@ -1,4 +1,4 @@
-//! Weight files: single and sharded safetensors, memory-mapped.
+//! Weight files: single and sharded safetensors and PyTorch pickles, memory-mapped.
 //!
 //! A safetensors file is an 8-byte little-endian header length `N`, `N` bytes of
 //! JSON (`{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {..}}`),
@@ -10,7 +10,8 @@
 //! fuzzed for panics (tests/weights_fuzz.rs). The checks follow the
 //! `safetensors` crate's: the tensors must tile the data section exactly.
 //!
-//! Sharded checkpoints (`*.safetensors.index.json`, `weight_map: name -> shard`)
+//! Sharded checkpoints (`*.safetensors.index.json` or `*.bin.index.json`,
+//! `weight_map: name -> shard`)
 //! open every shard and check that each shard exists and really holds every key
 //! the index assigns to it, so a partial download is caught at open time rather
 //! than as a missing tensor deep inside model loading.
@@ -51,7 +52,7 @@ pub enum WeightsError {
     Unsupported {
         /// The weight file.
         path: PathBuf,
-        /// The format, from the extension (e.g. `PyTorch pickle (.bin)`).
+        /// The format, from the extension (e.g. `unknown (extension "onnx")`).
         format: String,
     },
     /// The file is shorter than the 8-byte header length.
@@ -307,7 +308,8 @@ pub struct TensorInfo {
     pub dtype: Dtype,
     /// Shape (empty for a scalar).
     pub shape: Vec<usize>,
-    /// Byte range within the data section (after the header).
+    /// Byte range within the data section (after the header) of a
+    /// safetensors file; `(0, byte length)` for a tensor of a PyTorch pickle.
     pub data_offsets: (usize, usize),
 }
 
@@ -661,7 +663,7 @@ impl SafetensorsFile {
     }
 }
 
-/// A parsed `*.safetensors.index.json`.
+/// A parsed shard index (`*.safetensors.index.json`, `*.bin.index.json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardIndex {
     /// Tensor name to shard file name (relative to the index's folder).
@@ -781,8 +783,9 @@ impl WeightFile {
         }
     }
 
-    /// Tensor names with dtype and shape, in name order (`data_offsets` are
-    /// file offsets for safetensors only).
+    /// Tensor names with dtype and shape, in name order. `data_offsets` are
+    /// offsets into the data section for safetensors; for a pickle they are
+    /// `(0, byte length)`.
     pub fn tensors(&self) -> Box<dyn Iterator<Item = (&str, &TensorInfo)> + '_> {
         match self {
             Self::Safetensors(f) => {
@@ -845,7 +848,7 @@ impl Weights {
             }
             return Err(WeightsError::Unsupported {
                 path: path.to_path_buf(),
-                format: "a JSON file that is not a .safetensors or .bin shard index".into(),
+                format: "JSON (not a .safetensors or .bin shard index)".into(),
             });
         }
         Self::from_files(path, vec![WeightFile::open(path)?])

@@ -143,8 +143,9 @@ fn a_pipeline_downloads_only_what_it_needs_into_the_hf_cache() {
         "vae/diffusion_pytorch_model.safetensors",
     ]
     .iter()
-    .map(|f| format!("main/{f}"))
+    .map(|f| format!("{COMMIT_A}/{f}"))
     .collect();
+    // Downloads name the commit the repo info gave, not the branch.
     assert_eq!(sorted(hub.downloads()), sorted(expected));
     assert_eq!(
         hub.requests()
@@ -165,7 +166,7 @@ fn a_pipeline_downloads_only_what_it_needs_into_the_hf_cache() {
     assert_eq!(model.root, snapshot);
     for (rel, bytes) in sd_repo_files(1.0) {
         let link = snapshot.join(&rel);
-        if !hub.downloads().contains(&format!("main/{rel}")) {
+        if !hub.downloads().contains(&format!("{COMMIT_A}/{rel}")) {
             assert!(!link.exists(), "{rel} should not have been fetched");
             continue;
         }
@@ -184,6 +185,13 @@ fn a_pipeline_downloads_only_what_it_needs_into_the_hf_cache() {
             );
         }
     }
+    // Only the branch's ref, as huggingface_hub writes (hf-hub alone would add
+    // one named after the commit).
+    let refs: Vec<String> = std::fs::read_dir(repo.join("refs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(refs, vec!["main".to_string()]);
     // No partial downloads are left behind (hf-hub keeps its empty
     // `<blob>.lock` files, which huggingface_hub ignores).
     for entry in std::fs::read_dir(repo.join("blobs")).unwrap() {
@@ -193,14 +201,6 @@ fn a_pipeline_downloads_only_what_it_needs_into_the_hf_cache() {
         if name.ends_with(".lock") {
             assert_eq!(entry.metadata().unwrap().len(), 0, "{name}");
         }
-    }
-    if let Ok(keep) = std::env::var("DIFFUSION_KEEP_MOCK_CACHE") {
-        // For checking the cache with Python's huggingface_hub by hand.
-        let _ = std::fs::remove_dir_all(&keep);
-        std::process::Command::new("cp")
-            .args(["-a", cache.to_str().unwrap(), &keep])
-            .status()
-            .unwrap();
     }
     let unet = &model.components["unet"];
     let w = unet.open_weights().unwrap();
@@ -253,9 +253,10 @@ fn a_variant_downloads_the_variant_files() {
     let cache = tmp.path().join("hub");
     let model = resolve_pipeline(&source(), &options(&hub, &cache).variant("fp16")).unwrap();
     let downloads = hub.downloads();
-    assert!(downloads.contains(&"main/unet/diffusion_pytorch_model.fp16.safetensors".into()));
-    assert!(!downloads.contains(&"main/unet/diffusion_pytorch_model.safetensors".into()));
-    assert!(downloads.contains(&"main/vae/diffusion_pytorch_model.safetensors".into()));
+    let fetched = |f: &str| downloads.contains(&format!("{COMMIT_A}/{f}"));
+    assert!(fetched("unet/diffusion_pytorch_model.fp16.safetensors"));
+    assert!(!fetched("unet/diffusion_pytorch_model.safetensors"));
+    assert!(fetched("vae/diffusion_pytorch_model.safetensors"));
     assert_eq!(
         sorted(model.variant_fallbacks.clone()),
         vec!["text_encoder".to_string(), "vae".to_string()]
@@ -265,19 +266,42 @@ fn a_variant_downloads_the_variant_files() {
 }
 
 /// Another branch resolves to its own commit and snapshot, and is recorded in
-/// `refs/` so that offline runs find it.
+/// `refs/` so that offline runs find it. Files whose content the cache already
+/// holds (from the first commit) are linked, not downloaded again.
 #[test]
 fn a_branch_revision_gets_its_own_snapshot_and_ref() {
     let hub = mock();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
+    resolve_pipeline(&source(), &options(&hub, &cache)).unwrap();
+    let before = hub.downloads().len();
     let model = resolve_pipeline(&source(), &options(&hub, &cache).revision("v2")).unwrap();
     assert_eq!(model.commit.as_deref(), Some(COMMIT_B));
-    assert!(hub.downloads().iter().all(|d| d.starts_with("v2/")));
+    // Only the UNet weights differ between the two commits.
+    assert_eq!(
+        hub.downloads()[before..].to_vec(),
+        vec![format!(
+            "{COMMIT_B}/unet/diffusion_pytorch_model.safetensors"
+        )]
+    );
     assert_eq!(
         std::fs::read_to_string(repo_dir(&cache).join("refs/v2")).unwrap(),
         COMMIT_B
     );
+    let snapshot = repo_dir(&cache).join("snapshots").join(COMMIT_B);
+    for (rel, bytes) in sd_repo_files(2.0) {
+        if snapshot.join(&rel).exists() {
+            assert_eq!(std::fs::read(snapshot.join(&rel)).unwrap(), bytes, "{rel}");
+        }
+    }
+    #[cfg(unix)]
+    {
+        let link = std::fs::read_link(snapshot.join("vae/config.json")).unwrap();
+        assert!(
+            link.is_relative() && link.starts_with("../../.."),
+            "{link:?}"
+        );
+    }
     let w = model.components["unet"].open_weights().unwrap();
     assert_eq!(
         w.tensor("unet").unwrap().to_f32_vec().unwrap(),
@@ -289,9 +313,98 @@ fn a_branch_revision_gets_its_own_snapshot_and_ref() {
     )
     .unwrap();
     assert_eq!(offline.commit.as_deref(), Some(COMMIT_B));
-    // A commit hash works the same, online.
+    // A commit hash works the same, online, and writes no ref.
     let by_hash = resolve_pipeline(&source(), &options(&hub, &cache).revision(COMMIT_A)).unwrap();
     assert_eq!(by_hash.commit.as_deref(), Some(COMMIT_A));
+    assert!(!repo_dir(&cache).join("refs").join(COMMIT_A).exists());
+}
+
+/// A push between the repo info and the downloads does not mix commits: every
+/// file comes from the commit the info named.
+#[test]
+fn a_branch_moving_during_the_download_does_not_mix_commits() {
+    let mut repo = MockRepo::new(REPO, COMMIT_A, sd_repo_files(1.0));
+    repo.add_commit("v2", COMMIT_B, sd_repo_files(2.0));
+    repo.move_after_info = Some(("main".into(), COMMIT_B.into()));
+    let hub = MockHub::start(vec![repo]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let model = resolve_pipeline(&source(), &options(&hub, &cache)).unwrap();
+    assert_eq!(model.commit.as_deref(), Some(COMMIT_A));
+    let w = model.components["unet"].open_weights().unwrap();
+    assert_eq!(
+        w.tensor("unet").unwrap().to_f32_vec().unwrap(),
+        vec![1.0; 4]
+    );
+    assert!(hub.downloads().iter().all(|d| d.starts_with(COMMIT_A)));
+}
+
+/// A component with only PyTorch weights, sharded: the index and its shards
+/// are downloaded and open through the same reader as safetensors.
+#[test]
+fn sharded_pickle_weights_download_and_open() {
+    let pickle = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file/misc.pt"),
+    )
+    .unwrap();
+    let keys = [
+        "bf16",
+        "long",
+        "scalar",
+        "tied",
+        "tied_again",
+        "transposed",
+        "view_full",
+    ];
+    let mut map = serde_json::Map::new();
+    for k in keys {
+        map.insert(
+            k.into(),
+            "diffusion_pytorch_model-00001-of-00002.bin".into(),
+        );
+    }
+    let second = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file/sd2.ckpt"),
+    )
+    .unwrap();
+    let second_keys: Vec<String> = diffusion_hub::torch_pickle::TorchFile::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file/sd2.ckpt"),
+    )
+    .unwrap()
+    .tensors()
+    .map(|(k, _)| k.to_string())
+    .collect();
+    for k in &second_keys {
+        map.insert(
+            k.clone(),
+            "diffusion_pytorch_model-00002-of-00002.bin".into(),
+        );
+    }
+    map.insert(
+        "view_offset".into(),
+        "diffusion_pytorch_model-00001-of-00002.bin".into(),
+    );
+    let index =
+        serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap();
+    let mut files = sd_repo_files(1.0);
+    files.retain(|(rel, _)| !rel.starts_with("unet/diffusion_pytorch_model"));
+    files.push(("unet/diffusion_pytorch_model.bin.index.json".into(), index));
+    files.push((
+        "unet/diffusion_pytorch_model-00001-of-00002.bin".into(),
+        pickle,
+    ));
+    files.push((
+        "unet/diffusion_pytorch_model-00002-of-00002.bin".into(),
+        second,
+    ));
+    let hub = MockHub::start(vec![MockRepo::new(REPO, COMMIT_A, files)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let unet = resolve_model(&source(), Some("unet"), &options(&hub, &cache)).unwrap();
+    assert_eq!(unet.weights.len(), 2);
+    let w = unet.open_weights().unwrap();
+    assert_eq!(w.len(), 8 + second_keys.len());
+    assert!(w.contains("tied") && w.contains(&second_keys[0]));
 }
 
 /// One model folder of a pipeline repo (`subfolder=`), and `resolve`'s
@@ -305,8 +418,8 @@ fn a_subfolder_downloads_only_that_folder() {
     assert_eq!(
         sorted(hub.downloads()),
         vec![
-            "main/vae/config.json".to_string(),
-            "main/vae/diffusion_pytorch_model.safetensors".to_string()
+            format!("{COMMIT_A}/vae/config.json"),
+            format!("{COMMIT_A}/vae/diffusion_pytorch_model.safetensors"),
         ]
     );
     assert!(vae.open_weights().unwrap().contains("vae"));
@@ -359,6 +472,10 @@ fn hub_errors_name_the_repo_and_the_file() {
 
     let err = resolve_model(&source(), Some("controlnet"), &options(&hub, &cache)).unwrap_err();
     assert!(err.to_string().contains("controlnet/config.json"), "{err}");
+    // The ref written for the failed resolution points at an existing
+    // snapshot folder (a dangling ref is a corrupt cache to huggingface_hub).
+    let commit = std::fs::read_to_string(repo_dir(&cache).join("refs/main")).unwrap();
+    assert!(repo_dir(&cache).join("snapshots").join(commit).is_dir());
 }
 
 /// With the Hub unreachable, a cached revision is used (as huggingface_hub

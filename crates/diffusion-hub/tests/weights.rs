@@ -283,6 +283,8 @@ fn broken_pickles_and_unknown_formats_are_errors() {
     for name in ["diffusion_pytorch_model.bin", "v1-5.ckpt", "m.pt", "m.pth"] {
         let p = write(tmp.path(), name, b"PK\x03\x04");
         let err = Weights::open(&p).unwrap_err();
+        // Read as a pickle (and found broken), not refused by extension.
+        assert!(matches!(err, WeightsError::Pickle { .. }), "{name}: {err}");
         assert!(err.to_string().contains(name), "{name}: {err}");
     }
     let p = write(tmp.path(), "m.onnx", b"PK\x03\x04");
@@ -294,6 +296,20 @@ fn broken_pickles_and_unknown_formats_are_errors() {
         Weights::open(&p),
         Err(WeightsError::Unsupported { .. })
     ));
+}
+
+/// A stride-0 view of a one-element storage shaped (2^20, 2^20) (4 TiB once
+/// copied out; `scripts/hub/gen_hostile_pickle.py`) is refused by name, not
+/// allocated.
+#[test]
+fn a_hostile_strided_view_is_refused_not_allocated() {
+    let path = pickle_fixture("strided_huge.pt");
+    let err = Weights::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, WeightsError::TensorInvalid { tensor, .. } if tensor == "huge"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("strided view"), "{err}");
 }
 
 /// transformers' sharded pickles (`pytorch_model.bin.index.json`): the index

@@ -74,11 +74,11 @@ pub fn unsupported(source_name: &str, field: &str, value: impl std::fmt::Debug) 
     ModelError::config(source_name, field, format!("unsupported value {value:?}"))
 }
 
-/// Opens a model folder's weights as diffusers does, safetensors first:
-/// `{stem}.safetensors`, else the shards of `{stem}.safetensors.index.json`,
-/// else the PyTorch pickle (`diffusion_pytorch_model.bin`, transformers'
-/// `pytorch_model.bin`). diffusers names the stem `diffusion_pytorch_model`,
-/// transformers `model`.
+/// Opens a model folder's weights as diffusers does, safetensors first: the
+/// shards of `{stem}.safetensors.index.json`, else `{stem}.safetensors`, else
+/// the PyTorch pickle (shards of `*.bin.index.json`, else
+/// `diffusion_pytorch_model.bin` / transformers' `pytorch_model.bin`).
+/// diffusers names the stem `diffusion_pytorch_model`, transformers `model`.
 pub fn open_weights(dir: &Path, stem: &str) -> Result<Weights> {
     let bin_stem = if stem == TRANSFORMERS_WEIGHTS {
         "pytorch_model"
@@ -86,11 +86,13 @@ pub fn open_weights(dir: &Path, stem: &str) -> Result<Weights> {
         stem
     };
     let single = dir.join(format!("{stem}.safetensors"));
+    // diffusion-hub's resolver order: safetensors before pickles, a shard
+    // index before a single file.
     let candidates = [
-        single.clone(),
         dir.join(format!("{stem}.safetensors.index.json")),
-        dir.join(format!("{bin_stem}.bin")),
+        single.clone(),
         dir.join(format!("{bin_stem}.bin.index.json")),
+        dir.join(format!("{bin_stem}.bin")),
     ];
     if let Some(file) = candidates.iter().find(|f| f.is_file()) {
         return Ok(Weights::open(file)?);

@@ -75,8 +75,8 @@ pub struct StoredTensor {
     pub bytes: Vec<u8>,
 }
 
-/// Anything weights can be read from: safetensors files (single or sharded)
-/// or an in-memory map.
+/// Anything weights can be read from: weight files (safetensors or PyTorch
+/// pickles, single or sharded) or an in-memory map.
 pub trait WeightSource {
     /// For error messages: the file(s).
     fn name(&self) -> String;

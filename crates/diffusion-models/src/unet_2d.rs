@@ -290,7 +290,8 @@ pub(crate) fn batch_timesteps<B: Backend>(
 }
 
 /// Reads `config.json` and opens `diffusion_pytorch_model.safetensors` (or
-/// its sharded index, or the `.bin`) in a diffusers model folder.
+/// its sharded index, or the `.bin` or its sharded index) in a diffusers
+/// model folder.
 pub(crate) fn open_model_dir<C>(dir: &Path) -> Result<(C, String, diffusion_hub::weights::Weights)>
 where
     C: serde::de::DeserializeOwned + Serialize,

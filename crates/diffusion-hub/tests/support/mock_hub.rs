@@ -1,9 +1,10 @@
 //! A stand-in for the Hugging Face Hub on 127.0.0.1, answering the requests
 //! that hf-hub's blocking client makes, the way huggingface.co answers them:
 //!
-//! - `GET /api/models/{repo}/revision/{rev}`: the commit (`sha`) and file list
-//!   (`siblings`) as JSON; an unknown repo or revision is a 401 / 404 with the
-//!   Hub's `x-error-code`.
+//! - `GET /api/models/{repo}/revision/{rev}[?blobs=true]`: the commit (`sha`)
+//!   and file list (`siblings`, with `blobId` and `lfs.sha256` when asked) as
+//!   JSON; an unknown repo or revision is a 401 / 404 with the Hub's
+//!   `x-error-code`.
 //! - `GET /{repo}/resolve/{rev}/{file}` with `Range: bytes=0-0` (hf-hub's
 //!   metadata probe) or `bytes=N-` (the download, resumable): small files are
 //!   answered directly with an `ETag`; LFS files (weights) with a `302` to a
@@ -30,6 +31,9 @@ pub struct MockRepo {
     pub id: String,
     pub branches: BTreeMap<String, String>,
     pub commits: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// `(branch, commit)`: once the first repo info has been answered, the
+    /// branch moves to that commit (a push during a download).
+    pub move_after_info: Option<(String, String)>,
 }
 
 impl MockRepo {
@@ -83,16 +87,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The running server. It lives until the test process ends.
+/// The running server; dropping it stops it.
 pub struct MockHub {
     /// `http://127.0.0.1:PORT`, for `HF_ENDPOINT` / `ResolveOptions::endpoint`.
     pub endpoint: String,
     log: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for MockHub {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
 }
 
 struct State {
     endpoint: String,
-    repos: Vec<MockRepo>,
+    repos: Mutex<Vec<MockRepo>>,
     /// sha256 → content, for the LFS content URLs.
     lfs: BTreeMap<String, Vec<u8>>,
     log: Arc<Mutex<Vec<String>>>,
@@ -101,7 +115,9 @@ struct State {
 impl MockHub {
     pub fn start(repos: Vec<MockRepo>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let endpoint = format!("http://{addr}");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut lfs = BTreeMap::new();
         for repo in &repos {
@@ -115,17 +131,26 @@ impl MockHub {
         }
         let state = Arc::new(State {
             endpoint: endpoint.clone(),
-            repos,
+            repos: Mutex::new(repos),
             lfs,
             log: log.clone(),
         });
+        let stopped = stop.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
                 let state = state.clone();
                 std::thread::spawn(move || serve(stream, &state));
             }
         });
-        MockHub { endpoint, log }
+        MockHub {
+            endpoint,
+            log,
+            stop,
+            addr,
+        }
     }
 
     /// The requests so far (`GET /path`), in order.
@@ -194,13 +219,18 @@ fn serve(stream: TcpStream, state: &State) {
     }
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target.clone(), String::new()),
+    };
     let entry = match &range {
-        Some(r) => format!("{method} {path} [{r}]"),
-        None => format!("{method} {path}"),
+        Some(r) => format!("{method} {target} [{r}]"),
+        None => format!("{method} {target}"),
     };
     state.log.lock().unwrap().push(entry);
-    let response = route(state, &path, range.as_deref());
+    let blobs = query.split('&').any(|kv| kv == "blobs=true");
+    let response = route(state, &path, range.as_deref(), blobs);
     let mut out = stream;
     let mut head = format!("HTTP/1.1 {} X\r\n", response.status);
     for (name, value) in &response.headers {
@@ -256,21 +286,46 @@ fn ranged(body: &[u8], range: Option<&str>) -> Response {
     r
 }
 
-fn route(state: &State, path: &str, range: Option<&str>) -> Response {
+/// The blob name a file gets in the cache: the ETag the Hub sends for it.
+fn blob_id(path: &str, bytes: &[u8]) -> String {
+    if is_lfs(path) {
+        sha256_hex(bytes)
+    } else {
+        // The Hub uses the git blob hash; any stable digest names the blob the
+        // same way for hf-hub and huggingface_hub.
+        sha256_hex(bytes)[..40].to_string()
+    }
+}
+
+fn route(state: &State, path: &str, range: Option<&str>, blobs: bool) -> Response {
+    let mut repos = state.repos.lock().unwrap();
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let Some((repo_id, revision)) = rest.split_once("/revision/") else {
             return Response::error(404, "EntryNotFound", "bad api path");
         };
         let revision = percent_decode(revision);
-        let Some(repo) = state.repos.iter().find(|r| r.id == repo_id) else {
+        let Some(repo) = repos.iter_mut().find(|r| r.id == repo_id) else {
             return Response::error(401, "RepoNotFound", "Repository not found");
         };
-        let Some(commit) = repo.commit_of(&revision) else {
+        let Some(commit) = repo.commit_of(&revision).map(str::to_string) else {
             return Response::error(404, "RevisionNotFound", "Invalid rev id");
         };
-        let siblings: Vec<_> = repo.commits[commit]
-            .keys()
-            .map(|f| serde_json::json!({ "rfilename": f }))
+        let siblings: Vec<_> = repo.commits[&commit]
+            .iter()
+            .map(|(f, bytes)| {
+                let mut s = serde_json::json!({ "rfilename": f });
+                if blobs {
+                    s["blobId"] = serde_json::json!(blob_id(f, bytes)[..40]);
+                    if is_lfs(f) {
+                        s["lfs"] = serde_json::json!({
+                            "sha256": sha256_hex(bytes),
+                            "size": bytes.len(),
+                            "pointerSize": 134,
+                        });
+                    }
+                }
+                s
+            })
             .collect();
         let mut r = Response::new(200).header("Content-Type", "application/json");
         r.body = serde_json::to_vec(&serde_json::json!({
@@ -281,6 +336,9 @@ fn route(state: &State, path: &str, range: Option<&str>) -> Response {
             "siblings": siblings,
         }))
         .unwrap();
+        if let Some((branch, to)) = repo.move_after_info.take() {
+            repo.branches.insert(branch, to);
+        }
         return r;
     }
     if let Some(sha) = path.strip_prefix("/lfs/") {
@@ -296,7 +354,7 @@ fn route(state: &State, path: &str, range: Option<&str>) -> Response {
         return Response::error(404, "EntryNotFound", "no file");
     };
     let (revision, file) = (percent_decode(revision), percent_decode(file));
-    let Some(repo) = state.repos.iter().find(|r| r.id == repo_id) else {
+    let Some(repo) = repos.iter().find(|r| r.id == repo_id) else {
         return Response::error(401, "RepoNotFound", "Repository not found");
     };
     let Some(commit) = repo.commit_of(&revision) else {
@@ -313,9 +371,7 @@ fn route(state: &State, path: &str, range: Option<&str>) -> Response {
             .header("X-Linked-Size", bytes.len().to_string())
             .header("X-Repo-Commit", commit);
     }
-    // A small file: its own ETag (the Hub uses the git blob hash; any stable
-    // digest names the blob the same way for hf-hub and huggingface_hub).
-    let etag = sha256_hex(bytes)[..40].to_string();
+    let etag = blob_id(&file, bytes);
     let mut r = ranged(bytes, range);
     r.headers.push(("ETag".into(), format!("\"{etag}\"")));
     r.headers.push(("X-Repo-Commit".into(), commit.to_string()));
