@@ -10,7 +10,7 @@ use diffusion_hub::resolve::{
     ModelSource, ResolveError, ResolveOptions, Resolved, resolve, resolve_model, resolve_pipeline,
 };
 use safetensors::tensor::TensorView;
-use support::mock_hub::{MockHub, MockRepo, sha256_hex};
+use support::mock_hub::{Logged, MockHub, MockRepo, sha256_hex};
 
 const REPO: &str = "test-org/tiny-sd";
 const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -498,4 +498,61 @@ fn an_unreachable_hub_falls_back_to_the_cache() {
     o.endpoint = Some(dead);
     let err = resolve_pipeline(&source(), &o).unwrap_err();
     assert!(err.to_string().contains(REPO), "{err}");
+}
+
+/// A private repo: without a token the error names the repo; with one
+/// (`HF_TOKEN` / `ResolveOptions::token`) every Hub request carries it, and
+/// the content downloads from the content host (the CDN) do not. hf-hub 0.4.3
+/// does send it with its one-byte size probe to the content host (its
+/// `metadata` re-issues the redirect with its default headers): asserted here
+/// so that a change of that behaviour is noticed; docs/dependencies.md says so.
+#[test]
+fn a_token_reaches_the_hub_and_the_content_downloads_go_without_it() {
+    let mut repo = MockRepo::new(REPO, COMMIT_A, sd_repo_files(1.0));
+    repo.token = Some("hf_secret".into());
+    let hub = MockHub::start(vec![repo]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let err = resolve_pipeline(&source(), &options(&hub, &cache)).unwrap_err();
+    assert!(matches!(err, ResolveError::Hub { .. }), "{err}");
+    assert!(err.to_string().contains(REPO), "{err}");
+
+    let env = |key: &str| match key {
+        "HF_HUB_CACHE" => Some(cache.display().to_string()),
+        "HF_ENDPOINT" => Some(hub.endpoint.clone()),
+        "HF_TOKEN" => Some("hf_secret".to_string()),
+        _ => None,
+    };
+    let mut o = ResolveOptions::from_env_vars(env);
+    o.progress = false;
+    let model = resolve_pipeline(&source(), &o).unwrap();
+    assert_eq!(model.commit.as_deref(), Some(COMMIT_A));
+    let logged = hub.logged();
+    let to_cdn: Vec<_> = logged.iter().filter(|l| l.line.contains("/lfs/")).collect();
+    let (probes, content): (Vec<&Logged>, Vec<&Logged>) = to_cdn
+        .iter()
+        .copied()
+        .partition(|l| l.line.ends_with("[bytes=0-0]"));
+    assert!(!content.is_empty());
+    assert!(
+        content.iter().all(|l| l.authorization.is_none()),
+        "{content:?}"
+    );
+    assert!(
+        probes
+            .iter()
+            .all(|l| l.authorization.as_deref() == Some("Bearer hf_secret")),
+        "{probes:?}"
+    );
+    let to_hub: Vec<_> = logged
+        .iter()
+        .skip(1) // the refused first attempt
+        .filter(|l| !l.line.contains("/lfs/"))
+        .collect();
+    assert!(
+        to_hub
+            .iter()
+            .all(|l| l.authorization.as_deref() == Some("Bearer hf_secret")),
+        "{to_hub:?}"
+    );
 }

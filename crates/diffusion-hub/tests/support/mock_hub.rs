@@ -10,7 +10,11 @@
 //!   answered directly with an `ETag`; LFS files (weights) with a `302` to a
 //!   content URL, `X-Linked-Etag` (their sha256, which names the cache blob)
 //!   and `X-Repo-Commit`, as the Hub redirects to its CDN.
-//! - `GET /lfs/{sha256}`: the content, honouring `Range`.
+//! - `GET /lfs/{sha256}`: the content, honouring `Range`. The redirect names
+//!   the server as `localhost` rather than `127.0.0.1`, another host, as the
+//!   Hub's CDN is: a client must not send its token there.
+//! - A repo with a `token` answers 401 to requests without
+//!   `Authorization: Bearer <token>`, as the Hub does for private repos.
 //!
 //! Every request is logged (`METHOD path`), so tests can assert exactly what a
 //! resolution fetched. No machine here reaches the real Hub; this lets the
@@ -34,6 +38,8 @@ pub struct MockRepo {
     /// `(branch, commit)`: once the first repo info has been answered, the
     /// branch moves to that commit (a push during a download).
     pub move_after_info: Option<(String, String)>,
+    /// A private repo: the token its requests must carry.
+    pub token: Option<String>,
 }
 
 impl MockRepo {
@@ -91,7 +97,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct MockHub {
     /// `http://127.0.0.1:PORT`, for `HF_ENDPOINT` / `ResolveOptions::endpoint`.
     pub endpoint: String,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<Logged>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     addr: std::net::SocketAddr,
 }
@@ -106,10 +112,21 @@ impl Drop for MockHub {
 
 struct State {
     endpoint: String,
+    /// The same server under another host name, for the LFS content URLs.
+    cdn: String,
     repos: Mutex<Vec<MockRepo>>,
     /// sha256 → content, for the LFS content URLs.
     lfs: BTreeMap<String, Vec<u8>>,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<Logged>>>,
+}
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    /// `GET /path?query [range]`.
+    pub line: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
 }
 
 impl MockHub {
@@ -131,6 +148,7 @@ impl MockHub {
         }
         let state = Arc::new(State {
             endpoint: endpoint.clone(),
+            cdn: format!("http://localhost:{}", addr.port()),
             repos: Mutex::new(repos),
             lfs,
             log: log.clone(),
@@ -155,6 +173,16 @@ impl MockHub {
 
     /// The requests so far (`GET /path`), in order.
     pub fn requests(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.line.clone())
+            .collect()
+    }
+
+    /// The requests so far with their `Authorization` headers.
+    pub fn logged(&self) -> Vec<Logged> {
         self.log.lock().unwrap().clone()
     }
 
@@ -165,6 +193,7 @@ impl MockHub {
             .lock()
             .unwrap()
             .iter()
+            .map(|l| l.line.as_str())
             .filter(|r| !r.ends_with("[bytes=0-0]"))
             .filter_map(|r| r.split_once("/resolve/").map(|(_, rest)| rest))
             .map(|rest| rest.split(" [").next().unwrap_or(rest).to_string())
@@ -206,6 +235,7 @@ fn serve(stream: TcpStream, state: &State) {
         return;
     }
     let mut range = None;
+    let mut authorization = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -215,6 +245,11 @@ fn serve(stream: TcpStream, state: &State) {
             && name.eq_ignore_ascii_case("range")
         {
             range = Some(value.trim().to_string());
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("authorization")
+        {
+            authorization = Some(value.trim().to_string());
         }
     }
     let mut parts = request_line.split_whitespace();
@@ -228,9 +263,18 @@ fn serve(stream: TcpStream, state: &State) {
         Some(r) => format!("{method} {target} [{r}]"),
         None => format!("{method} {target}"),
     };
-    state.log.lock().unwrap().push(entry);
+    state.log.lock().unwrap().push(Logged {
+        line: entry,
+        authorization: authorization.clone(),
+    });
     let blobs = query.split('&').any(|kv| kv == "blobs=true");
-    let response = route(state, &path, range.as_deref(), blobs);
+    let response = route(
+        state,
+        &path,
+        range.as_deref(),
+        blobs,
+        authorization.as_deref(),
+    );
     let mut out = stream;
     let mut head = format!("HTTP/1.1 {} X\r\n", response.status);
     for (name, value) in &response.headers {
@@ -297,7 +341,22 @@ fn blob_id(path: &str, bytes: &[u8]) -> String {
     }
 }
 
-fn route(state: &State, path: &str, range: Option<&str>, blobs: bool) -> Response {
+/// A private repo's answer to a request without its token.
+fn unauthorized(repo: &MockRepo, authorization: Option<&str>) -> Option<Response> {
+    let token = repo.token.as_deref()?;
+    if authorization == Some(&format!("Bearer {token}")) {
+        return None;
+    }
+    Some(Response::error(401, "RepoNotFound", "Repository not found"))
+}
+
+fn route(
+    state: &State,
+    path: &str,
+    range: Option<&str>,
+    blobs: bool,
+    authorization: Option<&str>,
+) -> Response {
     let mut repos = state.repos.lock().unwrap();
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let Some((repo_id, revision)) = rest.split_once("/revision/") else {
@@ -307,6 +366,9 @@ fn route(state: &State, path: &str, range: Option<&str>, blobs: bool) -> Respons
         let Some(repo) = repos.iter_mut().find(|r| r.id == repo_id) else {
             return Response::error(401, "RepoNotFound", "Repository not found");
         };
+        if let Some(denied) = unauthorized(repo, authorization) {
+            return denied;
+        }
         let Some(commit) = repo.commit_of(&revision).map(str::to_string) else {
             return Response::error(404, "RevisionNotFound", "Invalid rev id");
         };
@@ -357,6 +419,9 @@ fn route(state: &State, path: &str, range: Option<&str>, blobs: bool) -> Respons
     let Some(repo) = repos.iter().find(|r| r.id == repo_id) else {
         return Response::error(401, "RepoNotFound", "Repository not found");
     };
+    if let Some(denied) = unauthorized(repo, authorization) {
+        return denied;
+    }
     let Some(commit) = repo.commit_of(&revision) else {
         return Response::error(404, "RevisionNotFound", "Invalid rev id");
     };
@@ -366,7 +431,7 @@ fn route(state: &State, path: &str, range: Option<&str>, blobs: bool) -> Respons
     if is_lfs(&file) {
         let sha = sha256_hex(bytes);
         return Response::new(302)
-            .header("Location", format!("{}/lfs/{sha}", state.endpoint))
+            .header("Location", format!("{}/lfs/{sha}", state.cdn))
             .header("X-Linked-Etag", format!("\"{sha}\""))
             .header("X-Linked-Size", bytes.len().to_string())
             .header("X-Repo-Commit", commit);
