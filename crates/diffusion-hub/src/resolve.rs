@@ -61,6 +61,7 @@ use crate::model_index::{ComponentKind, ModelIndex, ModelIndexError};
 use crate::weights::{ShardIndex, Weights, WeightsError};
 
 /// Extensions taken as single-file checkpoints (original LDM/SGM layouts).
+/// (`safetensors` and [`crate::weights::PICKLE_EXTENSIONS`].)
 pub const CHECKPOINT_EXTENSIONS: &[&str] = &["safetensors", "ckpt", "bin", "pt", "pth"];
 
 /// Weight file stems, in order of preference: diffusers models, then transformers
@@ -1272,6 +1273,16 @@ mod tests {
 
     fn set(files: &[&str]) -> BTreeSet<String> {
         files.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn checkpoint_extensions_are_safetensors_and_the_pickles() {
+        let mut want: Vec<&str> = crate::weights::PICKLE_EXTENSIONS.to_vec();
+        want.push("safetensors");
+        want.sort();
+        let mut got = CHECKPOINT_EXTENSIONS.to_vec();
+        got.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -736,10 +736,8 @@ impl ShardIndex {
     }
 }
 
-/// The file kinds [`WeightFile::open`] reads, by extension.
-fn pickle_extension(ext: &str) -> bool {
-    matches!(ext, "bin" | "ckpt" | "pt" | "pth")
-}
+/// Extensions read as PyTorch pickles (zip-based `torch.save` files).
+pub const PICKLE_EXTENSIONS: &[&str] = &["bin", "ckpt", "pt", "pth"];
 
 fn lower_extension(path: &Path) -> String {
     path.extension()
@@ -765,7 +763,7 @@ impl WeightFile {
         let ext = lower_extension(path);
         if ext == "safetensors" {
             Ok(Self::Safetensors(SafetensorsFile::open(path)?))
-        } else if pickle_extension(&ext) {
+        } else if PICKLE_EXTENSIONS.contains(&ext.as_str()) {
             Ok(Self::Torch(TorchFile::open(path)?))
         } else {
             Err(WeightsError::Unsupported {
