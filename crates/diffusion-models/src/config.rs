@@ -124,3 +124,84 @@ where
 {
     Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffusion_hub::save::{OwnedTensor, save_safetensors};
+    use std::collections::BTreeMap;
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pickle(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../diffusion-hub/tests/fixtures/single_file")
+            .join(name)
+    }
+
+    /// The order of `open_weights` (the resolver's): safetensors before
+    /// pickles, a shard index before a single file; sharded pickles open.
+    #[test]
+    fn open_weights_prefers_safetensors_then_indexes() {
+        let tmp = TempDir::new("open-weights-order");
+        let dir = &tmp.0;
+        // Sharded pickles only.
+        let first = "diffusion_pytorch_model-00001-of-00002.bin";
+        let second = "diffusion_pytorch_model-00002-of-00002.bin";
+        std::fs::copy(pickle("misc.pt"), dir.join(first)).unwrap();
+        std::fs::copy(pickle("sd2.ckpt"), dir.join(second)).unwrap();
+        let mut map = serde_json::Map::new();
+        for (file, shard) in [(pickle("misc.pt"), first), (pickle("sd2.ckpt"), second)] {
+            for (key, _) in Weights::open(&file).unwrap().tensors() {
+                map.insert(key.to_string(), shard.into());
+            }
+        }
+        let n = map.len();
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(
+            dir.join("diffusion_pytorch_model.bin.index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        // A single .bin beside the index loses to it.
+        std::fs::copy(pickle("misc.pt"), dir.join("diffusion_pytorch_model.bin")).unwrap();
+        let w = open_weights(dir, DIFFUSERS_WEIGHTS).unwrap();
+        assert_eq!(w.len(), n);
+        assert!(
+            w.source()
+                .ends_with("diffusion_pytorch_model.bin.index.json")
+        );
+        // Safetensors beat every pickle.
+        let mut tensors = BTreeMap::new();
+        tensors.insert("only".to_string(), OwnedTensor::f32(vec![1], &[3.0]));
+        save_safetensors(
+            &dir.join("diffusion_pytorch_model.safetensors"),
+            &tensors,
+            None,
+        )
+        .unwrap();
+        let w = open_weights(dir, DIFFUSERS_WEIGHTS).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w.contains("only"));
+        // Nothing at all: an error naming the files looked for.
+        let empty = TempDir::new("open-weights-none");
+        let err = open_weights(&empty.0, TRANSFORMERS_WEIGHTS).unwrap_err();
+        assert!(err.to_string().contains("pytorch_model.bin"), "{err}");
+    }
+}
