@@ -603,6 +603,9 @@ fn convert_and_inspect_a_checkpoint() {
             "unet.upcast_attention=true",
             "--set",
             "scheduler.timestep_spacing=trailing",
+            // Inferred from the weights (float32), but what is set wins.
+            "--set",
+            "text_encoder.torch_dtype=float16",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -612,6 +615,7 @@ fn convert_and_inspect_a_checkpoint() {
     };
     assert_eq!(config("vae/config.json")["scaling_factor"], 0.13025);
     assert_eq!(config("unet/config.json")["upcast_attention"], true);
+    assert_eq!(config("text_encoder/config.json")["torch_dtype"], "float16");
     assert_eq!(
         config("scheduler/scheduler_config.json")["timestep_spacing"],
         "trailing"

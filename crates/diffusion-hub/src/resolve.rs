@@ -1000,11 +1000,9 @@ impl Store {
                 }
                 let path = api.download(rel).map_err(hub_error)?;
                 // hf-hub records the pinned commit as a ref of its own name,
-                // which huggingface_hub never writes: remove it.
-                let stray = repo.cache_dir.join("refs").join(commit);
-                if repo.revision != *commit {
-                    let _ = std::fs::remove_file(stray);
-                }
+                // which huggingface_hub never writes (not even when the
+                // revision asked for is that hash): remove it.
+                let _ = std::fs::remove_file(repo.cache_dir.join("refs").join(commit));
                 Ok(path)
             }
         }

@@ -26,7 +26,8 @@
 //! transformer depth, cross-attention width, linear projection, text-encoder widths,
 //! layers and vocabulary). What the weights cannot tell comes from the per-type
 //! defaults of the released models and can be overridden
-//! ([`ConvertOptions::overrides`]; `diffuse convert --set COMPONENT.FIELD=VALUE`): attention heads (SD1: 8; SD2/SDXL: channels/64;
+//! ([`ConvertOptions::overrides`]; `diffuse convert --set COMPONENT.FIELD=VALUE`):
+//! attention heads (SD1: 8; SD2/SDXL: channels/64;
 //! CLIP: hidden/64), group-norm groups (32), sample sizes, the VAE scaling factor,
 //! activation functions, `projection_dim` of CLIP-L. SD2: the checkpoint holds all
 //! 24 OpenCLIP-H layers but the diffusers text encoder uses 23 (SD2 conditions on the

@@ -313,10 +313,17 @@ fn a_branch_revision_gets_its_own_snapshot_and_ref() {
     )
     .unwrap();
     assert_eq!(offline.commit.as_deref(), Some(COMMIT_B));
-    // A commit hash works the same, online, and writes no ref.
-    let by_hash = resolve_pipeline(&source(), &options(&hub, &cache).revision(COMMIT_A)).unwrap();
+    // A commit hash works the same, online, and writes no ref, also when it
+    // downloads (a fresh cache).
+    let fresh = tmp.path().join("fresh");
+    let before = hub.downloads().len();
+    let by_hash = resolve_pipeline(&source(), &options(&hub, &fresh).revision(COMMIT_A)).unwrap();
     assert_eq!(by_hash.commit.as_deref(), Some(COMMIT_A));
-    assert!(!repo_dir(&cache).join("refs").join(COMMIT_A).exists());
+    assert!(hub.downloads().len() > before);
+    let refs: Vec<_> = std::fs::read_dir(repo_dir(&fresh).join("refs"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(refs.is_empty(), "{refs:?}");
 }
 
 /// A push between the repo info and the downloads does not mix commits: every
@@ -343,68 +350,54 @@ fn a_branch_moving_during_the_download_does_not_mix_commits() {
 /// are downloaded and open through the same reader as safetensors.
 #[test]
 fn sharded_pickle_weights_download_and_open() {
-    let pickle = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file/misc.pt"),
-    )
-    .unwrap();
-    let keys = [
-        "bf16",
-        "long",
-        "scalar",
-        "tied",
-        "tied_again",
-        "transposed",
-        "view_full",
+    let fixture = |name: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/single_file")
+            .join(name)
+    };
+    let shards = [
+        (
+            "diffusion_pytorch_model-00001-of-00002.bin",
+            fixture("misc.pt"),
+        ),
+        (
+            "diffusion_pytorch_model-00002-of-00002.bin",
+            fixture("sd2.ckpt"),
+        ),
     ];
     let mut map = serde_json::Map::new();
-    for k in keys {
-        map.insert(
-            k.into(),
-            "diffusion_pytorch_model-00001-of-00002.bin".into(),
-        );
-    }
-    let second = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file/sd2.ckpt"),
-    )
-    .unwrap();
-    let second_keys: Vec<String> = diffusion_hub::torch_pickle::TorchFile::open(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file/sd2.ckpt"),
-    )
-    .unwrap()
-    .tensors()
-    .map(|(k, _)| k.to_string())
-    .collect();
-    for k in &second_keys {
-        map.insert(
-            k.clone(),
-            "diffusion_pytorch_model-00002-of-00002.bin".into(),
-        );
-    }
-    map.insert(
-        "view_offset".into(),
-        "diffusion_pytorch_model-00001-of-00002.bin".into(),
-    );
-    let index =
-        serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap();
     let mut files = sd_repo_files(1.0);
     files.retain(|(rel, _)| !rel.starts_with("unet/diffusion_pytorch_model"));
+    for (shard, path) in &shards {
+        let file = diffusion_hub::torch_pickle::TorchFile::open(path).unwrap();
+        for (key, _) in file.tensors() {
+            map.insert(key.to_string(), (*shard).into());
+        }
+        files.push((format!("unet/{shard}"), std::fs::read(path).unwrap()));
+    }
+    let index =
+        serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap();
     files.push(("unet/diffusion_pytorch_model.bin.index.json".into(), index));
-    files.push((
-        "unet/diffusion_pytorch_model-00001-of-00002.bin".into(),
-        pickle,
-    ));
-    files.push((
-        "unet/diffusion_pytorch_model-00002-of-00002.bin".into(),
-        second,
-    ));
     let hub = MockHub::start(vec![MockRepo::new(REPO, COMMIT_A, files)]);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
     let unet = resolve_model(&source(), Some("unet"), &options(&hub, &cache)).unwrap();
     assert_eq!(unet.weights.len(), 2);
     let w = unet.open_weights().unwrap();
-    assert_eq!(w.len(), 8 + second_keys.len());
-    assert!(w.contains("tied") && w.contains(&second_keys[0]));
+    assert_eq!(w.len(), map.len());
+    for (key, shard) in &map {
+        let from = if shard == shards[0].0 {
+            &shards[0].1
+        } else {
+            &shards[1].1
+        };
+        let want = diffusion_hub::torch_pickle::TorchFile::open(from).unwrap();
+        assert_eq!(
+            w.tensor(key).unwrap().data,
+            want.tensor(key).unwrap().data,
+            "{key}"
+        );
+    }
 }
 
 /// One model folder of a pipeline repo (`subfolder=`), and `resolve`'s

@@ -111,7 +111,6 @@ impl Drop for MockHub {
 }
 
 struct State {
-    endpoint: String,
     /// The same server under another host name, for the LFS content URLs.
     cdn: String,
     repos: Mutex<Vec<MockRepo>>,
@@ -147,7 +146,6 @@ impl MockHub {
             }
         }
         let state = Arc::new(State {
-            endpoint: endpoint.clone(),
             cdn: format!("http://localhost:{}", addr.port()),
             repos: Mutex::new(repos),
             lfs,
