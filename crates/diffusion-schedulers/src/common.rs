@@ -9,7 +9,7 @@
 
 use crate::config::{BetaSchedule, PredictionType};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Program, Val};
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::TimestepSpec;
 use crate::tensor::SchedulerTensor;
 
@@ -536,7 +536,7 @@ pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
     Ok(())
 }
 
-/// `model_output` and `sample` have one shape (steps written as a [`Program`]
+/// `model_output` and `sample` have one shape (steps written as a [`Kernel`]
 /// check finiteness in the program's pass).
 pub fn check_step_shapes<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
     if model_output.shape() != sample.shape() {
@@ -549,7 +549,7 @@ pub fn check_step_shapes<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
     Ok(())
 }
 
-/// Noise for a step written as a [`Program`], which draws it before the pass
+/// Noise for a step written as a [`Kernel`], which draws it before the pass
 /// that checks the inputs: a step refused for a non-finite input has used one
 /// noise tensor (a replayed stream cannot go on after such an error anyway).
 /// When the source fails and an input is non-finite, the non-finite input is
@@ -648,91 +648,219 @@ impl X0Bound {
     }
 }
 
-/// The values of a step's [`Program`] after [`alpha_x0`]: the two checked
-/// inputs, the bounded `x0` and the `eps` of the (unbounded) prediction.
-#[derive(Debug)]
-pub struct AlphaX0<T> {
-    pub model_output: Val,
-    pub sample: Val,
-    pub x0: Val,
-    pub eps: Val,
-    /// The thresholded `x0`, an extra input of the program (thresholding is a
-    /// per-item quantile, so it cannot be part of an element-wise pass).
-    thresholded: Option<T>,
+/// Run a step's kernel whose first two inputs are the model output and the
+/// sample (checked for non-finite values under those names).
+pub fn run_step<T: SchedulerTensor, K: Kernel<M>, const M: usize>(
+    kernel: &K,
+    inputs: &[&T],
+    want: [bool; M],
+) -> Result<[Option<T>; M]> {
+    crate::fused::run(kernel, inputs, &["model_output", "sample"], want)
 }
 
-impl<T> AlphaX0<T> {
-    /// The inputs declared so far, in order.
-    pub fn inputs<'a>(&'a self, model_output: &'a T, sample: &'a T) -> Vec<&'a T> {
-        let mut inputs = vec![model_output, sample];
-        inputs.extend(self.thresholded.as_ref());
-        inputs
-    }
-}
-
-/// Declare `model_output` and `sample` (checked for non-finite values) in an
-/// empty program and add `x0` and `eps` of an alpha-parameterised model output
-/// (`alpha_prod_t` the cumulative alpha), `x0` bounded as `bound` says.
-pub fn alpha_x0<T: SchedulerTensor>(
-    p: &mut Program,
-    prediction_type: PredictionType,
-    class: &'static str,
-    model_output: &T,
-    sample: &T,
-    alpha_prod_t: f64,
-    bound: X0Bound,
-) -> Result<AlphaX0<T>> {
-    let m = p.checked_input("model_output");
-    let s = p.checked_input("sample");
-    let (x0, eps) = alpha_prediction(p, prediction_type, class, m, s, alpha_prod_t)?;
-    let (x0, thresholded) = match bound {
-        X0Bound::None => (x0, None),
-        X0Bound::Clip(range) => (p.clamp(x0, -range, range), None),
-        X0Bound::Threshold { ratio, max } => {
-            let [raw] = p.run(&[model_output, sample], [x0])?;
-            (p.input(), Some(raw.dynamic_threshold(ratio, max)))
-        }
-    };
-    Ok(AlphaX0 {
-        model_output: m,
-        sample: s,
-        x0,
-        eps,
-        thresholded,
+/// The first output of a step, which every step computes.
+pub fn required<T>(value: Option<T>) -> Result<T> {
+    value.ok_or(SchedulerError::InvalidArgument {
+        field: "evaluate",
+        value: "None".into(),
+        reason: "a tensor implementation did not return a wanted output".into(),
     })
 }
 
-/// `(x0, eps)` of an alpha-parameterised model output (`alpha_prod_t` the
-/// cumulative alpha), as diffusers' DDPM-family `step`s compute them.
-pub fn alpha_prediction(
-    p: &mut Program,
+/// `x0` and `eps` of an alpha-parameterised model output (`alpha_prod_t` the
+/// cumulative alpha), `x0` bounded as [`X0Bound`] says: the shared start of
+/// the DDPM-family steps (DDPM, DDIM, LCM, TCD). Built by [`AlphaX0::new`],
+/// which also runs the thresholding pre-pass.
+#[derive(Debug, Clone, Copy)]
+pub struct AlphaX0 {
     prediction_type: PredictionType,
-    class: &'static str,
-    model_output: Val,
-    sample: Val,
     alpha_prod_t: f64,
-) -> Result<(Val, Val)> {
-    let (a, b) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
-    Ok(match prediction_type {
-        PredictionType::Epsilon => (
-            p.linear(&[(1.0 / a, sample), (-b / a, model_output)]),
-            model_output,
-        ),
-        PredictionType::Sample => (
-            model_output,
-            p.linear(&[(1.0 / b, sample), (-a / b, model_output)]),
-        ),
-        PredictionType::VPrediction => (
-            p.linear(&[(a, sample), (-b, model_output)]),
-            p.linear(&[(a, model_output), (b, sample)]),
-        ),
-        PredictionType::FlowPrediction => {
+    /// `clamp(x0, -r, r)`.
+    clip: Option<f64>,
+    /// `x0` is input 2 (the thresholded one), not computed.
+    thresholded: bool,
+}
+
+/// The values [`AlphaX0::apply`] gives a step.
+pub struct AlphaValues<V> {
+    pub model_output: V,
+    pub sample: V,
+    pub x0: V,
+    pub eps: V,
+}
+
+/// The raw `x0` of [`AlphaX0`], for the thresholding pre-pass.
+struct RawX0(AlphaX0);
+
+impl Kernel<1> for RawX0 {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 1] {
+        let (m, s) = (a.input(0), a.input(1));
+        [alpha_prediction(a, self.0.prediction_type, m, s, self.0.alpha_prod_t).0]
+    }
+}
+
+impl AlphaX0 {
+    /// The step's `x0` part and its inputs: `model_output`, `sample` and,
+    /// when `bound` thresholds, the thresholded `x0` (a per-item quantile of
+    /// the whole `x0`, computed here by a pass of its own). A step adds its
+    /// noise after these.
+    pub fn new<'a, T: SchedulerTensor>(
+        prediction_type: PredictionType,
+        class: &'static str,
+        model_output: &'a T,
+        sample: &'a T,
+        alpha_prod_t: f64,
+        bound: X0Bound,
+    ) -> Result<(Self, Vec<T>)> {
+        if prediction_type == PredictionType::FlowPrediction {
             return Err(SchedulerError::Unsupported {
                 class,
                 what: "prediction_type `flow_prediction`".into(),
             });
         }
-    })
+        let mut part = Self {
+            prediction_type,
+            alpha_prod_t,
+            clip: None,
+            thresholded: false,
+        };
+        let mut extra = Vec::new();
+        match bound {
+            X0Bound::None => {}
+            X0Bound::Clip(range) => part.clip = Some(range),
+            X0Bound::Threshold { ratio, max } => {
+                let [raw] = run_step(&RawX0(part), &[model_output, sample], [true])?;
+                extra.push(required(raw)?.dynamic_threshold(ratio, max));
+                part.thresholded = true;
+            }
+        }
+        Ok((part, extra))
+    }
+
+    /// The number of inputs this part reads (a step's noise comes next).
+    pub fn num_inputs(&self) -> usize {
+        if self.thresholded { 3 } else { 2 }
+    }
+
+    #[inline(always)]
+    pub fn apply<A: Arith>(&self, a: &mut A) -> AlphaValues<A::V> {
+        let (m, s) = (a.input(0), a.input(1));
+        let (x0, eps) = alpha_prediction(a, self.prediction_type, m, s, self.alpha_prod_t);
+        let x0 = match (self.thresholded, self.clip) {
+            (true, _) => a.input(2),
+            (false, Some(r)) => a.clamp(x0, -r, r),
+            (false, None) => x0,
+        };
+        AlphaValues {
+            model_output: m,
+            sample: s,
+            x0,
+            eps,
+        }
+    }
+}
+
+/// A value of [`AlphaValues`] a step combines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlphaTerm {
+    X0,
+    Sample,
+    Eps,
+    /// `eps` recomputed from the bounded `x0` (DDIM's
+    /// `use_clipped_model_output`): `(sample - sqrt(a) x0) / sqrt(1 - a)`.
+    ClippedEps,
+}
+
+/// The element-wise part of the DDPM-family steps (DDPM, DDIM, LCM, TCD):
+/// `y = c0 * u + c1 * v` of two [`AlphaTerm`]s, then with noise
+/// `prev = k * y + kz * z`, else `prev = y`. Outputs `[prev, x0]`, or
+/// `[prev, y]` when `second_is_y` (LCM's `denoised`). Inputs:
+/// [`AlphaX0`]'s, then the noise.
+#[derive(Debug, Clone, Copy)]
+pub struct AlphaStep {
+    pub x0: AlphaX0,
+    pub terms: [(f64, AlphaTerm); 2],
+    /// `(k, kz)` when the step adds noise (input `x0.num_inputs()`).
+    pub noise: Option<(f64, f64)>,
+    pub second_is_y: bool,
+}
+
+impl Kernel<2> for AlphaStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let v = self.x0.apply(a);
+        let [(c0, t0), (c1, t1)] = self.terms;
+        let (u, w) = (self.term(a, &v, t0), self.term(a, &v, t1));
+        let y = a.linear([(c0, u), (c1, w)]);
+        let prev = match self.noise {
+            Some((k, kz)) => {
+                let z = a.input(self.x0.num_inputs());
+                a.linear([(k, y), (kz, z)])
+            }
+            None => y,
+        };
+        [prev, if self.second_is_y { y } else { v.x0 }]
+    }
+}
+
+impl AlphaStep {
+    #[inline(always)]
+    fn term<A: Arith>(&self, a: &mut A, v: &AlphaValues<A::V>, t: AlphaTerm) -> A::V {
+        let alpha = self.x0.alpha_prod_t;
+        match t {
+            AlphaTerm::X0 => v.x0,
+            AlphaTerm::Sample => v.sample,
+            AlphaTerm::Eps => v.eps,
+            AlphaTerm::ClippedEps => a.linear([
+                (1.0 / (1.0 - alpha).sqrt(), v.sample),
+                (-alpha.sqrt() / (1.0 - alpha).sqrt(), v.x0),
+            ]),
+        }
+    }
+
+    /// Run on `model_output`, `sample`, then `extra` ([`AlphaX0::new`]'s
+    /// inputs, then the noise): `(prev_sample, second output when wanted)`.
+    pub fn run<T: SchedulerTensor>(
+        &self,
+        model_output: &T,
+        sample: &T,
+        extra: &[T],
+        want_second: bool,
+    ) -> Result<(T, Option<T>)> {
+        let mut inputs = vec![model_output, sample];
+        inputs.extend(extra);
+        let [prev, second] = run_step(self, &inputs, [true, want_second])?;
+        Ok((required(prev)?, second))
+    }
+}
+
+/// `(x0, eps)` of an alpha-parameterised model output (`alpha_prod_t` the
+/// cumulative alpha), as diffusers' DDPM-family `step`s compute them
+/// (`flow_prediction` is refused by [`AlphaX0::new`]).
+#[inline(always)]
+pub fn alpha_prediction<A: Arith>(
+    a: &mut A,
+    prediction_type: PredictionType,
+    model_output: A::V,
+    sample: A::V,
+    alpha_prod_t: f64,
+) -> (A::V, A::V) {
+    let (ca, cb) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
+    match prediction_type {
+        PredictionType::Sample => (
+            model_output,
+            a.linear([(1.0 / cb, sample), (-ca / cb, model_output)]),
+        ),
+        PredictionType::VPrediction => (
+            a.linear([(ca, sample), (-cb, model_output)]),
+            a.linear([(ca, model_output), (cb, sample)]),
+        ),
+        _ => (
+            a.linear([(1.0 / ca, sample), (-cb / ca, model_output)]),
+            model_output,
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,114 @@
-//! A scheduler step as one small element-wise program, evaluated in one pass.
+//! A scheduler step's element-wise part, written once and run two ways.
 //!
 //! A step is a handful of element-wise operations (the `x0` prediction, a clamp,
 //! the derivative, the update, the noise term). Applied one at a time, each reads
 //! one to three latent-sized tensors and writes one, so a step streams the latent
-//! through memory five to ten times, where a copy streams it once. A [`Program`]
-//! records the same operations, with the same coefficients and in the same order,
-//! and [`SchedulerTensor::evaluate`] runs them: the default implementation one
-//! operation at a time (what Burn backends with kernel fusion want), and
-//! [`crate::CpuTensor`] chunk by chunk in cache, reading each input and writing
-//! each output once. Both round exactly as the operation-at-a-time code does:
-//! every linear combination is accumulated left to right in `f32`, as
-//! [`SchedulerTensor::linear_combination`] specifies.
+//! through memory five to ten times, where a copy streams it once.
 //!
-//! The finiteness check of a step's inputs is part of the program (a checked
-//! input), so the CPU pass does it on the data it reads anyway.
+//! A step therefore writes its element-wise part once, as a [`Kernel`]: a
+//! function generic over the [`Arith`] it computes in. [`run`] hands it to the
+//! tensor type ([`SchedulerTensor::evaluate`]), which picks how to compute it:
+//!
+//! - recorded into a [`Program`] (the kernel applied once to symbolic values)
+//!   and applied one operation at a time through the trait's own methods: the
+//!   default, what Burn backends with kernel fusion want;
+//! - [`crate::CpuTensor`] applies the kernel itself to a few vector registers of
+//!   every input at a time (a block of 32 elements with AVX-512, 16 otherwise):
+//!   each input is read once, each output written once, and no intermediate
+//!   value leaves the registers.
+//!
+//! Both round exactly alike: every linear combination is accumulated left to
+//! right in `f32` (coefficients rounded to `f32`), as
+//! [`SchedulerTensor::linear_combination`] specifies, with no fused
+//! multiply-add.
+//!
+//! The finiteness check of a step's inputs is part of the pass: the first
+//! inputs of a step are named and checked, on the data the pass reads anyway.
 
 use crate::error::{Result, SchedulerError};
 use crate::tensor::SchedulerTensor;
+
+/// The arithmetic a [`Kernel`] is written in: element-wise linear combinations
+/// and clamps of values of one shape.
+pub trait Arith {
+    /// A value: a symbolic one for [`Program`], a block of lanes for the CPU.
+    type V: Copy;
+
+    /// Input `i` of the step, in the order [`run`] was given them.
+    fn input(&mut self, i: usize) -> Self::V;
+
+    /// `sum_k c_k * x_k`, accumulated left to right in `f32` (the coefficients
+    /// rounded to `f32`), as [`SchedulerTensor::linear_combination`].
+    fn linear<const K: usize>(&mut self, terms: [(f64, Self::V); K]) -> Self::V;
+
+    /// Element-wise clamp to `[min, max]`; a NaN passes through, as `torch.clamp`.
+    fn clamp(&mut self, x: Self::V, min: f64, max: f64) -> Self::V;
+
+    /// `a * x`.
+    fn scale(&mut self, x: Self::V, a: f64) -> Self::V {
+        self.linear([(a, x)])
+    }
+}
+
+/// A step's element-wise part: reads its inputs through [`Arith::input`] and
+/// returns its `M` outputs. Its control flow may depend on its own fields
+/// (the step's coefficients and options) but not on the values, so that the
+/// recorded [`Program`] is the computation the CPU runs.
+///
+/// Implementations mark `apply` `#[inline(always)]`: the CPU pass instantiates
+/// it inside its vector loop, and a call per block would cost more than the
+/// arithmetic.
+pub trait Kernel<const M: usize> {
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; M];
+}
+
+/// Run `kernel` on `inputs` (all of one shape). The first `checked.len()`
+/// inputs are checked for non-finite values, reported under those names (in
+/// order); the others (noise, a scheduler's own state) are taken as they are.
+/// Output `o` is computed when `want[o]`, else `None` (it costs a
+/// latent-sized write).
+///
+/// ```
+/// use diffusion_schedulers::CpuTensor;
+/// use diffusion_schedulers::fused::{self, Arith, Kernel};
+///
+/// /// `x0 = clamp(s - m / 2, -1, 1)`, `prev = (x0 + s) / 2`.
+/// struct Step;
+/// impl Kernel<2> for Step {
+///     #[inline(always)]
+///     fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+///         let (m, s) = (a.input(0), a.input(1));
+///         let x0 = a.linear([(1.0, s), (-0.5, m)]);
+///         let x0 = a.clamp(x0, -1.0, 1.0);
+///         [a.linear([(0.5, x0), (0.5, s)]), x0]
+///     }
+/// }
+/// let m = CpuTensor::new(vec![1.0, 4.0], vec![1, 2]).unwrap();
+/// let s = CpuTensor::new(vec![2.0, 2.0], vec![1, 2]).unwrap();
+/// let [prev, x0] = fused::run(&Step, &[&m, &s], &["m", "s"], [true, true]).unwrap();
+/// assert_eq!(x0.unwrap().data(), &[1.0, 0.0]);
+/// assert_eq!(prev.unwrap().data(), &[1.5, 1.0]);
+/// ```
+pub fn run<T: SchedulerTensor, K: Kernel<M>, const M: usize>(
+    kernel: &K,
+    inputs: &[&T],
+    checked: &[&'static str],
+    want: [bool; M],
+) -> Result<[Option<T>; M]> {
+    let names: Vec<Option<&'static str>> =
+        (0..inputs.len()).map(|i| checked.get(i).copied()).collect();
+    if checked.len() > inputs.len() {
+        return Err(SchedulerError::InvalidArgument {
+            field: "inputs",
+            value: inputs.len().to_string(),
+            reason: format!("{} inputs are named as checked", checked.len()),
+        });
+    }
+    let (program, outputs) = Program::record(kernel, names);
+    program.validate(inputs, &outputs)?;
+    let values = T::evaluate(kernel, &program, &outputs, inputs, want)?;
+    Ok(values)
+}
 
 /// A value of a [`Program`]: one of its inputs, or the result of one of its
 /// operations.
@@ -36,67 +128,33 @@ pub enum Op {
     Clamp { x: Val, min: f64, max: f64 },
 }
 
-/// A recorded sequence of element-wise operations over a few inputs of one shape.
-///
-/// ```
-/// use diffusion_schedulers::{CpuTensor, fused::Program};
-/// let mut p = Program::new();
-/// let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
-/// let x0 = p.linear(&[(1.0, s), (-0.5, m)]);
-/// let x0 = p.clamp(x0, -1.0, 1.0);
-/// let prev = p.linear(&[(0.5, x0), (0.5, s)]);
-/// let m_t = CpuTensor::new(vec![1.0, 4.0], vec![1, 2]).unwrap();
-/// let s_t = CpuTensor::new(vec![2.0, 2.0], vec![1, 2]).unwrap();
-/// let [prev, x0] = p.run(&[&m_t, &s_t], [prev, x0]).unwrap();
-/// assert_eq!(x0.data(), &[1.0, 0.0]);
-/// assert_eq!(prev.data(), &[1.5, 1.0]);
-/// ```
+/// A [`Kernel`] recorded as a sequence of element-wise operations over its
+/// inputs: what a tensor type that computes one operation at a time (or fuses
+/// operations itself) runs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Program {
     /// Per input: the name it is reported under when it holds a non-finite
     /// value, or `None` when it is not checked.
     inputs: Vec<Option<&'static str>>,
     ops: Vec<Op>,
+    /// Per input: whether the kernel reads it (an index beyond the inputs
+    /// given makes the program invalid).
+    read: Vec<bool>,
 }
 
 impl Program {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An input whose non-finite elements make [`Program::run`] fail with
-    /// [`SchedulerError::NonFinite`]`(name)`. Inputs are checked in the order
-    /// they are declared.
-    pub fn checked_input(&mut self, name: &'static str) -> Val {
-        self.inputs.push(Some(name));
-        Val::Input(self.inputs.len() - 1)
-    }
-
-    /// An input taken as it is (e.g. noise).
-    pub fn input(&mut self) -> Val {
-        self.inputs.push(None);
-        Val::Input(self.inputs.len() - 1)
-    }
-
-    /// `sum_i c_i * x_i`; `terms` must not be empty.
-    pub fn linear(&mut self, terms: &[(f64, Val)]) -> Val {
-        assert!(!terms.is_empty(), "a linear combination needs a term");
-        self.push(Op::Linear(terms.to_vec()))
-    }
-
-    /// `a * x`.
-    pub fn scale(&mut self, x: Val, a: f64) -> Val {
-        self.push(Op::Linear(vec![(a, x)]))
-    }
-
-    /// Element-wise clamp to `[min, max]`.
-    pub fn clamp(&mut self, x: Val, min: f64, max: f64) -> Val {
-        self.push(Op::Clamp { x, min, max })
-    }
-
-    fn push(&mut self, op: Op) -> Val {
-        self.ops.push(op);
-        Val::Op(self.ops.len() - 1)
+    /// Apply `kernel` once to symbolic values: the program of its operations
+    /// and the values of its outputs. `inputs` names the checked inputs.
+    pub fn record<K: Kernel<M>, const M: usize>(
+        kernel: &K,
+        inputs: Vec<Option<&'static str>>,
+    ) -> (Program, [Val; M]) {
+        let mut p = Program {
+            inputs,
+            ..Program::default()
+        };
+        let outputs = kernel.apply(&mut p);
+        (p, outputs)
     }
 
     /// Number of declared inputs.
@@ -109,81 +167,44 @@ impl Program {
         &self.inputs
     }
 
+    /// Whether the kernel reads input `i`.
+    pub fn reads(&self, i: usize) -> bool {
+        self.read.get(i).copied().unwrap_or(false)
+    }
+
     pub fn ops(&self) -> &[Op] {
         &self.ops
     }
 
-    /// Evaluate on `inputs` (in declaration order) and return the values named by
-    /// `outputs`.
-    pub fn run<T: SchedulerTensor, const N: usize>(
-        &self,
-        inputs: &[&T],
-        outputs: [Val; N],
-    ) -> Result<[T; N]> {
-        self.run_with(inputs, outputs, None)
-            .map(|(values, _)| values)
+    fn push(&mut self, op: Op) -> Val {
+        self.ops.push(op);
+        Val::Op(self.ops.len() - 1)
     }
 
-    /// Like [`Program::run`], plus `extra` when it is `Some`: an output the
-    /// caller may not want (`pred_original_sample`), which costs a
-    /// latent-sized write when it is produced.
-    pub fn run_with<T: SchedulerTensor, const N: usize>(
-        &self,
-        inputs: &[&T],
-        outputs: [Val; N],
-        extra: Option<Val>,
-    ) -> Result<([T; N], Option<T>)> {
-        let all: Vec<Val> = outputs.iter().copied().chain(extra).collect();
-        self.validate(inputs, &all)?;
-        let mut values = T::evaluate(self, inputs, &all)?;
-        let got = values.len();
-        let wrong = || SchedulerError::InvalidArgument {
-            field: "evaluate",
-            value: got.to_string(),
-            reason: format!(
-                "a tensor implementation returned {got} values for {} outputs",
-                all.len()
-            ),
-        };
-        if got != all.len() {
-            return Err(wrong());
-        }
-        let extra = extra.and_then(|_| values.pop());
-        let main: [T; N] = values.try_into().map_err(|_| wrong())?;
-        Ok((main, extra))
-    }
-
-    /// Every input has the same shape, and every value (operand or output)
-    /// exists: an input of this program or an operation before its user (a
-    /// `Val` of another program is refused rather than indexed out of bounds).
+    /// The kernel read only the inputs given, every input has the same shape,
+    /// and every output exists.
     fn validate<T: SchedulerTensor>(&self, inputs: &[&T], outputs: &[Val]) -> Result<()> {
-        let known = |v: Val, before: usize| match v {
-            Val::Input(i) => i < self.inputs.len(),
-            Val::Op(j) => j < before,
+        let read_beyond = self.read.len() > inputs.len();
+        let known = |v: &Val| match *v {
+            Val::Input(i) => i < inputs.len(),
+            Val::Op(j) => j < self.ops.len(),
         };
-        let operands_known = self.ops.iter().enumerate().all(|(k, op)| match op {
-            Op::Linear(terms) => terms.iter().all(|&(_, v)| known(v, k)),
-            Op::Clamp { x, .. } => known(*x, k),
-        });
-        if !operands_known || !outputs.iter().all(|&v| known(v, self.ops.len())) {
-            return Err(SchedulerError::InvalidArgument {
-                field: "program",
-                value: format!("{} inputs, {} ops", self.inputs.len(), self.ops.len()),
-                reason: "a value refers to no earlier input or operation of this program".into(),
-            });
-        }
-        if inputs.len() != self.inputs.len() {
+        if read_beyond || !outputs.iter().all(known) || inputs.len() != self.inputs.len() {
             return Err(SchedulerError::InvalidArgument {
                 field: "inputs",
                 value: inputs.len().to_string(),
-                reason: format!("the program declares {} inputs", self.inputs.len()),
+                reason: format!(
+                    "the step reads input {} of {}",
+                    self.read.len(),
+                    self.inputs.len()
+                ),
             });
         }
         let shape = inputs.first().map(|t| t.shape()).unwrap_or_default();
         for (i, t) in inputs.iter().enumerate().skip(1) {
             if t.shape() != shape {
                 return Err(SchedulerError::ShapeMismatch {
-                    what: self.inputs[i].unwrap_or("program input"),
+                    what: self.inputs[i].unwrap_or("step input"),
                     expected: shape,
                     got: t.shape(),
                 });
@@ -193,13 +214,36 @@ impl Program {
     }
 }
 
-/// What [`SchedulerTensor::evaluate`] does by default: check the checked inputs,
-/// then apply the operations one at a time through the trait's own methods.
-pub fn evaluate_unfused<T: SchedulerTensor>(
+impl Arith for Program {
+    type V = Val;
+
+    fn input(&mut self, i: usize) -> Val {
+        if self.read.len() <= i {
+            self.read.resize(i + 1, false);
+        }
+        self.read[i] = true;
+        Val::Input(i)
+    }
+
+    fn linear<const K: usize>(&mut self, terms: [(f64, Val); K]) -> Val {
+        const { assert!(K > 0, "a linear combination needs a term") };
+        self.push(Op::Linear(terms.to_vec()))
+    }
+
+    fn clamp(&mut self, x: Val, min: f64, max: f64) -> Val {
+        self.push(Op::Clamp { x, min, max })
+    }
+}
+
+/// What [`SchedulerTensor::evaluate`] does by default: check the checked
+/// inputs, then apply the program's operations one at a time through the
+/// trait's own methods, and return the wanted outputs.
+pub fn evaluate_unfused<T: SchedulerTensor, const M: usize>(
     program: &Program,
+    outputs: &[Val; M],
     inputs: &[&T],
-    outputs: &[Val],
-) -> Result<Vec<T>> {
+    want: [bool; M],
+) -> Result<[Option<T>; M]> {
     first_non_finite(program, |i| inputs[i].all_finite())?;
     let mut values: Vec<T> = Vec::with_capacity(program.ops.len());
     for op in &program.ops {
@@ -216,13 +260,12 @@ pub fn evaluate_unfused<T: SchedulerTensor>(
         };
         values.push(value);
     }
-    Ok(outputs
-        .iter()
-        .map(|&v| match v {
+    Ok(std::array::from_fn(|o| {
+        want[o].then(|| match outputs[o] {
             Val::Input(i) => inputs[i].clone(),
             Val::Op(k) => values[k].clone(),
         })
-        .collect())
+    }))
 }
 
 /// The error for the first checked input (in declaration order) for which
@@ -250,19 +293,21 @@ mod tests {
         CpuTensor::new(data.to_vec(), vec![1, data.len()]).unwrap()
     }
 
-    /// A program exercising every op kind and operand kind, long enough to span
-    /// several of the CPU evaluator's chunks with a ragged end.
-    fn program() -> (Program, [Val; 4]) {
-        let mut p = Program::new();
-        let a = p.checked_input("a");
-        let b = p.checked_input("b");
-        let z = p.input();
-        let x = p.linear(&[(0.3, a), (-1.7, b)]);
-        let c = p.clamp(x, -0.5, 0.75);
-        let y = p.linear(&[(1.0, a), (0.1, c), (2.5, z), (-0.25, x)]);
-        let w = p.scale(y, 1.0 / 3.0);
-        // `c` is an output read by a later op; `w` is output twice.
-        (p, [w, c, z, w])
+    /// A kernel exercising every operation and operand kind: two checked
+    /// inputs and an unchecked one, a clamp read later, a four-term
+    /// combination, a scale, an input as an output, an output twice.
+    struct Every;
+
+    impl Kernel<5> for Every {
+        #[inline(always)]
+        fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 5] {
+            let (x, y, z) = (a.input(0), a.input(1), a.input(2));
+            let u = a.linear([(0.3, x), (-1.7, y)]);
+            let c = a.clamp(u, -0.5, 0.75);
+            let v = a.linear([(1.0, x), (0.1, c), (2.5, z), (-0.25, u)]);
+            let w = a.scale(v, 1.0 / 3.0);
+            [w, c, z, w, a.linear([(1e30, w), (1e30, y), (3.0, x)])]
+        }
     }
 
     fn ramp(n: usize, seed: f32) -> Vec<f32> {
@@ -271,65 +316,83 @@ mod tests {
             .collect()
     }
 
+    fn bits(t: Option<CpuTensor>) -> Option<Vec<u32>> {
+        t.map(|t| t.data().iter().map(|v| v.to_bits()).collect())
+    }
+
+    fn unfused(inputs: &[&CpuTensor], want: [bool; 5]) -> Result<[Option<CpuTensor>; 5]> {
+        let (p, outputs) = Program::record(&Every, vec![Some("a"), Some("b"), None]);
+        evaluate_unfused(&p, &outputs, inputs, want)
+    }
+
     #[test]
     fn cpu_pass_equals_operation_at_a_time_bit_for_bit() {
-        let (p, outs) = program();
-        let n = 3 * 4096 + 77;
-        let (a, b, z) = (t(&ramp(n, 0.1)), t(&ramp(n, 1.3)), t(&ramp(n, 2.9)));
-        let fused = CpuTensor::evaluate(&p, &[&a, &b, &z], &outs).unwrap();
-        let plain = evaluate_unfused(&p, &[&a, &b, &z], &outs).unwrap();
-        assert_eq!(fused, plain);
+        // Several blocks and a ragged end; one value overflows to infinity.
+        for n in [1, 15, 16, 17, 3 * 4096 + 77] {
+            let (a, b, z) = (t(&ramp(n, 0.1)), t(&ramp(n, 1.3)), t(&ramp(n, 2.9)));
+            for want in [[true; 5], [false, true, false, true, true]] {
+                let fused = run(&Every, &[&a, &b, &z], &["a", "b"], want).unwrap();
+                let plain = unfused(&[&a, &b, &z], want).unwrap();
+                assert_eq!(fused.map(bits), plain.map(bits), "n = {n}");
+            }
+        }
         // And the unfused path is the trait's own ops, applied by hand.
-        let x = CpuTensor::linear_combination(&[(0.3, &a), (-1.7, &b)]);
-        let c = x.clamp(-0.5, 0.75);
-        let y = CpuTensor::linear_combination(&[(1.0, &a), (0.1, &c), (2.5, &z), (-0.25, &x)]);
-        assert_eq!(plain[0], y.scale(1.0 / 3.0));
-        assert_eq!(plain[1], c);
-        assert_eq!(plain[2], z);
-        assert_eq!(plain[3], plain[0]);
+        let n = 100;
+        let (a, b, z) = (t(&ramp(n, 0.1)), t(&ramp(n, 1.3)), t(&ramp(n, 2.9)));
+        let [w, c, zz, w2, _] = unfused(&[&a, &b, &z], [true; 5])
+            .unwrap()
+            .map(Option::unwrap);
+        let u = CpuTensor::linear_combination(&[(0.3, &a), (-1.7, &b)]);
+        let c_hand = u.clamp(-0.5, 0.75);
+        let v = CpuTensor::linear_combination(&[(1.0, &a), (0.1, &c_hand), (2.5, &z), (-0.25, &u)]);
+        assert_eq!(w, v.scale(1.0 / 3.0));
+        assert_eq!(c, c_hand);
+        assert_eq!(zz, z);
+        assert_eq!(w2, w);
     }
 
     #[test]
     fn non_finite_inputs_are_named_in_order_and_unchecked_ones_pass() {
-        let (p, outs) = program();
         let n = 5000;
         let good = t(&ramp(n, 0.0));
-        let mut bad = ramp(n, 0.0);
-        bad[4500] = f32::NAN;
-        let bad = t(&bad);
-        let mut inf = ramp(n, 0.0);
-        inf[3] = f32::INFINITY;
-        let inf = t(&inf);
-        for eval in [CpuTensor::evaluate, evaluate_unfused::<CpuTensor>] {
-            let err = eval(&p, &[&good, &bad, &good], &outs).unwrap_err();
-            assert!(matches!(err, SchedulerError::NonFinite("b")), "{err}");
-            let err = eval(&p, &[&inf, &bad, &good], &outs).unwrap_err();
-            assert!(matches!(err, SchedulerError::NonFinite("a")), "{err}");
-            assert!(eval(&p, &[&good, &good, &bad], &outs).is_ok());
+        for at in [3, 4500, n - 1] {
+            let mut bad = ramp(n, 0.0);
+            bad[at] = f32::NAN;
+            let bad = t(&bad);
+            let mut inf = ramp(n, 0.0);
+            inf[at] = f32::NEG_INFINITY;
+            let inf = t(&inf);
+            let fused = |i: &[&CpuTensor]| run(&Every, i, &["a", "b"], [true; 5]);
+            let plain = |i: &[&CpuTensor]| unfused(i, [true; 5]);
+            for eval in [&fused as &dyn Fn(&[&CpuTensor]) -> _, &plain] {
+                let err = eval(&[&good, &bad, &good]).unwrap_err();
+                assert!(matches!(err, SchedulerError::NonFinite("b")), "{err}");
+                let err = eval(&[&inf, &bad, &good]).unwrap_err();
+                assert!(matches!(err, SchedulerError::NonFinite("a")), "{err}");
+                assert!(eval(&[&good, &good, &bad]).is_ok());
+            }
         }
     }
 
     #[test]
     fn run_checks_the_inputs() {
-        let (p, outs) = program();
         let (a, b) = (t(&[1.0, 2.0]), t(&[1.0, 2.0, 3.0]));
         assert!(matches!(
-            p.run(&[&a, &b, &a], outs),
+            run(&Every, &[&a, &b, &a], &["a", "b"], [true; 5]),
             Err(SchedulerError::ShapeMismatch { what: "b", .. })
         ));
+        // The kernel reads input 2 of two.
         assert!(matches!(
-            p.run(&[&a, &a], outs),
+            run(&Every, &[&a, &a], &["a", "b"], [true; 5]),
             Err(SchedulerError::InvalidArgument {
                 field: "inputs",
                 ..
             })
         ));
-        let (mut other, _) = program();
-        let stranger = other.scale(Val::Op(4), 2.0);
         assert!(matches!(
-            p.run(&[&a, &a, &a], [stranger]),
+            run(&Every, &[&a, &a, &a], &["a", "b", "c", "d"], [true; 5]),
             Err(SchedulerError::InvalidArgument {
-                field: "program",
+                field: "inputs",
                 ..
             })
         ));

@@ -7,10 +7,10 @@
 //! No FMA: Rust never contracts `a * b + c`, and every version rounds each
 //! product and each sum to `f32` exactly as the operation-at-a-time code does.
 
-use crate::fused::{Op, Program, Val};
+use crate::fused::{Arith, Kernel};
 
-/// Elements per chunk of a fused pass: a program's intermediate values for one
-/// chunk (4 KiB each) stay in L1.
+/// Elements per chunk of a linear combination: the accumulated chunk (4 KiB)
+/// stays in L1 while the terms are added.
 const CHUNK: usize = 1024;
 
 /// Runs `$body` through a copy of itself compiled for the widest vector
@@ -97,170 +97,414 @@ with_avx2! {
     }
 }
 
-/// An [`Op`] with its coefficients already rounded to `f32`.
-pub(crate) enum OpF32 {
-    Linear(Vec<(f32, Val)>),
-    Clamp(Val, f32, f32),
+/// One block of a value: `W` consecutive elements (two AVX-512 registers,
+/// two AVX2 ones or four SSE ones; see [`run_kernel`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Block<const W: usize>([f32; W]);
+
+/// [`Arith`] over blocks: the inputs of the current block are read straight
+/// from the input tensors at `offset`, and the first `checked` inputs are
+/// checked as they are read.
+struct Lanes<'a, const W: usize> {
+    src: &'a [&'a [f32]],
+    offset: usize,
+    checked: usize,
+    /// Lane by lane, the largest `|x|` bit pattern of the checked inputs read.
+    largest: [u32; W],
 }
 
-/// Run `program` over `inputs` chunk by chunk, appending each output's values to
-/// `out` (one empty buffer per output). Returns, per input, whether it was
-/// finite (computed for checked inputs only; `true` for the others).
-pub(crate) fn evaluate(
-    program: &Program,
-    inputs: &[&[f32]],
-    outputs: &[Val],
-    out: &mut [Vec<f32>],
-) -> Vec<bool> {
-    let ops: Vec<OpF32> = program
-        .ops()
-        .iter()
-        .map(|op| match op {
-            Op::Linear(terms) => OpF32::Linear(terms.iter().map(|&(c, v)| (c as f32, v)).collect()),
-            Op::Clamp { x, min, max } => OpF32::Clamp(*x, *min as f32, *max as f32),
-        })
-        .collect();
-    // An operation that is an output is computed straight into its output
-    // buffer (the first output naming it); the others into an L1-sized scratch.
-    let mut home: Vec<Option<usize>> = vec![None; ops.len()];
-    for (o, v) in outputs.iter().enumerate() {
-        if let Val::Op(k) = *v
-            && home[k].is_none()
-        {
-            home[k] = Some(o);
+impl<const W: usize> Arith for Lanes<'_, W> {
+    type V = Block<W>;
+
+    #[inline(always)]
+    fn input(&mut self, i: usize) -> Block<W> {
+        let mut v = [0.0; W];
+        v.copy_from_slice(&self.src[i][self.offset..self.offset + W]);
+        if i < self.checked {
+            // An integer compare: a NaN has the largest patterns, above
+            // infinity's.
+            for (m, x) in self.largest.iter_mut().zip(v) {
+                *m = (*m).max(x.to_bits() & 0x7fff_ffff);
+            }
+        }
+        Block(v)
+    }
+
+    #[inline(always)]
+    fn linear<const K: usize>(&mut self, terms: [(f64, Block<W>); K]) -> Block<W> {
+        // Left to right, each product and sum rounded to f32 (no FMA: Rust
+        // never contracts `a * b + c`).
+        // (Loops rather than `array::map`, which is not always inlined.)
+        let (c0, Block(x0)) = (terms[0].0 as f32, terms[0].1);
+        let mut acc = [0.0; W];
+        for (a, x) in acc.iter_mut().zip(x0) {
+            *a = c0 * x;
+        }
+        for &(c, Block(x)) in &terms[1..] {
+            let c = c as f32;
+            for (a, x) in acc.iter_mut().zip(x) {
+                *a += c * x;
+            }
+        }
+        Block(acc)
+    }
+
+    #[inline(always)]
+    fn clamp(&mut self, x: Block<W>, min: f64, max: f64) -> Block<W> {
+        let (lo, hi) = (min as f32, max as f32);
+        let mut out = x.0;
+        for v in &mut out {
+            *v = clamp1(*v, lo, hi);
+        }
+        Block(out)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! [`Arith`] over AVX-512 registers: a block is two registers (32
+    //! elements), as LLVM vector values, which keeps every value of a step in
+    //! registers across its branches (an array-typed block is split into
+    //! scalars or spilled where a step's options branch).
+    use std::arch::x86_64::*;
+
+    use crate::fused::{Arith, Kernel};
+
+    const W: usize = 32;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Block512([__m512; 2]);
+
+    struct Lanes512<'a> {
+        src: &'a [&'a [f32]],
+        offset: usize,
+        checked: usize,
+        largest: [__m512i; 2],
+    }
+
+    impl Arith for Lanes512<'_> {
+        type V = Block512;
+
+        #[inline(always)]
+        fn input(&mut self, i: usize) -> Block512 {
+            let x = &self.src[i][self.offset..self.offset + W];
+            // SAFETY: `x` holds 32 elements; AVX-512F is enabled in the only
+            // caller (`blocks`).
+            let v = unsafe {
+                [
+                    _mm512_loadu_ps(x.as_ptr()),
+                    _mm512_loadu_ps(x.as_ptr().add(16)),
+                ]
+            };
+            if i < self.checked {
+                // SAFETY: as above.
+                unsafe {
+                    let abs = _mm512_set1_epi32(0x7fff_ffff);
+                    for (m, x) in self.largest.iter_mut().zip(v) {
+                        *m = _mm512_max_epu32(*m, _mm512_and_si512(_mm512_castps_si512(x), abs));
+                    }
+                }
+            }
+            Block512(v)
+        }
+
+        #[inline(always)]
+        fn linear<const K: usize>(&mut self, terms: [(f64, Block512); K]) -> Block512 {
+            // SAFETY: AVX-512F is enabled in the only caller (`blocks`).
+            unsafe {
+                let c0 = _mm512_set1_ps(terms[0].0 as f32);
+                let mut acc = [
+                    _mm512_mul_ps(c0, terms[0].1.0[0]),
+                    _mm512_mul_ps(c0, terms[0].1.0[1]),
+                ];
+                for &(c, Block512(x)) in &terms[1..] {
+                    let c = _mm512_set1_ps(c as f32);
+                    for (a, x) in acc.iter_mut().zip(x) {
+                        *a = _mm512_add_ps(*a, _mm512_mul_ps(c, x));
+                    }
+                }
+                Block512(acc)
+            }
+        }
+
+        #[inline(always)]
+        fn clamp(&mut self, x: Block512, min: f64, max: f64) -> Block512 {
+            // SAFETY: AVX-512F is enabled in the only caller (`blocks`).
+            unsafe {
+                let (lo, hi) = (_mm512_set1_ps(min as f32), _mm512_set1_ps(max as f32));
+                let mut out = x.0;
+                for v in &mut out {
+                    // `v < lo ? lo : v`, then `v > hi ? hi : v`: a NaN passes.
+                    let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(*v, lo);
+                    *v = _mm512_mask_blend_ps(below, *v, lo);
+                    let above = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(*v, hi);
+                    *v = _mm512_mask_blend_ps(above, *v, hi);
+                }
+                Block512(out)
+            }
         }
     }
-    let checked: Vec<bool> = program.input_names().iter().map(Option::is_some).collect();
-    let mut scratch = vec![0.0f32; ops.len() * CHUNK];
-    let mut bad = vec![0u32; inputs.len()];
-    let plan = Plan {
-        ops: &ops,
-        home: &home,
-        inputs,
-        checked: &checked,
-        outputs,
-    };
-    evaluate_chunks(&plan, out, &mut scratch, &mut bad);
-    bad.iter().map(|&b| b < NON_FINITE).collect()
+
+    /// [`super::run_kernel`]'s whole blocks: how many elements were done,
+    /// and the largest `|x|` bit pattern of the checked inputs.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn blocks<K: Kernel<M>, const M: usize>(
+        kernel: &K,
+        inputs: &[&[f32]],
+        checked: usize,
+        want: [bool; M],
+        out: &mut [Vec<f32>; M],
+    ) -> (usize, u32) {
+        let n = inputs.first().map_or(0, |x| x.len());
+        let full = n - n % W;
+        let mut lanes = Lanes512 {
+            src: inputs,
+            offset: 0,
+            checked,
+            largest: [_mm512_setzero_si512(); 2],
+        };
+        while lanes.offset < full {
+            let values = kernel.apply(&mut lanes);
+            for ((o, v), w) in out.iter_mut().zip(values).zip(want) {
+                if w {
+                    o.reserve(W);
+                    let dst = &mut o.spare_capacity_mut()[..W];
+                    // SAFETY: `dst` has room for 32 elements; once they are
+                    // written, the vector's length may cover them.
+                    unsafe {
+                        let p = dst.as_mut_ptr().cast::<f32>();
+                        _mm512_storeu_ps(p, v.0[0]);
+                        _mm512_storeu_ps(p.add(16), v.0[1]);
+                        o.set_len(o.len() + W);
+                    }
+                }
+            }
+            lanes.offset += W;
+        }
+        let largest = _mm512_max_epu32(lanes.largest[0], lanes.largest[1]);
+        (full, _mm512_reduce_max_epu32(largest))
+    }
 }
 
-/// What [`evaluate_chunks`] reads.
-pub(crate) struct Plan<'a> {
-    ops: &'a [OpF32],
-    home: &'a [Option<usize>],
-    inputs: &'a [&'a [f32]],
-    checked: &'a [bool],
-    outputs: &'a [Val],
+/// Run `kernel` over `inputs` (all of one length) block by block, writing
+/// output `o` into `out[o]` (empty, with room for the inputs' length) when
+/// `want[o]`. Returns whether the first `checked` inputs are finite (those
+/// the kernel reads; [`crate::fused::Program`] tells which it does).
+///
+/// With AVX-512, whole blocks run on [`x86`]'s registers; otherwise (and for
+/// the ragged end) on [`Lanes`]' arrays, compiled for AVX2 or the target's
+/// baseline, picked at run time.
+pub(crate) fn run_kernel<K: Kernel<M>, const M: usize>(
+    kernel: &K,
+    inputs: &[&[f32]],
+    checked: usize,
+    want: [bool; M],
+    out: &mut [Vec<f32>; M],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(kernel, inputs, checked, want, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(kernel, inputs, checked, want, out) };
+        }
+    }
+    blocks::<K, M, 16>(kernel, inputs, 0, checked, [0; 16], want, out)
+}
+
+/// [`run_kernel`] with AVX-512: whole blocks in registers, then the ragged
+/// end on [`Lanes`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn avx512<K: Kernel<M>, const M: usize>(
+    kernel: &K,
+    inputs: &[&[f32]],
+    checked: usize,
+    want: [bool; M],
+    out: &mut [Vec<f32>; M],
+) -> bool {
+    let (done, largest) = x86::blocks(kernel, inputs, checked, want, out);
+    blocks::<K, M, 16>(kernel, inputs, done, checked, [largest; 16], want, out)
+}
+
+/// [`run_kernel`] on [`Lanes`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avx2<K: Kernel<M>, const M: usize>(
+    kernel: &K,
+    inputs: &[&[f32]],
+    checked: usize,
+    want: [bool; M],
+    out: &mut [Vec<f32>; M],
+) -> bool {
+    blocks::<K, M, 16>(kernel, inputs, 0, checked, [0; 16], want, out)
+}
+
+/// [`run_kernel`] on [`Lanes`] from element `start` on (whole blocks, then
+/// the ragged end padded with zeros), with `largest` the checked inputs'
+/// largest `|x|` bit patterns so far.
+#[inline(always)]
+fn blocks<K: Kernel<M>, const M: usize, const W: usize>(
+    kernel: &K,
+    inputs: &[&[f32]],
+    start: usize,
+    checked: usize,
+    largest: [u32; W],
+    want: [bool; M],
+    out: &mut [Vec<f32>; M],
+) -> bool {
+    let n = inputs.first().map_or(0, |x| x.len());
+    let full = start + (n - start) / W * W;
+    let mut lanes = Lanes::<W> {
+        src: inputs,
+        offset: start,
+        checked,
+        largest,
+    };
+    while lanes.offset < full {
+        let values = kernel.apply(&mut lanes);
+        for ((o, v), w) in out.iter_mut().zip(values).zip(want) {
+            if w {
+                o.extend_from_slice(&v.0);
+            }
+        }
+        lanes.offset += W;
+    }
+    let mut largest = lanes.largest;
+    if full < n {
+        // Zeros are finite, and their outputs are dropped.
+        let padded: Vec<[f32; W]> = inputs
+            .iter()
+            .map(|x| {
+                let mut v = [0.0; W];
+                v[..n - full].copy_from_slice(&x[full..]);
+                v
+            })
+            .collect();
+        let slices: Vec<&[f32]> = padded.iter().map(|v| &v[..]).collect();
+        let mut tail = Lanes::<W> {
+            src: &slices,
+            offset: 0,
+            checked,
+            largest,
+        };
+        let values = kernel.apply(&mut tail);
+        for ((o, v), w) in out.iter_mut().zip(values).zip(want) {
+            if w {
+                o.extend_from_slice(&v.0[..n - full]);
+            }
+        }
+        largest = tail.largest;
+    }
+    largest.iter().all(|&m| m < NON_FINITE)
 }
 
 /// The smallest `|x|` bit pattern of an infinity or NaN.
 const NON_FINITE: u32 = 0x7f80_0000;
 
-/// Where an operation writes its chunk.
-enum Dst<'a> {
-    Scratch(&'a mut [f32]),
-    /// Appended to an output buffer.
-    Output(&'a mut Vec<f32>),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuTensor;
+    use crate::fused::{Program, evaluate_unfused};
 
-impl Dst<'_> {
-    #[inline(always)]
-    fn fill(&mut self, values: impl Iterator<Item = f32>) {
-        match self {
-            Dst::Scratch(d) => d.iter_mut().zip(values).for_each(|(d, v)| *d = v),
-            Dst::Output(buf) => buf.extend(values),
+    /// Every operation and operand kind: two checked inputs and an unchecked
+    /// one, a clamp read later, a four-term combination, a scale, an input as
+    /// an output, an output twice, and an overflow to infinity.
+    struct Every;
+
+    impl Kernel<5> for Every {
+        #[inline(always)]
+        fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 5] {
+            let (x, y, z) = (a.input(0), a.input(1), a.input(2));
+            let u = a.linear([(0.3, x), (-1.7, y)]);
+            let c = a.clamp(u, -0.5, 0.75);
+            let v = a.linear([(1.0, x), (0.1, c), (2.5, z), (-0.25, u)]);
+            let w = a.scale(v, 1.0 / 3.0);
+            [w, c, z, w, a.linear([(1e38, w), (1e38, y), (3.0, x)])]
         }
     }
 
-    /// The chunk just filled.
-    #[inline(always)]
-    fn filled(&mut self, len: usize) -> &mut [f32] {
-        match self {
-            Dst::Scratch(d) => &mut d[..len],
-            Dst::Output(buf) => {
-                let end = buf.len();
-                &mut buf[end - len..]
+    type Path = fn(&Every, &[&[f32]], usize, [bool; 5], &mut [Vec<f32>; 5]) -> bool;
+
+    /// Every code path this CPU can run.
+    fn paths() -> Vec<(&'static str, Path)> {
+        let mut paths: Vec<(&'static str, Path)> = vec![
+            ("portable", |k, i, c, w, o| {
+                blocks::<_, 5, 16>(k, i, 0, c, [0; 16], w, o)
+            }),
+            ("dispatched", run_kernel::<Every, 5>),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                paths.push(("avx2", |k, i, c, w, o| unsafe { avx2(k, i, c, w, o) }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above).
+                paths.push(("avx512", |k, i, c, w, o| unsafe { avx512(k, i, c, w, o) }));
+            }
+        }
+        paths
+    }
+
+    fn ramp(n: usize, seed: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.37 + seed).sin() * 3.0)
+            .collect()
+    }
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn every_path_equals_operation_at_a_time_bit_for_bit() {
+        let (program, outputs) = Program::record(&Every, vec![Some("x"), Some("y"), None]);
+        // Empty, within one block, whole blocks, ragged ends.
+        for n in [0, 1, 15, 16, 17, 31, 32, 33, 100, 1031] {
+            let data = [ramp(n, 0.1), ramp(n, 1.3), ramp(n, 2.9)];
+            let tensors: Vec<CpuTensor> = data
+                .iter()
+                .map(|d| CpuTensor::new(d.clone(), vec![1, n]).unwrap())
+                .collect();
+            let refs: Vec<&CpuTensor> = tensors.iter().collect();
+            let want = [true, true, false, true, true];
+            let expected = evaluate_unfused(&program, &outputs, &refs, want).unwrap();
+            let inputs: Vec<&[f32]> = data.iter().map(|d| d.as_slice()).collect();
+            for (name, path) in paths() {
+                let mut out: [Vec<f32>; 5] = Default::default();
+                out.iter_mut().for_each(|o| o.reserve(n));
+                assert!(path(&Every, &inputs, 2, want, &mut out), "{name}, n = {n}");
+                for (o, e) in out.iter().zip(&expected) {
+                    match e {
+                        Some(e) => assert_eq!(bits(o), bits(e.data()), "{name}, n = {n}"),
+                        None => assert!(o.is_empty(), "{name}, n = {n}"),
+                    }
+                }
             }
         }
     }
-}
 
-with_avx2! {
-    fn evaluate_chunks(plan: &Plan, out: &mut [Vec<f32>], scratch: &mut [f32], bad: &mut [u32]) {
-        let n = plan.inputs.first().map_or(0, |x| x.len());
-        for start in (0..n).step_by(CHUNK) {
-            let end = (start + CHUNK).min(n);
-            let len = end - start;
-            // Finiteness: the largest |x| bit pattern, compared once at the end.
-            for ((x, &check), bad) in plan.inputs.iter().zip(plan.checked).zip(bad.iter_mut()) {
-                if check {
-                    *bad = x[start..end]
-                        .iter()
-                        .fold(*bad, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
-                }
-            }
-            for (k, op) in plan.ops.iter().enumerate() {
-                let (done, rest) = scratch.split_at_mut(k * CHUNK);
-                let mut taken = plan.home[k].map(|o| std::mem::take(&mut out[o]));
-                let out_ro: &[Vec<f32>] = out;
-                let src = |v: Val| -> &[f32] {
-                    match v {
-                        Val::Input(i) => &plan.inputs[i][start..end],
-                        Val::Op(j) => match plan.home[j] {
-                            Some(o) => &out_ro[o][start..end],
-                            None => &done[j * CHUNK..j * CHUNK + len],
-                        },
+    #[test]
+    fn every_path_finds_a_non_finite_checked_input_anywhere() {
+        let n = 100;
+        for at in [0, 31, 32, 63, 64, 95, 96, 99] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for (input, found) in [(0, false), (1, false), (2, true)] {
+                    let mut data = [ramp(n, 0.1), ramp(n, 1.3), ramp(n, 2.9)];
+                    data[input][at] = bad;
+                    let inputs: Vec<&[f32]> = data.iter().map(|d| d.as_slice()).collect();
+                    for (name, path) in paths() {
+                        let mut out: [Vec<f32>; 5] = Default::default();
+                        let finite = path(&Every, &inputs, 2, [true; 5], &mut out);
+                        // Input 2 is not checked.
+                        assert_eq!(finite, found, "{name}: {bad} in input {input} at {at}");
                     }
-                };
-                let mut dst = match taken.as_mut() {
-                    Some(buf) => Dst::Output(buf),
-                    None => Dst::Scratch(&mut rest[..len]),
-                };
-                match op {
-                    OpF32::Linear(terms) => {
-                        // Up to three terms in one loop; `(c0 a + c1 b) + c2 c`
-                        // rounds as the left-to-right accumulation.
-                        match terms[..] {
-                            [(c0, a)] => dst.fill(src(a).iter().map(|a| c0 * a)),
-                            [(c0, a), (c1, b)] => {
-                                let ab = src(a).iter().zip(src(b));
-                                dst.fill(ab.map(|(a, b)| c0 * a + c1 * b))
-                            }
-                            [(c0, a), (c1, b), (c2, c), ..] => {
-                                let abc = src(a).iter().zip(src(b)).zip(src(c));
-                                dst.fill(abc.map(|((a, b), c)| c0 * a + c1 * b + c2 * c))
-                            }
-                            _ => unreachable!("a linear combination has a term"),
-                        }
-                        if terms.len() > 3 {
-                            let acc = dst.filled(len);
-                            for &(c, v) in &terms[3..] {
-                                for (d, &x) in acc.iter_mut().zip(src(v)) {
-                                    *d += c * x;
-                                }
-                            }
-                        }
-                    }
-                    &OpF32::Clamp(v, lo, hi) => dst.fill(src(v).iter().map(|&x| clamp1(x, lo, hi))),
-                }
-                if let (Some(o), Some(buf)) = (plan.home[k], taken) {
-                    out[o] = buf;
-                }
-            }
-            // Outputs that are inputs, or an operation already output before.
-            for (o, &v) in plan.outputs.iter().enumerate() {
-                match v {
-                    // Computed in place, or (named twice) copied from where it was.
-                    Val::Op(j) => {
-                        if let Some(h) = plan.home[j]
-                            && h != o
-                        {
-                            let (lo, hi) = out.split_at_mut(o.max(h));
-                            let (dst, src) = if o < h { (&mut lo[o], &hi[0]) } else { (&mut hi[0], &lo[h]) };
-                            dst.extend_from_slice(&src[start..end]);
-                        }
-                    }
-                    Val::Input(i) => out[o].extend_from_slice(&plan.inputs[i][start..end]),
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! leaves the device.
 
 use crate::error::SchedulerError;
-use crate::fused::{Program, Val};
+use crate::fused::{Kernel, Program, Val};
 use crate::kernels;
 
 /// Element-wise operations over a tensor of any shape. All operands of one call
@@ -47,19 +47,24 @@ pub trait SchedulerTensor: Clone {
         Self::linear_combination(&[(a, self)])
     }
 
-    /// Run a [`Program`] on `inputs` (same shape, in the program's declaration
-    /// order; checked by [`Program::run`]) and return the values named by
-    /// `outputs`, in order. Fails with [`SchedulerError::NonFinite`] naming the
+    /// Run a step's [`Kernel`] on `inputs` (same shape, as given to
+    /// [`crate::fused::run`], which checked them against `program`, the
+    /// kernel's recording) and return the outputs named by `outputs` whose
+    /// `want` is set. Fails with [`SchedulerError::NonFinite`] naming the
     /// first checked input that holds a non-finite value.
     ///
-    /// The default applies the operations one at a time through the methods
-    /// above; an implementation may fuse them, but must round exactly as they do.
-    fn evaluate(
+    /// The default applies the program's operations one at a time through the
+    /// methods above; an implementation may compute the kernel its own way,
+    /// but must round exactly as they do.
+    fn evaluate<K: Kernel<M>, const M: usize>(
+        kernel: &K,
         program: &Program,
+        outputs: &[Val; M],
         inputs: &[&Self],
-        outputs: &[Val],
-    ) -> Result<Vec<Self>, SchedulerError> {
-        crate::fused::evaluate_unfused(program, inputs, outputs)
+        want: [bool; M],
+    ) -> Result<[Option<Self>; M], SchedulerError> {
+        let _ = kernel;
+        crate::fused::evaluate_unfused(program, outputs, inputs, want)
     }
 }
 
@@ -300,24 +305,38 @@ impl SchedulerTensor for CpuTensor {
         kernels::all_finite(&self.data)
     }
 
-    fn evaluate(
+    /// The kernel itself, over blocks of every input at a time
+    /// ([`crate::fused`]): each input read once, each wanted output written once.
+    fn evaluate<K: Kernel<M>, const M: usize>(
+        kernel: &K,
         program: &Program,
+        _outputs: &[Val; M],
         inputs: &[&Self],
-        outputs: &[Val],
-    ) -> Result<Vec<Self>, SchedulerError> {
+        want: [bool; M],
+    ) -> Result<[Option<Self>; M], SchedulerError> {
         let n = inputs.first().map_or(0, |t| t.data.len());
         let data: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
-        let mut out: Vec<Vec<f32>> = outputs.iter().map(|_| pool::take(n)).collect();
-        let finite = kernels::evaluate(program, &data, outputs, &mut out);
-        crate::fused::first_non_finite(program, |i| finite[i])?;
+        // The checked inputs come first (`fused::run`).
+        let checked = program
+            .input_names()
+            .iter()
+            .take_while(|n| n.is_some())
+            .count();
+        let mut out: [Vec<f32>; M] =
+            std::array::from_fn(|o| if want[o] { pool::take(n) } else { Vec::new() });
+        let unread_checked = (0..checked).any(|i| !program.reads(i));
+        if !kernels::run_kernel(kernel, &data, checked, want, &mut out) || unread_checked {
+            crate::fused::first_non_finite(program, |i| kernels::all_finite(data[i]))?;
+        }
         let shape = inputs.first().map(|t| t.shape.clone()).unwrap_or_default();
-        Ok(out
-            .into_iter()
-            .map(|data| Self {
+        let mut out = out.into_iter();
+        Ok(std::array::from_fn(|o| {
+            let data = out.next().unwrap_or_default();
+            want[o].then(|| Self {
                 shape: shape.clone(),
                 data,
             })
-            .collect())
+        }))
     }
 }
 

@@ -1,10 +1,10 @@
-//! The CPU tensor's fused step (its chunked program pass,
-//! `CpuTensor::evaluate`) against the operation-at-a-time path every other
-//! tensor type gets by default: for every scheduler and a spread of configs
-//! and step options, each step's `prev_sample` and `pred_original_sample` must
-//! be the same bit for bit. The latent (2 × 1031 = 2062 elements) spans two
-//! of the CPU pass's 1024-element chunks and leaves a 14-element end, ragged
-//! for every vector width.
+//! The CPU tensor's fused step (`CpuTensor::evaluate`: the step's kernel
+//! applied to blocks of registers) against the operation-at-a-time path every
+//! other tensor type gets by default (the kernel recorded as a `Program`): for
+//! every scheduler and a spread of configs and step options, each step's
+//! `prev_sample` and `pred_original_sample` must be the same bit for bit. The
+//! latent (2 × 1031 = 2062 elements) is 64 whole 32-element blocks and a
+//! 14-element end, ragged for every block width.
 
 use diffusion_schedulers::{
     CpuTensor, NoiseSource, SCHEDULER_CLASSES, SchedulerError, SchedulerTensor, StepOptions,
@@ -134,6 +134,7 @@ fn fused_steps_equal_operation_at_a_time_steps_bit_for_bit() {
         json!({"prediction_type": "v_prediction"}),
         json!({"prediction_type": "sample", "clip_sample": true}),
         json!({"prediction_type": "epsilon", "thresholding": true}),
+        json!({"stochastic_sampling": true}),
     ];
     let options = [
         StepOptions::default(),
@@ -142,6 +143,7 @@ fn fused_steps_equal_operation_at_a_time_steps_bit_for_bit() {
             s_churn: Some(3.0),
             s_noise: Some(1.1),
             pred_original_sample: Some(false),
+            use_clipped_model_output: Some(true),
             ..StepOptions::default()
         },
     ];

@@ -7,10 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::alpha::{spaced_timesteps, validate_alpha_schedule};
-use crate::common::{self, StepIndex};
+use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -196,43 +195,40 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
         let alpha_prod_t_prev = self.alpha_prev(prev_t);
         let beta_prod_t = 1.0 - alpha_prod_t;
 
-        // One element-wise program: x0 (bounded), the direction, the update.
-        let mut p = Program::new();
+        // One element-wise pass: x0 (bounded), the direction, the update.
         let c = &self.config;
-        let bound = common::x0_bound!(c);
-        let pred = common::alpha_x0(
-            &mut p,
+        let (x0, mut extra) = AlphaX0::new(
             c.prediction_type,
             CLASS_NAME,
             model_output,
             sample,
             alpha_prod_t,
-            bound,
+            common::x0_bound!(c),
         )?;
         let eta = options.eta.unwrap_or(0.0);
         let variance =
             (1.0 - alpha_prod_t_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_t_prev);
         let std_dev_t = eta * variance.sqrt();
         let eps = if options.use_clipped_model_output.unwrap_or(false) {
-            p.linear(&[
-                (1.0 / beta_prod_t.sqrt(), pred.sample),
-                (-alpha_prod_t.sqrt() / beta_prod_t.sqrt(), pred.x0),
-            ])
+            AlphaTerm::ClippedEps
         } else {
-            pred.eps
+            AlphaTerm::Eps
         };
         let direction = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
-        let mut prev = p.linear(&[(alpha_prod_t_prev.sqrt(), pred.x0), (direction, eps)]);
-        let z;
-        let mut inputs = pred.inputs(model_output, sample);
-        if eta > 0.0 {
-            z = common::step_noise(noise, model_output, sample)?;
-            let zv = p.input();
-            prev = p.linear(&[(1.0, prev), (std_dev_t, zv)]);
-            inputs.push(&z);
-        }
+        let noise_coeffs = if eta > 0.0 {
+            extra.push(common::step_noise(noise, model_output, sample)?);
+            Some((1.0, std_dev_t))
+        } else {
+            None
+        };
+        let kernel = AlphaStep {
+            x0,
+            terms: [(alpha_prod_t_prev.sqrt(), AlphaTerm::X0), (direction, eps)],
+            noise: noise_coeffs,
+            second_is_y: false,
+        };
         let want_x0 = options.wants_pred_original_sample();
-        let ([prev], x0) = p.run_with(&inputs, [prev], want_x0.then_some(pred.x0))?;
+        let (prev, x0) = kernel.run(model_output, sample, &extra, want_x0)?;
         self.index.advance();
         Ok(StepOutput {
             prev_sample: prev,

@@ -13,10 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::alpha::{alpha_f32, check_threshold_config, custom_timesteps, spaced_timesteps};
-use crate::common;
+use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -282,34 +281,33 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
         let cur_beta = 1.0 - cur_alpha;
 
         let c = &self.config;
-        let bound = common::x0_bound!(c);
-        let mut p = Program::new();
-        let pred = common::alpha_x0(
-            &mut p,
+        let (x0, mut extra) = AlphaX0::new(
             c.prediction_type,
             CLASS_NAME,
             model_output,
             sample,
             a_t as f64,
-            bound,
+            common::x0_bound!(c),
         )?;
         let x0_coeff = a_prev.sqrt() * cur_beta / b_t;
         let sample_coeff = cur_alpha.sqrt() * b_prev / b_t;
-        let mut prev = p.linear(&[
-            (x0_coeff as f64, pred.x0),
-            (sample_coeff as f64, pred.sample),
-        ]);
-        let z;
-        let mut inputs = pred.inputs(model_output, sample);
-        if t_int > 0 {
-            z = common::step_noise(noise, model_output, sample)?;
-            let std = self.noise_std(a_t, a_prev);
-            let zv = p.input();
-            prev = p.linear(&[(1.0, prev), (std as f64, zv)]);
-            inputs.push(&z);
-        }
+        let noise_coeffs = if t_int > 0 {
+            extra.push(common::step_noise(noise, model_output, sample)?);
+            Some((1.0, self.noise_std(a_t, a_prev) as f64))
+        } else {
+            None
+        };
+        let kernel = AlphaStep {
+            x0,
+            terms: [
+                (x0_coeff as f64, AlphaTerm::X0),
+                (sample_coeff as f64, AlphaTerm::Sample),
+            ],
+            noise: noise_coeffs,
+            second_is_y: false,
+        };
         let want_x0 = options.wants_pred_original_sample();
-        let ([prev], x0) = p.run_with(&inputs, [prev], want_x0.then_some(pred.x0))?;
+        let (prev, x0) = kernel.run(model_output, sample, &extra, want_x0)?;
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: x0,

@@ -10,11 +10,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{euler_churn_step, input_sigma, step_position};
+use super::euler_discrete::{Denoise, euler_churn_step, input_sigma, step_position};
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{FinalSigmasType, PredictionType, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Program, Val};
+use crate::fused::Arith;
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{begin_index_beyond, sigma_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -152,13 +152,14 @@ impl EDMEulerScheduler {
     }
 
     /// `c_skip * x + c_out * model_output` at noise level `sigma` (f32 scalars, as diffusers).
-    fn precondition_outputs(
+    #[inline(always)]
+    fn precondition_outputs<A: Arith>(
         &self,
-        p: &mut Program,
-        sample: Val,
-        model_output: Val,
+        a: &mut A,
+        sample: A::V,
+        model_output: A::V,
         sigma: f64,
-    ) -> Val {
+    ) -> A::V {
         let (s, sd) = (sigma as f32, self.config.sigma_data);
         let sd2 = (sd * sd) as f32;
         let denom = s * s + sd2;
@@ -168,7 +169,14 @@ impl EDMEulerScheduler {
             PredictionType::VPrediction => -c_out,
             _ => c_out,
         };
-        p.linear(&[(c_skip as f64, sample), (c_out as f64, model_output)])
+        a.linear([(c_skip as f64, sample), (c_out as f64, model_output)])
+    }
+}
+
+impl Denoise for EDMEulerScheduler {
+    #[inline(always)]
+    fn x0<A: Arith>(&self, a: &mut A, model_output: A::V, sample: A::V, sigma_hat: f64) -> A::V {
+        self.precondition_outputs(a, sample, model_output, sigma_hat)
     }
 }
 
@@ -266,15 +274,8 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
         }
         common::check_step_shapes(model_output, sample)?;
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
-        let (prev, x0) = euler_churn_step(
-            model_output,
-            sample,
-            &self.sigmas,
-            i,
-            options,
-            noise,
-            |p, m, x, sigma_hat| self.precondition_outputs(p, x, m, sigma_hat),
-        )?;
+        let (prev, x0) =
+            euler_churn_step(model_output, sample, &self.sigmas, i, options, noise, self)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

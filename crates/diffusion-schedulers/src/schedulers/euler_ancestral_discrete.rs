@@ -11,7 +11,7 @@ use super::euler_discrete::{
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
     begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
@@ -121,6 +121,27 @@ pub(crate) fn build<T: SchedulerTensor>(
     )
 }
 
+/// The element-wise part of an ancestral Euler step: the Euler step to
+/// `sigma_down`, then `sigma_up` of fresh noise. Inputs: model output, sample,
+/// noise.
+struct AncestralStep {
+    prediction_type: PredictionType,
+    sigma: f64,
+    dt: f64,
+    sigma_up: f64,
+}
+
+impl Kernel<2> for AncestralStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let (m, s) = (a.input(0), a.input(1));
+        let x0 = sigma_prediction(a, self.prediction_type, m, s, self.sigma, self.sigma);
+        let prev = euler_update(a, s, x0, self.sigma, self.dt);
+        let z = a.input(2);
+        [a.linear([(1.0, prev), (self.sigma_up, z)]), x0]
+    }
+}
+
 impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
     fn class_name(&self) -> &'static str {
         CLASS_NAME
@@ -190,29 +211,20 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         common::check_step_shapes(model_output, sample)?;
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let (sigma, sigma_to) = (self.sigmas[i] as f32, self.sigmas[i + 1] as f32);
-        let mut p = Program::new();
-        let m = p.checked_input("model_output");
-        let s = p.checked_input("sample");
-        let x0 = sigma_prediction(
-            &mut p,
-            self.config.prediction_type,
-            m,
-            s,
-            sigma as f64,
-            sigma as f64,
-        );
         // The noise level split of k-diffusion's `get_ancestral_step`, in f32.
         let (from2, to2) = (sigma * sigma, sigma_to * sigma_to);
         let sigma_up = (to2 * (from2 - to2) / from2).max(0.0).sqrt();
         let sigma_down = (to2 - sigma_up * sigma_up).max(0.0).sqrt();
-        let dt = (sigma_down - sigma) as f64;
-        let prev = euler_update(&mut p, s, x0, sigma as f64, dt);
         let z = common::step_noise(noise, model_output, sample)?;
-        let zv = p.input();
-        let prev = p.linear(&[(1.0, prev), (sigma_up as f64, zv)]);
+        let kernel = AncestralStep {
+            prediction_type: self.config.prediction_type,
+            sigma: sigma as f64,
+            dt: (sigma_down - sigma) as f64,
+            sigma_up: sigma_up as f64,
+        };
         let want_x0 = options.wants_pred_original_sample();
-        let ([prev], x0) =
-            p.run_with(&[model_output, sample, &z], [prev], want_x0.then_some(x0))?;
+        let [prev, x0] = common::run_step(&kernel, &[model_output, sample, &z], [true, want_x0])?;
+        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

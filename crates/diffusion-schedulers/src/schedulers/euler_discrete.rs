@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Program, Val};
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
 use crate::sigmas::{
     SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
@@ -160,9 +160,59 @@ pub(crate) fn churn_gamma(options: &StepOptions, sigma: f64, num_sigmas: usize) 
     }
 }
 
+/// How a k-diffusion step turns the model output into `x0` at the (churned)
+/// noise level `sigma_hat`.
+pub(crate) trait Denoise {
+    fn x0<A: Arith>(&self, a: &mut A, model_output: A::V, sample: A::V, sigma_hat: f64) -> A::V;
+}
+
+/// [`sigma_prediction`] with the un-churned sigma v-prediction uses.
+pub(crate) struct SigmaDenoise {
+    pub prediction_type: PredictionType,
+    pub sigma: f64,
+}
+
+impl Denoise for SigmaDenoise {
+    #[inline(always)]
+    fn x0<A: Arith>(&self, a: &mut A, m: A::V, s: A::V, sigma_hat: f64) -> A::V {
+        sigma_prediction(a, self.prediction_type, m, s, sigma_hat, self.sigma)
+    }
+}
+
+/// The element-wise part of [`euler_churn_step`]. Inputs: model output,
+/// sample and, with churn, the noise.
+struct EulerStep<'d, D> {
+    denoise: &'d D,
+    /// `(s_noise, extra)`: the churn noise is `extra * s_noise * z`.
+    churn: Option<(f64, f64)>,
+    sigma_hat: f64,
+    dt: f64,
+}
+
+impl<D: Denoise> Kernel<2> for EulerStep<'_, D> {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let (m, s) = (a.input(0), a.input(1));
+        let x = match self.churn {
+            Some((s_noise, extra)) => {
+                let z = a.input(2);
+                let z = if s_noise == 1.0 {
+                    z
+                } else {
+                    a.scale(z, s_noise)
+                };
+                a.linear([(1.0, s), (extra, z)])
+            }
+            None => s,
+        };
+        let x0 = self.denoise.x0(a, m, x, self.sigma_hat);
+        [euler_update(a, x, x0, self.sigma_hat, self.dt), x0]
+    }
+}
+
 /// Churn (if any) and one Euler step from `sigmas[i]` to `sigmas[i + 1]`, as one
-/// [`Program`], with `x0` given by `denoise(p, model_output, sample, sigma_hat)`.
-/// Returns `(prev_sample, x0)`, `x0` when the options want it.
+/// pass, with `x0` given by `denoise`. Returns `(prev_sample, x0)`, `x0` when
+/// the options want it.
 pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     model_output: &T,
     sample: &T,
@@ -170,65 +220,68 @@ pub(crate) fn euler_churn_step<T: SchedulerTensor>(
     i: usize,
     options: &StepOptions,
     noise: &mut dyn NoiseSource<T>,
-    denoise: impl FnOnce(&mut Program, Val, Val, f64) -> Val,
+    denoise: &impl Denoise,
 ) -> Result<(T, Option<T>)> {
     common::check_step_shapes(model_output, sample)?;
-    let mut p = Program::new();
-    let m = p.checked_input("model_output");
-    let s = p.checked_input("sample");
-    let mut inputs = vec![model_output, sample];
     let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
     let gamma = churn_gamma(options, sigma, sigmas.len());
     let sigma_hat = sigma as f32 * (gamma + 1.0) as f32;
     let z;
-    let x = if gamma > 0.0 {
+    let mut inputs = vec![model_output, sample];
+    let churn = if gamma > 0.0 {
         z = common::step_noise(noise, model_output, sample)?;
         inputs.push(&z);
-        let zv = p.input();
-        let zv = match options.s_noise.unwrap_or(1.0) {
-            1.0 => zv,
-            s_noise => p.scale(zv, s_noise),
-        };
         let s32 = sigma as f32;
         let extra = (sigma_hat * sigma_hat - s32 * s32).max(0.0).sqrt();
-        p.linear(&[(1.0, s), (extra as f64, zv)])
+        Some((options.s_noise.unwrap_or(1.0), extra as f64))
     } else {
-        s
+        None
     };
     let sigma_hat = sigma_hat as f64;
-    let x0 = denoise(&mut p, m, x, sigma_hat);
-    let dt = f32r(sigma_next - sigma_hat);
-    let prev = euler_update(&mut p, x, x0, sigma_hat, dt);
+    let kernel = EulerStep {
+        denoise,
+        churn,
+        sigma_hat,
+        dt: f32r(sigma_next - sigma_hat),
+    };
     let want_x0 = options.wants_pred_original_sample();
-    let ([prev], x0) = p.run_with(&inputs, [prev], want_x0.then_some(x0))?;
-    Ok((prev, x0))
+    let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
+    Ok((common::required(prev)?, x0))
 }
 
 /// `sample + (sample - x0) / sigma * dt`, in the order diffusers evaluates it
 /// (the rounding matters where `sample` is far larger than the result).
-pub(crate) fn euler_update(p: &mut Program, sample: Val, x0: Val, sigma: f64, dt: f64) -> Val {
-    let difference = p.linear(&[(1.0, sample), (-1.0, x0)]);
-    let derivative = p.scale(difference, 1.0 / sigma);
-    p.linear(&[(1.0, sample), (dt, derivative)])
+#[inline(always)]
+pub(crate) fn euler_update<A: Arith>(
+    a: &mut A,
+    sample: A::V,
+    x0: A::V,
+    sigma: f64,
+    dt: f64,
+) -> A::V {
+    let difference = a.linear([(1.0, sample), (-1.0, x0)]);
+    let derivative = a.scale(difference, 1.0 / sigma);
+    a.linear([(1.0, sample), (dt, derivative)])
 }
 
 /// `x0` of a k-diffusion model output at noise level `sigma` (`sigma_v` is the
 /// level v-prediction uses, which diffusers keeps un-churned).
-pub(crate) fn sigma_prediction(
-    p: &mut Program,
+#[inline(always)]
+pub(crate) fn sigma_prediction<A: Arith>(
+    a: &mut A,
     prediction_type: PredictionType,
-    model_output: Val,
-    sample: Val,
+    model_output: A::V,
+    sample: A::V,
     sigma: f64,
     sigma_v: f64,
-) -> Val {
+) -> A::V {
     match prediction_type {
-        PredictionType::Epsilon => p.linear(&[(1.0, sample), (-sigma, model_output)]),
+        PredictionType::Epsilon => a.linear([(1.0, sample), (-sigma, model_output)]),
         PredictionType::VPrediction => {
             let s = sigma_v as f32;
             let s2 = s * s + 1.0;
             let c_out = -s / s2.sqrt();
-            p.linear(&[(c_out as f64, model_output), (1.0 / s2 as f64, sample)])
+            a.linear([(c_out as f64, model_output), (1.0 / s2 as f64, sample)])
         }
         // `sample`; flow_prediction is refused at construction.
         _ => model_output,
@@ -486,7 +539,10 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
         common::check_step_shapes(model_output, sample)?;
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let sigma = self.sigmas[i];
-        let prediction_type = self.config.prediction_type;
+        let denoise = SigmaDenoise {
+            prediction_type: self.config.prediction_type,
+            sigma,
+        };
         let (prev, x0) = euler_churn_step(
             model_output,
             sample,
@@ -494,7 +550,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
             i,
             options,
             noise,
-            |p, m, x, sigma_hat| sigma_prediction(p, prediction_type, m, x, sigma_hat, sigma),
+            &denoise,
         )?;
         self.index.advance_from(i);
         Ok(StepOutput {

@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::common::{self, StepIndex, f32r};
 use crate::config::invalid;
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
 use crate::sigmas::SigmaSpacing;
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -242,6 +242,38 @@ pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
     )
 }
 
+/// The element-wise part of a flow-matching step. Inputs: model output
+/// (the velocity), sample and, when stochastic, the noise.
+enum FlowStep {
+    /// `sample + dt * velocity`.
+    Euler { dt: f64 },
+    /// Re-noise the `x0` estimate to `sigma_next` with fresh noise.
+    Stochastic {
+        sigma: f64,
+        x0_coeff: f64,
+        sigma_next: f64,
+    },
+}
+
+impl Kernel<1> for FlowStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 1] {
+        let (m, s) = (a.input(0), a.input(1));
+        match *self {
+            FlowStep::Euler { dt } => [a.linear([(1.0, s), (dt, m)])],
+            FlowStep::Stochastic {
+                sigma,
+                x0_coeff,
+                sigma_next,
+            } => {
+                let x0 = a.linear([(1.0, s), (-sigma, m)]);
+                let z = a.input(2);
+                [a.linear([(x0_coeff, x0), (sigma_next, z)])]
+            }
+        }
+    }
+}
+
 impl<T: SchedulerTensor> Scheduler<T> for FlowMatchEulerDiscreteScheduler {
     fn class_name(&self) -> &'static str {
         CLASS_NAME
@@ -417,19 +449,23 @@ impl<T: SchedulerTensor> Scheduler<T> for FlowMatchEulerDiscreteScheduler {
             return Err(SchedulerError::PastLastStep(i));
         }
         let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
-        let mut p = Program::new();
-        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
-        let [prev] = if self.config.stochastic_sampling {
-            let x0 = p.linear(&[(1.0, s), (-sigma, m)]);
-            let z = common::step_noise(noise, model_output, sample)?;
-            let zv = p.input();
-            let prev = p.linear(&[(f32r(1.0 - sigma_next), x0), (sigma_next, zv)]);
-            p.run(&[model_output, sample, &z], [prev])?
+        let z;
+        let mut inputs = vec![model_output, sample];
+        let kernel = if self.config.stochastic_sampling {
+            z = common::step_noise(noise, model_output, sample)?;
+            inputs.push(&z);
+            FlowStep::Stochastic {
+                sigma,
+                x0_coeff: f32r(1.0 - sigma_next),
+                sigma_next,
+            }
         } else {
-            let dt = f32r(sigma_next - sigma);
-            let prev = p.linear(&[(1.0, s), (dt, m)]);
-            p.run(&[model_output, sample], [prev])?
+            FlowStep::Euler {
+                dt: f32r(sigma_next - sigma),
+            }
         };
+        let [prev] = common::run_step(&kernel, &inputs, [true])?;
+        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

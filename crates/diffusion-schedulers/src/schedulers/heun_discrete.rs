@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Program, Val};
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
     SigmaSpacing, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
@@ -184,28 +184,109 @@ pub(crate) fn interleave_tail_f32(x: &[f32]) -> Vec<f32> {
 
 /// `x0` from a model output at noise level `sigma` (epsilon or v-prediction of a
 /// variance-exploding model; `sample` returns the output itself).
-pub(crate) fn sigma_prediction(
-    p: &mut Program,
+#[inline(always)]
+pub(crate) fn sigma_prediction<A: Arith>(
+    a: &mut A,
     prediction_type: PredictionType,
-    model_output: Val,
-    sample: Val,
+    model_output: A::V,
+    sample: A::V,
     sigma: f64,
-) -> Val {
+) -> A::V {
     match prediction_type {
-        PredictionType::Epsilon => p.linear(&[(1.0, sample), (-sigma, model_output)]),
+        PredictionType::Epsilon => a.linear([(1.0, sample), (-sigma, model_output)]),
         PredictionType::VPrediction => {
             let s2 = common::f32r(common::f32r(sigma * sigma) + 1.0);
             let c_out = common::f32r(-sigma / common::f32r(s2.sqrt()));
-            p.linear(&[(c_out, model_output), (1.0 / s2, sample)])
+            a.linear([(c_out, model_output), (1.0 / s2, sample)])
         }
         _ => model_output,
     }
 }
 
 /// `(sample - x0) / sigma`, with the difference rounded first as in torch.
-pub(crate) fn ode_derivative(p: &mut Program, sample: Val, x0: Val, sigma: f64) -> Val {
-    let difference = p.linear(&[(1.0, sample), (-1.0, x0)]);
-    p.scale(difference, 1.0 / sigma)
+#[inline(always)]
+pub(crate) fn ode_derivative<A: Arith>(a: &mut A, sample: A::V, x0: A::V, sigma: f64) -> A::V {
+    let difference = a.linear([(1.0, sample), (-1.0, x0)]);
+    a.scale(difference, 1.0 / sigma)
+}
+
+/// The `x0` of a two-evaluation step (Heun, KDPM2) at noise level `sigma`,
+/// clamped to `[-clip, clip]` when `clip` is set (Heun's `clip_sample`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SigmaX0 {
+    pub prediction_type: PredictionType,
+    pub sigma: f64,
+    pub clip: Option<f64>,
+}
+
+impl SigmaX0 {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
+        let (m, s) = (a.input(0), a.input(1));
+        let x0 = sigma_prediction(a, self.prediction_type, m, s, self.sigma);
+        let x0 = match self.clip {
+            Some(r) => a.clamp(x0, -r, r),
+            None => x0,
+        };
+        [m, s, x0]
+    }
+}
+
+/// The first half of a two-evaluation step (Heun, KDPM2): an Euler step of
+/// `dt` with the derivative at `sigma`. Inputs: model output, sample.
+/// Outputs: `[prev, derivative, sample, x0]` (the second half needs the
+/// derivative or the sample).
+pub(crate) struct FirstHalfStep {
+    pub x0: SigmaX0,
+    pub sigma: f64,
+    pub dt: f64,
+}
+
+impl Kernel<4> for FirstHalfStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 4] {
+        let [_, s, x0] = self.x0.apply(a);
+        let derivative = ode_derivative(a, s, x0, self.sigma);
+        let prev = a.linear([(1.0, s), (self.dt, derivative)]);
+        [prev, derivative, s, x0]
+    }
+}
+
+/// The second half: from the first half's sample `start`, a step of `dt`
+/// along the derivative at `sigma` (Heun: averaged with the first half's
+/// derivative `d1`), then `noise` times fresh noise (KDPM2 ancestral).
+/// Inputs: model output, sample, then `d1` (Heun), `start`, the noise.
+/// Outputs: `[prev, x0]`.
+pub(crate) struct SecondHalfStep {
+    pub x0: SigmaX0,
+    pub sigma: f64,
+    pub dt: f64,
+    pub average: bool,
+    pub noise: Option<f64>,
+}
+
+impl Kernel<2> for SecondHalfStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let [_, s, x0] = self.x0.apply(a);
+        // `d1` (when averaging) and `start`, then the noise.
+        let (d1, start) = if self.average {
+            (Some(a.input(2)), a.input(3))
+        } else {
+            (None, a.input(2))
+        };
+        let d2 = ode_derivative(a, s, x0, self.sigma);
+        let derivative = match d1 {
+            Some(d1) => a.linear([(0.5, d1), (0.5, d2)]),
+            None => d2,
+        };
+        let mut prev = a.linear([(1.0, start), (self.dt, derivative)]);
+        if let Some(sigma_up) = self.noise {
+            let z = a.input(if self.average { 4 } else { 3 });
+            prev = a.linear([(1.0, prev), (sigma_up, z)]);
+        }
+        [prev, x0]
+    }
 }
 
 /// `init_noise_sigma` of the Karras family: the largest sigma, or
@@ -515,40 +596,47 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
             (self.sigmas[i - 1], self.sigmas[i])
         };
         let sigma_input = if first { sigma } else { sigma_next };
-        let mut p = Program::new();
-        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
-        let mut x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma_input);
-        if self.config.clip_sample {
-            let r = self.config.clip_sample_range;
-            x0 = p.clamp(x0, -r, r);
-        }
-        let want_x0 = options.wants_pred_original_sample().then_some(x0);
+        let x0 = SigmaX0 {
+            prediction_type: self.config.prediction_type,
+            sigma: sigma_input,
+            clip: self
+                .config
+                .clip_sample
+                .then_some(self.config.clip_sample_range),
+        };
+        let want_x0 = options.wants_pred_original_sample();
         // The state changes only once the pass has succeeded.
         let (prev, x0) = match &self.first_half {
             None => {
-                let derivative = ode_derivative(&mut p, s, x0, sigma);
                 let dt = (sigma_next as f32 - sigma as f32) as f64;
-                let prev = p.linear(&[(1.0, s), (dt, derivative)]);
-                let ([prev, derivative, sample], x0) =
-                    p.run_with(&[model_output, sample], [prev, derivative, s], want_x0)?;
+                let kernel = FirstHalfStep { x0, sigma, dt };
+                let [prev, derivative, sample, x0] = common::run_step(
+                    &kernel,
+                    &[model_output, sample],
+                    [true, true, true, want_x0],
+                )?;
                 self.first_half = Some(FirstHalf {
-                    derivative,
+                    derivative: common::required(derivative)?,
                     dt,
-                    sample,
+                    sample: common::required(sample)?,
                 });
                 (prev, x0)
             }
             Some(half) => {
-                let (d1, start) = (p.input(), p.input());
-                let d2 = ode_derivative(&mut p, s, x0, sigma_next);
-                let derivative = p.linear(&[(0.5, d1), (0.5, d2)]);
-                let prev = p.linear(&[(1.0, start), (half.dt, derivative)]);
+                let kernel = SecondHalfStep {
+                    x0,
+                    sigma: sigma_next,
+                    dt: half.dt,
+                    average: true,
+                    noise: None,
+                };
                 let inputs = [model_output, sample, &half.derivative, &half.sample];
-                let ([prev], x0) = p.run_with(&inputs, [prev], want_x0)?;
+                let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
                 self.first_half = None;
                 (prev, x0)
             }
         };
+        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

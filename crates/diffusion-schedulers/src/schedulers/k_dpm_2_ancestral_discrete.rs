@@ -15,11 +15,10 @@ use serde_json::Value;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::schedulers::heun_discrete::{
-    SigmaTable, interleave_tail_f32, karras_init_noise_sigma, karras_scale_input, ode_derivative,
-    sigma_prediction,
+    FirstHalfStep, SecondHalfStep, SigmaTable, SigmaX0, interleave_tail_f32,
+    karras_init_noise_sigma, karras_scale_input,
 };
 use crate::schedulers::k_dpm_2_discrete::{
     KDPM2DiscreteConfig, kdpm2_base, lerp_half, validate_kdpm2,
@@ -269,35 +268,41 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
             self.sigmas_down[j],
         );
         let sigma_input = if first { sigma } else { sigma_interpol };
-        let mut p = Program::new();
-        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
-        let x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma_input);
-        let want_x0 = options.wants_pred_original_sample().then_some(x0);
+        let x0 = SigmaX0 {
+            prediction_type: self.config.prediction_type,
+            sigma: sigma_input,
+            clip: None,
+        };
+        let want_x0 = options.wants_pred_original_sample();
         // The state changes only once the pass has succeeded.
         let (prev, x0) = match &self.first_sample {
             None => {
-                let derivative = ode_derivative(&mut p, s, x0, sigma);
                 let dt = (sigma_interpol as f32 - sigma as f32) as f64;
-                let prev = p.linear(&[(1.0, s), (dt, derivative)]);
-                let ([prev, first], x0) =
-                    p.run_with(&[model_output, sample], [prev, s], want_x0)?;
-                self.first_sample = Some(first);
+                let kernel = FirstHalfStep { x0, sigma, dt };
+                let [prev, _, first, x0] = common::run_step(
+                    &kernel,
+                    &[model_output, sample],
+                    [true, false, true, want_x0],
+                )?;
+                self.first_sample = Some(common::required(first)?);
                 (prev, x0)
             }
             Some(first) => {
-                let start = p.input();
-                let derivative = ode_derivative(&mut p, s, x0, sigma_interpol);
-                let dt = (sigma_down as f32 - sigma as f32) as f64;
-                let prev = p.linear(&[(1.0, start), (dt, derivative)]);
                 let z = common::step_noise(noise, model_output, sample)?;
-                let zv = p.input();
-                let prev = p.linear(&[(1.0, prev), (sigma_up, zv)]);
+                let kernel = SecondHalfStep {
+                    x0,
+                    sigma: sigma_interpol,
+                    dt: (sigma_down as f32 - sigma as f32) as f64,
+                    average: false,
+                    noise: Some(sigma_up),
+                };
                 let inputs = [model_output, sample, first, &z];
-                let ([prev], x0) = p.run_with(&inputs, [prev], want_x0)?;
+                let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
                 self.first_sample = None;
                 (prev, x0)
             }
         };
+        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

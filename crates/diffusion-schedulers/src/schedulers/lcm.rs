@@ -15,10 +15,9 @@ use serde_json::Value;
 use crate::alpha::{
     alpha_f32, check_threshold_config, custom_timesteps, validate_distilled_config,
 };
-use crate::common::{self, StepIndex};
+use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -325,29 +324,31 @@ impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
         let (c_skip, c_out) = self.boundary_scalings(t);
 
         let c = &self.config;
-        let bound = common::x0_bound!(c);
-        let mut p = Program::new();
-        let pred = common::alpha_x0(
-            &mut p,
+        let (x0, mut extra) = AlphaX0::new(
             c.prediction_type,
             CLASS_NAME,
             model_output,
             sample,
             a_t as f64,
-            bound,
+            common::x0_bound!(c),
         )?;
-        let denoised = p.linear(&[(c_out as f64, pred.x0), (c_skip as f64, pred.sample)]);
-        let mut prev = denoised;
-        let z;
-        let mut inputs = pred.inputs(model_output, sample);
-        if idx + 1 != n {
-            z = common::step_noise(noise, model_output, sample)?;
-            let zv = p.input();
-            prev = p.linear(&[(a_prev.sqrt() as f64, denoised), (b_prev.sqrt() as f64, zv)]);
-            inputs.push(&z);
-        }
+        let noise_coeffs = if idx + 1 != n {
+            extra.push(common::step_noise(noise, model_output, sample)?);
+            Some((a_prev.sqrt() as f64, b_prev.sqrt() as f64))
+        } else {
+            None
+        };
+        let kernel = AlphaStep {
+            x0,
+            terms: [
+                (c_out as f64, AlphaTerm::X0),
+                (c_skip as f64, AlphaTerm::Sample),
+            ],
+            noise: noise_coeffs,
+            second_is_y: true,
+        };
         let want = options.wants_pred_original_sample();
-        let ([prev], denoised) = p.run_with(&inputs, [prev], want.then_some(denoised))?;
+        let (prev, denoised) = kernel.run(model_output, sample, &extra, want)?;
         self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,

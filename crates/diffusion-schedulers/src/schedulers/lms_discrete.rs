@@ -18,7 +18,7 @@ use super::euler_discrete::{euler_init_noise_sigma, input_sigma, sigma_predictio
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
     SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
@@ -348,6 +348,24 @@ pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
     )
 }
 
+/// The element-wise part of an LMS step: the ODE derivative
+/// `(sample - x0) / sigma` the linear multistep update combines. Inputs:
+/// model output, sample. Outputs: `[derivative, x0]`.
+struct LmsDerivative {
+    prediction_type: PredictionType,
+    sigma: f64,
+}
+
+impl Kernel<2> for LmsDerivative {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let (m, s) = (a.input(0), a.input(1));
+        let x0 = sigma_prediction(a, self.prediction_type, m, s, self.sigma, self.sigma);
+        let difference = a.linear([(1.0, s), (-1.0, x0)]);
+        [a.scale(difference, 1.0 / self.sigma), x0]
+    }
+}
+
 impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
     fn class_name(&self) -> &'static str {
         CLASS_NAME
@@ -423,13 +441,13 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         };
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let sigma = self.sigmas[i];
-        let mut p = Program::new();
-        let (m, s) = (p.checked_input("model_output"), p.checked_input("sample"));
-        let x0 = sigma_prediction(&mut p, self.config.prediction_type, m, s, sigma, sigma);
-        let difference = p.linear(&[(1.0, s), (-1.0, x0)]);
-        let derivative = p.scale(difference, 1.0 / sigma);
-        let want_x0 = options.wants_pred_original_sample().then_some(x0);
-        let ([derivative], x0) = p.run_with(&[model_output, sample], [derivative], want_x0)?;
+        let kernel = LmsDerivative {
+            prediction_type: self.config.prediction_type,
+            sigma,
+        };
+        let want_x0 = options.wants_pred_original_sample();
+        let [derivative, x0] = common::run_step(&kernel, &[model_output, sample], [true, want_x0])?;
+        let derivative = common::required(derivative)?;
         self.derivatives.push(derivative);
         if self.derivatives.len() > lms_order {
             self.derivatives.remove(0);

@@ -16,10 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::alpha::{alpha_f32, check_threshold_config, validate_distilled_config};
-use crate::common::{self, StepIndex, X0Bound};
+use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0, StepIndex, X0Bound};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Program;
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
@@ -238,9 +237,7 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
         let a_s = alpha_f32(&self.alphas_cumprod, s_t)?;
         let b_s = 1.0 - a_s;
 
-        let mut p = Program::new();
-        let pred = common::alpha_x0(
-            &mut p,
+        let (x0, mut extra) = AlphaX0::new(
             self.config.prediction_type,
             CLASS_NAME,
             model_output,
@@ -248,21 +245,24 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
             a_t as f64,
             X0Bound::None,
         )?;
-        let mut prev = p.linear(&[(a_s.sqrt() as f64, pred.x0), (b_s.sqrt() as f64, pred.eps)]);
-        let z;
-        let mut inputs = pred.inputs(model_output, sample);
-        if eta > 0.0 && idx + 1 != n {
-            z = common::step_noise(noise, model_output, sample)?;
+        let noise_coeffs = if eta > 0.0 && idx + 1 != n {
+            extra.push(common::step_noise(noise, model_output, sample)?);
             let ratio = a_prev / a_s;
-            let zv = p.input();
-            prev = p.linear(&[
-                (ratio.sqrt() as f64, prev),
-                ((1.0 - ratio).sqrt() as f64, zv),
-            ]);
-            inputs.push(&z);
-        }
+            Some((ratio.sqrt() as f64, (1.0 - ratio).sqrt() as f64))
+        } else {
+            None
+        };
+        let kernel = AlphaStep {
+            x0,
+            terms: [
+                (a_s.sqrt() as f64, AlphaTerm::X0),
+                (b_s.sqrt() as f64, AlphaTerm::Eps),
+            ],
+            noise: noise_coeffs,
+            second_is_y: false,
+        };
         let want_x0 = options.wants_pred_original_sample();
-        let ([prev], x0) = p.run_with(&inputs, [prev], want_x0.then_some(pred.x0))?;
+        let (prev, x0) = kernel.run(model_output, sample, &extra, want_x0)?;
         self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,
