@@ -13,6 +13,7 @@
 use crate::common::{self, StepIndex};
 use crate::config::{FinalSigmasType, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::check_batch_timesteps;
 use crate::tensor::SchedulerTensor;
 
@@ -186,57 +187,129 @@ pub(crate) enum Difference {
 }
 
 impl Difference {
-    fn eval<T: SchedulerTensor>(self, sample: &T, c: f64, model_output: &T) -> T {
+    #[inline(always)]
+    fn apply<A: Arith>(self, a: &mut A, sample: A::V, c: f64, model_output: A::V) -> A::V {
         match self {
-            Difference::ScaledFirst => sub(sample, &model_output.scale(c)),
-            Difference::OneExpression => {
-                T::linear_combination(&[(1.0, sample), (-c, model_output)])
+            Difference::ScaledFirst => {
+                let scaled = a.scale(model_output, c);
+                a.linear([(1.0, sample), (-1.0, scaled)])
             }
+            Difference::OneExpression => a.linear([(1.0, sample), (-c, model_output)]),
         }
     }
 }
 
-/// The data prediction `x0` of diffusers' `convert_model_output` (before any
-/// thresholding), shared by DPM-Solver(++), the singlestep solver, DEIS and UniPC.
-/// `alpha_t`/`sigma_t` come from [`alpha_sigma`]; `flow_sigma` is the coefficient
-/// of a flow prediction, passed as each scheduler has always computed it.
+/// diffusers' `convert_model_output` before any thresholding, shared by
+/// DPM-Solver(++), the singlestep solver, DEIS and UniPC: the data prediction
+/// `x0` (`data`), or the noise prediction `eps` of the noise-integrating
+/// algorithms (`dpmsolver`, UniPC with `predict_x0 = false`). Inputs: model
+/// output, sample. Built by [`Prediction::data`] / [`Prediction::noise`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prediction {
+    data: bool,
+    prediction_type: PredictionType,
+    form: Difference,
+    /// `(alpha_t, sigma_t)` from [`alpha_sigma`].
+    at: (f32, f32),
+    /// The coefficient of a flow prediction, as each scheduler has always
+    /// computed it.
+    flow_sigma: f64,
+}
+
+impl Prediction {
+    pub(crate) fn data(
+        prediction_type: PredictionType,
+        form: Difference,
+        at: (f32, f32),
+        flow_sigma: f64,
+    ) -> Self {
+        Self {
+            data: true,
+            prediction_type,
+            form,
+            at,
+            flow_sigma,
+        }
+    }
+
+    /// `None` for `flow_prediction`, which diffusers cannot convert to noise;
+    /// the caller reports that in its own terms.
+    pub(crate) fn noise(
+        prediction_type: PredictionType,
+        form: Difference,
+        at: (f32, f32),
+    ) -> Option<Self> {
+        (prediction_type != PredictionType::FlowPrediction).then_some(Self {
+            data: false,
+            prediction_type,
+            form,
+            at,
+            flow_sigma: 0.0,
+        })
+    }
+
+    #[inline(always)]
+    pub(crate) fn apply<A: Arith>(&self, a: &mut A, model_output: A::V, sample: A::V) -> A::V {
+        let (al, s) = (self.at.0 as f64, self.at.1 as f64);
+        let (m, x) = (model_output, sample);
+        match (self.data, self.prediction_type) {
+            // `(sample - sigma_t * model_output) / alpha_t`, in torch's order:
+            // the difference cancels heavily at high noise.
+            (true, PredictionType::Epsilon) => {
+                let d = self.form.apply(a, x, s, m);
+                a.scale(d, 1.0 / al)
+            }
+            (true, PredictionType::Sample) => m,
+            (true, PredictionType::VPrediction) => a.linear([(al, x), (-s, m)]),
+            (true, PredictionType::FlowPrediction) => a.linear([(1.0, x), (-self.flow_sigma, m)]),
+            (false, PredictionType::Epsilon) => m,
+            (false, PredictionType::Sample) => {
+                let d = self.form.apply(a, x, al, m);
+                a.scale(d, 1.0 / s)
+            }
+            (false, PredictionType::VPrediction) => a.linear([(al, m), (s, x)]),
+            // Refused by `Prediction::noise`.
+            (false, PredictionType::FlowPrediction) => m,
+        }
+    }
+
+    /// This prediction of `model_output` and `sample` as a pass of its own.
+    pub(crate) fn run<T: SchedulerTensor>(&self, model_output: &T, sample: &T) -> Result<T> {
+        let [value] = common::run_step(self, &[model_output, sample], [true])?;
+        common::required(value)
+    }
+}
+
+impl Kernel<1> for Prediction {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 1] {
+        let (m, x) = (a.input(0), a.input(1));
+        [Prediction::apply(self, a, m, x)]
+    }
+}
+
+/// The data prediction `x0` (see [`Prediction`]).
 pub(crate) fn data_prediction<T: SchedulerTensor>(
     prediction_type: PredictionType,
     form: Difference,
     model_output: &T,
     sample: &T,
-    (alpha_t, sigma_t): (f32, f32),
+    at: (f32, f32),
     flow_sigma: f64,
-) -> T {
-    let (a, s) = (alpha_t as f64, sigma_t as f64);
-    match prediction_type {
-        // `(sample - sigma_t * model_output) / alpha_t`, in torch's order: the
-        // difference cancels heavily at high noise.
-        PredictionType::Epsilon => form.eval(sample, s, model_output).scale(1.0 / a),
-        PredictionType::Sample => model_output.clone(),
-        PredictionType::VPrediction => T::linear_combination(&[(a, sample), (-s, model_output)]),
-        PredictionType::FlowPrediction => {
-            T::linear_combination(&[(1.0, sample), (-flow_sigma, model_output)])
-        }
-    }
+) -> Result<T> {
+    Prediction::data(prediction_type, form, at, flow_sigma).run(model_output, sample)
 }
 
-/// The noise prediction `eps` of diffusers' `convert_model_output` for the
-/// noise-integrating algorithms (`dpmsolver`, UniPC with `predict_x0 = false`).
-/// `None` for `flow_prediction`, which diffusers cannot convert to noise; the
-/// caller reports that in its own terms.
+/// The noise prediction `eps` (see [`Prediction`]); `Ok(None)` for
+/// `flow_prediction`.
 pub(crate) fn noise_prediction<T: SchedulerTensor>(
     prediction_type: PredictionType,
     form: Difference,
     model_output: &T,
     sample: &T,
-    (alpha_t, sigma_t): (f32, f32),
-) -> Option<T> {
-    let (a, s) = (alpha_t as f64, sigma_t as f64);
-    Some(match prediction_type {
-        PredictionType::Epsilon => model_output.clone(),
-        PredictionType::Sample => form.eval(sample, a, model_output).scale(1.0 / s),
-        PredictionType::VPrediction => T::linear_combination(&[(a, model_output), (s, sample)]),
-        PredictionType::FlowPrediction => return None,
-    })
+    at: (f32, f32),
+) -> Result<Option<T>> {
+    Prediction::noise(prediction_type, form, at)
+        .map(|p| p.run(model_output, sample))
+        .transpose()
 }

@@ -264,7 +264,7 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
 
     /// DEIS integrates the noise: the model output becomes `x0` (thresholded if
     /// configured), then the noise implied by that `x0`.
-    fn convert_model_output(&self, model_output: &T, sample: &T, idx: usize) -> T {
+    fn convert_model_output(&self, model_output: &T, sample: &T, idx: usize) -> Result<T> {
         let c = &self.config;
         let sigma = self.sigmas[idx];
         let (alpha_t, sigma_t) = self.alpha_sigma(idx);
@@ -276,11 +276,11 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
             sample,
             (alpha_t, sigma_t),
             sigma,
-        );
+        )?;
         if c.thresholding {
             x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
         }
-        sub(sample, &x0.scale(a)).scale(1.0 / s)
+        Ok(sub(sample, &x0.scale(a)).scale(1.0 / s))
     }
 
     fn first_order(&self, idx: usize, m0: &T, sample: &T) -> T {
@@ -502,7 +502,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
                 ),
             });
         }
-        let converted = self.convert_model_output(model_output, sample, idx);
+        let converted = self.convert_model_output(model_output, sample, idx)?;
         let k = self.model_outputs.len();
         let history = |back: usize| -> Result<&T> {
             self.model_outputs[k - back]

@@ -23,9 +23,10 @@ use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
 };
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, alpha_sigma, data_prediction, final_sigma, flow_sigmas, noise_prediction,
-    sigma_add_noise, spaced_timesteps, sub, threshold_sample, validate_thresholding,
+    Difference, Prediction, alpha_sigma, final_sigma, flow_sigmas, sigma_add_noise,
+    spaced_timesteps, sub, threshold_sample, validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -400,227 +401,311 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
     }
 
     /// The model output converted to what the algorithm integrates: `x0` for
-    /// the `++` variants, the noise otherwise.
-    fn convert_model_output(&self, model_output: &T, sample: &T, idx: usize) -> Result<T> {
+    /// the `++` variants, the noise otherwise. Without thresholding this is a
+    /// [`Prediction`] the step's kernel computes in its pass; thresholding needs
+    /// a per-item quantile of the whole `x0`, so then it is computed here.
+    fn convert_model_output(
+        &self,
+        model_output: &T,
+        sample: &T,
+        idx: usize,
+    ) -> Result<Converted<T>> {
         let c = &self.config;
         let sigma = self.sigmas[idx] as f32;
         let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
         let (a, s) = (alpha_t as f64, sigma_t as f64);
-        let check_variance = || -> Result<()> {
-            if c.variance_type.is_some() {
-                let shape = model_output.shape();
-                if shape.len() < 2 || shape[1] > 3 {
-                    return Err(Self::unsupported(format!(
-                        "splitting a learned variance off a model output of shape {shape:?} \
-                         (the first 3 channels are the mean)"
-                    )));
-                }
+        if c.prediction_type == PredictionType::Epsilon && c.variance_type.is_some() {
+            let shape = model_output.shape();
+            if shape.len() < 2 || shape[1] > 3 {
+                return Err(Self::unsupported(format!(
+                    "splitting a learned variance off a model output of shape {shape:?} \
+                     (the first 3 channels are the mean)"
+                )));
             }
-            Ok(())
-        };
-        if c.prediction_type == PredictionType::Epsilon {
-            check_variance()?;
         }
         let form = Difference::ScaledFirst;
         let (pred, at) = (c.prediction_type, (alpha_t, sigma_t));
-        if c.algorithm_type.data_prediction() {
-            let mut x0 = data_prediction(pred, form, model_output, sample, at, sigma as f64);
-            if c.thresholding {
-                x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
-            }
-            Ok(x0)
+        let prediction = if c.algorithm_type.data_prediction() {
+            Prediction::data(pred, form, at, sigma as f64)
         } else {
-            let mut eps =
-                noise_prediction(pred, form, model_output, sample, at).ok_or_else(|| {
-                    Self::unsupported(
-                        "prediction_type `flow_prediction` with a noise-prediction algorithm",
-                    )
-                })?;
-            if c.thresholding {
-                let x0 = sub(sample, &eps.scale(s)).scale(1.0 / a);
-                let x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
-                eps = sub(sample, &x0.scale(a)).scale(1.0 / s);
-            }
-            Ok(eps)
+            Prediction::noise(pred, form, at).ok_or_else(|| {
+                Self::unsupported(
+                    "prediction_type `flow_prediction` with a noise-prediction algorithm",
+                )
+            })?
+        };
+        if !c.thresholding {
+            return Ok(Converted::Fused(prediction));
         }
+        let (ratio, max) = (c.dynamic_thresholding_ratio, c.sample_max_value);
+        let converted = prediction.run(model_output, sample)?;
+        Ok(Converted::Done(if c.algorithm_type.data_prediction() {
+            threshold_sample(&converted, ratio, max)
+        } else {
+            let x0 = sub(sample, &converted.scale(s)).scale(1.0 / a);
+            let x0 = threshold_sample(&x0, ratio, max);
+            sub(sample, &x0.scale(a)).scale(1.0 / s)
+        }))
     }
 
-    fn first_order(&self, idx: usize, m0: &T, sample: &T, noise: Option<&T>) -> T {
+    /// The coefficients of the update of order `order` from step `idx`
+    /// (`f32` scalars, as diffusers evaluates them).
+    fn update(&self, idx: usize, order: usize) -> Result<DpmUpdate> {
         let flow = self.config.use_flow_sigmas;
         let t = Point::new(self.sigmas[idx + 1], flow);
         let s0 = Point::new(self.sigmas[idx], flow);
         let h = t.lambda - s0.lambda;
-        let f = |v: f32| v as f64;
-        match self.config.algorithm_type {
-            DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
-                T::linear_combination(&[
-                    (f(t.sigma / s0.sigma), sample),
-                    (-f(t.alpha * ((-h).exp() - 1.0)), m0),
-                ])
-            }
-            DpmAlgorithmType::DpmSolver => T::linear_combination(&[
-                (f(t.alpha / s0.alpha), sample),
-                (-f(t.sigma * (h.exp() - 1.0)), m0),
-            ]),
-            DpmAlgorithmType::SdeDpmSolverPlusPlus => {
-                let e2 = (-2.0 * h).exp();
-                let z = noise.expect("noise drawn for SDE variants");
-                T::linear_combination(&[
-                    (f(t.sigma / s0.sigma * (-h).exp()), sample),
-                    (f(t.alpha * (1.0 - e2)), m0),
-                    (f(t.sigma * (1.0 - e2).sqrt()), z),
-                ])
-            }
-            DpmAlgorithmType::SdeDpmSolver => {
-                let z = noise.expect("noise drawn for SDE variants");
-                T::linear_combination(&[
-                    (f(t.alpha / s0.alpha), sample),
-                    (-f(2.0 * (t.sigma * (h.exp() - 1.0))), m0),
-                    (f(t.sigma * ((2.0 * h).exp() - 1.0).sqrt()), z),
-                ])
-            }
-        }
-    }
-
-    fn second_order(&self, idx: usize, m0: &T, m1: &T, sample: &T, noise: Option<&T>) -> T {
-        let flow = self.config.use_flow_sigmas;
-        let t = Point::new(self.sigmas[idx + 1], flow);
-        let s0 = Point::new(self.sigmas[idx], flow);
-        let s1 = Point::new(self.sigmas[idx - 1], flow);
-        let h = t.lambda - s0.lambda;
-        let h0 = s0.lambda - s1.lambda;
-        let r0 = h0 / h;
-        let d1 = sub(m0, m1).scale((1.0 / r0) as f64);
-        let d0 = m0;
         let f = |v: f32| v as f64;
         let heun = self.config.solver_type == MultistepSolverType::Heun;
-        match self.config.algorithm_type {
+        let algorithm = self.config.algorithm_type;
+        // The sample's coefficient and the noise's, per algorithm.
+        let e2 = (-2.0 * h).exp();
+        let (sample, noise) = match algorithm {
             DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
-                let c0 = t.alpha * ((-h).exp() - 1.0);
-                let c1 = if heun {
-                    t.alpha * (((-h).exp() - 1.0) / h + 1.0)
-                } else {
-                    -(0.5 * c0)
-                };
-                T::linear_combination(&[
-                    (f(t.sigma / s0.sigma), sample),
-                    (-f(c0), d0),
-                    (f(c1), &d1),
-                ])
+                (f(t.sigma / s0.sigma), None)
             }
-            DpmAlgorithmType::DpmSolver => {
-                let c0 = t.sigma * (h.exp() - 1.0);
-                let c1 = if heun {
-                    t.sigma * ((h.exp() - 1.0) / h - 1.0)
-                } else {
-                    0.5 * c0
+            DpmAlgorithmType::DpmSolver => (f(t.alpha / s0.alpha), None),
+            DpmAlgorithmType::SdeDpmSolverPlusPlus => (
+                f(t.sigma / s0.sigma * (-h).exp()),
+                Some(f(t.sigma * (1.0 - e2).sqrt())),
+            ),
+            DpmAlgorithmType::SdeDpmSolver => (
+                f(t.alpha / s0.alpha),
+                Some(f(t.sigma * ((2.0 * h).exp() - 1.0).sqrt())),
+            ),
+        };
+        let terms = match order {
+            1 => UpdateTerms::First {
+                d0: match algorithm {
+                    DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
+                        -f(t.alpha * ((-h).exp() - 1.0))
+                    }
+                    DpmAlgorithmType::DpmSolver => -f(t.sigma * (h.exp() - 1.0)),
+                    DpmAlgorithmType::SdeDpmSolverPlusPlus => f(t.alpha * (1.0 - e2)),
+                    DpmAlgorithmType::SdeDpmSolver => -f(2.0 * (t.sigma * (h.exp() - 1.0))),
+                },
+            },
+            2 => {
+                let s1 = Point::new(self.sigmas[idx - 1], flow);
+                let r0 = (s0.lambda - s1.lambda) / h;
+                let (d0, d1) = match algorithm {
+                    DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
+                        let c0 = t.alpha * ((-h).exp() - 1.0);
+                        let c1 = if heun {
+                            t.alpha * (((-h).exp() - 1.0) / h + 1.0)
+                        } else {
+                            -(0.5 * c0)
+                        };
+                        (-f(c0), f(c1))
+                    }
+                    DpmAlgorithmType::DpmSolver => {
+                        let c0 = t.sigma * (h.exp() - 1.0);
+                        let c1 = if heun {
+                            t.sigma * ((h.exp() - 1.0) / h - 1.0)
+                        } else {
+                            0.5 * c0
+                        };
+                        (-f(c0), -f(c1))
+                    }
+                    DpmAlgorithmType::SdeDpmSolverPlusPlus => {
+                        let c0 = t.alpha * (1.0 - e2);
+                        let c1 = if heun {
+                            t.alpha * ((1.0 - e2) / (-2.0 * h) + 1.0)
+                        } else {
+                            0.5 * c0
+                        };
+                        (f(c0), f(c1))
+                    }
+                    DpmAlgorithmType::SdeDpmSolver => {
+                        let c0 = 2.0 * (t.sigma * (h.exp() - 1.0));
+                        let c1 = if heun {
+                            2.0 * (t.sigma * ((h.exp() - 1.0) / h - 1.0))
+                        } else {
+                            t.sigma * (h.exp() - 1.0)
+                        };
+                        (-f(c0), -f(c1))
+                    }
                 };
-                T::linear_combination(&[
-                    (f(t.alpha / s0.alpha), sample),
-                    (-f(c0), d0),
-                    (-f(c1), &d1),
-                ])
+                UpdateTerms::Second {
+                    inv_r0: (1.0 / r0) as f64,
+                    d0,
+                    d1,
+                }
             }
-            DpmAlgorithmType::SdeDpmSolverPlusPlus => {
-                let e2 = (-2.0 * h).exp();
-                let c0 = t.alpha * (1.0 - e2);
-                let c1 = if heun {
-                    t.alpha * ((1.0 - e2) / (-2.0 * h) + 1.0)
-                } else {
-                    0.5 * c0
+            _ => {
+                let s1 = Point::new(self.sigmas[idx - 1], flow);
+                let s2 = Point::new(self.sigmas[idx - 2], flow);
+                let r0 = (s0.lambda - s1.lambda) / h;
+                let r1 = (s1.lambda - s2.lambda) / h;
+                let (d0, d1, d2) = match algorithm {
+                    DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
+                        let em = (-h).exp() - 1.0;
+                        (
+                            -f(t.alpha * em),
+                            f(t.alpha * (em / h + 1.0)),
+                            -f(t.alpha * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)),
+                        )
+                    }
+                    DpmAlgorithmType::DpmSolver => {
+                        let ep = h.exp() - 1.0;
+                        (
+                            -f(t.sigma * ep),
+                            -f(t.sigma * (ep / h - 1.0)),
+                            -f(t.sigma * ((h.exp() - 1.0 - h) / (h * h) - 0.5)),
+                        )
+                    }
+                    DpmAlgorithmType::SdeDpmSolverPlusPlus => {
+                        let two_h = 2.0 * h;
+                        (
+                            f(t.alpha * (1.0 - e2)),
+                            f(t.alpha * ((1.0 - e2) / (-2.0 * h) + 1.0)),
+                            f(t.alpha * ((1.0 - e2 - 2.0 * h) / (two_h * two_h) - 0.5)),
+                        )
+                    }
+                    DpmAlgorithmType::SdeDpmSolver => {
+                        return Err(Self::unsupported(
+                            "a third-order step with algorithm_type `sde-dpmsolver` \
+                             (diffusers has no such update); use solver_order <= 2",
+                        ));
+                    }
                 };
-                let z = noise.expect("noise drawn for SDE variants");
-                T::linear_combination(&[
-                    (f(t.sigma / s0.sigma * (-h).exp()), sample),
-                    (f(c0), d0),
-                    (f(c1), &d1),
-                    (f(t.sigma * (1.0 - e2).sqrt()), z),
-                ])
+                UpdateTerms::Third {
+                    inv_r0: (1.0 / r0) as f64,
+                    inv_r1: (1.0 / r1) as f64,
+                    weight: (r0 / (r0 + r1)) as f64,
+                    inv_r: (1.0 / (r0 + r1)) as f64,
+                    d0,
+                    d1,
+                    d2,
+                }
             }
-            DpmAlgorithmType::SdeDpmSolver => {
-                let c0 = 2.0 * (t.sigma * (h.exp() - 1.0));
-                let c1 = if heun {
-                    2.0 * (t.sigma * ((h.exp() - 1.0) / h - 1.0))
-                } else {
-                    t.sigma * (h.exp() - 1.0)
-                };
-                let z = noise.expect("noise drawn for SDE variants");
-                T::linear_combination(&[
-                    (f(t.alpha / s0.alpha), sample),
-                    (-f(c0), d0),
-                    (-f(c1), &d1),
-                    (f(t.sigma * ((2.0 * h).exp() - 1.0).sqrt()), z),
-                ])
-            }
-        }
+        };
+        Ok(DpmUpdate {
+            sample,
+            terms,
+            noise,
+        })
+    }
+}
+
+/// [`DPMSolverMultistepScheduler::convert_model_output`]'s result.
+enum Converted<T> {
+    /// Computed in the step's pass.
+    Fused(Prediction),
+    /// Computed beforehand (thresholding).
+    Done(T),
+}
+
+/// The multistep update: `sample * x + d0 * m0 + d1 * D1 + d2 * D2 (+ noise * z)`,
+/// with `D1`, `D2` the divided differences of the converted outputs `m0`
+/// (this step's), `m1`, `m2` (the history), as diffusers' `*_update`s.
+#[derive(Debug, Clone, Copy)]
+struct DpmUpdate {
+    sample: f64,
+    terms: UpdateTerms,
+    noise: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum UpdateTerms {
+    First {
+        d0: f64,
+    },
+    /// `D1 = (m0 - m1) / r0`.
+    Second {
+        inv_r0: f64,
+        d0: f64,
+        d1: f64,
+    },
+    /// `D1_0 = (m0 - m1) / r0`, `D1_1 = (m1 - m2) / r1`,
+    /// `D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)`, `D2 = (D1_0 - D1_1) / (r0 + r1)`.
+    Third {
+        inv_r0: f64,
+        inv_r1: f64,
+        weight: f64,
+        inv_r: f64,
+        d0: f64,
+        d1: f64,
+        d2: f64,
+    },
+}
+
+/// The element-wise part of a DPM-Solver step. Inputs: model output, sample,
+/// then the converted output when computed beforehand, the history (newest
+/// first, as the order needs), the noise. Outputs: `[prev, converted]`.
+struct DpmStep {
+    /// `None`: the converted output is input 2.
+    convert: Option<Prediction>,
+    update: DpmUpdate,
+}
+
+impl DpmStep {
+    /// The first input after the model output, sample and converted output.
+    fn history(&self) -> usize {
+        if self.convert.is_some() { 2 } else { 3 }
     }
 
-    fn third_order(
-        &self,
-        idx: usize,
-        m0: &T,
-        m1: &T,
-        m2: &T,
-        sample: &T,
-        noise: Option<&T>,
-    ) -> Result<T> {
-        let flow = self.config.use_flow_sigmas;
-        let t = Point::new(self.sigmas[idx + 1], flow);
-        let s0 = Point::new(self.sigmas[idx], flow);
-        let s1 = Point::new(self.sigmas[idx - 1], flow);
-        let s2 = Point::new(self.sigmas[idx - 2], flow);
-        let h = t.lambda - s0.lambda;
-        let h0 = s0.lambda - s1.lambda;
-        let h1 = s1.lambda - s2.lambda;
-        let (r0, r1) = (h0 / h, h1 / h);
-        let d1_0 = sub(m0, m1).scale((1.0 / r0) as f64);
-        let d1_1 = sub(m1, m2).scale((1.0 / r1) as f64);
-        let diff = sub(&d1_0, &d1_1);
-        let d1 = T::linear_combination(&[(1.0, &d1_0), ((r0 / (r0 + r1)) as f64, &diff)]);
-        let d2 = diff.scale((1.0 / (r0 + r1)) as f64);
-        let d0 = m0;
-        let f = |v: f32| v as f64;
-        Ok(match self.config.algorithm_type {
-            DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
-                let em = (-h).exp() - 1.0;
-                T::linear_combination(&[
-                    (f(t.sigma / s0.sigma), sample),
-                    (-f(t.alpha * em), d0),
-                    (f(t.alpha * (em / h + 1.0)), &d1),
-                    (-f(t.alpha * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)), &d2),
-                ])
+    /// The noise's input.
+    fn noise_input(&self) -> usize {
+        self.history()
+            + match self.update.terms {
+                UpdateTerms::First { .. } => 0,
+                UpdateTerms::Second { .. } => 1,
+                UpdateTerms::Third { .. } => 2,
             }
-            DpmAlgorithmType::DpmSolver => {
-                let ep = h.exp() - 1.0;
-                T::linear_combination(&[
-                    (f(t.alpha / s0.alpha), sample),
-                    (-f(t.sigma * ep), d0),
-                    (-f(t.sigma * (ep / h - 1.0)), &d1),
-                    (-f(t.sigma * ((h.exp() - 1.0 - h) / (h * h) - 0.5)), &d2),
-                ])
+    }
+}
+
+impl Kernel<2> for DpmStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let (m, s) = (a.input(0), a.input(1));
+        let m0 = match &self.convert {
+            Some(p) => p.apply(a, m, s),
+            None => a.input(2),
+        };
+        let h = self.history();
+        let u = self.update;
+        let z = u.noise.map(|c| (c, a.input(self.noise_input())));
+        let prev = match u.terms {
+            UpdateTerms::First { d0 } => match z {
+                Some((cz, z)) => a.linear([(u.sample, s), (d0, m0), (cz, z)]),
+                None => a.linear([(u.sample, s), (d0, m0)]),
+            },
+            UpdateTerms::Second { inv_r0, d0, d1 } => {
+                let m1 = a.input(h);
+                let diff = a.linear([(1.0, m0), (-1.0, m1)]);
+                let big_d1 = a.scale(diff, inv_r0);
+                match z {
+                    Some((cz, z)) => a.linear([(u.sample, s), (d0, m0), (d1, big_d1), (cz, z)]),
+                    None => a.linear([(u.sample, s), (d0, m0), (d1, big_d1)]),
+                }
             }
-            DpmAlgorithmType::SdeDpmSolverPlusPlus => {
-                let e2 = (-2.0 * h).exp();
-                let two_h = 2.0 * h;
-                let z = noise.expect("noise drawn for SDE variants");
-                T::linear_combination(&[
-                    (f(t.sigma / s0.sigma * (-h).exp()), sample),
-                    (f(t.alpha * (1.0 - e2)), d0),
-                    (f(t.alpha * ((1.0 - e2) / (-2.0 * h) + 1.0)), &d1),
-                    (
-                        f(t.alpha * ((1.0 - e2 - 2.0 * h) / (two_h * two_h) - 0.5)),
-                        &d2,
-                    ),
-                    (f(t.sigma * (1.0 - e2).sqrt()), z),
-                ])
+            UpdateTerms::Third {
+                inv_r0,
+                inv_r1,
+                weight,
+                inv_r,
+                d0,
+                d1,
+                d2,
+            } => {
+                let (m1, m2) = (a.input(h), a.input(h + 1));
+                let diff0 = a.linear([(1.0, m0), (-1.0, m1)]);
+                let d1_0 = a.scale(diff0, inv_r0);
+                let diff1 = a.linear([(1.0, m1), (-1.0, m2)]);
+                let d1_1 = a.scale(diff1, inv_r1);
+                let diff = a.linear([(1.0, d1_0), (-1.0, d1_1)]);
+                let big_d1 = a.linear([(1.0, d1_0), (weight, diff)]);
+                let big_d2 = a.scale(diff, inv_r);
+                let (s_, d0_, d1_, d2_) = ((u.sample, s), (d0, m0), (d1, big_d1), (d2, big_d2));
+                match z {
+                    Some((cz, z)) => a.linear([s_, d0_, d1_, d2_, (cz, z)]),
+                    None => a.linear([s_, d0_, d1_, d2_]),
+                }
             }
-            DpmAlgorithmType::SdeDpmSolver => {
-                return Err(Self::unsupported(
-                    "a third-order step with algorithm_type `sde-dpmsolver` \
-                     (diffusers has no such update); use solver_order <= 2",
-                ));
-            }
-        })
+        };
+        [prev, m0]
     }
 }
 
@@ -771,7 +856,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         let idx = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
         if idx >= n {
@@ -801,9 +886,10 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
                  (diffusers has no such update); use solver_order <= 2",
             ));
         }
+        let update = self.update(idx, order)?;
         let converted = self.convert_model_output(model_output, sample, idx)?;
         let z = if c.algorithm_type.stochastic() {
-            Some(noise.noise(model_output)?)
+            Some(common::step_noise(noise, model_output, sample)?)
         } else {
             None
         };
@@ -813,17 +899,27 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
                 .as_ref()
                 .ok_or_else(|| Self::unsupported("a multistep update without history"))
         };
-        let prev = match order {
-            1 => self.first_order(idx, &converted, sample, z.as_ref()),
-            2 => self.second_order(idx, &converted, history(1)?, sample, z.as_ref()),
-            _ => self.third_order(
-                idx,
-                &converted,
-                history(1)?,
-                history(2)?,
-                sample,
-                z.as_ref(),
-            )?,
+        let mut inputs = vec![model_output, sample];
+        let (convert, done) = match &converted {
+            Converted::Fused(p) => (Some(*p), None),
+            Converted::Done(t) => {
+                inputs.push(t);
+                (None, Some(t))
+            }
+        };
+        for back in 1..order {
+            inputs.push(history(back)?);
+        }
+        inputs.extend(z.as_ref());
+        let kernel = DpmStep { convert, update };
+        let [prev, fused] = common::run_step(&kernel, &inputs, [true, done.is_none()])?;
+        let prev = common::required(prev)?;
+        let converted = match fused {
+            Some(t) => t,
+            None => match converted {
+                Converted::Done(t) => t,
+                Converted::Fused(_) => common::required(None)?,
+            },
         };
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));

@@ -371,7 +371,7 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
             | SinglestepAlgorithm::Deis
             | SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
                 let mut x0 =
-                    data_prediction(pred, form, model_output, sample, at, self.sigmas[idx]);
+                    data_prediction(pred, form, model_output, sample, at, self.sigmas[idx])?;
                 if self.config.thresholding {
                     x0 = x0.dynamic_threshold(
                         self.config.dynamic_thresholding_ratio,
@@ -381,7 +381,7 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 Ok(x0)
             }
             SinglestepAlgorithm::DpmSolver => {
-                noise_prediction(pred, form, model_output, sample, at).ok_or_else(|| {
+                noise_prediction(pred, form, model_output, sample, at)?.ok_or_else(|| {
                     SchedulerError::Unsupported {
                         class: CLASS_NAME,
                         what: "prediction_type `flow_prediction` with algorithm_type `dpmsolver`"

@@ -295,23 +295,23 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
     }
 
     /// diffusers' `convert_model_output`: `x0` when `predict_x0`, else the noise.
-    fn convert(&self, model_output: &T, sample: &T, idx: usize) -> T {
+    fn convert(&self, model_output: &T, sample: &T, idx: usize) -> Result<T> {
         let at = self.alpha_sigma(idx);
         let (pred, form) = (self.config.prediction_type, Difference::OneExpression);
         if self.config.predict_x0 {
-            let x0 = data_prediction(pred, form, model_output, sample, at, self.sigmas[idx]);
-            if self.config.thresholding {
+            let x0 = data_prediction(pred, form, model_output, sample, at, self.sigmas[idx])?;
+            Ok(if self.config.thresholding {
                 x0.dynamic_threshold(
                     self.config.dynamic_thresholding_ratio,
                     self.config.sample_max_value,
                 )
             } else {
                 x0
-            }
+            })
         } else {
             // flow_prediction is refused at construction.
-            noise_prediction(pred, form, model_output, sample, at)
-                .unwrap_or_else(|| model_output.clone())
+            Ok(noise_prediction(pred, form, model_output, sample, at)?
+                .unwrap_or_else(|| model_output.clone()))
         }
     }
 
@@ -657,7 +657,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
             return Err(SchedulerError::PastLastStep(idx));
         }
         let k = self.config.solver_order;
-        let converted = self.convert(model_output, sample, idx);
+        let converted = self.convert(model_output, sample, idx)?;
 
         // UniC: correct `sample` with the new output, from the previous predictor's start.
         let use_corrector = idx > 0
