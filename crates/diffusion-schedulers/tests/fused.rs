@@ -138,6 +138,8 @@ fn fused_steps_equal_operation_at_a_time_steps_bit_for_bit() {
         json!({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
         json!({"algorithm_type": "sde-dpmsolver", "solver_type": "heun"}),
         json!({"algorithm_type": "dpmsolver", "solver_order": 3, "prediction_type": "sample"}),
+        json!({"solver_order": 3, "solver_type": "bh1", "disable_corrector": [2], "final_sigmas_type": "sigma_min"}),
+        json!({"predict_x0": false, "solver_order": 3, "final_sigmas_type": "sigma_min"}),
     ];
     let options = [
         StepOptions::default(),

@@ -20,9 +20,10 @@ use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
 };
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, alpha_sigma, data_prediction, final_sigma, flow_shifted, lambda_f32, missing_steps,
-    noise_prediction, sigma_add_noise,
+    Difference, Prediction, alpha_sigma, final_sigma, flow_shifted, lambda_f32, missing_steps,
+    sigma_add_noise,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -165,18 +166,103 @@ pub struct UniPCMultistepScheduler<T> {
     index: StepIndex,
 }
 
-/// One UniP/UniC update: from `x` at `sigmas[s0]` to `sigmas[t]`.
-struct Update<'a, T> {
-    /// Index of the target sigma.
-    t: usize,
-    /// Index of the sigma of `x` and `m0`.
-    s0: usize,
-    x: &'a T,
-    m0: &'a T,
-    /// Older converted outputs `m_i` with the index of their sigma, newest first.
-    older: Vec<(usize, &'a T)>,
-    /// The corrector's new model output (`None` for the predictor).
-    model_t: Option<&'a T>,
+/// Where a value of a UniP/UniC update comes from, in [`UniStep`]'s pass.
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    Input(usize),
+    /// This step's converted model output.
+    Converted,
+    /// The sample the predictor starts from (corrected, or the input).
+    Start,
+}
+
+/// One UniP/UniC update: from `x` at `sigmas[s0]` to `sigmas[t]`,
+/// `x_t = x_scale * x - m0_scale * m0 - res_scale * sum_k rho_k D_k` with
+/// `D_k = (m_k - m0) / r_k` over the older outputs (and, for the corrector,
+/// `D_t = model_t - m0` last).
+#[derive(Debug, Clone)]
+struct UniTerm {
+    x: Src,
+    m0: Src,
+    /// Older converted outputs, newest first, with `1 / r_k`.
+    older: Vec<(Src, f64)>,
+    /// The corrector's new model output.
+    model_t: Option<Src>,
+    x_scale: f64,
+    m0_scale: f64,
+    res_scale: f64,
+    rhos: Vec<f64>,
+}
+
+/// The element-wise part of a UniPC step: the conversion (unless thresholded:
+/// then input 2), the corrector (when on), the predictor. Outputs:
+/// `[prev, converted, the predictor's start]` (the next step's `last_sample`).
+struct UniStep {
+    convert: Option<Prediction>,
+    corrector: Option<UniTerm>,
+    predictor: UniTerm,
+}
+
+impl UniStep {
+    #[inline(always)]
+    fn get<A: Arith>(a: &mut A, src: Src, converted: A::V, start: A::V) -> A::V {
+        match src {
+            Src::Input(i) => a.input(i),
+            Src::Converted => converted,
+            Src::Start => start,
+        }
+    }
+
+    /// `acc + rho * d` (`rho * d` first), left to right: the same values as
+    /// one linear combination of all the terms (`1 * acc` is exact).
+    #[inline(always)]
+    fn accumulate<A: Arith>(a: &mut A, acc: Option<A::V>, rho: f64, d: A::V) -> A::V {
+        match acc {
+            None => a.scale(d, rho),
+            Some(r) => a.linear([(1.0, r), (rho, d)]),
+        }
+    }
+
+    #[inline(always)]
+    fn term<A: Arith>(a: &mut A, u: &UniTerm, converted: A::V, start: A::V) -> A::V {
+        let x = Self::get(a, u.x, converted, start);
+        let m0 = Self::get(a, u.m0, converted, start);
+        let x_t = a.linear([(u.x_scale, x), (-u.m0_scale, m0)]);
+        // `sum_k rho_k D_k`, accumulated left to right.
+        let mut res = None;
+        for (k, &(src, inv_r)) in u.older.iter().enumerate() {
+            let mk = Self::get(a, src, converted, start);
+            let diff = a.linear([(1.0, mk), (-1.0, m0)]);
+            let d = a.scale(diff, inv_r);
+            res = Some(Self::accumulate(a, res, u.rhos[k], d));
+        }
+        if let Some(src) = u.model_t {
+            let mt = Self::get(a, src, converted, start);
+            let d = a.linear([(1.0, mt), (-1.0, m0)]);
+            res = Some(Self::accumulate(a, res, u.rhos[u.rhos.len() - 1], d));
+        }
+        match res {
+            Some(r) => a.linear([(1.0, x_t), (-u.res_scale, r)]),
+            None => x_t,
+        }
+    }
+}
+
+impl Kernel<3> for UniStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
+        let (m, s) = (a.input(0), a.input(1));
+        let converted = match &self.convert {
+            Some(p) => p.apply(a, m, s),
+            None => a.input(2),
+        };
+        let start = match &self.corrector {
+            Some(u) => Self::term(a, u, converted, s),
+            None => s,
+        };
+        let prev = Self::term(a, &self.predictor, converted, start);
+        [prev, converted, start]
+    }
 }
 
 impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
@@ -294,25 +380,32 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
         alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
-    /// diffusers' `convert_model_output`: `x0` when `predict_x0`, else the noise.
-    fn convert(&self, model_output: &T, sample: &T, idx: usize) -> Result<T> {
+    /// diffusers' `convert_model_output`: `x0` when `predict_x0`, else the
+    /// noise. A [`Prediction`] for the step's pass, or (thresholded: a
+    /// per-item quantile of the whole `x0`) the tensor computed here.
+    fn convert(
+        &self,
+        model_output: &T,
+        sample: &T,
+        idx: usize,
+    ) -> Result<(Option<Prediction>, Option<T>)> {
         let at = self.alpha_sigma(idx);
         let (pred, form) = (self.config.prediction_type, Difference::OneExpression);
-        if self.config.predict_x0 {
-            let x0 = data_prediction(pred, form, model_output, sample, at, self.sigmas[idx])?;
-            Ok(if self.config.thresholding {
-                x0.dynamic_threshold(
-                    self.config.dynamic_thresholding_ratio,
-                    self.config.sample_max_value,
-                )
-            } else {
-                x0
-            })
-        } else {
-            // flow_prediction is refused at construction.
-            Ok(noise_prediction(pred, form, model_output, sample, at)?
-                .unwrap_or_else(|| model_output.clone()))
+        if !self.config.predict_x0 {
+            let p = Prediction::noise(pred, form, at).ok_or(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: "prediction_type `flow_prediction` with predict_x0 = false".into(),
+            })?;
+            return Ok((Some(p), None));
         }
+        let p = Prediction::data(pred, form, at, self.sigmas[idx]);
+        if !self.config.thresholding {
+            return Ok((Some(p), None));
+        }
+        let x0 = p.run(model_output, sample)?;
+        let c = &self.config;
+        let x0 = x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value);
+        Ok((None, Some(x0)))
     }
 
     fn degenerate(&self, what: &str, idx: usize) -> SchedulerError {
@@ -326,31 +419,42 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
         }
     }
 
-    /// `multistep_uni_p_bh_update` (predictor, `model_t = None`) and
-    /// `multistep_uni_c_bh_update` (corrector).
-    fn update(&self, u: Update<'_, T>, step_idx: usize) -> Result<T> {
-        let corrector = u.model_t.is_some();
+    /// The coefficients of `multistep_uni_p_bh_update` (predictor, no
+    /// `model_t`) and `multistep_uni_c_bh_update` (corrector): from `x` at
+    /// `sigmas[s0]` to `sigmas[t]`, with the older outputs' sigma indices,
+    /// newest first.
+    #[allow(clippy::too_many_arguments)]
+    fn term(
+        &self,
+        t: usize,
+        s0: usize,
+        x: Src,
+        m0: Src,
+        older: &[(usize, Src)],
+        model_t: Option<Src>,
+        step_idx: usize,
+    ) -> Result<UniTerm> {
+        let corrector = model_t.is_some();
         let what = if corrector { "corrector" } else { "predictor" };
-        let order = u.older.len() + 1;
-        let (alpha_t, sigma_t) = self.alpha_sigma(u.t);
-        let (alpha_s0, sigma_s0) = self.alpha_sigma(u.s0);
+        let order = older.len() + 1;
+        let (alpha_t, sigma_t) = self.alpha_sigma(t);
+        let (alpha_s0, sigma_s0) = self.alpha_sigma(s0);
         let lambda_t = lambda_f32(alpha_t, sigma_t);
         let lambda_s0 = lambda_f32(alpha_s0, sigma_s0);
         let h = lambda_t - lambda_s0;
 
         let mut rks: Vec<f32> = Vec::with_capacity(order);
-        let mut d1s: Vec<T> = Vec::with_capacity(order);
-        for &(si, mi) in &u.older {
+        let mut older_terms = Vec::with_capacity(order);
+        for &(si, src) in older {
             let (alpha_si, sigma_si) = self.alpha_sigma(si);
             let rk = (lambda_f32(alpha_si, sigma_si) - lambda_s0) / h;
             if !(rk.is_finite() && rk != 0.0) {
                 return Err(self.degenerate(what, step_idx));
             }
             rks.push(rk);
-            d1s.push(T::linear_combination(&[(1.0, mi), (-1.0, u.m0)]).scale((1.0f32 / rk) as f64));
+            older_terms.push((src, (1.0f32 / rk) as f64));
         }
         rks.push(1.0);
-
         let predict_x0 = self.config.predict_x0;
         let hh = if predict_x0 { -h } else { h };
         let h_phi_1 = hh.exp_m1();
@@ -398,19 +502,16 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
         if !(x_scale.is_finite() && m0_scale.is_finite() && res_scale.is_finite()) {
             return Err(self.degenerate(what, step_idx));
         }
-        let x_t_ = T::linear_combination(&[(x_scale, u.x), (-m0_scale, u.m0)]);
-        let mut res_terms: Vec<(f64, &T)> =
-            d1s.iter().enumerate().map(|(k, d)| (rhos[k], d)).collect();
-        let d1_t;
-        if let Some(model_t) = u.model_t {
-            d1_t = T::linear_combination(&[(1.0, model_t), (-1.0, u.m0)]);
-            res_terms.push((rhos[rhos.len() - 1], &d1_t));
-        }
-        if res_terms.is_empty() {
-            return Ok(x_t_);
-        }
-        let res = T::linear_combination(&res_terms);
-        Ok(T::linear_combination(&[(1.0, &x_t_), (-res_scale, &res)]))
+        Ok(UniTerm {
+            x,
+            m0,
+            older: older_terms,
+            model_t,
+            x_scale,
+            m0_scale,
+            res_scale,
+            rhos,
+        })
     }
 }
 
@@ -650,47 +751,47 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let idx = self.index.current(t, &self.timesteps)?;
+        common::check_step_shapes(model_output, sample)?;
+        // Committed (`advance_from`) only once the step has succeeded.
+        let idx = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
         if idx >= n {
             return Err(SchedulerError::PastLastStep(idx));
         }
         let k = self.config.solver_order;
-        let converted = self.convert(model_output, sample, idx)?;
+        let (convert, done) = self.convert(model_output, sample, idx)?;
+        let mut inputs: Vec<&T> = vec![model_output, sample];
+        inputs.extend(done.as_ref());
+        let converted_src = |done: &Option<T>| match done {
+            Some(_) => Src::Input(2),
+            None => Src::Converted,
+        };
 
         // UniC: correct `sample` with the new output, from the previous predictor's start.
         let use_corrector = idx > 0
             && !self.config.disable_corrector.contains(&(idx - 1))
             && self.last_sample.is_some();
-        let corrected = match (&self.last_sample, use_corrector) {
+        let corrector = match (&self.last_sample, use_corrector) {
             (Some(last), true) => {
-                let m0 = self.model_outputs[k - 1]
-                    .as_ref()
-                    .ok_or(SchedulerError::PastLastStep(idx))?;
-                let older = (1..self.this_order)
-                    .map(|i| {
-                        self.model_outputs[k - 1 - i]
-                            .as_ref()
-                            .map(|m| (idx - (i + 1), m))
-                            .ok_or(SchedulerError::PastLastStep(idx))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Some(self.update(
-                    Update {
-                        t: idx,
-                        s0: idx - 1,
-                        x: last,
-                        m0,
-                        older,
-                        model_t: Some(&converted),
-                    },
-                    idx,
-                )?)
+                let past = |i: usize| {
+                    self.model_outputs[k - 1 - i]
+                        .as_ref()
+                        .ok_or(SchedulerError::PastLastStep(idx))
+                };
+                inputs.push(last);
+                let x = Src::Input(inputs.len() - 1);
+                inputs.push(past(0)?);
+                let m0 = Src::Input(inputs.len() - 1);
+                let mut older = Vec::new();
+                for i in 1..self.this_order {
+                    inputs.push(past(i)?);
+                    older.push((idx - (i + 1), Src::Input(inputs.len() - 1)));
+                }
+                let model_t = Some(converted_src(&done));
+                Some(self.term(idx, idx - 1, x, m0, &older, model_t, idx)?)
             }
             _ => None,
         };
-        let sample = corrected.as_ref().unwrap_or(sample);
 
         // UniP from the history including the new output.
         let this_order = if self.config.lower_order_final {
@@ -699,36 +800,47 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
             k
         }
         .min(self.lower_order_nums + 1);
-        let history: Vec<&T> = self.model_outputs[1..]
-            .iter()
-            .flatten()
-            .chain(std::iter::once(&converted))
-            .collect();
-        let older: Vec<(usize, &T)> = (1..this_order)
-            .map(|i| (idx - i, history[history.len() - 1 - i]))
-            .collect();
-        let prev = self.update(
-            Update {
-                t: idx + 1,
-                s0: idx,
-                x: sample,
-                m0: &converted,
-                older,
-                model_t: None,
-            },
+        let history: Vec<&T> = self.model_outputs[1..].iter().flatten().collect();
+        let mut older = Vec::new();
+        for i in 1..this_order {
+            // `history` without the new output, which would come last.
+            let m = *history
+                .get(history.len() + 1 - 1 - i)
+                .ok_or(SchedulerError::PastLastStep(idx))?;
+            inputs.push(m);
+            older.push((idx - i, Src::Input(inputs.len() - 1)));
+        }
+        let predictor = self.term(
+            idx + 1,
+            idx,
+            Src::Start,
+            converted_src(&done),
+            &older,
+            None,
             idx,
         )?;
+        let kernel = UniStep {
+            convert,
+            corrector,
+            predictor,
+        };
+        let want = [true, done.is_none(), true];
+        let [prev, fused, start] = common::run_step(&kernel, &inputs, want)?;
+        let (prev, start) = (common::required(prev)?, common::required(start)?);
+        let converted = match done {
+            Some(t) => t,
+            None => common::required(fused)?,
+        };
 
         // Commit the new state.
-        let sample = sample.clone();
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));
+        self.last_sample = Some(start);
         self.this_order = this_order;
-        self.last_sample = Some(sample);
         if self.lower_order_nums < k {
             self.lower_order_nums += 1;
         }
-        self.index.advance();
+        self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: None,
