@@ -14,8 +14,9 @@ use super::dpmsolver_multistep::MultistepSolverType;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, alpha_sigma, data_prediction, flow_sigmas, sigma_add_noise, spaced_timesteps, sub,
+    Difference, Prediction, alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps,
     threshold_sample, validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
@@ -263,36 +264,28 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
     }
 
     /// DEIS integrates the noise: the model output becomes `x0` (thresholded if
-    /// configured), then the noise implied by that `x0`.
-    fn convert_model_output(&self, model_output: &T, sample: &T, idx: usize) -> Result<T> {
+    /// configured), then the noise implied by that `x0`. The `x0` part: a
+    /// [`Prediction`] for the step's pass, or (thresholded: a per-item quantile
+    /// of the whole `x0`) the tensor computed here.
+    fn x0(
+        &self,
+        model_output: &T,
+        sample: &T,
+        idx: usize,
+    ) -> Result<(Option<Prediction>, Option<T>)> {
         let c = &self.config;
-        let sigma = self.sigmas[idx];
-        let (alpha_t, sigma_t) = self.alpha_sigma(idx);
-        let (a, s) = (alpha_t as f64, sigma_t as f64);
-        let mut x0 = data_prediction(
+        let p = Prediction::data(
             c.prediction_type,
             Difference::ScaledFirst,
-            model_output,
-            sample,
-            (alpha_t, sigma_t),
-            sigma,
-        )?;
-        if c.thresholding {
-            x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
+            self.alpha_sigma(idx),
+            self.sigmas[idx],
+        );
+        if !c.thresholding {
+            return Ok((Some(p), None));
         }
-        Ok(sub(sample, &x0.scale(a)).scale(1.0 / s))
-    }
-
-    fn first_order(&self, idx: usize, m0: &T, sample: &T) -> T {
-        let (alpha_t, sigma_t) = self.alpha_sigma(idx + 1);
-        let (alpha_s, sigma_s) = self.alpha_sigma(idx);
-        let lambda_t = alpha_t.ln() - sigma_t.ln();
-        let lambda_s = alpha_s.ln() - sigma_s.ln();
-        let h = lambda_t - lambda_s;
-        T::linear_combination(&[
-            ((alpha_t / alpha_s) as f64, sample),
-            (-((sigma_t * (h.exp() - 1.0)) as f64), m0),
-        ])
+        let x0 = p.run(model_output, sample)?;
+        let x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
+        Ok((None, Some(x0)))
     }
 
     fn rho(&self, idx: usize) -> (f32, f32) {
@@ -300,38 +293,90 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
         (alpha, sigma / alpha)
     }
 
-    fn second_order(&self, idx: usize, m0: &T, m1: &T, sample: &T) -> T {
+    /// The update of order `order` from step `idx` (`f32` scalars, as
+    /// diffusers): `[sample, m0, m1, m2]`'s coefficients (as many as the
+    /// order needs plus one) and the final scale (`alpha_t`) of orders 2 and 3.
+    fn update(&self, idx: usize, order: usize) -> (Vec<f64>, Option<f64>) {
+        if order == 1 {
+            let (alpha_t, sigma_t) = self.alpha_sigma(idx + 1);
+            let (alpha_s, sigma_s) = self.alpha_sigma(idx);
+            let lambda_t = alpha_t.ln() - sigma_t.ln();
+            let lambda_s = alpha_s.ln() - sigma_s.ln();
+            let h = lambda_t - lambda_s;
+            let coeffs = vec![
+                (alpha_t / alpha_s) as f64,
+                -((sigma_t * (h.exp() - 1.0)) as f64),
+            ];
+            return (coeffs, None);
+        }
         let (alpha_t, rho_t) = self.rho(idx + 1);
         let (alpha_s0, rho_s0) = self.rho(idx);
         let (_, rho_s1) = self.rho(idx - 1);
-        let coef1 = ind_fn2(rho_t, rho_s0, rho_s1) - ind_fn2(rho_s0, rho_s0, rho_s1);
-        let coef2 = ind_fn2(rho_t, rho_s1, rho_s0) - ind_fn2(rho_s0, rho_s1, rho_s0);
-        T::linear_combination(&[
-            (1.0 / alpha_s0 as f64, sample),
-            (coef1 as f64, m0),
-            (coef2 as f64, m1),
-        ])
-        .scale(alpha_t as f64)
+        let coeffs = if order == 2 {
+            let coef1 = ind_fn2(rho_t, rho_s0, rho_s1) - ind_fn2(rho_s0, rho_s0, rho_s1);
+            let coef2 = ind_fn2(rho_t, rho_s1, rho_s0) - ind_fn2(rho_s0, rho_s1, rho_s0);
+            vec![1.0 / alpha_s0 as f64, coef1 as f64, coef2 as f64]
+        } else {
+            let (_, rho_s2) = self.rho(idx - 2);
+            let coef1 =
+                ind_fn3(rho_t, rho_s0, rho_s1, rho_s2) - ind_fn3(rho_s0, rho_s0, rho_s1, rho_s2);
+            let coef2 =
+                ind_fn3(rho_t, rho_s1, rho_s2, rho_s0) - ind_fn3(rho_s0, rho_s1, rho_s2, rho_s0);
+            let coef3 =
+                ind_fn3(rho_t, rho_s2, rho_s0, rho_s1) - ind_fn3(rho_s0, rho_s2, rho_s0, rho_s1);
+            vec![
+                1.0 / alpha_s0 as f64,
+                coef1 as f64,
+                coef2 as f64,
+                coef3 as f64,
+            ]
+        };
+        (coeffs, Some(alpha_t as f64))
     }
+}
 
-    fn third_order(&self, idx: usize, m0: &T, m1: &T, m2: &T, sample: &T) -> T {
-        let (alpha_t, rho_t) = self.rho(idx + 1);
-        let (alpha_s0, rho_s0) = self.rho(idx);
-        let (_, rho_s1) = self.rho(idx - 1);
-        let (_, rho_s2) = self.rho(idx - 2);
-        let coef1 =
-            ind_fn3(rho_t, rho_s0, rho_s1, rho_s2) - ind_fn3(rho_s0, rho_s0, rho_s1, rho_s2);
-        let coef2 =
-            ind_fn3(rho_t, rho_s1, rho_s2, rho_s0) - ind_fn3(rho_s0, rho_s1, rho_s2, rho_s0);
-        let coef3 =
-            ind_fn3(rho_t, rho_s2, rho_s0, rho_s1) - ind_fn3(rho_s0, rho_s2, rho_s0, rho_s1);
-        T::linear_combination(&[
-            (1.0 / alpha_s0 as f64, sample),
-            (coef1 as f64, m0),
-            (coef2 as f64, m1),
-            (coef3 as f64, m2),
-        ])
-        .scale(alpha_t as f64)
+/// The element-wise part of a DEIS step: `x0` (unless thresholded: then
+/// input 2), the noise it implies `eps = (sample - alpha * x0) / sigma`, and
+/// the update `scale * (c_s sample + c_0 eps + c_1 m1 + c_2 m2)`. Inputs:
+/// model output, sample, [thresholded `x0`], the history (newest first).
+/// Outputs: `[prev, eps]`.
+struct DeisStep {
+    x0: Option<Prediction>,
+    /// `alpha_t`, `sigma_t` of this step.
+    at: (f64, f64),
+    coeffs: Vec<f64>,
+    scale: Option<f64>,
+}
+
+impl Kernel<2> for DeisStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let (m, s) = (a.input(0), a.input(1));
+        let (x0, history) = match &self.x0 {
+            Some(p) => (p.apply(a, m, s), 2),
+            None => (a.input(2), 3),
+        };
+        let (alpha, sigma) = self.at;
+        let scaled = a.scale(x0, alpha);
+        let difference = a.linear([(1.0, s), (-1.0, scaled)]);
+        let eps = a.scale(difference, 1.0 / sigma);
+        let c = &self.coeffs;
+        let sum = match c.len() {
+            2 => a.linear([(c[0], s), (c[1], eps)]),
+            3 => {
+                let m1 = a.input(history);
+                a.linear([(c[0], s), (c[1], eps), (c[2], m1)])
+            }
+            _ => {
+                let (m1, m2) = (a.input(history), a.input(history + 1));
+                a.linear([(c[0], s), (c[1], eps), (c[2], m1), (c[3], m2)])
+            }
+        };
+        let prev = match self.scale {
+            Some(alpha_t) => a.scale(sum, alpha_t),
+            None => sum,
+        };
+        [prev, eps]
     }
 }
 
@@ -478,7 +523,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         let idx = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
         if idx >= n {
@@ -502,7 +547,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
                 ),
             });
         }
-        let converted = self.convert_model_output(model_output, sample, idx)?;
+        let (x0, done) = self.x0(model_output, sample, idx)?;
         let k = self.model_outputs.len();
         let history = |back: usize| -> Result<&T> {
             self.model_outputs[k - back]
@@ -512,11 +557,21 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
                     what: "a multistep update without history".into(),
                 })
         };
-        let prev = match order {
-            1 => self.first_order(idx, &converted, sample),
-            2 => self.second_order(idx, &converted, history(1)?, sample),
-            _ => self.third_order(idx, &converted, history(1)?, history(2)?, sample),
+        let mut inputs = vec![model_output, sample];
+        inputs.extend(done.as_ref());
+        for back in 1..order {
+            inputs.push(history(back)?);
+        }
+        let (coeffs, scale) = self.update(idx, order);
+        let (alpha_t, sigma_t) = self.alpha_sigma(idx);
+        let kernel = DeisStep {
+            x0,
+            at: (alpha_t as f64, sigma_t as f64),
+            coeffs,
+            scale,
         };
+        let [prev, converted] = common::run_step(&kernel, &inputs, [true, true])?;
+        let (prev, converted) = (common::required(prev)?, common::required(converted)?);
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));
         if self.lower_order_nums < self.config.solver_order {

@@ -666,7 +666,12 @@ impl Kernel<2> for DpmStep {
         };
         let h = self.history();
         let u = self.update;
-        let z = u.noise.map(|c| (c, a.input(self.noise_input())));
+        // Not `Option::map`: no closures in a kernel (see `Kernel`).
+        #[allow(clippy::manual_map)]
+        let z = match u.noise {
+            Some(c) => Some((c, a.input(self.noise_input()))),
+            None => None,
+        };
         let prev = match u.terms {
             UpdateTerms::First { d0 } => match z {
                 Some((cz, z)) => a.linear([(u.sample, s), (d0, m0), (cz, z)]),
