@@ -15,6 +15,7 @@ use crate::alpha::{alpha_f32, spaced_timesteps};
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -139,28 +140,12 @@ impl<T: SchedulerTensor> PNDMScheduler<T> {
     /// diffusers' `_get_prev_sample`: move `sample` from `t` to `prev_t` along the
     /// noise estimate `model_output` (scalar factors in `f32`, as torch).
     fn prev_sample(&self, sample: &T, t: i64, prev_t: i64, model_output: &T) -> Result<T> {
-        let a_t = alpha_f32(&self.alphas_cumprod, t as f64)?;
-        let a_prev = if prev_t >= 0 {
-            alpha_f32(&self.alphas_cumprod, prev_t as f64)?
-        } else {
-            self.final_alpha_cumprod
+        let c = self.prev_coefficients(t, prev_t)?;
+        let eps = match c.v {
+            Some((ca, cb)) => T::linear_combination(&[(ca, model_output), (cb, sample)]),
+            None => model_output.clone(),
         };
-        let b_t = 1.0 - a_t;
-        let b_prev = 1.0 - a_prev;
-        let eps = match self.config.prediction_type {
-            PredictionType::VPrediction => T::linear_combination(&[
-                (a_t.sqrt() as f64, model_output),
-                (b_t.sqrt() as f64, sample),
-            ]),
-            _ => model_output.clone(),
-        };
-        let sample_coeff = (a_prev / a_t).sqrt();
-        let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
-        let eps_coeff = (a_prev - a_t) / denom;
-        Ok(T::linear_combination(&[
-            (sample_coeff as f64, sample),
-            (-(eps_coeff as f64), &eps),
-        ]))
+        Ok(T::linear_combination(&[(c.sample, sample), (-c.eps, &eps)]))
     }
 
     fn step_prk(&mut self, model_output: &T, t: i64, sample: &T, n: usize) -> Result<T> {
@@ -193,28 +178,59 @@ impl<T: SchedulerTensor> PNDMScheduler<T> {
         self.prev_sample(start, base_t, prev_t, &eps)
     }
 
+    /// diffusers' `_get_prev_sample`'s coefficients (`f32`, as torch):
+    /// `(sample_coeff, eps_coeff, v)`, `v` the `(sqrt(a_t), sqrt(1 - a_t))`
+    /// that turn a v-prediction into noise.
+    fn prev_coefficients(&self, t: i64, prev_t: i64) -> Result<PrevCoefficients> {
+        let a_t = alpha_f32(&self.alphas_cumprod, t as f64)?;
+        let a_prev = if prev_t >= 0 {
+            alpha_f32(&self.alphas_cumprod, prev_t as f64)?
+        } else {
+            self.final_alpha_cumprod
+        };
+        let b_t = 1.0 - a_t;
+        let b_prev = 1.0 - a_prev;
+        let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
+        Ok(PrevCoefficients {
+            sample: (a_prev / a_t).sqrt() as f64,
+            eps: ((a_prev - a_t) / denom) as f64,
+            v: (self.config.prediction_type == PredictionType::VPrediction)
+                .then_some((a_t.sqrt() as f64, b_t.sqrt() as f64)),
+        })
+    }
+
+    /// A PLMS step as one pass: the linear multistep combination of the new
+    /// model output and the history, then `_get_prev_sample`. Also returns
+    /// the model output's copy the history keeps.
     fn step_plms(&mut self, model_output: &T, t: i64, sample: &T, n: usize) -> Result<T> {
         let ratio = (self.config.num_train_timesteps / n) as i64;
         let (mut t, mut prev_t) = (t, t - ratio);
-        if self.counter != 1 {
-            let keep = self.ets.len().saturating_sub(3);
-            self.ets.drain(..keep);
-            self.ets.push(model_output.clone());
+        // The history after this step, without the new model output (input 0).
+        let keep = if self.counter != 1 {
+            self.ets.len().min(3)
         } else {
             prev_t = t;
             t += ratio;
-        }
-        let mut start = sample.clone();
-        let e = &self.ets;
-        let k = e.len();
-        let eps = if k == 1 && self.counter == 0 {
-            self.cur_sample = Some(sample.clone());
-            model_output.clone()
+            self.ets.len()
+        };
+        let old = &self.ets[self.ets.len() - keep..];
+        let k = keep + usize::from(self.counter != 1);
+        let mut inputs = vec![model_output, sample];
+        inputs.extend(old.iter());
+        // The combination's values, newest first: the model output (input 0),
+        // then the history from its newest (input `1 + keep`) back.
+        let newest_first = |weights: &[f64]| -> Vec<(usize, f64)> {
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| (if i == 0 { 0 } else { 2 + keep - i }, w))
+                .collect()
+        };
+        let weights: Option<(Vec<(usize, f64)>, f64)> = if k == 1 && self.counter == 0 {
+            None
         } else if k == 1 && self.counter == 1 {
-            if let Some(s) = self.cur_sample.take() {
-                start = s;
-            }
-            T::linear_combination(&[(1.0, model_output), (1.0, &e[0])]).scale(0.5)
+            // The model output with the history's one entry (not yet joined).
+            Some((vec![(0, 1.0), (2, 1.0)], 0.5))
         } else if k < 2 {
             return Err(SchedulerError::InvalidArgument {
                 field: "step",
@@ -222,14 +238,98 @@ impl<T: SchedulerTensor> PNDMScheduler<T> {
                 reason: "the multistep history is incomplete".into(),
             });
         } else if k == 2 {
-            T::linear_combination(&[(3.0, &e[1]), (-1.0, &e[0])]).scale(0.5)
+            Some((newest_first(&[3.0, -1.0]), 0.5))
         } else if k == 3 {
-            T::linear_combination(&[(23.0, &e[2]), (-16.0, &e[1]), (5.0, &e[0])]).scale(1.0 / 12.0)
+            Some((newest_first(&[23.0, -16.0, 5.0]), 1.0 / 12.0))
         } else {
-            T::linear_combination(&[(55.0, &e[3]), (-59.0, &e[2]), (37.0, &e[1]), (-9.0, &e[0])])
-                .scale(1.0 / 24.0)
+            Some((newest_first(&[55.0, -59.0, 37.0, -9.0]), 1.0 / 24.0))
         };
-        self.prev_sample(&start, t, prev_t, &eps)
+        // The second step of the start starts again from the first's sample.
+        let restart = k == 1 && self.counter == 1 && self.cur_sample.is_some();
+        if let (true, Some(s)) = (restart, self.cur_sample.as_ref()) {
+            inputs.push(s);
+        }
+        let kernel = PlmsStep {
+            weights,
+            start: if restart { inputs.len() - 1 } else { 1 },
+            prev: self.prev_coefficients(t, prev_t)?,
+        };
+        let [prev, copy] = common::run_step(&kernel, &inputs, [true, self.counter != 1])?;
+        let prev = common::required(prev)?;
+        if self.counter != 1 {
+            let drop = self.ets.len() - keep;
+            self.ets.drain(..drop);
+            self.ets.push(common::required(copy)?);
+        }
+        if k == 1 && self.counter == 0 {
+            self.cur_sample = Some(sample.clone());
+        } else if restart {
+            self.cur_sample = None;
+        }
+        Ok(prev)
+    }
+}
+
+/// [`PNDMScheduler::prev_coefficients`].
+#[derive(Debug, Clone, Copy)]
+struct PrevCoefficients {
+    sample: f64,
+    eps: f64,
+    v: Option<(f64, f64)>,
+}
+
+impl PrevCoefficients {
+    /// `_get_prev_sample` of `start` along `eps`.
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A, start: A::V, eps: A::V) -> A::V {
+        let eps = match self.v {
+            Some((ca, cb)) => a.linear([(ca, eps), (cb, start)]),
+            None => eps,
+        };
+        a.linear([(self.sample, start), (-self.eps, eps)])
+    }
+}
+
+/// The element-wise part of a PLMS step. Inputs: model output, sample, the
+/// history (oldest first), and the restart sample. `weights`: the
+/// combination's inputs and coefficients, newest first, and its scale;
+/// `None` takes the model output as it is. Outputs: `[prev, model output]`
+/// (the history's copy).
+struct PlmsStep {
+    weights: Option<(Vec<(usize, f64)>, f64)>,
+    start: usize,
+    prev: PrevCoefficients,
+}
+
+impl Kernel<2> for PlmsStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
+        let m = a.input(0);
+        let start = a.input(self.start);
+        let eps = match &self.weights {
+            None => m,
+            Some((w, scale)) => {
+                let sum = match w[..] {
+                    [(i0, w0), (i1, w1)] => {
+                        let (e0, e1) = (a.input(i0), a.input(i1));
+                        a.linear([(w0, e0), (w1, e1)])
+                    }
+                    [(i0, w0), (i1, w1), (i2, w2)] => {
+                        let (e0, e1, e2) = (a.input(i0), a.input(i1), a.input(i2));
+                        a.linear([(w0, e0), (w1, e1), (w2, e2)])
+                    }
+                    [(i0, w0), (i1, w1), (i2, w2), (i3, w3), ..] => {
+                        let (e0, e1) = (a.input(i0), a.input(i1));
+                        let (e2, e3) = (a.input(i2), a.input(i3));
+                        a.linear([(w0, e0), (w1, e1), (w2, e2), (w3, e3)])
+                    }
+                    // Built with 2 to 4 terms.
+                    _ => m,
+                };
+                a.scale(sum, *scale)
+            }
+        };
+        [self.prev.apply(a, start, eps), m]
     }
 }
 
@@ -333,11 +433,13 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for PNDMScheduler<T> {
         let n = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
-        common::check_step_inputs(model_output, sample)?;
+        common::check_step_shapes(model_output, sample)?;
         // Validate t before touching the multistep state.
         alpha_f32(&self.alphas_cumprod, t)?;
         let t = t as i64;
         let prev = if self.counter < self.prk_len {
+            // (A PLMS step checks its inputs in its pass.)
+            common::check_step_inputs(model_output, sample)?;
             self.step_prk(model_output, t, sample, n)?
         } else {
             self.step_plms(model_output, t, sample, n)?
