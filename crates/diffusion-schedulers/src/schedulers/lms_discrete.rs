@@ -348,21 +348,42 @@ pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
     )
 }
 
-/// The element-wise part of an LMS step: the ODE derivative
-/// `(sample - x0) / sigma` the linear multistep update combines. Inputs:
-/// model output, sample. Outputs: `[derivative, x0]`.
+/// The ODE derivative `(sample - x0) / sigma` of an LMS step, and `x0`.
 struct LmsDerivative {
     prediction_type: PredictionType,
     sigma: f64,
 }
 
-impl Kernel<2> for LmsDerivative {
+impl LmsDerivative {
     #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
-        let (m, s) = (a.input(0), a.input(1));
+    fn apply<A: Arith>(&self, a: &mut A, m: A::V, s: A::V) -> [A::V; 2] {
         let x0 = sigma_prediction(a, self.prediction_type, m, s, self.sigma, self.sigma);
         let difference = a.linear([(1.0, s), (-1.0, x0)]);
         [a.scale(difference, 1.0 / self.sigma), x0]
+    }
+}
+
+/// The element-wise part of an LMS step: this step's derivative, and
+/// `prev = sample + sum_j coeffs[j] * d_j` over the derivatives newest first
+/// (this step's, then the older ones: inputs 2..). Outputs:
+/// `[prev, derivative, x0]`.
+struct LmsStep {
+    derivative: LmsDerivative,
+    coeffs: Vec<f64>,
+}
+
+impl Kernel<3> for LmsStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
+        let (m, s) = (a.input(0), a.input(1));
+        let [d, x0] = self.derivative.apply(a, m, s);
+        // One left-to-right accumulation (`1 * acc` is exact).
+        let mut update = a.scale(d, self.coeffs[0]);
+        for (j, &c) in self.coeffs.iter().enumerate().skip(1) {
+            let dj = a.input(1 + j);
+            update = a.linear([(1.0, update), (c, dj)]);
+        }
+        [a.linear([(1.0, s), (1.0, update)]), d, x0]
     }
 }
 
@@ -441,29 +462,29 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         };
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let sigma = self.sigmas[i];
-        let kernel = LmsDerivative {
-            prediction_type: self.config.prediction_type,
-            sigma,
+        let order = (i + 1).min(lms_order);
+        // Newest derivative first (this step's, then the history's from its
+        // end); as many terms as both lists hold.
+        let older = order.min(self.derivatives.len() + 1) - 1;
+        let coeffs: Vec<f64> = (0..older + 1)
+            .map(|j| self.lms_coefficient(order, i, j))
+            .collect();
+        let mut inputs = vec![model_output, sample];
+        inputs.extend(self.derivatives.iter().rev().take(older));
+        let kernel = LmsStep {
+            derivative: LmsDerivative {
+                prediction_type: self.config.prediction_type,
+                sigma,
+            },
+            coeffs,
         };
         let want_x0 = options.wants_pred_original_sample();
-        let [derivative, x0] = common::run_step(&kernel, &[model_output, sample], [true, want_x0])?;
-        let derivative = common::required(derivative)?;
-        self.derivatives.push(derivative);
+        let [prev, derivative, x0] = common::run_step(&kernel, &inputs, [true, true, want_x0])?;
+        self.derivatives.push(common::required(derivative)?);
         if self.derivatives.len() > lms_order {
             self.derivatives.remove(0);
         }
-        let order = (i + 1).min(lms_order);
-        let coeffs: Vec<f64> = (0..order)
-            .map(|j| self.lms_coefficient(order, i, j))
-            .collect();
-        // Newest derivative first; as many terms as both lists hold.
-        let terms: Vec<(f64, &T)> = coeffs
-            .iter()
-            .copied()
-            .zip(self.derivatives.iter().rev())
-            .collect();
-        let update = T::linear_combination(&terms);
-        let prev = T::linear_combination(&[(1.0, sample), (1.0, &update)]);
+        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,
