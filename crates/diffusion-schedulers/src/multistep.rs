@@ -171,8 +171,8 @@ pub(crate) fn final_sigma(kind: FinalSigmasType, sigma_min: f64) -> f64 {
     }
 }
 
-/// How `(sample - c * model_output) / d` is evaluated in [`data_prediction`]
-/// and [`noise_prediction`].
+/// How `(sample - c * model_output) / d` is evaluated in [`Prediction`]'s
+/// kinds of prediction.
 ///
 /// For an `f32` tensor such as `CpuTensor` both forms round identically; a
 /// backend that accumulates [`SchedulerTensor::linear_combination`] in a wider
@@ -286,30 +286,4 @@ impl Kernel<1> for Prediction {
         let (m, x) = (a.input(0), a.input(1));
         [Prediction::apply(self, a, m, x)]
     }
-}
-
-/// The data prediction `x0` (see [`Prediction`]).
-pub(crate) fn data_prediction<T: SchedulerTensor>(
-    prediction_type: PredictionType,
-    form: Difference,
-    model_output: &T,
-    sample: &T,
-    at: (f32, f32),
-    flow_sigma: f64,
-) -> Result<T> {
-    Prediction::data(prediction_type, form, at, flow_sigma).run(model_output, sample)
-}
-
-/// The noise prediction `eps` (see [`Prediction`]); `Ok(None)` for
-/// `flow_prediction`.
-pub(crate) fn noise_prediction<T: SchedulerTensor>(
-    prediction_type: PredictionType,
-    form: Difference,
-    model_output: &T,
-    sample: &T,
-    at: (f32, f32),
-) -> Result<Option<T>> {
-    Prediction::noise(prediction_type, form, at)
-        .map(|p| p.run(model_output, sample))
-        .transpose()
 }

@@ -135,6 +135,7 @@ fn fused_steps_equal_operation_at_a_time_steps_bit_for_bit() {
         json!({"prediction_type": "sample", "clip_sample": true}),
         json!({"prediction_type": "epsilon", "thresholding": true}),
         json!({"stochastic_sampling": true}),
+        json!({"solver_order": 3, "solver_type": "heun", "lower_order_final": false, "final_sigmas_type": "sigma_min"}),
         json!({"skip_prk_steps": true, "prediction_type": "v_prediction"}),
         json!({"solver_order": 3, "prediction_type": "v_prediction"}),
         json!({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),

@@ -17,9 +17,10 @@ use serde_json::Value;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
+use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, alpha_sigma, data_prediction, final_sigma, flow_shifted, lambda_f32, missing_steps,
-    noise_prediction, sigma_add_noise,
+    Difference, Prediction, alpha_sigma, final_sigma, flow_shifted, lambda_f32, missing_steps,
+    sigma_add_noise,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -350,8 +351,15 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
         alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
-    /// diffusers' `convert_model_output`: `x0` for DPM-Solver++, noise for DPM-Solver.
-    fn convert(&self, model_output: &T, sample: &T, idx: usize) -> Result<T> {
+    /// diffusers' `convert_model_output`: `x0` for DPM-Solver++, noise for
+    /// DPM-Solver. A [`Prediction`] for the step's pass, or (thresholded: a
+    /// per-item quantile of the whole `x0`) the tensor computed here.
+    fn convert(
+        &self,
+        model_output: &T,
+        sample: &T,
+        idx: usize,
+    ) -> Result<(Option<Prediction>, Option<T>)> {
         let pred = self.config.prediction_type;
         if self.config.variance_type.is_some()
             && pred == PredictionType::Epsilon
@@ -366,35 +374,26 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
         }
         let at = self.alpha_sigma(idx);
         let form = Difference::OneExpression;
-        match self.config.algorithm_type {
-            SinglestepAlgorithm::DpmSolverPlusPlus
-            | SinglestepAlgorithm::Deis
-            | SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
-                let mut x0 =
-                    data_prediction(pred, form, model_output, sample, at, self.sigmas[idx])?;
-                if self.config.thresholding {
-                    x0 = x0.dynamic_threshold(
-                        self.config.dynamic_thresholding_ratio,
-                        self.config.sample_max_value,
-                    );
-                }
-                Ok(x0)
-            }
-            SinglestepAlgorithm::DpmSolver => {
-                noise_prediction(pred, form, model_output, sample, at)?.ok_or_else(|| {
-                    SchedulerError::Unsupported {
-                        class: CLASS_NAME,
-                        what: "prediction_type `flow_prediction` with algorithm_type `dpmsolver`"
-                            .into(),
-                    }
-                })
-            }
+        if self.config.algorithm_type == SinglestepAlgorithm::DpmSolver {
+            let p = Prediction::noise(pred, form, at).ok_or(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: "prediction_type `flow_prediction` with algorithm_type `dpmsolver`".into(),
+            })?;
+            return Ok((Some(p), None));
         }
+        let p = Prediction::data(pred, form, at, self.sigmas[idx]);
+        if !self.config.thresholding {
+            return Ok((Some(p), None));
+        }
+        let c = &self.config;
+        let x0 = p.run(model_output, sample)?;
+        let x0 = x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value);
+        Ok((None, Some(x0)))
     }
 
-    /// The update of order `order` ending at step `idx`, from the group's start
-    /// sample `x` and the model outputs `m` (newest last).
-    fn update(&self, m: &[&T], x: &T, idx: usize, order: usize, noise: Option<&T>) -> Result<T> {
+    /// The coefficients of the update of order `order` ending at step `idx`,
+    /// from the group's start sample.
+    fn update(&self, idx: usize, order: usize) -> Result<SingleUpdate> {
         let algo = self.config.algorithm_type;
         let heun = self.config.solver_type == SinglestepSolverType::Heun;
         let (alpha_t, sigma_t) = self.alpha_sigma(idx + 1);
@@ -403,10 +402,6 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
         let (alpha_s, sigma_s) = self.alpha_sigma(idx + 1 - order);
         let lambda_s = lambda_f32(alpha_s, sigma_s);
         let h = lambda_t - lambda_s;
-        let sde_noise = |h: f32| -> Result<(f64, &T)> {
-            let z = noise.ok_or(SchedulerError::NoiseExhausted { requested: 1 })?;
-            Ok(((sigma_t * (1.0f32 - (-2.0f32 * h).exp()).sqrt()) as f64, z))
-        };
         // `(exp(-h) - 1)` and friends, as diffusers' float32 scalars.
         let em1 = (-h).exp() - 1.0; // exp(-h) - 1
         let ep1 = h.exp() - 1.0; // exp(h) - 1
@@ -437,38 +432,23 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
             SinglestepAlgorithm::DpmSolver => -(sigma_t * (ep1 / h - 1.0)),
             SinglestepAlgorithm::SdeDpmSolverPlusPlus => alpha_t * (e2 / (-2.0 * h) + 1.0),
         } as f64;
-        let mut terms: Vec<(f64, T)> = Vec::with_capacity(4);
-        match order {
-            1 => {
-                terms.push((c0, m[m.len() - 1].clone()));
-            }
+        let terms = match order {
+            1 => SingleTerms::First,
             2 => {
-                let (m0, m1) = (m[m.len() - 1], m[m.len() - 2]);
                 let (alpha_s0, sigma_s0) = self.alpha_sigma(idx);
-                let h_0 = lambda_f32(alpha_s0, sigma_s0) - lambda_s;
-                let r0 = h_0 / h;
-                let d1 =
-                    T::linear_combination(&[(1.0, m0), (-1.0, m1)]).scale((1.0f32 / r0) as f64);
-                terms.push((c0, m1.clone()));
-                terms.push((if heun { c1_heun } else { c1_mid }, d1));
+                let r0 = (lambda_f32(alpha_s0, sigma_s0) - lambda_s) / h;
+                SingleTerms::Second {
+                    inv_r0: (1.0f32 / r0) as f64,
+                    c1: if heun { c1_heun } else { c1_mid },
+                }
             }
             _ => {
-                let (m0, m1, m2) = (m[m.len() - 1], m[m.len() - 2], m[m.len() - 3]);
                 let (alpha_s0, sigma_s0) = self.alpha_sigma(idx);
                 let (alpha_s1, sigma_s1) = self.alpha_sigma(idx - 1);
                 let h_0 = lambda_f32(alpha_s0, sigma_s0) - lambda_s;
                 let h_1 = lambda_f32(alpha_s1, sigma_s1) - lambda_s;
                 let (r0, r1) = (h_0 / h, h_1 / h);
-                let d1_0 =
-                    T::linear_combination(&[(1.0, m1), (-1.0, m2)]).scale((1.0f32 / r1) as f64);
-                let d1_1 =
-                    T::linear_combination(&[(1.0, m0), (-1.0, m2)]).scale((1.0f32 / r0) as f64);
-                terms.push((c0, m2.clone()));
-                if heun {
-                    let inv = (r0 - r1) as f64;
-                    let d1 = T::linear_combination(&[(r0 as f64, &d1_0), (-(r1 as f64), &d1_1)])
-                        .scale(1.0 / inv);
-                    let d2 = T::linear_combination(&[(2.0, &d1_1), (-2.0, &d1_0)]).scale(1.0 / inv);
+                let heun = heun.then(|| {
                     let c2 = match algo {
                         SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
                             -(alpha_t * ((em1 + h) / (h * h) - 0.5))
@@ -479,25 +459,31 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                             alpha_t * ((e2 + hm) / (hm * hm) - 0.5)
                         }
                     } as f64;
-                    terms.push((c1_heun, d1));
-                    terms.push((c2, d2));
-                } else {
-                    // "midpoint" at third order uses D1_1 with the heun-type coefficient.
-                    terms.push((c1_heun, d1_1));
+                    (r0 as f64, r1 as f64, 1.0 / (r0 - r1) as f64, c2)
+                });
+                // "midpoint" at third order uses D1_1 with the heun-type coefficient.
+                SingleTerms::Third {
+                    inv_r0: (1.0f32 / r0) as f64,
+                    inv_r1: (1.0f32 / r1) as f64,
+                    c1: c1_heun,
+                    heun,
                 }
             }
-        }
-        let noise_term = if algo == SinglestepAlgorithm::SdeDpmSolverPlusPlus {
-            Some(sde_noise(h)?)
-        } else {
-            None
         };
-        let mut lc: Vec<(f64, &T)> = vec![(x_scale, x)];
-        lc.extend(terms.iter().map(|(c, t)| (*c, t)));
-        if let Some((c, z)) = noise_term {
-            lc.push((c, z));
-        }
-        if lc.iter().any(|(c, _)| !c.is_finite()) {
+        let noise = (algo == SinglestepAlgorithm::SdeDpmSolverPlusPlus)
+            .then(|| (sigma_t * (1.0f32 - (-2.0f32 * h).exp()).sqrt()) as f64);
+        let finite = [x_scale, c0]
+            .into_iter()
+            .chain(noise)
+            .chain(match terms {
+                SingleTerms::First => vec![],
+                SingleTerms::Second { c1, .. } => vec![c1],
+                SingleTerms::Third { c1, heun, .. } => {
+                    vec![c1].into_iter().chain(heun.map(|h| h.3)).collect()
+                }
+            })
+            .all(f64::is_finite);
+        if !finite {
             return Err(SchedulerError::Unsupported {
                 class: CLASS_NAME,
                 what: format!(
@@ -505,7 +491,117 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 ),
             });
         }
-        Ok(T::linear_combination(&lc))
+        Ok(SingleUpdate {
+            x_scale,
+            c0,
+            terms,
+            noise,
+        })
+    }
+}
+
+/// [`DPMSolverSinglestepScheduler::update`]: `x_scale * x + c0 * D0 + ...`
+/// (`+ noise * z`), `D0` the group's first model output.
+#[derive(Debug, Clone, Copy)]
+struct SingleUpdate {
+    x_scale: f64,
+    c0: f64,
+    terms: SingleTerms,
+    noise: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SingleTerms {
+    /// `c0 * m0`.
+    First,
+    /// `c0 * m1 + c1 * (m0 - m1) / r0`.
+    Second { inv_r0: f64, c1: f64 },
+    /// `D1_0 = (m1 - m2) / r1`, `D1_1 = (m0 - m2) / r0`; `c0 * m2` and, with
+    /// `heun = (r0, r1, 1 / (r0 - r1), c2)`,
+    /// `c1 * (r0 D1_0 - r1 D1_1) / (r0 - r1) + c2 * 2 (D1_1 - D1_0) / (r0 - r1)`,
+    /// else (midpoint) `c1 * D1_1`.
+    Third {
+        inv_r0: f64,
+        inv_r1: f64,
+        c1: f64,
+        heun: Option<(f64, f64, f64, f64)>,
+    },
+}
+
+/// The element-wise part of a singlestep DPM-Solver step. Inputs: model
+/// output, sample, [the converted output when thresholded], the group's start
+/// sample `x` (input `x`), the older converted outputs `m1`, `m2` (from
+/// input `history`, newest first), the noise. Outputs: `[prev, converted,
+/// sample]` (the sample's copy starts a group).
+struct SingleStep {
+    convert: Option<Prediction>,
+    update: SingleUpdate,
+    x: usize,
+    history: usize,
+    noise: usize,
+}
+
+impl Kernel<3> for SingleStep {
+    #[inline(always)]
+    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
+        let (m, s) = (a.input(0), a.input(1));
+        let m0 = match &self.convert {
+            Some(p) => p.apply(a, m, s),
+            None => a.input(2),
+        };
+        let x = a.input(self.x);
+        let u = self.update;
+        let xs = (u.x_scale, x);
+        // Not `Option::map`: no closures in a kernel (see `Kernel`).
+        #[allow(clippy::manual_map)]
+        let z = match u.noise {
+            Some(c) => Some((c, a.input(self.noise))),
+            None => None,
+        };
+        let prev = match u.terms {
+            SingleTerms::First => match z {
+                Some(z) => a.linear([xs, (u.c0, m0), z]),
+                None => a.linear([xs, (u.c0, m0)]),
+            },
+            SingleTerms::Second { inv_r0, c1 } => {
+                let m1 = a.input(self.history);
+                let diff = a.linear([(1.0, m0), (-1.0, m1)]);
+                let d1 = a.scale(diff, inv_r0);
+                match z {
+                    Some(z) => a.linear([xs, (u.c0, m1), (c1, d1), z]),
+                    None => a.linear([xs, (u.c0, m1), (c1, d1)]),
+                }
+            }
+            SingleTerms::Third {
+                inv_r0,
+                inv_r1,
+                c1,
+                heun,
+            } => {
+                let (m1, m2) = (a.input(self.history), a.input(self.history + 1));
+                let diff0 = a.linear([(1.0, m1), (-1.0, m2)]);
+                let d1_0 = a.scale(diff0, inv_r1);
+                let diff1 = a.linear([(1.0, m0), (-1.0, m2)]);
+                let d1_1 = a.scale(diff1, inv_r0);
+                match heun {
+                    Some((r0, r1, inv, c2)) => {
+                        let d1 = a.linear([(r0, d1_0), (-r1, d1_1)]);
+                        let d1 = a.scale(d1, inv);
+                        let d2 = a.linear([(2.0, d1_1), (-2.0, d1_0)]);
+                        let d2 = a.scale(d2, inv);
+                        match z {
+                            Some(z) => a.linear([xs, (u.c0, m2), (c1, d1), (c2, d2), z]),
+                            None => a.linear([xs, (u.c0, m2), (c1, d1), (c2, d2)]),
+                        }
+                    }
+                    None => match z {
+                        Some(z) => a.linear([xs, (u.c0, m2), (c1, d1_1), z]),
+                        None => a.linear([xs, (u.c0, m2), (c1, d1_1)]),
+                    },
+                }
+            }
+        };
+        [prev, m0, s]
     }
 }
 
@@ -703,40 +799,69 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
         if self.num_inference_steps.is_none() {
             return Err(SchedulerError::NotInitialized("step"));
         }
-        common::check_step_inputs(model_output, sample)?;
-        let idx = self.index.current(t, &self.timesteps)?;
+        common::check_step_shapes(model_output, sample)?;
+        // Committed (`advance_from`) only once the step has succeeded.
+        let idx = self.index.peek(t, &self.timesteps)?;
         if idx >= self.timesteps.len() || idx >= self.order_list.len() {
             return Err(SchedulerError::PastLastStep(idx));
         }
-        let converted = self.convert(model_output, sample, idx)?;
+        let (convert, done) = self.convert(model_output, sample, idx)?;
         let z = if self.config.algorithm_type == SinglestepAlgorithm::SdeDpmSolverPlusPlus {
-            Some(noise.noise(model_output)?)
+            Some(common::step_noise(noise, model_output, sample)?)
         } else {
             None
         };
         let k = self.config.solver_order;
-        // The history as it will be after this step, newest last.
-        let mut history: Vec<Option<&T>> =
-            self.model_outputs[1..].iter().map(Option::as_ref).collect();
-        history.push(Some(&converted));
+        // The history as it will be after this step, newest last (this
+        // step's converted output last).
+        let older: Vec<&T> = self.model_outputs[1..].iter().flatten().collect();
         let mut order = self.order_list[idx].min(k);
-        while order > 1 && history[k - order].is_none() {
+        while order > 1 && self.model_outputs[k + 1 - order].is_none() {
             order -= 1;
         }
-        let start = if order == 1 {
-            sample
-        } else {
-            self.group_sample.as_ref().unwrap_or(sample)
+        let update = self.update(idx, order)?;
+        let mut inputs = vec![model_output, sample];
+        inputs.extend(done.as_ref());
+        let x = match (order, self.group_sample.as_ref()) {
+            (1, _) | (_, None) => 1,
+            (_, Some(start)) => {
+                inputs.push(start);
+                inputs.len() - 1
+            }
         };
-        let outputs: Vec<&T> = history.iter().flatten().copied().collect();
-        let prev = self.update(&outputs, start, idx, order, z.as_ref())?;
+        let history = inputs.len();
+        // `m1`, `m2`: the newest older outputs, newest first.
+        for back in 1..order {
+            let m = older
+                .len()
+                .checked_sub(back)
+                .map(|i| older[i])
+                .ok_or(SchedulerError::PastLastStep(idx))?;
+            inputs.push(m);
+        }
+        let noise_input = inputs.len();
+        inputs.extend(z.as_ref());
+        let kernel = SingleStep {
+            convert,
+            update,
+            x,
+            history,
+            noise: noise_input,
+        };
+        let want = [true, done.is_none(), order == 1];
+        let [prev, fused, copy] = common::run_step(&kernel, &inputs, want)?;
+        let prev = common::required(prev)?;
+        let converted = match done {
+            Some(t) => t,
+            None => common::required(fused)?,
+        };
         // Commit the new state.
         if order == 1 {
-            self.group_sample = Some(sample.clone());
+            self.group_sample = Some(common::required(copy)?);
         }
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));
-        self.index.advance();
+        self.index.advance_from(idx);
         Ok(StepOutput {
             prev_sample: prev,
             pred_original_sample: None,
