@@ -839,7 +839,7 @@ impl AlphaStep {
 /// cumulative alpha), as diffusers' DDPM-family `step`s compute them
 /// (`flow_prediction` is refused by [`AlphaX0::new`]).
 #[inline(always)]
-pub fn alpha_prediction<A: Arith>(
+pub(crate) fn alpha_prediction<A: Arith>(
     a: &mut A,
     prediction_type: PredictionType,
     model_output: A::V,

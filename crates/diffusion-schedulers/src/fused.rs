@@ -45,6 +45,7 @@ pub trait Arith {
     fn clamp(&mut self, x: Self::V, min: f64, max: f64) -> Self::V;
 
     /// `a * x`.
+    #[inline(always)]
     fn scale(&mut self, x: Self::V, a: f64) -> Self::V {
         self.linear([(a, x)])
     }
@@ -196,9 +197,9 @@ impl Program {
                 field: "inputs",
                 value: inputs.len().to_string(),
                 reason: format!(
-                    "the step reads input {} of {}",
-                    self.read.len(),
-                    self.inputs.len()
+                    "the step reads input index {} of {} given",
+                    self.read.len().saturating_sub(1),
+                    inputs.len()
                 ),
             });
         }

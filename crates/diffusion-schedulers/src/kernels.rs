@@ -97,8 +97,8 @@ with_avx2! {
     }
 }
 
-/// One block of a value: `W` consecutive elements (two AVX-512 registers,
-/// two AVX2 ones or four SSE ones; see [`run_kernel`]).
+/// One block of a value: `W` (16) consecutive elements: two AVX2 registers,
+/// four SSE ones (or one AVX-512 register, for the ragged end).
 #[derive(Clone, Copy)]
 pub(crate) struct Block<const W: usize>([f32; W]);
 

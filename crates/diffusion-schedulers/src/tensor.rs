@@ -326,7 +326,11 @@ impl SchedulerTensor for CpuTensor {
             std::array::from_fn(|o| if want[o] { pool::take(n) } else { Vec::new() });
         let unread_checked = (0..checked).any(|i| !program.reads(i));
         if !kernels::run_kernel(kernel, &data, checked, want, &mut out) || unread_checked {
-            crate::fused::first_non_finite(program, |i| kernels::all_finite(data[i]))?;
+            let found = crate::fused::first_non_finite(program, |i| kernels::all_finite(data[i]));
+            if let Err(e) = found {
+                out.into_iter().for_each(pool::give);
+                return Err(e);
+            }
         }
         let shape = inputs.first().map(|t| t.shape.clone()).unwrap_or_default();
         let mut out = out.into_iter();

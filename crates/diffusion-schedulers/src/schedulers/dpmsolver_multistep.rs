@@ -641,11 +641,13 @@ struct DpmStep {
 
 impl DpmStep {
     /// The first input after the model output, sample and converted output.
+    #[inline(always)]
     fn history(&self) -> usize {
         if self.convert.is_some() { 2 } else { 3 }
     }
 
     /// The noise's input.
+    #[inline(always)]
     fn noise_input(&self) -> usize {
         self.history()
             + match self.update.terms {

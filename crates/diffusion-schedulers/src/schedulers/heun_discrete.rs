@@ -615,6 +615,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
                     &[model_output, sample],
                     [true, true, true, want_x0],
                 )?;
+                let prev = common::required(prev)?;
                 self.first_half = Some(FirstHalf {
                     derivative: common::required(derivative)?,
                     dt,
@@ -632,11 +633,11 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
                 };
                 let inputs = [model_output, sample, &half.derivative, &half.sample];
                 let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
+                let prev = common::required(prev)?;
                 self.first_half = None;
                 (prev, x0)
             }
         };
-        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

@@ -284,6 +284,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
                     &[model_output, sample],
                     [true, false, true, want_x0],
                 )?;
+                let prev = common::required(prev)?;
                 self.first_sample = Some(common::required(first)?);
                 (prev, x0)
             }
@@ -298,11 +299,11 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
                 };
                 let inputs = [model_output, sample, first, &z];
                 let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
+                let prev = common::required(prev)?;
                 self.first_sample = None;
                 (prev, x0)
             }
         };
-        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

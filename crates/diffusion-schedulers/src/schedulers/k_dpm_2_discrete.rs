@@ -316,6 +316,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
                     &[model_output, sample],
                     [true, false, true, want_x0],
                 )?;
+                let prev = common::required(prev)?;
                 self.first_sample = Some(common::required(first)?);
                 (prev, x0)
             }
@@ -329,11 +330,11 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
                 };
                 let inputs = [model_output, sample, first];
                 let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
+                let prev = common::required(prev)?;
                 self.first_sample = None;
                 (prev, x0)
             }
         };
-        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

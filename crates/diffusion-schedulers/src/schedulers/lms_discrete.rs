@@ -480,11 +480,11 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         };
         let want_x0 = options.wants_pred_original_sample();
         let [prev, derivative, x0] = common::run_step(&kernel, &inputs, [true, true, want_x0])?;
-        self.derivatives.push(common::required(derivative)?);
+        let (prev, derivative) = (common::required(prev)?, common::required(derivative)?);
+        self.derivatives.push(derivative);
         if self.derivatives.len() > lms_order {
             self.derivatives.remove(0);
         }
-        let prev = common::required(prev)?;
         self.index.advance_from(i);
         Ok(StepOutput {
             prev_sample: prev,

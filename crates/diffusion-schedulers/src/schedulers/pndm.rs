@@ -257,9 +257,10 @@ impl<T: SchedulerTensor> PNDMScheduler<T> {
         let [prev, copy] = common::run_step(&kernel, &inputs, [true, self.counter != 1])?;
         let prev = common::required(prev)?;
         if self.counter != 1 {
+            let copy = common::required(copy)?;
             let drop = self.ets.len() - keep;
             self.ets.drain(..drop);
-            self.ets.push(common::required(copy)?);
+            self.ets.push(copy);
         }
         if k == 1 && self.counter == 0 {
             self.cur_sample = Some(sample.clone());

@@ -166,6 +166,19 @@ pub struct UniPCMultistepScheduler<T> {
     index: StepIndex,
 }
 
+/// The index of `t` among a pass's `inputs`, added if it is not there: the
+/// corrector and the predictor read the same history, which the pass then
+/// reads once.
+fn input_index<'a, T>(inputs: &mut Vec<&'a T>, t: &'a T) -> usize {
+    match inputs.iter().position(|&x| std::ptr::eq(x, t)) {
+        Some(i) => i,
+        None => {
+            inputs.push(t);
+            inputs.len() - 1
+        }
+    }
+}
+
 /// Where a value of a UniP/UniC update comes from, in [`UniStep`]'s pass.
 #[derive(Debug, Clone, Copy)]
 enum Src {
@@ -778,14 +791,12 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
                         .as_ref()
                         .ok_or(SchedulerError::PastLastStep(idx))
                 };
-                inputs.push(last);
-                let x = Src::Input(inputs.len() - 1);
-                inputs.push(past(0)?);
-                let m0 = Src::Input(inputs.len() - 1);
+                let x = Src::Input(input_index(&mut inputs, last));
+                let m0 = Src::Input(input_index(&mut inputs, past(0)?));
                 let mut older = Vec::new();
                 for i in 1..self.this_order {
-                    inputs.push(past(i)?);
-                    older.push((idx - (i + 1), Src::Input(inputs.len() - 1)));
+                    let m = input_index(&mut inputs, past(i)?);
+                    older.push((idx - (i + 1), Src::Input(m)));
                 }
                 let model_t = Some(converted_src(&done));
                 Some(self.term(idx, idx - 1, x, m0, &older, model_t, idx)?)
@@ -807,8 +818,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
             let m = *history
                 .get(history.len() + 1 - 1 - i)
                 .ok_or(SchedulerError::PastLastStep(idx))?;
-            inputs.push(m);
-            older.push((idx - i, Src::Input(inputs.len() - 1)));
+            older.push((idx - i, Src::Input(input_index(&mut inputs, m))));
         }
         let predictor = self.term(
             idx + 1,
