@@ -7,7 +7,8 @@
 //!   (`cargo xtask bench --help` lists the flags). Writes
 //!   target/bench/report.json unless `--json` says otherwise.
 //! - `bench schedulers`: run the criterion benches and print each scheduler's
-//!   step time beside a plain copy of the same buffer (ratio = step / copy).
+//!   step time beside a plain copy of the same buffer (ratio = step / copy),
+//!   then the `step_ratio` example (each step timed right after a copy).
 //! - `bench models [--no-compare]`: criterion benches of a mid-size UNet
 //!   forward, a VAE decode and a CLIP-L encode on the default CPU backend,
 //!   beside the same workloads in PyTorch (same configs and thread count).
@@ -206,6 +207,16 @@ fn bench_schedulers() -> Result<(), String> {
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap())
         .map_err(|e| e.to_string())?;
     println!("wrote {}", out.display());
+    // The same steps timed alternately with a copy (ratios that a shared
+    // machine's changing speed moves less; see the example's docs).
+    run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "run",
+        "--release",
+        "-p",
+        "diffusion-schedulers",
+        "--example",
+        "step_ratio",
+    ]))?;
     Ok(())
 }
 

@@ -234,11 +234,10 @@ mod x86 {
                 let (lo, hi) = (_mm512_set1_ps(min as f32), _mm512_set1_ps(max as f32));
                 let mut out = x.0;
                 for v in &mut out {
-                    // `v < lo ? lo : v`, then `v > hi ? hi : v`: a NaN passes.
-                    let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(*v, lo);
-                    *v = _mm512_mask_blend_ps(below, *v, lo);
-                    let above = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(*v, hi);
-                    *v = _mm512_mask_blend_ps(above, *v, hi);
+                    // `vmaxps(lo, v)` is `lo > v ? lo : v` and `vminps(hi, v)`
+                    // is `hi < v ? hi : v`: `clamp1` exactly, a NaN passing
+                    // (x86 returns the second operand when one is NaN).
+                    *v = _mm512_min_ps(hi, _mm512_max_ps(lo, *v));
                 }
                 Block512(out)
             }
