@@ -160,139 +160,200 @@ impl<const W: usize> Arith for Lanes<'_, W> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    //! [`Arith`] over AVX-512 registers: a block is two registers (32
-    //! elements), as LLVM vector values, which keeps every value of a step in
-    //! registers across its branches (an array-typed block is split into
-    //! scalars or spilled where a step's options branch).
-    use std::arch::x86_64::*;
+/// [`Arith`] over x86 vector registers: a block is two registers per value
+/// (32 elements with AVX-512, 16 with AVX2's 16 registers), as LLVM vector
+/// values, which keeps every value of a step in registers across its branches
+/// (an array-typed block is split into scalars or spilled where a step's
+/// options branch). One module per instruction set, from one template.
+macro_rules! x86_lanes {
+    (
+        $module:ident, $feature:literal, $vec:ty, $ivec:ty, $regs:literal, $lanes:literal,
+        loadu = $loadu:ident, storeu = $storeu:ident, set1 = $set1:ident, mul = $mul:ident,
+        add = $add:ident, max = $max:ident, min = $min:ident, cast = $cast:ident,
+        and = $and:ident, max_epu32 = $max_epu32:ident, set1_epi32 = $set1_epi32:ident,
+        zero = $zero:ident, storeu_si = $storeu_si:ident
+    ) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use std::arch::x86_64::*;
 
-    use crate::fused::{Arith, Kernel};
+            use crate::fused::{Arith, Kernel};
 
-    const W: usize = 32;
+            const W: usize = $regs * $lanes;
 
-    #[derive(Clone, Copy)]
-    pub(super) struct Block512([__m512; 2]);
+            #[derive(Clone, Copy)]
+            pub(crate) struct Block([$vec; $regs]);
 
-    struct Lanes512<'a> {
-        src: &'a [&'a [f32]],
-        offset: usize,
-        checked: usize,
-        largest: [__m512i; 2],
-    }
+            struct Lanes<'a> {
+                src: &'a [&'a [f32]],
+                offset: usize,
+                checked: usize,
+                largest: [$ivec; $regs],
+            }
 
-    impl Arith for Lanes512<'_> {
-        type V = Block512;
+            impl Arith for Lanes<'_> {
+                type V = Block;
 
-        #[inline(always)]
-        fn input(&mut self, i: usize) -> Block512 {
-            let x = &self.src[i][self.offset..self.offset + W];
-            // SAFETY: `x` holds 32 elements; AVX-512F is enabled in the only
-            // caller (`blocks`).
-            let v = unsafe {
-                [
-                    _mm512_loadu_ps(x.as_ptr()),
-                    _mm512_loadu_ps(x.as_ptr().add(16)),
-                ]
-            };
-            if i < self.checked {
-                // SAFETY: as above.
-                unsafe {
-                    let abs = _mm512_set1_epi32(0x7fff_ffff);
-                    for (m, x) in self.largest.iter_mut().zip(v) {
-                        *m = _mm512_max_epu32(*m, _mm512_and_si512(_mm512_castps_si512(x), abs));
+                #[inline(always)]
+                fn input(&mut self, i: usize) -> Block {
+                    let x = &self.src[i][self.offset..self.offset + W];
+                    // SAFETY: `x` holds W elements; the instruction set is
+                    // enabled in the only caller (`blocks`). (A loop, not
+                    // `array::from_fn`: no closures here, see `Kernel`.)
+                    let mut v = [unsafe { $set1(0.0) }; $regs];
+                    for (r, v) in v.iter_mut().enumerate() {
+                        *v = unsafe { $loadu(x.as_ptr().add(r * $lanes)) };
                     }
-                }
-            }
-            Block512(v)
-        }
-
-        #[inline(always)]
-        fn linear<const K: usize>(&mut self, terms: [(f64, Block512); K]) -> Block512 {
-            // SAFETY: AVX-512F is enabled in the only caller (`blocks`).
-            unsafe {
-                let c0 = _mm512_set1_ps(terms[0].0 as f32);
-                let mut acc = [
-                    _mm512_mul_ps(c0, terms[0].1.0[0]),
-                    _mm512_mul_ps(c0, terms[0].1.0[1]),
-                ];
-                for &(c, Block512(x)) in &terms[1..] {
-                    let c = _mm512_set1_ps(c as f32);
-                    for (a, x) in acc.iter_mut().zip(x) {
-                        *a = _mm512_add_ps(*a, _mm512_mul_ps(c, x));
+                    if i < self.checked {
+                        // SAFETY: as above.
+                        unsafe {
+                            let abs = $set1_epi32(0x7fff_ffff);
+                            for (m, x) in self.largest.iter_mut().zip(v) {
+                                *m = $max_epu32(*m, $and($cast(x), abs));
+                            }
+                        }
                     }
+                    Block(v)
                 }
-                Block512(acc)
-            }
-        }
 
-        #[inline(always)]
-        fn clamp(&mut self, x: Block512, min: f64, max: f64) -> Block512 {
-            // SAFETY: AVX-512F is enabled in the only caller (`blocks`).
-            unsafe {
-                let (lo, hi) = (_mm512_set1_ps(min as f32), _mm512_set1_ps(max as f32));
-                let mut out = x.0;
-                for v in &mut out {
-                    // `vmaxps(lo, v)` is `lo > v ? lo : v` and `vminps(hi, v)`
-                    // is `hi < v ? hi : v`: `clamp1` exactly, a NaN passing
-                    // (x86 returns the second operand when one is NaN).
-                    *v = _mm512_min_ps(hi, _mm512_max_ps(lo, *v));
-                }
-                Block512(out)
-            }
-        }
-    }
-
-    /// [`super::run_kernel`]'s whole blocks: how many elements were done,
-    /// and the largest `|x|` bit pattern of the checked inputs.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn blocks<K: Kernel<M>, const M: usize>(
-        kernel: &K,
-        inputs: &[&[f32]],
-        checked: usize,
-        want: [bool; M],
-        out: &mut [Vec<f32>; M],
-    ) -> (usize, u32) {
-        let n = inputs.first().map_or(0, |x| x.len());
-        let full = n - n % W;
-        let mut lanes = Lanes512 {
-            src: inputs,
-            offset: 0,
-            checked,
-            largest: [_mm512_setzero_si512(); 2],
-        };
-        while lanes.offset < full {
-            let values = kernel.apply(&mut lanes);
-            for ((o, v), w) in out.iter_mut().zip(values).zip(want) {
-                if w {
-                    o.reserve(W);
-                    let dst = &mut o.spare_capacity_mut()[..W];
-                    // SAFETY: `dst` has room for 32 elements; once they are
-                    // written, the vector's length may cover them.
+                #[inline(always)]
+                fn linear<const K: usize>(&mut self, terms: [(f64, Block); K]) -> Block {
+                    // SAFETY: the instruction set is enabled in the only
+                    // caller (`blocks`).
                     unsafe {
-                        let p = dst.as_mut_ptr().cast::<f32>();
-                        _mm512_storeu_ps(p, v.0[0]);
-                        _mm512_storeu_ps(p.add(16), v.0[1]);
-                        o.set_len(o.len() + W);
+                        let c0 = $set1(terms[0].0 as f32);
+                        let mut acc = terms[0].1.0;
+                        for a in &mut acc {
+                            *a = $mul(c0, *a);
+                        }
+                        for &(c, Block(x)) in &terms[1..] {
+                            let c = $set1(c as f32);
+                            for (a, x) in acc.iter_mut().zip(x) {
+                                *a = $add(*a, $mul(c, x));
+                            }
+                        }
+                        Block(acc)
+                    }
+                }
+
+                #[inline(always)]
+                fn clamp(&mut self, x: Block, min: f64, max: f64) -> Block {
+                    // SAFETY: as in `linear`.
+                    unsafe {
+                        let (lo, hi) = ($set1(min as f32), $set1(max as f32));
+                        let mut out = x.0;
+                        for v in &mut out {
+                            // `max(lo, v)` is `lo > v ? lo : v` and
+                            // `min(hi, v)` is `hi < v ? hi : v`: `clamp1`
+                            // exactly, a NaN passing (x86 returns the second
+                            // operand when one is NaN).
+                            *v = $min(hi, $max(lo, *v));
+                        }
+                        Block(out)
                     }
                 }
             }
-            lanes.offset += W;
+
+            /// [`super::run_kernel`]'s whole blocks: how many elements were
+            /// done, and the largest `|x|` bit pattern of the checked inputs.
+            #[target_feature(enable = $feature)]
+            pub(super) fn blocks<K: Kernel<M>, const M: usize>(
+                kernel: &K,
+                inputs: &[&[f32]],
+                checked: usize,
+                want: [bool; M],
+                out: &mut [Vec<f32>; M],
+            ) -> (usize, u32) {
+                let n = inputs.first().map_or(0, |x| x.len());
+                let full = n - n % W;
+                let mut lanes = Lanes {
+                    src: inputs,
+                    offset: 0,
+                    checked,
+                    largest: [$zero(); $regs],
+                };
+                while lanes.offset < full {
+                    let values = kernel.apply(&mut lanes);
+                    for ((o, v), w) in out.iter_mut().zip(values).zip(want) {
+                        if w {
+                            o.reserve(W);
+                            let dst = &mut o.spare_capacity_mut()[..W];
+                            // SAFETY: `dst` has room for W elements; once they
+                            // are written, the vector's length may cover them.
+                            unsafe {
+                                let p = dst.as_mut_ptr().cast::<f32>();
+                                for (r, v) in v.0.into_iter().enumerate() {
+                                    $storeu(p.add(r * $lanes), v);
+                                }
+                                o.set_len(o.len() + W);
+                            }
+                        }
+                    }
+                    lanes.offset += W;
+                }
+                let mut all = [0u32; W];
+                for (r, m) in lanes.largest.into_iter().enumerate() {
+                    // SAFETY: `all` holds W = registers × lanes elements.
+                    unsafe { $storeu_si(all.as_mut_ptr().add(r * $lanes).cast(), m) };
+                }
+                (full, all.into_iter().max().unwrap_or(0))
+            }
         }
-        let largest = _mm512_max_epu32(lanes.largest[0], lanes.largest[1]);
-        (full, _mm512_reduce_max_epu32(largest))
-    }
+    };
 }
+
+x86_lanes!(
+    x86_512,
+    "avx512f",
+    __m512,
+    __m512i,
+    2,
+    16,
+    loadu = _mm512_loadu_ps,
+    storeu = _mm512_storeu_ps,
+    set1 = _mm512_set1_ps,
+    mul = _mm512_mul_ps,
+    add = _mm512_add_ps,
+    max = _mm512_max_ps,
+    min = _mm512_min_ps,
+    cast = _mm512_castps_si512,
+    and = _mm512_and_si512,
+    max_epu32 = _mm512_max_epu32,
+    set1_epi32 = _mm512_set1_epi32,
+    zero = _mm512_setzero_si512,
+    storeu_si = _mm512_storeu_si512
+);
+
+x86_lanes!(
+    x86_256,
+    "avx2",
+    __m256,
+    __m256i,
+    2,
+    8,
+    loadu = _mm256_loadu_ps,
+    storeu = _mm256_storeu_ps,
+    set1 = _mm256_set1_ps,
+    mul = _mm256_mul_ps,
+    add = _mm256_add_ps,
+    max = _mm256_max_ps,
+    min = _mm256_min_ps,
+    cast = _mm256_castps_si256,
+    and = _mm256_and_si256,
+    max_epu32 = _mm256_max_epu32,
+    set1_epi32 = _mm256_set1_epi32,
+    zero = _mm256_setzero_si256,
+    storeu_si = _mm256_storeu_si256
+);
 
 /// Run `kernel` over `inputs` (all of one length) block by block, writing
 /// output `o` into `out[o]` (empty, with room for the inputs' length) when
 /// `want[o]`. Returns whether the first `checked` inputs are finite (those
 /// the kernel reads; [`crate::fused::Program`] tells which it does).
 ///
-/// With AVX-512, whole blocks run on [`x86`]'s registers; otherwise (and for
-/// the ragged end) on [`Lanes`]' arrays, compiled for AVX2 or the target's
-/// baseline, picked at run time.
+/// With AVX-512 or AVX2 (picked at run time), whole blocks run on vector
+/// registers ([`x86_lanes`]); the ragged end, and other targets, on [`Lanes`]'
+/// arrays.
 pub(crate) fn run_kernel<K: Kernel<M>, const M: usize>(
     kernel: &K,
     inputs: &[&[f32]],
@@ -325,11 +386,12 @@ fn avx512<K: Kernel<M>, const M: usize>(
     want: [bool; M],
     out: &mut [Vec<f32>; M],
 ) -> bool {
-    let (done, largest) = x86::blocks(kernel, inputs, checked, want, out);
+    let (done, largest) = x86_512::blocks(kernel, inputs, checked, want, out);
     blocks::<K, M, 16>(kernel, inputs, done, checked, [largest; 16], want, out)
 }
 
-/// [`run_kernel`] on [`Lanes`] compiled for AVX2.
+/// [`run_kernel`] with AVX2: whole blocks in registers, then the ragged end
+/// on [`Lanes`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn avx2<K: Kernel<M>, const M: usize>(
@@ -339,7 +401,8 @@ fn avx2<K: Kernel<M>, const M: usize>(
     want: [bool; M],
     out: &mut [Vec<f32>; M],
 ) -> bool {
-    blocks::<K, M, 16>(kernel, inputs, 0, checked, [0; 16], want, out)
+    let (done, largest) = x86_256::blocks(kernel, inputs, checked, want, out);
+    blocks::<K, M, 16>(kernel, inputs, done, checked, [largest; 16], want, out)
 }
 
 /// [`run_kernel`] on [`Lanes`] from element `start` on (whole blocks, then
