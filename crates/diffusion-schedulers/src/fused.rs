@@ -68,7 +68,8 @@ pub trait Kernel<const M: usize> {
 /// Run `kernel` on `inputs` (all of one shape). The first `checked.len()`
 /// inputs are checked for non-finite values, reported under those names (in
 /// order); the others (noise, a scheduler's own state) are taken as they are.
-/// Output `o` is computed when `want[o]`, else `None` (it costs a
+/// Output `o` is computed when `want[o]` (and then always `Some`: a tensor
+/// implementation that leaves it out is an error), else `None` (it costs a
 /// latent-sized write).
 ///
 /// ```
@@ -110,6 +111,15 @@ pub fn run<T: SchedulerTensor, K: Kernel<M>, const M: usize>(
     let (program, outputs) = Program::record(kernel, names);
     program.validate(inputs, &outputs)?;
     let values = T::evaluate(kernel, &program, &outputs, inputs, want)?;
+    // A tensor implementation that leaves out a wanted output fails the step
+    // here, before the scheduler has changed any state.
+    if let Some(o) = (0..M).find(|&o| want[o] && values[o].is_none()) {
+        return Err(SchedulerError::InvalidArgument {
+            field: "evaluate",
+            value: format!("output {o}"),
+            reason: "a tensor implementation did not return a wanted output".into(),
+        });
+    }
     Ok(values)
 }
 
