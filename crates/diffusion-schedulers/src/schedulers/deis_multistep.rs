@@ -5,7 +5,7 @@
 //! extrapolation in `log(rho)` over the last `solver_order` model outputs. The
 //! per-step scalars are evaluated in `f32`, in diffusers' order (see
 //! [`super::dpmsolver_multistep`]; the shared schedule helpers are in
-//! [`crate::multistep`]).
+//! `crate::multistep`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -13,7 +13,7 @@
 //!
 //! The helpers shared with DEIS, the singlestep solver and UniPC (timestep
 //! spacing, flow sigmas, `alpha_sigma`, thresholding, `add_noise`) live in
-//! [`crate::multistep`].
+//! `crate::multistep`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
