@@ -93,15 +93,30 @@ fn measure(class: &str, options: &StepOptions, iterations: usize) -> (Vec<f64>, 
     (copies, steps)
 }
 
+/// One line naming the problem, and a non-zero exit.
+fn fail(message: &str) -> ! {
+    eprintln!("step_ratio: {message}");
+    std::process::exit(2)
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let iterations: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(5000);
+    let iterations = match args.next().map(|n| n.parse::<usize>()) {
+        None => 5000,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => fail("ITERATIONS must be a positive integer"),
+    };
     let classes: Vec<String> = args.collect();
     let classes: Vec<&str> = if classes.is_empty() {
         SCHEDULER_CLASSES.to_vec()
     } else {
         classes.iter().map(String::as_str).collect()
     };
+    for class in &classes {
+        if let Err(e) = from_config_as::<CpuTensor>(class, &json!({})) {
+            fail(&format!("scheduler `{class}`: {e}"));
+        }
+    }
     let lean = StepOptions {
         pred_original_sample: Some(false),
         ..StepOptions::default()

@@ -298,7 +298,7 @@ pub(crate) fn first_non_finite(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::CpuTensor;
 
@@ -308,8 +308,9 @@ mod tests {
 
     /// A kernel exercising every operation and operand kind: two checked
     /// inputs and an unchecked one, a clamp read later, a four-term
-    /// combination, a scale, an input as an output, an output twice.
-    struct Every;
+    /// combination, a scale, an input as an output, an output twice, and an
+    /// overflow to infinity (also the kernel of `kernels`' path tests).
+    pub(crate) struct Every;
 
     impl Kernel<5> for Every {
         #[inline(always)]
@@ -319,7 +320,7 @@ mod tests {
             let c = a.clamp(u, -0.5, 0.75);
             let v = a.linear([(1.0, x), (0.1, c), (2.5, z), (-0.25, u)]);
             let w = a.scale(v, 1.0 / 3.0);
-            [w, c, z, w, a.linear([(1e30, w), (1e30, y), (3.0, x)])]
+            [w, c, z, w, a.linear([(1e38, w), (1e38, y), (3.0, x)])]
         }
     }
 

@@ -471,24 +471,8 @@ const NON_FINITE: u32 = 0x7f80_0000;
 mod tests {
     use super::*;
     use crate::CpuTensor;
+    use crate::fused::tests::Every;
     use crate::fused::{Program, evaluate_unfused};
-
-    /// Every operation and operand kind: two checked inputs and an unchecked
-    /// one, a clamp read later, a four-term combination, a scale, an input as
-    /// an output, an output twice, and an overflow to infinity.
-    struct Every;
-
-    impl Kernel<5> for Every {
-        #[inline(always)]
-        fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 5] {
-            let (x, y, z) = (a.input(0), a.input(1), a.input(2));
-            let u = a.linear([(0.3, x), (-1.7, y)]);
-            let c = a.clamp(u, -0.5, 0.75);
-            let v = a.linear([(1.0, x), (0.1, c), (2.5, z), (-0.25, u)]);
-            let w = a.scale(v, 1.0 / 3.0);
-            [w, c, z, w, a.linear([(1e38, w), (1e38, y), (3.0, x)])]
-        }
-    }
 
     type Path = fn(&Every, &[&[f32]], usize, [bool; 5], &mut [Vec<f32>; 5]) -> bool;
 

@@ -273,6 +273,22 @@ impl Prediction {
         }
     }
 
+    /// For a step's kernel: this prediction to compute in the step's pass, or,
+    /// when `threshold` is given (a per-item quantile of the whole `x0`,
+    /// which no element-wise pass can take), the thresholded tensor computed
+    /// here by a pass of its own.
+    pub(crate) fn fused_or_thresholded<T: SchedulerTensor>(
+        self,
+        model_output: &T,
+        sample: &T,
+        threshold: Option<impl FnOnce(&T) -> T>,
+    ) -> Result<(Option<Prediction>, Option<T>)> {
+        match threshold {
+            None => Ok((Some(self), None)),
+            Some(threshold) => Ok((None, Some(threshold(&self.run(model_output, sample)?)))),
+        }
+    }
+
     /// This prediction of `model_output` and `sample` as a pass of its own.
     pub(crate) fn run<T: SchedulerTensor>(&self, model_output: &T, sample: &T) -> Result<T> {
         let [value] = common::run_step(self, &[model_output, sample], [true])?;

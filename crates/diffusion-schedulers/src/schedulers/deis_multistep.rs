@@ -280,12 +280,10 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
             self.alpha_sigma(idx),
             self.sigmas[idx],
         );
-        if !c.thresholding {
-            return Ok((Some(p), None));
-        }
-        let x0 = p.run(model_output, sample)?;
-        let x0 = threshold_sample(&x0, c.dynamic_thresholding_ratio, c.sample_max_value);
-        Ok((None, Some(x0)))
+        let threshold = c.thresholding.then_some(|x0: &T| {
+            threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        });
+        p.fused_or_thresholded(model_output, sample, threshold)
     }
 
     fn rho(&self, idx: usize) -> (f32, f32) {

@@ -381,14 +381,15 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
             })?;
             return Ok((Some(p), None));
         }
-        let p = Prediction::data(pred, form, at, self.sigmas[idx]);
-        if !self.config.thresholding {
-            return Ok((Some(p), None));
-        }
         let c = &self.config;
-        let x0 = p.run(model_output, sample)?;
-        let x0 = x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value);
-        Ok((None, Some(x0)))
+        let threshold = c.thresholding.then_some(|x0: &T| {
+            x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value)
+        });
+        Prediction::data(pred, form, at, self.sigmas[idx]).fused_or_thresholded(
+            model_output,
+            sample,
+            threshold,
+        )
     }
 
     /// The coefficients of the update of order `order` ending at step `idx`,

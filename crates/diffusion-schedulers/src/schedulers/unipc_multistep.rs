@@ -411,14 +411,15 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
             })?;
             return Ok((Some(p), None));
         }
-        let p = Prediction::data(pred, form, at, self.sigmas[idx]);
-        if !self.config.thresholding {
-            return Ok((Some(p), None));
-        }
-        let x0 = p.run(model_output, sample)?;
         let c = &self.config;
-        let x0 = x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value);
-        Ok((None, Some(x0)))
+        let threshold = c.thresholding.then_some(|x0: &T| {
+            x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value)
+        });
+        Prediction::data(pred, form, at, self.sigmas[idx]).fused_or_thresholded(
+            model_output,
+            sample,
+            threshold,
+        )
     }
 
     fn degenerate(&self, what: &str, idx: usize) -> SchedulerError {
