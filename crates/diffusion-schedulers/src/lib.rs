@@ -54,7 +54,7 @@ pub use error::{Result, SchedulerError};
 pub use names::{SamplerName, from_sampler_name};
 pub use scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 pub use tensor::{CpuTensor, NoNoise, NoiseSource, QueuedNoise, SchedulerTensor};
-pub use torch_rng::{CpuKernel, TorchGenerator, TorchNoise};
+pub use torch_rng::{BoxMuller, TorchGenerator, TorchNoise};
 
 use serde_json::Value;
 

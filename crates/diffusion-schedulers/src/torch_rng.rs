@@ -21,10 +21,10 @@
 //! * The float Box-Muller of the `n >= 16` path exists twice in torch: builds for
 //!   x86-64 CPUs with AVX2 (and AVX-512: same code) use the Cephes-style
 //!   `log256_ps`/`sincos256_ps` of `avx_mathfun.h`, emulated here lane by lane with
-//!   the fused multiply-adds GCC forms when compiling them ([`CpuKernel::Avx2`],
+//!   the fused multiply-adds GCC forms when compiling them ([`BoxMuller::Avx2`],
 //!   the default: what diffusers users on x86-64 get); the portable build
 //!   (`ATEN_CPU_CAPABILITY=default`, aarch64 Linux) uses scalar `logf`/`cosf`/`sinf`
-//!   ([`CpuKernel::Scalar`], exact against glibc's libm; other libms, such as
+//!   ([`BoxMuller::Scalar`], exact against glibc's libm; other libms, such as
 //!   macOS's, may differ in the last float bit).
 //!
 //! A multi-dimensional `torch.randn(shape)` is the same stream as a flat
@@ -33,9 +33,9 @@
 use crate::error::{Result, SchedulerError};
 use crate::tensor::{CpuTensor, NoiseSource};
 
-/// Which of torch's two float Box-Muller kernels to reproduce (see the module docs).
+/// Which of torch's two float Box-Muller implementations to reproduce (see the module docs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum CpuKernel {
+pub enum BoxMuller {
     /// `avx_mathfun.h` polynomials: torch on x86-64 with AVX2 or AVX-512.
     #[default]
     Avx2,
@@ -50,7 +50,7 @@ pub struct TorchGenerator {
     /// torch's `next_double_normal_sample_`: the unused half of the last scalar
     /// Box-Muller pair.
     next_normal: Option<f64>,
-    kernel: CpuKernel,
+    box_muller: BoxMuller,
 }
 
 impl std::fmt::Debug for TorchGenerator {
@@ -58,24 +58,24 @@ impl std::fmt::Debug for TorchGenerator {
         f.debug_struct("TorchGenerator")
             .field("seed", &self.engine.seed)
             .field("next_normal", &self.next_normal)
-            .field("kernel", &self.kernel)
+            .field("box_muller", &self.box_muller)
             .finish()
     }
 }
 
 impl TorchGenerator {
     /// A generator seeded as `torch.Generator().manual_seed(seed)`, reproducing the
-    /// AVX2 kernel.
+    /// AVX2 Box-Muller.
     pub fn new(seed: u64) -> Self {
-        Self::with_kernel(seed, CpuKernel::default())
+        Self::with_box_muller(seed, BoxMuller::default())
     }
 
-    /// A generator that reproduces the given float kernel.
-    pub fn with_kernel(seed: u64, kernel: CpuKernel) -> Self {
+    /// A generator that reproduces the given float Box-Muller.
+    pub fn with_box_muller(seed: u64, box_muller: BoxMuller) -> Self {
         Self {
             engine: Mt19937::new(seed),
             next_normal: None,
-            kernel,
+            box_muller,
         }
     }
 
@@ -84,9 +84,9 @@ impl TorchGenerator {
         self.engine.seed
     }
 
-    /// The kernel this generator reproduces.
-    pub fn kernel(&self) -> CpuKernel {
-        self.kernel
+    /// The Box-Muller this generator reproduces.
+    pub fn box_muller(&self) -> BoxMuller {
+        self.box_muller
     }
 
     /// `torch.randn(n, generator=g)` in `float32`; any shape with `n` elements
@@ -102,16 +102,16 @@ impl TorchGenerator {
     /// torch's `normal_fill` (see the module docs).
     fn normal_fill(&mut self, n: usize) -> Vec<f32> {
         let mut data: Vec<f32> = (0..n).map(|_| self.uniform_f32()).collect();
-        let kernel = self.kernel;
+        let box_muller = self.box_muller;
         for block in data.chunks_exact_mut(16) {
-            box_muller_16(block, kernel);
+            box_muller_16(block, box_muller);
         }
         if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
             }
-            box_muller_16(tail, kernel);
+            box_muller_16(tail, box_muller);
         }
         data
     }
@@ -145,18 +145,18 @@ impl TorchGenerator {
 
 /// Box-Muller over one block of 16 uniforms in place: `u[j]` (radius) pairs with
 /// `u[j + 8]` (angle); cosines go to the first half, sines to the second.
-fn box_muller_16(block: &mut [f32], kernel: CpuKernel) {
+fn box_muller_16(block: &mut [f32], box_muller: BoxMuller) {
     for j in 0..8 {
         let u1 = 1.0 - block[j];
         let u2 = block[j + 8];
-        let (c, s) = match kernel {
-            CpuKernel::Scalar => {
+        let (c, s) = match box_muller {
+            BoxMuller::Scalar => {
                 let radius = (-2.0 * u1.ln()).sqrt();
                 // `2.0f * c10::pi<double> * u2` is evaluated in double.
                 let theta = (2.0 * std::f64::consts::PI * u2 as f64) as f32;
                 (radius * theta.cos(), radius * theta.sin())
             }
-            CpuKernel::Avx2 => {
+            BoxMuller::Avx2 => {
                 let radius = (-2.0 * avx::log(u1)).sqrt();
                 let theta = (2.0 * std::f64::consts::PI) as f32 * u2;
                 let (s, c) = avx::sincos(theta);
@@ -359,7 +359,7 @@ impl TorchNoise {
         Self::from_generators(seeds.iter().map(|&s| TorchGenerator::new(s)).collect())
     }
 
-    /// Generators as given (e.g. built with another [`CpuKernel`] or already advanced).
+    /// Generators as given (e.g. built with another [`BoxMuller`] or already advanced).
     pub fn from_generators(generators: Vec<TorchGenerator>) -> Self {
         Self { generators }
     }

@@ -1,7 +1,7 @@
 //! The forward process against diffusers 0.42 (`scripts/schedulers/gen_forward.py`):
 //! `add_noise` (FlowMatch: diffusers' `scale_noise`) with one timestep per batch
 //! item, and `get_velocity` where diffusers defines it, for every scheduler after
-//! `set_timesteps(10)`. Training (issue: training) and img2img rely on both.
+//! `set_timesteps(10)`. Training and img2img rely on both.
 
 use diffusion_schedulers::{CpuTensor, SchedulerError, from_config_as};
 use serde::Deserialize;

@@ -2,10 +2,10 @@
 //! `randn_tensor`, from the fixture written by `scripts/schedulers/gen_torch_rng.py`:
 //! sequences of draws on one generator (both randn paths, the recomputed tail block,
 //! the cached scalar sample), a multi-dimensional draw, and per-item generator lists,
-//! for both of torch's float kernels.
+//! for both of torch's float Box-Muller implementations.
 
 use diffusion_schedulers::{
-    CpuKernel, CpuTensor, NoiseSource, SchedulerError, SchedulerTensor, TorchGenerator, TorchNoise,
+    BoxMuller, CpuTensor, NoiseSource, SchedulerError, SchedulerTensor, TorchGenerator, TorchNoise,
 };
 use serde_json::Value;
 
@@ -29,8 +29,8 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-fn kernels(fx: &Value) -> Vec<(CpuKernel, &Value)> {
-    [("avx2", CpuKernel::Avx2), ("scalar", CpuKernel::Scalar)]
+fn box_mullers(fx: &Value) -> Vec<(BoxMuller, &Value)> {
+    [("avx2", BoxMuller::Avx2), ("scalar", BoxMuller::Scalar)]
         .into_iter()
         .map(|(name, k)| (k, &fx["kernels"][name]))
         .collect()
@@ -46,7 +46,7 @@ struct Checker {
 }
 
 impl Checker {
-    /// The tolerance cannot tell the two kernels apart (they differ by an ulp); the
+    /// The tolerance cannot tell the two implementations apart (they differ by an ulp); the
     /// bit count can. Exact where torch's own libm (glibc) is the one linked.
     fn assert_bit_identical(&self, what: &str) {
         if cfg!(all(target_os = "linux", target_env = "gnu")) {
@@ -105,22 +105,22 @@ impl Checker {
 #[test]
 fn randn_sequences_match_torch() {
     let fx = fixture();
-    for (kernel, cases) in kernels(&fx) {
+    for (box_muller, cases) in box_mullers(&fx) {
         let mut check = Checker::default();
         for seq in cases["sequences"].as_array().unwrap() {
             let seed = seq["seed"].as_u64().unwrap();
-            let mut g = TorchGenerator::with_kernel(seed, kernel);
+            let mut g = TorchGenerator::with_box_muller(seed, box_muller);
             for (k, draw) in seq["draws"].as_array().unwrap().iter().enumerate() {
                 let n = draw["n"].as_u64().unwrap() as usize;
                 let got = g.randn(n);
-                check.draw(&format!("{kernel:?} seed {seed} draw {k}"), &got, draw);
+                check.draw(&format!("{box_muller:?} seed {seed} draw {k}"), &got, draw);
             }
         }
         eprintln!(
-            "{kernel:?}: {} values, {} not bit-identical, worst relative difference {:e}",
+            "{box_muller:?}: {} values, {} not bit-identical, worst relative difference {:e}",
             check.compared, check.inexact, check.worst
         );
-        check.assert_bit_identical(&format!("{kernel:?}"));
+        check.assert_bit_identical(&format!("{box_muller:?}"));
     }
 }
 
@@ -134,21 +134,21 @@ fn seeds_use_their_low_32_bits_as_torch_does() {
 #[test]
 fn a_shape_draws_the_same_stream_as_its_element_count() {
     let fx = fixture();
-    for (kernel, cases) in kernels(&fx) {
+    for (box_muller, cases) in box_mullers(&fx) {
         let case = &cases["multi_dim"];
         let shape: Vec<usize> = floats(&case["shape"]).iter().map(|&d| d as usize).collect();
-        let g = TorchGenerator::with_kernel(case["seed"].as_u64().unwrap(), kernel);
+        let g = TorchGenerator::with_box_muller(case["seed"].as_u64().unwrap(), box_muller);
         let got = TorchNoise::from_generators(vec![g]).draw(&shape).unwrap();
         let mut check = Checker::default();
-        check.draw(&format!("{kernel:?} multi_dim"), &got, &case["draw"]);
-        check.assert_bit_identical(&format!("{kernel:?} multi_dim"));
+        check.draw(&format!("{box_muller:?} multi_dim"), &got, &case["draw"]);
+        check.assert_bit_identical(&format!("{box_muller:?} multi_dim"));
     }
 }
 
 #[test]
 fn randn_tensor_with_one_or_a_list_of_generators() {
     let fx = fixture();
-    for (kernel, cases) in kernels(&fx) {
+    for (box_muller, cases) in box_mullers(&fx) {
         let mut check = Checker::default();
         for case in cases["randn_tensor"].as_array().unwrap() {
             let seeds: Vec<u64> = case["seeds"]
@@ -160,7 +160,7 @@ fn randn_tensor_with_one_or_a_list_of_generators() {
             let shape: Vec<usize> = floats(&case["shape"]).iter().map(|&d| d as usize).collect();
             let gens = seeds
                 .iter()
-                .map(|&s| TorchGenerator::with_kernel(s, kernel))
+                .map(|&s| TorchGenerator::with_box_muller(s, box_muller))
                 .collect();
             let mut noise = TorchNoise::from_generators(gens);
             for (k, want) in case["draws"].as_array().unwrap().iter().enumerate() {
@@ -168,17 +168,17 @@ fn randn_tensor_with_one_or_a_list_of_generators() {
                 let got = noise.noise(&CpuTensor::zeros(shape.clone())).unwrap();
                 assert_eq!(got.shape(), shape);
                 check.draw(
-                    &format!("{kernel:?} randn_tensor {seeds:?} draw {k}"),
+                    &format!("{box_muller:?} randn_tensor {seeds:?} draw {k}"),
                     got.data(),
                     want,
                 );
             }
         }
         eprintln!(
-            "{kernel:?} randn_tensor: {} values, {} not bit-identical, worst relative difference {:e}",
+            "{box_muller:?} randn_tensor: {} values, {} not bit-identical, worst relative difference {:e}",
             check.compared, check.inexact, check.worst
         );
-        check.assert_bit_identical(&format!("{kernel:?}"));
+        check.assert_bit_identical(&format!("{box_muller:?}"));
     }
 }
 
