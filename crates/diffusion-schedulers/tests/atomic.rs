@@ -83,6 +83,19 @@ fn bits(t: &Flaky) -> Vec<u32> {
     t.0.data().iter().map(|v| v.to_bits()).collect()
 }
 
+/// The k-diffusion ("sigma") schedulers step in plain tensor operations: no
+/// kernel output to drop.
+const PLAIN_STEPS: &[&str] = &[
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "EDMEulerScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+];
+
 #[test]
 fn a_failed_step_changes_nothing() {
     let shape = [1, 4, 5, 7];
@@ -96,6 +109,9 @@ fn a_failed_step_changes_nothing() {
     ];
     let mut failed_steps = 0;
     for class in SCHEDULER_CLASSES {
+        if PLAIN_STEPS.contains(class) {
+            continue;
+        }
         for config in &configs {
             // PNDM's Runge-Kutta warm-up runs an operation at a time: no
             // kernel output to drop.
@@ -143,7 +159,7 @@ fn a_failed_step_changes_nothing() {
         }
     }
     assert!(
-        failed_steps >= (SCHEDULER_CLASSES.len() * 2 - 1) * 2,
+        failed_steps >= ((SCHEDULER_CLASSES.len() - PLAIN_STEPS.len()) * 2 - 1) * 2,
         "{failed_steps} failures"
     );
 }
