@@ -94,8 +94,16 @@ fn a_failed_step_changes_nothing() {
         json!({}),
         json!({"solver_order": 3, "skip_prk_steps": true}),
     ];
+    // These step as plain code over the trait's operations, without a kernel
+    // (`evaluate`): no output to drop.
+    let plain = [
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DEISMultistepScheduler",
+        "UniPCMultistepScheduler",
+    ];
     let mut failed_steps = 0;
-    for class in SCHEDULER_CLASSES {
+    for class in SCHEDULER_CLASSES.iter().filter(|c| !plain.contains(c)) {
         for config in &configs {
             // PNDM's Runge-Kutta warm-up runs an operation at a time: no
             // kernel output to drop.
@@ -143,7 +151,7 @@ fn a_failed_step_changes_nothing() {
         }
     }
     assert!(
-        failed_steps >= (SCHEDULER_CLASSES.len() * 2 - 1) * 2,
+        failed_steps >= ((SCHEDULER_CLASSES.len() - plain.len()) * 2 - 1) * 2,
         "{failed_steps} failures"
     );
 }
