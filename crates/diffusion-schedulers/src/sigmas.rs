@@ -1,8 +1,10 @@
-//! Sigma-schedule helpers of the k-diffusion ("discrete") schedulers: Euler,
-//! Euler ancestral, LMS, EDM Euler, Heun, KDPM2, KDPM2 ancestral and flow-match
+//! The shared math of the k-diffusion ("sigma") schedulers: Euler, Euler
+//! ancestral, LMS, EDM Euler, Heun, KDPM2, KDPM2 ancestral and flow-match
 //! Euler. These schedulers index a `sigmas` tensor instead of `alphas_cumprod`,
-//! and diffusers builds that tensor the same way in each of them, so the pieces
-//! live here once.
+//! and diffusers builds that tensor, finds the step in it and predicts `x0`
+//! from it the same way in each of them, so the pieces live here once. Where
+//! diffusers' classes differ in precision, the helper's name says which
+//! (`_f64`/`_f32`, `numpy`/`torch`).
 
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
@@ -490,4 +492,47 @@ pub(crate) fn kdpm2_base(
 /// torch's `a.lerp(b, 0.5)` in `f32`: `b - (b - a) * 0.5`.
 pub(crate) fn lerp_half(a: f32, b: f32) -> f32 {
     b - (b - a) * 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuTensor;
+
+    #[test]
+    fn step_tensors_are_checked_shapes_first_then_model_output_then_sample() {
+        let t = |v: &[f32]| CpuTensor::new(v.to_vec(), vec![1, v.len()]).unwrap();
+        let (good, nan, short) = (t(&[1.0, 2.0]), t(&[f32::NAN, 0.0]), t(&[1.0]));
+        assert!(check_step_tensors(&good, &good, [&good]).is_ok());
+        assert!(matches!(
+            check_step_tensors(&nan, &nan, [&short]),
+            Err(SchedulerError::ShapeMismatch {
+                what: "step input",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_step_tensors(&nan, &nan, []),
+            Err(SchedulerError::NonFinite("model_output"))
+        ));
+        assert!(matches!(
+            check_step_tensors(&good, &nan, []),
+            Err(SchedulerError::NonFinite("sample"))
+        ));
+        // Noise and stored state are not checked for finiteness.
+        assert!(check_step_tensors(&good, &good, [&nan]).is_ok());
+    }
+
+    #[test]
+    fn x0_of_each_prediction_type() {
+        let m = CpuTensor::new(vec![0.5, -1.0], vec![1, 2]).unwrap();
+        let s = CpuTensor::new(vec![2.0, 3.0], vec![1, 2]).unwrap();
+        let eps = sigma_pred_original_sample(PredictionType::Epsilon, &m, &s, 2.0);
+        assert_eq!(eps.data(), &[1.0, 5.0]);
+        // sigma = 0.75: c_out = -0.75 / 1.25, c_skip = 1 / 1.5625.
+        let v = sigma_pred_original_sample(PredictionType::VPrediction, &m, &s, 0.75);
+        assert_eq!(v.data(), &[-0.3 + 2.0 * 0.64, 0.6 + 3.0 * 0.64]);
+        let x0 = sigma_pred_original_sample(PredictionType::Sample, &m, &s, 0.75);
+        assert_eq!(x0, m);
+    }
 }

@@ -349,10 +349,10 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
         }
         common::check_step_shapes(model_output, sample)?;
         let i = self.index.peek(t, &self.timesteps)?;
-        if i >= self.timesteps.len() || (self.first_half.is_some() && i == 0) {
+        let first_order = self.first_half.is_none();
+        if i >= self.timesteps.len() || (!first_order && i == 0) {
             return Err(SchedulerError::PastLastStep(i));
         }
-        let first_order = self.first_half.is_none();
         let (sigma, sigma_next) = if first_order {
             (self.sigmas[i], self.sigmas[i + 1])
         } else {
