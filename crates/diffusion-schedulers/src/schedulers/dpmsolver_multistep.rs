@@ -12,8 +12,8 @@
 //! few ulps even where the coefficients cancel (third-order updates, short steps).
 //!
 //! The helpers shared with DEIS, the singlestep solver and UniPC (timestep
-//! spacing, flow sigmas, `alpha_sigma`, thresholding, `add_noise`) live in
-//! `crate::multistep`.
+//! spacing, flow sigmas, `alpha_sigma`, `convert_model_output` with its thresholding,
+//! `add_noise`) live in `crate::multistep`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -769,9 +769,10 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
             return Err(Self::no_third_order_sde());
         }
         let converted = self.convert_model_output(model_output, sample, step_index)?;
-        let noise = match c.algorithm_type.stochastic() {
-            true => Some(common::step_noise(noise, model_output, sample)?),
-            false => None,
+        let noise = if c.algorithm_type.stochastic() {
+            Some(common::step_noise(noise, model_output, sample)?)
+        } else {
+            None
         };
         // The converted outputs of the previous steps, newest first.
         let k = self.model_outputs.len();
@@ -808,6 +809,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
             pred_original_sample: None,
         })
     }
+
     fn add_noise(&self, original: &T, noise: &T, timesteps: &[f64]) -> Result<T> {
         sigma_add_noise(
             &self.index,
