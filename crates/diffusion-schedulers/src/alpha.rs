@@ -401,7 +401,7 @@ impl X0Bound {
     ) -> Result<Cow<'a, T>> {
         Ok(match self {
             Self::None => pred_original_sample,
-            Self::Clip(range) => Cow::Owned(pred_original_sample.clamp(-range, range)),
+            Self::Clip(range) => Cow::Owned(T::clamp(&pred_original_sample, -range, range)),
             Self::Threshold { ratio, max } => {
                 check_finite_inputs(model_output, sample)?;
                 Cow::Owned(pred_original_sample.dynamic_threshold(ratio, max))

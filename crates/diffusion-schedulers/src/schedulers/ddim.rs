@@ -13,7 +13,7 @@ use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
-    Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
+    Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_lookup, alpha_velocity,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -148,19 +148,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
     }
 
     fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
-        if spec.timesteps.is_some() || spec.sigmas.is_some() {
-            return Err(SchedulerError::Unsupported {
-                class: CLASS_NAME,
-                what: "custom timesteps or sigmas".into(),
-            });
-        }
-        let n = spec
-            .num_inference_steps
-            .ok_or(SchedulerError::InvalidArgument {
-                field: "num_inference_steps",
-                value: "None".into(),
-                reason: "required".into(),
-            })?;
+        let n = common::require_steps(spec, CLASS_NAME)?;
         let train = self.config.num_train_timesteps;
         common::check_num_steps(n, train)?;
         let timesteps = spaced_timesteps(
@@ -195,10 +183,10 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
         let eta = options.eta.unwrap_or(0.0);
 
         // 1. get previous step value (=t-1)
-        let alpha_prod_t = crate::scheduler::alpha_lookup(&self.alphas_cumprod, &[t])?[0];
         let prev_timestep = t.round() as i64 - (c.num_train_timesteps / num_inference_steps) as i64;
 
         // 2. compute alphas, betas
+        let alpha_prod_t = alpha_lookup(&self.alphas_cumprod, &[t])?[0];
         let alpha_prod_t_prev = self.alpha_prev(prev_timestep);
         let beta_prod_t = 1.0 - alpha_prod_t;
 
@@ -229,8 +217,8 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
             ]));
         }
 
-        // The noise of the end of diffusers' step, drawn before the inputs are
-        // checked (see `alpha::draw_noise`).
+        // diffusers draws `variance_noise` last; it is drawn before the inputs
+        // are checked (see `alpha::draw_noise`).
         let variance_noise = if eta > 0.0 {
             Some(alpha::draw_noise(noise, model_output, sample)?)
         } else {
