@@ -11,7 +11,8 @@
 use std::borrow::Cow;
 
 use crate::common;
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::config::validate_betas_without_sigmoid_or_flow;
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::TimestepSpec;
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -51,8 +52,11 @@ pub(crate) fn alpha_f32(alphas_cumprod: &[f64], t: f64) -> Result<f32> {
     Ok(crate::scheduler::alpha_lookup(alphas_cumprod, &[t])?[0] as f32)
 }
 
-/// diffusers' integer timestep layouts (DDPM/DDIM), in descending order.
-pub(crate) fn spaced_timesteps(
+/// The inference timesteps of `timestep_spacing` as the DDPM family lays them
+/// out: integers in `[0, train)`, descending (the DPM-Solver family spaces
+/// `n + 1` points instead: `multistep::solver_timesteps`; the sigma family keeps
+/// fractions: `sigmas::fractional_timesteps`).
+pub(crate) fn integer_timesteps(
     spacing: TimestepSpacing,
     n: usize,
     train: usize,
@@ -133,7 +137,7 @@ pub(crate) fn validate_distilled_config(
     original_inference_steps: usize,
     timestep_scaling: Option<f64>,
 ) -> Result<()> {
-    validate_alpha_schedule(
+    validate_betas_without_sigmoid_or_flow(
         class,
         num_train_timesteps,
         beta_start,
@@ -149,43 +153,6 @@ pub(crate) fn validate_distilled_config(
         && !s.is_finite()
     {
         return Err(invalid("timestep_scaling", s, "must be finite"));
-    }
-    Ok(())
-}
-
-/// The beta-table and prediction-type checks of the alpha-parameterised
-/// schedulers that implement neither the sigmoid beta schedule nor
-/// `flow_prediction` (DDIM, LCM, TCD): diffusers raises for both, so they are
-/// refused at construction with the class named in the error.
-pub(crate) fn validate_alpha_schedule(
-    class: &'static str,
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    beta_schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    prediction_type: PredictionType,
-) -> Result<()> {
-    validate_betas(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-    )?;
-    if beta_schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
-        return Err(invalid(
-            "beta_schedule",
-            "sigmoid",
-            format!("not implemented for {class}"),
-        ));
-    }
-    if prediction_type == PredictionType::FlowPrediction {
-        return Err(invalid(
-            "prediction_type",
-            "flow_prediction",
-            format!("not supported by {class}"),
-        ));
     }
     Ok(())
 }

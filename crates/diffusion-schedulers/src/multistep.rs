@@ -50,9 +50,10 @@ pub enum TimeShiftType {
     Linear,
 }
 
-/// The integer inference timesteps of the multistep solvers (`last_timestep` is
-/// the training length, or less where `lambda_min_clipped` cuts the schedule).
-pub(crate) fn spaced_timesteps(
+/// The integer inference timesteps of the DPM-Solver family: `n + 1` points
+/// spaced up to `last_timestep` with the first dropped (`last_timestep` is the
+/// training length, or less where `lambda_min_clipped` cuts the schedule).
+pub(crate) fn solver_timesteps(
     spacing: TimestepSpacing,
     n: usize,
     train: usize,

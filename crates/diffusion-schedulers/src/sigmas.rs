@@ -7,7 +7,8 @@
 //! (`_f64`/`_f32`, `numpy`/`torch`).
 
 use crate::common::{self, StepIndex, f32r};
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
+use crate::config::validate_betas_without_sigmoid_or_flow;
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{StepOptions, check_batch_timesteps};
 use crate::tensor::SchedulerTensor;
@@ -49,42 +50,6 @@ impl SigmaSpacing {
     }
 }
 
-/// The config checks shared by the beta-derived sigma schedulers: valid betas,
-/// no `sigmoid` schedule (diffusers raises NotImplementedError) and no
-/// `flow_prediction`.
-pub(crate) fn validate_sigma_betas(
-    class: &str,
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    beta_schedule: BetaSchedule,
-    trained_betas: Option<&[f64]>,
-    prediction_type: PredictionType,
-) -> Result<()> {
-    validate_betas(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-    )?;
-    if beta_schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
-        return Err(invalid(
-            "beta_schedule",
-            "sigmoid",
-            format!("not implemented for {class}"),
-        ));
-    }
-    if prediction_type == PredictionType::FlowPrediction {
-        return Err(invalid(
-            "prediction_type",
-            "flow_prediction",
-            format!("not supported by {class}"),
-        ));
-    }
-    Ok(())
-}
-
 /// Check an optional `sigma_min`/`sigma_max` override.
 pub(crate) fn validate_sigma_bound(field: &str, value: Option<f64>) -> Result<()> {
     match value {
@@ -98,7 +63,7 @@ pub(crate) fn validate_sigma_bound(field: &str, value: Option<f64>) -> Result<()
 /// The inference timesteps of `timestep_spacing` (descending). These schedulers
 /// keep their timesteps as a `float32` tensor (not rounded to integers as the
 /// DDPM family does), so each value is rounded to `f32`.
-pub(crate) fn spaced_timesteps(
+pub(crate) fn fractional_timesteps(
     spacing: TimestepSpacing,
     n: usize,
     num_train_timesteps: usize,
@@ -444,7 +409,7 @@ pub(crate) fn kdpm2_table(
     (karras, exponential, beta): (bool, bool, bool),
 ) -> Result<(SigmaSpacing, SigmaTable)> {
     let kind = SigmaSpacing::from_flags(karras, exponential, beta)?;
-    validate_sigma_betas(
+    validate_betas_without_sigmoid_or_flow(
         class,
         num_train_timesteps,
         beta_start,
@@ -482,7 +447,7 @@ pub(crate) fn kdpm2_base(
     n: usize,
     steps_offset: usize,
 ) -> (Vec<f64>, Vec<f32>) {
-    let ts = spaced_timesteps(spacing, n, train, steps_offset);
+    let ts = fractional_timesteps(spacing, n, train, steps_offset);
     let (ts, sigmas) = inference_sigmas(table, ts, n, kind, true);
     let mut s32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
     s32.push(0.0);

@@ -30,10 +30,7 @@ impl NoiseSource<CpuTensor> for Noise {
 }
 
 fn noise(fail: bool) -> Noise {
-    Noise {
-        fail,
-        requested: 0,
-    }
+    Noise { fail, requested: 0 }
 }
 
 fn tensor(shape: &[usize], seed: usize) -> CpuTensor {
@@ -138,7 +135,10 @@ fn a_failed_step_changes_nothing() {
             }
         }
     }
-    assert!(nan_failures >= runs * 2, "{nan_failures} NaN failures in {runs} runs");
+    assert!(
+        nan_failures >= runs * 2,
+        "{nan_failures} NaN failures in {runs} runs"
+    );
     // Every ancestral or eta/churn/SDE step draws noise: at least the
     // stochastic schedulers failed through their noise source.
     assert!(noise_failures >= 20, "{noise_failures} noise failures");

@@ -8,8 +8,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{self, spaced_timesteps, validate_alpha_schedule};
+use crate::alpha::{self, integer_timesteps};
 use crate::common::{self, StepIndex};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
@@ -75,7 +76,7 @@ pub struct DDIMScheduler {
 
 impl DDIMScheduler {
     pub fn new(config: DDIMConfig) -> Result<Self> {
-        validate_alpha_schedule(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -151,7 +152,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
         let n = common::require_steps(spec, CLASS_NAME)?;
         let train = self.config.num_train_timesteps;
         common::check_num_steps(n, train)?;
-        let timesteps = spaced_timesteps(
+        let timesteps = integer_timesteps(
             self.config.timestep_spacing,
             n,
             train,

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{self, alpha_f32, check_threshold_config, custom_timesteps, spaced_timesteps};
+use crate::alpha::{self, alpha_f32, check_threshold_config, custom_timesteps, integer_timesteps};
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
@@ -237,7 +237,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
             (Some(custom), None) => custom_timesteps(custom, train)?,
             (None, Some(n)) => {
                 common::check_num_steps(n, train)?;
-                spaced_timesteps(
+                integer_timesteps(
                     self.config.timestep_spacing,
                     n,
                     train,

@@ -15,7 +15,7 @@ use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, vali
 use crate::error::{Result, SchedulerError};
 use crate::multistep::{
     Conversion, Form, MultistepSolverType, alpha_sigma, check_finite, check_step_tensors,
-    convert_model_output, flow_sigmas, lambda_f32, sigma_add_noise, spaced_timesteps, sub,
+    convert_model_output, flow_sigmas, lambda_f32, sigma_add_noise, solver_timesteps, sub,
     validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
@@ -420,7 +420,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
             }
             None => c.flow_shift,
         };
-        let base = spaced_timesteps(c.timestep_spacing, n, train, train, c.steps_offset);
+        let base = solver_timesteps(c.timestep_spacing, n, train, train, c.steps_offset);
         let table = &self.train_sigmas;
         let log_sigmas = common::log_table(table);
         let (sigma_min, sigma_max) = (table[0], table[train - 1]);

@@ -25,7 +25,7 @@ use crate::config::{
 use crate::error::{Result, SchedulerError};
 use crate::multistep::{
     Conversion, Form, alpha_sigma, check_finite, check_step_tensors, convert_model_output,
-    final_sigma, flow_sigmas, lambda_f32, sde_noise, sigma_add_noise, spaced_timesteps, sub,
+    final_sigma, flow_sigmas, lambda_f32, sde_noise, sigma_add_noise, solver_timesteps, sub,
     validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
@@ -355,7 +355,7 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
                     .count();
                 let last_timestep = train - clipped;
                 Ok((
-                    spaced_timesteps(c.timestep_spacing, n, train, last_timestep, c.steps_offset),
+                    solver_timesteps(c.timestep_spacing, n, train, last_timestep, c.steps_offset),
                     Some(n),
                 ))
             }

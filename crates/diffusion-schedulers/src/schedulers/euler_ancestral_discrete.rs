@@ -6,13 +6,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex, f32r};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
-    begin_index_beyond, check_step_tensors, init_noise_sigma_f64, input_sigma, interp_sigmas,
-    sigma_add_noise, sigma_pred_original_sample, spaced_timesteps, step_position,
-    validate_sigma_betas,
+    begin_index_beyond, check_step_tensors, fractional_timesteps, init_noise_sigma_f64,
+    input_sigma, interp_sigmas, sigma_add_noise, sigma_pred_original_sample, step_position,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -63,7 +63,7 @@ pub struct EulerAncestralDiscreteScheduler {
 
 impl EulerAncestralDiscreteScheduler {
     pub fn new(config: EulerAncestralDiscreteConfig) -> Result<Self> {
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -141,7 +141,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         let c = &self.config;
         common::check_num_steps(n, c.num_train_timesteps)?;
         let timesteps =
-            spaced_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
+            fractional_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
         let mut sigmas: Vec<f64> = interp_sigmas(&timesteps, &self.table)
             .into_iter()
             .map(f32r)

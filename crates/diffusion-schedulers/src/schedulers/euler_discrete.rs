@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex, f32r};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
 use crate::sigmas::{
     SigmaSpacing, begin_index_beyond, check_step_tensors, churn_gamma, churn_sample,
-    init_noise_sigma_f64, input_sigma, interp_sigmas, sigma_add_noise, sigma_pred_original_sample,
-    sigma_to_t_numpy_f32, spaced_timesteps, step_position, validate_sigma_betas,
-    validate_sigma_bound,
+    fractional_timesteps, init_noise_sigma_f64, input_sigma, interp_sigmas, sigma_add_noise,
+    sigma_pred_original_sample, sigma_to_t_numpy_f32, step_position, validate_sigma_bound,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -97,7 +97,7 @@ pub struct EulerDiscreteScheduler {
 
 impl EulerDiscreteScheduler {
     pub fn new(config: EulerDiscreteConfig) -> Result<Self> {
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -156,7 +156,9 @@ impl EulerDiscreteScheduler {
         let c = &self.config;
         let mut timesteps = match custom {
             Some(ts) => ts.iter().map(|&t| f32r(t)).collect(),
-            None => spaced_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset),
+            None => {
+                fractional_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset)
+            }
         };
         let mut sigmas = match c.interpolation_type {
             InterpolationType::Linear => interp_sigmas(&timesteps, &self.table),

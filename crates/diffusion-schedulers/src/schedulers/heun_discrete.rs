@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
-    SigmaSpacing, SigmaTable, check_step_tensors, inference_sigmas, init_noise_sigma_f32,
-    scale_model_input_f32, sigma_add_noise, sigma_pred_original_sample, spaced_timesteps,
-    validate_sigma_betas,
+    SigmaSpacing, SigmaTable, check_step_tensors, fractional_timesteps, inference_sigmas,
+    init_noise_sigma_f32, scale_model_input_f32, sigma_add_noise, sigma_pred_original_sample,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -140,7 +140,7 @@ impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
             HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
             _ => BetaSchedule::SquaredcosCapV2,
         };
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -171,7 +171,7 @@ impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
         };
         // diffusers lays out the full training schedule at construction.
         let train = s.config.num_train_timesteps;
-        let ts = spaced_timesteps(
+        let ts = fractional_timesteps(
             s.config.timestep_spacing,
             train,
             train,
@@ -301,7 +301,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
             }
             (None, Some(n)) => {
                 common::check_num_steps(n, train)?;
-                let ts = spaced_timesteps(
+                let ts = fractional_timesteps(
                     self.config.timestep_spacing,
                     n,
                     train,

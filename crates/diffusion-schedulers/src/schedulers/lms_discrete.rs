@@ -15,13 +15,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex, f32r};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
-    SigmaSpacing, begin_index_beyond, check_step_tensors, init_noise_sigma_f64, input_sigma,
-    interp_sigmas, sigma_add_noise, sigma_pred_original_sample, spaced_timesteps, step_position,
-    validate_sigma_betas, validate_sigma_bound,
+    SigmaSpacing, begin_index_beyond, check_step_tensors, fractional_timesteps,
+    init_noise_sigma_f64, input_sigma, interp_sigmas, sigma_add_noise, sigma_pred_original_sample,
+    step_position, validate_sigma_bound,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -93,7 +94,7 @@ pub struct LMSDiscreteScheduler<T> {
 
 impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
     pub fn new(config: LMSDiscreteConfig) -> Result<Self> {
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -163,7 +164,7 @@ impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
     fn schedule(&self, n: usize) -> (Vec<f64>, Vec<f64>) {
         let c = &self.config;
         let mut timesteps =
-            spaced_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
+            fractional_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
         let mut sigmas = interp_sigmas(&timesteps, &self.table);
         let (lo, hi) = (sigmas[sigmas.len() - 1], sigmas[0]);
         let (sigma_min, sigma_max) = match self.spacing {

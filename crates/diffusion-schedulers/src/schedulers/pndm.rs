@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{self, alpha_f32, spaced_timesteps};
+use crate::alpha::{self, alpha_f32, integer_timesteps};
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
@@ -352,7 +352,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for PNDMScheduler<T> {
             });
         }
         // diffusers lays the base schedule out ascending; it is the DDPM layout reversed.
-        let mut base = spaced_timesteps(
+        let mut base = integer_timesteps(
             self.config.timestep_spacing,
             n,
             train,
