@@ -196,6 +196,43 @@ pub(crate) fn validate_betas(
     Ok(())
 }
 
+/// [`validate_betas`] for the schedulers that implement neither the sigmoid
+/// beta schedule nor `flow_prediction` (all but DDPM, DPM-Solver, DEIS and
+/// UniPC): diffusers raises for both, so they are refused at construction
+/// with the class named in the error.
+pub(crate) fn validate_betas_without_sigmoid_or_flow(
+    class: &str,
+    num_train_timesteps: usize,
+    beta_start: f64,
+    beta_end: f64,
+    beta_schedule: BetaSchedule,
+    trained_betas: Option<&[f64]>,
+    prediction_type: PredictionType,
+) -> Result<()> {
+    validate_betas(
+        num_train_timesteps,
+        beta_start,
+        beta_end,
+        beta_schedule,
+        trained_betas,
+    )?;
+    if beta_schedule == BetaSchedule::Sigmoid && trained_betas.is_none() {
+        return Err(invalid(
+            "beta_schedule",
+            "sigmoid",
+            format!("not implemented for {class}"),
+        ));
+    }
+    if prediction_type == PredictionType::FlowPrediction {
+        return Err(invalid(
+            "prediction_type",
+            "flow_prediction",
+            format!("not supported by {class}"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

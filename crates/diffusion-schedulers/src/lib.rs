@@ -37,8 +37,6 @@ pub(crate) mod alpha;
 pub mod common;
 pub mod config;
 pub mod error;
-pub mod fused;
-pub(crate) mod kernels;
 pub(crate) mod multistep;
 pub mod names;
 pub mod scheduler;

@@ -10,16 +10,50 @@
 //! a `float32` tensor is evaluated in `f32` here too, in the same order, so the
 //! schedulers stay bit-compatible with diffusers.
 
+use serde::{Deserialize, Serialize};
+
 use crate::common::{self, StepIndex};
 use crate::config::{FinalSigmasType, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::scheduler::check_batch_timesteps;
 use crate::tensor::SchedulerTensor;
 
-/// The integer inference timesteps of the multistep solvers (`last_timestep` is
-/// the training length, or less where `lambda_min_clipped` cuts the schedule).
-pub(crate) fn spaced_timesteps(
+/// `solver_type` of the multistep DPM-Solver and DEIS. DPM-Solver uses
+/// `midpoint`/`heun` and loads UniPC's `bh1`/`bh2` and DEIS' `logrho` as
+/// `midpoint`; DEIS loads every one of them as `logrho`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultistepSolverType {
+    Midpoint,
+    Heun,
+    Logrho,
+    Bh1,
+    Bh2,
+}
+
+/// `variance_type` of a model that also predicts its variance (output
+/// channels: the prediction, then the variance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceType {
+    Learned,
+    LearnedRange,
+}
+
+/// How `mu` shifts a flow schedule (`use_dynamic_shifting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeShiftType {
+    /// `e^mu / (e^mu + (1 / t - 1))`.
+    Exponential,
+    /// `mu / (mu + (1 / t - 1))`.
+    Linear,
+}
+
+/// The integer inference timesteps of the DPM-Solver family: `n + 1` points
+/// spaced up to `last_timestep` with the first dropped (`last_timestep` is the
+/// training length, or less where `lambda_min_clipped` cuts the schedule).
+pub(crate) fn solver_timesteps(
     spacing: TimestepSpacing,
     n: usize,
     train: usize,
@@ -171,135 +205,154 @@ pub(crate) fn final_sigma(kind: FinalSigmasType, sigma_min: f64) -> f64 {
     }
 }
 
-/// How `(sample - c * model_output) / d` is evaluated in [`Prediction`]'s
-/// kinds of prediction.
-///
-/// For an `f32` tensor such as `CpuTensor` both forms round identically; a
-/// backend that accumulates [`SchedulerTensor::linear_combination`] in a wider
-/// type does not. Each scheduler keeps the form it was validated with, so no
-/// backend sees its numbers change.
+/// The two ways the family's schedulers evaluate [`convert_model_output`].
+/// For an `f32` tensor such as `CpuTensor` the two differences round alike;
+/// a backend that accumulates [`SchedulerTensor::linear_combination`] in a
+/// wider type does not, and with `sample_max_value < 1` the two thresholds
+/// round differently. Each scheduler keeps the form it was validated with,
+/// so that no backend sees its numbers change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Difference {
-    /// `sub(sample, &model_output.scale(c))`: torch's two roundings, spelled out.
+pub(crate) enum Form {
+    /// The multistep DPM-Solver and DEIS: `c * model_output` is rounded
+    /// before it is subtracted (torch's two roundings, spelled out), and
+    /// `_threshold_sample` is [`threshold_sample`].
     ScaledFirst,
-    /// `linear_combination([(1, sample), (-c, model_output)])`: one expression.
+    /// The singlestep DPM-Solver and UniPC: `sample - c * model_output` is
+    /// one linear combination, and `_threshold_sample` is
+    /// [`SchedulerTensor::dynamic_threshold`].
     OneExpression,
 }
 
-impl Difference {
-    #[inline(always)]
-    fn apply<A: Arith>(self, a: &mut A, sample: A::V, c: f64, model_output: A::V) -> A::V {
+impl Form {
+    /// `sample - c * model_output`.
+    fn difference<T: SchedulerTensor>(self, sample: &T, c: f64, model_output: &T) -> T {
         match self {
-            Difference::ScaledFirst => {
-                let scaled = a.scale(model_output, c);
-                a.linear([(1.0, sample), (-1.0, scaled)])
-            }
-            Difference::OneExpression => a.linear([(1.0, sample), (-c, model_output)]),
+            Form::ScaledFirst => sub(sample, &model_output.scale(c)),
+            Form::OneExpression => T::linear_combination(&[(1.0, sample), (-c, model_output)]),
+        }
+    }
+
+    /// diffusers' `_threshold_sample`.
+    fn threshold<T: SchedulerTensor>(self, x0_pred: &T, ratio: f64, max: f64) -> T {
+        match self {
+            Form::ScaledFirst => threshold_sample(x0_pred, ratio, max),
+            Form::OneExpression => x0_pred.dynamic_threshold(ratio, max),
         }
     }
 }
 
-/// diffusers' `convert_model_output` before any thresholding, shared by
-/// DPM-Solver(++), the singlestep solver, DEIS and UniPC: the data prediction
-/// `x0` (`data`), or the noise prediction `eps` of the noise-integrating
-/// algorithms (`dpmsolver`, UniPC with `predict_x0 = false`). Inputs: model
-/// output, sample. Built by [`Prediction::data`] / [`Prediction::noise`].
+/// What [`convert_model_output`] reads of a scheduler's config.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Prediction {
-    data: bool,
-    prediction_type: PredictionType,
-    form: Difference,
-    /// `(alpha_t, sigma_t)` from [`alpha_sigma`].
-    at: (f32, f32),
-    /// The coefficient of a flow prediction, as each scheduler has always
-    /// computed it.
-    flow_sigma: f64,
+pub(crate) struct Conversion {
+    pub prediction_type: PredictionType,
+    pub use_flow_sigmas: bool,
+    /// `(dynamic_thresholding_ratio, sample_max_value)` when `thresholding`.
+    pub thresholding: Option<(f64, f64)>,
+    pub form: Form,
 }
 
-impl Prediction {
-    pub(crate) fn data(
-        prediction_type: PredictionType,
-        form: Difference,
-        at: (f32, f32),
-        flow_sigma: f64,
-    ) -> Self {
-        Self {
-            data: true,
-            prediction_type,
-            form,
-            at,
-            flow_sigma,
-        }
+/// diffusers' `convert_model_output` of the DPM-Solver family at the sigma
+/// `sigma`: the data prediction `x0_pred` when `predict_x0` (DPM-Solver++,
+/// DEIS, UniPC), else the noise prediction `epsilon` (DPM-Solver, UniPC with
+/// `predict_x0 = false`), thresholded as configured.
+pub(crate) fn convert_model_output<T: SchedulerTensor>(
+    model_output: &T,
+    sample: &T,
+    sigma: f32,
+    predict_x0: bool,
+    config: &Conversion,
+) -> Result<T> {
+    let form = config.form;
+    if config.thresholding.is_some() {
+        // The threshold is a quantile of the whole `x0`: a non-finite input
+        // is refused before it is taken (and before the step draws noise).
+        check_finite(model_output, sample)?;
     }
-
-    /// `None` for `flow_prediction`, which diffusers cannot convert to noise;
-    /// the caller reports that in its own terms.
-    pub(crate) fn noise(
-        prediction_type: PredictionType,
-        form: Difference,
-        at: (f32, f32),
-    ) -> Option<Self> {
-        (prediction_type != PredictionType::FlowPrediction).then_some(Self {
-            data: false,
-            prediction_type,
-            form,
-            at,
-            flow_sigma: 0.0,
-        })
-    }
-
-    #[inline(always)]
-    pub(crate) fn apply<A: Arith>(&self, a: &mut A, model_output: A::V, sample: A::V) -> A::V {
-        let (al, s) = (self.at.0 as f64, self.at.1 as f64);
-        let (m, x) = (model_output, sample);
-        match (self.data, self.prediction_type) {
-            // `(sample - sigma_t * model_output) / alpha_t`, in torch's order:
-            // the difference cancels heavily at high noise.
-            (true, PredictionType::Epsilon) => {
-                let d = self.form.apply(a, x, s, m);
-                a.scale(d, 1.0 / al)
+    let (alpha_t, sigma_t) = alpha_sigma(sigma, config.use_flow_sigmas);
+    let (alpha_t, sigma_t) = (alpha_t as f64, sigma_t as f64);
+    if predict_x0 {
+        let x0_pred = match config.prediction_type {
+            PredictionType::Epsilon => form
+                .difference(sample, sigma_t, model_output)
+                .scale(1.0 / alpha_t),
+            PredictionType::Sample => model_output.clone(),
+            PredictionType::VPrediction => {
+                T::linear_combination(&[(alpha_t, sample), (-sigma_t, model_output)])
             }
-            (true, PredictionType::Sample) => m,
-            (true, PredictionType::VPrediction) => a.linear([(al, x), (-s, m)]),
-            (true, PredictionType::FlowPrediction) => a.linear([(1.0, x), (-self.flow_sigma, m)]),
-            (false, PredictionType::Epsilon) => m,
-            (false, PredictionType::Sample) => {
-                let d = self.form.apply(a, x, al, m);
-                a.scale(d, 1.0 / s)
+            PredictionType::FlowPrediction => {
+                let sigma_t = sigma as f64;
+                T::linear_combination(&[(1.0, sample), (-sigma_t, model_output)])
             }
-            (false, PredictionType::VPrediction) => a.linear([(al, m), (s, x)]),
-            // Refused by `Prediction::noise`.
-            (false, PredictionType::FlowPrediction) => m,
+        };
+        return Ok(match config.thresholding {
+            Some((ratio, max)) => form.threshold(&x0_pred, ratio, max),
+            None => x0_pred,
+        });
+    }
+    let epsilon = match config.prediction_type {
+        PredictionType::Epsilon => model_output.clone(),
+        PredictionType::Sample => form
+            .difference(sample, alpha_t, model_output)
+            .scale(1.0 / sigma_t),
+        PredictionType::VPrediction => {
+            T::linear_combination(&[(alpha_t, model_output), (sigma_t, sample)])
         }
-    }
-
-    /// For a step's kernel: this prediction to compute in the step's pass, or,
-    /// when `threshold` is given (a per-item quantile of the whole `x0`,
-    /// which no element-wise pass can take), the thresholded tensor computed
-    /// here by a pass of its own.
-    pub(crate) fn fused_or_thresholded<T: SchedulerTensor>(
-        self,
-        model_output: &T,
-        sample: &T,
-        threshold: Option<impl FnOnce(&T) -> T>,
-    ) -> Result<(Option<Prediction>, Option<T>)> {
-        match threshold {
-            None => Ok((Some(self), None)),
-            Some(threshold) => Ok((None, Some(threshold(&self.run(model_output, sample)?)))),
+        // Each scheduler refuses this config when it is built.
+        PredictionType::FlowPrediction => {
+            return Err(invalid(
+                "prediction_type",
+                "flow_prediction",
+                "has no noise prediction; use an algorithm that predicts x0",
+            ));
         }
-    }
-
-    /// This prediction of `model_output` and `sample` as a pass of its own.
-    pub(crate) fn run<T: SchedulerTensor>(&self, model_output: &T, sample: &T) -> Result<T> {
-        let [value] = common::run_step(self, &[model_output, sample], [true])?;
-        common::required(value)
-    }
+    };
+    Ok(match config.thresholding {
+        Some((ratio, max)) => {
+            let x0_pred = form
+                .difference(sample, sigma_t, &epsilon)
+                .scale(1.0 / alpha_t);
+            let x0_pred = form.threshold(&x0_pred, ratio, max);
+            form.difference(sample, alpha_t, &x0_pred)
+                .scale(1.0 / sigma_t)
+        }
+        None => epsilon,
+    })
 }
 
-impl Kernel<1> for Prediction {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 1] {
-        let (m, x) = (a.input(0), a.input(1));
-        [Prediction::apply(self, a, m, x)]
+/// A step's inputs hold only finite values: a NaN taken into a multistep
+/// history would poison every later step.
+pub(crate) fn check_finite<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
+    if !model_output.all_finite() {
+        return Err(SchedulerError::NonFinite("model_output"));
     }
+    if !sample.all_finite() {
+        return Err(SchedulerError::NonFinite("sample"));
+    }
+    Ok(())
+}
+
+/// The tensors a step reads besides its inputs (the scheduler's history and
+/// start samples, the noise) have the shape of `model_output`: a run whose
+/// latent changed shape is refused before any state changes.
+pub(crate) fn check_step_tensors<'a, T: SchedulerTensor + 'a>(
+    model_output: &T,
+    tensors: impl IntoIterator<Item = &'a T>,
+) -> Result<()> {
+    let expected = model_output.shape();
+    for t in tensors {
+        if t.shape() != expected {
+            return Err(SchedulerError::ShapeMismatch {
+                what: "step input",
+                expected,
+                got: t.shape(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The noise of a stochastic update (diffusers' `assert noise is not None`);
+/// `step` draws it for every stochastic variant.
+pub(crate) fn sde_noise<T>(noise: Option<&T>) -> Result<&T> {
+    noise.ok_or(SchedulerError::NoiseExhausted { requested: 1 })
 }

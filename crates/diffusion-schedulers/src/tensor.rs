@@ -7,8 +7,6 @@
 //! leaves the device.
 
 use crate::error::SchedulerError;
-use crate::fused::{Kernel, Program, Val};
-use crate::kernels;
 
 /// Element-wise operations over a tensor of any shape. All operands of one call
 /// have the same shape; the first dimension is the batch.
@@ -45,26 +43,6 @@ pub trait SchedulerTensor: Clone {
     /// `a * self`.
     fn scale(&self, a: f64) -> Self {
         Self::linear_combination(&[(a, self)])
-    }
-
-    /// Run a step's [`Kernel`] on `inputs` (same shape, as given to
-    /// [`crate::fused::run`], which checked them against `program`, the
-    /// kernel's recording) and return the outputs named by `outputs` whose
-    /// `want` is set. Fails with [`SchedulerError::NonFinite`] naming the
-    /// first checked input that holds a non-finite value.
-    ///
-    /// The default applies the program's operations one at a time through the
-    /// methods above; an implementation may compute the kernel its own way,
-    /// but must round exactly as they do.
-    fn evaluate<K: Kernel<M>, const M: usize>(
-        kernel: &K,
-        program: &Program,
-        outputs: &[Val; M],
-        inputs: &[&Self],
-        want: [bool; M],
-    ) -> Result<[Option<Self>; M], SchedulerError> {
-        let _ = kernel;
-        crate::fused::evaluate_unfused(program, outputs, inputs, want)
     }
 }
 
@@ -130,80 +108,13 @@ impl<T: SchedulerTensor> NoiseSource<T> for QueuedNoise<T> {
     }
 }
 
-/// A plain CPU tensor: row-major `f32` data and its shape.
-///
-/// Buffers of latent size are recycled through a small per-thread pool: every
-/// scheduler operation returns a new tensor, and with the system allocator each
-/// fresh half-megabyte buffer would otherwise be page-faulted in again after the
-/// previous one was returned to the OS (measured: a quarter of a step's time).
-#[derive(Debug, PartialEq)]
+/// A plain CPU tensor: row-major `f32` data and its shape. The reference
+/// implementation of [`SchedulerTensor`]: plain loops, each product and sum
+/// rounded to `f32` in the order the trait specifies.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CpuTensor {
     shape: Vec<usize>,
     data: Vec<f32>,
-}
-
-impl Clone for CpuTensor {
-    fn clone(&self) -> Self {
-        let mut data = pool::take(self.data.len());
-        data.extend_from_slice(&self.data);
-        Self {
-            shape: self.shape.clone(),
-            data,
-        }
-    }
-}
-
-impl Drop for CpuTensor {
-    fn drop(&mut self) {
-        pool::give(std::mem::take(&mut self.data));
-    }
-}
-
-/// The per-thread free list behind [`CpuTensor`]'s buffers.
-mod pool {
-    use std::cell::RefCell;
-
-    /// Smaller buffers go straight to the allocator (cheap there).
-    const MIN_POOLED: usize = 1 << 14;
-    /// At most this many idle buffers are kept per thread.
-    const MAX_IDLE: usize = 8;
-
-    thread_local! {
-        static IDLE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// An empty buffer with room for `n` values.
-    pub(super) fn take(n: usize) -> Vec<f32> {
-        if n >= MIN_POOLED {
-            let reused = IDLE
-                .try_with(|idle| {
-                    let mut idle = idle.borrow_mut();
-                    // The most recently returned buffer that fits: the one most
-                    // likely still in cache.
-                    let i = idle.iter().rposition(|v| v.capacity() >= n)?;
-                    Some(idle.remove(i))
-                })
-                .ok()
-                .flatten();
-            if let Some(mut v) = reused {
-                v.clear();
-                return v;
-            }
-        }
-        Vec::with_capacity(n)
-    }
-
-    /// Return a buffer for reuse.
-    pub(super) fn give(v: Vec<f32>) {
-        if v.capacity() >= MIN_POOLED {
-            let _ = IDLE.try_with(|idle| {
-                let mut idle = idle.borrow_mut();
-                if idle.len() < MAX_IDLE {
-                    idle.push(v);
-                }
-            });
-        }
-    }
 }
 
 impl CpuTensor {
@@ -232,8 +143,8 @@ impl CpuTensor {
         &self.data
     }
 
-    pub fn into_data(mut self) -> Vec<f32> {
-        std::mem::take(&mut self.data)
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
     }
 }
 
@@ -247,11 +158,17 @@ impl SchedulerTensor for CpuTensor {
     }
 
     fn linear_combination(terms: &[(f64, &Self)]) -> Self {
-        let x0 = terms[0].1;
-        let coeffs: Vec<f32> = terms.iter().map(|(c, _)| *c as f32).collect();
-        let slices: Vec<&[f32]> = terms.iter().map(|(_, x)| x.data.as_slice()).collect();
-        let mut data = pool::take(x0.data.len());
-        kernels::linear_extend(&mut data, &coeffs, &slices);
+        // Left to right, each product and sum rounded to f32 (Rust never
+        // contracts `a * b + c` into a fused multiply-add).
+        let (c0, x0) = terms[0];
+        let c0 = c0 as f32;
+        let mut data: Vec<f32> = x0.data.iter().map(|v| c0 * v).collect();
+        for &(c, x) in &terms[1..] {
+            let c = c as f32;
+            for (d, v) in data.iter_mut().zip(&x.data) {
+                *d += c * v;
+            }
+        }
         Self {
             shape: x0.shape.clone(),
             data,
@@ -262,12 +179,13 @@ impl SchedulerTensor for CpuTensor {
         if coeffs.len() == 1 {
             return self.scale(coeffs[0]);
         }
-        let per = self.data.len() / coeffs.len().max(1);
-        let mut data = pool::take(self.data.len());
-        for (item, &c) in self.data.chunks(per.max(1)).zip(coeffs) {
-            let c = c as f32;
-            data.extend(item.iter().map(|v| v * c));
-        }
+        let per = (self.data.len() / coeffs.len().max(1)).max(1);
+        let data = self
+            .data
+            .chunks(per)
+            .zip(coeffs)
+            .flat_map(|(item, &c)| item.iter().map(move |v| v * c as f32))
+            .collect();
         Self {
             shape: self.shape.clone(),
             data,
@@ -275,9 +193,16 @@ impl SchedulerTensor for CpuTensor {
     }
 
     fn clamp(&self, min: f64, max: f64) -> Self {
-        let mut data = pool::take(self.data.len());
-        data.extend_from_slice(&self.data);
-        kernels::clamp_in_place(&mut data, min as f32, max as f32);
+        let (lo, hi) = (min as f32, max as f32);
+        // Comparisons, not `f32::clamp`: a NaN passes through, as in `torch.clamp`.
+        let data = self
+            .data
+            .iter()
+            .map(|&v| {
+                let v = if v < lo { lo } else { v };
+                if v > hi { hi } else { v }
+            })
+            .collect();
         Self {
             shape: self.shape.clone(),
             data,
@@ -286,9 +211,9 @@ impl SchedulerTensor for CpuTensor {
 
     fn dynamic_threshold(&self, ratio: f64, max: f64) -> Self {
         let batch = self.shape[0].max(1);
-        let per = self.data.len() / batch;
-        let mut data = pool::take(self.data.len());
-        for item in self.data.chunks(per.max(1)) {
+        let per = (self.data.len() / batch).max(1);
+        let mut data = Vec::with_capacity(self.data.len());
+        for item in self.data.chunks(per) {
             let mut abs: Vec<f32> = item.iter().map(|v| v.abs()).collect();
             abs.sort_by(f32::total_cmp);
             // torch.clamp(s, min=1, max): `max` wins when it is below 1.
@@ -302,45 +227,7 @@ impl SchedulerTensor for CpuTensor {
     }
 
     fn all_finite(&self) -> bool {
-        kernels::all_finite(&self.data)
-    }
-
-    /// The kernel itself, over blocks of every input at a time
-    /// ([`crate::fused`]): each input read once, each wanted output written once.
-    fn evaluate<K: Kernel<M>, const M: usize>(
-        kernel: &K,
-        program: &Program,
-        _outputs: &[Val; M],
-        inputs: &[&Self],
-        want: [bool; M],
-    ) -> Result<[Option<Self>; M], SchedulerError> {
-        let n = inputs.first().map_or(0, |t| t.data.len());
-        let data: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
-        // The checked inputs come first (`fused::run`).
-        let checked = program
-            .input_names()
-            .iter()
-            .take_while(|n| n.is_some())
-            .count();
-        let mut out: [Vec<f32>; M] =
-            std::array::from_fn(|o| if want[o] { pool::take(n) } else { Vec::new() });
-        let unread_checked = (0..checked).any(|i| !program.reads(i));
-        if !kernels::run_kernel(kernel, &data, checked, want, &mut out) || unread_checked {
-            let found = crate::fused::first_non_finite(program, |i| kernels::all_finite(data[i]));
-            if let Err(e) = found {
-                out.into_iter().for_each(pool::give);
-                return Err(e);
-            }
-        }
-        let shape = inputs.first().map(|t| t.shape.clone()).unwrap_or_default();
-        let mut out = out.into_iter();
-        Ok(std::array::from_fn(|o| {
-            let data = out.next().unwrap_or_default();
-            want[o].then(|| Self {
-                shape: shape.clone(),
-                data,
-            })
-        }))
+        self.data.iter().all(|v| v.is_finite())
     }
 }
 

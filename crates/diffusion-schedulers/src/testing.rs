@@ -28,6 +28,24 @@ pub fn dummy_sample_deter() -> CpuTensor {
     CpuTensor::new(data, vec![b, c, h, w]).expect("shape")
 }
 
+/// diffusers' `dummy_noise_deter`: the reversed ramp of [`dummy_sample_deter`].
+pub fn dummy_noise_deter() -> CpuTensor {
+    let (b, c, h, w) = (4usize, 3usize, 8usize, 8usize);
+    let n = b * c * h * w;
+    let mut data = vec![0f32; n];
+    for bi in 0..b {
+        for ci in 0..c {
+            for hi in 0..h {
+                for wi in 0..w {
+                    let src = ((ci * h + hi) * w + wi) * b + bi;
+                    data[((bi * c + ci) * h + hi) * w + wi] = (n - 1 - src) as f32 / n as f32;
+                }
+            }
+        }
+    }
+    CpuTensor::new(data, vec![b, c, h, w]).expect("shape")
+}
+
 /// diffusers' `dummy_model`: `sample * t / (t + 1)`, evaluated as torch does in
 /// `float32` (a product, then a quotient), so the model output is bit-identical.
 pub fn dummy_model(sample: &CpuTensor, t: f64) -> CpuTensor {
@@ -53,6 +71,26 @@ pub fn full_loop(
         x = scheduler.step(&eps, t, &x, options, noise)?.prev_sample;
     }
     Ok(x)
+}
+
+/// The loop of diffusers' own tests of the k-diffusion schedulers, which
+/// (unlike [`full_loop`]) feeds the *scaled* sample back into `step`:
+/// `x = scale_model_input(x, t)`, `x = step(dummy_model(x, t), t, x)`.
+pub fn scaled_loop(
+    scheduler: &mut dyn Scheduler<CpuTensor>,
+    start: CpuTensor,
+    timesteps: &[f64],
+) -> CpuTensor {
+    let mut x = start;
+    for &t in timesteps {
+        x = scheduler.scale_model_input(&x, t).unwrap();
+        let eps = dummy_model(&x, t);
+        x = scheduler
+            .step(&eps, t, &x, &StepOptions::default(), &mut crate::NoNoise)
+            .unwrap()
+            .prev_sample;
+    }
+    x
 }
 
 /// `(sum |x|, mean |x|)` as diffusers' tests report them.

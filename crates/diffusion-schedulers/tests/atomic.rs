@@ -1,149 +1,145 @@
-//! A step that fails leaves the scheduler as it was: for every scheduler, a
-//! step whose tensor implementation drops one of the outputs the step asked
-//! for (the last wanted one, so that the others have been computed) must
-//! return an error, and the run must then go on exactly as a run that never
+//! A step that fails leaves the scheduler as it was. A step fails on a
+//! non-finite model output or when its noise source fails; for every
+//! scheduler, deterministic and stochastic configs, such a failed step must
+//! return an error and the run must then go on exactly as a run that never
 //! failed, bit for bit. A scheduler that stored a history entry, moved its
 //! step index or a half-step state before the error would diverge.
 
-use std::cell::Cell;
-
-use diffusion_schedulers::fused::{Kernel, Program, Val, evaluate_unfused};
 use diffusion_schedulers::{
     CpuTensor, NoiseSource, SCHEDULER_CLASSES, SchedulerError, SchedulerTensor, StepOptions,
     from_config_as,
 };
 use serde_json::json;
 
-thread_local! {
-    /// While set, `Flaky::evaluate` drops the last output it was asked for.
-    static DROP_OUTPUT: Cell<bool> = const { Cell::new(false) };
+/// The same noise at every draw, or an error at every draw when `fail`.
+struct Noise {
+    fail: bool,
+    requested: usize,
 }
 
-#[derive(Clone, Debug)]
-struct Flaky(CpuTensor);
-
-impl SchedulerTensor for Flaky {
-    fn shape(&self) -> Vec<usize> {
-        self.0.shape()
-    }
-    fn linear_combination(terms: &[(f64, &Self)]) -> Self {
-        let terms: Vec<(f64, &CpuTensor)> = terms.iter().map(|(c, t)| (*c, &t.0)).collect();
-        Flaky(CpuTensor::linear_combination(&terms))
-    }
-    fn scale_batch(&self, coeffs: &[f64]) -> Self {
-        Flaky(self.0.scale_batch(coeffs))
-    }
-    fn clamp(&self, min: f64, max: f64) -> Self {
-        Flaky(self.0.clamp(min, max))
-    }
-    fn dynamic_threshold(&self, ratio: f64, max: f64) -> Self {
-        Flaky(self.0.dynamic_threshold(ratio, max))
-    }
-    fn all_finite(&self) -> bool {
-        self.0.all_finite()
-    }
-    fn evaluate<K: Kernel<M>, const M: usize>(
-        _kernel: &K,
-        program: &Program,
-        outputs: &[Val; M],
-        inputs: &[&Self],
-        want: [bool; M],
-    ) -> Result<[Option<Self>; M], SchedulerError> {
-        let mut values = evaluate_unfused(program, outputs, inputs, want)?;
-        if DROP_OUTPUT.get()
-            && let Some(last) = (0..M).rev().find(|&o| want[o])
-        {
-            values[last] = None;
+impl NoiseSource<CpuTensor> for Noise {
+    fn noise(&mut self, like: &CpuTensor) -> Result<CpuTensor, SchedulerError> {
+        self.requested += 1;
+        if self.fail {
+            return Err(SchedulerError::NoiseExhausted { requested: 1 });
         }
-        Ok(values)
-    }
-}
-
-/// The same noise at every draw, so that a draw used by a failed step does
-/// not shift the stream.
-struct Constant;
-
-impl NoiseSource<Flaky> for Constant {
-    fn noise(&mut self, like: &Flaky) -> Result<Flaky, SchedulerError> {
         let n = like.numel();
         let data = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.2).collect();
-        Ok(Flaky(CpuTensor::new(data, like.shape())?))
+        CpuTensor::new(data, like.shape())
     }
 }
 
-fn tensor(shape: &[usize], seed: usize) -> Flaky {
+fn noise(fail: bool) -> Noise {
+    Noise { fail, requested: 0 }
+}
+
+fn tensor(shape: &[usize], seed: usize) -> CpuTensor {
     let n: usize = shape.iter().product();
     let data = (0..n)
         .map(|i| (((i + seed) * 37 % 101) as f32 / 50.0) - 1.0)
         .collect();
-    Flaky(CpuTensor::new(data, shape.to_vec()).unwrap())
+    CpuTensor::new(data, shape.to_vec()).unwrap()
 }
 
-fn bits(t: &Flaky) -> Vec<u32> {
-    t.0.data().iter().map(|v| v.to_bits()).collect()
+fn with_nan(t: &CpuTensor) -> CpuTensor {
+    let mut data = t.data().to_vec();
+    let last = data.len() - 1;
+    data[last] = f32::NAN;
+    CpuTensor::new(data, t.shape()).unwrap()
+}
+
+fn bits(t: &CpuTensor) -> Vec<u32> {
+    t.data().iter().map(|v| v.to_bits()).collect()
 }
 
 #[test]
 fn a_failed_step_changes_nothing() {
     let shape = [1, 4, 5, 7];
+    // Stochastic where the scheduler can be: DDIM/DDPM eta, Euler churn,
+    // SDE solvers; the ancestral ones always are.
     let options = StepOptions {
         eta: Some(0.5),
+        s_churn: Some(1.0),
         ..StepOptions::default()
     };
     let configs = [
         json!({}),
         json!({"solver_order": 3, "skip_prk_steps": true}),
+        json!({"algorithm_type": "sde-dpmsolver++", "stochastic_sampling": true, "variance_type": "fixed_small"}),
     ];
-    let mut failed_steps = 0;
+    let (mut nan_failures, mut noise_failures) = (0, 0);
+    let mut runs = 0;
     for class in SCHEDULER_CLASSES {
-        for config in &configs {
-            // PNDM's Runge-Kutta warm-up runs an operation at a time: no
-            // kernel output to drop.
-            if *class == "PNDMScheduler" && config.get("skip_prk_steps").is_none() {
-                continue;
-            }
+        for (k, config) in configs.iter().enumerate() {
             let build = || {
-                let mut s = from_config_as::<Flaky>(class, config).unwrap().scheduler;
+                let mut s = from_config_as::<CpuTensor>(class, config).ok()?.scheduler;
                 s.set_timesteps(8).unwrap();
-                s
+                Some(s)
             };
-            let (mut clean, mut tried) = (build(), build());
+            let (Some(mut clean), Some(mut tried)) = (build(), build()) else {
+                // The SDE config names an algorithm only the DPM solvers have.
+                assert_eq!(k, 2, "{class} refused {config}");
+                continue;
+            };
+            runs += 1;
             let timesteps = clean.timesteps().to_vec();
-            let mut x_clean = tensor(&shape, 0).0.scale(clean.init_noise_sigma());
+            let mut x_clean = tensor(&shape, 0).scale(clean.init_noise_sigma());
             let mut x_tried = x_clean.clone();
             for (i, &t) in timesteps.iter().enumerate() {
                 let model_output = tensor(&shape, i + 1);
+                let what = format!("{class} {config}: step {i}");
+                let mut b = None;
                 if i % 3 == 2 {
-                    DROP_OUTPUT.set(true);
                     let failed = tried.step(
-                        &model_output,
+                        &with_nan(&model_output),
                         t,
-                        &Flaky(x_tried.clone()),
+                        &x_tried,
                         &options,
-                        &mut Constant,
+                        &mut noise(false),
                     );
-                    DROP_OUTPUT.set(false);
-                    assert!(failed.is_err(), "{class} {config}: step {i} did not fail");
-                    failed_steps += 1;
+                    assert!(
+                        matches!(failed, Err(SchedulerError::NonFinite(_))),
+                        "{what}: a NaN model output was not refused"
+                    );
+                    nan_failures += 1;
+                    // A failing noise source fails the step where the step
+                    // draws noise; a step that draws none has taken its step.
+                    let mut failing = noise(true);
+                    match tried.step(&model_output, t, &x_tried, &options, &mut failing) {
+                        Err(_) => {
+                            assert!(failing.requested > 0, "{what}: failed without noise");
+                            noise_failures += 1;
+                        }
+                        Ok(out) => {
+                            assert_eq!(failing.requested, 0, "{what}: noise error ignored");
+                            b = Some(out);
+                        }
+                    }
                 }
                 let a = clean
-                    .step(&model_output, t, &Flaky(x_clean), &options, &mut Constant)
+                    .step(&model_output, t, &x_clean, &options, &mut noise(false))
                     .unwrap();
-                let b = tried
-                    .step(&model_output, t, &Flaky(x_tried), &options, &mut Constant)
-                    .unwrap_or_else(|e| panic!("{class} {config}: step {i} after a failure: {e}"));
+                let b = match b {
+                    Some(b) => b,
+                    None => tried
+                        .step(&model_output, t, &x_tried, &options, &mut noise(false))
+                        .unwrap_or_else(|e| panic!("{what} after a failure: {e}")),
+                };
                 assert_eq!(
                     bits(&a.prev_sample),
                     bits(&b.prev_sample),
-                    "{class} {config}: step {i} after a failure"
+                    "{what} after a failure"
                 );
-                x_clean = a.prev_sample.0;
-                x_tried = b.prev_sample.0;
+                x_clean = a.prev_sample;
+                x_tried = b.prev_sample;
             }
         }
     }
     assert!(
-        failed_steps >= (SCHEDULER_CLASSES.len() * 2 - 1) * 2,
-        "{failed_steps} failures"
+        nan_failures >= runs * 2,
+        "{nan_failures} NaN failures in {runs} runs"
     );
+    // Every ancestral or eta/churn/SDE step draws noise: at least the
+    // stochastic schedulers failed through their noise source.
+    assert!(noise_failures >= 20, "{noise_failures} noise failures");
 }

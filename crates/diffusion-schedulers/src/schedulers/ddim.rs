@@ -3,15 +3,18 @@
 //! Deterministic at `eta = 0`; `eta = 1` recovers DDPM's variance. Integer
 //! timesteps; `step` maps `t` to the previous timestep `t - N / n`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{spaced_timesteps, validate_alpha_schedule};
-use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0, StepIndex};
+use crate::alpha::{self, integer_timesteps};
+use crate::common::{self, StepIndex};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
-    Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
+    Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_lookup, alpha_velocity,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -73,7 +76,7 @@ pub struct DDIMScheduler {
 
 impl DDIMScheduler {
     pub fn new(config: DDIMConfig) -> Result<Self> {
-        validate_alpha_schedule(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -146,22 +149,10 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
     }
 
     fn set_timesteps_with(&mut self, spec: &TimestepSpec) -> Result<()> {
-        if spec.timesteps.is_some() || spec.sigmas.is_some() {
-            return Err(SchedulerError::Unsupported {
-                class: CLASS_NAME,
-                what: "custom timesteps or sigmas".into(),
-            });
-        }
-        let n = spec
-            .num_inference_steps
-            .ok_or(SchedulerError::InvalidArgument {
-                field: "num_inference_steps",
-                value: "None".into(),
-                reason: "required".into(),
-            })?;
+        let n = common::require_steps(spec, CLASS_NAME)?;
         let train = self.config.num_train_timesteps;
         common::check_num_steps(n, train)?;
-        let timesteps = spaced_timesteps(
+        let timesteps = integer_timesteps(
             self.config.timestep_spacing,
             n,
             train,
@@ -185,54 +176,77 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
         options: &StepOptions,
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
-        let n = self
+        let num_inference_steps = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
         common::check_step_shapes(model_output, sample)?;
-        let t_int = crate::scheduler::alpha_lookup(&self.alphas_cumprod, &[t])?;
-        let alpha_prod_t = t_int[0];
-        let prev_t = t.round() as i64 - (self.config.num_train_timesteps / n) as i64;
-        let alpha_prod_t_prev = self.alpha_prev(prev_t);
+        let c = &self.config;
+        let eta = options.eta.unwrap_or(0.0);
+
+        // 1. get previous step value (=t-1)
+        let prev_timestep = t.round() as i64 - (c.num_train_timesteps / num_inference_steps) as i64;
+
+        // 2. compute alphas, betas
+        let alpha_prod_t = alpha_lookup(&self.alphas_cumprod, &[t])?[0];
+        let alpha_prod_t_prev = self.alpha_prev(prev_timestep);
         let beta_prod_t = 1.0 - alpha_prod_t;
 
-        // One element-wise pass: x0 (bounded), the direction, the update.
-        let c = &self.config;
-        let (x0, mut extra) = AlphaX0::new(
-            c.prediction_type,
-            CLASS_NAME,
-            model_output,
-            sample,
-            alpha_prod_t,
-            common::x0_bound!(c),
-        )?;
-        let eta = options.eta.unwrap_or(0.0);
+        // 3. compute predicted original sample ("predicted x_0" of formula (12))
+        // and predicted epsilon from the model output
+        let pred_original_sample =
+            alpha::pred_original_sample(c.prediction_type, model_output, sample, alpha_prod_t);
+        let mut pred_epsilon =
+            alpha::pred_epsilon(c.prediction_type, model_output, sample, alpha_prod_t);
+
+        // 4. clip or threshold "predicted x_0"
+        let pred_original_sample =
+            alpha::x0_bound!(c).apply(pred_original_sample, model_output, sample)?;
+
+        // 5. compute variance: "sigma_t(eta)" -> see formula (16)
         let variance =
             (1.0 - alpha_prod_t_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_t_prev);
         let std_dev_t = eta * variance.sqrt();
-        let eps = if options.use_clipped_model_output.unwrap_or(false) {
-            AlphaTerm::ClippedEps
-        } else {
-            AlphaTerm::Eps
-        };
-        let direction = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
-        let noise_coeffs = if eta > 0.0 {
-            extra.push(common::step_noise(noise, model_output, sample)?);
-            Some((1.0, std_dev_t))
+
+        if options.use_clipped_model_output.unwrap_or(false) {
+            // the pred_epsilon is always re-derived from the clipped x_0 in Glide
+            pred_epsilon = Cow::Owned(T::linear_combination(&[
+                (1.0 / beta_prod_t.sqrt(), sample),
+                (
+                    -alpha_prod_t.sqrt() / beta_prod_t.sqrt(),
+                    &*pred_original_sample,
+                ),
+            ]));
+        }
+
+        // diffusers draws `variance_noise` last; it is drawn before the inputs
+        // are checked (see `alpha::draw_noise`).
+        let variance_noise = if eta > 0.0 {
+            Some(alpha::draw_noise(noise, model_output, sample)?)
         } else {
             None
         };
-        let kernel = AlphaStep {
-            x0,
-            terms: [(alpha_prod_t_prev.sqrt(), AlphaTerm::X0), (direction, eps)],
-            noise: noise_coeffs,
-            second_is_y: false,
-        };
-        let want_x0 = options.wants_pred_original_sample();
-        let (prev, x0) = kernel.run(model_output, sample, &extra, want_x0)?;
+        alpha::check_finite_inputs(model_output, sample)?;
+
+        // 6. compute "direction pointing to x_t" of formula (12): its coefficient
+        // times pred_epsilon, a term of the combination of 7.
+        let pred_sample_direction_coeff = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
+
+        // 7. compute x_t without "random noise" of formula (12)
+        let mut prev_sample = T::linear_combination(&[
+            (alpha_prod_t_prev.sqrt(), &*pred_original_sample),
+            (pred_sample_direction_coeff, &*pred_epsilon),
+        ]);
+        if let Some(variance_noise) = variance_noise {
+            prev_sample =
+                T::linear_combination(&[(1.0, &prev_sample), (std_dev_t, &variance_noise)]);
+        }
+
         self.index.advance();
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then(|| pred_original_sample.into_owned()),
         })
     }
 

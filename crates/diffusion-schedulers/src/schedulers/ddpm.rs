@@ -12,8 +12,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{alpha_f32, check_threshold_config, custom_timesteps, spaced_timesteps};
-use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0};
+use crate::alpha::{self, alpha_f32, check_threshold_config, custom_timesteps, integer_timesteps};
+use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
@@ -180,13 +180,16 @@ impl DDPMScheduler {
         Ok(self.timesteps.get(i + 1).map_or(-1, |&v| v as i64))
     }
 
-    /// The noise standard deviation diffusers applies at `t` (`f32` arithmetic).
-    fn noise_std(&self, a_t: f32, a_prev: f32) -> f32 {
-        let beta = 1.0 - a_t / a_prev;
-        let variance = ((1.0 - a_prev) / (1.0 - a_t) * beta).max(1e-20);
+    /// The standard deviation of the noise diffusers adds at a step: the square
+    /// root of its `_get_variance` (for `fixed_small_log`, `_get_variance`
+    /// itself, already one), in `f32`.
+    fn noise_std(&self, alpha_prod_t: f32, alpha_prod_t_prev: f32) -> f32 {
+        let current_beta_t = 1.0 - alpha_prod_t / alpha_prod_t_prev;
+        let variance =
+            ((1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * current_beta_t).max(1e-20);
         match self.config.variance_type {
             VarianceType::FixedSmallLog => (0.5 * variance.ln()).exp(),
-            VarianceType::FixedLarge => beta.sqrt(),
+            VarianceType::FixedLarge => current_beta_t.sqrt(),
             _ => variance.sqrt(),
         }
     }
@@ -234,7 +237,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
             (Some(custom), None) => custom_timesteps(custom, train)?,
             (None, Some(n)) => {
                 common::check_num_steps(n, train)?;
-                spaced_timesteps(
+                integer_timesteps(
                     self.config.timestep_spacing,
                     n,
                     train,
@@ -267,50 +270,66 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
         common::check_step_shapes(model_output, sample)?;
-        let a_t = alpha_f32(&self.alphas_cumprod, t)?;
-        let t_int = t as i64;
-        let prev_t = self.previous_timestep(t_int)?;
-        let a_prev = if prev_t >= 0 {
+        let c = &self.config;
+
+        // 1. compute alphas, betas
+        let alpha_prod_t = alpha_f32(&self.alphas_cumprod, t)?;
+        let prev_t = self.previous_timestep(t as i64)?;
+        let alpha_prod_t_prev = if prev_t >= 0 {
             alpha_f32(&self.alphas_cumprod, prev_t as f64)?
         } else {
             1.0
         };
-        let b_t = 1.0 - a_t;
-        let b_prev = 1.0 - a_prev;
-        let cur_alpha = a_t / a_prev;
-        let cur_beta = 1.0 - cur_alpha;
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
+        let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
+        let current_beta_t = 1.0 - current_alpha_t;
 
-        let c = &self.config;
-        let (x0, mut extra) = AlphaX0::new(
+        // 2. compute predicted original sample from predicted noise also called
+        // "predicted x_0" of formula (15) from https://huggingface.co/papers/2006.11239
+        let pred_original_sample = alpha::pred_original_sample(
             c.prediction_type,
-            CLASS_NAME,
             model_output,
             sample,
-            a_t as f64,
-            common::x0_bound!(c),
-        )?;
-        let x0_coeff = a_prev.sqrt() * cur_beta / b_t;
-        let sample_coeff = cur_alpha.sqrt() * b_prev / b_t;
-        let noise_coeffs = if t_int > 0 {
-            extra.push(common::step_noise(noise, model_output, sample)?);
-            Some((1.0, self.noise_std(a_t, a_prev) as f64))
+            alpha_prod_t as f64,
+        );
+
+        // 3. clip or threshold "predicted x_0"
+        let pred_original_sample =
+            alpha::x0_bound!(c).apply(pred_original_sample, model_output, sample)?;
+
+        // 4. compute coefficients for pred_original_sample x_0 and current sample x_t
+        // see formula (7) from https://huggingface.co/papers/2006.11239
+        let pred_original_sample_coeff = alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t;
+        let current_sample_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;
+
+        // The noise of 6., drawn before the inputs are checked (see `alpha::draw_noise`).
+        let variance_noise = if t as i64 > 0 {
+            Some(alpha::draw_noise(noise, model_output, sample)?)
         } else {
             None
         };
-        let kernel = AlphaStep {
-            x0,
-            terms: [
-                (x0_coeff as f64, AlphaTerm::X0),
-                (sample_coeff as f64, AlphaTerm::Sample),
-            ],
-            noise: noise_coeffs,
-            second_is_y: false,
-        };
-        let want_x0 = options.wants_pred_original_sample();
-        let (prev, x0) = kernel.run(model_output, sample, &extra, want_x0)?;
+        alpha::check_finite_inputs(model_output, sample)?;
+
+        // 5. compute predicted previous sample µ_t
+        // see formula (7) from https://huggingface.co/papers/2006.11239
+        let mut pred_prev_sample = T::linear_combination(&[
+            (pred_original_sample_coeff as f64, &*pred_original_sample),
+            (current_sample_coeff as f64, sample),
+        ]);
+
+        // 6. add noise
+        if let Some(variance_noise) = variance_noise {
+            let std_dev_t = self.noise_std(alpha_prod_t, alpha_prod_t_prev) as f64;
+            pred_prev_sample =
+                T::linear_combination(&[(1.0, &pred_prev_sample), (std_dev_t, &variance_noise)]);
+        }
+
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample: pred_prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then(|| pred_original_sample.into_owned()),
         })
     }
 

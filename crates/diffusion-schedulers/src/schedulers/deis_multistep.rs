@@ -10,14 +10,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_multistep::MultistepSolverType;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, Prediction, alpha_sigma, flow_sigmas, sigma_add_noise, spaced_timesteps,
-    threshold_sample, validate_thresholding,
+    Conversion, Form, MultistepSolverType, alpha_sigma, check_finite, check_step_tensors,
+    convert_model_output, flow_sigmas, lambda_f32, sigma_add_noise, solver_timesteps, sub,
+    validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -263,118 +262,93 @@ impl<T: SchedulerTensor> DEISMultistepScheduler<T> {
         alpha_sigma(self.sigmas[idx] as f32, self.config.use_flow_sigmas)
     }
 
-    /// DEIS integrates the noise: the model output becomes `x0` (thresholded if
-    /// configured), then the noise implied by that `x0`. The `x0` part: a
-    /// [`Prediction`] for the step's pass, or (thresholded: a per-item quantile
-    /// of the whole `x0`) the tensor computed here.
-    fn x0(
-        &self,
-        model_output: &T,
-        sample: &T,
-        idx: usize,
-    ) -> Result<(Option<Prediction>, Option<T>)> {
+    /// diffusers' `convert_model_output`: DEIS integrates the noise implied
+    /// by the (thresholded) data prediction `x0_pred`.
+    fn convert_model_output(&self, model_output: &T, sample: &T, step_index: usize) -> Result<T> {
         let c = &self.config;
-        let p = Prediction::data(
-            c.prediction_type,
-            Difference::ScaledFirst,
-            self.alpha_sigma(idx),
-            self.sigmas[idx],
-        );
-        let threshold = c.thresholding.then_some(|x0: &T| {
-            threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
-        });
-        p.fused_or_thresholded(model_output, sample, threshold)
+        let conversion = Conversion {
+            prediction_type: c.prediction_type,
+            use_flow_sigmas: c.use_flow_sigmas,
+            thresholding: c
+                .thresholding
+                .then_some((c.dynamic_thresholding_ratio, c.sample_max_value)),
+            form: Form::ScaledFirst,
+        };
+        let sigma = self.sigmas[step_index] as f32;
+        let x0_pred = convert_model_output(model_output, sample, sigma, true, &conversion)?;
+        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
+        // (sample - alpha_t * x0_pred) / sigma_t
+        Ok(sub(sample, &x0_pred.scale(f64::from(alpha_t))).scale(1.0 / f64::from(sigma_t)))
     }
 
+    /// `(alpha, rho = sigma / alpha)` at sigma `idx`.
     fn rho(&self, idx: usize) -> (f32, f32) {
         let (alpha, sigma) = self.alpha_sigma(idx);
         (alpha, sigma / alpha)
     }
 
-    /// The update of order `order` from step `idx` (`f32` scalars, as
-    /// diffusers): `[sample, m0, m1, m2]`'s coefficients (as many as the
-    /// order needs plus one) and the final scale (`alpha_t`) of orders 2 and 3.
-    fn update(&self, idx: usize, order: usize) -> (Vec<f64>, Option<f64>) {
-        if order == 1 {
-            let (alpha_t, sigma_t) = self.alpha_sigma(idx + 1);
-            let (alpha_s, sigma_s) = self.alpha_sigma(idx);
-            let lambda_t = alpha_t.ln() - sigma_t.ln();
-            let lambda_s = alpha_s.ln() - sigma_s.ln();
-            let h = lambda_t - lambda_s;
-            let coeffs = vec![
-                (alpha_t / alpha_s) as f64,
-                -((sigma_t * (h.exp() - 1.0)) as f64),
-            ];
-            return (coeffs, None);
-        }
-        let (alpha_t, rho_t) = self.rho(idx + 1);
-        let (alpha_s0, rho_s0) = self.rho(idx);
-        let (_, rho_s1) = self.rho(idx - 1);
-        let coeffs = if order == 2 {
-            let coef1 = ind_fn2(rho_t, rho_s0, rho_s1) - ind_fn2(rho_s0, rho_s0, rho_s1);
-            let coef2 = ind_fn2(rho_t, rho_s1, rho_s0) - ind_fn2(rho_s0, rho_s1, rho_s0);
-            vec![1.0 / alpha_s0 as f64, coef1 as f64, coef2 as f64]
-        } else {
-            let (_, rho_s2) = self.rho(idx - 2);
-            let coef1 =
-                ind_fn3(rho_t, rho_s0, rho_s1, rho_s2) - ind_fn3(rho_s0, rho_s0, rho_s1, rho_s2);
-            let coef2 =
-                ind_fn3(rho_t, rho_s1, rho_s2, rho_s0) - ind_fn3(rho_s0, rho_s1, rho_s2, rho_s0);
-            let coef3 =
-                ind_fn3(rho_t, rho_s2, rho_s0, rho_s1) - ind_fn3(rho_s0, rho_s2, rho_s0, rho_s1);
-            vec![
-                1.0 / alpha_s0 as f64,
-                coef1 as f64,
-                coef2 as f64,
-                coef3 as f64,
-            ]
-        };
-        (coeffs, Some(alpha_t as f64))
+    /// diffusers' `deis_first_order_update` (the scalars in `f32`, as
+    /// diffusers evaluates them).
+    fn deis_first_order_update(&self, model_output: &T, sample: &T, step_index: usize) -> T {
+        let (alpha_t, sigma_t) = self.alpha_sigma(step_index + 1);
+        let (alpha_s, sigma_s) = self.alpha_sigma(step_index);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        let lambda_s = lambda_f32(alpha_s, sigma_s);
+        let h = lambda_t - lambda_s;
+        T::linear_combination(&[
+            (f64::from(alpha_t / alpha_s), sample),
+            (-f64::from(sigma_t * (h.exp() - 1.0)), model_output),
+        ])
     }
-}
 
-/// The element-wise part of a DEIS step: `x0` (unless thresholded: then
-/// input 2), the noise it implies `eps = (sample - alpha * x0) / sigma`, and
-/// the update `scale * (c_s sample + c_0 eps + c_1 m1 + c_2 m2)`. Inputs:
-/// model output, sample, [thresholded `x0`], the history (newest first).
-/// Outputs: `[prev, eps]`.
-struct DeisStep {
-    x0: Option<Prediction>,
-    /// `alpha_t`, `sigma_t` of this step.
-    at: (f64, f64),
-    coeffs: Vec<f64>,
-    scale: Option<f64>,
-}
+    /// diffusers' `multistep_deis_second_order_update`, `m0` this step's
+    /// converted output and `m1` the previous one.
+    fn multistep_deis_second_order_update(
+        &self,
+        [m0, m1]: [&T; 2],
+        sample: &T,
+        step_index: usize,
+    ) -> T {
+        let (alpha_t, rho_t) = self.rho(step_index + 1);
+        let (alpha_s0, rho_s0) = self.rho(step_index);
+        let (_, rho_s1) = self.rho(step_index - 1);
+        let coef1 = ind_fn2(rho_t, rho_s0, rho_s1) - ind_fn2(rho_s0, rho_s0, rho_s1);
+        let coef2 = ind_fn2(rho_t, rho_s1, rho_s0) - ind_fn2(rho_s0, rho_s1, rho_s0);
+        // alpha_t * (sample / alpha_s0 + coef1 * m0 + coef2 * m1)
+        T::linear_combination(&[
+            (1.0 / f64::from(alpha_s0), sample),
+            (f64::from(coef1), m0),
+            (f64::from(coef2), m1),
+        ])
+        .scale(f64::from(alpha_t))
+    }
 
-impl Kernel<2> for DeisStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
-        let (m, s) = (a.input(0), a.input(1));
-        let (x0, history) = match &self.x0 {
-            Some(p) => (p.apply(a, m, s), 2),
-            None => (a.input(2), 3),
-        };
-        let (alpha, sigma) = self.at;
-        let scaled = a.scale(x0, alpha);
-        let difference = a.linear([(1.0, s), (-1.0, scaled)]);
-        let eps = a.scale(difference, 1.0 / sigma);
-        let c = &self.coeffs;
-        let sum = match c.len() {
-            2 => a.linear([(c[0], s), (c[1], eps)]),
-            3 => {
-                let m1 = a.input(history);
-                a.linear([(c[0], s), (c[1], eps), (c[2], m1)])
-            }
-            _ => {
-                let (m1, m2) = (a.input(history), a.input(history + 1));
-                a.linear([(c[0], s), (c[1], eps), (c[2], m1), (c[3], m2)])
-            }
-        };
-        let prev = match self.scale {
-            Some(alpha_t) => a.scale(sum, alpha_t),
-            None => sum,
-        };
-        [prev, eps]
+    /// diffusers' `multistep_deis_third_order_update`, `m0` this step's
+    /// converted output, `m1` and `m2` the previous ones.
+    fn multistep_deis_third_order_update(
+        &self,
+        [m0, m1, m2]: [&T; 3],
+        sample: &T,
+        step_index: usize,
+    ) -> T {
+        let (alpha_t, rho_t) = self.rho(step_index + 1);
+        let (alpha_s0, rho_s0) = self.rho(step_index);
+        let (_, rho_s1) = self.rho(step_index - 1);
+        let (_, rho_s2) = self.rho(step_index - 2);
+        let coef1 =
+            ind_fn3(rho_t, rho_s0, rho_s1, rho_s2) - ind_fn3(rho_s0, rho_s0, rho_s1, rho_s2);
+        let coef2 =
+            ind_fn3(rho_t, rho_s1, rho_s2, rho_s0) - ind_fn3(rho_s0, rho_s1, rho_s2, rho_s0);
+        let coef3 =
+            ind_fn3(rho_t, rho_s2, rho_s0, rho_s1) - ind_fn3(rho_s0, rho_s2, rho_s0, rho_s1);
+        // alpha_t * (sample / alpha_s0 + coef1 * m0 + coef2 * m1 + coef3 * m2)
+        T::linear_combination(&[
+            (1.0 / f64::from(alpha_s0), sample),
+            (f64::from(coef1), m0),
+            (f64::from(coef2), m1),
+            (f64::from(coef3), m2),
+        ])
+        .scale(f64::from(alpha_t))
     }
 }
 
@@ -446,7 +420,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
             }
             None => c.flow_shift,
         };
-        let base = spaced_timesteps(c.timestep_spacing, n, train, train, c.steps_offset);
+        let base = solver_timesteps(c.timestep_spacing, n, train, train, c.steps_offset);
         let table = &self.train_sigmas;
         let log_sigmas = common::log_table(table);
         let (sigma_min, sigma_max) = (table[0], table[train - 1]);
@@ -522,14 +496,14 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_shapes(model_output, sample)?;
-        let idx = self.index.peek(t, &self.timesteps)?;
+        let step_index = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
-        if idx >= n {
-            return Err(SchedulerError::PastLastStep(idx));
+        if step_index >= n {
+            return Err(SchedulerError::PastLastStep(step_index));
         }
         let c = &self.config;
-        let lower_order_final = idx == n - 1 && c.lower_order_final && n < 15;
-        let lower_order_second = idx + 2 == n && c.lower_order_final && n < 15;
+        let lower_order_final = step_index == n - 1 && c.lower_order_final && n < 15;
+        let lower_order_second = step_index + 2 == n && c.lower_order_final && n < 15;
         let order = if c.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
             1
         } else if c.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
@@ -537,47 +511,41 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
         } else {
             3
         };
-        if idx + 1 < order {
+        if step_index + 1 < order {
             return Err(SchedulerError::Unsupported {
                 class: CLASS_NAME,
                 what: format!(
-                    "an order-{order} step at step index {idx} (set_begin_index changed mid-run?)"
+                    "an order-{order} step at step index {step_index} (set_begin_index changed mid-run?)"
                 ),
             });
         }
-        let (x0, done) = self.x0(model_output, sample, idx)?;
+        let converted = self.convert_model_output(model_output, sample, step_index)?;
+        // The converted outputs of the previous steps, newest first.
         let k = self.model_outputs.len();
-        let history = |back: usize| -> Result<&T> {
-            self.model_outputs[k - back]
-                .as_ref()
-                .ok_or(SchedulerError::Unsupported {
-                    class: CLASS_NAME,
-                    what: "a multistep update without history".into(),
-                })
+        let previous = (1..order)
+            .map(|back| self.model_outputs[k - back].as_ref())
+            .collect::<Option<Vec<&T>>>()
+            .ok_or(SchedulerError::Unsupported {
+                class: CLASS_NAME,
+                what: "a multistep update without history".into(),
+            })?;
+        check_step_tensors(model_output, previous.iter().copied())?;
+        check_finite(model_output, sample)?;
+        let prev_sample = match previous[..] {
+            [] => self.deis_first_order_update(&converted, sample, step_index),
+            [m1] => self.multistep_deis_second_order_update([&converted, m1], sample, step_index),
+            [m1, m2, ..] => {
+                self.multistep_deis_third_order_update([&converted, m1, m2], sample, step_index)
+            }
         };
-        let mut inputs = vec![model_output, sample];
-        inputs.extend(done.as_ref());
-        for back in 1..order {
-            inputs.push(history(back)?);
-        }
-        let (coeffs, scale) = self.update(idx, order);
-        let (alpha_t, sigma_t) = self.alpha_sigma(idx);
-        let kernel = DeisStep {
-            x0,
-            at: (alpha_t as f64, sigma_t as f64),
-            coeffs,
-            scale,
-        };
-        let [prev, converted] = common::run_step(&kernel, &inputs, [true, true])?;
-        let (prev, converted) = (common::required(prev)?, common::required(converted)?);
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));
         if self.lower_order_nums < self.config.solver_order {
             self.lower_order_nums += 1;
         }
-        self.index.step_index = Some(idx + 1);
+        self.index.step_index = Some(step_index + 1);
         Ok(StepOutput {
-            prev_sample: prev,
+            prev_sample,
             pred_original_sample: None,
         })
     }

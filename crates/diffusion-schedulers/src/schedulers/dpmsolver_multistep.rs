@@ -12,8 +12,8 @@
 //! few ulps even where the coefficients cancel (third-order updates, short steps).
 //!
 //! The helpers shared with DEIS, the singlestep solver and UniPC (timestep
-//! spacing, flow sigmas, `alpha_sigma`, thresholding, `add_noise`) live in
-//! `crate::multistep`.
+//! spacing, flow sigmas, `alpha_sigma`, `convert_model_output` with its thresholding,
+//! `add_noise`) live in `crate::multistep`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,10 +23,10 @@ use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
 };
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, Prediction, alpha_sigma, final_sigma, flow_sigmas, sigma_add_noise,
-    spaced_timesteps, sub, threshold_sample, validate_thresholding,
+    Conversion, Form, alpha_sigma, check_finite, check_step_tensors, convert_model_output,
+    final_sigma, flow_sigmas, lambda_f32, sde_noise, sigma_add_noise, solver_timesteps, sub,
+    validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -74,26 +74,7 @@ impl DpmAlgorithmType {
     }
 }
 
-/// `solver_type` of the multistep solvers. DPM-Solver uses `midpoint`/`heun`
-/// and loads UniPC's `bh1`/`bh2` and DEIS' `logrho` as `midpoint`; DEIS loads
-/// every one of them as `logrho`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MultistepSolverType {
-    Midpoint,
-    Heun,
-    Logrho,
-    Bh1,
-    Bh2,
-}
-
-/// `variance_type` of a model that also predicts its variance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VarianceType {
-    Learned,
-    LearnedRange,
-}
+pub use crate::multistep::{MultistepSolverType, VarianceType};
 
 /// diffusers' `DPMSolverMultistepScheduler` config, with its defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,25 +143,6 @@ impl Default for DPMSolverMultistepConfig {
             rescale_betas_zero_snr: false,
             use_dynamic_shifting: false,
             time_shift_type: "exponential".into(),
-        }
-    }
-}
-
-/// The alpha, sigma and log-SNR of one point of the schedule, in `f32`.
-#[derive(Debug, Clone, Copy)]
-struct Point {
-    alpha: f32,
-    sigma: f32,
-    lambda: f32,
-}
-
-impl Point {
-    fn new(sigma: f64, flow: bool) -> Self {
-        let (alpha, sigma) = alpha_sigma(sigma as f32, flow);
-        Self {
-            alpha,
-            sigma,
-            lambda: alpha.ln() - sigma.ln(),
         }
     }
 }
@@ -393,27 +355,21 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
                     .count();
                 let last_timestep = train - clipped;
                 Ok((
-                    spaced_timesteps(c.timestep_spacing, n, train, last_timestep, c.steps_offset),
+                    solver_timesteps(c.timestep_spacing, n, train, last_timestep, c.steps_offset),
                     Some(n),
                 ))
             }
         }
     }
 
-    /// The model output converted to what the algorithm integrates: `x0` for
-    /// the `++` variants, the noise otherwise. Without thresholding this is a
-    /// [`Prediction`] the step's kernel computes in its pass; thresholding needs
-    /// a per-item quantile of the whole `x0`, so then it is computed here.
-    fn convert_model_output(
-        &self,
-        model_output: &T,
-        sample: &T,
-        idx: usize,
-    ) -> Result<Converted<T>> {
+    fn alpha_sigma(&self, i: usize) -> (f32, f32) {
+        alpha_sigma(self.sigmas[i] as f32, self.config.use_flow_sigmas)
+    }
+
+    /// diffusers' `convert_model_output`: `x0_pred` for DPM-Solver++, the
+    /// noise `epsilon` for DPM-Solver.
+    fn convert_model_output(&self, model_output: &T, sample: &T, step_index: usize) -> Result<T> {
         let c = &self.config;
-        let sigma = self.sigmas[idx] as f32;
-        let (alpha_t, sigma_t) = alpha_sigma(sigma, c.use_flow_sigmas);
-        let (a, s) = (alpha_t as f64, sigma_t as f64);
         if c.prediction_type == PredictionType::Epsilon && c.variance_type.is_some() {
             let shape = model_output.shape();
             if shape.len() < 2 || shape[1] > 3 {
@@ -423,296 +379,217 @@ impl<T: SchedulerTensor> DPMSolverMultistepScheduler<T> {
                 )));
             }
         }
-        let form = Difference::ScaledFirst;
-        let (pred, at) = (c.prediction_type, (alpha_t, sigma_t));
-        let prediction = if c.algorithm_type.data_prediction() {
-            Prediction::data(pred, form, at, sigma as f64)
-        } else {
-            Prediction::noise(pred, form, at).ok_or_else(|| {
-                Self::unsupported(
-                    "prediction_type `flow_prediction` with a noise-prediction algorithm",
-                )
-            })?
+        let conversion = Conversion {
+            prediction_type: c.prediction_type,
+            use_flow_sigmas: c.use_flow_sigmas,
+            thresholding: c
+                .thresholding
+                .then_some((c.dynamic_thresholding_ratio, c.sample_max_value)),
+            form: Form::ScaledFirst,
         };
-        if !c.thresholding {
-            return Ok(Converted::Fused(prediction));
-        }
-        let (ratio, max) = (c.dynamic_thresholding_ratio, c.sample_max_value);
-        let converted = prediction.run(model_output, sample)?;
-        Ok(Converted::Done(if c.algorithm_type.data_prediction() {
-            threshold_sample(&converted, ratio, max)
-        } else {
-            let x0 = sub(sample, &converted.scale(s)).scale(1.0 / a);
-            let x0 = threshold_sample(&x0, ratio, max);
-            sub(sample, &x0.scale(a)).scale(1.0 / s)
-        }))
+        let sigma = self.sigmas[step_index] as f32;
+        let predict_x0 = c.algorithm_type.data_prediction();
+        convert_model_output(model_output, sample, sigma, predict_x0, &conversion)
     }
 
-    /// The coefficients of the update of order `order` from step `idx`
-    /// (`f32` scalars, as diffusers evaluates them).
-    fn update(&self, idx: usize, order: usize) -> Result<DpmUpdate> {
-        let flow = self.config.use_flow_sigmas;
-        let t = Point::new(self.sigmas[idx + 1], flow);
-        let s0 = Point::new(self.sigmas[idx], flow);
-        let h = t.lambda - s0.lambda;
-        let f = |v: f32| v as f64;
-        let heun = self.config.solver_type == MultistepSolverType::Heun;
-        let algorithm = self.config.algorithm_type;
-        // The sample's coefficient and the noise's, per algorithm.
-        let e2 = (-2.0 * h).exp();
-        let (sample, noise) = match algorithm {
+    /// diffusers' `dpm_solver_first_order_update` (the scalars in `f32`, as
+    /// diffusers evaluates them).
+    fn dpm_solver_first_order_update(
+        &self,
+        model_output: &T,
+        sample: &T,
+        noise: Option<&T>,
+        step_index: usize,
+    ) -> Result<T> {
+        let (alpha_t, sigma_t) = self.alpha_sigma(step_index + 1);
+        let (alpha_s, sigma_s) = self.alpha_sigma(step_index);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        let lambda_s = lambda_f32(alpha_s, sigma_s);
+        let h = lambda_t - lambda_s;
+        let f = f64::from;
+        Ok(match self.config.algorithm_type {
             DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
-                (f(t.sigma / s0.sigma), None)
+                T::linear_combination(&[
+                    (f(sigma_t / sigma_s), sample),
+                    (-f(alpha_t * ((-h).exp() - 1.0)), model_output),
+                ])
             }
-            DpmAlgorithmType::DpmSolver => (f(t.alpha / s0.alpha), None),
-            DpmAlgorithmType::SdeDpmSolverPlusPlus => (
-                f(t.sigma / s0.sigma * (-h).exp()),
-                Some(f(t.sigma * (1.0 - e2).sqrt())),
-            ),
-            DpmAlgorithmType::SdeDpmSolver => (
-                f(t.alpha / s0.alpha),
-                Some(f(t.sigma * ((2.0 * h).exp() - 1.0).sqrt())),
-            ),
-        };
-        let terms = match order {
-            1 => UpdateTerms::First {
-                d0: match algorithm {
-                    DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
-                        -f(t.alpha * ((-h).exp() - 1.0))
-                    }
-                    DpmAlgorithmType::DpmSolver => -f(t.sigma * (h.exp() - 1.0)),
-                    DpmAlgorithmType::SdeDpmSolverPlusPlus => f(t.alpha * (1.0 - e2)),
-                    DpmAlgorithmType::SdeDpmSolver => -f(2.0 * (t.sigma * (h.exp() - 1.0))),
-                },
-            },
-            2 => {
-                let s1 = Point::new(self.sigmas[idx - 1], flow);
-                let r0 = (s0.lambda - s1.lambda) / h;
-                let (d0, d1) = match algorithm {
-                    DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
-                        let c0 = t.alpha * ((-h).exp() - 1.0);
-                        let c1 = if heun {
-                            t.alpha * (((-h).exp() - 1.0) / h + 1.0)
-                        } else {
-                            -(0.5 * c0)
-                        };
-                        (-f(c0), f(c1))
-                    }
-                    DpmAlgorithmType::DpmSolver => {
-                        let c0 = t.sigma * (h.exp() - 1.0);
-                        let c1 = if heun {
-                            t.sigma * ((h.exp() - 1.0) / h - 1.0)
-                        } else {
-                            0.5 * c0
-                        };
-                        (-f(c0), -f(c1))
-                    }
-                    DpmAlgorithmType::SdeDpmSolverPlusPlus => {
-                        let c0 = t.alpha * (1.0 - e2);
-                        let c1 = if heun {
-                            t.alpha * ((1.0 - e2) / (-2.0 * h) + 1.0)
-                        } else {
-                            0.5 * c0
-                        };
-                        (f(c0), f(c1))
-                    }
-                    DpmAlgorithmType::SdeDpmSolver => {
-                        let c0 = 2.0 * (t.sigma * (h.exp() - 1.0));
-                        let c1 = if heun {
-                            2.0 * (t.sigma * ((h.exp() - 1.0) / h - 1.0))
-                        } else {
-                            t.sigma * (h.exp() - 1.0)
-                        };
-                        (-f(c0), -f(c1))
-                    }
-                };
-                UpdateTerms::Second {
-                    inv_r0: (1.0 / r0) as f64,
-                    d0,
-                    d1,
-                }
-            }
-            _ => {
-                let s1 = Point::new(self.sigmas[idx - 1], flow);
-                let s2 = Point::new(self.sigmas[idx - 2], flow);
-                let r0 = (s0.lambda - s1.lambda) / h;
-                let r1 = (s1.lambda - s2.lambda) / h;
-                let (d0, d1, d2) = match algorithm {
-                    DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
-                        let em = (-h).exp() - 1.0;
-                        (
-                            -f(t.alpha * em),
-                            f(t.alpha * (em / h + 1.0)),
-                            -f(t.alpha * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)),
-                        )
-                    }
-                    DpmAlgorithmType::DpmSolver => {
-                        let ep = h.exp() - 1.0;
-                        (
-                            -f(t.sigma * ep),
-                            -f(t.sigma * (ep / h - 1.0)),
-                            -f(t.sigma * ((h.exp() - 1.0 - h) / (h * h) - 0.5)),
-                        )
-                    }
-                    DpmAlgorithmType::SdeDpmSolverPlusPlus => {
-                        let two_h = 2.0 * h;
-                        (
-                            f(t.alpha * (1.0 - e2)),
-                            f(t.alpha * ((1.0 - e2) / (-2.0 * h) + 1.0)),
-                            f(t.alpha * ((1.0 - e2 - 2.0 * h) / (two_h * two_h) - 0.5)),
-                        )
-                    }
-                    DpmAlgorithmType::SdeDpmSolver => {
-                        return Err(Self::unsupported(
-                            "a third-order step with algorithm_type `sde-dpmsolver` \
-                             (diffusers has no such update); use solver_order <= 2",
-                        ));
-                    }
-                };
-                UpdateTerms::Third {
-                    inv_r0: (1.0 / r0) as f64,
-                    inv_r1: (1.0 / r1) as f64,
-                    weight: (r0 / (r0 + r1)) as f64,
-                    inv_r: (1.0 / (r0 + r1)) as f64,
-                    d0,
-                    d1,
-                    d2,
-                }
-            }
-        };
-        Ok(DpmUpdate {
-            sample,
-            terms,
-            noise,
+            DpmAlgorithmType::DpmSolver => T::linear_combination(&[
+                (f(alpha_t / alpha_s), sample),
+                (-f(sigma_t * (h.exp() - 1.0)), model_output),
+            ]),
+            DpmAlgorithmType::SdeDpmSolverPlusPlus => T::linear_combination(&[
+                (f(sigma_t / sigma_s * (-h).exp()), sample),
+                (f(alpha_t * (1.0 - (-2.0 * h).exp())), model_output),
+                (
+                    f(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt()),
+                    sde_noise(noise)?,
+                ),
+            ]),
+            DpmAlgorithmType::SdeDpmSolver => T::linear_combination(&[
+                (f(alpha_t / alpha_s), sample),
+                (-f(2.0 * (sigma_t * (h.exp() - 1.0))), model_output),
+                (
+                    f(sigma_t * ((2.0 * h).exp() - 1.0).sqrt()),
+                    sde_noise(noise)?,
+                ),
+            ]),
         })
     }
-}
 
-/// [`DPMSolverMultistepScheduler::convert_model_output`]'s result.
-enum Converted<T> {
-    /// Computed in the step's pass.
-    Fused(Prediction),
-    /// Computed beforehand (thresholding).
-    Done(T),
-}
-
-/// The multistep update: `sample * x + d0 * m0 + d1 * D1 + d2 * D2 (+ noise * z)`,
-/// with `D1`, `D2` the divided differences of the converted outputs `m0`
-/// (this step's), `m1`, `m2` (the history), as diffusers' `*_update`s.
-#[derive(Debug, Clone, Copy)]
-struct DpmUpdate {
-    sample: f64,
-    terms: UpdateTerms,
-    noise: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum UpdateTerms {
-    First {
-        d0: f64,
-    },
-    /// `D1 = (m0 - m1) / r0`.
-    Second {
-        inv_r0: f64,
-        d0: f64,
-        d1: f64,
-    },
-    /// `D1_0 = (m0 - m1) / r0`, `D1_1 = (m1 - m2) / r1`,
-    /// `D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)`, `D2 = (D1_0 - D1_1) / (r0 + r1)`.
-    Third {
-        inv_r0: f64,
-        inv_r1: f64,
-        weight: f64,
-        inv_r: f64,
-        d0: f64,
-        d1: f64,
-        d2: f64,
-    },
-}
-
-/// The element-wise part of a DPM-Solver step. Inputs: model output, sample,
-/// then the converted output when computed beforehand, the history (newest
-/// first, as the order needs), the noise. Outputs: `[prev, converted]`.
-struct DpmStep {
-    /// `None`: the converted output is input 2.
-    convert: Option<Prediction>,
-    update: DpmUpdate,
-}
-
-impl DpmStep {
-    /// The first input after the model output, sample and converted output.
-    #[inline(always)]
-    fn history(&self) -> usize {
-        if self.convert.is_some() { 2 } else { 3 }
+    /// diffusers' `multistep_dpm_solver_second_order_update`, `m0` this
+    /// step's converted output and `m1` the previous one.
+    fn multistep_dpm_solver_second_order_update(
+        &self,
+        [m0, m1]: [&T; 2],
+        sample: &T,
+        noise: Option<&T>,
+        step_index: usize,
+    ) -> Result<T> {
+        let (alpha_t, sigma_t) = self.alpha_sigma(step_index + 1);
+        let (alpha_s0, sigma_s0) = self.alpha_sigma(step_index);
+        let (alpha_s1, sigma_s1) = self.alpha_sigma(step_index - 1);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        let lambda_s0 = lambda_f32(alpha_s0, sigma_s0);
+        let lambda_s1 = lambda_f32(alpha_s1, sigma_s1);
+        let (h, h_0) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1);
+        let r0 = h_0 / h;
+        let f = f64::from;
+        let (d0, d1) = (m0, &sub(m0, m1).scale(f(1.0 / r0)));
+        let heun = self.config.solver_type == MultistepSolverType::Heun;
+        Ok(match self.config.algorithm_type {
+            DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
+                let d1_coefficient = if heun {
+                    alpha_t * (((-h).exp() - 1.0) / h + 1.0)
+                } else {
+                    -(0.5 * (alpha_t * ((-h).exp() - 1.0)))
+                };
+                T::linear_combination(&[
+                    (f(sigma_t / sigma_s0), sample),
+                    (-f(alpha_t * ((-h).exp() - 1.0)), d0),
+                    (f(d1_coefficient), d1),
+                ])
+            }
+            DpmAlgorithmType::DpmSolver => {
+                let d1_coefficient = if heun {
+                    sigma_t * ((h.exp() - 1.0) / h - 1.0)
+                } else {
+                    0.5 * (sigma_t * (h.exp() - 1.0))
+                };
+                T::linear_combination(&[
+                    (f(alpha_t / alpha_s0), sample),
+                    (-f(sigma_t * (h.exp() - 1.0)), d0),
+                    (-f(d1_coefficient), d1),
+                ])
+            }
+            DpmAlgorithmType::SdeDpmSolverPlusPlus => {
+                let d1_coefficient = if heun {
+                    alpha_t * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0)
+                } else {
+                    0.5 * (alpha_t * (1.0 - (-2.0 * h).exp()))
+                };
+                T::linear_combination(&[
+                    (f(sigma_t / sigma_s0 * (-h).exp()), sample),
+                    (f(alpha_t * (1.0 - (-2.0 * h).exp())), d0),
+                    (f(d1_coefficient), d1),
+                    (
+                        f(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt()),
+                        sde_noise(noise)?,
+                    ),
+                ])
+            }
+            DpmAlgorithmType::SdeDpmSolver => {
+                let d1_coefficient = if heun {
+                    2.0 * (sigma_t * ((h.exp() - 1.0) / h - 1.0))
+                } else {
+                    sigma_t * (h.exp() - 1.0)
+                };
+                T::linear_combination(&[
+                    (f(alpha_t / alpha_s0), sample),
+                    (-f(2.0 * (sigma_t * (h.exp() - 1.0))), d0),
+                    (-f(d1_coefficient), d1),
+                    (
+                        f(sigma_t * ((2.0 * h).exp() - 1.0).sqrt()),
+                        sde_noise(noise)?,
+                    ),
+                ])
+            }
+        })
     }
 
-    /// The noise's input.
-    #[inline(always)]
-    fn noise_input(&self) -> usize {
-        self.history()
-            + match self.update.terms {
-                UpdateTerms::First { .. } => 0,
-                UpdateTerms::Second { .. } => 1,
-                UpdateTerms::Third { .. } => 2,
+    /// diffusers' `multistep_dpm_solver_third_order_update`, `m0` this
+    /// step's converted output, `m1` and `m2` the previous ones.
+    fn multistep_dpm_solver_third_order_update(
+        &self,
+        [m0, m1, m2]: [&T; 3],
+        sample: &T,
+        noise: Option<&T>,
+        step_index: usize,
+    ) -> Result<T> {
+        let (alpha_t, sigma_t) = self.alpha_sigma(step_index + 1);
+        let (alpha_s0, sigma_s0) = self.alpha_sigma(step_index);
+        let (alpha_s1, sigma_s1) = self.alpha_sigma(step_index - 1);
+        let (alpha_s2, sigma_s2) = self.alpha_sigma(step_index - 2);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        let lambda_s0 = lambda_f32(alpha_s0, sigma_s0);
+        let lambda_s1 = lambda_f32(alpha_s1, sigma_s1);
+        let lambda_s2 = lambda_f32(alpha_s2, sigma_s2);
+        let (h, h_0, h_1) = (
+            lambda_t - lambda_s0,
+            lambda_s0 - lambda_s1,
+            lambda_s1 - lambda_s2,
+        );
+        let (r0, r1) = (h_0 / h, h_1 / h);
+        let f = f64::from;
+        let d0 = m0;
+        let d1_0 = sub(m0, m1).scale(f(1.0 / r0));
+        let d1_1 = sub(m1, m2).scale(f(1.0 / r1));
+        let d1_0_minus_d1_1 = sub(&d1_0, &d1_1);
+        let d1 = &T::linear_combination(&[(1.0, &d1_0), (f(r0 / (r0 + r1)), &d1_0_minus_d1_1)]);
+        let d2 = &d1_0_minus_d1_1.scale(f(1.0 / (r0 + r1)));
+        Ok(match self.config.algorithm_type {
+            DpmAlgorithmType::DpmSolverPlusPlus | DpmAlgorithmType::Deis => {
+                T::linear_combination(&[
+                    (f(sigma_t / sigma_s0), sample),
+                    (-f(alpha_t * ((-h).exp() - 1.0)), d0),
+                    (f(alpha_t * (((-h).exp() - 1.0) / h + 1.0)), d1),
+                    (-f(alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)), d2),
+                ])
             }
+            DpmAlgorithmType::DpmSolver => T::linear_combination(&[
+                (f(alpha_t / alpha_s0), sample),
+                (-f(sigma_t * (h.exp() - 1.0)), d0),
+                (-f(sigma_t * ((h.exp() - 1.0) / h - 1.0)), d1),
+                (-f(sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5)), d2),
+            ]),
+            DpmAlgorithmType::SdeDpmSolverPlusPlus => T::linear_combination(&[
+                (f(sigma_t / sigma_s0 * (-h).exp()), sample),
+                (f(alpha_t * (1.0 - (-2.0 * h).exp())), d0),
+                (
+                    f(alpha_t * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0)),
+                    d1,
+                ),
+                (
+                    f(alpha_t
+                        * ((1.0 - (-2.0 * h).exp() - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5)),
+                    d2,
+                ),
+                (
+                    f(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt()),
+                    sde_noise(noise)?,
+                ),
+            ]),
+            // Refused by `step` before anything is drawn.
+            DpmAlgorithmType::SdeDpmSolver => return Err(Self::no_third_order_sde()),
+        })
     }
-}
 
-impl Kernel<2> for DpmStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
-        let (m, s) = (a.input(0), a.input(1));
-        let m0 = match &self.convert {
-            Some(p) => p.apply(a, m, s),
-            None => a.input(2),
-        };
-        let h = self.history();
-        let u = self.update;
-        // Not `Option::map`: no closures in a kernel (see `Kernel`).
-        #[allow(clippy::manual_map)]
-        let z = match u.noise {
-            Some(c) => Some((c, a.input(self.noise_input()))),
-            None => None,
-        };
-        let prev = match u.terms {
-            UpdateTerms::First { d0 } => match z {
-                Some((cz, z)) => a.linear([(u.sample, s), (d0, m0), (cz, z)]),
-                None => a.linear([(u.sample, s), (d0, m0)]),
-            },
-            UpdateTerms::Second { inv_r0, d0, d1 } => {
-                let m1 = a.input(h);
-                let diff = a.linear([(1.0, m0), (-1.0, m1)]);
-                let big_d1 = a.scale(diff, inv_r0);
-                match z {
-                    Some((cz, z)) => a.linear([(u.sample, s), (d0, m0), (d1, big_d1), (cz, z)]),
-                    None => a.linear([(u.sample, s), (d0, m0), (d1, big_d1)]),
-                }
-            }
-            UpdateTerms::Third {
-                inv_r0,
-                inv_r1,
-                weight,
-                inv_r,
-                d0,
-                d1,
-                d2,
-            } => {
-                let (m1, m2) = (a.input(h), a.input(h + 1));
-                let diff0 = a.linear([(1.0, m0), (-1.0, m1)]);
-                let d1_0 = a.scale(diff0, inv_r0);
-                let diff1 = a.linear([(1.0, m1), (-1.0, m2)]);
-                let d1_1 = a.scale(diff1, inv_r1);
-                let diff = a.linear([(1.0, d1_0), (-1.0, d1_1)]);
-                let big_d1 = a.linear([(1.0, d1_0), (weight, diff)]);
-                let big_d2 = a.scale(diff, inv_r);
-                let (s_, d0_, d1_, d2_) = ((u.sample, s), (d0, m0), (d1, big_d1), (d2, big_d2));
-                match z {
-                    Some((cz, z)) => a.linear([s_, d0_, d1_, d2_, (cz, z)]),
-                    None => a.linear([s_, d0_, d1_, d2_]),
-                }
-            }
-        };
-        [prev, m0]
+    /// diffusers has no third-order `sde-dpmsolver` update.
+    fn no_third_order_sde() -> SchedulerError {
+        Self::unsupported(
+            "a third-order step with algorithm_type `sde-dpmsolver` \
+             (diffusers has no such update); use solver_order <= 2",
+        )
     }
 }
 
@@ -864,17 +741,18 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_shapes(model_output, sample)?;
-        let idx = self.index.peek(t, &self.timesteps)?;
+        let step_index = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
-        if idx >= n {
-            return Err(SchedulerError::PastLastStep(idx));
+        if step_index >= n {
+            return Err(SchedulerError::PastLastStep(step_index));
         }
         let c = &self.config;
-        let lower_order_final = idx == n - 1
+        // Improve numerical stability for small numbers of steps.
+        let lower_order_final = step_index == n - 1
             && (c.euler_at_final
                 || (c.lower_order_final && n < 15)
                 || c.final_sigmas_type == FinalSigmasType::Zero);
-        let lower_order_second = idx + 2 == n && c.lower_order_final && n < 15;
+        let lower_order_second = step_index + 2 == n && c.lower_order_final && n < 15;
         let order = if c.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
             1
         } else if c.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
@@ -882,60 +760,52 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
         } else {
             3
         };
-        if idx + 1 < order {
+        if step_index + 1 < order {
             return Err(Self::unsupported(format!(
-                "an order-{order} step at step index {idx} (set_begin_index changed mid-run?)"
+                "an order-{order} step at step index {step_index} (set_begin_index changed mid-run?)"
             )));
         }
         if order == 3 && c.algorithm_type == DpmAlgorithmType::SdeDpmSolver {
-            return Err(Self::unsupported(
-                "a third-order step with algorithm_type `sde-dpmsolver` \
-                 (diffusers has no such update); use solver_order <= 2",
-            ));
+            return Err(Self::no_third_order_sde());
         }
-        let update = self.update(idx, order)?;
-        let converted = self.convert_model_output(model_output, sample, idx)?;
-        let z = if c.algorithm_type.stochastic() {
+        let converted = self.convert_model_output(model_output, sample, step_index)?;
+        let noise = if c.algorithm_type.stochastic() {
             Some(common::step_noise(noise, model_output, sample)?)
         } else {
             None
         };
+        // The converted outputs of the previous steps, newest first.
         let k = self.model_outputs.len();
-        let history = |back: usize| -> Result<&T> {
-            self.model_outputs[k - back]
-                .as_ref()
-                .ok_or_else(|| Self::unsupported("a multistep update without history"))
-        };
-        let mut inputs = vec![model_output, sample];
-        let (convert, done) = match &converted {
-            Converted::Fused(p) => (Some(*p), None),
-            Converted::Done(t) => {
-                inputs.push(t);
-                (None, Some(t))
-            }
-        };
-        for back in 1..order {
-            inputs.push(history(back)?);
-        }
-        inputs.extend(z.as_ref());
-        let kernel = DpmStep { convert, update };
-        let [prev, fused] = common::run_step(&kernel, &inputs, [true, done.is_none()])?;
-        let prev = common::required(prev)?;
-        let converted = match fused {
-            Some(t) => t,
-            None => match converted {
-                Converted::Done(t) => t,
-                Converted::Fused(_) => common::required(None)?,
-            },
+        let previous = (1..order)
+            .map(|back| self.model_outputs[k - back].as_ref())
+            .collect::<Option<Vec<&T>>>()
+            .ok_or_else(|| Self::unsupported("a multistep update without history"))?;
+        check_step_tensors(model_output, previous.iter().copied().chain(noise.as_ref()))?;
+        check_finite(model_output, sample)?;
+        let noise = noise.as_ref();
+        let prev_sample = match previous[..] {
+            [] => self.dpm_solver_first_order_update(&converted, sample, noise, step_index)?,
+            [m1] => self.multistep_dpm_solver_second_order_update(
+                [&converted, m1],
+                sample,
+                noise,
+                step_index,
+            )?,
+            [m1, m2, ..] => self.multistep_dpm_solver_third_order_update(
+                [&converted, m1, m2],
+                sample,
+                noise,
+                step_index,
+            )?,
         };
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));
         if self.lower_order_nums < self.config.solver_order {
             self.lower_order_nums += 1;
         }
-        self.index.step_index = Some(idx + 1);
+        self.index.step_index = Some(step_index + 1);
         Ok(StepOutput {
-            prev_sample: prev,
+            prev_sample,
             pred_original_sample: None,
         })
     }

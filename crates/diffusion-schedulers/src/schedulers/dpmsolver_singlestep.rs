@@ -17,10 +17,9 @@ use serde_json::Value;
 use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, Prediction, alpha_sigma, final_sigma, flow_shifted, lambda_f32, missing_steps,
-    sigma_add_noise,
+    Conversion, Form, alpha_sigma, check_finite, check_step_tensors, convert_model_output,
+    final_sigma, flow_shifted, lambda_f32, missing_steps, sde_noise, sigma_add_noise, sub,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -55,23 +54,7 @@ pub enum SinglestepSolverType {
     Heun,
 }
 
-/// A learned-variance model (output channels: prediction, then variance).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VarianceType {
-    Learned,
-    LearnedRange,
-}
-
-/// How `mu` shifts a flow schedule (`use_dynamic_shifting`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeShiftType {
-    /// `e^mu / (e^mu + (1 / t - 1))`.
-    Exponential,
-    /// `mu / (mu + (1 / t - 1))`.
-    Linear,
-}
+pub use crate::multistep::{TimeShiftType, VarianceType};
 
 /// diffusers' `DPMSolverSinglestepScheduler` config, with its defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,18 +334,12 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
         alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
-    /// diffusers' `convert_model_output`: `x0` for DPM-Solver++, noise for
-    /// DPM-Solver. A [`Prediction`] for the step's pass, or (thresholded: a
-    /// per-item quantile of the whole `x0`) the tensor computed here.
-    fn convert(
-        &self,
-        model_output: &T,
-        sample: &T,
-        idx: usize,
-    ) -> Result<(Option<Prediction>, Option<T>)> {
-        let pred = self.config.prediction_type;
-        if self.config.variance_type.is_some()
-            && pred == PredictionType::Epsilon
+    /// diffusers' `convert_model_output`: `x0_pred` for DPM-Solver++, the
+    /// noise `epsilon` for DPM-Solver.
+    fn convert_model_output(&self, model_output: &T, sample: &T, step_index: usize) -> Result<T> {
+        let c = &self.config;
+        if c.variance_type.is_some()
+            && c.prediction_type == PredictionType::Epsilon
             && model_output.shape().get(1).is_some_and(|&c| c > 3)
         {
             // diffusers keeps the first 3 channels of a learned-variance output; with
@@ -372,237 +349,210 @@ impl<T: SchedulerTensor> DPMSolverSinglestepScheduler<T> {
                 what: "variance_type `learned`/`learned_range` with more than 3 channels".into(),
             });
         }
-        let at = self.alpha_sigma(idx);
-        let form = Difference::OneExpression;
-        if self.config.algorithm_type == SinglestepAlgorithm::DpmSolver {
-            let p = Prediction::noise(pred, form, at).ok_or(SchedulerError::Unsupported {
-                class: CLASS_NAME,
-                what: "prediction_type `flow_prediction` with algorithm_type `dpmsolver`".into(),
-            })?;
-            return Ok((Some(p), None));
-        }
-        let c = &self.config;
-        let threshold = c.thresholding.then_some(|x0: &T| {
-            x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value)
-        });
-        Prediction::data(pred, form, at, self.sigmas[idx]).fused_or_thresholded(
-            model_output,
-            sample,
-            threshold,
-        )
+        let conversion = Conversion {
+            prediction_type: c.prediction_type,
+            use_flow_sigmas: c.use_flow_sigmas,
+            thresholding: c
+                .thresholding
+                .then_some((c.dynamic_thresholding_ratio, c.sample_max_value)),
+            form: Form::OneExpression,
+        };
+        let sigma = self.sigmas[step_index] as f32;
+        let predict_x0 = c.algorithm_type != SinglestepAlgorithm::DpmSolver;
+        convert_model_output(model_output, sample, sigma, predict_x0, &conversion)
     }
 
-    /// The coefficients of the update of order `order` ending at step `idx`,
-    /// from the group's start sample.
-    fn update(&self, idx: usize, order: usize) -> Result<SingleUpdate> {
-        let algo = self.config.algorithm_type;
-        let heun = self.config.solver_type == SinglestepSolverType::Heun;
-        let (alpha_t, sigma_t) = self.alpha_sigma(idx + 1);
-        let lambda_t = lambda_f32(alpha_t, sigma_t);
-        // The group started `order - 1` steps ago.
-        let (alpha_s, sigma_s) = self.alpha_sigma(idx + 1 - order);
-        let lambda_s = lambda_f32(alpha_s, sigma_s);
-        let h = lambda_t - lambda_s;
-        // `(exp(-h) - 1)` and friends, as diffusers' float32 scalars.
-        let em1 = (-h).exp() - 1.0; // exp(-h) - 1
-        let ep1 = h.exp() - 1.0; // exp(h) - 1
-        let e2 = 1.0f32 - (-2.0f32 * h).exp(); // 1 - exp(-2h)
-        let x_scale = match algo {
-            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => sigma_t / sigma_s,
-            SinglestepAlgorithm::DpmSolver => alpha_t / alpha_s,
-            SinglestepAlgorithm::SdeDpmSolverPlusPlus => sigma_t / sigma_s * (-h).exp(),
-        } as f64;
-        // The zeroth-order coefficient, applied to D0.
-        let c0 = match algo {
-            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => -(alpha_t * em1),
-            SinglestepAlgorithm::DpmSolver => -(sigma_t * ep1),
-            SinglestepAlgorithm::SdeDpmSolverPlusPlus => alpha_t * e2,
-        } as f64;
-        // First-order-difference coefficients for "midpoint" and "heun".
-        let c1_mid = match algo {
-            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
-                -(0.5f32 * (alpha_t * em1))
-            }
-            SinglestepAlgorithm::DpmSolver => -(0.5f32 * (sigma_t * ep1)),
-            SinglestepAlgorithm::SdeDpmSolverPlusPlus => 0.5f32 * (alpha_t * e2),
-        } as f64;
-        let c1_heun = match algo {
-            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
-                alpha_t * (em1 / h + 1.0)
-            }
-            SinglestepAlgorithm::DpmSolver => -(sigma_t * (ep1 / h - 1.0)),
-            SinglestepAlgorithm::SdeDpmSolverPlusPlus => alpha_t * (e2 / (-2.0 * h) + 1.0),
-        } as f64;
-        let terms = match order {
-            1 => SingleTerms::First,
-            2 => {
-                let (alpha_s0, sigma_s0) = self.alpha_sigma(idx);
-                let r0 = (lambda_f32(alpha_s0, sigma_s0) - lambda_s) / h;
-                SingleTerms::Second {
-                    inv_r0: (1.0f32 / r0) as f64,
-                    c1: if heun { c1_heun } else { c1_mid },
-                }
-            }
-            _ => {
-                let (alpha_s0, sigma_s0) = self.alpha_sigma(idx);
-                let (alpha_s1, sigma_s1) = self.alpha_sigma(idx - 1);
-                let h_0 = lambda_f32(alpha_s0, sigma_s0) - lambda_s;
-                let h_1 = lambda_f32(alpha_s1, sigma_s1) - lambda_s;
-                let (r0, r1) = (h_0 / h, h_1 / h);
-                let heun = heun.then(|| {
-                    let c2 = match algo {
-                        SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
-                            -(alpha_t * ((em1 + h) / (h * h) - 0.5))
-                        }
-                        SinglestepAlgorithm::DpmSolver => -(sigma_t * ((ep1 - h) / (h * h) - 0.5)),
-                        SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
-                            let hm = -2.0f32 * h;
-                            alpha_t * ((e2 + hm) / (hm * hm) - 0.5)
-                        }
-                    } as f64;
-                    (r0 as f64, r1 as f64, 1.0 / (r0 - r1) as f64, c2)
-                });
-                // "midpoint" at third order uses D1_1 with the heun-type coefficient.
-                SingleTerms::Third {
-                    inv_r0: (1.0f32 / r0) as f64,
-                    inv_r1: (1.0f32 / r1) as f64,
-                    c1: c1_heun,
-                    heun,
-                }
-            }
-        };
-        let noise = (algo == SinglestepAlgorithm::SdeDpmSolverPlusPlus)
-            .then(|| (sigma_t * (1.0f32 - (-2.0f32 * h).exp()).sqrt()) as f64);
-        let finite = [x_scale, c0]
-            .into_iter()
-            .chain(noise)
-            .chain(match terms {
-                SingleTerms::First => vec![],
-                SingleTerms::Second { c1, .. } => vec![c1],
-                SingleTerms::Third { c1, heun, .. } => {
-                    vec![c1].into_iter().chain(heun.map(|h| h.3)).collect()
-                }
-            })
-            .all(f64::is_finite);
-        if !finite {
+    /// `sum_i c_i x_i`, plus `sde-dpmsolver++`'s noise term
+    /// `sigma_t * sqrt(1 - exp(-2h)) * noise`, as the updates end. diffusers
+    /// returns NaN/inf where a coefficient is not finite; this refuses the
+    /// step instead.
+    fn combine(
+        &self,
+        terms: &[(f32, &T)],
+        (sigma_t, h): (f32, f32),
+        noise: Option<&T>,
+        order: usize,
+        step_index: usize,
+    ) -> Result<T> {
+        let mut terms: Vec<(f64, &T)> = terms.iter().map(|&(c, x)| (f64::from(c), x)).collect();
+        if self.config.algorithm_type == SinglestepAlgorithm::SdeDpmSolverPlusPlus {
+            let c = sigma_t * (1.0f32 - (-2.0f32 * h).exp()).sqrt();
+            terms.push((f64::from(c), sde_noise(noise)?));
+        }
+        if !terms.iter().all(|(c, _)| c.is_finite()) {
             return Err(SchedulerError::Unsupported {
                 class: CLASS_NAME,
                 what: format!(
-                    "an order-{order} update at step {idx} with these sigmas (its coefficients are not finite)"
+                    "an order-{order} update at step {step_index} with these sigmas (its coefficients are not finite)"
                 ),
             });
         }
-        Ok(SingleUpdate {
-            x_scale,
-            c0,
-            terms,
-            noise,
-        })
+        Ok(T::linear_combination(&terms))
     }
-}
 
-/// [`DPMSolverSinglestepScheduler::update`]: `x_scale * x + c0 * D0 + ...`
-/// (`+ noise * z`), `D0` the group's first model output.
-#[derive(Debug, Clone, Copy)]
-struct SingleUpdate {
-    x_scale: f64,
-    c0: f64,
-    terms: SingleTerms,
-    noise: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum SingleTerms {
-    /// `c0 * m0`.
-    First,
-    /// `c0 * m1 + c1 * (m0 - m1) / r0`.
-    Second { inv_r0: f64, c1: f64 },
-    /// `D1_0 = (m1 - m2) / r1`, `D1_1 = (m0 - m2) / r0`; `c0 * m2` and, with
-    /// `heun = (r0, r1, 1 / (r0 - r1), c2)`,
-    /// `c1 * (r0 D1_0 - r1 D1_1) / (r0 - r1) + c2 * 2 (D1_1 - D1_0) / (r0 - r1)`,
-    /// else (midpoint) `c1 * D1_1`.
-    Third {
-        inv_r0: f64,
-        inv_r1: f64,
-        c1: f64,
-        heun: Option<(f64, f64, f64, f64)>,
-    },
-}
-
-/// The element-wise part of a singlestep DPM-Solver step. Inputs: model
-/// output, sample, [the converted output when thresholded], the group's start
-/// sample `x` (input `x`), the older converted outputs `m1`, `m2` (from
-/// input `history`, newest first), the noise. Outputs: `[prev, converted,
-/// sample]` (the sample's copy starts a group).
-struct SingleStep {
-    convert: Option<Prediction>,
-    update: SingleUpdate,
-    x: usize,
-    history: usize,
-    noise: usize,
-}
-
-impl Kernel<3> for SingleStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
-        let (m, s) = (a.input(0), a.input(1));
-        let m0 = match &self.convert {
-            Some(p) => p.apply(a, m, s),
-            None => a.input(2),
+    /// diffusers' `dpm_solver_first_order_update` (the scalars in `f32`, as
+    /// diffusers evaluates them).
+    fn dpm_solver_first_order_update(
+        &self,
+        model_output: &T,
+        sample: &T,
+        noise: Option<&T>,
+        step_index: usize,
+    ) -> Result<T> {
+        let (alpha_t, sigma_t) = self.alpha_sigma(step_index + 1);
+        let (alpha_s, sigma_s) = self.alpha_sigma(step_index);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        let lambda_s = lambda_f32(alpha_s, sigma_s);
+        let h = lambda_t - lambda_s;
+        let terms = match self.config.algorithm_type {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => [
+                (sigma_t / sigma_s, sample),
+                (-(alpha_t * ((-h).exp() - 1.0)), model_output),
+            ],
+            SinglestepAlgorithm::DpmSolver => [
+                (alpha_t / alpha_s, sample),
+                (-(sigma_t * (h.exp() - 1.0)), model_output),
+            ],
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => [
+                (sigma_t / sigma_s * (-h).exp(), sample),
+                (alpha_t * (1.0 - (-2.0 * h).exp()), model_output),
+            ],
         };
-        let x = a.input(self.x);
-        let u = self.update;
-        let xs = (u.x_scale, x);
-        // Not `Option::map`: no closures in a kernel (see `Kernel`).
-        #[allow(clippy::manual_map)]
-        let z = match u.noise {
-            Some(c) => Some((c, a.input(self.noise))),
-            None => None,
-        };
-        let prev = match u.terms {
-            SingleTerms::First => match z {
-                Some(z) => a.linear([xs, (u.c0, m0), z]),
-                None => a.linear([xs, (u.c0, m0)]),
-            },
-            SingleTerms::Second { inv_r0, c1 } => {
-                let m1 = a.input(self.history);
-                let diff = a.linear([(1.0, m0), (-1.0, m1)]);
-                let d1 = a.scale(diff, inv_r0);
-                match z {
-                    Some(z) => a.linear([xs, (u.c0, m1), (c1, d1), z]),
-                    None => a.linear([xs, (u.c0, m1), (c1, d1)]),
-                }
-            }
-            SingleTerms::Third {
-                inv_r0,
-                inv_r1,
-                c1,
-                heun,
-            } => {
-                let (m1, m2) = (a.input(self.history), a.input(self.history + 1));
-                let diff0 = a.linear([(1.0, m1), (-1.0, m2)]);
-                let d1_0 = a.scale(diff0, inv_r1);
-                let diff1 = a.linear([(1.0, m0), (-1.0, m2)]);
-                let d1_1 = a.scale(diff1, inv_r0);
-                match heun {
-                    Some((r0, r1, inv, c2)) => {
-                        let d1 = a.linear([(r0, d1_0), (-r1, d1_1)]);
-                        let d1 = a.scale(d1, inv);
-                        let d2 = a.linear([(2.0, d1_1), (-2.0, d1_0)]);
-                        let d2 = a.scale(d2, inv);
-                        match z {
-                            Some(z) => a.linear([xs, (u.c0, m2), (c1, d1), (c2, d2), z]),
-                            None => a.linear([xs, (u.c0, m2), (c1, d1), (c2, d2)]),
-                        }
-                    }
-                    None => match z {
-                        Some(z) => a.linear([xs, (u.c0, m2), (c1, d1_1), z]),
-                        None => a.linear([xs, (u.c0, m2), (c1, d1_1)]),
+        self.combine(&terms, (sigma_t, h), noise, 1, step_index)
+    }
+
+    /// diffusers' `singlestep_dpm_solver_second_order_update`: `m1` the
+    /// group's first converted output, `m0` this step's.
+    fn singlestep_dpm_solver_second_order_update(
+        &self,
+        [m0, m1]: [&T; 2],
+        sample: &T,
+        noise: Option<&T>,
+        step_index: usize,
+    ) -> Result<T> {
+        let (alpha_t, sigma_t) = self.alpha_sigma(step_index + 1);
+        let (alpha_s0, sigma_s0) = self.alpha_sigma(step_index);
+        let (alpha_s1, sigma_s1) = self.alpha_sigma(step_index - 1);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        let lambda_s0 = lambda_f32(alpha_s0, sigma_s0);
+        let lambda_s1 = lambda_f32(alpha_s1, sigma_s1);
+        let (h, h_0) = (lambda_t - lambda_s1, lambda_s0 - lambda_s1);
+        let r0 = h_0 / h;
+        let (d0, d1) = (m1, &sub(m0, m1).scale(f64::from(1.0 / r0)));
+        let heun = self.config.solver_type == SinglestepSolverType::Heun;
+        let terms = match self.config.algorithm_type {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
+                let em1 = (-h).exp() - 1.0;
+                [
+                    (sigma_t / sigma_s1, sample),
+                    (-(alpha_t * em1), d0),
+                    if heun {
+                        (alpha_t * (em1 / h + 1.0), d1)
+                    } else {
+                        (-(0.5 * (alpha_t * em1)), d1)
                     },
-                }
+                ]
+            }
+            SinglestepAlgorithm::DpmSolver => {
+                let ep1 = h.exp() - 1.0;
+                [
+                    (alpha_t / alpha_s1, sample),
+                    (-(sigma_t * ep1), d0),
+                    if heun {
+                        (-(sigma_t * (ep1 / h - 1.0)), d1)
+                    } else {
+                        (-(0.5 * (sigma_t * ep1)), d1)
+                    },
+                ]
+            }
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
+                let e2 = 1.0 - (-2.0 * h).exp();
+                [
+                    (sigma_t / sigma_s1 * (-h).exp(), sample),
+                    (alpha_t * e2, d0),
+                    if heun {
+                        (alpha_t * (e2 / (-2.0 * h) + 1.0), d1)
+                    } else {
+                        (0.5 * (alpha_t * e2), d1)
+                    },
+                ]
             }
         };
-        [prev, m0, s]
+        self.combine(&terms, (sigma_t, h), noise, 2, step_index)
+    }
+
+    /// diffusers' `singlestep_dpm_solver_third_order_update`: `m2` the
+    /// group's first converted output, then `m1`, and `m0` this step's.
+    fn singlestep_dpm_solver_third_order_update(
+        &self,
+        [m0, m1, m2]: [&T; 3],
+        sample: &T,
+        noise: Option<&T>,
+        step_index: usize,
+    ) -> Result<T> {
+        let (alpha_t, sigma_t) = self.alpha_sigma(step_index + 1);
+        let (alpha_s0, sigma_s0) = self.alpha_sigma(step_index);
+        let (alpha_s1, sigma_s1) = self.alpha_sigma(step_index - 1);
+        let (alpha_s2, sigma_s2) = self.alpha_sigma(step_index - 2);
+        let lambda_t = lambda_f32(alpha_t, sigma_t);
+        let lambda_s0 = lambda_f32(alpha_s0, sigma_s0);
+        let lambda_s1 = lambda_f32(alpha_s1, sigma_s1);
+        let lambda_s2 = lambda_f32(alpha_s2, sigma_s2);
+        let (h, h_0, h_1) = (
+            lambda_t - lambda_s2,
+            lambda_s0 - lambda_s2,
+            lambda_s1 - lambda_s2,
+        );
+        let (r0, r1) = (h_0 / h, h_1 / h);
+        let d0 = m2;
+        let d1_0 = sub(m1, m2).scale(f64::from(1.0 / r1));
+        let d1_1 = sub(m0, m2).scale(f64::from(1.0 / r0));
+        let (em1, ep1, e2) = ((-h).exp() - 1.0, h.exp() - 1.0, 1.0 - (-2.0 * h).exp());
+        let (x_coefficient, d0_coefficient, d1_coefficient) = match self.config.algorithm_type {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => (
+                sigma_t / sigma_s2,
+                -(alpha_t * em1),
+                alpha_t * (em1 / h + 1.0),
+            ),
+            SinglestepAlgorithm::DpmSolver => (
+                alpha_t / alpha_s2,
+                -(sigma_t * ep1),
+                -(sigma_t * (ep1 / h - 1.0)),
+            ),
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => (
+                sigma_t / sigma_s2 * (-h).exp(),
+                alpha_t * e2,
+                alpha_t * (e2 / (-2.0 * h) + 1.0),
+            ),
+        };
+        let terms = [(x_coefficient, sample), (d0_coefficient, d0)];
+        if self.config.solver_type == SinglestepSolverType::Midpoint {
+            let terms = [terms[0], terms[1], (d1_coefficient, &d1_1)];
+            return self.combine(&terms, (sigma_t, h), noise, 3, step_index);
+        }
+        // D1 = (r0 * D1_0 - r1 * D1_1) / (r0 - r1), D2 = 2 (D1_1 - D1_0) / (r0 - r1)
+        let (r0_64, r1_64) = (f64::from(r0), f64::from(r1));
+        let d1 = T::linear_combination(&[(r0_64, &d1_0), (-r1_64, &d1_1)]);
+        let d1 = d1.scale(1.0 / f64::from(r0 - r1));
+        let d2 = T::linear_combination(&[(2.0, &d1_1), (-2.0, &d1_0)]);
+        let d2 = d2.scale(1.0 / f64::from(r0 - r1));
+        let d2_coefficient = match self.config.algorithm_type {
+            SinglestepAlgorithm::DpmSolverPlusPlus | SinglestepAlgorithm::Deis => {
+                -(alpha_t * ((em1 + h) / (h * h) - 0.5))
+            }
+            SinglestepAlgorithm::DpmSolver => -(sigma_t * ((ep1 - h) / (h * h) - 0.5)),
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
+                let minus_2h = -2.0 * h;
+                alpha_t * ((e2 + minus_2h) / (minus_2h * minus_2h) - 0.5)
+            }
+        };
+        let terms = [
+            terms[0],
+            terms[1],
+            (d1_coefficient, &d1),
+            (d2_coefficient, &d2),
+        ];
+        self.combine(&terms, (sigma_t, h), noise, 3, step_index)
     }
 }
 
@@ -802,69 +752,63 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
         }
         common::check_step_shapes(model_output, sample)?;
         // Committed (`advance_from`) only once the step has succeeded.
-        let idx = self.index.peek(t, &self.timesteps)?;
-        if idx >= self.timesteps.len() || idx >= self.order_list.len() {
-            return Err(SchedulerError::PastLastStep(idx));
+        let step_index = self.index.peek(t, &self.timesteps)?;
+        if step_index >= self.timesteps.len() || step_index >= self.order_list.len() {
+            return Err(SchedulerError::PastLastStep(step_index));
         }
-        let (convert, done) = self.convert(model_output, sample, idx)?;
-        let z = if self.config.algorithm_type == SinglestepAlgorithm::SdeDpmSolverPlusPlus {
-            Some(common::step_noise(noise, model_output, sample)?)
-        } else {
-            None
+        let converted = self.convert_model_output(model_output, sample, step_index)?;
+        let noise = match self.config.algorithm_type {
+            SinglestepAlgorithm::SdeDpmSolverPlusPlus => {
+                Some(common::step_noise(noise, model_output, sample)?)
+            }
+            _ => None,
         };
         let k = self.config.solver_order;
-        // The history as it will be after this step, newest last (this
-        // step's converted output last).
-        let older: Vec<&T> = self.model_outputs[1..].iter().flatten().collect();
-        let mut order = self.order_list[idx].min(k);
+        // An img2img run may start where the order list asks for more outputs
+        // than the history holds: lower the order until it does.
+        let mut order = self.order_list[step_index].min(k);
         while order > 1 && self.model_outputs[k + 1 - order].is_none() {
             order -= 1;
         }
-        let update = self.update(idx, order)?;
-        let mut inputs = vec![model_output, sample];
-        inputs.extend(done.as_ref());
-        let x = match (order, self.group_sample.as_ref()) {
-            (1, _) | (_, None) => 1,
-            (_, Some(start)) => {
-                inputs.push(start);
-                inputs.len() - 1
-            }
+        // A group's update starts from the sample of its first (order-1) step.
+        let start = match (order, &self.group_sample) {
+            (1, _) | (_, None) => sample,
+            (_, Some(group_sample)) => group_sample,
         };
-        let history = inputs.len();
-        // `m1`, `m2`: the newest older outputs, newest first.
-        for back in 1..order {
-            let m = older
-                .len()
-                .checked_sub(back)
-                .map(|i| older[i])
-                .ok_or(SchedulerError::PastLastStep(idx))?;
-            inputs.push(m);
-        }
-        let noise_input = inputs.len();
-        inputs.extend(z.as_ref());
-        let kernel = SingleStep {
-            convert,
-            update,
-            x,
-            history,
-            noise: noise_input,
+        // The group's earlier converted outputs, newest first.
+        let previous = (1..order)
+            .map(|back| self.model_outputs[k - back].as_ref())
+            .collect::<Option<Vec<&T>>>()
+            .ok_or(SchedulerError::PastLastStep(step_index))?;
+        let noise = noise.as_ref();
+        check_step_tensors(
+            model_output,
+            [start].into_iter().chain(previous.clone()).chain(noise),
+        )?;
+        check_finite(model_output, sample)?;
+        let prev_sample = match previous[..] {
+            [] => self.dpm_solver_first_order_update(&converted, start, noise, step_index)?,
+            [m1] => self.singlestep_dpm_solver_second_order_update(
+                [&converted, m1],
+                start,
+                noise,
+                step_index,
+            )?,
+            [m1, m2, ..] => self.singlestep_dpm_solver_third_order_update(
+                [&converted, m1, m2],
+                start,
+                noise,
+                step_index,
+            )?,
         };
-        let want = [true, done.is_none(), order == 1];
-        let [prev, fused, copy] = common::run_step(&kernel, &inputs, want)?;
-        let prev = common::required(prev)?;
-        let converted = match done {
-            Some(t) => t,
-            None => common::required(fused)?,
-        };
-        // Commit the new state.
         if order == 1 {
-            self.group_sample = Some(common::required(copy)?);
+            self.group_sample = Some(sample.clone());
         }
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));
-        self.index.advance_from(idx);
+        self.index.advance_from(step_index);
         Ok(StepOutput {
-            prev_sample: prev,
+            prev_sample,
             pred_original_sample: None,
         })
     }

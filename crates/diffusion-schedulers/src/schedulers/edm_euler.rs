@@ -10,13 +10,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{Denoise, euler_churn_step, input_sigma, step_position};
 use crate::common::{self, StepIndex, f32r};
 use crate::config::{FinalSigmasType, PredictionType, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::fused::Arith;
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
-use crate::sigmas::{begin_index_beyond, sigma_add_noise};
+use crate::sigmas::{
+    begin_index_beyond, check_step_tensors, churn_gamma, churn_sample, input_sigma,
+    sigma_add_noise, step_position,
+};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "EDMEulerScheduler";
@@ -151,15 +152,14 @@ impl EDMEulerScheduler {
         self.index.reset();
     }
 
-    /// `c_skip * x + c_out * model_output` at noise level `sigma` (f32 scalars, as diffusers).
-    #[inline(always)]
-    fn precondition_outputs<A: Arith>(
+    /// `c_skip * sample + c_out * model_output` at noise level `sigma` (f32
+    /// scalars, as diffusers).
+    fn precondition_outputs<T: SchedulerTensor>(
         &self,
-        a: &mut A,
-        sample: A::V,
-        model_output: A::V,
+        sample: &T,
+        model_output: &T,
         sigma: f64,
-    ) -> A::V {
+    ) -> T {
         let (s, sd) = (sigma as f32, self.config.sigma_data);
         let sd2 = (sd * sd) as f32;
         let denom = s * s + sd2;
@@ -169,14 +169,7 @@ impl EDMEulerScheduler {
             PredictionType::VPrediction => -c_out,
             _ => c_out,
         };
-        a.linear([(c_skip as f64, sample), (c_out as f64, model_output)])
-    }
-}
-
-impl Denoise for EDMEulerScheduler {
-    #[inline(always)]
-    fn x0<A: Arith>(&self, a: &mut A, model_output: A::V, sample: A::V, sigma_hat: f64) -> A::V {
-        self.precondition_outputs(a, sample, model_output, sigma_hat)
+        T::linear_combination(&[(c_skip as f64, sample), (c_out as f64, model_output)])
     }
 }
 
@@ -274,12 +267,33 @@ impl<T: SchedulerTensor> Scheduler<T> for EDMEulerScheduler {
         }
         common::check_step_shapes(model_output, sample)?;
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
-        let (prev, x0) =
-            euler_churn_step(model_output, sample, &self.sigmas, i, options, noise, self)?;
+        let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let gamma = churn_gamma(options, sigma, self.sigmas.len());
+        let sigma_hat = sigma as f32 * (gamma + 1.0) as f32;
+        let noise = if gamma > 0.0 {
+            Some(common::step_noise(noise, model_output, sample)?)
+        } else {
+            None
+        };
+        check_step_tensors(model_output, sample, &noise)?;
+        let churned = noise.map(|noise| churn_sample(sample, noise, sigma, sigma_hat, options));
+        let sample = churned.as_ref().unwrap_or(sample);
+        let sigma_hat = sigma_hat as f64;
+
+        // 1. x0 from the preconditioned model output.
+        let pred_original_sample = self.precondition_outputs(sample, model_output, sigma_hat);
+        // 2. The ODE derivative, and the Euler step along it.
+        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &pred_original_sample)])
+            .scale(1.0 / sigma_hat);
+        let dt = f32r(sigma_next - sigma_hat);
+        let prev_sample = T::linear_combination(&[(1.0, sample), (dt, &derivative)]);
+
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then_some(pred_original_sample),
         })
     }
 

@@ -5,16 +5,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{
-    euler_init_noise_sigma, euler_update, input_sigma, sigma_prediction, step_position,
-};
 use crate::common::{self, StepIndex, f32r};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
-    begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
+    begin_index_beyond, check_step_tensors, fractional_timesteps, init_noise_sigma_f64,
+    input_sigma, interp_sigmas, sigma_add_noise, sigma_pred_original_sample, step_position,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -65,7 +63,7 @@ pub struct EulerAncestralDiscreteScheduler {
 
 impl EulerAncestralDiscreteScheduler {
     pub fn new(config: EulerAncestralDiscreteConfig) -> Result<Self> {
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -121,27 +119,6 @@ pub(crate) fn build<T: SchedulerTensor>(
     )
 }
 
-/// The element-wise part of an ancestral Euler step: the Euler step to
-/// `sigma_down`, then `sigma_up` of fresh noise. Inputs: model output, sample,
-/// noise.
-struct AncestralStep {
-    prediction_type: PredictionType,
-    sigma: f64,
-    dt: f64,
-    sigma_up: f64,
-}
-
-impl Kernel<2> for AncestralStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
-        let (m, s) = (a.input(0), a.input(1));
-        let x0 = sigma_prediction(a, self.prediction_type, m, s, self.sigma, self.sigma);
-        let prev = euler_update(a, s, x0, self.sigma, self.dt);
-        let z = a.input(2);
-        [a.linear([(1.0, prev), (self.sigma_up, z)]), x0]
-    }
-}
-
 impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
     fn class_name(&self) -> &'static str {
         CLASS_NAME
@@ -164,7 +141,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         let c = &self.config;
         common::check_num_steps(n, c.num_train_timesteps)?;
         let timesteps =
-            spaced_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
+            fractional_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
         let mut sigmas: Vec<f64> = interp_sigmas(&timesteps, &self.table)
             .into_iter()
             .map(f32r)
@@ -186,7 +163,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        euler_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma_f64(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
@@ -211,24 +188,33 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestralDiscreteScheduler {
         common::check_step_shapes(model_output, sample)?;
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let (sigma, sigma_to) = (self.sigmas[i] as f32, self.sigmas[i + 1] as f32);
+        let noise = common::step_noise(noise, model_output, sample)?;
+        check_step_tensors(model_output, sample, [&noise])?;
+
+        // 1. x0.
+        let pred_original_sample = sigma_pred_original_sample(
+            self.config.prediction_type,
+            model_output,
+            sample,
+            sigma as f64,
+        );
         // The noise level split of k-diffusion's `get_ancestral_step`, in f32.
         let (from2, to2) = (sigma * sigma, sigma_to * sigma_to);
         let sigma_up = (to2 * (from2 - to2) / from2).max(0.0).sqrt();
         let sigma_down = (to2 - sigma_up * sigma_up).max(0.0).sqrt();
-        let z = common::step_noise(noise, model_output, sample)?;
-        let kernel = AncestralStep {
-            prediction_type: self.config.prediction_type,
-            sigma: sigma as f64,
-            dt: (sigma_down - sigma) as f64,
-            sigma_up: sigma_up as f64,
-        };
-        let want_x0 = options.wants_pred_original_sample();
-        let [prev, x0] = common::run_step(&kernel, &[model_output, sample, &z], [true, want_x0])?;
-        let prev = common::required(prev)?;
+        // 2. The ODE derivative, the Euler step to `sigma_down`, then noise up to `sigma_to`.
+        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &pred_original_sample)])
+            .scale(1.0 / sigma as f64);
+        let dt = (sigma_down - sigma) as f64;
+        let prev_sample = T::linear_combination(&[(1.0, sample), (dt, &derivative)]);
+        let prev_sample = T::linear_combination(&[(1.0, &prev_sample), (sigma_up as f64, &noise)]);
+
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then_some(pred_original_sample),
         })
     }
 

@@ -5,21 +5,19 @@
 //! fed `x / sqrt(sigma^2 + 1)`. Timesteps are fractional training timesteps
 //! (or `0.25 * ln(sigma)` for continuous v-prediction models). With `s_churn > 0`
 //! noise is re-injected before the step ("churn").
-//!
-//! This file also holds the sigma-schedule helpers shared by the other
-//! k-diffusion style schedulers of this crate (Euler ancestral, LMS).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex, f32r};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, TimestepType};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
 use crate::sigmas::{
-    SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
-    validate_sigma_betas, validate_sigma_bound,
+    SigmaSpacing, begin_index_beyond, check_step_tensors, churn_gamma, churn_sample,
+    fractional_timesteps, init_noise_sigma_f64, input_sigma, interp_sigmas, sigma_add_noise,
+    sigma_pred_original_sample, sigma_to_t_numpy_f32, step_position, validate_sigma_bound,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -82,214 +80,6 @@ impl Default for EulerDiscreteConfig {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Sigma-schedule helpers shared with `euler_ancestral_discrete` and `lms_discrete`.
-// ---------------------------------------------------------------------------
-
-/// `init_noise_sigma` of the Euler family: the largest sigma, or
-/// `sqrt(max^2 + 1)` for `leading` spacing.
-pub(crate) fn euler_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
-    let max = sigmas.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    match spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-        TimestepSpacing::Leading => f32r((max * max + 1.0).sqrt()),
-    }
-}
-
-/// diffusers' `_sigma_to_t` evaluated with a `float32` sigma (the custom-sigmas
-/// path, where numpy keeps the whole interpolation weight in `float32`).
-pub(crate) fn sigma_to_t_f32(sigma: f64, log_sigmas: &[f64]) -> f64 {
-    let log_sigma = (sigma as f32).max(1e-10f32).ln();
-    let n = log_sigmas.len();
-    let count = log_sigmas
-        .iter()
-        .filter(|&&ls| log_sigma - ls as f32 >= 0.0)
-        .count();
-    let low_idx = if count == 0 {
-        0
-    } else {
-        (count - 1).min(n - 2)
-    };
-    let high_idx = low_idx + 1;
-    let low = log_sigmas[low_idx] as f32;
-    let high = log_sigmas[high_idx] as f32;
-    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
-    (1.0f32 - w) as f64 * low_idx as f64 + w as f64 * high_idx as f64
-}
-
-/// The index into the sigmas of a step at timestep `t`, with the checks that the
-/// step and its successor exist.
-pub(crate) fn step_position(
-    index: &StepIndex,
-    t: f64,
-    schedule: &[f64],
-    sigmas: &[f64],
-) -> Result<usize> {
-    let i = index.peek(t, schedule)?;
-    if i + 1 >= sigmas.len() {
-        return Err(SchedulerError::PastLastStep(i));
-    }
-    Ok(i)
-}
-
-/// The sigma at the current (or first) step, for `scale_model_input`.
-pub(crate) fn input_sigma(
-    index: &mut StepIndex,
-    t: f64,
-    schedule: &[f64],
-    sigmas: &[f64],
-) -> Result<f64> {
-    let i = index.current(t, schedule)?;
-    sigmas
-        .get(i)
-        .copied()
-        .ok_or(SchedulerError::PastLastStep(i))
-}
-
-/// The Karras "churn" factor `gamma` of a step at `sigma` (0 outside `[s_tmin, s_tmax]`).
-pub(crate) fn churn_gamma(options: &StepOptions, sigma: f64, num_sigmas: usize) -> f64 {
-    let s_churn = options.s_churn.unwrap_or(0.0);
-    let s_tmin = options.s_tmin.unwrap_or(0.0);
-    let s_tmax = options.s_tmax.unwrap_or(f64::INFINITY);
-    // torch compares the f32 sigma with the bounds cast to f32.
-    let sig = sigma as f32;
-    if (s_tmin as f32) <= sig && sig <= (s_tmax as f32) {
-        (s_churn / (num_sigmas - 1) as f64).min(2f64.sqrt() - 1.0)
-    } else {
-        0.0
-    }
-}
-
-/// How a k-diffusion step turns the model output into `x0` at the (churned)
-/// noise level `sigma_hat`.
-pub(crate) trait Denoise {
-    fn x0<A: Arith>(&self, a: &mut A, model_output: A::V, sample: A::V, sigma_hat: f64) -> A::V;
-}
-
-/// [`sigma_prediction`] with the un-churned sigma v-prediction uses.
-pub(crate) struct SigmaDenoise {
-    pub prediction_type: PredictionType,
-    pub sigma: f64,
-}
-
-impl Denoise for SigmaDenoise {
-    #[inline(always)]
-    fn x0<A: Arith>(&self, a: &mut A, m: A::V, s: A::V, sigma_hat: f64) -> A::V {
-        sigma_prediction(a, self.prediction_type, m, s, sigma_hat, self.sigma)
-    }
-}
-
-/// The element-wise part of [`euler_churn_step`]. Inputs: model output,
-/// sample and, with churn, the noise.
-struct EulerStep<'d, D> {
-    denoise: &'d D,
-    /// `(s_noise, extra)`: the churn noise is `extra * s_noise * z`.
-    churn: Option<(f64, f64)>,
-    sigma_hat: f64,
-    dt: f64,
-}
-
-impl<D: Denoise> Kernel<2> for EulerStep<'_, D> {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
-        let (m, s) = (a.input(0), a.input(1));
-        let x = match self.churn {
-            Some((s_noise, extra)) => {
-                let z = a.input(2);
-                let z = if s_noise == 1.0 {
-                    z
-                } else {
-                    a.scale(z, s_noise)
-                };
-                a.linear([(1.0, s), (extra, z)])
-            }
-            None => s,
-        };
-        let x0 = self.denoise.x0(a, m, x, self.sigma_hat);
-        [euler_update(a, x, x0, self.sigma_hat, self.dt), x0]
-    }
-}
-
-/// Churn (if any) and one Euler step from `sigmas[i]` to `sigmas[i + 1]`, as one
-/// pass, with `x0` given by `denoise`. Returns `(prev_sample, x0)`, `x0` when
-/// the options want it.
-pub(crate) fn euler_churn_step<T: SchedulerTensor>(
-    model_output: &T,
-    sample: &T,
-    sigmas: &[f64],
-    i: usize,
-    options: &StepOptions,
-    noise: &mut dyn NoiseSource<T>,
-    denoise: &impl Denoise,
-) -> Result<(T, Option<T>)> {
-    common::check_step_shapes(model_output, sample)?;
-    let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-    let gamma = churn_gamma(options, sigma, sigmas.len());
-    let sigma_hat = sigma as f32 * (gamma + 1.0) as f32;
-    let z;
-    let mut inputs = vec![model_output, sample];
-    let churn = if gamma > 0.0 {
-        z = common::step_noise(noise, model_output, sample)?;
-        inputs.push(&z);
-        let s32 = sigma as f32;
-        let extra = (sigma_hat * sigma_hat - s32 * s32).max(0.0).sqrt();
-        Some((options.s_noise.unwrap_or(1.0), extra as f64))
-    } else {
-        None
-    };
-    let sigma_hat = sigma_hat as f64;
-    let kernel = EulerStep {
-        denoise,
-        churn,
-        sigma_hat,
-        dt: f32r(sigma_next - sigma_hat),
-    };
-    let want_x0 = options.wants_pred_original_sample();
-    let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
-    Ok((common::required(prev)?, x0))
-}
-
-/// `sample + (sample - x0) / sigma * dt`, in the order diffusers evaluates it
-/// (the rounding matters where `sample` is far larger than the result).
-#[inline(always)]
-pub(crate) fn euler_update<A: Arith>(
-    a: &mut A,
-    sample: A::V,
-    x0: A::V,
-    sigma: f64,
-    dt: f64,
-) -> A::V {
-    let difference = a.linear([(1.0, sample), (-1.0, x0)]);
-    let derivative = a.scale(difference, 1.0 / sigma);
-    a.linear([(1.0, sample), (dt, derivative)])
-}
-
-/// `x0` of a k-diffusion model output at noise level `sigma` (`sigma_v` is the
-/// level v-prediction uses, which diffusers keeps un-churned).
-#[inline(always)]
-pub(crate) fn sigma_prediction<A: Arith>(
-    a: &mut A,
-    prediction_type: PredictionType,
-    model_output: A::V,
-    sample: A::V,
-    sigma: f64,
-    sigma_v: f64,
-) -> A::V {
-    match prediction_type {
-        PredictionType::Epsilon => a.linear([(1.0, sample), (-sigma, model_output)]),
-        PredictionType::VPrediction => {
-            let s = sigma_v as f32;
-            let s2 = s * s + 1.0;
-            let c_out = -s / s2.sqrt();
-            a.linear([(c_out as f64, model_output), (1.0 / s2 as f64, sample)])
-        }
-        // `sample`; flow_prediction is refused at construction.
-        _ => model_output,
-    }
-}
-
-// ---------------------------------------------------------------------------
-
 /// The Euler sampler over beta-derived sigmas.
 #[derive(Debug, Clone)]
 pub struct EulerDiscreteScheduler {
@@ -307,7 +97,7 @@ pub struct EulerDiscreteScheduler {
 
 impl EulerDiscreteScheduler {
     pub fn new(config: EulerDiscreteConfig) -> Result<Self> {
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -366,7 +156,9 @@ impl EulerDiscreteScheduler {
         let c = &self.config;
         let mut timesteps = match custom {
             Some(ts) => ts.iter().map(|&t| f32r(t)).collect(),
-            None => spaced_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset),
+            None => {
+                fractional_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset)
+            }
         };
         let mut sigmas = match c.interpolation_type {
             InterpolationType::Linear => interp_sigmas(&timesteps, &self.table),
@@ -465,7 +257,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
             let sigmas: Vec<f64> = custom.iter().map(|&s| f32r(s)).collect();
             let timesteps = sigmas[..sigmas.len() - 1]
                 .iter()
-                .map(|&s| f32r(sigma_to_t_f32(s, &self.log_table)))
+                .map(|&s| f32r(sigma_to_t_numpy_f32(s, &self.log_table)))
                 .collect();
             (timesteps, sigmas)
         } else if let Some(custom) = &spec.timesteps {
@@ -514,7 +306,7 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        euler_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma_f64(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
@@ -538,24 +330,39 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerDiscreteScheduler {
         }
         common::check_step_shapes(model_output, sample)?;
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
-        let sigma = self.sigmas[i];
-        let denoise = SigmaDenoise {
-            prediction_type: self.config.prediction_type,
-            sigma,
+        let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let gamma = churn_gamma(options, sigma, self.sigmas.len());
+        let sigma_hat = sigma as f32 * (gamma + 1.0) as f32;
+        let noise = if gamma > 0.0 {
+            Some(common::step_noise(noise, model_output, sample)?)
+        } else {
+            None
         };
-        let (prev, x0) = euler_churn_step(
-            model_output,
-            sample,
-            &self.sigmas,
-            i,
-            options,
-            noise,
-            &denoise,
-        )?;
+        check_step_tensors(model_output, sample, &noise)?;
+        let churned = noise.map(|noise| churn_sample(sample, noise, sigma, sigma_hat, options));
+        let sample = churned.as_ref().unwrap_or(sample);
+        let sigma_hat = sigma_hat as f64;
+
+        // 1. x0; diffusers' v-prediction keeps the un-churned sigma.
+        let prediction_type = self.config.prediction_type;
+        let sigma_x0 = match prediction_type {
+            PredictionType::VPrediction => sigma,
+            _ => sigma_hat,
+        };
+        let pred_original_sample =
+            sigma_pred_original_sample(prediction_type, model_output, sample, sigma_x0);
+        // 2. The ODE derivative, and the Euler step along it.
+        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &pred_original_sample)])
+            .scale(1.0 / sigma_hat);
+        let dt = f32r(sigma_next - sigma_hat);
+        let prev_sample = T::linear_combination(&[(1.0, sample), (dt, &derivative)]);
+
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then_some(pred_original_sample),
         })
     }
 

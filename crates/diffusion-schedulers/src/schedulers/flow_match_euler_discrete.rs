@@ -23,9 +23,8 @@ use serde_json::Value;
 use crate::common::{self, StepIndex, f32r};
 use crate::config::invalid;
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, check_batch_timesteps};
-use crate::sigmas::SigmaSpacing;
+use crate::sigmas::{SigmaSpacing, check_step_tensors, step_position};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "FlowMatchEulerDiscreteScheduler";
@@ -242,38 +241,6 @@ pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
     )
 }
 
-/// The element-wise part of a flow-matching step. Inputs: model output
-/// (the velocity), sample and, when stochastic, the noise.
-enum FlowStep {
-    /// `sample + dt * velocity`.
-    Euler { dt: f64 },
-    /// Re-noise the `x0` estimate to `sigma_next` with fresh noise.
-    Stochastic {
-        sigma: f64,
-        x0_coeff: f64,
-        sigma_next: f64,
-    },
-}
-
-impl Kernel<1> for FlowStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 1] {
-        let (m, s) = (a.input(0), a.input(1));
-        match *self {
-            FlowStep::Euler { dt } => [a.linear([(1.0, s), (dt, m)])],
-            FlowStep::Stochastic {
-                sigma,
-                x0_coeff,
-                sigma_next,
-            } => {
-                let x0 = a.linear([(1.0, s), (-sigma, m)]);
-                let z = a.input(2);
-                [a.linear([(x0_coeff, x0), (sigma_next, z)])]
-            }
-        }
-    }
-}
-
 impl<T: SchedulerTensor> Scheduler<T> for FlowMatchEulerDiscreteScheduler {
     fn class_name(&self) -> &'static str {
         CLASS_NAME
@@ -444,31 +411,31 @@ impl<T: SchedulerTensor> Scheduler<T> for FlowMatchEulerDiscreteScheduler {
             return Err(SchedulerError::NotInitialized("step"));
         }
         common::check_step_shapes(model_output, sample)?;
-        let i = self.index.peek(t, &self.timesteps)?;
-        if i + 1 >= self.sigmas.len() {
-            return Err(SchedulerError::PastLastStep(i));
-        }
+        let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
-        let z;
-        let mut inputs = vec![model_output, sample];
-        let kernel = if self.config.stochastic_sampling {
-            z = common::step_noise(noise, model_output, sample)?;
-            inputs.push(&z);
-            FlowStep::Stochastic {
-                sigma,
-                x0_coeff: f32r(1.0 - sigma_next),
-                sigma_next,
-            }
+        let noise = if self.config.stochastic_sampling {
+            Some(common::step_noise(noise, model_output, sample)?)
         } else {
-            FlowStep::Euler {
-                dt: f32r(sigma_next - sigma),
+            None
+        };
+        check_step_tensors(model_output, sample, &noise)?;
+
+        let prev_sample = match noise {
+            // Re-noise the x0 estimate to sigma_next with fresh noise.
+            Some(noise) => {
+                let x0 = T::linear_combination(&[(1.0, sample), (-sigma, model_output)]);
+                let x0_coeff = f32r(1.0 - sigma_next);
+                T::linear_combination(&[(x0_coeff, &x0), (sigma_next, &noise)])
+            }
+            None => {
+                let dt = f32r(sigma_next - sigma);
+                T::linear_combination(&[(1.0, sample), (dt, model_output)])
             }
         };
-        let [prev] = common::run_step(&kernel, &inputs, [true])?;
-        let prev = common::required(prev)?;
+
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
+            prev_sample,
             pred_original_sample: None,
         })
     }

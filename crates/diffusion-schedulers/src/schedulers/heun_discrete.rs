@@ -6,20 +6,18 @@
 //! and remembers its derivative, `dt` and the sample it started from; the second
 //! averages both derivatives and redoes the step from the remembered sample. The
 //! final step (to sigma 0) is a plain Euler step.
-//!
-//! This file also holds the sigma-table helpers shared with the two KDPM2
-//! schedulers (`k_dpm_2_discrete`, `k_dpm_2_ancestral_discrete`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
-    SigmaSpacing, interp_sigmas, sigma_add_noise, spaced_timesteps, validate_sigma_betas,
+    SigmaSpacing, SigmaTable, check_step_tensors, fractional_timesteps, inference_sigmas,
+    init_noise_sigma_f32, scale_model_input_f32, sigma_add_noise, sigma_pred_original_sample,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -76,12 +74,8 @@ impl Default for HeunDiscreteConfig {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Sigma-table helpers shared by Heun, KDPM2 and KDPM2 ancestral.
-// ---------------------------------------------------------------------------
-
 /// `betas_for_alpha_bar` with `alpha_bar(t) = exp(-12 t)`, as `f32`.
-pub(crate) fn exp_betas(n: usize) -> Vec<f64> {
+fn exp_betas(n: usize) -> Vec<f64> {
     let alpha_bar = |t: f64| (t * -12.0).exp();
     (0..n)
         .map(|i| {
@@ -92,233 +86,13 @@ pub(crate) fn exp_betas(n: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The training sigma table `((1 - a) / a) ** 0.5` and its log, evaluated in
-/// `f32` exactly as diffusers' `float32` tensors are.
-#[derive(Debug, Clone)]
-pub(crate) struct SigmaTable {
-    pub sigmas: Vec<f64>,
-    pub log_sigmas: Vec<f64>,
-    log_sigmas_f32: Vec<f32>,
-}
-
-impl SigmaTable {
-    pub(crate) fn new(alphas_cumprod: &[f64]) -> Self {
-        let sigmas = common::sigmas_from_alphas_cumprod(alphas_cumprod);
-        let log_sigmas = common::log_table_f32(&sigmas);
-        Self {
-            log_sigmas_f32: log_sigmas.iter().map(|&l| l as f32).collect(),
-            sigmas,
-            log_sigmas,
-        }
-    }
-
-    /// `_sigma_to_t` for an `f64` sigma (diffusers' numpy path).
-    pub(crate) fn sigma_to_t(&self, sigma: f64) -> f64 {
-        common::sigma_to_t(sigma, &self.log_sigmas)
-    }
-
-    /// `_sigma_to_t` for an `f32` torch sigma (the interpolated timesteps of the
-    /// KDPM2 schedulers): every operation in `f32`, NaN in -> NaN out.
-    pub(crate) fn sigma_to_t_f32(&self, sigma: f32) -> f32 {
-        let table = &self.log_sigmas_f32;
-        let log_sigma = if sigma.is_nan() {
-            f32::NAN
-        } else {
-            sigma.max(1e-10f32).ln()
-        };
-        let count = table.iter().filter(|&&ls| log_sigma - ls >= 0.0).count();
-        let low_idx = if count == 0 {
-            0
-        } else {
-            (count - 1).min(table.len() - 2)
-        };
-        let high_idx = low_idx + 1;
-        let (low, high) = (table[low_idx], table[high_idx]);
-        let w = (low - log_sigma) / (low - high);
-        let w = if w.is_nan() { w } else { w.clamp(0.0, 1.0) };
-        (1.0 - w) * low_idx as f32 + w * high_idx as f32
-    }
-}
-
-/// The inference sigmas (without the final 0) for `timesteps`, and the
-/// timesteps that go with them: interpolated from the training table, or
-/// replaced by a Karras/exponential/beta schedule whose timesteps come from
-/// `_sigma_to_t` (rounded when `round_timesteps`, as KDPM2 does for Karras).
-pub(crate) fn inference_sigmas(
-    table: &SigmaTable,
-    timesteps: Vec<f64>,
-    num_inference_steps: usize,
-    kind: SigmaSpacing,
-    round_karras_timesteps: bool,
-) -> (Vec<f64>, Vec<f64>) {
-    let sigmas = interp_sigmas(&timesteps, &table.sigmas);
-    let (min, max) = (sigmas[sigmas.len() - 1], sigmas[0]);
-    let Some(replaced) = kind.respace(min, max, num_inference_steps) else {
-        return (timesteps, sigmas);
-    };
-    let ts = replaced
-        .iter()
-        .map(|&s| {
-            let t = table.sigma_to_t(s);
-            if round_karras_timesteps && kind == SigmaSpacing::Karras {
-                common::round_half_even(t)
-            } else {
-                t
-            }
-        })
-        .collect();
-    (ts, replaced)
-}
-
-/// `torch.cat([x[:1], x[1:].repeat_interleave(2), x[-1:]])`.
-pub(crate) fn interleave_tail_f32(x: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(2 * x.len());
-    out.push(x[0]);
-    for &v in &x[1..] {
-        out.push(v);
-        out.push(v);
-    }
-    out.push(x[x.len() - 1]);
-    out
-}
-
-/// `x0` from a model output at noise level `sigma` (epsilon or v-prediction of a
-/// variance-exploding model; `sample` returns the output itself).
-#[inline(always)]
-pub(crate) fn sigma_prediction<A: Arith>(
-    a: &mut A,
-    prediction_type: PredictionType,
-    model_output: A::V,
-    sample: A::V,
-    sigma: f64,
-) -> A::V {
-    match prediction_type {
-        PredictionType::Epsilon => a.linear([(1.0, sample), (-sigma, model_output)]),
-        PredictionType::VPrediction => {
-            let s2 = common::f32r(common::f32r(sigma * sigma) + 1.0);
-            let c_out = common::f32r(-sigma / common::f32r(s2.sqrt()));
-            a.linear([(c_out, model_output), (1.0 / s2, sample)])
-        }
-        _ => model_output,
-    }
-}
-
-/// `(sample - x0) / sigma`, with the difference rounded first as in torch.
-#[inline(always)]
-pub(crate) fn ode_derivative<A: Arith>(a: &mut A, sample: A::V, x0: A::V, sigma: f64) -> A::V {
-    let difference = a.linear([(1.0, sample), (-1.0, x0)]);
-    a.scale(difference, 1.0 / sigma)
-}
-
-/// The `x0` of a two-evaluation step (Heun, KDPM2) at noise level `sigma`,
-/// clamped to `[-clip, clip]` when `clip` is set (Heun's `clip_sample`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SigmaX0 {
-    pub prediction_type: PredictionType,
-    pub sigma: f64,
-    pub clip: Option<f64>,
-}
-
-impl SigmaX0 {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
-        let (m, s) = (a.input(0), a.input(1));
-        let x0 = sigma_prediction(a, self.prediction_type, m, s, self.sigma);
-        let x0 = match self.clip {
-            Some(r) => a.clamp(x0, -r, r),
-            None => x0,
-        };
-        [m, s, x0]
-    }
-}
-
-/// The first half of a two-evaluation step (Heun, KDPM2): an Euler step of
-/// `dt` with the derivative at `sigma`. Inputs: model output, sample.
-/// Outputs: `[prev, derivative, sample, x0]` (the second half needs the
-/// derivative or the sample).
-pub(crate) struct FirstHalfStep {
-    pub x0: SigmaX0,
-    pub sigma: f64,
-    pub dt: f64,
-}
-
-impl Kernel<4> for FirstHalfStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 4] {
-        let [_, s, x0] = self.x0.apply(a);
-        let derivative = ode_derivative(a, s, x0, self.sigma);
-        let prev = a.linear([(1.0, s), (self.dt, derivative)]);
-        [prev, derivative, s, x0]
-    }
-}
-
-/// The second half: from the first half's sample `start`, a step of `dt`
-/// along the derivative at `sigma` (Heun: averaged with the first half's
-/// derivative `d1`), then `noise` times fresh noise (KDPM2 ancestral).
-/// Inputs: model output, sample, then `d1` (Heun), `start`, the noise.
-/// Outputs: `[prev, x0]`.
-pub(crate) struct SecondHalfStep {
-    pub x0: SigmaX0,
-    pub sigma: f64,
-    pub dt: f64,
-    pub average: bool,
-    pub noise: Option<f64>,
-}
-
-impl Kernel<2> for SecondHalfStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
-        let [_, s, x0] = self.x0.apply(a);
-        // `d1` (when averaging) and `start`, then the noise.
-        let (d1, start) = if self.average {
-            (Some(a.input(2)), a.input(3))
-        } else {
-            (None, a.input(2))
-        };
-        let d2 = ode_derivative(a, s, x0, self.sigma);
-        let derivative = match d1 {
-            Some(d1) => a.linear([(0.5, d1), (0.5, d2)]),
-            None => d2,
-        };
-        let mut prev = a.linear([(1.0, start), (self.dt, derivative)]);
-        if let Some(sigma_up) = self.noise {
-            let z = a.input(if self.average { 4 } else { 3 });
-            prev = a.linear([(1.0, prev), (sigma_up, z)]);
-        }
-        [prev, x0]
-    }
-}
-
-/// `init_noise_sigma` of the Karras family: the largest sigma, or
-/// `sqrt(max^2 + 1)` (in `f32`) for `leading` spacing.
-pub(crate) fn karras_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
-    let max = sigmas.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s)) as f32;
-    match spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-        TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
-    }
-}
-
-/// `sample / sqrt(sigma^2 + 1)` with the denominator in `f32`.
-pub(crate) fn karras_scale_input<T: SchedulerTensor>(sample: &T, sigma: f64) -> T {
-    let s = sigma as f32;
-    let d = (s * s + 1.0).sqrt();
-    sample.scale(1.0 / d as f64)
-}
-
-/// The training `alphas_cumprod` of the Karras-family configs, with the betas
-/// built exactly as diffusers' `float32` torch code builds them.
-pub(crate) fn karras_alphas_cumprod(
-    num_train_timesteps: usize,
-    beta_start: f64,
-    beta_end: f64,
-    schedule: HeunBetaSchedule,
-    trained_betas: Option<&[f64]>,
-) -> Vec<f64> {
-    let n = num_train_timesteps;
-    let betas = match (trained_betas, schedule) {
+/// The training `alphas_cumprod`, with the betas built exactly as diffusers'
+/// `float32` torch code builds them.
+fn heun_alphas_cumprod(c: &HeunDiscreteConfig) -> Vec<f64> {
+    let (n, trained_betas) = (c.num_train_timesteps, c.trained_betas.as_deref());
+    let betas = match (trained_betas, c.beta_schedule) {
         (None, HeunBetaSchedule::Exp) => exp_betas(n),
-        _ => {
+        (_, schedule) => {
             let schedule = match schedule {
                 HeunBetaSchedule::Linear => BetaSchedule::Linear,
                 HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
@@ -327,15 +101,11 @@ pub(crate) fn karras_alphas_cumprod(
                     BetaSchedule::SquaredcosCapV2
                 }
             };
-            common::make_betas(n, beta_start, beta_end, schedule, trained_betas)
+            common::make_betas(n, c.beta_start, c.beta_end, schedule, trained_betas)
         }
     };
     common::cumprod_alphas(&betas)
 }
-
-// ---------------------------------------------------------------------------
-// The Heun scheduler.
-// ---------------------------------------------------------------------------
 
 /// State kept between the two halves of a Heun step.
 #[derive(Debug, Clone)]
@@ -370,7 +140,7 @@ impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
             HeunBetaSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
             _ => BetaSchedule::SquaredcosCapV2,
         };
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -388,14 +158,7 @@ impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
                 "must be a positive number",
             ));
         }
-        let ac = karras_alphas_cumprod(
-            config.num_train_timesteps,
-            config.beta_start,
-            config.beta_end,
-            config.beta_schedule,
-            config.trained_betas.as_deref(),
-        );
-        let table = SigmaTable::new(&ac);
+        let table = SigmaTable::new(&heun_alphas_cumprod(&config));
         let mut s = Self {
             config,
             kind,
@@ -408,7 +171,7 @@ impl<T: SchedulerTensor> HeunDiscreteScheduler<T> {
         };
         // diffusers lays out the full training schedule at construction.
         let train = s.config.num_train_timesteps;
-        let ts = spaced_timesteps(
+        let ts = fractional_timesteps(
             s.config.timestep_spacing,
             train,
             train,
@@ -538,7 +301,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
             }
             (None, Some(n)) => {
                 common::check_num_steps(n, train)?;
-                let ts = spaced_timesteps(
+                let ts = fractional_timesteps(
                     self.config.timestep_spacing,
                     n,
                     train,
@@ -561,7 +324,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        karras_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma_f32(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
@@ -570,7 +333,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
         }
         let i = self.index.current(t, &self.timesteps)?;
         let sigma = *self.sigmas.get(i).ok_or(SchedulerError::PastLastStep(i))?;
-        Ok(karras_scale_input(sample, sigma))
+        Ok(scale_model_input_f32(sample, sigma))
     }
 
     fn step(
@@ -586,62 +349,62 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
         }
         common::check_step_shapes(model_output, sample)?;
         let i = self.index.peek(t, &self.timesteps)?;
-        if i >= self.timesteps.len() || (self.first_half.is_some() && i == 0) {
+        let first_order = self.first_half.is_none();
+        if i >= self.timesteps.len() || (!first_order && i == 0) {
             return Err(SchedulerError::PastLastStep(i));
         }
-        let first = self.first_half.is_none();
-        let (sigma, sigma_next) = if first {
+        let (sigma, sigma_next) = if first_order {
             (self.sigmas[i], self.sigmas[i + 1])
         } else {
             (self.sigmas[i - 1], self.sigmas[i])
         };
-        let sigma_input = if first { sigma } else { sigma_next };
-        let x0 = SigmaX0 {
-            prediction_type: self.config.prediction_type,
-            sigma: sigma_input,
-            clip: self
-                .config
-                .clip_sample
-                .then_some(self.config.clip_sample_range),
-        };
-        let want_x0 = options.wants_pred_original_sample();
-        // The state changes only once the pass has succeeded.
-        let (prev, x0) = match &self.first_half {
+        let stored = self.first_half.iter();
+        check_step_tensors(
+            model_output,
+            sample,
+            stored.flat_map(|h| [&h.derivative, &h.sample]),
+        )?;
+
+        // 1. x0, at sigma in the first half and at sigma_next in the second.
+        let sigma_input = if first_order { sigma } else { sigma_next };
+        let mut pred_original_sample = sigma_pred_original_sample(
+            self.config.prediction_type,
+            model_output,
+            sample,
+            sigma_input,
+        );
+        if self.config.clip_sample {
+            let r = self.config.clip_sample_range;
+            pred_original_sample = pred_original_sample.clamp(-r, r);
+        }
+        // 2. The ODE derivative at sigma_input; the second half averages it with
+        // the first half's and steps again from the first half's sample.
+        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &pred_original_sample)])
+            .scale(1.0 / sigma_input);
+        let prev_sample = match self.first_half.take() {
             None => {
                 let dt = (sigma_next as f32 - sigma as f32) as f64;
-                let kernel = FirstHalfStep { x0, sigma, dt };
-                let [prev, derivative, sample, x0] = common::run_step(
-                    &kernel,
-                    &[model_output, sample],
-                    [true, true, true, want_x0],
-                )?;
-                let prev = common::required(prev)?;
+                let prev_sample = T::linear_combination(&[(1.0, sample), (dt, &derivative)]);
                 self.first_half = Some(FirstHalf {
-                    derivative: common::required(derivative)?,
+                    derivative,
                     dt,
-                    sample: common::required(sample)?,
+                    sample: sample.clone(),
                 });
-                (prev, x0)
+                prev_sample
             }
             Some(half) => {
-                let kernel = SecondHalfStep {
-                    x0,
-                    sigma: sigma_next,
-                    dt: half.dt,
-                    average: true,
-                    noise: None,
-                };
-                let inputs = [model_output, sample, &half.derivative, &half.sample];
-                let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
-                let prev = common::required(prev)?;
-                self.first_half = None;
-                (prev, x0)
+                let derivative =
+                    T::linear_combination(&[(0.5, &half.derivative), (0.5, &derivative)]);
+                T::linear_combination(&[(1.0, &half.sample), (half.dt, &derivative)])
             }
         };
+
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then_some(pred_original_sample),
         })
     }
 
@@ -666,62 +429,10 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for HeunDiscreteScheduler<T> {
     }
 }
 
-/// Test helpers shared by the Karras-family test modules: diffusers' own
-/// scheduler-test loop, which (unlike the parity trace loop) feeds the *scaled*
-/// sample back into `step`.
-#[cfg(test)]
-pub(crate) mod test_support {
-    use crate::testing::dummy_model;
-    use crate::{CpuTensor, NoNoise, Scheduler, StepOptions};
-
-    /// `sample = scale_model_input(sample, t); sample = step(model(sample, t), t, sample)`.
-    pub(crate) fn diffusers_test_loop(
-        s: &mut dyn Scheduler<CpuTensor>,
-        start: CpuTensor,
-        timesteps: &[f64],
-    ) -> CpuTensor {
-        let mut x = start;
-        for &t in timesteps {
-            x = s.scale_model_input(&x, t).unwrap();
-            let eps = dummy_model(&x, t);
-            x = s
-                .step(&eps, t, &x, &StepOptions::default(), &mut NoNoise)
-                .unwrap()
-                .prev_sample;
-        }
-        x
-    }
-
-    /// diffusers' `dummy_noise_deter`: the reversed ramp of `dummy_sample_deter`.
-    pub(crate) fn dummy_noise_deter() -> CpuTensor {
-        let (b, c, h, w) = (4usize, 3usize, 8usize, 8usize);
-        let n = b * c * h * w;
-        let mut data = vec![0f32; n];
-        for bi in 0..b {
-            for ci in 0..c {
-                for hi in 0..h {
-                    for wi in 0..w {
-                        let src = ((ci * h + hi) * w + wi) * b + bi;
-                        data[((bi * c + ci) * h + hi) * w + wi] = (n - 1 - src) as f32 / n as f32;
-                    }
-                }
-            }
-        }
-        CpuTensor::new(data, vec![b, c, h, w]).unwrap()
-    }
-
-    /// The config of diffusers' Heun/KDPM2 tests.
-    pub(crate) fn published_config() -> serde_json::Value {
-        serde_json::json!({"num_train_timesteps": 1100, "beta_start": 0.0001, "beta_end": 0.02,
-            "beta_schedule": "linear"})
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_support::{diffusers_test_loop, published_config};
     use super::*;
-    use crate::testing::{abs_sum_mean, dummy_sample_deter};
+    use crate::testing::{abs_sum_mean, dummy_sample_deter, scaled_loop};
     use crate::{CpuTensor, NoNoise};
 
     fn heun(config: Value) -> Box<dyn Scheduler<CpuTensor>> {
@@ -731,7 +442,8 @@ mod tests {
     }
 
     fn published(extra: &[(&str, Value)]) -> (f64, f64) {
-        let mut config = published_config();
+        let mut config = serde_json::json!({"num_train_timesteps": 1100, "beta_start": 0.0001,
+            "beta_end": 0.02, "beta_schedule": "linear"});
         for (k, v) in extra {
             config[*k] = v.clone();
         }
@@ -739,7 +451,7 @@ mod tests {
         s.set_timesteps(10).unwrap();
         let start = dummy_sample_deter().scale(s.init_noise_sigma());
         let ts = s.timesteps().to_vec();
-        abs_sum_mean(&diffusers_test_loop(s.as_mut(), start, &ts))
+        abs_sum_mean(&scaled_loop(s.as_mut(), start, &ts))
     }
 
     /// diffusers' `HeunDiscreteSchedulerTest.test_full_loop_*` published values.

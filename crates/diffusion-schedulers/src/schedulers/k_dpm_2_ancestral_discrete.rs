@@ -16,14 +16,11 @@ use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
-use crate::schedulers::heun_discrete::{
-    FirstHalfStep, SecondHalfStep, SigmaTable, SigmaX0, interleave_tail_f32,
-    karras_init_noise_sigma, karras_scale_input,
+use crate::sigmas::{
+    SigmaSpacing, SigmaTable, check_step_tensors, init_noise_sigma_f32, interleave_tail_f32,
+    kdpm2_base, kdpm2_table, lerp_half, scale_model_input_f32, sigma_add_noise,
+    sigma_pred_original_sample,
 };
-use crate::schedulers::k_dpm_2_discrete::{
-    KDPM2DiscreteConfig, kdpm2_base, lerp_half, validate_kdpm2,
-};
-use crate::sigmas::{SigmaSpacing, sigma_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "KDPM2AncestralDiscreteScheduler";
@@ -63,25 +60,6 @@ impl Default for KDPM2AncestralDiscreteConfig {
     }
 }
 
-/// Both KDPM2 variants take the same config fields.
-impl From<KDPM2AncestralDiscreteConfig> for KDPM2DiscreteConfig {
-    fn from(c: KDPM2AncestralDiscreteConfig) -> Self {
-        Self {
-            num_train_timesteps: c.num_train_timesteps,
-            beta_start: c.beta_start,
-            beta_end: c.beta_end,
-            beta_schedule: c.beta_schedule,
-            trained_betas: c.trained_betas,
-            use_karras_sigmas: c.use_karras_sigmas,
-            use_exponential_sigmas: c.use_exponential_sigmas,
-            use_beta_sigmas: c.use_beta_sigmas,
-            prediction_type: c.prediction_type,
-            timestep_spacing: c.timestep_spacing,
-            steps_offset: c.steps_offset,
-        }
-    }
-}
-
 /// The ancestral DPM-Solver-2 sampler.
 #[derive(Debug, Clone)]
 pub struct KDPM2AncestralDiscreteScheduler<T> {
@@ -101,7 +79,21 @@ pub struct KDPM2AncestralDiscreteScheduler<T> {
 
 impl<T: SchedulerTensor> KDPM2AncestralDiscreteScheduler<T> {
     pub fn new(config: KDPM2AncestralDiscreteConfig) -> Result<Self> {
-        let (kind, table) = validate_kdpm2(&config.clone().into(), CLASS_NAME)?;
+        let c = &config;
+        let (kind, table) = kdpm2_table(
+            CLASS_NAME,
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.beta_schedule,
+            c.trained_betas.as_deref(),
+            c.prediction_type,
+            (
+                c.use_karras_sigmas,
+                c.use_exponential_sigmas,
+                c.use_beta_sigmas,
+            ),
+        )?;
         let mut s = Self {
             config,
             kind,
@@ -168,7 +160,7 @@ impl<T: SchedulerTensor> KDPM2AncestralDiscreteScheduler<T> {
         let mut timesteps = Vec::with_capacity(2 * n);
         timesteps.push(ts[0]);
         for k in 1..n {
-            timesteps.push(self.table.sigma_to_t_f32(interpol[k - 1]) as f64);
+            timesteps.push(self.table.sigma_to_t_torch_f32(interpol[k - 1]) as f64);
             timesteps.push(ts[k]);
         }
         let expand =
@@ -226,7 +218,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        karras_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma_f32(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
@@ -240,7 +232,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
             i.checked_sub(1).and_then(|j| self.sigmas_interpol.get(j))
         };
         let sigma = *sigma.ok_or(SchedulerError::PastLastStep(i))?;
-        Ok(karras_scale_input(sample, sigma))
+        Ok(scale_model_input_f32(sample, sigma))
     }
 
     fn step(
@@ -256,58 +248,57 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2AncestralDiscreteScheduler
         }
         common::check_step_shapes(model_output, sample)?;
         let i = self.index.peek(t, &self.timesteps)?;
-        let first = self.first_sample.is_none();
-        if i >= self.timesteps.len() || (!first && i == 0) {
+        let first_order = self.first_sample.is_none();
+        if i >= self.timesteps.len() || (!first_order && i == 0) {
             return Err(SchedulerError::PastLastStep(i));
         }
-        let j = if first { i } else { i - 1 };
+        let j = if first_order { i } else { i - 1 };
         let (sigma, sigma_interpol, sigma_up, sigma_down) = (
             self.sigmas[j],
             self.sigmas_interpol[j],
             self.sigmas_up[j],
             self.sigmas_down[j],
         );
-        let sigma_input = if first { sigma } else { sigma_interpol };
-        let x0 = SigmaX0 {
-            prediction_type: self.config.prediction_type,
-            sigma: sigma_input,
-            clip: None,
+        let noise = if first_order {
+            None
+        } else {
+            Some(common::step_noise(noise, model_output, sample)?)
         };
-        let want_x0 = options.wants_pred_original_sample();
-        // The state changes only once the pass has succeeded.
-        let (prev, x0) = match &self.first_sample {
-            None => {
+        check_step_tensors(model_output, sample, self.first_sample.iter().chain(&noise))?;
+
+        // 1. x0, at sigma in the first half and at the midpoint in the second.
+        let sigma_input = if first_order { sigma } else { sigma_interpol };
+        let pred_original_sample = sigma_pred_original_sample(
+            self.config.prediction_type,
+            model_output,
+            sample,
+            sigma_input,
+        );
+        // 2. The ODE derivative at sigma_input; the first half steps to the
+        // midpoint, the second from the first half's sample to sigma_down and
+        // adds sigma_up of fresh noise.
+        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &pred_original_sample)])
+            .scale(1.0 / sigma_input);
+        let prev_sample = match (self.first_sample.take(), noise) {
+            (None, _) => {
                 let dt = (sigma_interpol as f32 - sigma as f32) as f64;
-                let kernel = FirstHalfStep { x0, sigma, dt };
-                let [prev, _, first, x0] = common::run_step(
-                    &kernel,
-                    &[model_output, sample],
-                    [true, false, true, want_x0],
-                )?;
-                let prev = common::required(prev)?;
-                self.first_sample = Some(common::required(first)?);
-                (prev, x0)
+                self.first_sample = Some(sample.clone());
+                T::linear_combination(&[(1.0, sample), (dt, &derivative)])
             }
-            Some(first) => {
-                let z = common::step_noise(noise, model_output, sample)?;
-                let kernel = SecondHalfStep {
-                    x0,
-                    sigma: sigma_interpol,
-                    dt: (sigma_down as f32 - sigma as f32) as f64,
-                    average: false,
-                    noise: Some(sigma_up),
-                };
-                let inputs = [model_output, sample, first, &z];
-                let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
-                let prev = common::required(prev)?;
-                self.first_sample = None;
-                (prev, x0)
+            (Some(first_sample), Some(noise)) => {
+                let dt = (sigma_down as f32 - sigma as f32) as f64;
+                let prev_sample = T::linear_combination(&[(1.0, &first_sample), (dt, &derivative)]);
+                T::linear_combination(&[(1.0, &prev_sample), (sigma_up, &noise)])
             }
+            (Some(_), None) => unreachable!("noise is drawn for every second half"),
         };
+
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then_some(pred_original_sample),
         })
     }
 

@@ -11,14 +11,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{self, StepIndex};
-use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid};
+use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
-use crate::schedulers::heun_discrete::{
-    FirstHalfStep, HeunBetaSchedule, SecondHalfStep, SigmaTable, SigmaX0, inference_sigmas,
-    interleave_tail_f32, karras_alphas_cumprod, karras_init_noise_sigma, karras_scale_input,
+use crate::sigmas::{
+    SigmaSpacing, SigmaTable, check_step_tensors, init_noise_sigma_f32, interleave_tail_f32,
+    kdpm2_base, kdpm2_table, lerp_half, scale_model_input_f32, sigma_add_noise,
+    sigma_pred_original_sample,
 };
-use crate::sigmas::{SigmaSpacing, sigma_add_noise, spaced_timesteps, validate_sigma_betas};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "KDPM2DiscreteScheduler";
@@ -58,79 +58,6 @@ impl Default for KDPM2DiscreteConfig {
     }
 }
 
-/// Validation shared with the ancestral variant: beta schedule, sigma flags and
-/// prediction type (`sample` is not implemented by diffusers' KDPM2 steps).
-pub(crate) fn validate_kdpm2(
-    c: &KDPM2DiscreteConfig,
-    class: &'static str,
-) -> Result<(SigmaSpacing, SigmaTable)> {
-    let (num_train_timesteps, beta_start, beta_end) =
-        (c.num_train_timesteps, c.beta_start, c.beta_end);
-    let (beta_schedule, trained_betas, prediction_type) = (
-        c.beta_schedule,
-        c.trained_betas.as_deref(),
-        c.prediction_type,
-    );
-    let flags = (
-        c.use_karras_sigmas,
-        c.use_exponential_sigmas,
-        c.use_beta_sigmas,
-    );
-    let kind = SigmaSpacing::from_flags(flags.0, flags.1, flags.2)?;
-    validate_sigma_betas(
-        class,
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        beta_schedule,
-        trained_betas,
-        prediction_type,
-    )?;
-    if prediction_type == PredictionType::Sample {
-        return Err(invalid(
-            "prediction_type",
-            "sample",
-            format!("not implemented for {class} (epsilon or v_prediction)"),
-        ));
-    }
-    let schedule = match beta_schedule {
-        BetaSchedule::Linear => HeunBetaSchedule::Linear,
-        BetaSchedule::ScaledLinear => HeunBetaSchedule::ScaledLinear,
-        _ => HeunBetaSchedule::SquaredcosCapV2,
-    };
-    let ac = karras_alphas_cumprod(
-        num_train_timesteps,
-        beta_start,
-        beta_end,
-        schedule,
-        trained_betas,
-    );
-    Ok((kind, SigmaTable::new(&ac)))
-}
-
-/// The base schedule of both KDPM2 variants: the inference timesteps (`f32`
-/// values, or `f64` ones for Karras/exponential/beta sigmas as diffusers keeps
-/// them) and the `f32` sigmas with the final 0 appended.
-pub(crate) fn kdpm2_base(
-    table: &SigmaTable,
-    kind: SigmaSpacing,
-    spacing: TimestepSpacing,
-    train: usize,
-    n: usize,
-    steps_offset: usize,
-) -> (Vec<f64>, Vec<f32>) {
-    let ts = spaced_timesteps(spacing, n, train, steps_offset);
-    let (ts, sigmas) = inference_sigmas(table, ts, n, kind, true);
-    let mut s32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
-    s32.push(0.0);
-    (ts, s32)
-}
-
-/// torch's `a.lerp(b, 0.5)` in `f32`: `b - (b - a) * 0.5`.
-pub(crate) fn lerp_half(a: f32, b: f32) -> f32 {
-    b - (b - a) * 0.5
-}
-
 /// The DPM-Solver-2 sampler.
 #[derive(Debug, Clone)]
 pub struct KDPM2DiscreteScheduler<T> {
@@ -148,7 +75,21 @@ pub struct KDPM2DiscreteScheduler<T> {
 
 impl<T: SchedulerTensor> KDPM2DiscreteScheduler<T> {
     pub fn new(config: KDPM2DiscreteConfig) -> Result<Self> {
-        let (kind, table) = validate_kdpm2(&config, CLASS_NAME)?;
+        let c = &config;
+        let (kind, table) = kdpm2_table(
+            CLASS_NAME,
+            c.num_train_timesteps,
+            c.beta_start,
+            c.beta_end,
+            c.beta_schedule,
+            c.trained_betas.as_deref(),
+            c.prediction_type,
+            (
+                c.use_karras_sigmas,
+                c.use_exponential_sigmas,
+                c.use_beta_sigmas,
+            ),
+        )?;
         let mut s = Self {
             config,
             kind,
@@ -196,7 +137,7 @@ impl<T: SchedulerTensor> KDPM2DiscreteScheduler<T> {
         let mut timesteps = Vec::with_capacity(2 * n);
         timesteps.push(ts[0]);
         for k in 1..n {
-            timesteps.push(self.table.sigma_to_t_f32(interpol[k]) as f64);
+            timesteps.push(self.table.sigma_to_t_torch_f32(interpol[k]) as f64);
             timesteps.push(ts[k]);
         }
         self.timesteps = timesteps;
@@ -256,7 +197,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        karras_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma_f32(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
@@ -270,7 +211,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
             &self.sigmas_interpol
         };
         let sigma = *table.get(i).ok_or(SchedulerError::PastLastStep(i))?;
-        Ok(karras_scale_input(sample, sigma))
+        Ok(scale_model_input_f32(sample, sigma))
     }
 
     fn step(
@@ -286,11 +227,11 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
         }
         common::check_step_shapes(model_output, sample)?;
         let i = self.index.peek(t, &self.timesteps)?;
-        let first = self.first_sample.is_none();
-        if i >= self.timesteps.len() || (!first && i == 0) {
+        let first_order = self.first_sample.is_none();
+        if i >= self.timesteps.len() || (!first_order && i == 0) {
             return Err(SchedulerError::PastLastStep(i));
         }
-        let (sigma, sigma_interpol, sigma_next) = if first {
+        let (sigma, sigma_interpol, sigma_next) = if first_order {
             (
                 self.sigmas[i],
                 self.sigmas_interpol[i + 1],
@@ -299,46 +240,38 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
         } else {
             (self.sigmas[i - 1], self.sigmas_interpol[i], self.sigmas[i])
         };
-        let sigma_input = if first { sigma } else { sigma_interpol };
-        let x0 = SigmaX0 {
-            prediction_type: self.config.prediction_type,
-            sigma: sigma_input,
-            clip: None,
-        };
-        let want_x0 = options.wants_pred_original_sample();
-        // The state changes only once the pass has succeeded.
-        let (prev, x0) = match &self.first_sample {
+        check_step_tensors(model_output, sample, &self.first_sample)?;
+
+        // 1. x0, at sigma in the first half and at the midpoint in the second.
+        let sigma_input = if first_order { sigma } else { sigma_interpol };
+        let pred_original_sample = sigma_pred_original_sample(
+            self.config.prediction_type,
+            model_output,
+            sample,
+            sigma_input,
+        );
+        // 2. The ODE derivative at sigma_input; the first half steps to the
+        // midpoint, the second from the first half's sample to sigma_next.
+        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &pred_original_sample)])
+            .scale(1.0 / sigma_input);
+        let prev_sample = match self.first_sample.take() {
             None => {
                 let dt = (sigma_interpol as f32 - sigma as f32) as f64;
-                let kernel = FirstHalfStep { x0, sigma, dt };
-                let [prev, _, first, x0] = common::run_step(
-                    &kernel,
-                    &[model_output, sample],
-                    [true, false, true, want_x0],
-                )?;
-                let prev = common::required(prev)?;
-                self.first_sample = Some(common::required(first)?);
-                (prev, x0)
+                self.first_sample = Some(sample.clone());
+                T::linear_combination(&[(1.0, sample), (dt, &derivative)])
             }
-            Some(first) => {
-                let kernel = SecondHalfStep {
-                    x0,
-                    sigma: sigma_interpol,
-                    dt: (sigma_next as f32 - sigma as f32) as f64,
-                    average: false,
-                    noise: None,
-                };
-                let inputs = [model_output, sample, first];
-                let [prev, x0] = common::run_step(&kernel, &inputs, [true, want_x0])?;
-                let prev = common::required(prev)?;
-                self.first_sample = None;
-                (prev, x0)
+            Some(first_sample) => {
+                let dt = (sigma_next as f32 - sigma as f32) as f64;
+                T::linear_combination(&[(1.0, &first_sample), (dt, &derivative)])
             }
         };
+
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then_some(pred_original_sample),
         })
     }
 
@@ -366,11 +299,14 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for KDPM2DiscreteScheduler<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedulers::heun_discrete::test_support::{
-        diffusers_test_loop, dummy_noise_deter, published_config,
-    };
-    use crate::testing::{abs_sum_mean, dummy_sample_deter};
+    use crate::testing::{abs_sum_mean, dummy_noise_deter, dummy_sample_deter, scaled_loop};
     use crate::{CpuTensor, NoNoise};
+
+    /// The config of diffusers' KDPM2 tests.
+    fn published_config() -> Value {
+        serde_json::json!({"num_train_timesteps": 1100, "beta_start": 0.0001, "beta_end": 0.02,
+            "beta_schedule": "linear"})
+    }
 
     fn kdpm2(config: Value) -> Box<dyn Scheduler<CpuTensor>> {
         crate::from_config_as::<CpuTensor>(CLASS_NAME, &config)
@@ -385,7 +321,7 @@ mod tests {
         s.set_timesteps(10).unwrap();
         let start = dummy_sample_deter().scale(s.init_noise_sigma());
         let ts = s.timesteps().to_vec();
-        let (sum, mean) = abs_sum_mean(&diffusers_test_loop(s.as_mut(), start, &ts));
+        let (sum, mean) = abs_sum_mean(&scaled_loop(s.as_mut(), start, &ts));
         assert!(
             (sum - 20.4125).abs() < 1e-2 && (mean - 0.0266).abs() < 1e-3,
             "{sum} {mean}"
@@ -397,7 +333,7 @@ mod tests {
         s.set_timesteps(10).unwrap();
         let start = dummy_sample_deter().scale(s.init_noise_sigma());
         let ts = s.timesteps().to_vec();
-        let (sum, mean) = abs_sum_mean(&diffusers_test_loop(s.as_mut(), start, &ts));
+        let (sum, mean) = abs_sum_mean(&scaled_loop(s.as_mut(), start, &ts));
         assert!(
             (sum - 4.6934e-07).abs() < 1e-2 && (mean - 6.1112e-10).abs() < 1e-3,
             "{sum} {mean}"
@@ -409,7 +345,7 @@ mod tests {
         let start = dummy_sample_deter().scale(s.init_noise_sigma());
         let ts = s.timesteps()[8 * s.order()..].to_vec();
         let noisy = s.add_noise(&start, &dummy_noise_deter(), &ts[..1]).unwrap();
-        let (sum, mean) = abs_sum_mean(&diffusers_test_loop(s.as_mut(), noisy, &ts));
+        let (sum, mean) = abs_sum_mean(&scaled_loop(s.as_mut(), noisy, &ts));
         assert!(
             (sum - 70408.4062).abs() < 1e-2 && (mean - 91.6776).abs() < 1e-3,
             "{sum} {mean}"

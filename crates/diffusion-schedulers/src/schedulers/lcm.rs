@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::alpha::{
-    alpha_f32, check_threshold_config, custom_timesteps, validate_distilled_config,
+    self, alpha_f32, check_threshold_config, distillation_origin, distilled_timesteps,
+    spec_strength, validate_distilled_config,
 };
-use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0, StepIndex};
+use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
@@ -83,111 +84,6 @@ pub struct LCMScheduler {
     /// `strength` trims it (which decides the last, noise-free step).
     num_inference_steps: Option<usize>,
     index: StepIndex,
-}
-
-/// The distilled-schedule layout shared by LCM and TCD: a custom list (trimmed
-/// by `strength`) or `n` points picked evenly from `origin` (ascending).
-/// Returns the timesteps and diffusers' `num_inference_steps`.
-pub(crate) fn distilled_timesteps(
-    spec: &TimestepSpec,
-    class: &'static str,
-    train: usize,
-    origin: &[i64],
-    original_steps: usize,
-    strength: f64,
-) -> Result<(Vec<i64>, usize)> {
-    if spec.sigmas.is_some() {
-        return Err(SchedulerError::Unsupported {
-            class,
-            what: "custom sigmas".into(),
-        });
-    }
-    let (timesteps, n) = match (&spec.timesteps, spec.num_inference_steps) {
-        (Some(_), Some(_)) => {
-            return Err(SchedulerError::InvalidArgument {
-                field: "timesteps",
-                value: "custom list".into(),
-                reason: "pass either num_inference_steps or timesteps, not both".into(),
-            });
-        }
-        (None, None) => {
-            return Err(SchedulerError::InvalidArgument {
-                field: "num_inference_steps",
-                value: "None".into(),
-                reason: "pass num_inference_steps or timesteps".into(),
-            });
-        }
-        (Some(custom), None) => {
-            let all = custom_timesteps(custom, train)?;
-            let n = all.len();
-            let init = ((n as f64 * strength).trunc() as usize).min(n);
-            let ts = all[n - init..].to_vec();
-            if ts.is_empty() {
-                return Err(SchedulerError::InvalidArgument {
-                    field: "strength",
-                    value: strength.to_string(),
-                    reason: "leaves no timestep of the custom schedule".into(),
-                });
-            }
-            (ts, n)
-        }
-        (None, Some(n)) => {
-            common::check_num_steps(n, train)?;
-            if origin.len() / n < 1 {
-                return Err(SchedulerError::InvalidArgument {
-                    field: "num_inference_steps",
-                    value: n.to_string(),
-                    reason: format!(
-                        "exceeds the {} timesteps of the distillation schedule \
-                         (original_inference_steps = {original_steps} x strength = {strength})",
-                        origin.len()
-                    ),
-                });
-            }
-            if n > original_steps {
-                return Err(SchedulerError::InvalidArgument {
-                    field: "num_inference_steps",
-                    value: n.to_string(),
-                    reason: format!("cannot exceed original_inference_steps = {original_steps}"),
-                });
-            }
-            // np.floor(np.linspace(0, L, n, endpoint=False)) over the descending origin.
-            let len = origin.len();
-            let step = len as f64 / n as f64;
-            let ts = (0..n)
-                .map(|i| origin[len - 1 - (i as f64 * step).floor() as usize])
-                .collect();
-            (ts, n)
-        }
-    };
-    if let Some(&bad) = timesteps.iter().find(|&&t| t as usize >= train) {
-        return Err(SchedulerError::InvalidArgument {
-            field: "strength",
-            value: strength.to_string(),
-            reason: format!("puts timestep {bad} outside [0, {train})"),
-        });
-    }
-    Ok((timesteps, n))
-}
-
-/// `strength` of a spec (default 1), which must be finite and positive.
-pub(crate) fn spec_strength(spec: &TimestepSpec) -> Result<f64> {
-    let s = spec.strength.unwrap_or(1.0);
-    if !(s.is_finite() && s > 0.0) {
-        return Err(SchedulerError::InvalidArgument {
-            field: "strength",
-            value: s.to_string(),
-            reason: "must be finite and positive".into(),
-        });
-    }
-    Ok(s)
-}
-
-/// `k - 1, 2k - 1, ..` for `int(original_steps * strength)` points, `k = train / original_steps`.
-pub(crate) fn distillation_origin(train: usize, original_steps: usize, strength: f64) -> Vec<i64> {
-    let k = (train / original_steps) as i64;
-    let count = (original_steps as f64 * strength).trunc() as i64;
-    (1..=count).map(|i| i * k - 1).collect()
 }
 
 impl LCMScheduler {
@@ -305,54 +201,74 @@ impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
         options: &StepOptions,
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
-        let n = self
+        let num_inference_steps = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
         common::check_step_shapes(model_output, sample)?;
-        let a_t = alpha_f32(&self.alphas_cumprod, t)?;
-        let idx = self.index.peek(t, &self.timesteps)?;
-        if idx >= self.timesteps.len() {
-            return Err(SchedulerError::PastLastStep(idx));
+        let c = &self.config;
+        let alpha_prod_t = alpha_f32(&self.alphas_cumprod, t)?;
+
+        // 1. get previous step value
+        let step_index = self.index.peek(t, &self.timesteps)?;
+        if step_index >= self.timesteps.len() {
+            return Err(SchedulerError::PastLastStep(step_index));
         }
-        let prev_t = self.timesteps.get(idx + 1).copied().unwrap_or(t);
-        let a_prev = if prev_t >= 0.0 {
-            alpha_f32(&self.alphas_cumprod, prev_t)?
+        let prev_timestep = self.timesteps.get(step_index + 1).copied().unwrap_or(t);
+
+        // 2. compute alphas, betas
+        let alpha_prod_t_prev = if prev_timestep >= 0.0 {
+            alpha_f32(&self.alphas_cumprod, prev_timestep)?
         } else {
             self.final_alpha_cumprod
         };
-        let b_prev = 1.0 - a_prev;
+        let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
+
+        // 3. get scalings for boundary conditions
         let (c_skip, c_out) = self.boundary_scalings(t);
 
-        let c = &self.config;
-        let (x0, mut extra) = AlphaX0::new(
+        // 4. compute the predicted original sample x_0 based on the model parameterization
+        let predicted_original_sample = alpha::pred_original_sample(
             c.prediction_type,
-            CLASS_NAME,
             model_output,
             sample,
-            a_t as f64,
-            common::x0_bound!(c),
-        )?;
-        let noise_coeffs = if idx + 1 != n {
-            extra.push(common::step_noise(noise, model_output, sample)?);
-            Some((a_prev.sqrt() as f64, b_prev.sqrt() as f64))
+            alpha_prod_t as f64,
+        );
+
+        // 5. clip or threshold "predicted x_0"
+        let predicted_original_sample =
+            alpha::x0_bound!(c).apply(predicted_original_sample, model_output, sample)?;
+
+        // The noise of 7. (every step but the last), drawn before the inputs are
+        // checked (see `alpha::draw_noise`).
+        let noise = if step_index + 1 != num_inference_steps {
+            Some(alpha::draw_noise(noise, model_output, sample)?)
         } else {
             None
         };
-        let kernel = AlphaStep {
-            x0,
-            terms: [
-                (c_out as f64, AlphaTerm::X0),
-                (c_skip as f64, AlphaTerm::Sample),
-            ],
-            noise: noise_coeffs,
-            second_is_y: true,
+        alpha::check_finite_inputs(model_output, sample)?;
+
+        // 6. denoise model output using boundary conditions
+        let denoised = T::linear_combination(&[
+            (c_out as f64, &*predicted_original_sample),
+            (c_skip as f64, sample),
+        ]);
+        let pred_original_sample = options
+            .wants_pred_original_sample()
+            .then(|| denoised.clone());
+
+        // 7. sample and inject noise z ~ N(0, I) for multistep inference
+        let prev_sample = match noise {
+            Some(noise) => T::linear_combination(&[
+                (alpha_prod_t_prev.sqrt() as f64, &denoised),
+                (beta_prod_t_prev.sqrt() as f64, &noise),
+            ]),
+            None => denoised,
         };
-        let want = options.wants_pred_original_sample();
-        let (prev, denoised) = kernel.run(model_output, sample, &extra, want)?;
-        self.index.advance_from(idx);
+
+        self.index.advance_from(step_index);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: denoised,
+            prev_sample,
+            pred_original_sample,
         })
     }
 

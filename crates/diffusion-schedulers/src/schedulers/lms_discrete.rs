@@ -14,15 +14,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::euler_discrete::{euler_init_noise_sigma, input_sigma, sigma_prediction, step_position};
 use crate::common::{self, StepIndex, f32r};
+use crate::config::validate_betas_without_sigmoid_or_flow;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::sigmas::{
-    SigmaSpacing, begin_index_beyond, interp_sigmas, sigma_add_noise, spaced_timesteps,
-    validate_sigma_betas, validate_sigma_bound,
+    SigmaSpacing, begin_index_beyond, check_step_tensors, fractional_timesteps,
+    init_noise_sigma_f64, input_sigma, interp_sigmas, sigma_add_noise, sigma_pred_original_sample,
+    step_position, validate_sigma_bound,
 };
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -94,7 +94,7 @@ pub struct LMSDiscreteScheduler<T> {
 
 impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
     pub fn new(config: LMSDiscreteConfig) -> Result<Self> {
-        validate_sigma_betas(
+        validate_betas_without_sigmoid_or_flow(
             CLASS_NAME,
             config.num_train_timesteps,
             config.beta_start,
@@ -164,7 +164,7 @@ impl<T: SchedulerTensor> LMSDiscreteScheduler<T> {
     fn schedule(&self, n: usize) -> (Vec<f64>, Vec<f64>) {
         let c = &self.config;
         let mut timesteps =
-            spaced_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
+            fractional_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset);
         let mut sigmas = interp_sigmas(&timesteps, &self.table);
         let (lo, hi) = (sigmas[sigmas.len() - 1], sigmas[0]);
         let (sigma_min, sigma_max) = match self.spacing {
@@ -348,45 +348,6 @@ pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
     )
 }
 
-/// The ODE derivative `(sample - x0) / sigma` of an LMS step, and `x0`.
-struct LmsDerivative {
-    prediction_type: PredictionType,
-    sigma: f64,
-}
-
-impl LmsDerivative {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A, m: A::V, s: A::V) -> [A::V; 2] {
-        let x0 = sigma_prediction(a, self.prediction_type, m, s, self.sigma, self.sigma);
-        let difference = a.linear([(1.0, s), (-1.0, x0)]);
-        [a.scale(difference, 1.0 / self.sigma), x0]
-    }
-}
-
-/// The element-wise part of an LMS step: this step's derivative, and
-/// `prev = sample + sum_j coeffs[j] * d_j` over the derivatives newest first
-/// (this step's, then the older ones: inputs 2..). Outputs:
-/// `[prev, derivative, x0]`.
-struct LmsStep {
-    derivative: LmsDerivative,
-    coeffs: Vec<f64>,
-}
-
-impl Kernel<3> for LmsStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
-        let (m, s) = (a.input(0), a.input(1));
-        let [d, x0] = self.derivative.apply(a, m, s);
-        // One left-to-right accumulation (`1 * acc` is exact).
-        let mut update = a.scale(d, self.coeffs[0]);
-        for (j, &c) in self.coeffs.iter().enumerate().skip(1) {
-            let dj = a.input(1 + j);
-            update = a.linear([(1.0, update), (c, dj)]);
-        }
-        [a.linear([(1.0, s), (1.0, update)]), d, x0]
-    }
-}
-
 impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
     fn class_name(&self) -> &'static str {
         CLASS_NAME
@@ -425,7 +386,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        euler_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma_f64(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&mut self, sample: &T, t: f64) -> Result<T> {
@@ -462,33 +423,40 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for LMSDiscreteScheduler<T> {
         };
         let i = step_position(&self.index, t, &self.timesteps, &self.sigmas)?;
         let sigma = self.sigmas[i];
+        // The derivatives newest first (this step's, then the history's from its
+        // end), as many as both the order and the history allow.
         let order = (i + 1).min(lms_order);
-        // Newest derivative first (this step's, then the history's from its
-        // end); as many terms as both lists hold.
-        let older = order.min(self.derivatives.len() + 1) - 1;
-        let coeffs: Vec<f64> = (0..older + 1)
+        let older: Vec<&T> = self.derivatives.iter().rev().take(order - 1).collect();
+        check_step_tensors(model_output, sample, older.iter().copied())?;
+
+        // 1. x0.
+        let pred_original_sample =
+            sigma_pred_original_sample(self.config.prediction_type, model_output, sample, sigma);
+        // 2. The ODE derivative.
+        let derivative = T::linear_combination(&[(1.0, sample), (-1.0, &pred_original_sample)])
+            .scale(1.0 / sigma);
+        // 3. The linear multistep coefficients.
+        let coeffs: Vec<f64> = (0..=older.len())
             .map(|j| self.lms_coefficient(order, i, j))
             .collect();
-        let mut inputs = vec![model_output, sample];
-        inputs.extend(self.derivatives.iter().rev().take(older));
-        let kernel = LmsStep {
-            derivative: LmsDerivative {
-                prediction_type: self.config.prediction_type,
-                sigma,
-            },
-            coeffs,
-        };
-        let want_x0 = options.wants_pred_original_sample();
-        let [prev, derivative, x0] = common::run_step(&kernel, &inputs, [true, true, want_x0])?;
-        let (prev, derivative) = (common::required(prev)?, common::required(derivative)?);
+        // 4. prev_sample = sample + sum_j coeffs[j] * derivatives[j], one
+        // left-to-right accumulation (`1 * acc` is exact).
+        let mut update = derivative.scale(coeffs[0]);
+        for (&c, &d) in coeffs[1..].iter().zip(&older) {
+            update = T::linear_combination(&[(1.0, &update), (c, d)]);
+        }
+        let prev_sample = T::linear_combination(&[(1.0, sample), (1.0, &update)]);
+
         self.derivatives.push(derivative);
         if self.derivatives.len() > lms_order {
             self.derivatives.remove(0);
         }
         self.index.advance_from(i);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then_some(pred_original_sample),
         })
     }
 

@@ -8,14 +8,15 @@
 //! timesteps (the second-to-last training point is visited twice). Either way
 //! diffusers' `order` is 1: one model evaluation per `step`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{alpha_f32, spaced_timesteps};
+use crate::alpha::{self, alpha_f32, integer_timesteps};
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
@@ -137,201 +138,180 @@ impl<T: SchedulerTensor> PNDMScheduler<T> {
         &self.config
     }
 
-    /// diffusers' `_get_prev_sample`: move `sample` from `t` to `prev_t` along the
-    /// noise estimate `model_output` (scalar factors in `f32`, as torch).
-    fn prev_sample(&self, sample: &T, t: i64, prev_t: i64, model_output: &T) -> Result<T> {
-        let c = self.prev_coefficients(t, prev_t)?;
-        let eps = match c.v {
-            Some((ca, cb)) => T::linear_combination(&[(ca, model_output), (cb, sample)]),
-            None => model_output.clone(),
-        };
-        Ok(T::linear_combination(&[(c.sample, sample), (-c.eps, &eps)]))
-    }
-
-    fn step_prk(&mut self, model_output: &T, t: i64, sample: &T, n: usize) -> Result<T> {
-        let train = self.config.num_train_timesteps;
-        let diff_to_prev = if self.counter % 2 == 1 {
-            0
-        } else {
-            (train / n / 2) as i64
-        };
-        let prev_t = t - diff_to_prev;
-        let base_t = self.timesteps[self.counter / 4 * 4] as i64;
-        let accumulate = |acc: Option<&T>, c: f64| match acc {
-            Some(acc) => T::linear_combination(&[(1.0, acc), (c, model_output)]),
-            None => model_output.scale(c),
-        };
-        let eps = match self.counter % 4 {
-            0 => {
-                self.cur_model_output = Some(accumulate(self.cur_model_output.as_ref(), 1.0 / 6.0));
-                self.ets.push(model_output.clone());
-                self.cur_sample = Some(sample.clone());
-                model_output.clone()
-            }
-            1 | 2 => {
-                self.cur_model_output = Some(accumulate(self.cur_model_output.as_ref(), 1.0 / 3.0));
-                model_output.clone()
-            }
-            _ => accumulate(self.cur_model_output.take().as_ref(), 1.0 / 6.0),
-        };
-        let start = self.cur_sample.as_ref().unwrap_or(sample);
-        self.prev_sample(start, base_t, prev_t, &eps)
-    }
-
-    /// diffusers' `_get_prev_sample`'s coefficients (`f32`, as torch):
-    /// `(sample_coeff, eps_coeff, v)`, `v` the `(sqrt(a_t), sqrt(1 - a_t))`
-    /// that turn a v-prediction into noise.
-    fn prev_coefficients(&self, t: i64, prev_t: i64) -> Result<PrevCoefficients> {
-        let a_t = alpha_f32(&self.alphas_cumprod, t as f64)?;
-        let a_prev = if prev_t >= 0 {
-            alpha_f32(&self.alphas_cumprod, prev_t as f64)?
+    /// `alphas_cumprod` at `timestep` and at `prev_timestep` (before 0,
+    /// `final_alpha_cumprod`), in `f32` as diffusers' 0-dim tensors.
+    fn alphas(&self, timestep: i64, prev_timestep: i64) -> Result<(f32, f32)> {
+        let alpha_prod_t = alpha_f32(&self.alphas_cumprod, timestep as f64)?;
+        let alpha_prod_t_prev = if prev_timestep >= 0 {
+            alpha_f32(&self.alphas_cumprod, prev_timestep as f64)?
         } else {
             self.final_alpha_cumprod
         };
-        let b_t = 1.0 - a_t;
-        let b_prev = 1.0 - a_prev;
-        let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
-        Ok(PrevCoefficients {
-            sample: (a_prev / a_t).sqrt() as f64,
-            eps: ((a_prev - a_t) / denom) as f64,
-            v: (self.config.prediction_type == PredictionType::VPrediction)
-                .then_some((a_t.sqrt() as f64, b_t.sqrt() as f64)),
-        })
+        Ok((alpha_prod_t, alpha_prod_t_prev))
     }
 
-    /// A PLMS step as one pass: the linear multistep combination of the new
-    /// model output and the history, then `_get_prev_sample`. Also returns
-    /// the model output's copy the history keeps.
-    fn step_plms(&mut self, model_output: &T, t: i64, sample: &T, n: usize) -> Result<T> {
-        let ratio = (self.config.num_train_timesteps / n) as i64;
-        let (mut t, mut prev_t) = (t, t - ratio);
-        // The history after this step, without the new model output (input 0).
-        let keep = if self.counter != 1 {
-            self.ets.len().min(3)
+    /// diffusers' `_get_prev_sample`: formula (9) of the PNDM paper, moving
+    /// `sample` from the timestep of `alphas.0` to that of `alphas.1` along the
+    /// model output (scalar factors in `f32`, as torch).
+    fn get_prev_sample(&self, sample: &T, alphas: (f32, f32), model_output: &T) -> T {
+        let (alpha_prod_t, alpha_prod_t_prev) = alphas;
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
+        let model_output = match self.config.prediction_type {
+            PredictionType::VPrediction => Cow::Owned(T::linear_combination(&[
+                (alpha_prod_t.sqrt() as f64, model_output),
+                (beta_prod_t.sqrt() as f64, sample),
+            ])),
+            _ => Cow::Borrowed(model_output),
+        };
+        // the factor of x_t in formula (9)
+        let sample_coeff = (alpha_prod_t_prev / alpha_prod_t).sqrt();
+        // the denominator of e_theta(x_t, t) in formula (9)
+        let model_output_denom_coeff = alpha_prod_t * beta_prod_t_prev.sqrt()
+            + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev).sqrt();
+        // full formula (9)
+        T::linear_combination(&[
+            (sample_coeff as f64, sample),
+            (
+                -(((alpha_prod_t_prev - alpha_prod_t) / model_output_denom_coeff) as f64),
+                &*model_output,
+            ),
+        ])
+    }
+
+    /// diffusers' `step_prk`: one of the four evaluations of a Runge-Kutta step.
+    fn step_prk(
+        &mut self,
+        model_output: &T,
+        timestep: i64,
+        sample: &T,
+        num_inference_steps: usize,
+    ) -> Result<T> {
+        let diff_to_prev = if self.counter % 2 == 1 {
+            0
         } else {
-            prev_t = t;
-            t += ratio;
-            self.ets.len()
+            (self.config.num_train_timesteps / num_inference_steps / 2) as i64
         };
-        let old = &self.ets[self.ets.len() - keep..];
-        let k = keep + usize::from(self.counter != 1);
-        let mut inputs = vec![model_output, sample];
-        inputs.extend(old.iter());
-        // The combination's values, newest first: the model output (input 0),
-        // then the history from its newest (input `1 + keep`) back.
-        let newest_first = |weights: &[f64]| -> Vec<(usize, f64)> {
-            weights
-                .iter()
-                .enumerate()
-                .map(|(i, &w)| (if i == 0 { 0 } else { 2 + keep - i }, w))
-                .collect()
-        };
-        let weights: Option<(Vec<(usize, f64)>, f64)> = if k == 1 && self.counter == 0 {
-            None
-        } else if k == 1 && self.counter == 1 {
-            // The model output with the history's one entry (not yet joined).
-            Some((vec![(0, 1.0), (2, 1.0)], 0.5))
-        } else if k < 2 {
-            return Err(SchedulerError::InvalidArgument {
-                field: "step",
-                value: format!("counter {}", self.counter),
-                reason: "the multistep history is incomplete".into(),
-            });
-        } else if k == 2 {
-            Some((newest_first(&[3.0, -1.0]), 0.5))
-        } else if k == 3 {
-            Some((newest_first(&[23.0, -16.0, 5.0]), 1.0 / 12.0))
+        let prev_timestep = timestep - diff_to_prev;
+        let timestep = self.timesteps[self.counter / 4 * 4] as i64;
+        let alphas = self.alphas(timestep, prev_timestep)?;
+        let cur_sample = if self.counter.is_multiple_of(4) {
+            sample
         } else {
-            Some((newest_first(&[55.0, -59.0, 37.0, -9.0]), 1.0 / 24.0))
+            self.cur_sample.as_ref().unwrap_or(sample)
         };
-        // The second step of the start starts again from the first's sample.
-        let restart = k == 1 && self.counter == 1 && self.cur_sample.is_some();
-        if let (true, Some(s)) = (restart, self.cur_sample.as_ref()) {
-            inputs.push(s);
-        }
-        let kernel = PlmsStep {
-            weights,
-            start: if restart { inputs.len() - 1 } else { 1 },
-            prev: self.prev_coefficients(t, prev_t)?,
+        check_state_shapes(sample, self.cur_model_output.iter().chain([cur_sample]))?;
+        alpha::check_finite_inputs(model_output, sample)?;
+
+        // diffusers' `cur_model_output` starts at 0 (here `None`) and goes back
+        // to 0 after the fourth evaluation.
+        let cur_model_output_plus = |c: f64| match &self.cur_model_output {
+            Some(cur) => T::linear_combination(&[(1.0, cur), (c, model_output)]),
+            None => model_output.scale(c),
         };
-        let [prev, copy] = common::run_step(&kernel, &inputs, [true, self.counter != 1])?;
-        let prev = common::required(prev)?;
-        if self.counter != 1 {
-            let copy = common::required(copy)?;
-            let drop = self.ets.len() - keep;
-            self.ets.drain(..drop);
-            self.ets.push(copy);
-        }
-        if k == 1 && self.counter == 0 {
+        let (cur_model_output, prk_output) = match self.counter % 4 {
+            0 => (
+                Some(cur_model_output_plus(1.0 / 6.0)),
+                Cow::Borrowed(model_output),
+            ),
+            1 | 2 => (
+                Some(cur_model_output_plus(1.0 / 3.0)),
+                Cow::Borrowed(model_output),
+            ),
+            _ => (None, Cow::Owned(cur_model_output_plus(1.0 / 6.0))),
+        };
+        let prev_sample = self.get_prev_sample(cur_sample, alphas, &prk_output);
+
+        if self.counter.is_multiple_of(4) {
+            self.ets.push(model_output.clone());
             self.cur_sample = Some(sample.clone());
-        } else if restart {
+        }
+        self.cur_model_output = cur_model_output;
+        Ok(prev_sample)
+    }
+
+    /// diffusers' `step_plms`: the linear multistep combination of the model
+    /// outputs (`ets`), then `_get_prev_sample`.
+    fn step_plms(
+        &mut self,
+        model_output: &T,
+        timestep: i64,
+        sample: &T,
+        num_inference_steps: usize,
+    ) -> Result<T> {
+        let step = (self.config.num_train_timesteps / num_inference_steps) as i64;
+        let (mut timestep, mut prev_timestep) = (timestep, timestep - step);
+        // diffusers' `ets` after this step, oldest first: the last three model
+        // outputs and this one; the second step (which evaluates the first
+        // step's target point again) adds none.
+        let mut ets: Vec<&T> = Vec::with_capacity(PNDM_ORDER);
+        if self.counter != 1 {
+            ets.extend(&self.ets[self.ets.len().saturating_sub(3)..]);
+            ets.push(model_output);
+        } else {
+            ets.extend(&self.ets);
+            prev_timestep = timestep;
+            timestep += step;
+        }
+        let alphas = self.alphas(timestep, prev_timestep)?;
+        // The second step starts again from the first one's sample.
+        let second_step = ets.len() == 1 && self.counter == 1;
+        let cur_sample = match &self.cur_sample {
+            Some(cur_sample) if second_step => cur_sample,
+            _ => sample,
+        };
+        check_state_shapes(sample, ets.iter().copied().chain([cur_sample]))?;
+        alpha::check_finite_inputs(model_output, sample)?;
+
+        // e1 is ets[-1] (the newest), e2 ets[-2], ...
+        let plms_output = match ets[..] {
+            [.., e4, e3, e2, e1] => Cow::Owned(
+                T::linear_combination(&[(55.0, e1), (-59.0, e2), (37.0, e3), (-9.0, e4)])
+                    .scale(1.0 / 24.0),
+            ),
+            [e3, e2, e1] => Cow::Owned(
+                T::linear_combination(&[(23.0, e1), (-16.0, e2), (5.0, e3)]).scale(1.0 / 12.0),
+            ),
+            [e2, e1] => Cow::Owned(T::linear_combination(&[(3.0, e1), (-1.0, e2)]).scale(0.5)),
+            [e1] if second_step => {
+                Cow::Owned(T::linear_combination(&[(1.0, model_output), (1.0, e1)]).scale(0.5))
+            }
+            // The first step: the model output as it is.
+            _ => Cow::Borrowed(model_output),
+        };
+        let first_step = ets.len() == 1 && self.counter == 0;
+        let prev_sample = self.get_prev_sample(cur_sample, alphas, &plms_output);
+
+        if self.counter != 1 {
+            let drop = self.ets.len().saturating_sub(3);
+            self.ets.drain(..drop);
+            self.ets.push(model_output.clone());
+        }
+        if first_step {
+            self.cur_sample = Some(sample.clone());
+        } else if second_step {
             self.cur_sample = None;
         }
-        Ok(prev)
+        Ok(prev_sample)
     }
 }
 
-/// [`PNDMScheduler::prev_coefficients`].
-#[derive(Debug, Clone, Copy)]
-struct PrevCoefficients {
-    sample: f64,
-    eps: f64,
-    v: Option<(f64, f64)>,
-}
-
-impl PrevCoefficients {
-    /// `_get_prev_sample` of `start` along `eps`.
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A, start: A::V, eps: A::V) -> A::V {
-        let eps = match self.v {
-            Some((ca, cb)) => a.linear([(ca, eps), (cb, start)]),
-            None => eps,
-        };
-        a.linear([(self.sample, start), (-self.eps, eps)])
+/// Refuse a step whose sample's shape differs from that of the state it reads
+/// from earlier steps.
+fn check_state_shapes<'a, T: SchedulerTensor + 'a>(
+    sample: &T,
+    state: impl IntoIterator<Item = &'a T>,
+) -> Result<()> {
+    for kept in state {
+        if kept.shape() != sample.shape() {
+            return Err(SchedulerError::ShapeMismatch {
+                what: "state from an earlier step",
+                expected: sample.shape(),
+                got: kept.shape(),
+            });
+        }
     }
-}
-
-/// The element-wise part of a PLMS step. Inputs: model output, sample, the
-/// history (oldest first), and the restart sample. `weights`: the
-/// combination's inputs and coefficients, newest first, and its scale;
-/// `None` takes the model output as it is. Outputs: `[prev, model output]`
-/// (the history's copy).
-struct PlmsStep {
-    weights: Option<(Vec<(usize, f64)>, f64)>,
-    start: usize,
-    prev: PrevCoefficients,
-}
-
-impl Kernel<2> for PlmsStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 2] {
-        let m = a.input(0);
-        let start = a.input(self.start);
-        let eps = match &self.weights {
-            None => m,
-            Some((w, scale)) => {
-                let sum = match w[..] {
-                    [(i0, w0), (i1, w1)] => {
-                        let (e0, e1) = (a.input(i0), a.input(i1));
-                        a.linear([(w0, e0), (w1, e1)])
-                    }
-                    [(i0, w0), (i1, w1), (i2, w2)] => {
-                        let (e0, e1, e2) = (a.input(i0), a.input(i1), a.input(i2));
-                        a.linear([(w0, e0), (w1, e1), (w2, e2)])
-                    }
-                    [(i0, w0), (i1, w1), (i2, w2), (i3, w3), ..] => {
-                        let (e0, e1) = (a.input(i0), a.input(i1));
-                        let (e2, e3) = (a.input(i2), a.input(i3));
-                        a.linear([(w0, e0), (w1, e1), (w2, e2), (w3, e3)])
-                    }
-                    // Built with 2 to 4 terms.
-                    _ => m,
-                };
-                a.scale(sum, *scale)
-            }
-        };
-        [self.prev.apply(a, start, eps), m]
-    }
+    Ok(())
 }
 
 pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
@@ -372,7 +352,7 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for PNDMScheduler<T> {
             });
         }
         // diffusers lays the base schedule out ascending; it is the DDPM layout reversed.
-        let mut base = spaced_timesteps(
+        let mut base = integer_timesteps(
             self.config.timestep_spacing,
             n,
             train,
@@ -431,23 +411,22 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for PNDMScheduler<T> {
         _options: &StepOptions,
         _noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
-        let n = self
+        let num_inference_steps = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
         common::check_step_shapes(model_output, sample)?;
-        // Validate t before touching the multistep state.
+        // A Runge-Kutta step reads `alphas_cumprod` at schedule entries only:
+        // refuse an unknown `t` itself.
         alpha_f32(&self.alphas_cumprod, t)?;
         let t = t as i64;
-        let prev = if self.counter < self.prk_len {
-            // (A PLMS step checks its inputs in its pass.)
-            common::check_step_inputs(model_output, sample)?;
-            self.step_prk(model_output, t, sample, n)?
+        let prev_sample = if self.counter < self.prk_len {
+            self.step_prk(model_output, t, sample, num_inference_steps)?
         } else {
-            self.step_plms(model_output, t, sample, n)?
+            self.step_plms(model_output, t, sample, num_inference_steps)?
         };
         self.counter += 1;
         Ok(StepOutput {
-            prev_sample: prev,
+            prev_sample,
             pred_original_sample: None,
         })
     }
@@ -548,6 +527,42 @@ mod tests {
         );
         p.set_timesteps(1).unwrap();
         assert_eq!(p.timesteps(), &[0.0]);
+    }
+
+    /// A step whose sample's shape differs from the kept model outputs (PLMS)
+    /// or the running Runge-Kutta sum (PRK) is refused, and the run goes on as
+    /// if it had not been tried.
+    #[test]
+    fn refuses_a_shape_change_mid_run() {
+        let x = CpuTensor::new(vec![0.5, -0.25, 1.0], vec![1, 3]).unwrap();
+        let other = CpuTensor::zeros(vec![3, 1]);
+        let opts = StepOptions::default();
+        for config in [json!({"skip_prk_steps": true}), json!({})] {
+            let run = |fail_at: Option<usize>| {
+                let mut s = pndm(config.clone());
+                s.set_timesteps(5).unwrap();
+                let mut sample = x.clone();
+                for (i, t) in s.timesteps().to_vec().into_iter().enumerate() {
+                    if fail_at == Some(i) {
+                        let err = s.step(&other, t, &other, &opts, &mut NoNoise).unwrap_err();
+                        assert!(
+                            matches!(err, SchedulerError::ShapeMismatch { .. }),
+                            "{config} step {i}: {err}"
+                        );
+                    }
+                    let m = sample.scale(0.3);
+                    sample = s
+                        .step(&m, t, &sample, &opts, &mut NoNoise)
+                        .unwrap()
+                        .prev_sample;
+                }
+                sample
+            };
+            let clean = run(None);
+            for at in [1, 2, 5] {
+                assert_eq!(run(Some(at)), clean, "{config} failure at step {at}");
+            }
+        }
     }
 
     #[test]

@@ -15,14 +15,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{alpha_f32, check_threshold_config, validate_distilled_config};
-use crate::common::{self, AlphaStep, AlphaTerm, AlphaX0, StepIndex, X0Bound};
+use crate::alpha::{
+    self, alpha_f32, check_threshold_config, distillation_origin, distilled_timesteps,
+    spec_strength, validate_distilled_config,
+};
+use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::{
     Scheduler, StepOptions, StepOutput, TimestepSpec, alpha_add_noise, alpha_velocity,
 };
-use crate::schedulers::lcm::{distillation_origin, distilled_timesteps, spec_strength};
 use crate::tensor::{NoiseSource, SchedulerTensor};
 
 pub const CLASS_NAME: &str = "TCDScheduler";
@@ -213,7 +215,7 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
         options: &StepOptions,
         noise: &mut dyn NoiseSource<T>,
     ) -> Result<StepOutput<T>> {
-        let n = self
+        let num_inference_steps = self
             .num_inference_steps
             .ok_or(SchedulerError::NotInitialized("step"))?;
         common::check_step_shapes(model_output, sample)?;
@@ -225,48 +227,61 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
                 reason: "TCD's gamma must lie in [0, 1]".into(),
             });
         }
-        let a_t = alpha_f32(&self.alphas_cumprod, t)?;
-        let idx = self.index.peek(t, &self.timesteps)?;
-        if idx >= self.timesteps.len() {
-            return Err(SchedulerError::PastLastStep(idx));
-        }
-        let prev_t = self.timesteps.get(idx + 1).copied().unwrap_or(0.0);
-        // torch: floor(float32(1 - eta) * float32(t_prev)).
-        let s_t = ((1.0 - eta) as f32 * prev_t as f32).floor() as f64;
-        let a_prev = self.alpha_or_final(prev_t)?;
-        let a_s = alpha_f32(&self.alphas_cumprod, s_t)?;
-        let b_s = 1.0 - a_s;
+        let alpha_prod_t = alpha_f32(&self.alphas_cumprod, t)?;
 
-        let (x0, mut extra) = AlphaX0::new(
-            self.config.prediction_type,
-            CLASS_NAME,
-            model_output,
-            sample,
-            a_t as f64,
-            X0Bound::None,
-        )?;
-        let noise_coeffs = if eta > 0.0 && idx + 1 != n {
-            extra.push(common::step_noise(noise, model_output, sample)?);
-            let ratio = a_prev / a_s;
-            Some((ratio.sqrt() as f64, (1.0 - ratio).sqrt() as f64))
+        // 1. get previous step value
+        let step_index = self.index.peek(t, &self.timesteps)?;
+        if step_index >= self.timesteps.len() {
+            return Err(SchedulerError::PastLastStep(step_index));
+        }
+        let prev_timestep = self.timesteps.get(step_index + 1).copied().unwrap_or(0.0);
+        // torch: floor(float32(1 - eta) * float32(prev_timestep)).
+        let timestep_s = ((1.0 - eta) as f32 * prev_timestep as f32).floor() as f64;
+
+        // 2. compute alphas, betas
+        let alpha_prod_t_prev = self.alpha_or_final(prev_timestep)?;
+        let alpha_prod_s = alpha_f32(&self.alphas_cumprod, timestep_s)?;
+        let beta_prod_s = 1.0 - alpha_prod_s;
+
+        // 3. compute the predicted noised sample x_s based on the model parameterization
+        let prediction_type = self.config.prediction_type;
+        let pred_original_sample =
+            alpha::pred_original_sample(prediction_type, model_output, sample, alpha_prod_t as f64);
+        let pred_epsilon =
+            alpha::pred_epsilon(prediction_type, model_output, sample, alpha_prod_t as f64);
+
+        // The noise of 4. (when eta > 0, every step but the last), drawn before
+        // the inputs are checked (see `alpha::draw_noise`).
+        let noise = if eta > 0.0 && step_index + 1 != num_inference_steps {
+            Some(alpha::draw_noise(noise, model_output, sample)?)
         } else {
             None
         };
-        let kernel = AlphaStep {
-            x0,
-            terms: [
-                (a_s.sqrt() as f64, AlphaTerm::X0),
-                (b_s.sqrt() as f64, AlphaTerm::Eps),
-            ],
-            noise: noise_coeffs,
-            second_is_y: false,
+        alpha::check_finite_inputs(model_output, sample)?;
+
+        let pred_noised_sample = T::linear_combination(&[
+            (alpha_prod_s.sqrt() as f64, &*pred_original_sample),
+            (beta_prod_s.sqrt() as f64, &*pred_epsilon),
+        ]);
+
+        // 4. sample and inject noise z ~ N(0, I) for multistep inference
+        let prev_sample = match noise {
+            Some(noise) => {
+                let ratio = alpha_prod_t_prev / alpha_prod_s;
+                T::linear_combination(&[
+                    (ratio.sqrt() as f64, &pred_noised_sample),
+                    ((1.0 - ratio).sqrt() as f64, &noise),
+                ])
+            }
+            None => pred_noised_sample,
         };
-        let want_x0 = options.wants_pred_original_sample();
-        let (prev, x0) = kernel.run(model_output, sample, &extra, want_x0)?;
-        self.index.advance_from(idx);
+
+        self.index.advance_from(step_index);
         Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
+            prev_sample,
+            pred_original_sample: options
+                .wants_pred_original_sample()
+                .then(|| pred_original_sample.into_owned()),
         })
     }
 

@@ -14,16 +14,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::dpmsolver_singlestep::TimeShiftType;
 use crate::common::{self, StepIndex};
 use crate::config::{
     BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing, invalid, validate_betas,
 };
 use crate::error::{Result, SchedulerError};
-use crate::fused::{Arith, Kernel};
 use crate::multistep::{
-    Difference, Prediction, alpha_sigma, final_sigma, flow_shifted, lambda_f32, missing_steps,
-    sigma_add_noise,
+    Conversion, Form, TimeShiftType, alpha_sigma, check_finite, check_step_tensors,
+    convert_model_output, final_sigma, flow_shifted, lambda_f32, missing_steps, sigma_add_noise,
+    sub,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -166,118 +165,6 @@ pub struct UniPCMultistepScheduler<T> {
     index: StepIndex,
 }
 
-/// The index of `t` among a pass's `inputs`, added if it is not there: the
-/// corrector and the predictor read the same history, which the pass then
-/// reads once.
-fn input_index<'a, T>(inputs: &mut Vec<&'a T>, t: &'a T) -> usize {
-    match inputs.iter().position(|&x| std::ptr::eq(x, t)) {
-        Some(i) => i,
-        None => {
-            inputs.push(t);
-            inputs.len() - 1
-        }
-    }
-}
-
-/// Where a value of a UniP/UniC update comes from, in [`UniStep`]'s pass.
-#[derive(Debug, Clone, Copy)]
-enum Src {
-    Input(usize),
-    /// This step's converted model output.
-    Converted,
-    /// The sample the predictor starts from (corrected, or the input).
-    Start,
-}
-
-/// One UniP/UniC update: from `x` at `sigmas[s0]` to `sigmas[t]`,
-/// `x_t = x_scale * x - m0_scale * m0 - res_scale * sum_k rho_k D_k` with
-/// `D_k = (m_k - m0) / r_k` over the older outputs (and, for the corrector,
-/// `D_t = model_t - m0` last).
-#[derive(Debug, Clone)]
-struct UniTerm {
-    x: Src,
-    m0: Src,
-    /// Older converted outputs, newest first, with `1 / r_k`.
-    older: Vec<(Src, f64)>,
-    /// The corrector's new model output.
-    model_t: Option<Src>,
-    x_scale: f64,
-    m0_scale: f64,
-    res_scale: f64,
-    rhos: Vec<f64>,
-}
-
-/// The element-wise part of a UniPC step: the conversion (unless thresholded:
-/// then input 2), the corrector (when on), the predictor. Outputs:
-/// `[prev, converted, the predictor's start]` (the next step's `last_sample`).
-struct UniStep {
-    convert: Option<Prediction>,
-    corrector: Option<UniTerm>,
-    predictor: UniTerm,
-}
-
-impl UniStep {
-    #[inline(always)]
-    fn get<A: Arith>(a: &mut A, src: Src, converted: A::V, start: A::V) -> A::V {
-        match src {
-            Src::Input(i) => a.input(i),
-            Src::Converted => converted,
-            Src::Start => start,
-        }
-    }
-
-    /// `acc + rho * d` (`rho * d` first), left to right: the same values as
-    /// one linear combination of all the terms (`1 * acc` is exact).
-    #[inline(always)]
-    fn accumulate<A: Arith>(a: &mut A, acc: Option<A::V>, rho: f64, d: A::V) -> A::V {
-        match acc {
-            None => a.scale(d, rho),
-            Some(r) => a.linear([(1.0, r), (rho, d)]),
-        }
-    }
-
-    #[inline(always)]
-    fn term<A: Arith>(a: &mut A, u: &UniTerm, converted: A::V, start: A::V) -> A::V {
-        let x = Self::get(a, u.x, converted, start);
-        let m0 = Self::get(a, u.m0, converted, start);
-        let x_t = a.linear([(u.x_scale, x), (-u.m0_scale, m0)]);
-        // `sum_k rho_k D_k`, accumulated left to right.
-        let mut res = None;
-        for (k, &(src, inv_r)) in u.older.iter().enumerate() {
-            let mk = Self::get(a, src, converted, start);
-            let diff = a.linear([(1.0, mk), (-1.0, m0)]);
-            let d = a.scale(diff, inv_r);
-            res = Some(Self::accumulate(a, res, u.rhos[k], d));
-        }
-        if let Some(src) = u.model_t {
-            let mt = Self::get(a, src, converted, start);
-            let d = a.linear([(1.0, mt), (-1.0, m0)]);
-            res = Some(Self::accumulate(a, res, u.rhos[u.rhos.len() - 1], d));
-        }
-        match res {
-            Some(r) => a.linear([(1.0, x_t), (-u.res_scale, r)]),
-            None => x_t,
-        }
-    }
-}
-
-impl Kernel<3> for UniStep {
-    #[inline(always)]
-    fn apply<A: Arith>(&self, a: &mut A) -> [A::V; 3] {
-        let (m, s) = (a.input(0), a.input(1));
-        let converted = match &self.convert {
-            Some(p) => p.apply(a, m, s),
-            None => a.input(2),
-        };
-        let start = match &self.corrector {
-            Some(u) => Self::term(a, u, converted, s),
-            None => s,
-        };
-        let prev = Self::term(a, &self.predictor, converted, start);
-        [prev, converted, start]
-    }
-}
-
 impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
     pub fn new(config: UniPCConfig) -> Result<Self> {
         validate_betas(
@@ -393,33 +280,20 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
         alpha_sigma(self.sigmas[i] as f32, self.flow())
     }
 
-    /// diffusers' `convert_model_output`: `x0` when `predict_x0`, else the
-    /// noise. A [`Prediction`] for the step's pass, or (thresholded: a
-    /// per-item quantile of the whole `x0`) the tensor computed here.
-    fn convert(
-        &self,
-        model_output: &T,
-        sample: &T,
-        idx: usize,
-    ) -> Result<(Option<Prediction>, Option<T>)> {
-        let at = self.alpha_sigma(idx);
-        let (pred, form) = (self.config.prediction_type, Difference::OneExpression);
-        if !self.config.predict_x0 {
-            let p = Prediction::noise(pred, form, at).ok_or(SchedulerError::Unsupported {
-                class: CLASS_NAME,
-                what: "prediction_type `flow_prediction` with predict_x0 = false".into(),
-            })?;
-            return Ok((Some(p), None));
-        }
+    /// diffusers' `convert_model_output`: `x0_pred` when `predict_x0`, else
+    /// the noise `epsilon`.
+    fn convert_model_output(&self, model_output: &T, sample: &T, step_index: usize) -> Result<T> {
         let c = &self.config;
-        let threshold = c.thresholding.then_some(|x0: &T| {
-            x0.dynamic_threshold(c.dynamic_thresholding_ratio, c.sample_max_value)
-        });
-        Prediction::data(pred, form, at, self.sigmas[idx]).fused_or_thresholded(
-            model_output,
-            sample,
-            threshold,
-        )
+        let conversion = Conversion {
+            prediction_type: c.prediction_type,
+            use_flow_sigmas: c.use_flow_sigmas,
+            // diffusers' UniPC thresholds `x0_pred` only.
+            thresholding: (c.thresholding && c.predict_x0)
+                .then_some((c.dynamic_thresholding_ratio, c.sample_max_value)),
+            form: Form::OneExpression,
+        };
+        let sigma = self.sigmas[step_index] as f32;
+        convert_model_output(model_output, sample, sigma, c.predict_x0, &conversion)
     }
 
     fn degenerate(&self, what: &str, idx: usize) -> SchedulerError {
@@ -433,80 +307,59 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
         }
     }
 
-    /// The coefficients of `multistep_uni_p_bh_update` (predictor, no
-    /// `model_t`) and `multistep_uni_c_bh_update` (corrector): from `x` at
-    /// `sigmas[s0]` to `sigmas[t]`, with the older outputs' sigma indices,
-    /// newest first.
-    #[allow(clippy::too_many_arguments)]
-    fn term(
+    /// The scalars `multistep_uni_p_bh_update` and `multistep_uni_c_bh_update`
+    /// compute alike: from `sigmas[s0]` to `sigmas[t]`, with the older
+    /// outputs at the sigmas `older` (newest first).
+    fn uni_bh(
         &self,
         t: usize,
         s0: usize,
-        x: Src,
-        m0: Src,
-        older: &[(usize, Src)],
-        model_t: Option<Src>,
-        step_idx: usize,
-    ) -> Result<UniTerm> {
-        let corrector = model_t.is_some();
-        let what = if corrector { "corrector" } else { "predictor" };
-        let order = older.len() + 1;
+        older: &[usize],
+        what: &str,
+        step_index: usize,
+    ) -> Result<UniBh> {
         let (alpha_t, sigma_t) = self.alpha_sigma(t);
         let (alpha_s0, sigma_s0) = self.alpha_sigma(s0);
         let lambda_t = lambda_f32(alpha_t, sigma_t);
         let lambda_s0 = lambda_f32(alpha_s0, sigma_s0);
         let h = lambda_t - lambda_s0;
 
-        let mut rks: Vec<f32> = Vec::with_capacity(order);
-        let mut older_terms = Vec::with_capacity(order);
-        for &(si, src) in older {
+        let mut rks: Vec<f32> = Vec::with_capacity(older.len() + 1);
+        for &si in older {
             let (alpha_si, sigma_si) = self.alpha_sigma(si);
             let rk = (lambda_f32(alpha_si, sigma_si) - lambda_s0) / h;
             if !(rk.is_finite() && rk != 0.0) {
-                return Err(self.degenerate(what, step_idx));
+                return Err(self.degenerate(what, step_index));
             }
             rks.push(rk);
-            older_terms.push((src, (1.0f32 / rk) as f64));
         }
+        let inv_rks = rks.iter().map(|&rk| f64::from(1.0 / rk)).collect();
         rks.push(1.0);
+
         let predict_x0 = self.config.predict_x0;
         let hh = if predict_x0 { -h } else { h };
-        let h_phi_1 = hh.exp_m1();
+        let h_phi_1 = hh.exp_m1(); // h phi_1(h) = e^h - 1
         let mut h_phi_k = h_phi_1 / hh - 1.0;
         let mut factorial_i = 1.0f64;
         let b_h = match self.config.solver_type {
             UniPCSolverType::Bh1 => hh,
             UniPCSolverType::Bh2 => hh.exp_m1(),
         };
-        let mut r_mat: Vec<Vec<f64>> = Vec::with_capacity(order);
-        let mut b: Vec<f64> = Vec::with_capacity(order);
+        let order = rks.len();
+        let mut r = Vec::with_capacity(order);
+        let mut b = Vec::with_capacity(order);
         for i in 1..=order {
-            r_mat.push(rks.iter().map(|&r| r.powi(i as i32 - 1) as f64).collect());
-            b.push((h_phi_k * factorial_i as f32 / b_h) as f64);
+            r.push(
+                rks.iter()
+                    .map(|&rk| f64::from(rk.powi(i as i32 - 1)))
+                    .collect(),
+            );
+            b.push(f64::from(h_phi_k * factorial_i as f32 / b_h));
             factorial_i *= (i + 1) as f64;
             h_phi_k = h_phi_k / hh - (1.0 / factorial_i) as f32;
         }
 
-        // `rhos` weights the differences D1s (and, for the corrector, D1_t last).
-        let rhos: Vec<f64> = if corrector {
-            if order == 1 {
-                vec![0.5]
-            } else {
-                solve_dense(r_mat, b).ok_or_else(|| self.degenerate(what, step_idx))?
-            }
-        } else if order == 1 {
-            Vec::new()
-        } else if order == 2 {
-            vec![0.5]
-        } else {
-            let k = order - 1;
-            let sub: Vec<Vec<f64>> = r_mat[..k].iter().map(|row| row[..k].to_vec()).collect();
-            solve_dense(sub, b[..k].to_vec()).ok_or_else(|| self.degenerate(what, step_idx))?
-        };
-        let rhos: Vec<f64> = rhos.into_iter().map(common::f32r).collect();
-
-        // x_t_ = (sigma_t / sigma_s0) x - alpha_t h_phi_1 m0 (data prediction), or
-        // (alpha_t / alpha_s0) x - sigma_t h_phi_1 m0 (noise prediction).
+        // x_t = x_scale * x - m0_scale * m0 - res_scale * res
         let (x_scale, m0_scale, res_scale) = if predict_x0 {
             (sigma_t / sigma_s0, alpha_t * h_phi_1, alpha_t * b_h)
         } else {
@@ -514,19 +367,121 @@ impl<T: SchedulerTensor> UniPCMultistepScheduler<T> {
         };
         let (x_scale, m0_scale, res_scale) = (x_scale as f64, m0_scale as f64, res_scale as f64);
         if !(x_scale.is_finite() && m0_scale.is_finite() && res_scale.is_finite()) {
-            return Err(self.degenerate(what, step_idx));
+            return Err(self.degenerate(what, step_index));
         }
-        Ok(UniTerm {
-            x,
-            m0,
-            older: older_terms,
-            model_t,
+        Ok(UniBh {
+            inv_rks,
+            r,
+            b,
             x_scale,
             m0_scale,
             res_scale,
-            rhos,
         })
     }
+
+    /// diffusers' `multistep_uni_p_bh_update`: from `sample` at step
+    /// `step_index` to the next, `m0` this step's converted output and
+    /// `previous` the older ones, newest first.
+    fn multistep_uni_p_bh_update(
+        &self,
+        m0: &T,
+        previous: &[&T],
+        sample: &T,
+        step_index: usize,
+    ) -> Result<T> {
+        let what = "predictor";
+        let order = previous.len() + 1;
+        let older: Vec<usize> = (1..order).map(|i| step_index - i).collect();
+        let bh = self.uni_bh(step_index + 1, step_index, &older, what, step_index)?;
+        let rhos_p = match order {
+            1 => Vec::new(),
+            // For order 2, a simplified version.
+            2 => vec![0.5],
+            _ => {
+                let k = order - 1;
+                let r = bh.r[..k].iter().map(|row| row[..k].to_vec()).collect();
+                solve_dense(r, bh.b[..k].to_vec())
+                    .ok_or_else(|| self.degenerate(what, step_index))?
+            }
+        };
+        let d1s = previous
+            .iter()
+            .zip(&bh.inv_rks)
+            .map(|(&mi, &inv_rk)| sub(mi, m0).scale(inv_rk));
+        let pred_res = weighted_sum(rhos_p.into_iter().map(common::f32r).zip(d1s));
+        Ok(bh.x_t(sample, m0, pred_res))
+    }
+
+    /// diffusers' `multistep_uni_c_bh_update`: corrects `this_sample` from
+    /// `last_sample` at the previous step, `m0` the previous step's converted
+    /// output, `previous` the older ones (newest first) and
+    /// `this_model_output` this step's.
+    fn multistep_uni_c_bh_update(
+        &self,
+        this_model_output: &T,
+        m0: &T,
+        previous: &[&T],
+        last_sample: &T,
+        step_index: usize,
+    ) -> Result<T> {
+        let what = "corrector";
+        let order = previous.len() + 1;
+        let older: Vec<usize> = (1..order).map(|i| step_index - (i + 1)).collect();
+        let bh = self.uni_bh(step_index, step_index - 1, &older, what, step_index)?;
+        let rhos_c = match order {
+            // For order 1, a simplified version.
+            1 => vec![0.5],
+            _ => solve_dense(bh.r.clone(), bh.b.clone())
+                .ok_or_else(|| self.degenerate(what, step_index))?,
+        };
+        let d1s = previous
+            .iter()
+            .zip(&bh.inv_rks)
+            .map(|(&mi, &inv_rk)| sub(mi, m0).scale(inv_rk));
+        let d1_t = sub(this_model_output, m0);
+        // corr_res + rhos_c[-1] * D1_t, accumulated as one sum
+        let corr_res = weighted_sum(
+            rhos_c
+                .into_iter()
+                .map(common::f32r)
+                .zip(d1s.chain(std::iter::once(d1_t))),
+        );
+        Ok(bh.x_t(last_sample, m0, corr_res))
+    }
+}
+
+/// The scalars of a UniP or UniC update ([`UniPCMultistepScheduler::uni_bh`]).
+struct UniBh {
+    /// `1 / r_k` of the older outputs, newest first.
+    inv_rks: Vec<f64>,
+    /// The B(h) system `R rho = b`: `R[i][k] = r_k^i` (with `r = 1` last).
+    r: Vec<Vec<f64>>,
+    b: Vec<f64>,
+    x_scale: f64,
+    m0_scale: f64,
+    res_scale: f64,
+}
+
+impl UniBh {
+    /// `x_t = x_scale * x - m0_scale * m0 - res_scale * res` (no `res`: none).
+    fn x_t<T: SchedulerTensor>(&self, x: &T, m0: &T, res: Option<T>) -> T {
+        let x_t_ = T::linear_combination(&[(self.x_scale, x), (-self.m0_scale, m0)]);
+        match res {
+            Some(res) => T::linear_combination(&[(1.0, &x_t_), (-self.res_scale, &res)]),
+            None => x_t_,
+        }
+    }
+}
+
+/// `sum_k rho_k D_k` (diffusers' `einsum("k,bkc...->bc...", rhos, D1s)`),
+/// accumulated left to right; `None` without terms.
+fn weighted_sum<T: SchedulerTensor>(terms: impl IntoIterator<Item = (f64, T)>) -> Option<T> {
+    terms.into_iter().fold(None, |sum, (rho, d)| {
+        Some(match sum {
+            None => d.scale(rho),
+            Some(sum) => T::linear_combination(&[(1.0, &sum), (rho, &d)]),
+        })
+    })
 }
 
 pub(crate) fn build<T: SchedulerTensor + Send + 'static>(
@@ -767,93 +722,72 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
         }
         common::check_step_shapes(model_output, sample)?;
         // Committed (`advance_from`) only once the step has succeeded.
-        let idx = self.index.peek(t, &self.timesteps)?;
+        let step_index = self.index.peek(t, &self.timesteps)?;
         let n = self.timesteps.len();
-        if idx >= n {
-            return Err(SchedulerError::PastLastStep(idx));
+        if step_index >= n {
+            return Err(SchedulerError::PastLastStep(step_index));
         }
         let k = self.config.solver_order;
-        let (convert, done) = self.convert(model_output, sample, idx)?;
-        let mut inputs: Vec<&T> = vec![model_output, sample];
-        inputs.extend(done.as_ref());
-        let converted_src = |done: &Option<T>| match done {
-            Some(_) => Src::Input(2),
-            None => Src::Converted,
+        let history = |i: usize| {
+            self.model_outputs[i]
+                .as_ref()
+                .ok_or(SchedulerError::PastLastStep(step_index))
         };
-
-        // UniC: correct `sample` with the new output, from the previous predictor's start.
-        let use_corrector = idx > 0
-            && !self.config.disable_corrector.contains(&(idx - 1))
-            && self.last_sample.is_some();
-        let corrector = match (&self.last_sample, use_corrector) {
-            (Some(last), true) => {
-                let past = |i: usize| {
-                    self.model_outputs[k - 1 - i]
-                        .as_ref()
-                        .ok_or(SchedulerError::PastLastStep(idx))
-                };
-                let x = Src::Input(input_index(&mut inputs, last));
-                let m0 = Src::Input(input_index(&mut inputs, past(0)?));
-                let mut older = Vec::new();
-                for i in 1..self.this_order {
-                    let m = input_index(&mut inputs, past(i)?);
-                    older.push((idx - (i + 1), Src::Input(m)));
-                }
-                let model_t = Some(converted_src(&done));
-                Some(self.term(idx, idx - 1, x, m0, &older, model_t, idx)?)
+        let model_output_convert = self.convert_model_output(model_output, sample, step_index)?;
+        // UniC corrects `sample` from the previous step's start, with its
+        // converted output `m0` and the older ones (newest first).
+        let corrector = match &self.last_sample {
+            Some(last_sample)
+                if step_index > 0 && !self.config.disable_corrector.contains(&(step_index - 1)) =>
+            {
+                let m0 = history(k - 1)?;
+                let previous = (1..self.this_order)
+                    .map(|i| history(k - 1 - i))
+                    .collect::<Result<Vec<&T>>>()?;
+                Some((last_sample, m0, previous))
             }
             _ => None,
         };
-
-        // UniP from the history including the new output.
         let this_order = if self.config.lower_order_final {
-            k.min(n - idx)
+            k.min(n - step_index)
         } else {
             k
-        }
-        .min(self.lower_order_nums + 1);
-        let history: Vec<&T> = self.model_outputs[1..].iter().flatten().collect();
-        let mut older = Vec::new();
-        for i in 1..this_order {
-            // `history` without the new output, which would come last.
-            let m = *history
-                .get(history.len() + 1 - 1 - i)
-                .ok_or(SchedulerError::PastLastStep(idx))?;
-            older.push((idx - i, Src::Input(input_index(&mut inputs, m))));
-        }
-        let predictor = self.term(
-            idx + 1,
-            idx,
-            Src::Start,
-            converted_src(&done),
-            &older,
-            None,
-            idx,
-        )?;
-        let kernel = UniStep {
-            convert,
-            corrector,
-            predictor,
         };
-        let want = [true, done.is_none(), true];
-        let [prev, fused, start] = common::run_step(&kernel, &inputs, want)?;
-        let (prev, start) = (common::required(prev)?, common::required(start)?);
-        let converted = match done {
-            Some(t) => t,
-            None => common::required(fused)?,
-        };
+        // Warm-up of the multistep history.
+        let this_order = this_order.min(self.lower_order_nums + 1);
+        // UniP predicts from this step's converted output and the older ones, newest first.
+        let previous = (1..this_order)
+            .map(|i| history(k - i))
+            .collect::<Result<Vec<&T>>>()?;
+        let state = corrector.iter().flat_map(|(last_sample, m0, older)| {
+            [*last_sample, *m0].into_iter().chain(older.clone())
+        });
+        check_step_tensors(model_output, state.chain(previous.clone()))?;
+        check_finite(model_output, sample)?;
 
-        // Commit the new state.
+        let sample = match &corrector {
+            Some((last_sample, m0, older)) => self.multistep_uni_c_bh_update(
+                &model_output_convert,
+                m0,
+                older,
+                last_sample,
+                step_index,
+            )?,
+            None => sample.clone(),
+        };
+        let prev_sample =
+            self.multistep_uni_p_bh_update(&model_output_convert, &previous, &sample, step_index)?;
+
         self.model_outputs.remove(0);
-        self.model_outputs.push(Some(converted));
-        self.last_sample = Some(start);
+        self.model_outputs.push(Some(model_output_convert));
+        self.last_sample = Some(sample);
         self.this_order = this_order;
         if self.lower_order_nums < k {
             self.lower_order_nums += 1;
         }
-        self.index.advance_from(idx);
+        self.index.advance_from(step_index);
         Ok(StepOutput {
-            prev_sample: prev,
+            prev_sample,
             pred_original_sample: None,
         })
     }
