@@ -1,7 +1,7 @@
 //! Command-line flags (shared with the PyTorch peer, which takes the same ones).
 
 use crate::{BenchError, Result};
-use diffusion_models::Precision;
+use diffusion_models::{Formulation, Precision};
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
@@ -11,7 +11,9 @@ diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
   --component C[,C...]   unet, vae-decode, vae-encode, text, scheduler,
                          pipeline, or all; Rust only: profile (per-op times
                          of one UNet forward), ops (op formulations at the
-                         UNet's shapes)                                       [all]
+                         UNet's shapes), steps (one step of every scheduler
+                         class, and its share of a `unet` forward measured
+                         in the same run)                                     [all]
   --backend B            cpu | cuda | cuda-nofusion (burn-cuda without its
                          fusion layer); cuda needs a `--features cuda` build  [cpu]
   --dtype D              f32 | f16 | bf16                                     [f32 on cpu, f16 on cuda]
@@ -29,9 +31,13 @@ diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
   --json PATH            write the report (both sides, ratios) as JSON
   --write-tokenizers     only write target/bench/tokenizers (the CLIP tokenizer
                          folders both sides read) and exit
+
+Op formulations (the backend's measured fastest unless set; reported in the
+header line): DIFFUSION_ATTENTION=fused|matmul, DIFFUSION_CONV=direct|im2col,
+DIFFUSION_GROUP_NORM=one-pass|two-stage.
 ";
 
-pub const COMPONENTS: [&str; 8] = [
+pub const COMPONENTS: [&str; 9] = [
     "unet",
     "vae-decode",
     "vae-encode",
@@ -40,10 +46,11 @@ pub const COMPONENTS: [&str; 8] = [
     "pipeline",
     "profile",
     "ops",
+    "steps",
 ];
 
 /// Components only the Rust side runs.
-pub const RUST_ONLY: [&str; 2] = ["profile", "ops"];
+pub const RUST_ONLY: [&str; 3] = ["profile", "ops", "steps"];
 
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -63,6 +70,9 @@ pub struct Args {
     pub json: Option<PathBuf>,
     pub help: bool,
     pub write_tokenizers: bool,
+    /// What the models are built with: the backend's (`Formulation::for_backend`)
+    /// until `main` applies the environment's choices.
+    pub formulation: Formulation,
 }
 
 impl Args {
@@ -201,6 +211,7 @@ impl Args {
         Ok(Args {
             presets,
             components,
+            formulation: Formulation::for_backend(&backend),
             backend,
             precision,
             batch,

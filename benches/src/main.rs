@@ -67,15 +67,15 @@ pub enum BenchError {
 pub type Result<T> = std::result::Result<T, BenchError>;
 
 fn run() -> Result<()> {
-    let args = Args::parse(std::env::args().skip(1))?;
+    let mut args = Args::parse(std::env::args().skip(1))?;
     if args.help {
         println!("{}", args::USAGE);
         return Ok(());
     }
-    diffusion_models::kernels::init_from_env_or(diffusion_models::kernels::defaults_for(
-        &args.backend,
-    ))
-    .map_err(|e| BenchError::Usage(e.to_string()))?;
+    args.formulation = args
+        .formulation
+        .with_vars(|var| std::env::var(var).ok())
+        .map_err(|e| BenchError::Usage(e.to_string()))?;
     if args.backend.starts_with("cuda") {
         probe_cuda()?;
     }
@@ -92,6 +92,11 @@ fn run() -> Result<()> {
         "runs": args.runs,
         "steps": args.steps,
         "threads": args.threads,
+        "formulation": {
+            "attention": args.formulation.attention.name(),
+            "conv": args.formulation.conv.name(),
+            "group_norm": args.formulation.group_norm.name(),
+        },
     });
     eprintln!("diffusion-bench {header}");
     for preset in &args.presets {

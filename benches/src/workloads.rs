@@ -9,7 +9,7 @@ use diffusion_hub::tokenizer::ClipTokenizer;
 use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
 use diffusion_models::config::parse_config;
-use diffusion_models::kernels::{self, AttentionKernel, ConvKernel};
+use diffusion_models::formulation::{AttentionFormulation, ConvFormulation, Formulation};
 use diffusion_models::profile;
 use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
@@ -18,7 +18,9 @@ use diffusion_models::{Loader, Precision};
 use diffusion_pipelines::components::build_scheduler;
 use diffusion_pipelines::text::{TextEncoder, TextModel};
 use diffusion_pipelines::{Generator, Latents, Params, StableDiffusion, Task};
-use diffusion_schedulers::{NoNoise, StepOptions};
+use diffusion_schedulers::{
+    NoNoise, NoiseSource, SCHEDULER_CLASSES, SchedulerError, StepOptions, from_config_as,
+};
 use serde_json::{Value, json};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -197,6 +199,82 @@ fn measure<B: Backend + 'static>(
     }))
 }
 
+/// Hands out the same noise tensor at every draw (the steps' own cost is
+/// timed, not the generator's).
+struct SameNoise<B: Backend>(Latents<B, 4>);
+
+impl<B: Backend> NoiseSource<Latents<B, 4>> for SameNoise<B> {
+    fn noise(
+        &mut self,
+        _like: &Latents<B, 4>,
+    ) -> std::result::Result<Latents<B, 4>, SchedulerError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// One `step` of every scheduler class (built from the preset's scheduler
+/// config) on the latent the pipeline steps (batch 1), `--runs` times after
+/// ten untimed steps that fill a multistep history, each as the pipeline
+/// calls it (`prev_sample` only). With `unet_ms` (a `unet` forward of the
+/// same run), each step's share of it.
+fn scheduler_steps<B: Backend + 'static>(
+    args: &Args,
+    preset: &Preset,
+    unet_ms: Option<f64>,
+    device: &B::Device,
+) -> Result<Vec<Value>> {
+    let base = read_json(&preset.scheduler)?;
+    let shape = [1, 4, preset.latent, preset.latent];
+    let normal = Distribution::Normal(0.0, 1.0);
+    let dtype = args.precision.dtype();
+    let random = || Latents(Tensor::<B, 4>::random(shape, normal, (device, dtype)));
+    let (x, eps) = (random(), random());
+    let options = StepOptions {
+        pred_original_sample: Some(false),
+        ..StepOptions::default()
+    };
+    let mut rows = Vec::new();
+    for class in SCHEDULER_CLASSES {
+        let mut scheduler = match from_config_as::<Latents<B, 4>>(class, &base) {
+            Ok(loaded) => loaded.scheduler,
+            Err(e) => {
+                eprintln!("  {class}: not built from the preset's config ({e})");
+                continue;
+            }
+        };
+        scheduler.set_timesteps(10 + 2 * (args.runs + 1))?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let mut noise = SameNoise(random());
+        let mut next = timesteps.iter().copied();
+        let mut step = || -> Result<()> {
+            let t = next.next().ok_or_else(|| BenchError::Invalid {
+                what: class.to_string(),
+                reason: "ran out of timesteps".into(),
+            })?;
+            scheduler.step(&eps, t, &x, &options, &mut noise)?;
+            Ok(())
+        };
+        for _ in 0..10 {
+            step()?;
+        }
+        let mut row = measure::<B>(device, args.runs, &mut step)?;
+        let median = row["median_ms"].as_f64().unwrap_or(f64::NAN);
+        row["class"] = json!(class);
+        if let Some(unet) = unet_ms {
+            row["share_of_unet"] = json!(median / unet);
+        }
+        eprintln!(
+            "  {class:<34} {median:>9.3} ms{}",
+            unet_ms.map_or(String::new(), |u| format!(
+                "  {:>8.4}% of a unet forward",
+                100.0 * median / u
+            ))
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// Models of a preset, loaded on first use.
 struct Models<B: Backend> {
     unet: Option<(UNet2DConditionModel<B>, UNet2DConditionConfig)>,
@@ -267,13 +345,14 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
     let device = B::Device::default();
     B::seed(&device, 0);
     let precision = args.precision;
+    let loader = || Loader::random(&device, precision).with_formulation(args.formulation);
     let mut models = Models::<B> {
         unet: None,
         vae: None,
         text: None,
         text_2: None,
     };
-    let mut rows = Vec::new();
+    let mut rows: Vec<Value> = Vec::new();
     let mut load_ms = 0.0;
     let mut timed_load = |f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         let t = Instant::now();
@@ -287,7 +366,7 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
     if needs(&["unet", "pipeline", "profile", "ops"]) {
         timed_load(&mut || {
             let cfg: UNet2DConditionConfig = config(&preset.unet)?;
-            let m = UNet2DConditionModel::<B>::load(&Loader::random(&device, precision), &cfg)?;
+            let m = UNet2DConditionModel::<B>::load(&loader(), &cfg)?;
             models.unet = Some((m, cfg));
             Ok(())
         })?;
@@ -298,26 +377,17 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
             // As the pipelines: only SDXL honours force_upcast (diffusers' SD
             // 1.x pipelines run their VAE in f16).
             cfg.force_upcast &= preset.text_encoder_2.is_some();
-            models.vae = Some(AutoencoderKL::<B>::load(
-                &Loader::random(&device, precision),
-                &cfg,
-            )?);
+            models.vae = Some(AutoencoderKL::<B>::load(&loader(), &cfg)?);
             Ok(())
         })?;
     }
     if needs(&["text", "pipeline"]) {
         timed_load(&mut || {
             let cfg: CLIPTextConfig = config(&preset.text_encoder)?;
-            models.text = Some(CLIPTextModel::<B>::load(
-                &Loader::random(&device, precision),
-                &cfg,
-            )?);
+            models.text = Some(CLIPTextModel::<B>::load(&loader(), &cfg)?);
             if let Some(p2) = &preset.text_encoder_2 {
                 let cfg: CLIPTextConfig = config(p2)?;
-                models.text_2 = Some(CLIPTextModelWithProjection::<B>::load(
-                    &Loader::random(&device, precision),
-                    &cfg,
-                )?);
+                models.text_2 = Some(CLIPTextModelWithProjection::<B>::load(&loader(), &cfg)?);
             }
             Ok(())
         })?;
@@ -392,6 +462,14 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
                     Ok(())
                 })?
             }
+            "steps" => {
+                let unet_ms = rows
+                    .iter()
+                    .find(|r| r["component"] == "unet")
+                    .and_then(|r| r["median_ms"].as_f64());
+                let steps = scheduler_steps::<B>(args, &preset, unet_ms, &device)?;
+                json!({ "schedulers": steps, "unet_median_ms": unet_ms })
+            }
             "pipeline" => {
                 let mut sd = pipeline::<B>(args, &preset, &mut models, &device)?;
                 let side = preset.latent * vae_factor(&sd.vae.config);
@@ -450,27 +528,39 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
                     &cfg.block_out_channels,
                     args.runs,
                 )?;
-                // The whole UNet forward under each kernel choice.
+                // The whole UNet forward under each formulation: a UNet built
+                // with it (the loaded one where it already is).
                 let (x, t, ctx, cond) =
                     unet_inputs::<B>(cfg, args.batch, preset.latent, precision, &device)?;
-                let before = (kernels::attention(), kernels::conv());
                 let mut variants = Vec::new();
-                for attention in [AttentionKernel::Fused, AttentionKernel::Matmul] {
-                    for conv in [ConvKernel::Direct, ConvKernel::Im2col] {
-                        kernels::set_attention(attention);
-                        kernels::set_conv(conv);
+                for attention in [AttentionFormulation::Fused, AttentionFormulation::Matmul] {
+                    for conv in [ConvFormulation::Direct, ConvFormulation::Im2col] {
+                        let formulation = Formulation {
+                            attention,
+                            conv,
+                            ..args.formulation
+                        };
+                        let built;
+                        let variant = if formulation == args.formulation {
+                            unet
+                        } else {
+                            let loader = Loader::random(&device, precision);
+                            built = UNet2DConditionModel::<B>::load(
+                                &loader.with_formulation(formulation),
+                                cfg,
+                            )?;
+                            &built
+                        };
                         let mut m = measure::<B>(&device, args.runs, || {
-                            unet.forward(x.clone(), t.clone(), ctx.clone(), cond.clone())?;
+                            variant.forward(x.clone(), t.clone(), ctx.clone(), cond.clone())?;
                             Ok(())
                         })?;
-                        m["attention"] = json!(format!("{attention:?}"));
-                        m["conv"] = json!(format!("{conv:?}"));
-                        eprintln!("  unet with {attention:?} attention, {conv:?} conv: {m}");
+                        m["attention"] = json!(attention.name());
+                        m["conv"] = json!(conv.name());
+                        eprintln!("  unet with {attention} attention, {conv} conv: {m}");
                         variants.push(m);
                     }
                 }
-                kernels::set_attention(before.0);
-                kernels::set_conv(before.1);
                 row["unet_variants"] = json!(variants);
                 row
             }
@@ -489,7 +579,7 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
     Ok(rows)
 }
 
-/// The SD / SDXL pipeline over the preset's models (moved out of `models`).
+/// The SD / SDXL pipeline over the preset's models.
 fn pipeline<B: Backend + 'static>(
     args: &Args,
     preset: &Preset,

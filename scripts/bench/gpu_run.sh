@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (the `device` tool's `run`): the PyTorch diffusers
+# One run on a GPU machine without cargo or diffusers: the PyTorch diffusers
 # side first (each preset its own process), then diffusion-bench on burn-cuda
 # with --peer-json, so one table holds both. Carry: bin/diffusion-bench (built
 # here: `CUDARC_CUDA_VERSION=13000 cargo build --release -p diffusion-bench
@@ -13,7 +13,7 @@
 # cuda-fusion build); PEER=0 skips the diffusers side.
 set -u
 OUT=${OUT:-/tmp/bench-out}
-# The carried binary may come gzipped (the device tool's 64 MiB limit).
+# The carried binary may come gzipped (to fit a 64 MiB transfer limit).
 if [ ! -x bin/diffusion-bench ] && [ -f binz/diffusion-bench.gz ]; then
   mkdir -p bin && gunzip -c binz/diffusion-bench.gz > bin/diffusion-bench && chmod +x bin/diffusion-bench
 fi

@@ -91,8 +91,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 OUT = os.path.join(REPO, "crates", "diffusion-pipelines", "tests", "fixtures")
 BPE_GZ = os.path.join(REPO, "crates", "diffusion-hub", "tests", "fixtures", "tokenizer", "bpe_simple_vocab_16e6.txt.gz")
-# Real photos found on the build machine (scikit-learn's samples were not installed):
-# the STM32F3 Discovery board pictures of the Rust embedded book.
+# Real photos that need no download: the STM32F3 Discovery board pictures of the Rust
+# embedded book, shipped with rustup's documentation.
 PHOTO_DIR = os.path.expanduser("~/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/share/doc/rust/html/embedded-book/assets")
 PHOTOS = {"photo_a": os.path.join(PHOTO_DIR, "f3.jpg"), "photo_b": os.path.join(PHOTO_DIR, "verify.jpeg")}
 
@@ -677,7 +677,7 @@ def prompt_texts(kw):
 
 def alias_text_model(pipe):
     """diffusers 0.42's clip_skip path calls `text_encoder.text_model.final_layer_norm`,
-    which transformers 5 removed (CLIPTextModel is flat now). A plain (non-module)
+    which transformers 5's flat CLIPTextModel does not have. A plain (non-module)
     alias restores what that line means without changing the model."""
     from types import SimpleNamespace
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Check the Rust `trace` example against diffusers on one request, from outside the test suite.
+"""Check the Rust `scheduler_trace` example against diffusers on one request, from outside the test suite.
 
     python scripts/schedulers/check_trace.py examples/scheduler-trace-request.json
 
 Runs the request's loop with diffusers 0.42 (noise from the request's `noise` list,
-in order) and with `cargo run --release -p diffusion-schedulers --example trace`,
+in order) and with `cargo run --release -p examples --example scheduler_trace`,
 then prints the timesteps' agreement and the final sample's relative L2 error.
 """
 import json
@@ -49,7 +49,7 @@ def main(path):
     req = json.loads(text)
     ts, ref = run_diffusers(req)
     out = subprocess.run(
-        ["cargo", "run", "--release", "-q", "-p", "diffusion-schedulers", "--example", "trace"],
+        ["cargo", "run", "--release", "-q", "-p", "examples", "--example", "scheduler_trace"],
         input=text, capture_output=True, text=True, cwd=ROOT, check=True,
     )
     got = json.loads(out.stdout)

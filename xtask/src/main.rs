@@ -6,9 +6,10 @@
 //!   with `--compare diffusers` the same workloads in PyTorch side by side
 //!   (`cargo xtask bench --help` lists the flags). Writes
 //!   target/bench/report.json unless `--json` says otherwise.
-//! - `bench schedulers`: run the criterion benches and print each scheduler's
-//!   step time beside a plain copy of the same buffer (ratio = step / copy),
-//!   then the `step_ratio` example (each step timed right after a copy).
+//! - `bench schedulers`: what a scheduler step costs against a UNet forward
+//!   at the same latent size on the pipelines' backend (`diffusion-bench
+//!   --component unet,steps`, mid and SD1.5 presets on the CPU), then the
+//!   criterion bench of every step on the crate's own `CpuTensor`.
 //! - `bench models [--no-compare]`: criterion benches of a mid-size UNet
 //!   forward, a VAE decode and a CLIP-L encode on the default CPU backend,
 //!   beside the same workloads in PyTorch (same configs and thread count).
@@ -172,52 +173,29 @@ fn bench_models(args: &[String]) -> Result<(), String> {
 }
 
 fn bench_schedulers() -> Result<(), String> {
+    // The step against the model it follows, on the same backend and latent.
+    for preset in ["mid", "sd15"] {
+        bench_components(&[
+            "--preset".into(),
+            preset.into(),
+            "--component".into(),
+            "unet,steps".into(),
+            "--batch".into(),
+            "2".into(),
+            "--runs".into(),
+            "3".into(),
+            "--json".into(),
+            format!("target/bench/schedulers-{preset}.json"),
+        ])?;
+    }
+    // Every step on `CpuTensor` (the crate's reference tensor), absolute times.
     run(Command::new(env!("CARGO")).current_dir(root()).args([
         "bench",
         "-p",
         "diffusion-schedulers",
         "--bench",
         "step",
-    ]))?;
-    let group = root().join("target/criterion/scheduler_step_2x4x128x128");
-    let copy = estimate_ns(&group, "copy").ok_or("no criterion result for `copy`")?;
-    let mut rows = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&group)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name == "copy" || name == "report" {
-            continue;
-        }
-        if let Some(ns) = estimate_ns(&group, &name) {
-            rows.push(serde_json::json!({"scheduler": name, "step_us": ns / 1e3, "ratio_to_copy": ns / copy}));
-            println!("{name:<36} {:>9.1} us  {:>6.2}x copy", ns / 1e3, ns / copy);
-        }
-    }
-    println!(
-        "{:<36} {:>9.1} us  (2x4x128x128 f32 clone)",
-        "copy",
-        copy / 1e3
-    );
-    let out = root().join("target/bench-schedulers.json");
-    let json = serde_json::json!({"copy_us": copy / 1e3, "steps": rows});
-    std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap())
-        .map_err(|e| e.to_string())?;
-    println!("wrote {}", out.display());
-    // The same steps timed alternately with a copy (ratios that a shared
-    // machine's changing speed moves less; see the example's docs).
-    run(Command::new(env!("CARGO")).current_dir(root()).args([
-        "run",
-        "--release",
-        "-p",
-        "diffusion-schedulers",
-        "--example",
-        "step_ratio",
-    ]))?;
-    Ok(())
+    ]))
 }
 
 fn fixtures(args: &[String]) -> Result<(), String> {

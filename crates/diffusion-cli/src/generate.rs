@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use diffusion_hub::save::{OwnedTensor, save_safetensors};
+use diffusion_models::Formulation;
 use diffusion_pipelines::image::Images;
 use diffusion_pipelines::{Generator, LoadOptions, LongPrompt, Params};
 use serde_json::{Map, Value, json};
@@ -23,8 +24,13 @@ pub struct Written {
     pub parameters: Map<String, Value>,
 }
 
-/// Runs a generation on backend `B` (device `device`) and writes the outputs.
-pub fn run<B: Backend>(settings: &Settings, device: B::Device) -> Result<Vec<Written>> {
+/// Runs a generation on backend `B` (device `device`, its models built with
+/// `formulation`) and writes the outputs.
+pub fn run<B: Backend>(
+    settings: &Settings,
+    device: B::Device,
+    formulation: Formulation,
+) -> Result<Vec<Written>> {
     let model = settings.hub.model_name()?;
     let options = LoadOptions::<B> {
         device: device.clone(),
@@ -35,6 +41,7 @@ pub fn run<B: Backend>(settings: &Settings, device: B::Device) -> Result<Vec<Wri
         cache_dir: None,
         scheduler: settings.scheduler.clone(),
         progress: !settings.quiet,
+        formulation: Some(formulation),
     };
     let mut pipe = load_pipeline(
         &model,

@@ -43,6 +43,11 @@
 //! another size to the image's, which misplaces the repainted region when
 //! the aspect ratios differ, so `diffuse` refuses it.
 //!
+//! The models run the op formulations measured fastest on the device
+//! (`diffusion_models::Formulation::for_backend`); `DIFFUSION_ATTENTION=fused|matmul`,
+//! `DIFFUSION_CONV=direct|im2col` and `DIFFUSION_GROUP_NORM=one-pass|two-stage`
+//! choose others (training always runs Burn's own ops).
+//!
 //! Errors are one `error: ...` line on stderr and a non-zero exit status.
 
 mod args;
@@ -61,6 +66,7 @@ use std::process::ExitCode;
 
 use clap::ArgMatches;
 use clap::error::ErrorKind;
+use diffusion_models::Formulation;
 use diffusion_pipelines::Task;
 use serde_json::json;
 
@@ -113,8 +119,8 @@ fn main() -> ExitCode {
 }
 
 fn run(matches: &ArgMatches) -> Result<()> {
-    diffusion_models::kernels::init_from_env()
-        .map_err(|e| error::CliError::Usage(e.to_string()))?;
+    // Every command refuses a misspelt value, not only those that load a model.
+    formulation_for(Device::Cpu)?;
     match matches.subcommand() {
         Some(("generate", m)) => generation(Task::TextToImage, m),
         Some(("img2img", m)) => generation(Task::ImageToImage, m),
@@ -148,9 +154,8 @@ fn run(matches: &ArgMatches) -> Result<()> {
                 .get_one::<Device>("device")
                 .copied()
                 .unwrap_or(Device::Cpu);
-            // Training keeps Burn's own ops (`init_from_env`'s defaults): the
-            // im2col formulation was measured for inference only, and its
-            // columns would be kept for the backward pass.
+            // Training builds its models with Burn's own ops
+            // (`diffusion_pipelines::training::build_model`).
             let summary =
                 match device {
                     Device::Cpu => train::run::<
@@ -195,26 +200,28 @@ fn generation(task: Task, m: &ArgMatches) -> Result<()> {
     Ok(())
 }
 
-/// The layers' formulations measured fastest on `device`
-/// (`diffusion_models::kernels::defaults_for`), unless the environment names
-/// others.
-fn kernels_for(device: Device) -> Result<()> {
-    diffusion_models::kernels::init_from_env_or(diffusion_models::kernels::defaults_for(
-        &device.name(),
-    ))
-    .map_err(|e| error::CliError::Usage(e.to_string()))
+/// The op formulations measured fastest on `device`
+/// ([`Formulation::for_backend`]), each replaced by the one
+/// `DIFFUSION_ATTENTION`, `DIFFUSION_CONV` or `DIFFUSION_GROUP_NORM` names.
+fn formulation_for(device: Device) -> Result<Formulation> {
+    Formulation::for_backend(&device.name())
+        .with_vars(|var| std::env::var(var).ok())
+        .map_err(|e| error::CliError::Usage(e.to_string()))
 }
 
 fn on_device(settings: &Settings) -> Result<Vec<Written>> {
-    kernels_for(settings.device)?;
+    let formulation = formulation_for(settings.device)?;
     match settings.device {
-        Device::Cpu => {
-            generate::run::<diffusion_models::backend::Cpu>(settings, Default::default())
-        }
+        Device::Cpu => generate::run::<diffusion_models::backend::Cpu>(
+            settings,
+            Default::default(),
+            formulation,
+        ),
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => generate::run::<diffusion_models::backend::Cuda>(
             settings,
             burn::backend::cuda::CudaDevice::new(n),
+            formulation,
         ),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(error::CliError::NoCuda(settings.device.name())),

@@ -252,7 +252,7 @@ struct RunState {
     seed: u64,
     batch_size: usize,
     random_flip: bool,
-    /// Absent in checkpoints of runs before `--random-crop` existed.
+    /// Absent from checkpoints written without this field: read as `false`.
     #[serde(default)]
     random_crop: bool,
     resolution: usize,

@@ -45,8 +45,8 @@
 //! redirect for LFS files and resuming a `.part` left by an interrupted
 //! download. A branch's ref is written with its snapshot folder. The tests run
 //! this path against a local server that answers as huggingface.co does
-//! (`tests/support/mock_hub.rs`, `tests/download.rs`). Checked by hand once:
-//! Python's huggingface_hub 2.4 reads a cache written this way
+//! (`tests/support/mock_hub.rs`, `tests/download.rs`). Checked by hand, not
+//! by the tests: Python's huggingface_hub 2.4 reads a cache written this way
 //! (`scan_cache_dir` without warnings, `hf_hub_download(...,
 //! local_files_only=True)` for two revisions).
 

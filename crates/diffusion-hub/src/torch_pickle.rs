@@ -15,11 +15,11 @@
 //! tensor is kept as a view into the memory-mapped file; a non-contiguous tensor
 //! is gathered into an owned buffer at open time.
 //!
-//! burn-store 0.21's PyTorch reader was considered; it hands tensors over as
-//! burn `TensorData` and pulls burn-core/burn-tensor into this otherwise
-//! tensor-library-free crate, so this module reads the format itself (a few
-//! hundred lines) and reports every malformed input as a [`WeightsError`] naming
-//! the file.
+//! This module reads the format itself (a few hundred lines) rather than
+//! through burn-store 0.21's PyTorch reader, which hands tensors over as burn
+//! `TensorData` and would pull burn-core/burn-tensor into this otherwise
+//! tensor-library-free crate; every malformed input is a [`WeightsError`]
+//! naming the file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

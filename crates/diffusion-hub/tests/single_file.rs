@@ -615,7 +615,7 @@ fn extract_ema_takes_the_unet_from_model_ema() {
         assert_eq!(&got[k], &flipped, "{k}");
     }
     assert!(!ema.skipped.iter().any(|k| k.starts_with("model_ema.")));
-    // The live UNet weights are the ones left out now.
+    // With the EMA weights extracted, the live UNet weights are the ones left out.
     assert!(
         ema.skipped
             .iter()

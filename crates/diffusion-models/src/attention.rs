@@ -2,7 +2,7 @@
 //! scaled-dot-product attention it runs on Burn's fused attention op.
 
 use crate::error::Result;
-use crate::kernels::{self, AttentionKernel};
+use crate::formulation::AttentionFormulation;
 use crate::load::Loader;
 use crate::nn::{GroupNorm, Linear, to_dtype, to_f32};
 use crate::profile;
@@ -12,8 +12,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, activation::softmax};
 
-/// Softmax(q kᵀ · scale) v for `[B, H, L, D]` tensors, on Burn's attention op
-/// (fused where the backend has a kernel). With `upcast` (diffusers'
+/// Softmax(q kᵀ · scale) v for `[B, H, L, D]` tensors, as `formulation` says
+/// (a causal mask always runs on Burn's attention op). With `upcast` (diffusers'
 /// `upcast_attention` / `upcast_softmax`) and half-precision inputs, q, k and
 /// v are cast to f32 first, as diffusers does. Without it the backend decides:
 /// burn-flex computes f16/bf16 attention in f32 internally (measured here:
@@ -26,23 +26,18 @@ pub fn scaled_dot_product_attention<B: Backend>(
     scale: f64,
     causal: bool,
     upcast: bool,
+    formulation: AttentionFormulation,
 ) -> Tensor<B, 4> {
-    let [b, h, l, d] = q.dims();
-    let s = k.dims()[2];
-    // Read the process-wide choice once: the label names what ran.
-    let matmul = !causal && kernels::attention() == AttentionKernel::Matmul;
-    let kernel = if matmul { "matmul" } else { "fused" };
-    profile::scope::<B, _>(
-        &q.device(),
-        || format!("attention b={b} heads={h} q={l} kv={s} head_dim={d} kernel={kernel}"),
-        || {
-            if matmul {
-                attention_matmul(q, k, v, scale, upcast)
-            } else {
-                sdpa(q, k, v, scale, causal, upcast)
-            }
-        },
-    )
+    let formulation = match causal {
+        true => AttentionFormulation::Fused,
+        false => formulation,
+    };
+    profile::op!(q, "attention q={:?} kv={:?} {formulation}", q.dims(), k.dims() => {
+        match formulation {
+            AttentionFormulation::Fused => sdpa(q, k, v, scale, causal, upcast),
+            AttentionFormulation::Matmul => attention_matmul(q, k, v, scale, upcast),
+        }
+    })
 }
 
 /// Burn's attention op, with the f32 upcast where asked.
@@ -68,7 +63,7 @@ fn sdpa<B: Backend>(
     }
 }
 
-/// Softmax(q kᵀ · scale) v as two batched matmuls ([`AttentionKernel::Matmul`]):
+/// Softmax(q kᵀ · scale) v as two batched matmuls ([`AttentionFormulation::Matmul`]):
 /// the scores are formed in the inputs' type (f32 with `upcast`), the softmax
 /// is taken in f32 and its result cast back, as PyTorch's math SDPA does.
 /// Needs the whole `[B, H, L, S]` score tensor in memory.
@@ -163,6 +158,8 @@ pub struct Attention<B: Backend> {
     pub residual_connection: bool,
     /// Output divisor.
     pub rescale_output_factor: f64,
+    /// Fused op or two matmuls.
+    pub formulation: AttentionFormulation,
 }
 
 impl<B: Backend> Attention<B> {
@@ -198,6 +195,7 @@ impl<B: Backend> Attention<B> {
             upcast: cfg.upcast,
             residual_connection: cfg.residual_connection,
             rescale_output_factor: cfg.rescale_output_factor,
+            formulation: loader.formulation().attention,
         })
     }
 
@@ -230,6 +228,7 @@ impl<B: Backend> Attention<B> {
             self.scale,
             causal,
             self.upcast,
+            self.formulation,
         );
         let [b, h, l, d] = out.dims();
         let out = out.swap_dims(1, 2).reshape([b, l, h * d]);

@@ -13,6 +13,7 @@
 use crate::attention::scaled_dot_product_attention;
 use crate::config::{Loaded, read_config, unsupported};
 use crate::error::{ModelError, Result};
+use crate::formulation::AttentionFormulation;
 use crate::load::{Init, Loader, Precision};
 use crate::nn::{Activation, LayerNorm, Linear};
 use burn::module::{Module, Param};
@@ -267,6 +268,8 @@ pub struct CLIPAttention<B: Backend> {
     pub heads: usize,
     /// `head_dim^-0.5`.
     pub scale: f64,
+    /// Fused op or two matmuls (the causal mask always runs fused).
+    pub formulation: AttentionFormulation,
 }
 
 impl<B: Backend> CLIPAttention<B> {
@@ -280,6 +283,7 @@ impl<B: Backend> CLIPAttention<B> {
             out_proj: Linear::load(&loader.pp("out_proj"), c, c, true)?,
             heads: cfg.num_attention_heads,
             scale: 1.0 / ((c / cfg.num_attention_heads) as f64).sqrt(),
+            formulation: loader.formulation().attention,
         })
     }
 
@@ -294,7 +298,8 @@ impl<B: Backend> CLIPAttention<B> {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let out = scaled_dot_product_attention(q, k, v, self.scale, causal, false);
+        let out =
+            scaled_dot_product_attention(q, k, v, self.scale, causal, false, self.formulation);
         self.out_proj
             .forward(out.swap_dims(1, 2).reshape([b, l, c]))
     }

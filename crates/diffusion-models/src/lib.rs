@@ -9,7 +9,10 @@
 //! [`load::Loader`]: the loader hands out each parameter by its diffusers key
 //! with the shape the config implies, straight from the memory-mapped file
 //! (or randomly initialised, for training and benchmarks), and refuses missing,
-//! unexpected, mis-shaped and non-float keys by name.
+//! unexpected, mis-shaped and non-float keys by name. The loader also says
+//! which formulation the layers run their heaviest ops in
+//! ([`formulation::Formulation`]: the backend's measured fastest by default,
+//! settable per model with [`Loader::with_formulation`]).
 
 pub use burn;
 
@@ -20,7 +23,7 @@ pub mod clip;
 pub mod config;
 pub mod embeddings;
 pub mod error;
-pub mod kernels;
+pub mod formulation;
 pub mod load;
 pub mod mid_block;
 pub mod nn;
@@ -35,6 +38,7 @@ pub mod unet_2d_condition;
 pub mod vae;
 
 pub use error::{ModelError, Result};
+pub use formulation::Formulation;
 pub use load::{Loader, ParamInfo, ParamKeys, Precision, TensorMap, WeightSource};
 
 /// The backends this crate is compiled for.

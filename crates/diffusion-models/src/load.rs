@@ -9,11 +9,16 @@
 //! [`Loader::finish`] can report weights no module consumed. Missing keys,
 //! wrong shapes and non-float types are errors that name the key.
 //!
+//! The loader also carries the [`Formulation`] the layers run their heaviest
+//! ops in (the backend's unless [`Loader::with_formulation`] says otherwise):
+//! each layer keeps the choice it was built with.
+//!
 //! The same constructors build randomly initialised models
 //! ([`Loader::random`]) for training from scratch and for benchmarks of
 //! full-size configs without downloading gigabytes.
 
 use crate::error::{ModelError, Result};
+use crate::formulation::Formulation;
 use burn::module::{Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, FloatDType, Tensor, TensorData};
@@ -219,6 +224,7 @@ pub struct Loader<'a, B: Backend> {
     ctx: Rc<Context<'a, B>>,
     prefix: String,
     precision: Precision,
+    formulation: Formulation,
 }
 
 impl<B: Backend> Clone for Loader<'_, B> {
@@ -227,12 +233,15 @@ impl<B: Backend> Clone for Loader<'_, B> {
             ctx: self.ctx.clone(),
             prefix: self.prefix.clone(),
             precision: self.precision,
+            formulation: self.formulation,
         }
     }
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
-    /// Loads from `source` into parameters of `precision` on `device`.
+    /// Loads from `source` into parameters of `precision` on `device`; the
+    /// layers use the backend's formulations ([`Formulation::for_device`])
+    /// unless [`Loader::with_formulation`] says otherwise.
     pub fn new(source: &'a dyn WeightSource, device: &B::Device, precision: Precision) -> Self {
         Self::with_source(Source::Weights(source), device, precision)
     }
@@ -266,6 +275,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             }),
             prefix: String::new(),
             precision,
+            formulation: Formulation::for_device::<B>(device),
         }
     }
 
@@ -274,9 +284,18 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// another float type than the rest (the VAE's `force_upcast`).
     pub fn with_precision(&self, precision: Precision) -> Self {
         Loader {
-            ctx: self.ctx.clone(),
-            prefix: self.prefix.clone(),
             precision,
+            ..self.clone()
+        }
+    }
+
+    /// The same loader building layers that run `formulation` (every layer
+    /// loaded through it, or through a loader derived from it with
+    /// [`Loader::pp`], keeps this choice).
+    pub fn with_formulation(&self, formulation: Formulation) -> Self {
+        Loader {
+            formulation,
+            ..self.clone()
         }
     }
 
@@ -288,9 +307,8 @@ impl<'a, B: Backend> Loader<'a, B> {
             format!("{}.{}", self.prefix, name)
         };
         Loader {
-            ctx: self.ctx.clone(),
             prefix,
-            precision: self.precision,
+            ..self.clone()
         }
     }
 
@@ -311,6 +329,11 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// The parameters' float type.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The formulations the layers built from this loader run.
+    pub fn formulation(&self) -> Formulation {
+        self.formulation
     }
 
     /// Whether this loader draws random weights.

@@ -3,7 +3,7 @@
 //! numerics diffusers relies on: normalisation statistics always in f32.
 
 use crate::error::Result;
-use crate::kernels::{self, ConvKernel, GroupNormKernel};
+use crate::formulation::{ConvFormulation, GroupNormFormulation};
 use crate::load::{Init, Loader};
 use crate::profile;
 use burn::module::{Module, Param};
@@ -78,20 +78,16 @@ impl<B: Backend> Linear<B> {
     /// Leading dimensions are flattened into one 2-D matmul: on the CPU
     /// backends that is about 3× faster than Burn's batched `linear` op.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let device = x.device();
-        let [din, dout] = self.weight.dims();
-        let rows = x.dims()[..D - 1].iter().product::<usize>();
-        profile::scope::<B, _>(
-            &device,
-            || format!("linear {din}->{dout} rows={rows}"),
-            || self.forward_inner(x),
-        )
+        profile::op!(x, "linear {:?} -> {}", x.dims(), self.weight.dims()[1] => {
+            if D < 2 {
+                linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+            } else {
+                self.matmul(x)
+            }
+        })
     }
 
-    fn forward_inner<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if D < 2 {
-            return linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
-        }
+    fn matmul<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let [din, dout] = self.weight.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
@@ -116,6 +112,8 @@ pub struct Conv2d<B: Backend> {
     pub stride: usize,
     /// Padding on every side.
     pub padding: usize,
+    /// Burn's conv2d or im2col + matmul.
+    pub formulation: ConvFormulation,
 }
 
 impl<B: Backend> Conv2d<B> {
@@ -142,6 +140,7 @@ impl<B: Backend> Conv2d<B> {
             bias,
             stride,
             padding,
+            formulation: loader.formulation().conv,
         })
     }
 
@@ -152,46 +151,31 @@ impl<B: Backend> Conv2d<B> {
 
     /// Convolution of `x` `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let device = x.device();
-        let [n, c, h, w] = x.dims();
-        let [o, _, k, _] = self.weight.dims();
-        let s = self.stride;
-        // Read the process-wide choice once: the label names what ran.
-        let im2col = kernels::conv() == ConvKernel::Im2col;
-        let kernel = if im2col { "im2col" } else { "direct" };
-        profile::scope::<B, _>(
-            &device,
-            || format!("conv{k}x{k} s{s} {c}->{o} {n}x{h}x{w} kernel={kernel}"),
-            || self.conv(x, im2col),
-        )
+        let (weight, bias) = (self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let (stride, padding) = (self.stride, self.padding);
+        profile::op!(x, "{} {:?} {}", self.label(), x.dims(), self.formulation => {
+            match self.formulation {
+                ConvFormulation::Direct => conv2d(
+                    x,
+                    weight,
+                    bias,
+                    ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+                ),
+                ConvFormulation::Im2col => conv2d_im2col(x, weight, bias, stride, padding),
+            }
+        })
     }
 
-    fn conv(&self, x: Tensor<B, 4>, im2col: bool) -> Tensor<B, 4> {
-        if im2col {
-            return conv2d_im2col(
-                x,
-                self.weight.val(),
-                self.bias.as_ref().map(|b| b.val()),
-                self.stride,
-                self.padding,
-            );
-        }
-        conv2d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new(
-                [self.stride, self.stride],
-                [self.padding, self.padding],
-                [1, 1],
-                1,
-            ),
-        )
+    /// `conv3x3 s1 320->320`: the op kind first, for the profile's table.
+    #[cfg(feature = "profile")]
+    fn label(&self) -> String {
+        let [o, c, k, _] = self.weight.dims();
+        format!("conv{k}x{k} s{} {c}->{o}", self.stride)
     }
 }
 
 /// A square-kernel convolution as im2col + one matmul
-/// ([`ConvKernel::Im2col`]): the same sums as `conv2d`, in the backend's
+/// ([`ConvFormulation::Im2col`]): the same sums as `conv2d`, in the backend's
 /// matmul kernels.
 ///
 /// The columns are gathered with plain (strided) slices of the zero-padded
@@ -370,6 +354,8 @@ pub struct GroupNorm<B: Backend> {
     pub groups: usize,
     /// Added to the variance (diffusers mostly uses 1e-6, PyTorch's default is 1e-5).
     pub eps: f64,
+    /// How the group statistics are taken.
+    pub formulation: GroupNormFormulation,
 }
 
 impl<B: Backend> GroupNorm<B> {
@@ -380,6 +366,7 @@ impl<B: Backend> GroupNorm<B> {
             bias: loader.param("bias", [channels], Init::Zeros)?,
             groups,
             eps,
+            formulation: loader.formulation().group_norm,
         })
     }
 
@@ -393,15 +380,9 @@ impl<B: Backend> GroupNorm<B> {
     /// Normalises `x` `[N, C, L]`.
     pub fn forward3(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
-        let [n, c, l] = x.dims();
-        // Read the process-wide choice once: the label names what ran.
-        let two_stage = kernels::group_norm() == GroupNormKernel::TwoStage;
-        let kernel = if two_stage { "two-stage" } else { "one-pass" };
-        profile::scope::<B, _>(
-            &x.device(),
-            || format!("group_norm {n}x{c}x{l} kernel={kernel}"),
-            || to_dtype(self.normalize(x, two_stage), dtype),
-        )
+        profile::op!(x, "group_norm {:?} {}", x.dims(), self.formulation => {
+            to_dtype(self.normalize(x), dtype)
+        })
     }
 
     /// `[N, C, L]` in, f32 out.
@@ -410,21 +391,21 @@ impl<B: Backend> GroupNorm<B> {
     /// one per-(item, channel) scale and shift, so the full tensor is touched
     /// by a single multiply-add after the statistics.
     ///
-    /// [`GroupNormKernel::TwoStage`] takes the group mean and variance in two
+    /// [`GroupNormFormulation::TwoStage`] takes the group mean and variance in two
     /// stages, first over each channel's `L` values and then over the group's
     /// channels (equal counts, so the mean of the means is the mean): one
     /// reduction over `C/G · L` values per group left too few rows for a GPU
     /// (2.1 ms a call at SD1.5's 320×64×64 level on burn-cuda 0.21, 0.5 ms in
     /// two stages, docs/gpu.md), while burn-flex runs the one-pass form 3–10×
     /// faster.
-    fn normalize(&self, x: Tensor<B, 3>, two_stage: bool) -> Tensor<B, 3> {
+    fn normalize(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, c, _] = x.dims();
         let g = self.groups;
         let x = to_f32(x);
         let per_channel = |t: Tensor<B, 3>| t.expand([n, g, c / g]).reshape([n, c, 1]);
         let weight = to_f32(self.weight.val()).reshape([1, c, 1]);
         let bias = to_f32(self.bias.val()).reshape([1, c, 1]);
-        if two_stage {
+        if self.formulation == GroupNormFormulation::TwoStage {
             let group_mean = |t: Tensor<B, 3>| t.mean_dim(2).reshape([n, g, c / g]).mean_dim(2);
             let mean = per_channel(group_mean(x.clone())); // [n, c, 1]
             let centered = x - mean;
@@ -473,26 +454,19 @@ impl<B: Backend> LayerNorm<B> {
 
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        profile::scope::<B, _>(
-            &x.device(),
-            || format!("layer_norm {dims:?}"),
-            || self.normalize(x),
-        )
-    }
-
-    fn normalize<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
-        let x = to_f32(x);
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let mut y = (x - mean) / (var + self.eps).sqrt();
-        if let Some(w) = &self.weight {
-            y = y * to_f32(w.val()).unsqueeze::<D>();
-        }
-        if let Some(b) = &self.bias {
-            y = y + to_f32(b.val()).unsqueeze::<D>();
-        }
-        to_dtype(y, dtype)
+        profile::op!(x, "layer_norm {:?}", x.dims() => {
+            let x = to_f32(x);
+            let (var, mean) = x.clone().var_mean_bias(D - 1);
+            let mut y = (x - mean) / (var + self.eps).sqrt();
+            if let Some(w) = &self.weight {
+                y = y * to_f32(w.val()).unsqueeze::<D>();
+            }
+            if let Some(b) = &self.bias {
+                y = y + to_f32(b.val()).unsqueeze::<D>();
+            }
+            to_dtype(y, dtype)
+        })
     }
 }
 
@@ -527,22 +501,13 @@ pub enum Activation {
 impl Activation {
     /// Applies the activation.
     pub fn forward<const D: usize, B: Backend>(self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        profile::scope::<B, _>(
-            &x.device(),
-            || format!("activation {self:?} {dims:?}"),
-            || self.apply(x),
-        )
-    }
-
-    fn apply<const D: usize, B: Backend>(self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
+        profile::op!(x, "activation {self:?} {:?}", x.dims() => match self {
             Activation::Silu => activation::silu(x),
             Activation::Gelu => activation::gelu(x),
             Activation::GeluTanh => activation::gelu_approximate(x),
             Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Activation::Mish => activation::mish(x),
             Activation::Relu => activation::relu(x),
-        }
+        })
     }
 }

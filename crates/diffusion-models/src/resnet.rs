@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::load::Loader;
 use crate::nn::{Activation, Conv2d, GroupNorm, to_dtype, to_f32};
+use crate::profile;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{avg_pool2d, interpolate};
@@ -284,17 +285,12 @@ impl<B: Backend> Upsample2D<B> {
         let [_, _, h, w] = x.dims();
         let size = output_size.unwrap_or([2 * h, 2 * w]);
         // diffusers upcasts bf16 for the interpolation (no bf16 nearest kernel).
-        let dims = x.dims();
-        let x = crate::profile::scope::<B, _>(
-            &x.device(),
-            || format!("upsample_nearest {dims:?}"),
-            || {
-                let dtype = x.dtype();
-                let x = if dtype == DType::BF16 { to_f32(x) } else { x };
-                let x = interpolate(x, size, InterpolateOptions::new(InterpolateMode::Nearest));
-                to_dtype(x, dtype)
-            },
-        );
+        let dtype = x.dtype();
+        let x = profile::op!(x, "upsample_nearest {:?}", x.dims() => {
+            let x = if dtype == DType::BF16 { to_f32(x) } else { x };
+            let x = interpolate(x, size, InterpolateOptions::new(InterpolateMode::Nearest));
+            to_dtype(x, dtype)
+        });
         match &self.conv {
             Some(conv) => conv.forward(x),
             None => x,

@@ -8,6 +8,7 @@ use crate::attention::{Attention, AttentionConfig};
 use crate::error::Result;
 use crate::load::Loader;
 use crate::nn::{GroupNorm, LayerNorm, Linear};
+use crate::profile;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, activation};
@@ -86,17 +87,12 @@ impl<B: Backend> FeedForward<B> {
     /// `x` `[B, L, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.proj_in.forward(x);
-        let dims = h.dims();
-        let inner = dims[2] / 2;
-        let gated = crate::profile::scope::<B, _>(
-            &h.device(),
-            || format!("geglu {dims:?}"),
-            || {
-                let value = h.clone().narrow(2, 0, inner);
-                let gate = h.narrow(2, inner, inner);
-                value * activation::gelu(gate)
-            },
-        );
+        let inner = h.dims()[2] / 2;
+        let gated = profile::op!(h, "geglu {:?}", h.dims() => {
+            let value = h.clone().narrow(2, 0, inner);
+            let gate = h.narrow(2, inner, inner);
+            value * activation::gelu(gate)
+        });
         self.proj_out.forward(gated)
     }
 }

@@ -12,7 +12,7 @@ use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithPro
 use diffusion_models::config::read_config;
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
-use diffusion_models::{Loader, Precision};
+use diffusion_models::{Formulation, Loader, Precision};
 use diffusion_schedulers::{SCHEDULER_CLASSES, Scheduler, from_config_as, from_sampler_name};
 use serde_json::{Map, Value};
 
@@ -40,6 +40,21 @@ pub struct LoadOptions<B: Backend> {
     pub scheduler: Option<SchedulerChoice>,
     /// Show progress on stderr while loading.
     pub progress: bool,
+    /// How the models run their heaviest ops; `None` = the backend's
+    /// measured fastest ([`Formulation::for_device`]).
+    pub formulation: Option<Formulation>,
+}
+
+impl<B: Backend> LoadOptions<B> {
+    /// A loader of `weights` for these options' device, precision and
+    /// formulation.
+    pub fn loader<'w>(&self, weights: &'w Weights) -> Loader<'w, B> {
+        let loader = Loader::new(weights, &self.device, self.precision);
+        match self.formulation {
+            Some(f) => loader.with_formulation(f),
+            None => loader,
+        }
+    }
 }
 
 impl<B: Backend> Default for LoadOptions<B> {
@@ -53,6 +68,7 @@ impl<B: Backend> Default for LoadOptions<B> {
             cache_dir: None,
             scheduler: None,
             progress: true,
+            formulation: None,
         }
     }
 }
@@ -152,12 +168,11 @@ fn config_path(c: &ResolvedComponent) -> std::path::PathBuf {
 /// A `UNet2DConditionModel` and its config.
 pub fn load_unet_condition<B: Backend>(
     c: &ResolvedComponent,
-    device: &B::Device,
-    precision: Precision,
+    options: &LoadOptions<B>,
 ) -> Result<(UNet2DConditionModel<B>, UNet2DConditionConfig)> {
     let config = read_config::<UNet2DConditionConfig>(&config_path(c))?.config;
     let weights = open_component_weights(c)?;
-    let loader = Loader::new(&weights, device, precision);
+    let loader = options.loader(&weights);
     let model = UNet2DConditionModel::load(&loader, &config)?;
     loader.finish(&[])?;
     Ok((model, config))
@@ -166,12 +181,11 @@ pub fn load_unet_condition<B: Backend>(
 /// A `UNet2DModel` and its config.
 pub fn load_unet_2d<B: Backend>(
     c: &ResolvedComponent,
-    device: &B::Device,
-    precision: Precision,
+    options: &LoadOptions<B>,
 ) -> Result<(UNet2DModel<B>, UNet2DConfig)> {
     let config = read_config::<UNet2DConfig>(&config_path(c))?.config;
     let weights = open_component_weights(c)?;
-    let loader = Loader::new(&weights, device, precision);
+    let loader = options.loader(&weights);
     let model = UNet2DModel::load(&loader, &config)?;
     loader.finish(&[])?;
     Ok((model, config))
@@ -183,17 +197,13 @@ pub fn load_unet_2d<B: Backend>(
 /// yet run the VAE in f16).
 pub fn load_vae<B: Backend>(
     c: &ResolvedComponent,
-    device: &B::Device,
-    precision: Precision,
+    options: &LoadOptions<B>,
     honour_force_upcast: bool,
 ) -> Result<AutoencoderKL<B>> {
     let mut config = read_config::<AutoencoderKLConfig>(&config_path(c))?.config;
     config.force_upcast &= honour_force_upcast;
     let weights = open_component_weights(c)?;
-    Ok(AutoencoderKL::load(
-        &Loader::new(&weights, device, precision),
-        &config,
-    )?)
+    Ok(AutoencoderKL::load(&options.loader(&weights), &config)?)
 }
 
 /// A tokenizer and its CLIP text encoder; the with-projection class (SDXL's
@@ -202,15 +212,14 @@ pub fn load_text_encoder<B: Backend>(
     model: &ResolvedModel,
     tokenizer: &str,
     encoder: &str,
-    device: &B::Device,
-    precision: Precision,
+    options: &LoadOptions<B>,
 ) -> Result<TextEncoder<B>> {
     let tok_c = component(model, tokenizer, "the prompt needs a tokenizer")?;
     let enc_c = component(model, encoder, "the prompt needs a text encoder")?;
     let tok = ClipTokenizer::from_dir(&tok_c.dir)?;
     let cfg = CLIPTextConfig::read(&config_path(enc_c))?.config;
     let weights = open_component_weights(enc_c)?;
-    let loader = Loader::new(&weights, device, precision);
+    let loader = options.loader(&weights);
     let class = model
         .model_index
         .component(encoder)

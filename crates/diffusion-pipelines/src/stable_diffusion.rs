@@ -101,7 +101,6 @@ fn option_bool(model: &ResolvedModel, key: &str) -> Option<bool> {
 impl<B: Backend> StableDiffusion<B> {
     /// Loads the components of a resolved SD/SDXL pipeline folder.
     pub fn load(model: &ResolvedModel, options: &LoadOptions<B>) -> Result<Self> {
-        let (device, precision) = (&options.device, options.precision);
         let xl = model.components.contains_key("text_encoder_2")
             || model.model_index.class_name.contains("XL");
         let mut progress = Progress::new(4, "loading", options.progress);
@@ -110,8 +109,7 @@ impl<B: Backend> StableDiffusion<B> {
                 model,
                 "tokenizer",
                 "text_encoder",
-                device,
-                precision,
+                options,
             )?)
         } else if xl {
             None
@@ -128,20 +126,18 @@ impl<B: Backend> StableDiffusion<B> {
                 model,
                 "tokenizer_2",
                 "text_encoder_2",
-                device,
-                precision,
+                options,
             )?)
         } else {
             None
         };
         progress.inc();
         let unet_c = component(model, "unet", "the denoiser")?;
-        let (unet, unet_config) = load_unet_condition(unet_c, device, precision)?;
+        let (unet, unet_config) = load_unet_condition(unet_c, options)?;
         progress.inc();
         let vae = load_vae(
             component(model, "vae", "latents are decoded by it")?,
-            device,
-            precision,
+            options,
             xl,
         )?;
         progress.inc();
@@ -166,7 +162,7 @@ impl<B: Backend> StableDiffusion<B> {
                 .unwrap_or(xl),
             requires_aesthetics_score: option_bool(model, "requires_aesthetics_score")
                 .unwrap_or(false),
-            device: device.clone(),
+            device: options.device.clone(),
             name: model.source.display_name(),
         })
     }
@@ -757,7 +753,7 @@ impl<B: Backend> StableDiffusion<B> {
         let unet_dtype = self.unet.conv_in.weight.val().dtype();
         let options = StepOptions {
             eta: a.eta,
-            // Only `prev_sample` is read (a fused CPU pass then skips writing x0).
+            // Only `prev_sample` is read: the scheduler then returns no x0.
             pred_original_sample: Some(false),
             ..StepOptions::default()
         };

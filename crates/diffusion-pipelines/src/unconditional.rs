@@ -53,7 +53,7 @@ impl<B: Backend> Unconditional<B> {
     /// Loads `unet` and `scheduler` of a DDPM/DDIM pipeline folder.
     pub fn load(model: &ResolvedModel, options: &LoadOptions<B>, ddim: bool) -> Result<Self> {
         let unet_c = component(model, "unet", "the denoiser")?;
-        let (unet, unet_config) = load_unet_2d(unet_c, &options.device, options.precision)?;
+        let (unet, unet_config) = load_unet_2d(unet_c, options)?;
         let sched_c = component(model, "scheduler", "the denoising schedule")?;
         let path = sched_c
             .config
@@ -140,7 +140,7 @@ impl<B: Backend> Unconditional<B> {
             } else {
                 None
             },
-            // Only `prev_sample` is read (a fused CPU pass then skips writing x0).
+            // Only `prev_sample` is read: the scheduler then returns no x0.
             pred_original_sample: Some(false),
             ..StepOptions::default()
         };

@@ -410,7 +410,8 @@ fn only_sdxl_pipelines_honour_force_upcast() {
 }
 
 /// A `model_index.json` naming `StableDiffusionXLInpaintPipeline` (what an
-/// SDXL inpainting checkpoint converts to) loads, and its call inpaints.
+/// SDXL inpainting checkpoint converts to) loads, and its call refuses to
+/// run without an image and a mask (no parity case checks its numbers).
 #[test]
 fn sdxl_inpaint_class_loads() {
     let sdxl = common::pipeline_dir("sdxl");

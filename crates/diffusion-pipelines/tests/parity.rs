@@ -3,8 +3,8 @@
 //! tokenizer) is run through [`DiffusionPipeline`] twice: once replaying the
 //! noise diffusers drew (recorded per `randn_tensor` call), once from the same
 //! seeds through the torch-compatible generator. The images must match
-//! diffusers' `output_type="np"` within 1/255 mean absolute error (the issue's
-//! bar; the measured errors are ~1e-6, printed), and the final latents too.
+//! diffusers' `output_type="np"` within 1/255 mean absolute error (the
+//! measured errors are ~1e-6, printed), and the final latents too.
 
 mod common;
 

@@ -568,7 +568,7 @@ fn an_f16_forward_overflow_is_a_skipped_step_not_an_error() {
 }
 
 #[test]
-fn checkpoints_from_before_mixed_precision_still_resume() {
+fn checkpoints_without_mixed_precision_fields_resume() {
     let data = dataset();
     let dev = Default::default();
     let mut t = trainer(4);

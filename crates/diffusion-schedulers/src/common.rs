@@ -535,8 +535,8 @@ pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
     Ok(())
 }
 
-/// `model_output` and `sample` have one shape (steps written as a [`Kernel`]
-/// check finiteness in the program's pass).
+/// `model_output` and `sample` have one shape (the finiteness checks come
+/// after a step's noise draw: [`step_noise`]).
 pub fn check_step_shapes<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
     if model_output.shape() != sample.shape() {
         return Err(SchedulerError::ShapeMismatch {
@@ -548,8 +548,8 @@ pub fn check_step_shapes<T: SchedulerTensor>(model_output: &T, sample: &T) -> Re
     Ok(())
 }
 
-/// Noise for a step written as a [`Kernel`], which draws it before the pass
-/// that checks the inputs: a step refused for a non-finite input has used one
+/// Noise for a step, drawn before its finiteness checks, as diffusers draws
+/// it before anything can fail: a step refused for a non-finite input has used one
 /// noise tensor (a replayed stream cannot go on after such an error anyway).
 /// When the source fails and an input is non-finite, the non-finite input is
 /// the error reported (as when the check came first).

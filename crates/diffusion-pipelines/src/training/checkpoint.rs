@@ -44,7 +44,7 @@ pub struct TrainerState {
     /// The caller's state (data position, RNG seed, loss history, ...).
     pub extra: Value,
     /// Optimizer updates taken (fewer than `step` when f16 steps were
-    /// skipped; absent in older checkpoints: `step`).
+    /// skipped; a checkpoint without the field reads as `step`).
     #[serde(default)]
     pub optimizer_steps: Option<u64>,
     /// The f16 loss scaler's state.

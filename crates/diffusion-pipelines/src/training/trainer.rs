@@ -16,6 +16,7 @@ use crate::latents::Latents;
 use burn::module::{AutodiffModule, Module, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
+use diffusion_models::Formulation;
 use diffusion_models::load::{Loader, ParamKeys, Precision, WeightSource};
 use diffusion_models::nn::to_dtype;
 use diffusion_models::unet_2d::{ClassLabels, UNet2DConfig, UNet2DModel};
@@ -213,7 +214,8 @@ where
     M::InnerModule: Module<B::InnerBackend>,
 {
     /// A model built by `loader` (random weights to train from scratch, or a
-    /// pretrained model's to fine-tune) under `scheduler_config` (the noise
+    /// pretrained model's to fine-tune; in the loader's formulation, which
+    /// [`build_model`] sets to Burn's own ops) under `scheduler_config` (the noise
     /// scheduler's `scheduler_config.json`: betas, timesteps, prediction type).
     pub fn new(
         loader: &Loader<B>,
@@ -600,7 +602,10 @@ where
 /// Builds a model on `device` from a config and optional weights (without:
 /// PyTorch's default initialisation schemes, drawn from a host generator
 /// keyed by `seed`, see [`Loader::random_seeded`]), returning it with its
-/// parameter keys.
+/// parameter keys. The model runs Burn's own ops
+/// ([`Formulation::BURN_OPS`], on every backend): the other formulations
+/// were measured for inference only, and im2col's columns would be kept for
+/// the backward pass.
 pub fn build_model<B: Backend, M: Denoiser<B>>(
     config: &M::Config,
     weights: Option<&dyn WeightSource>,
@@ -610,7 +615,8 @@ pub fn build_model<B: Backend, M: Denoiser<B>>(
     let loader = match weights {
         Some(w) => Loader::new(w, device, Precision::F32),
         None => Loader::random_seeded(device, Precision::F32, seed),
-    };
+    }
+    .with_formulation(Formulation::BURN_OPS);
     let model = M::build(&loader, config)?;
     let keys = loader.param_keys();
     loader.finish(&[])?;

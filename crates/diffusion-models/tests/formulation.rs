@@ -1,15 +1,36 @@
-//! The alternative formulations of `diffusion_models::kernels` compute the
-//! same values as Burn's ops, and the layers give the same outputs with either.
+//! The alternative formulations of `diffusion_models::formulation` compute the
+//! same values as Burn's ops, and the layers and models give the same outputs
+//! with either: each layer and model is built with the formulation it runs,
+//! so both run side by side in one process.
 
 use burn::backend::Flex;
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Distribution, FloatDType, Tensor};
 use diffusion_models::attention::{Attention, AttentionConfig, attention_matmul};
-use diffusion_models::kernels::{self, AttentionKernel, ConvKernel, GroupNormKernel};
+use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use diffusion_models::config::{DIFFUSERS_WEIGHTS, open_weights, read_config};
+use diffusion_models::formulation::{
+    AttentionFormulation, ConvFormulation, Formulation, GroupNormFormulation,
+};
 use diffusion_models::nn::{Conv2d, GroupNorm, conv2d_im2col};
-use diffusion_models::profile;
+use diffusion_models::testing::{Fixture, assert_close};
+use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
+use diffusion_models::unet_2d_condition::{
+    UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
+};
 use diffusion_models::{Loader, Precision};
+use std::path::PathBuf;
+
+/// Every op in its other formulation than Burn's own.
+const ALTERNATIVE: Formulation = Formulation {
+    attention: AttentionFormulation::Matmul,
+    conv: ConvFormulation::Im2col,
+    group_norm: GroupNormFormulation::TwoStage,
+};
+
+/// The models' parity tolerance (tests/unet.rs, tests/vae.rs).
+const MODEL_TOL: f64 = 1e-4;
 
 fn max_err(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
     let a = a.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
@@ -123,53 +144,36 @@ fn im2col_conv_equals_conv2d() {
 }
 
 #[test]
-fn layers_give_the_same_outputs_with_either_kernel() {
+fn layers_give_the_same_outputs_with_either_formulation() {
     let device = Default::default();
-    let loader = Loader::<Flex>::random(&device, Precision::F32);
-    let conv = Conv2d::load(&loader.pp("conv"), 3, 4, 3, 2, 1, true).unwrap();
-    let attn = Attention::load(&loader.pp("attn"), &AttentionConfig::new(8, 2, 4)).unwrap();
-    let norm = GroupNorm::load(&loader.pp("norm"), 2, 6, 1e-6).unwrap();
+    // Seeded: both sets of layers get the same weights.
+    let build = |formulation: Formulation| {
+        let loader =
+            Loader::<Flex>::random_seeded(&device, Precision::F32, 7).with_formulation(formulation);
+        (
+            Conv2d::load(&loader.pp("conv"), 3, 4, 3, 2, 1, true).unwrap(),
+            Attention::load(&loader.pp("attn"), &AttentionConfig::new(8, 2, 4)).unwrap(),
+            GroupNorm::load(&loader.pp("norm"), 2, 6, 1e-6).unwrap(),
+        )
+    };
     let x = rand([1, 3, 8, 8]);
     let seq = Tensor::<Flex, 3>::random([2, 6, 8], Distribution::Normal(0.0, 1.0), &device);
     // Offset, so that a variance taken around the wrong mean would show.
     let feat = rand([2, 6, 3, 5]) * 3.0 + 5.0;
-    let run = || {
+    let run = |formulation: Formulation| {
+        let (conv, attn, norm) = build(formulation);
+        // Each layer keeps the choice it was built with.
+        assert_eq!(conv.formulation, formulation.conv);
+        assert_eq!(attn.formulation, formulation.attention);
+        assert_eq!(norm.formulation, formulation.group_norm);
         (
             conv.forward(x.clone()),
             attn.forward(seq.clone(), None).unsqueeze::<4>(),
             norm.forward(feat.clone()),
         )
     };
-    // The profile's labels name the formulation each layer ran (this test's
-    // shapes only: other tests of this file run meanwhile).
-    let ran = || {
-        let mut kinds: Vec<String> = profile::take()
-            .into_iter()
-            .filter(|(label, _)| {
-                label.contains("3->4 1x8x8")
-                    || label.contains("q=6 kv=6")
-                    || label.contains("group_norm 2x6x15")
-            })
-            .filter_map(|(label, _)| label.split("kernel=").nth(1).map(str::to_string))
-            .collect();
-        kinds.sort();
-        kinds
-    };
-    assert_eq!(kernels::conv(), ConvKernel::Direct);
-    assert_eq!(kernels::attention(), AttentionKernel::Fused);
-    assert_eq!(kernels::group_norm(), GroupNormKernel::OnePass);
-    profile::set_enabled(true);
-    let (c0, a0, n0) = run();
-    assert_eq!(ran(), ["direct", "fused", "one-pass"]);
-    kernels::set_conv(ConvKernel::Im2col);
-    kernels::set_attention(AttentionKernel::Matmul);
-    kernels::set_group_norm(GroupNormKernel::TwoStage);
-    let (c1, a1, n1) = run();
-    assert_eq!(ran(), ["im2col", "matmul", "two-stage"]);
-    profile::set_enabled(false);
-    kernels::set_conv(ConvKernel::Direct);
-    kernels::set_attention(AttentionKernel::Fused);
-    kernels::set_group_norm(GroupNormKernel::OnePass);
+    let (c0, a0, n0) = run(Formulation::BURN_OPS);
+    let (c1, a1, n1) = run(ALTERNATIVE);
     let (dc, da, dn) = (max_err(c0, c1), max_err(a0, a1), max_err(n0.clone(), n1));
     assert!(dc < 1e-5 && da < 1e-5 && dn < 1e-5, "{dc} {da} {dn}");
     // The random loader gives a GroupNorm weight ones and bias zeros: each
@@ -182,5 +186,88 @@ fn layers_give_the_same_outputs_with_either_kernel() {
             mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3,
             "{mean} {var}"
         );
+    }
+}
+
+fn fixture_dir(kind: &str, name: &str) -> PathBuf {
+    [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", kind, name]
+        .iter()
+        .collect()
+}
+
+fn input<const D: usize>(f: &Fixture, name: &str) -> Tensor<Flex, D> {
+    f.tensor(name, &Default::default(), Precision::F32)
+}
+
+/// A diffusers folder's model built with `formulation` by `load`, strictly.
+fn load<C: serde::de::DeserializeOwned + serde::Serialize, M>(
+    kind: &str,
+    name: &str,
+    formulation: Formulation,
+    load: impl Fn(&Loader<Flex>, &C) -> diffusion_models::Result<M>,
+) -> (M, Fixture) {
+    let dir = fixture_dir(kind, name);
+    let config = read_config::<C>(&dir.join("config.json")).unwrap().config;
+    let weights = open_weights(&dir, DIFFUSERS_WEIGHTS).unwrap();
+    let loader =
+        Loader::new(&weights, &Default::default(), Precision::F32).with_formulation(formulation);
+    let model = load(&loader, &config).unwrap();
+    loader.finish(&[]).unwrap();
+    (model, Fixture::open(&dir.join("io.safetensors")))
+}
+
+// The whole models at diffusers parity under either formulation, in one
+// process (the CPU's default is Burn's own ops; the alternative is CUDA's
+// default conv and group norm, with matmul attention).
+
+#[test]
+fn unet2d_condition_matches_diffusers_with_either_formulation() {
+    for formulation in [Formulation::BURN_OPS, ALTERNATIVE] {
+        let (model, f) = load::<UNet2DConditionConfig, _>(
+            "unet",
+            "sd1",
+            formulation,
+            UNet2DConditionModel::load,
+        );
+        let y = model
+            .forward(
+                input(&f, "input.sample"),
+                input(&f, "input.timesteps"),
+                input(&f, "input.encoder_hidden_states"),
+                UNetConditions::default(),
+            )
+            .unwrap();
+        let err = assert_close(&f, "output.sample", y, MODEL_TOL);
+        println!("sd1 UNet with {formulation:?}: rel L2 {err:.2e}");
+    }
+}
+
+#[test]
+fn unet2d_matches_diffusers_with_either_formulation() {
+    for formulation in [Formulation::BURN_OPS, ALTERNATIVE] {
+        let (model, f) =
+            load::<UNet2DConfig, _>("unet", "ddpm_attn", formulation, UNet2DModel::load);
+        let y = model
+            .forward(
+                input(&f, "input.sample"),
+                input(&f, "input.timesteps"),
+                None,
+            )
+            .unwrap();
+        let err = assert_close(&f, "output.sample", y, MODEL_TOL);
+        println!("ddpm UNet with {formulation:?}: rel L2 {err:.2e}");
+    }
+}
+
+#[test]
+fn vae_matches_diffusers_with_either_formulation() {
+    for formulation in [Formulation::BURN_OPS, ALTERNATIVE] {
+        let (vae, f) =
+            load::<AutoencoderKLConfig, _>("vae", "kl", formulation, AutoencoderKL::load);
+        let decoded = vae.decode(input(&f, "input.latents")).unwrap();
+        let err = assert_close(&f, "output.decode", decoded, MODEL_TOL);
+        let mean = vae.encode(input(&f, "input.image")).unwrap().mean;
+        let err = err.max(assert_close(&f, "output.encode.mean", mean, MODEL_TOL));
+        println!("VAE with {formulation:?}: rel L2 {err:.2e}");
     }
 }
