@@ -370,28 +370,16 @@ impl X0Bound {
             Self::None => pred_original_sample,
             Self::Clip(range) => Cow::Owned(T::clamp(&pred_original_sample, -range, range)),
             Self::Threshold { ratio, max } => {
-                check_finite_inputs(model_output, sample)?;
+                common::check_finite(model_output, sample)?;
                 Cow::Owned(pred_original_sample.dynamic_threshold(ratio, max))
             }
         })
     }
 }
 
-/// Refuse a step whose model output or sample holds a non-finite value (their
-/// shapes are checked first, by `common::check_step_shapes`).
-pub(crate) fn check_finite_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
-    if !model_output.all_finite() {
-        return Err(SchedulerError::NonFinite("model_output"));
-    }
-    if !sample.all_finite() {
-        return Err(SchedulerError::NonFinite("sample"));
-    }
-    Ok(())
-}
-
 /// The noise of a step (diffusers' `randn_tensor`), shaped like the sample.
 ///
-/// A stochastic step draws it before [`check_finite_inputs`], so that a step
+/// A stochastic step draws it before [`common::check_finite`], so that a step
 /// refused for a non-finite input has drawn the noise diffusers' step (which
 /// does not check) draws, and a caller that goes on stays on diffusers' noise
 /// stream; only thresholding ([`X0Bound::apply`]) checks the inputs earlier.

@@ -526,11 +526,37 @@ impl StepIndex {
 /// Refuse a model output/sample pair of different shapes or with non-finite values.
 pub fn check_step_inputs<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
     check_step_shapes(model_output, sample)?;
+    check_finite(model_output, sample)
+}
+
+/// Refuse a step whose model output or sample holds a non-finite value (it
+/// would poison the sample and any history kept from it).
+pub fn check_finite<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
     if !model_output.all_finite() {
         return Err(SchedulerError::NonFinite("model_output"));
     }
     if !sample.all_finite() {
         return Err(SchedulerError::NonFinite("sample"));
+    }
+    Ok(())
+}
+
+/// The tensors a step reads besides its inputs (the noise, a scheduler's
+/// stored history or samples) have the shape of `like`: a run whose latent
+/// changed shape is refused before any state changes.
+pub fn check_state_shapes<'a, T: SchedulerTensor + 'a>(
+    like: &T,
+    tensors: impl IntoIterator<Item = &'a T>,
+) -> Result<()> {
+    let expected = like.shape();
+    for t in tensors {
+        if t.shape() != expected {
+            return Err(SchedulerError::ShapeMismatch {
+                what: "step input",
+                expected,
+                got: t.shape(),
+            });
+        }
     }
     Ok(())
 }

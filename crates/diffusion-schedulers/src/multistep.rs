@@ -266,7 +266,7 @@ pub(crate) fn convert_model_output<T: SchedulerTensor>(
     if config.thresholding.is_some() {
         // The threshold is a quantile of the whole `x0`: a non-finite input
         // is refused before it is taken (and before the step draws noise).
-        check_finite(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
     }
     let (alpha_t, sigma_t) = alpha_sigma(sigma, config.use_flow_sigmas);
     let (alpha_t, sigma_t) = (alpha_t as f64, sigma_t as f64);
@@ -317,38 +317,6 @@ pub(crate) fn convert_model_output<T: SchedulerTensor>(
         }
         None => epsilon,
     })
-}
-
-/// A step's inputs hold only finite values: a NaN taken into a multistep
-/// history would poison every later step.
-pub(crate) fn check_finite<T: SchedulerTensor>(model_output: &T, sample: &T) -> Result<()> {
-    if !model_output.all_finite() {
-        return Err(SchedulerError::NonFinite("model_output"));
-    }
-    if !sample.all_finite() {
-        return Err(SchedulerError::NonFinite("sample"));
-    }
-    Ok(())
-}
-
-/// The tensors a step reads besides its inputs (the scheduler's history and
-/// start samples, the noise) have the shape of `model_output`: a run whose
-/// latent changed shape is refused before any state changes.
-pub(crate) fn check_step_tensors<'a, T: SchedulerTensor + 'a>(
-    model_output: &T,
-    tensors: impl IntoIterator<Item = &'a T>,
-) -> Result<()> {
-    let expected = model_output.shape();
-    for t in tensors {
-        if t.shape() != expected {
-            return Err(SchedulerError::ShapeMismatch {
-                what: "step input",
-                expected,
-                got: t.shape(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The noise of a stochastic update (diffusers' `assert noise is not None`);

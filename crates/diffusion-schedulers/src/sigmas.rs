@@ -175,22 +175,8 @@ pub(crate) fn check_step_tensors<'a, T: SchedulerTensor + 'a>(
     sample: &T,
     others: impl IntoIterator<Item = &'a T>,
 ) -> Result<()> {
-    for other in others {
-        if other.shape() != sample.shape() {
-            return Err(SchedulerError::ShapeMismatch {
-                what: "step input",
-                expected: sample.shape(),
-                got: other.shape(),
-            });
-        }
-    }
-    if !model_output.all_finite() {
-        return Err(SchedulerError::NonFinite("model_output"));
-    }
-    if !sample.all_finite() {
-        return Err(SchedulerError::NonFinite("sample"));
-    }
-    Ok(())
+    common::check_state_shapes(sample, others)?;
+    common::check_finite(model_output, sample)
 }
 
 /// diffusers' step 1, "compute predicted original sample (x_0) from

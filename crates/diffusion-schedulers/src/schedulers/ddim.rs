@@ -225,7 +225,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDIMScheduler {
         } else {
             None
         };
-        alpha::check_finite_inputs(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
 
         // 6. compute "direction pointing to x_t" of formula (12): its coefficient
         // times pred_epsilon, a term of the combination of 7.

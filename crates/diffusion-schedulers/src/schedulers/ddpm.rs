@@ -309,7 +309,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DDPMScheduler {
         } else {
             None
         };
-        alpha::check_finite_inputs(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
 
         // 5. compute predicted previous sample µ_t
         // see formula (7) from https://huggingface.co/papers/2006.11239

@@ -14,9 +14,8 @@ use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
 use crate::multistep::{
-    Conversion, Form, MultistepSolverType, alpha_sigma, check_finite, check_step_tensors,
-    convert_model_output, flow_sigmas, lambda_f32, sigma_add_noise, solver_timesteps, sub,
-    validate_thresholding,
+    Conversion, Form, MultistepSolverType, alpha_sigma, convert_model_output, flow_sigmas,
+    lambda_f32, sigma_add_noise, solver_timesteps, sub, validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -529,8 +528,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DEISMultistepScheduler<T> {
                 class: CLASS_NAME,
                 what: "a multistep update without history".into(),
             })?;
-        check_step_tensors(model_output, previous.iter().copied())?;
-        check_finite(model_output, sample)?;
+        common::check_state_shapes(model_output, previous.iter().copied())?;
+        common::check_finite(model_output, sample)?;
         let prev_sample = match previous[..] {
             [] => self.deis_first_order_update(&converted, sample, step_index),
             [m1] => self.multistep_deis_second_order_update([&converted, m1], sample, step_index),

@@ -24,9 +24,8 @@ use crate::config::{
 };
 use crate::error::{Result, SchedulerError};
 use crate::multistep::{
-    Conversion, Form, alpha_sigma, check_finite, check_step_tensors, convert_model_output,
-    final_sigma, flow_sigmas, lambda_f32, sde_noise, sigma_add_noise, solver_timesteps, sub,
-    validate_thresholding,
+    Conversion, Form, alpha_sigma, convert_model_output, final_sigma, flow_sigmas, lambda_f32,
+    sde_noise, sigma_add_noise, solver_timesteps, sub, validate_thresholding,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -780,8 +779,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverMultistepScheduler<T> 
             .map(|back| self.model_outputs[k - back].as_ref())
             .collect::<Option<Vec<&T>>>()
             .ok_or_else(|| Self::unsupported("a multistep update without history"))?;
-        check_step_tensors(model_output, previous.iter().copied().chain(noise.as_ref()))?;
-        check_finite(model_output, sample)?;
+        common::check_state_shapes(model_output, previous.iter().copied().chain(noise.as_ref()))?;
+        common::check_finite(model_output, sample)?;
         let noise = noise.as_ref();
         let prev_sample = match previous[..] {
             [] => self.dpm_solver_first_order_update(&converted, sample, noise, step_index)?,

@@ -18,8 +18,8 @@ use crate::common::{self, StepIndex};
 use crate::config::{BetaSchedule, FinalSigmasType, PredictionType, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
 use crate::multistep::{
-    Conversion, Form, alpha_sigma, check_finite, check_step_tensors, convert_model_output,
-    final_sigma, flow_shifted, lambda_f32, missing_steps, sde_noise, sigma_add_noise, sub,
+    Conversion, Form, alpha_sigma, convert_model_output, final_sigma, flow_shifted, lambda_f32,
+    missing_steps, sde_noise, sigma_add_noise, sub,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -781,11 +781,11 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for DPMSolverSinglestepScheduler<T>
             .collect::<Option<Vec<&T>>>()
             .ok_or(SchedulerError::PastLastStep(step_index))?;
         let noise = noise.as_ref();
-        check_step_tensors(
+        common::check_state_shapes(
             model_output,
             [start].into_iter().chain(previous.clone()).chain(noise),
         )?;
-        check_finite(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
         let prev_sample = match previous[..] {
             [] => self.dpm_solver_first_order_update(&converted, start, noise, step_index)?,
             [m1] => self.singlestep_dpm_solver_second_order_update(

@@ -245,7 +245,7 @@ impl<T: SchedulerTensor> Scheduler<T> for LCMScheduler {
         } else {
             None
         };
-        alpha::check_finite_inputs(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
 
         // 6. denoise model output using boundary conditions
         let denoised = T::linear_combination(&[

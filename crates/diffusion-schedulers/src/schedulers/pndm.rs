@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::alpha::{self, alpha_f32, integer_timesteps};
+use crate::alpha::{alpha_f32, integer_timesteps};
 use crate::common;
 use crate::config::{BetaSchedule, PredictionType, TimestepSpacing, invalid, validate_betas};
 use crate::error::{Result, SchedulerError};
@@ -201,7 +201,7 @@ impl<T: SchedulerTensor> PNDMScheduler<T> {
             self.cur_sample.as_ref().unwrap_or(sample)
         };
         check_state_shapes(sample, self.cur_model_output.iter().chain([cur_sample]))?;
-        alpha::check_finite_inputs(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
 
         // diffusers' `cur_model_output` starts at 0 (here `None`) and goes back
         // to 0 after the fourth evaluation.
@@ -261,7 +261,7 @@ impl<T: SchedulerTensor> PNDMScheduler<T> {
             _ => sample,
         };
         check_state_shapes(sample, ets.iter().copied().chain([cur_sample]))?;
-        alpha::check_finite_inputs(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
 
         // e1 is ets[-1] (the newest), e2 ets[-2], ...
         let plms_output = match ets[..] {

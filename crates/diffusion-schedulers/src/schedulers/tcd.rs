@@ -257,7 +257,7 @@ impl<T: SchedulerTensor> Scheduler<T> for TCDScheduler {
         } else {
             None
         };
-        alpha::check_finite_inputs(model_output, sample)?;
+        common::check_finite(model_output, sample)?;
 
         let pred_noised_sample = T::linear_combination(&[
             (alpha_prod_s.sqrt() as f64, &*pred_original_sample),

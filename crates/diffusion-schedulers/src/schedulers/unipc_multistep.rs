@@ -20,9 +20,8 @@ use crate::config::{
 };
 use crate::error::{Result, SchedulerError};
 use crate::multistep::{
-    Conversion, Form, TimeShiftType, alpha_sigma, check_finite, check_step_tensors,
-    convert_model_output, final_sigma, flow_shifted, lambda_f32, missing_steps, sigma_add_noise,
-    sub,
+    Conversion, Form, TimeShiftType, alpha_sigma, convert_model_output, final_sigma, flow_shifted,
+    lambda_f32, missing_steps, sigma_add_noise, sub,
 };
 use crate::scheduler::{Scheduler, StepOptions, StepOutput, TimestepSpec};
 use crate::tensor::{NoiseSource, SchedulerTensor};
@@ -762,8 +761,8 @@ impl<T: SchedulerTensor + Send> Scheduler<T> for UniPCMultistepScheduler<T> {
         let state = corrector.iter().flat_map(|(last_sample, m0, older)| {
             [*last_sample, *m0].into_iter().chain(older.clone())
         });
-        check_step_tensors(model_output, state.chain(previous.clone()))?;
-        check_finite(model_output, sample)?;
+        common::check_state_shapes(model_output, state.chain(previous.clone()))?;
+        common::check_finite(model_output, sample)?;
 
         let sample = match &corrector {
             Some((last_sample, m0, older)) => self.multistep_uni_c_bh_update(
