@@ -18,7 +18,8 @@ use burn::tensor::{DType, Tensor, activation::softmax};
 /// v are cast to f32 first, as diffusers does. Without it the backend decides:
 /// burn-flex computes f16/bf16 attention in f32 internally (measured here:
 /// tests/half.rs); burn-cuda runs its flash-attention kernels in the inputs'
-/// type (not yet checked on a GPU against PyTorch's f16 SDPA).
+/// type (the GPU parity check runs in f32, so these f16 results are not
+/// compared with PyTorch's f16 SDPA; docs/gpu.md).
 pub fn scaled_dot_product_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,

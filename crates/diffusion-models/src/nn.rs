@@ -181,7 +181,7 @@ impl<B: Backend> Conv2d<B> {
 /// The columns are gathered with plain (strided) slices of the zero-padded
 /// input, one per kernel tap, stacked in the weight's `(c, kh, kw)` order:
 /// Burn's `unfold4d` builds them with a convolution of its own, which on
-/// burn-cuda 0.21 was slower than the convolution it replaces (93 ms against
+/// burn-cuda 0.21 is slower than the convolution it replaces (93 ms against
 /// 4.5 ms at SD1.5's 320-channel level, docs/gpu.md). A 1×1 kernel needs no
 /// columns: it is the matmul alone.
 ///
