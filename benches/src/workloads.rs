@@ -8,7 +8,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use diffusion_hub::tokenizer::ClipTokenizer;
 use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
-use diffusion_models::config::parse_config;
+use diffusion_models::config::{ModelConfig, parse_config};
 use diffusion_models::formulation::{AttentionFormulation, ConvFormulation, Formulation};
 use diffusion_models::profile;
 use diffusion_models::unet_2d_condition::{
@@ -117,7 +117,7 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-fn config<T: serde::de::DeserializeOwned + serde::Serialize>(path: &Path) -> Result<T> {
+fn config<T: ModelConfig>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| BenchError::Io {
         path: path.display().to_string(),
         source,

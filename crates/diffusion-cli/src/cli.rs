@@ -58,6 +58,7 @@ pub fn command() -> Command {
                             "The scheduler's prediction_type (v_prediction for SD2 768-v models)",
                         ),
                 )
+                .arg(skip_unsafe_globals())
                 .arg(
                     Arg::new("extract_ema")
                         .long("extract-ema")
@@ -114,6 +115,19 @@ fn hub_args(cmd: Command) -> Command {
             .action(ArgAction::SetTrue)
             .help("Never touch the network (as HF_HUB_OFFLINE=1)"),
     )
+    .arg(skip_unsafe_globals())
+}
+
+/// `--skip-unsafe-globals`: read PyTorch pickles that name globals torch's
+/// `weights_only` loader refuses, leaving those entries out.
+fn skip_unsafe_globals() -> Arg {
+    Arg::new("skip_unsafe_globals")
+        .long("skip-unsafe-globals")
+        .action(ArgAction::SetTrue)
+        .help(
+            "Read .ckpt/.bin pickles that name globals torch's weights_only loader refuses \
+             (e.g. Lightning callbacks), skipping those entries; nothing is ever executed",
+        )
 }
 
 /// The flags of `generate`, `img2img` and `inpaint` (diffusers' call parameters).

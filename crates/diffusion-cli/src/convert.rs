@@ -4,13 +4,20 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use diffusion_hub::single_file::{ConvertOptions, convert_file};
+use diffusion_hub::single_file::ConvertOptions;
+use diffusion_hub::torch_pickle::PickleOptions;
+use diffusion_pipelines::components::convert_checkpoint;
 
 use crate::error::Result;
 
 /// Converts `checkpoint` into `out_dir` and returns the report, as printed.
-pub fn convert(checkpoint: &Path, out_dir: &Path, options: &ConvertOptions) -> Result<String> {
-    let report = convert_file(checkpoint, out_dir, options)?;
+pub fn convert(
+    checkpoint: &Path,
+    out_dir: &Path,
+    options: &ConvertOptions,
+    pickle: &PickleOptions,
+) -> Result<String> {
+    let report = convert_checkpoint(checkpoint, out_dir, options, pickle)?;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -36,6 +43,13 @@ pub fn convert(checkpoint: &Path, out_dir: &Path, options: &ConvertOptions) -> R
             let _ = write!(s, ", ... ({more} more)");
         }
         let _ = writeln!(s);
+    }
+    if !report.skipped_globals.is_empty() {
+        let _ = writeln!(
+            s,
+            "  skipped pickle globals (never run): {}",
+            report.skipped_globals.join(", ")
+        );
     }
     Ok(s)
 }

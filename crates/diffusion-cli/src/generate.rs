@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
-use diffusion_hub::save::{OwnedTensor, save_safetensors};
+use diffusion_hub::save::{OwnedTensor, safetensors_bytes};
 use diffusion_models::Formulation;
-use diffusion_pipelines::image::Images;
-use diffusion_pipelines::{Generator, LoadOptions, LongPrompt, Params};
+use diffusion_pipelines::image::{AllOrNothing, Images};
+use diffusion_pipelines::{Generator, LoadOptions, LongPrompt, Params, PipelineError};
 use serde_json::{Map, Value, json};
 
 use crate::error::{CliError, Result};
@@ -42,6 +42,7 @@ pub fn run<B: Backend>(
         scheduler: settings.scheduler.clone(),
         progress: !settings.quiet,
         formulation: Some(formulation),
+        pickle: settings.hub.pickle_options(),
     };
     let mut pipe = load_pipeline(
         &model,
@@ -89,7 +90,9 @@ pub fn run<B: Backend>(
         progress: !settings.quiet,
         ..Params::default()
     };
-    let out = pipe.run(settings.task, params)?;
+    let out = pipe
+        .run(settings.task, params)
+        .map_err(|e| as_flag_error(e, settings))?;
     let images = out
         .images
         .expect("images are asked for (OutputType::Images)");
@@ -103,23 +106,68 @@ pub fn run<B: Backend>(
         base.insert("seed".into(), json!(s));
     }
 
+    // Every output is staged first and renamed into place only when all are
+    // complete: a batch is written whole or not at all.
+    let mut batch = AllOrNothing::default();
     if let Some(path) = &settings.output_latents {
-        save_latents(path, out.latents)?;
+        batch.stage(path, &latents_bytes(path, out.latents)?)?;
     }
-    write_images(settings, &images, &base)
+    let written = stage_images(settings, &images, &base, &mut batch)?;
+    batch.commit()?;
+    Ok(written)
 }
 
-/// Writes every image with its parameters.
-fn write_images(
+/// A pipeline's complaint about a call parameter, told in terms of the flag
+/// the user gave (and the file, for file flags); other errors pass through.
+fn as_flag_error(e: PipelineError, settings: &Settings) -> CliError {
+    let PipelineError::Parameter { name, message } = &e else {
+        return e.into();
+    };
+    let file = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| format!(" {}", p.display()))
+            .unwrap_or_default()
+    };
+    let flag = match *name {
+        "image" => format!("--image{}", file(&settings.image_path)),
+        "mask_image" => format!("--mask{}", file(&settings.mask_path)),
+        "latents" => format!("--latents{}", file(&settings.latents_path)),
+        "height" => "--height".into(),
+        "width" => "--width".into(),
+        "guidance_scale" => "--guidance".into(),
+        "guidance_rescale" => "--guidance-rescale".into(),
+        "eta" => "--eta".into(),
+        "num_inference_steps" => "--steps".into(),
+        "num_images_per_prompt" => "--num-images".into(),
+        "strength" => "--strength".into(),
+        "clip_skip" => "--clip-skip".into(),
+        "scheduler_config" => "--scheduler-config".into(),
+        "generator" => "--seeds".into(),
+        "denoising_end" => "--denoising-end".into(),
+        "original_size" => "--original-size".into(),
+        "target_size" => "--target-size".into(),
+        "crops_coords_top_left" => "--crops-coords-top-left".into(),
+        "prompt" => "--prompt".into(),
+        "negative_prompt" => "--negative-prompt".into(),
+        "prompt_2" => "--prompt-2".into(),
+        "negative_prompt_2" => "--negative-prompt-2".into(),
+        _ => return e.into(),
+    };
+    CliError::Usage(format!("{flag}: {message}"))
+}
+
+/// Stages every image with its parameters.
+fn stage_images(
     settings: &Settings,
     images: &Images,
     base: &Map<String, Value>,
+    batch: &mut AllOrNothing,
 ) -> Result<Vec<Written>> {
     let mut written = Vec::with_capacity(images.count);
     for i in 0..images.count {
         let path = output_path(&settings.output, i, images.count);
         let parameters = image_parameters(settings, base, i, images.count);
-        images.save_png(i, &path, &png_text(&parameters))?;
+        batch.stage(&path, &images.png_bytes(i, &path, &png_text(&parameters))?)?;
         written.push(Written { path, parameters });
     }
     Ok(written)
@@ -209,8 +257,9 @@ fn png_text(parameters: &Map<String, Value>) -> Vec<(String, String)> {
     text
 }
 
-/// Writes the final latents as f32 safetensors (key `latents`).
-fn save_latents<B: Backend>(path: &Path, latents: Tensor<B, 4>) -> Result<()> {
+/// The final latents as f32 safetensors bytes (key `latents`); `path`
+/// names the file in errors.
+fn latents_bytes<B: Backend>(path: &Path, latents: Tensor<B, 4>) -> Result<Vec<u8>> {
     let shape = latents.dims().to_vec();
     let values = latents
         .cast(DType::F32)
@@ -223,8 +272,7 @@ fn save_latents<B: Backend>(path: &Path, latents: Tensor<B, 4>) -> Result<()> {
         })?;
     let mut tensors = BTreeMap::new();
     tensors.insert("latents".to_string(), OwnedTensor::f32(shape, &values));
-    save_safetensors(path, &tensors, None)?;
-    Ok(())
+    Ok(safetensors_bytes(path, &tensors, None)?)
 }
 
 #[cfg(test)]

@@ -9,17 +9,20 @@ use std::fmt::Write;
 use diffusion_hub::model_index::ComponentKind;
 use diffusion_hub::resolve::{ResolveOptions, Resolved, ResolvedComponent, ResolvedModel, resolve};
 use diffusion_hub::single_file::{Checkpoint, detect};
+use diffusion_hub::torch_pickle::PickleOptions;
 use diffusion_hub::weights::Weights;
-use diffusion_pipelines::components::read_scheduler_config;
+use diffusion_pipelines::components::{
+    check_library, read_scheduler_config, validate_component_config,
+};
 use serde_json::Value;
 
 use crate::error::Result;
 
 /// The report for `name`, as printed.
-pub fn info(name: &str, options: &ResolveOptions) -> Result<String> {
+pub fn info(name: &str, options: &ResolveOptions, pickle: &PickleOptions) -> Result<String> {
     let mut s = String::new();
     match resolve(name, options)? {
-        Resolved::Pipeline(m) => pipeline(&mut s, &m)?,
+        Resolved::Pipeline(m) => pipeline(&mut s, &m, pickle)?,
         Resolved::Model(c) => {
             let _ = writeln!(s, "model: {name}");
             let _ = writeln!(
@@ -39,10 +42,10 @@ pub fn info(name: &str, options: &ResolveOptions) -> Result<String> {
                 })
                 .unwrap_or_else(|| "?".into());
             let _ = writeln!(s, "class: {class}");
-            let _ = writeln!(s, "weights: {}", weights_summary(&c)?);
+            let _ = writeln!(s, "weights: {}", weights_summary(&c, pickle)?);
         }
         Resolved::Checkpoint(path) => {
-            let ckpt = Checkpoint::open(&path)?;
+            let ckpt = Checkpoint::open_with(&path, pickle)?;
             let keys = ckpt.keys();
             let model_type = detect(&path, &keys)?;
             let _ = writeln!(s, "model: {name}");
@@ -67,7 +70,7 @@ pub fn info(name: &str, options: &ResolveOptions) -> Result<String> {
     Ok(s)
 }
 
-fn pipeline(s: &mut String, m: &ResolvedModel) -> Result<()> {
+fn pipeline(s: &mut String, m: &ResolvedModel, pickle: &PickleOptions) -> Result<()> {
     let index = &m.model_index;
     let _ = writeln!(s, "model: {}", m.source.display_name());
     let _ = writeln!(s, "folder: {}", m.root.display());
@@ -81,13 +84,15 @@ fn pipeline(s: &mut String, m: &ResolvedModel) -> Result<()> {
     let _ = writeln!(s, "components:");
     let mut scheduler = None;
     for (name, comp) in &index.components {
+        check_library(m, name)?;
         let _ = write!(s, "  {name}: {}/{}", comp.library, comp.class);
         match m.components.get(name) {
             None => {
                 let _ = write!(s, " (not resolved)");
             }
             Some(c) if c.kind == ComponentKind::Model => {
-                let _ = write!(s, ", {}", weights_summary(c)?);
+                validate_component_config(c, &comp.class)?;
+                let _ = write!(s, ", {}", weights_summary(c, pickle)?);
                 if c.used_variant {
                     let _ = write!(s, ", variant {}", m.variant.as_deref().unwrap_or("?"));
                 }
@@ -122,11 +127,11 @@ fn pipeline(s: &mut String, m: &ResolvedModel) -> Result<()> {
 }
 
 /// `N parameters (F16 × 196 tensors)` from the weight headers.
-fn weights_summary(c: &ResolvedComponent) -> Result<String> {
+fn weights_summary(c: &ResolvedComponent, pickle: &PickleOptions) -> Result<String> {
     if c.weights.is_empty() {
         return Ok("no weight files".into());
     }
-    Ok(summarize(&c.open_weights()?))
+    Ok(summarize(&c.open_weights_with(pickle)?))
 }
 
 fn summarize(w: &Weights) -> String {

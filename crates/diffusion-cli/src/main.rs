@@ -111,7 +111,11 @@ fn main() -> ExitCode {
     match run(&matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = e.to_string().replace('\n', " ");
+            // The library names its Rust opt-in; the user needs the flag.
+            let message = e.to_string().replace('\n', " ").replace(
+                "(`PickleOptions::skip_unsafe_globals`)",
+                "(--skip-unsafe-globals)",
+            );
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
@@ -145,7 +149,12 @@ fn run(matches: &ArgMatches) -> Result<()> {
                 extract_ema: m.get_flag("extract_ema"),
                 overrides,
             };
-            print!("{}", convert::convert(&checkpoint, &out_dir, &options)?);
+            let pickle = diffusion_hub::torch_pickle::PickleOptions::default()
+                .skip_unsafe_globals(m.get_flag("skip_unsafe_globals"));
+            print!(
+                "{}",
+                convert::convert(&checkpoint, &out_dir, &options, &pickle)?
+            );
             Ok(())
         }
         Some(("train", m)) => {
@@ -180,7 +189,11 @@ fn run(matches: &ArgMatches) -> Result<()> {
             let hub = HubArgs::from_matches(m);
             print!(
                 "{}",
-                info::info(&hub.model_name()?, &hub.resolve_options())?
+                info::info(
+                    &hub.model_name()?,
+                    &hub.resolve_options(),
+                    &hub.pickle_options()
+                )?
             );
             Ok(())
         }

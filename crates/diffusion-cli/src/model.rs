@@ -3,11 +3,12 @@
 use burn::tensor::backend::Backend;
 use clap::ArgMatches;
 use diffusion_hub::resolve::{ResolveOptions, Resolved, resolve};
+use diffusion_hub::torch_pickle::PickleOptions;
 use diffusion_pipelines::{DiffusionPipeline, LoadOptions, Task};
 
 use crate::error::{CliError, Result};
 
-/// `--model`, `--variant`, `--revision`, `--offline`.
+/// `--model`, `--variant`, `--revision`, `--offline`, `--skip-unsafe-globals`.
 #[derive(Debug, Clone, Default)]
 pub struct HubArgs {
     /// `--model` as given.
@@ -18,6 +19,8 @@ pub struct HubArgs {
     pub revision: Option<String>,
     /// `--offline`.
     pub offline: bool,
+    /// `--skip-unsafe-globals`.
+    pub skip_unsafe_globals: bool,
 }
 
 impl HubArgs {
@@ -28,7 +31,13 @@ impl HubArgs {
             variant: m.get_one::<String>("variant").cloned(),
             revision: m.get_one::<String>("revision").cloned(),
             offline: m.get_flag("offline"),
+            skip_unsafe_globals: m.get_flag("skip_unsafe_globals"),
         }
+    }
+
+    /// How PyTorch pickles are read (`--skip-unsafe-globals`).
+    pub fn pickle_options(&self) -> PickleOptions {
+        PickleOptions::default().skip_unsafe_globals(self.skip_unsafe_globals)
     }
 
     /// The model to use: `--model`, or else the embedded default.

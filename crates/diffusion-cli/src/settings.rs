@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::args::{Device, check_pixels};
 use crate::error::{CliError, Result, usage};
+use crate::generate::output_path;
 use crate::model::HubArgs;
 
 /// Initial latents read from `--latents`.
@@ -174,9 +175,66 @@ impl Settings {
         if self.task == Task::TextToImage && self.strength.is_some() {
             return Err(usage("--strength: only for `img2img` and `inpaint`"));
         }
-        check_output_dir("--output", &self.output)?;
+        self.check_outputs()
+    }
+
+    /// How many images the run writes: one per prompt (at least one) times
+    /// `--num-images`.
+    pub fn image_count(&self) -> usize {
+        self.prompt.len().max(1).saturating_mul(self.num_images)
+    }
+
+    /// Every file the run would write can be written, and none is written
+    /// twice or over one of the run's inputs; checked before loading anything.
+    fn check_outputs(&self) -> Result<()> {
+        let count = self.image_count();
+        let mut targets: Vec<(String, PathBuf)> = Vec::new();
+        if self.output.as_os_str().is_empty() {
+            return Err(usage(
+                "--output \"\": an empty path; give a file name such as out.png",
+            ));
+        }
+        // The numbered names of a batch (capped: a batch too large to hold
+        // is refused later, by the pipeline's memory check).
+        for i in 0..count.min(4096) {
+            targets.push(("--output".into(), output_path(&self.output, i, count)));
+        }
         if let Some(p) = &self.output_latents {
-            check_output_dir("--output-latents", p)?;
+            if p.as_os_str().is_empty() {
+                return Err(usage("--output-latents \"\": an empty path"));
+            }
+            targets.push(("--output-latents".into(), p.clone()));
+        }
+        for (flag, path) in &targets {
+            check_output_dir(flag, path)?;
+        }
+        let inputs = [
+            ("--image", &self.image_path),
+            ("--mask", &self.mask_path),
+            ("--latents", &self.latents_path),
+        ];
+        let mut seen: Vec<(String, PathBuf, PathBuf)> = Vec::new();
+        for (flag, path) in &targets {
+            let key = comparable(path);
+            if let Some((other, other_path, _)) = seen.iter().find(|(_, _, k)| *k == key) {
+                return Err(usage(format!(
+                    "{flag} {}: the same file as {other} {}; each output needs its own path",
+                    path.display(),
+                    other_path.display()
+                )));
+            }
+            for (input_flag, input) in inputs {
+                if let Some(input) = input
+                    && comparable(input) == key
+                {
+                    return Err(usage(format!(
+                        "{flag} {}: would overwrite the input {input_flag} {}",
+                        path.display(),
+                        input.display()
+                    )));
+                }
+            }
+            seen.push((flag.clone(), path.clone(), key));
         }
         Ok(())
     }
@@ -290,6 +348,22 @@ fn check_output_dir(flag: &str, path: &Path) -> Result<()> {
             path.display()
         ))),
         _ => Ok(()),
+    }
+}
+
+/// `path` made comparable with another: absolute, with its folder's links
+/// resolved (the file itself may not exist yet).
+fn comparable(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (dir.canonicalize(), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
     }
 }
 

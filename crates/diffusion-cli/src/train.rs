@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::ArgMatches;
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_pipelines::components::build_scheduler;
@@ -18,6 +18,7 @@ use diffusion_pipelines::image::write_atomic;
 use diffusion_pipelines::training::{
     AdamWConfig, BatchSampler, Crop, EmaConfig, ImageDataset, LrSchedule, LrScheduleKind,
     MixedPrecision, Objective, PredictionType, StepStats, TrainConfig, Trainer, build_model,
+    check_training_size,
 };
 use diffusion_pipelines::{Generator, Images, Params, SchedulerChoice, Unconditional};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -144,7 +145,8 @@ impl TrainArgs {
                 get(m, "lr_warmup_steps").unwrap_or(500),
                 max_train_steps,
             ),
-            max_grad_norm: (max_grad_norm > 0.0).then_some(max_grad_norm),
+            // 0 turns clipping off; anything else is checked by `validate`.
+            max_grad_norm: (max_grad_norm != 0.0).then_some(max_grad_norm),
             ema,
             objective: Objective {
                 prediction_type: prediction,
@@ -181,6 +183,13 @@ impl TrainArgs {
                 return Err(usage(format!("{flag} 0: expected at least 1")));
             }
         }
+        // The library's checks, told as the flags (`adam_beta1` → `--adam-beta1`).
+        config.validate().map_err(|e| match e {
+            diffusion_pipelines::PipelineError::Parameter { name, message } => {
+                usage(format!("--{}: {message}", name.replace('_', "-")))
+            }
+            other => other.into(),
+        })?;
         Ok(TrainArgs {
             data_dir: PathBuf::from(get::<String>(m, "train_data_dir").expect("required")),
             output_dir: PathBuf::from(get::<String>(m, "output_dir").expect("required")),
@@ -244,6 +253,22 @@ fn model_config(args: &TrainArgs) -> Result<UNet2DConfig> {
         )));
     }
     Ok(config)
+}
+
+/// [`check_training_size`], its resolution complaint told as the flag.
+fn size_check<B: Backend>(
+    config: &UNet2DConfig,
+    resolution: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<()> {
+    let host = diffusion_pipelines::memory::is_host_backend(&B::name(device));
+    check_training_size(config, resolution, batch_size, host).map_err(|e| match e {
+        diffusion_pipelines::PipelineError::Parameter { message, .. } => {
+            usage(format!("--resolution {resolution}: {message}"))
+        }
+        other => other.into(),
+    })
 }
 
 /// The run's state kept in checkpoints besides the trainer's own.
@@ -339,6 +364,8 @@ where
         }
         None => {
             let config = model_config(args)?;
+            // Before the weights are allocated.
+            size_check::<B>(&config, args.resolution, args.batch_size, &device)?;
             let (model, keys) =
                 build_model::<B, UNet2DModel<B>>(&config, None, &device, args.seed)?;
             let trainer = Trainer::from_parts(
@@ -362,6 +389,12 @@ where
         }
     };
     remove_stale_temporaries(out);
+    size_check::<B>(
+        trainer.model_config(),
+        state.resolution,
+        state.batch_size,
+        &device,
+    )?;
     let channels = trainer.model_config().in_channels;
     let crop = if state.random_crop {
         Crop::Random

@@ -358,7 +358,7 @@ fn wrong_kind_of_model_for_the_command() {
         tmp.path(),
         &["generate", "--model", &model, "-p", "a cat", "-q"],
     );
-    assert_one_line_error(&o, "parameter `prompt`: DDPMPipeline does not take it");
+    assert_one_line_error(&o, "--prompt: DDPMPipeline does not take it");
     assert!(outputs(tmp.path()).is_empty());
 }
 
@@ -556,10 +556,40 @@ fn sd1_checkpoint() -> String {
         .into_owned()
 }
 
+/// `--set` flags for the fields the tiny checkpoint's weights cannot tell
+/// (its group and head counts are not the released models'), from
+/// `sd1.expected.json`; without them the converted folder would not load,
+/// and `convert` refuses to write it.
+fn tiny_overrides() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../diffusion-hub/tests/fixtures/single_file/sd1.expected.json");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut args = Vec::new();
+    for (component, fields) in expected["overrides"].as_object().unwrap() {
+        for (field, value) in fields.as_object().unwrap() {
+            args.push("--set".to_string());
+            args.push(format!("{component}.{field}={value}"));
+        }
+    }
+    args
+}
+
 #[test]
 fn convert_and_inspect_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = sd1_checkpoint();
+    let overrides = tiny_overrides();
+    // The tiny model's fields first, so that a later `--set` wins.
+    let with_overrides = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.splice(3..3, overrides.iter().cloned());
+        v
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        diffuse(tmp.path(), &refs)
+    };
     let o = diffuse(tmp.path(), &["info", "--model", &ckpt]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
@@ -569,7 +599,12 @@ fn convert_and_inspect_a_checkpoint() {
     );
     assert!(out.contains("(F32 × 368, I64 × 1)"), "{out}");
 
+    // Without the fields the weights cannot tell, the folder would not load:
+    // refused, naming the field, and nothing is written.
     let o = diffuse(tmp.path(), &["convert", &ckpt, "converted"]);
+    assert_one_line_error(&o, "norm_num_groups");
+    assert!(!tmp.path().join("converted").exists());
+    let o = run(with_overrides(&["convert", &ckpt, "converted"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     for needle in [
@@ -581,7 +616,7 @@ fn convert_and_inspect_a_checkpoint() {
         assert!(out.contains(needle), "`{needle}` not in:\n{out}");
     }
     // The converter refuses to overwrite.
-    let o = diffuse(tmp.path(), &["convert", &ckpt, "converted"]);
+    let o = run(with_overrides(&["convert", &ckpt, "converted"]));
     assert_one_line_error(&o, "not empty");
     // This checkpoint has no EMA copy to extract: a one-line error, and
     // nothing is written.
@@ -591,23 +626,20 @@ fn convert_and_inspect_a_checkpoint() {
 
     // Fields the weights cannot tell, set by hand; an unknown component or a
     // malformed setting is a one-line error.
-    let o = diffuse(
-        tmp.path(),
-        &[
-            "convert",
-            &ckpt,
-            "set",
-            "--set",
-            "vae.scaling_factor=0.13025",
-            "--set",
-            "unet.upcast_attention=true",
-            "--set",
-            "scheduler.timestep_spacing=trailing",
-            // Inferred from the weights (float32), but what is set wins.
-            "--set",
-            "text_encoder.torch_dtype=float16",
-        ],
-    );
+    let o = run(with_overrides(&[
+        "convert",
+        &ckpt,
+        "set",
+        "--set",
+        "vae.scaling_factor=0.13025",
+        "--set",
+        "unet.upcast_attention=true",
+        "--set",
+        "scheduler.timestep_spacing=trailing",
+        // Inferred from the weights (float32), but what is set wins.
+        "--set",
+        "text_encoder.torch_dtype=float16",
+    ]));
     assert!(o.status.success(), "{}", stderr(&o));
     let config = |rel: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("set").join(rel)).unwrap())

@@ -58,6 +58,7 @@ use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::model_index::{ComponentKind, ModelIndex, ModelIndexError};
+use crate::torch_pickle::PickleOptions;
 use crate::weights::{ShardIndex, Weights, WeightsError};
 
 /// Extensions taken as single-file checkpoints (original LDM/SGM layouts).
@@ -526,9 +527,14 @@ pub struct ResolvedComponent {
 impl ResolvedComponent {
     /// Opens the weights (safetensors or `.bin`, single or sharded; see [`Weights::open`]).
     pub fn open_weights(&self) -> Result<Weights, WeightsError> {
+        self.open_weights_with(&PickleOptions::default())
+    }
+
+    /// [`ResolvedComponent::open_weights`], reading `.bin` pickles as `pickle` says.
+    pub fn open_weights_with(&self, pickle: &PickleOptions) -> Result<Weights, WeightsError> {
         match (&self.weight_index, self.weights.first()) {
-            (Some(index), _) => Weights::open(index),
-            (None, Some(file)) => Weights::open(file),
+            (Some(index), _) => Weights::open_with(index, pickle),
+            (None, Some(file)) => Weights::open_with(file, pickle),
             (None, None) => Err(WeightsError::Io {
                 path: self.dir.clone(),
                 source: std::io::Error::new(

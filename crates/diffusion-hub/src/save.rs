@@ -67,16 +67,8 @@ impl safetensors::View for View<'_> {
     }
 }
 
-/// Writes `tensors` (sorted by name) to `path` with optional string metadata.
-pub fn save_safetensors(
-    path: &Path,
-    tensors: &BTreeMap<String, OwnedTensor>,
-    metadata: Option<HashMap<String, String>>,
-) -> Result<(), SaveError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| SaveError::Io { path: p, source }
-    };
+/// Each tensor's bytes match its shape and dtype (`path` names the file).
+fn check_sizes(path: &Path, tensors: &BTreeMap<String, OwnedTensor>) -> Result<(), SaveError> {
     for (name, t) in tensors {
         let expected = t
             .dtype
@@ -94,6 +86,36 @@ pub fn save_safetensors(
             });
         }
     }
+    Ok(())
+}
+
+/// `tensors` (sorted by name) serialized as a safetensors file in memory,
+/// for callers that write several outputs all or nothing; `path` only names
+/// the file in errors.
+pub fn safetensors_bytes(
+    path: &Path,
+    tensors: &BTreeMap<String, OwnedTensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, SaveError> {
+    check_sizes(path, tensors)?;
+    let views: Vec<(&str, View<'_>)> = tensors.iter().map(|(k, t)| (k.as_str(), View(t))).collect();
+    safetensors::tensor::serialize(views, metadata).map_err(|e| SaveError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes `tensors` (sorted by name) to `path` with optional string metadata.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, OwnedTensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), SaveError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SaveError::Io { path: p, source }
+    };
+    check_sizes(path, tensors)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -112,7 +134,7 @@ pub fn save_safetensors(
         .and_then(|_| {
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))
+                .map_err(io(path))
         })
         .and_then(|_| std::fs::rename(&tmp, path).map_err(io(path)));
     if result.is_err() {

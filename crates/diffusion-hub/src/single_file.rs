@@ -56,6 +56,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
+use crate::torch_pickle::PickleOptions;
 use crate::weights::{Dtype, TensorView, Weights, WeightsError};
 
 /// The diffusers version written into configs.
@@ -169,10 +170,22 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a checkpoint, choosing the reader by extension (see [`Weights::open`]).
+    /// Opens a checkpoint, choosing the reader by extension (see
+    /// [`Weights::open`]); a pickle naming a global that torch's
+    /// `weights_only` loader refuses is [`WeightsError::UnsafeGlobal`].
     pub fn open(path: &Path) -> std::result::Result<Self, WeightsError> {
+        Self::open_with(path, &PickleOptions::default())
+    }
+
+    /// [`Checkpoint::open`], reading a pickle as `pickle` says (e.g.
+    /// [`PickleOptions::skip_unsafe_globals`] for a PyTorch Lightning
+    /// training checkpoint, whose `callbacks` entry torch refuses too).
+    pub fn open_with(
+        path: &Path,
+        pickle: &PickleOptions,
+    ) -> std::result::Result<Self, WeightsError> {
         Ok(Self {
-            weights: Weights::open(path)?,
+            weights: Weights::open_with(path, pickle)?,
         })
     }
 
@@ -1558,33 +1571,65 @@ pub struct ConvertReport {
     pub tensors: Vec<(&'static str, usize)>,
     /// Checkpoint keys not converted.
     pub skipped: Vec<String>,
+    /// Pickle globals skipped under [`PickleOptions::skip_unsafe_globals`]
+    /// (`module.name`, sorted), for telling the user what was left out.
+    pub skipped_globals: Vec<String>,
 }
 
 /// Opens `checkpoint`, converts it and writes the diffusers folder `out_dir`.
+/// A pickle is read with the default [`PickleOptions`] (see
+/// [`Checkpoint::open`]); [`convert_file_with`] takes others.
 pub fn convert_file(
     checkpoint: &Path,
     out_dir: &Path,
     opts: &ConvertOptions,
+) -> Result<ConvertReport> {
+    convert_file_with(checkpoint, out_dir, opts, &PickleOptions::default())
+}
+
+/// [`convert_file`], reading a pickle checkpoint as `pickle` says.
+///
+/// The pickle options are an argument rather than a [`ConvertOptions`]
+/// field: they are about reading the file, not converting it, and other
+/// crates build `ConvertOptions` field by field.
+pub fn convert_file_with(
+    checkpoint: &Path,
+    out_dir: &Path,
+    opts: &ConvertOptions,
+    pickle: &PickleOptions,
 ) -> Result<ConvertReport> {
     if non_empty(out_dir)? {
         return Err(SingleFileError::OutputExists {
             path: out_dir.to_path_buf(),
         });
     }
-    let ckpt = Checkpoint::open(checkpoint)?;
+    let ckpt = Checkpoint::open_with(checkpoint, pickle)?;
     let conv = convert(&ckpt, opts)?;
     write_diffusers_folder(&conv, out_dir)?;
-    Ok(ConvertReport {
-        model_type: conv.model_type,
-        pipeline_class: conv.model_index["_class_name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        tensors: conv
-            .components
-            .iter()
-            .map(|c| (c.name, c.tensors.len()))
-            .collect(),
-        skipped: conv.skipped,
-    })
+    Ok(ConvertReport::of(&ckpt, &conv))
+}
+
+impl ConvertReport {
+    /// What `conv`, converted from `ckpt`, holds.
+    pub fn of(ckpt: &Checkpoint, conv: &Converted<'_>) -> Self {
+        ConvertReport {
+            model_type: conv.model_type,
+            pipeline_class: conv.model_index["_class_name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            tensors: conv
+                .components
+                .iter()
+                .map(|c| (c.name, c.tensors.len()))
+                .collect(),
+            skipped: conv.skipped.clone(),
+            skipped_globals: ckpt
+                .weights()
+                .skipped_globals()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        }
+    }
 }

@@ -4,11 +4,44 @@
 //! Such a file is a zip archive (entries stored, not compressed) holding
 //! `<name>/data.pkl` (the pickled object) and one `<name>/data/<key>` entry per
 //! tensor storage. The pickle is run on a small, safe virtual machine that only
-//! builds data (no code is executed): tensors are recognised by
-//! `torch._utils._rebuild_tensor_v2` (and `_rebuild_tensor`, `_rebuild_parameter`)
-//! over persistent `storage` references; every other global becomes an opaque
-//! value, so the extra objects of Lightning checkpoints (`optimizer_states`,
-//! callbacks...) are read over, not rejected.
+//! builds data (no code is executed, no module imported): tensors are
+//! recognised by `torch._utils._rebuild_tensor_v2` (and `_rebuild_tensor`,
+//! `_rebuild_parameter`) over persistent `storage` references, dicts by
+//! `collections.OrderedDict`; the results of other calls are opaque values.
+//!
+//! # Globals: torch's `weights_only` rule
+//!
+//! A pickle names Python functions and classes (the GLOBAL and STACK_GLOBAL
+//! opcodes) and calls them (REDUCE, NEWOBJ). Although nothing is ever called
+//! here, a global that torch's own safe loader refuses
+//! (`torch.load(weights_only=True)`, the default since torch 2.6;
+//! `_get_allowed_globals` in `torch/_weights_only_unpickler.py`) is refused
+//! by default too, as [`WeightsError::UnsafeGlobal`] naming it (`os.system`).
+//! A file that names `os.system`, `builtins.eval` or `subprocess.Popen` is not
+//! a plain checkpoint: reading its tensors while silently dropping those
+//! entries would hide that the same file runs code under a plain
+//! `torch.load`. The allow-list is torch's (see `torch_allows`): its tensor
+//! rebuild functions (`torch._utils._rebuild_*`,
+//! `torch._tensor._rebuild_from_type_v2`), storage and legacy tensor classes,
+//! dtypes, quantization schemes, `torch.Size`, `torch.device`, `torch.Tensor`,
+//! `torch.nn.parameter.Parameter`, `collections.OrderedDict` and `Counter`,
+//! `builtins.set`, `bytearray` and `complex`, and `_codecs.encode`. Module
+//! names are read as torch reads them (`__builtin__`, what protocol 2
+//! writes, is `builtins`). STACK_GLOBAL (protocol 4), which torch's loader
+//! does not read at all, is held to the same list.
+//!
+//! Deliberately, that includes PyTorch Lightning checkpoints saved with their
+//! training state (some original latent-diffusion `.ckpt` releases are): their
+//! `callbacks` entry pickles a
+//! `pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint`, which
+//! torch 2.6+ refuses as well. The error says how to opt in:
+//! [`PickleOptions::skip_unsafe_globals`] makes such a global a skipped value
+//! instead of an error (the top-level keys of the values it would have built
+//! are listed in [`TorchFile::other_keys`], the globals in
+//! [`TorchFile::skipped_globals`]). Skipped or refused, a global is never
+//! executed: the opt-in only decides whether a file that names one loads.
+//!
+//! # State dict and tensors
 //!
 //! The state dict is the top-level dict's `state_dict` entry when that is a dict
 //! (SD checkpoints), else the top-level dict itself (`pytorch_model.bin`). Each
@@ -21,7 +54,7 @@
 //! tensor-library-free crate; every malformed input is a [`WeightsError`]
 //! naming the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -85,6 +118,30 @@ const MAX_VIEW_GROWTH: usize = 8;
 /// ... or below this many bytes.
 const MIN_VIEW_LIMIT: usize = 256 << 20;
 
+/// How a PyTorch pickle is read; the default is torch's `weights_only` rule.
+///
+/// Built with [`PickleOptions::default`] and its setters, so that fields can
+/// be added later without breaking callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PickleOptions {
+    /// Skip, rather than refuse, the globals that torch's `weights_only`
+    /// loader refuses (`os.system`, `builtins.eval`, PyTorch Lightning's
+    /// `ModelCheckpoint` callback...): what they would build is left out and
+    /// the tensors load. They are never executed either way (see the module
+    /// docs); opt in only for a file you mean to load despite it naming code,
+    /// such as a Lightning training checkpoint.
+    pub skip_unsafe_globals: bool,
+}
+
+impl PickleOptions {
+    /// Sets [`PickleOptions::skip_unsafe_globals`].
+    pub fn skip_unsafe_globals(mut self, yes: bool) -> Self {
+        self.skip_unsafe_globals = yes;
+        self
+    }
+}
+
 /// An opened PyTorch pickle checkpoint.
 #[derive(Debug)]
 pub struct TorchFile {
@@ -94,6 +151,8 @@ pub struct TorchFile {
     owned: Vec<Vec<u8>>,
     /// Top-level keys that are not tensors (e.g. `global_step`), for information.
     other_keys: Vec<String>,
+    /// Globals outside torch's allow-list that were skipped (opt-in only).
+    skipped_globals: Vec<String>,
 }
 
 fn storage_dtype(name: &str) -> Option<Dtype> {
@@ -113,8 +172,15 @@ fn storage_dtype(name: &str) -> Option<Dtype> {
 }
 
 impl TorchFile {
-    /// Opens and parses a zip-based `torch.save` file.
+    /// Opens and parses a zip-based `torch.save` file with the default
+    /// [`PickleOptions`]: a global that torch's `weights_only` loader refuses
+    /// is [`WeightsError::UnsafeGlobal`].
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
+        Self::open_with(path, &PickleOptions::default())
+    }
+
+    /// Opens and parses a zip-based `torch.save` file as `options` say.
+    pub fn open_with(path: &Path, options: &PickleOptions) -> Result<Self, WeightsError> {
         let io = |source| WeightsError::Io {
             path: path.to_path_buf(),
             source,
@@ -123,13 +189,19 @@ impl TorchFile {
         // SAFETY: the map is read-only; a file changed underneath is the same
         // hazard as for the safetensors reader and is documented there.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (tensors, owned, other_keys) = parse(&mmap, path)?;
+        let Parsed {
+            tensors,
+            owned,
+            other_keys,
+            skipped_globals,
+        } = parse(&mmap, path, options)?;
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
             tensors,
             owned,
             other_keys,
+            skipped_globals,
         })
     }
 
@@ -168,6 +240,14 @@ impl TorchFile {
         &self.other_keys
     }
 
+    /// The globals (`module.name`, sorted) outside torch's `weights_only`
+    /// allow-list that were skipped under
+    /// [`PickleOptions::skip_unsafe_globals`]; always empty otherwise, since
+    /// such a file does not open. For telling the user what was left out.
+    pub fn skipped_globals(&self) -> &[String] {
+        &self.skipped_globals
+    }
+
     /// One tensor's bytes (little-endian, row-major).
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>, WeightsError> {
         let Some((key, (info, loc))) = self.tensors.get_key_value(name) else {
@@ -190,13 +270,14 @@ impl TorchFile {
     }
 }
 
-type Parsed = (
-    BTreeMap<String, (TensorInfo, Location)>,
-    Vec<Vec<u8>>,
-    Vec<String>,
-);
+struct Parsed {
+    tensors: BTreeMap<String, (TensorInfo, Location)>,
+    owned: Vec<Vec<u8>>,
+    other_keys: Vec<String>,
+    skipped_globals: Vec<String>,
+}
 
-fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, WeightsError> {
+fn parse(bytes: &[u8], path: &Path, options: &PickleOptions) -> Result<Parsed, WeightsError> {
     let err = |reason: String| WeightsError::Pickle {
         path: path.to_path_buf(),
         reason,
@@ -258,7 +339,14 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, WeightsError> {
     let Some((a, b)) = pkl else {
         return Err(err("no `data.pkl` entry: not a torch.save archive".into()));
     };
-    let root = run_pickle(&bytes[a..b]).map_err(|e| err(format!("data.pkl: {e}")))?;
+    let mut skipped = BTreeSet::new();
+    let root = run_pickle(&bytes[a..b], options, &mut skipped).map_err(|e| match e {
+        VmError::Malformed(reason) => err(format!("data.pkl: {reason}")),
+        VmError::Refused(global) => WeightsError::UnsafeGlobal {
+            path: path.to_path_buf(),
+            global,
+        },
+    })?;
 
     let Obj::Dict(top) = root else {
         return Err(err(
@@ -391,7 +479,12 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, WeightsError> {
         };
         tensors.insert(name.clone(), (info, loc));
     }
-    Ok((tensors, owned, other_keys))
+    Ok(Parsed {
+        tensors,
+        owned,
+        other_keys,
+        skipped_globals: skipped.into_iter().collect(),
+    })
 }
 
 struct Reader<'a> {
@@ -493,7 +586,7 @@ fn call(func: Obj, args: Obj) -> Result<Obj, String> {
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
             args.into_iter().next().unwrap_or(Obj::None)
         }
-        ("collections", "OrderedDict") | ("builtins", "dict") => {
+        ("collections", "OrderedDict") => {
             let mut items = Vec::new();
             if let Some(Obj::List(pairs) | Obj::Tuple(pairs)) = args.into_iter().next() {
                 for p in pairs {
@@ -510,6 +603,178 @@ fn call(func: Obj, args: Obj) -> Result<Obj, String> {
         }
         _ => Obj::Opaque(format!("{module}.{name}")),
     })
+}
+
+/// Why the pickle machine stopped.
+#[derive(Debug)]
+enum VmError {
+    /// The pickle is malformed, or uses what this reader does not read.
+    Malformed(String),
+    /// A global outside torch's `weights_only` allow-list (`module.name`).
+    Refused(String),
+}
+
+impl From<String> for VmError {
+    fn from(reason: String) -> Self {
+        Self::Malformed(reason)
+    }
+}
+
+impl From<&str> for VmError {
+    fn from(reason: &str) -> Self {
+        Self::Malformed(reason.to_string())
+    }
+}
+
+/// Dtype names of torch's `<Type>Storage` and `<Type>Tensor` classes.
+const LEGACY_TYPES: &[&str] = &[
+    "Byte", "Char", "Short", "Int", "Long", "Half", "Float", "Double", "Bool", "BFloat16",
+];
+
+/// Whether torch's `weights_only` unpickler resolves `module.name`: the
+/// globals of `_get_allowed_globals` in torch/_weights_only_unpickler.py, as
+/// read from torch's source (legacy storage and tensor classes as torch
+/// registers them, `torch.cuda` and `torch.sparse` included), so that a
+/// pickle naming a global torch's safe loader refuses does not load by
+/// default here either.
+fn torch_allows(module: &str, name: &str) -> bool {
+    // torch.save writes protocol 2, where Python 3 spells `builtins` as
+    // Python 2's `__builtin__`; torch maps it back before looking it up.
+    let module = if module == "__builtin__" {
+        "builtins"
+    } else {
+        module
+    };
+    let storage = |types: &[&str]| {
+        name.strip_suffix("Storage")
+            .is_some_and(|t| types.contains(&t))
+    };
+    let tensor = |sparse: bool| {
+        name.strip_suffix("Tensor")
+            .is_some_and(|t| LEGACY_TYPES.contains(&t) && !(sparse && t == "Bool"))
+    };
+    match module {
+        "collections" => matches!(name, "OrderedDict" | "Counter"),
+        "builtins" => matches!(name, "set" | "bytearray" | "complex"),
+        // How protocol 2 pickles `bytes`.
+        "_codecs" => name == "encode",
+        "torch._utils" => matches!(
+            name,
+            "_rebuild_tensor"
+                | "_rebuild_tensor_v2"
+                | "_rebuild_tensor_v3"
+                | "_rebuild_parameter"
+                | "_rebuild_parameter_with_state"
+                | "_rebuild_qtensor"
+                | "_rebuild_sparse_tensor"
+                | "_rebuild_meta_tensor_no_storage"
+                | "_rebuild_wrapper_subclass"
+                | "_rebuild_device_tensor_from_numpy"
+                | "_rebuild_device_tensor_from_cpu_tensor"
+        ),
+        "torch._tensor" => name == "_rebuild_from_type_v2",
+        "torch.nn.parameter" => name == "Parameter",
+        "torch.serialization" => name == "_get_layout",
+        "torch.storage" => matches!(name, "UntypedStorage" | "TypedStorage"),
+        "torch" => {
+            matches!(name, "Size" | "Tensor" | "device")
+                || TORCH_DTYPES.contains(&name)
+                || matches!(
+                    name,
+                    "per_tensor_affine"
+                        | "per_tensor_symmetric"
+                        | "per_channel_affine"
+                        | "per_channel_symmetric"
+                        | "per_channel_affine_float_qparams"
+                )
+                || storage(LEGACY_TYPES)
+                || storage(&[
+                    "ComplexFloat",
+                    "ComplexDouble",
+                    "QUInt8",
+                    "QInt8",
+                    "QInt32",
+                    "QUInt4x2",
+                    "QUInt2x4",
+                ])
+                || tensor(false)
+        }
+        "torch.cuda" => {
+            storage(LEGACY_TYPES) || storage(&["ComplexFloat", "ComplexDouble"]) || tensor(false)
+        }
+        "torch.sparse" | "torch.cuda.sparse" => tensor(true),
+        _ => false,
+    }
+}
+
+/// `torch.<dtype>` globals, as `str(dtype)` names them: the dtypes of legacy
+/// storages, the newer ones saved as untyped storages, and the sub-byte
+/// integers.
+const TORCH_DTYPES: &[&str] = &[
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "complex128",
+    "complex64",
+    "complex32",
+    "qint8",
+    "qint32",
+    "quint8",
+    "quint4x2",
+    "quint2x4",
+    "float8_e5m2",
+    "float8_e4m3fn",
+    "float8_e5m2fnuz",
+    "float8_e4m3fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+    "bits8",
+    "bits16",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
+    "uint16",
+    "uint32",
+    "uint64",
+    "uint1",
+    "uint2",
+    "uint3",
+    "uint4",
+    "uint5",
+    "uint6",
+    "uint7",
+    "int1",
+    "int2",
+    "int3",
+    "int4",
+    "int5",
+    "int6",
+    "int7",
+];
+
+/// The value a GLOBAL or STACK_GLOBAL pushes, or the refusal of a global
+/// outside torch's allow-list (recorded in `skipped` under the opt-in).
+fn global(
+    module: String,
+    name: String,
+    options: &PickleOptions,
+    skipped: &mut BTreeSet<String>,
+) -> Result<Obj, VmError> {
+    if !torch_allows(&module, &name) {
+        let full = format!("{module}.{name}");
+        if !options.skip_unsafe_globals {
+            return Err(VmError::Refused(full));
+        }
+        skipped.insert(full);
+    }
+    Ok(Obj::Global(module, name))
 }
 
 fn persistent_load(pid: Obj) -> Result<Obj, String> {
@@ -537,7 +802,11 @@ fn persistent_load(pid: Obj) -> Result<Obj, String> {
 }
 
 /// Runs the pickle program and returns the object it builds.
-fn run_pickle(data: &[u8]) -> Result<Obj, String> {
+fn run_pickle(
+    data: &[u8],
+    options: &PickleOptions,
+    skipped: &mut BTreeSet<String>,
+) -> Result<Obj, VmError> {
     let mut r = Reader { data, pos: 0 };
     let mut stack: Vec<Obj> = Vec::new();
     let mut memo: HashMap<u64, Obj> = HashMap::new();
@@ -564,7 +833,7 @@ fn run_pickle(data: &[u8]) -> Result<Obj, String> {
             0x95 => {
                 r.u64()?;
             }
-            b'.' => return pop(&mut stack),
+            b'.' => return Ok(pop(&mut stack)?),
             b'(' => stack.push(Obj::Mark),
             b'}' => stack.push(Obj::Dict(Vec::new())),
             b']' => stack.push(Obj::List(Vec::new())),
@@ -691,7 +960,7 @@ fn run_pickle(data: &[u8]) -> Result<Obj, String> {
             b'c' => {
                 let module = r.line()?.to_string();
                 let name = r.line()?.to_string();
-                stack.push(Obj::Global(module, name));
+                stack.push(global(module, name, options, skipped)?);
             }
             0x93 => {
                 let name = pop(&mut stack)?;
@@ -699,7 +968,7 @@ fn run_pickle(data: &[u8]) -> Result<Obj, String> {
                 let (Obj::Str(module), Obj::Str(name)) = (module, name) else {
                     return Err("STACK_GLOBAL operands are not strings".into());
                 };
-                stack.push(Obj::Global(module, name));
+                stack.push(global(module, name, options, skipped)?);
             }
             b'R' => {
                 let args = pop(&mut stack)?;
@@ -780,9 +1049,7 @@ fn run_pickle(data: &[u8]) -> Result<Obj, String> {
                 stack.push(top);
             }
             other => {
-                return Err(format!(
-                    "unsupported pickle opcode 0x{other:02x} at byte {at}"
-                ));
+                return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {at}").into());
             }
         }
     }

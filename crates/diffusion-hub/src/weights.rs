@@ -19,7 +19,9 @@
 //! PyTorch pickles (`.bin`, `.ckpt`, `.pt`, `.pth`, and shard indexes of
 //! them) open through the same [`Weights`] API: each file is a [`WeightFile`],
 //! read by [`crate::torch_pickle::TorchFile`] (no code execution) when it is a
-//! pickle. Older Hub repos ship only `diffusion_pytorch_model.bin`, and
+//! pickle; a pickle naming a global that torch's `weights_only` loader refuses
+//! is an error unless opened with [`Weights::open_with`] and
+//! [`PickleOptions::skip_unsafe_globals`]. Older Hub repos ship only `diffusion_pytorch_model.bin`, and
 //! transformers' sharded `pytorch_model.bin.index.json`, so a caller should not
 //! have to care which format a folder holds.
 
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use serde_json::Value;
 
-use crate::torch_pickle::TorchFile;
+use crate::torch_pickle::{PickleOptions, TorchFile};
 
 /// Largest header accepted, as in the `safetensors` crate (100 MB): a larger
 /// length is a corrupt file, and refusing it early avoids a huge allocation.
@@ -110,6 +112,22 @@ pub enum WeightsError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// A PyTorch pickle names a global (a Python function or class) that
+    /// torch's `weights_only` loader refuses, such as `os.system` or PyTorch
+    /// Lightning's `ModelCheckpoint`; see [`crate::torch_pickle`]. It was not
+    /// executed: opening with [`PickleOptions::skip_unsafe_globals`] loads the
+    /// tensors and skips it.
+    #[error(
+        "{path}: unsupported global `{global}` in the pickle (torch's weights_only loader refuses it too); \
+         it was not executed: to load the tensors and skip such entries, use the skip-unsafe-globals \
+         opt-in (`PickleOptions::skip_unsafe_globals`)"
+    )]
+    UnsafeGlobal {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The global as `module.name`, as the pickle spells it.
+        global: String,
     },
     /// A tensor was asked for that the file (or shard set) does not contain.
     #[error("{path}: no tensor named `{tensor}`")]
@@ -758,13 +776,19 @@ pub enum WeightFile {
 impl WeightFile {
     /// Opens a weight file, choosing the reader by extension: `.safetensors`,
     /// or `.bin` / `.ckpt` / `.pt` / `.pth` as a PyTorch pickle. Any other
-    /// extension is [`WeightsError::Unsupported`].
+    /// extension is [`WeightsError::Unsupported`]. Pickles are read with the
+    /// default (strict) [`PickleOptions`].
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
+        Self::open_with(path, &PickleOptions::default())
+    }
+
+    /// [`WeightFile::open`], reading a pickle as `pickle` says.
+    pub fn open_with(path: &Path, pickle: &PickleOptions) -> Result<Self, WeightsError> {
         let ext = lower_extension(path);
         if ext == "safetensors" {
             Ok(Self::Safetensors(SafetensorsFile::open(path)?))
         } else if PICKLE_EXTENSIONS.contains(&ext.as_str()) {
-            Ok(Self::Torch(TorchFile::open(path)?))
+            Ok(Self::Torch(TorchFile::open_with(path, pickle)?))
         } else {
             Err(WeightsError::Unsupported {
                 path: path.to_path_buf(),
@@ -833,8 +857,17 @@ impl Weights {
     /// Opens a weight file or a shard index: `.safetensors`; a PyTorch pickle
     /// (`.bin`, `.ckpt`, `.pt`, `.pth`); or a `*.safetensors.index*.json` /
     /// `*.bin.index*.json` shard index. Other files give
-    /// [`WeightsError::Unsupported`].
+    /// [`WeightsError::Unsupported`]. Pickles are read with the default
+    /// [`PickleOptions`]: one that names a global torch's `weights_only`
+    /// loader refuses is [`WeightsError::UnsafeGlobal`].
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
+        Self::open_with(path, &PickleOptions::default())
+    }
+
+    /// [`Weights::open`], reading pickles as `pickle` says (e.g.
+    /// [`PickleOptions::skip_unsafe_globals`] for a Lightning training
+    /// checkpoint).
+    pub fn open_with(path: &Path, pickle: &PickleOptions) -> Result<Self, WeightsError> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -842,25 +875,34 @@ impl Weights {
         let ext = lower_extension(path);
         if ext == "json" {
             if name.contains(".safetensors.") || name.contains(".bin.") {
-                return Self::open_sharded(path);
+                return Self::open_sharded_with(path, pickle);
             }
             return Err(WeightsError::Unsupported {
                 path: path.to_path_buf(),
                 format: "JSON (not a .safetensors or .bin shard index)".into(),
             });
         }
-        Self::from_files(path, vec![WeightFile::open(path)?])
+        Self::from_files(path, vec![WeightFile::open_with(path, pickle)?])
     }
 
-    /// Opens every shard of an index and checks that each key is where the index says.
+    /// Opens every shard of an index and checks that each key is where the
+    /// index says; pickle shards are read with the default [`PickleOptions`].
     pub fn open_sharded(index_path: &Path) -> Result<Self, WeightsError> {
+        Self::open_sharded_with(index_path, &PickleOptions::default())
+    }
+
+    /// [`Weights::open_sharded`], reading pickle shards as `pickle` says.
+    pub fn open_sharded_with(
+        index_path: &Path,
+        pickle: &PickleOptions,
+    ) -> Result<Self, WeightsError> {
         let index = ShardIndex::from_file(index_path)?;
         let dir = index_path.parent().unwrap_or(Path::new(""));
         let mut files = Vec::new();
         let mut shard_pos = BTreeMap::new();
         for shard in index.shards() {
             let shard_path = dir.join(shard);
-            let file = WeightFile::open(&shard_path).map_err(|e| match e {
+            let file = WeightFile::open_with(&shard_path, pickle).map_err(|e| match e {
                 WeightsError::Io { source, .. } => WeightsError::ShardMissing {
                     index: index_path.to_path_buf(),
                     first_key: index
@@ -935,6 +977,25 @@ impl Weights {
         self.by_name
             .iter()
             .filter_map(|(name, &i)| self.files[i].info(name).map(|info| (name.as_str(), info)))
+    }
+
+    /// The pickle globals skipped under [`PickleOptions::skip_unsafe_globals`]
+    /// across all files, sorted and without repeats (see
+    /// [`TorchFile::skipped_globals`]); empty for strict opens and safetensors.
+    pub fn skipped_globals(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self
+            .files
+            .iter()
+            .filter_map(|f| match f {
+                WeightFile::Torch(t) => Some(t.skipped_globals()),
+                WeightFile::Safetensors(_) => None,
+            })
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// Tensors whose dtype is not F32/F16/BF16 (name and dtype), for reporting.

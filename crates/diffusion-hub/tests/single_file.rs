@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use diffusion_hub::save::{OwnedTensor, save_safetensors};
 use diffusion_hub::single_file::{
-    Checkpoint, ConvertOptions, ModelType, SingleFileError, convert, convert_file,
+    Checkpoint, ConvertOptions, ConvertReport, ModelType, SingleFileError, convert, convert_file,
+    convert_file_with,
 };
-use diffusion_hub::torch_pickle::TorchFile;
+use diffusion_hub::torch_pickle::{PickleOptions, TorchFile};
 use diffusion_hub::weights::{Weights, WeightsError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -57,14 +58,21 @@ fn round_trip(kind: &str, ext: &str, model_type: ModelType) {
         &fixtures().join(format!("{kind}.{ext}")),
         ext,
         model_type,
+        &PickleOptions::default(),
     );
 }
 
-fn round_trip_file(kind: &str, ckpt: &Path, ext: &str, model_type: ModelType) {
+fn round_trip_file(
+    kind: &str,
+    ckpt: &Path,
+    ext: &str,
+    model_type: ModelType,
+    pickle: &PickleOptions,
+) -> ConvertReport {
     let exp = expected(kind);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("converted");
-    let report = convert_file(ckpt, &out, &options(&exp)).unwrap();
+    let report = convert_file_with(ckpt, &out, &options(&exp), pickle).unwrap();
     assert_eq!(report.model_type, model_type);
 
     let index = read_json(&out.join("model_index.json"));
@@ -149,6 +157,7 @@ fn round_trip_file(kind: &str, ckpt: &Path, ext: &str, model_type: ModelType) {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("converted")]);
+    report
 }
 
 #[test]
@@ -159,6 +168,70 @@ fn sd1_safetensors_round_trip() {
 #[test]
 fn sd1_ckpt_round_trip() {
     round_trip("sd1", "ckpt", ModelType::Sd1);
+}
+
+const MODEL_CHECKPOINT: &str = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint";
+
+/// `sd1.ckpt` as PyTorch Lightning saves a training checkpoint: a top-level
+/// `callbacks` dict keyed by the `ModelCheckpoint` class, so its pickle names
+/// that class (GLOBAL). Written to `path`, the archive otherwise unchanged.
+fn lightning_sd1(path: &Path) {
+    use std::io::{Read, Write};
+    let bytes = std::fs::read(fixtures().join("sd1.ckpt")).unwrap();
+    let mut src = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut dst = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..src.len() {
+        let mut entry = src.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if name.ends_with("/data.pkl") {
+            // The top-level dict's items end with SETITEMS, STOP: add
+            // `"callbacks": {ModelCheckpoint: {}}` as its last item.
+            assert!(data.ends_with(b"u."));
+            let (module, class) = MODEL_CHECKPOINT.rsplit_once('.').unwrap();
+            let mut item = b"X".to_vec();
+            item.extend_from_slice(&9u32.to_le_bytes());
+            item.extend_from_slice(b"callbacks}");
+            item.extend_from_slice(format!("c{module}\n{class}\n}}s").as_bytes());
+            data.splice(data.len() - 2..data.len() - 2, item);
+        }
+        dst.start_file(name, stored).unwrap();
+        dst.write_all(&data).unwrap();
+    }
+    dst.finish().unwrap();
+}
+
+/// A Lightning training checkpoint is refused by default, as torch 2.6+
+/// refuses it with `weights_only=True`, and converts with the opt-in to the
+/// same folder as the checkpoint without its training state.
+#[test]
+fn lightning_checkpoint_needs_the_opt_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("lightning.ckpt");
+    lightning_sd1(&ckpt);
+
+    let out = tmp.path().join("strict");
+    let err = convert_file(&ckpt, &out, &ConvertOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SingleFileError::Weights(WeightsError::UnsafeGlobal { global, .. })
+                if global == MODEL_CHECKPOINT
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lightning.ckpt"), "{err}");
+    assert!(!out.exists());
+    assert!(Checkpoint::open(&ckpt).is_err());
+
+    let skip = PickleOptions::default().skip_unsafe_globals(true);
+    let ckpt_opened = Checkpoint::open_with(&ckpt, &skip).unwrap();
+    assert_eq!(ckpt_opened.weights().skipped_globals(), [MODEL_CHECKPOINT]);
+    let report = round_trip_file("sd1", &ckpt, "ckpt", ModelType::Sd1, &skip);
+    assert_eq!(report.skipped_globals, [MODEL_CHECKPOINT]);
 }
 
 #[test]
@@ -188,7 +261,13 @@ fn sd2_safetensors_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("sd2.safetensors");
     save_safetensors(&path, &tensors, None).unwrap();
-    round_trip_file("sd2", &path, "safetensors", ModelType::Sd2);
+    round_trip_file(
+        "sd2",
+        &path,
+        "safetensors",
+        ModelType::Sd2,
+        &PickleOptions::default(),
+    );
 }
 
 #[test]

@@ -3,12 +3,17 @@
 //! file, or, when accepted, every tensor it reports is readable and its bytes
 //! match its shape and dtype. The mutations start from the committed fixtures
 //! (written by torch itself), so they reach deep into the pickle machine.
+//! Each input is opened both strictly and with
+//! `PickleOptions::skip_unsafe_globals`: the opt-in may only turn a refused
+//! global (a mutated name, most often) into a skipped one, never change what
+//! a strictly accepted file holds.
 //! Inputs that ever fail here belong in an explicit test of tests/weights.rs.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use diffusion_hub::torch_pickle::TorchFile;
+use diffusion_hub::torch_pickle::{PickleOptions, TorchFile};
+use diffusion_hub::weights::WeightsError;
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -29,27 +34,58 @@ fn pickle_range(bytes: &[u8]) -> (usize, usize) {
     panic!("fixture without data.pkl");
 }
 
-/// Opens `bytes` as a file and checks the outcome.
+/// An accepted file's tensors are readable, their bytes matching shape and dtype.
+fn check_accepted(file: &TorchFile) {
+    for (name, info) in file.tensors() {
+        let view = file.tensor(name).unwrap();
+        if let Some(size) = info.dtype.size() {
+            assert_eq!(
+                view.data.len(),
+                info.shape.iter().product::<usize>() * size,
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Opens `bytes` as a file, strictly and skipping unsafe globals, and checks
+/// both outcomes and how they relate.
 fn check(bytes: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("fuzz.ckpt");
     std::fs::write(&path, bytes).unwrap();
-    match TorchFile::open(&path) {
-        Ok(file) => {
-            let names: Vec<String> = file.tensors().map(|(n, _)| n.to_string()).collect();
-            for name in names {
-                let view = file.tensor(&name).unwrap();
-                let info = file.tensors().find(|(n, _)| *n == name).unwrap().1;
-                if let Some(size) = info.dtype.size() {
-                    assert_eq!(
-                        view.data.len(),
-                        info.shape.iter().product::<usize>() * size,
-                        "{name}"
-                    );
-                }
-            }
+    let strict = TorchFile::open(&path);
+    let skipping = TorchFile::open_with(&path, &PickleOptions::default().skip_unsafe_globals(true));
+    for outcome in [&strict, &skipping] {
+        match outcome {
+            Ok(file) => check_accepted(file),
+            Err(e) => assert!(e.to_string().contains("fuzz.ckpt"), "{e}"),
         }
-        Err(e) => assert!(e.to_string().contains("fuzz.ckpt"), "{e}"),
+    }
+    match (&strict, &skipping) {
+        (Ok(a), Ok(b)) => {
+            assert!(b.skipped_globals().is_empty(), "{:?}", b.skipped_globals());
+            let tensors = |f: &TorchFile| -> Vec<(String, Vec<u8>)> {
+                f.tensors()
+                    .map(|(n, _)| (n.to_string(), f.tensor(n).unwrap().data.to_vec()))
+                    .collect()
+            };
+            assert_eq!(tensors(a), tensors(b));
+            assert_eq!(a.other_keys(), b.other_keys());
+        }
+        (Ok(_), Err(e)) => panic!("accepted strictly, refused with the opt-in: {e}"),
+        (_, Err(e @ WeightsError::UnsafeGlobal { .. })) => {
+            panic!("refused a global despite the opt-in: {e}")
+        }
+        (Err(WeightsError::UnsafeGlobal { global, .. }), Ok(b)) => {
+            assert!(
+                b.skipped_globals().contains(global),
+                "{global} refused, {:?} skipped",
+                b.skipped_globals()
+            );
+        }
+        (Err(e), Ok(_)) => panic!("only the opt-in accepts this, yet strictly: {e}"),
+        (Err(_), Err(_)) => {}
     }
 }
 
@@ -112,4 +148,36 @@ fn the_fixtures_themselves_are_accepted() {
         let file = TorchFile::open(&path).unwrap();
         assert!(!file.is_empty(), "{name}");
     }
+}
+
+/// The relation `check` holds between the two modes, on a mutation known to
+/// reach it: `collections` misspelt in `misc.pt` names a global torch does
+/// not allow, refused strictly and skipped with the opt-in (the tensors do
+/// not need the `OrderedDict` of backward hooks it would have built).
+#[test]
+fn a_misspelt_global_is_refused_strictly_and_skipped_with_the_opt_in() {
+    let mut bytes = fixture("misc.pt");
+    let (a, b) = pickle_range(&bytes);
+    let at = bytes[a..b]
+        .windows(b"collections".len())
+        .position(|w| w == b"collections")
+        .unwrap();
+    bytes[a + at + "collection".len()] = b'x';
+    check(&bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("misspelt.pt");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = TorchFile::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, WeightsError::UnsafeGlobal { global, .. } if global == "collectionx.OrderedDict"),
+        "{err}"
+    );
+    let file =
+        TorchFile::open_with(&path, &PickleOptions::default().skip_unsafe_globals(true)).unwrap();
+    assert_eq!(file.skipped_globals(), ["collectionx.OrderedDict"]);
+    let reference = TorchFile::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/single_file/misc.pt"),
+    )
+    .unwrap();
+    assert_eq!(file.len(), reference.len());
 }

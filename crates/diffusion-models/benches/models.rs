@@ -11,7 +11,7 @@ use burn::tensor::{Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel};
-use diffusion_models::config::parse_config;
+use diffusion_models::config::{ModelConfig, parse_config};
 use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
 };
@@ -21,7 +21,7 @@ use std::time::Duration;
 const BATCH: usize = 2;
 const SEQ: usize = 77;
 
-fn config<T: serde::de::DeserializeOwned + serde::Serialize>(name: &str) -> T {
+fn config<T: ModelConfig>(name: &str) -> T {
     let path = format!("{}/benches/configs/{name}", env!("CARGO_MANIFEST_DIR"));
     let json = std::fs::read_to_string(&path).expect("bench config");
     parse_config::<T>(&json, &path)

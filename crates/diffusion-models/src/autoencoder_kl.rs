@@ -24,7 +24,7 @@
 //! `force_upcast` to true but which never read it; diffusion-pipelines does
 //! the same for them).
 
-use crate::config::{Loaded, read_config, unsupported};
+use crate::config::{FieldCheck, Loaded, ModelConfig, read_config, unsupported};
 use crate::error::{ModelError, Result};
 use crate::load::{Loader, Precision};
 use crate::nn::{Activation, Conv2d, to_dtype};
@@ -153,18 +153,13 @@ impl Default for AutoencoderKLConfig {
     }
 }
 
-impl AutoencoderKLConfig {
-    /// Checks what diffusers would fail on (or this crate does not implement),
-    /// naming the field; `source` is the config's name for the message.
-    pub fn validate(&self, source: &str) -> Result<()> {
+/// Checks what diffusers would fail on (or this crate does not implement),
+/// naming the field; `source` is the config's name for the message.
+impl ModelConfig for AutoencoderKLConfig {
+    fn validate(&self, source: &str) -> Result<()> {
+        let check = FieldCheck::new(source);
+        check.levels("block_out_channels", &self.block_out_channels)?;
         let levels = self.block_out_channels.len();
-        if levels == 0 {
-            return Err(ModelError::config(
-                source,
-                "block_out_channels",
-                "must not be empty",
-            ));
-        }
         for (field, types, want) in [
             (
                 "down_block_types",
@@ -186,7 +181,7 @@ impl AutoencoderKLConfig {
         }
         let groups = self.norm_num_groups;
         if groups == 0 {
-            return Err(ModelError::config(source, "norm_num_groups", "must be > 0"));
+            return Err(check.error("norm_num_groups", "must be at least 1, found 0"));
         }
         if let Some((i, c)) = self
             .block_out_channels
@@ -205,12 +200,43 @@ impl AutoencoderKLConfig {
             ("out_channels", self.out_channels),
             ("latent_channels", self.latent_channels),
         ] {
-            if v == 0 {
-                return Err(ModelError::config(source, field, "must be > 0"));
+            check.width(field, v)?;
+        }
+        check.layers("layers_per_block", self.layers_per_block)?;
+        let sizes: Vec<(String, usize)> = match &self.sample_size {
+            SampleSize::Square(s) => vec![("sample_size".into(), *s)],
+            SampleSize::Sides(v) if v.is_empty() => {
+                return Err(check.error("sample_size", "must not be empty"));
+            }
+            SampleSize::Sides(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("sample_size[{i}]"), *s))
+                .collect(),
+        };
+        // `sample_size` is the tile of tiled encode/decode, which steps by
+        // three quarters of it: a multiple of 4·2^(levels - 1) keeps every
+        // tile on the latent grid. Otherwise an edge tile narrower than the
+        // downsampling reaches the encoder's convs (a panic), and below
+        // 2^(levels - 1) a latent tile is 0 wide (diffusers' loop steps by 0).
+        // Released VAEs use 256 to 1024 with 4 levels (multiples of 32).
+        let tile_unit = 4usize << (levels - 1);
+        for (field, s) in sizes {
+            check.sample_size(&field, s)?;
+            if !s.is_multiple_of(tile_unit) {
+                return Err(check.error(
+                    field,
+                    format!(
+                        "{s} is not a multiple of {tile_unit} (4 · 2^(levels - 1) for \
+                         {levels} levels): tiling steps by 3/4 of it on the latent grid"
+                    ),
+                ));
             }
         }
-        if self.sample_size.first().unwrap_or(0) == 0 {
-            return Err(ModelError::config(source, "sample_size", "must be > 0"));
+        // The pipelines divide latents by it (and multiply them back).
+        check.positive("scaling_factor", self.scaling_factor)?;
+        if let Some(shift) = self.shift_factor {
+            check.finite("shift_factor", shift)?;
         }
         for (field, v) in [
             ("latents_mean", &self.latents_mean),
@@ -230,9 +256,17 @@ impl AutoencoderKLConfig {
                 ));
             }
         }
+        for (i, m) in self.latents_mean.iter().flatten().enumerate() {
+            check.finite(&format!("latents_mean[{i}]"), *m)?;
+        }
+        for (i, s) in self.latents_std.iter().flatten().enumerate() {
+            check.positive(&format!("latents_std[{i}]"), *s)?;
+        }
         Ok(())
     }
+}
 
+impl AutoencoderKLConfig {
     /// Spatial compression factor: `2^(levels - 1)` (8 for SD's VAE).
     pub fn downscale_factor(&self) -> usize {
         1 << self.block_out_channels.len().saturating_sub(1)

@@ -7,7 +7,9 @@
 //! of the sequence, parameterless ones (activation, upsampling) included; the
 //! loaders below count the same way.
 
-use crate::config::{Loaded, read_config, unsupported};
+use crate::config::{
+    FieldCheck, Loaded, MAX_LAYERS, MAX_SAMPLE_SIZE, ModelConfig, read_config, unsupported,
+};
 use crate::error::{ModelError, Result};
 use crate::load::{Loader, Precision};
 use crate::nn::{Activation, Conv2d, to_dtype, to_f32};
@@ -112,10 +114,11 @@ impl Default for AutoencoderTinyConfig {
     }
 }
 
-impl AutoencoderTinyConfig {
-    /// Checks what diffusers would fail on (or this crate does not
-    /// implement), naming the field.
-    pub fn validate(&self, source: &str) -> Result<()> {
+/// Checks what diffusers would fail on (or this crate does not implement),
+/// naming the field.
+impl ModelConfig for AutoencoderTinyConfig {
+    fn validate(&self, source: &str) -> Result<()> {
+        let check = FieldCheck::new(source);
         for (widths_field, widths, blocks_field, blocks) in [
             (
                 "encoder_block_out_channels",
@@ -150,6 +153,15 @@ impl AutoencoderTinyConfig {
             }
             // diffusers' stage convs map `c_i → c_i` although their input has
             // `c_{i-1}` channels: anything but equal widths fails in its forward.
+            check.levels(widths_field, widths)?;
+            for (i, b) in blocks.iter().enumerate() {
+                if *b > MAX_LAYERS {
+                    return Err(check.error(
+                        format!("{blocks_field}[{i}]"),
+                        format!("{b} is larger than {MAX_LAYERS}"),
+                    ));
+                }
+            }
             if let Some(i) = widths.iter().position(|c| *c != widths[0] || *c == 0) {
                 return Err(ModelError::config(
                     source,
@@ -169,12 +181,35 @@ impl AutoencoderTinyConfig {
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
             ("latent_channels", self.latent_channels),
-            ("upsampling_scaling_factor", self.upsampling_scaling_factor),
         ] {
-            if v == 0 {
-                return Err(ModelError::config(source, field, "must be > 0"));
-            }
+            check.width(field, v)?;
         }
+        // Each decoder stage multiplies the side by it.
+        if !(1..=16).contains(&self.upsampling_scaling_factor) {
+            return Err(check.error(
+                "upsampling_scaling_factor",
+                format!("{} is not in 1..=16", self.upsampling_scaling_factor),
+            ));
+        }
+        // Every decoder stage but the last upsamples by it: one latent decodes
+        // to a side of factor^(stages - 1), which must stay a sample size
+        // (TAESD: 2^3), not an allocation of 16^15 pixels.
+        let stages = self.decoder_block_out_channels.len() as u32;
+        let upscale = self.upsampling_scaling_factor.checked_pow(stages - 1);
+        if upscale.is_none_or(|u| u > MAX_SAMPLE_SIZE) {
+            return Err(check.error(
+                "upsampling_scaling_factor",
+                format!(
+                    "{} over {} decoder stages upscales beyond {MAX_SAMPLE_SIZE}",
+                    self.upsampling_scaling_factor,
+                    stages - 1
+                ),
+            ));
+        }
+        check.positive("scaling_factor", self.scaling_factor)?;
+        check.finite("shift_factor", self.shift_factor)?;
+        check.positive("latent_magnitude", self.latent_magnitude)?;
+        check.finite("latent_shift", self.latent_shift)?;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 //! at the end-of-text token.
 
 use crate::attention::scaled_dot_product_attention;
-use crate::config::{Loaded, read_config, unsupported};
+use crate::config::{FieldCheck, Loaded, MAX_LAYERS, ModelConfig, read_config};
 use crate::error::{ModelError, Result};
 use crate::formulation::AttentionFormulation;
 use crate::load::{Init, Loader, Precision};
@@ -150,15 +150,24 @@ impl Default for CLIPTextConfig {
 }
 
 impl CLIPTextConfig {
-    /// Reads `config.json` (any path).
+    /// Reads and validates `config.json` (any path).
     pub fn read(path: &Path) -> Result<Loaded<Self>> {
-        let loaded: Loaded<Self> = read_config(path)?;
-        loaded.config.validate(&path.display().to_string())?;
-        Ok(loaded)
+        read_config(path)
     }
 
-    /// Checks what the model cannot be built with, naming the field.
-    pub fn validate(&self, source_name: &str) -> Result<()> {
+    /// The single end-of-text id, if any.
+    fn eos_id(&self) -> Option<i64> {
+        match self.eos_token_id {
+            Some(TokenId::One(id)) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Checks what the model cannot be built with, naming the field.
+impl ModelConfig for CLIPTextConfig {
+    fn validate(&self, source_name: &str) -> Result<()> {
+        let check = FieldCheck::new(source_name);
         if let Some(t) = &self.model_type
             && t != "clip_text_model"
         {
@@ -182,10 +191,18 @@ impl CLIPTextConfig {
             ("max_position_embeddings", self.max_position_embeddings),
         ];
         for (field, value) in positive {
-            if value == 0 {
-                return Err(unsupported(source_name, field, value));
-            }
+            check.width(field, value)?;
         }
+        if let Some(p) = self.projection_dim {
+            check.width("projection_dim", p)?;
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(check.error(
+                "num_hidden_layers",
+                format!("{} is larger than {MAX_LAYERS}", self.num_hidden_layers),
+            ));
+        }
+        check.positive("layer_norm_eps", self.layer_norm_eps)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::config(
                 source_name,
@@ -204,14 +221,6 @@ impl CLIPTextConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The single end-of-text id, if any.
-    fn eos_id(&self) -> Option<i64> {
-        match self.eos_token_id {
-            Some(TokenId::One(id)) => Some(id),
-            _ => None,
-        }
     }
 }
 

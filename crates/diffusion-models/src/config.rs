@@ -21,17 +21,163 @@ pub struct Loaded<T> {
     pub ignored_fields: Vec<String>,
 }
 
-/// Parses `json` into `T`; `source_name` is used in error messages.
+/// A model's `config.json`: parsed by serde, then checked as a whole.
+///
+/// `validate` checks each field's range and the relations between fields that
+/// the layer constructors and the forward pass rely on (group counts dividing
+/// channels, head counts dividing widths, list lengths matching), so that a
+/// malformed config is a [`ModelError::Config`] naming the field at load time,
+/// never a division by zero, a reshape panic or an absurd allocation later.
+/// [`parse_config`] and [`read_config`] call it, so every entry point
+/// (`from_dir`, the pipelines, training, `diffuse info`) gets it; the models'
+/// `load` calls it again for configs built in code.
+pub trait ModelConfig: DeserializeOwned + Serialize {
+    /// Checks the config; `source` names it in the error (its file).
+    fn validate(&self, source: &str) -> Result<()>;
+}
+
+/// The largest `sample_size` (a side, in latent or pixel units) a config may
+/// declare: one f32 plane of that side is already 16 GiB, and a larger value
+/// is a typo, not a model.
+pub const MAX_SAMPLE_SIZE: usize = 1 << 16;
+
+/// The widest layer (channels, hidden size, vocabulary) a config may declare:
+/// far above any released model (SDXL's widest is 10,240 channels, CLIP-G's
+/// vocabulary 49,408), low enough that `width²` weights fit a `usize`.
+pub const MAX_WIDTH: usize = 1 << 20;
+
+/// The most layers a config may stack in one block or encoder (SDXL stacks
+/// 10 transformer layers, CLIP-G 32 encoder layers).
+pub const MAX_LAYERS: usize = 1024;
+
+/// The most resolution levels (entries of `block_out_channels`, stages of
+/// the tiny autoencoder) a config may declare. SD's UNets and VAEs have 4;
+/// each level but the last halves the sample, so past 17 levels even a
+/// [`MAX_SAMPLE_SIZE`] side is one pixel, and the downscale factor
+/// `2^(levels - 1)` must fit a `usize` (65 levels overflow its shift).
+pub const MAX_LEVELS: usize = 16;
+
+/// Field checks of one config, each an error naming `source` and the field.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldCheck<'a> {
+    /// The config's name in messages (its file).
+    pub source: &'a str,
+}
+
+impl<'a> FieldCheck<'a> {
+    /// Checks of the config called `source`.
+    pub fn new(source: &'a str) -> Self {
+        FieldCheck { source }
+    }
+
+    /// An error for `field`.
+    pub fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ModelError {
+        ModelError::config(self.source, field, message)
+    }
+
+    /// `1 ..= MAX_WIDTH`.
+    pub fn width(&self, field: &str, v: usize) -> Result<()> {
+        if v == 0 {
+            return Err(self.error(field, "must be at least 1, found 0"));
+        }
+        if v > MAX_WIDTH {
+            return Err(self.error(field, format!("{v} is larger than {MAX_WIDTH}")));
+        }
+        Ok(())
+    }
+
+    /// A layer count, `1 ..= MAX_LAYERS`.
+    pub fn layers(&self, field: &str, v: usize) -> Result<()> {
+        if v == 0 || v > MAX_LAYERS {
+            return Err(self.error(field, format!("{v} is not in 1..={MAX_LAYERS}")));
+        }
+        Ok(())
+    }
+
+    /// Each entry `1 ..= MAX_WIDTH` (`field[i]` in the message); not empty.
+    pub fn widths(&self, field: &str, v: &[usize]) -> Result<()> {
+        if v.is_empty() {
+            return Err(self.error(field, "must not be empty"));
+        }
+        for (i, w) in v.iter().enumerate() {
+            self.width(&format!("{field}[{i}]"), *w)?;
+        }
+        Ok(())
+    }
+
+    /// Per-level widths: `1 ..= MAX_LEVELS` entries, each `1 ..= MAX_WIDTH`.
+    pub fn levels(&self, field: &str, v: &[usize]) -> Result<()> {
+        if v.len() > MAX_LEVELS {
+            return Err(self.error(
+                field,
+                format!("has {} levels, at most {MAX_LEVELS} are supported", v.len()),
+            ));
+        }
+        self.widths(field, v)
+    }
+
+    /// `1 ..= MAX_SAMPLE_SIZE`.
+    pub fn sample_size(&self, field: &str, v: usize) -> Result<()> {
+        if v == 0 || v > MAX_SAMPLE_SIZE {
+            return Err(self.error(field, format!("{v} is not in 1..={MAX_SAMPLE_SIZE}")));
+        }
+        Ok(())
+    }
+
+    /// `channels` is a multiple of `by` (a group or head count named `by_field`).
+    pub fn divides(&self, field: &str, channels: usize, by_field: &str, by: usize) -> Result<()> {
+        if by == 0 {
+            return Err(self.error(by_field, "must be at least 1, found 0"));
+        }
+        if !channels.is_multiple_of(by) {
+            return Err(self.error(
+                field,
+                format!("{channels} is not a multiple of {by_field} {by}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A finite number.
+    pub fn finite(&self, field: &str, v: f64) -> Result<()> {
+        if !v.is_finite() {
+            return Err(self.error(field, format!("{v} is not a finite number")));
+        }
+        Ok(())
+    }
+
+    /// A finite number above zero (epsilons, scale factors).
+    pub fn positive(&self, field: &str, v: f64) -> Result<()> {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(self.error(field, format!("{v} is not a finite number above 0")));
+        }
+        Ok(())
+    }
+
+    /// A probability in `[0, 1]` (dropout).
+    pub fn fraction(&self, field: &str, v: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(self.error(field, format!("{v} is not in [0, 1]")));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `json` into `T` and validates it ([`ModelConfig::validate`]);
+/// `source_name` is used in error messages.
 ///
 /// `_`-prefixed bookkeeping keys (`_class_name`, `_diffusers_version`,
 /// `_name_or_path`) never reach serde. `null` stays `null`: diffusers passes it
 /// to the constructor as `None`, so fields that may be `null` are `Option`s.
-pub fn parse_config<T: DeserializeOwned + Serialize>(
-    json: &str,
-    source_name: &str,
-) -> Result<Loaded<T>> {
-    let value: Value = serde_json::from_str(json)
-        .map_err(|e| ModelError::config(source_name, "", format!("not valid JSON: {e}")))?;
+pub fn parse_config<T: ModelConfig>(json: &str, source_name: &str) -> Result<Loaded<T>> {
+    let value: Value = serde_json::from_str(json).map_err(|e| {
+        let what = if e.is_eof() {
+            "is truncated (the JSON ends early)"
+        } else {
+            "is not valid JSON"
+        };
+        ModelError::config(source_name, "", format!("{what}: {e}"))
+    })?;
     let object = value
         .as_object()
         .ok_or_else(|| ModelError::config(source_name, "", "expected a JSON object"))?;
@@ -54,14 +200,15 @@ pub fn parse_config<T: DeserializeOwned + Serialize>(
         .cloned()
         .collect();
     ignored.sort();
+    config.validate(source_name)?;
     Ok(Loaded {
         config,
         ignored_fields: ignored,
     })
 }
 
-/// Reads and parses a `config.json` file.
-pub fn read_config<T: DeserializeOwned + Serialize>(path: &Path) -> Result<Loaded<T>> {
+/// Reads, parses and validates a `config.json` file.
+pub fn read_config<T: ModelConfig>(path: &Path) -> Result<Loaded<T>> {
     let json = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,

@@ -6,8 +6,9 @@ use diffusion_hub::weights::WeightsError;
 /// Everything that can go wrong building, loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// A `config.json` that does not parse, or a value this crate does not support.
-    #[error("{source_name}: config field `{field}`: {message}")]
+    /// A `config.json` that does not parse, or a value this crate does not
+    /// support. With no field (the file as a whole is bad), the message alone.
+    #[error("{source_name}: {}{message}", config_field(field))]
     Config {
         /// The config file (or a description of where the config came from).
         source_name: String,
@@ -97,6 +98,16 @@ impl ModelError {
             name: name.into(),
             message: message.into(),
         }
+    }
+}
+
+/// `config field `x`: ` before a message about field `x`; nothing when the
+/// error is about the whole file.
+fn config_field(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("config field `{field}`: ")
     }
 }
 

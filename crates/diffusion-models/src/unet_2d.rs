@@ -2,7 +2,7 @@
 //! UNet of DDPM, DDIM and their relatives (`google/ddpm-cifar10-32`,
 //! `google/ddpm-cat-256`, ...).
 
-use crate::config::{read_config, unsupported};
+use crate::config::{FieldCheck, ModelConfig, read_config, unsupported};
 use crate::embeddings::{TimestepEmbedding, Timesteps};
 use crate::error::{ModelError, Result};
 use crate::load::{Init, Loader, Precision};
@@ -140,6 +140,137 @@ pub struct UNet2DConfig {
     /// For `time_embedding_type="learned"` (unsupported).
     #[serde(default)]
     pub num_train_timesteps: Option<usize>,
+}
+
+/// Refuses what the model cannot be built or run with, naming the field.
+impl ModelConfig for UNet2DConfig {
+    fn validate(&self, source: &str) -> Result<()> {
+        let cfg = self;
+        let check = FieldCheck::new(source);
+        let channels = &cfg.block_out_channels;
+        check.levels("block_out_channels", channels)?;
+        let n = channels.len();
+        for (field, len) in [
+            ("down_block_types", cfg.down_block_types.len()),
+            ("up_block_types", cfg.up_block_types.len()),
+        ] {
+            if len != n {
+                return Err(check.error(
+                    field,
+                    format!("has {len} entries, block_out_channels has {n}"),
+                ));
+            }
+        }
+        if cfg.time_embedding_type != "positional" {
+            return Err(unsupported(
+                source,
+                "time_embedding_type",
+                &cfg.time_embedding_type,
+            ));
+        }
+        for (field, value) in [
+            ("downsample_type", &cfg.downsample_type),
+            ("upsample_type", &cfg.upsample_type),
+        ] {
+            if value != "conv" {
+                return Err(unsupported(source, field, value));
+            }
+        }
+        for (i, kind) in cfg.down_block_types.iter().enumerate() {
+            if !matches!(strip_unet_res(kind), "DownBlock2D" | "AttnDownBlock2D") {
+                return Err(unsupported(source, &format!("down_block_types[{i}]"), kind));
+            }
+        }
+        for (i, kind) in cfg.up_block_types.iter().enumerate() {
+            if !matches!(strip_unet_res(kind), "UpBlock2D" | "AttnUpBlock2D") {
+                return Err(unsupported(source, &format!("up_block_types[{i}]"), kind));
+            }
+        }
+        if let Some(kind) = cfg.mid_block_type.as_deref()
+            && kind != "UNetMidBlock2D"
+        {
+            return Err(unsupported(source, "mid_block_type", kind));
+        }
+        match (cfg.class_embed_type.as_deref(), cfg.num_class_embeds) {
+            (None | Some("timestep" | "identity"), _) => {}
+            (Some(other), _) => return Err(unsupported(source, "class_embed_type", other)),
+        }
+
+        check.width("in_channels", cfg.in_channels)?;
+        check.width("out_channels", cfg.out_channels)?;
+        check.layers("layers_per_block", cfg.layers_per_block)?;
+        if let Some(size) = &cfg.sample_size {
+            match size {
+                OneOrMany::One(v) => check.sample_size("sample_size", *v)?,
+                OneOrMany::Many(v) => {
+                    if v.len() != 2 {
+                        return Err(check.error(
+                            "sample_size",
+                            format!("has {} entries, expected [height, width]", v.len()),
+                        ));
+                    }
+                    for (i, s) in v.iter().enumerate() {
+                        check.sample_size(&format!("sample_size[{i}]"), *s)?;
+                    }
+                }
+            }
+        }
+        for (i, c) in channels.iter().enumerate() {
+            check.divides(
+                &format!("block_out_channels[{i}]"),
+                *c,
+                "norm_num_groups",
+                cfg.norm_num_groups,
+            )?;
+        }
+        check.positive("norm_eps", cfg.norm_eps)?;
+        check.finite("freq_shift", cfg.freq_shift)?;
+        check.positive("mid_block_scale_factor", cfg.mid_block_scale_factor)?;
+        check.fraction("dropout", cfg.dropout)?;
+        if cfg.downsample_padding > 1 {
+            // 0 pads right and bottom by one, 1 both sides: either halves an
+            // even size, as the up path's skips need; more does not.
+            return Err(unsupported(
+                source,
+                "downsample_padding",
+                cfg.downsample_padding,
+            ));
+        }
+        for (field, v) in [
+            ("time_embedding_dim", cfg.time_embedding_dim),
+            ("num_class_embeds", cfg.num_class_embeds),
+        ] {
+            if let Some(v) = v {
+                check.width(field, v)?;
+            }
+        }
+        // `attention_head_dim` is the width of one head here (diffusers
+        // splits each attention block's channels into `channels / dim` heads).
+        let c_last = channels[n - 1];
+        let mid_attention = cfg.mid_block_type.is_some() && cfg.add_attention;
+        for (i, c) in channels.iter().enumerate() {
+            let attention = strip_unet_res(&cfg.down_block_types[i]) == "AttnDownBlock2D"
+                || strip_unet_res(&cfg.up_block_types[n - 1 - i]) == "AttnUpBlock2D"
+                || (i == n - 1 && mid_attention);
+            if let (true, Some(dim)) = (attention, cfg.attention_head_dim) {
+                check.divides(
+                    &format!("block_out_channels[{i}]"),
+                    *c,
+                    "attention_head_dim",
+                    dim,
+                )?;
+            }
+        }
+        if let (Some(groups), true) = (cfg.attn_norm_num_groups, mid_attention) {
+            check.divides(
+                &format!("block_out_channels[{}]", n - 1),
+                c_last,
+                "attn_norm_num_groups",
+                groups,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn three() -> usize {
@@ -294,7 +425,7 @@ pub(crate) fn batch_timesteps<B: Backend>(
 /// model folder.
 pub(crate) fn open_model_dir<C>(dir: &Path) -> Result<(C, String, diffusion_hub::weights::Weights)>
 where
-    C: serde::de::DeserializeOwned + Serialize,
+    C: ModelConfig,
 {
     let config_path = dir.join("config.json");
     let config = read_config::<C>(&config_path)?.config;
@@ -345,38 +476,9 @@ impl<B: Backend> UNet2DModel<B> {
     }
 
     fn load_named(loader: &Loader<B>, cfg: &UNet2DConfig, source: &str) -> Result<Self> {
+        cfg.validate(source)?;
         let channels = &cfg.block_out_channels;
         let n = channels.len();
-        if n == 0 {
-            return Err(ModelError::config(source, "block_out_channels", "is empty"));
-        }
-        for (field, len) in [
-            ("down_block_types", cfg.down_block_types.len()),
-            ("up_block_types", cfg.up_block_types.len()),
-        ] {
-            if len != n {
-                return Err(ModelError::config(
-                    source,
-                    field,
-                    format!("has {len} entries, block_out_channels has {n}"),
-                ));
-            }
-        }
-        if cfg.time_embedding_type != "positional" {
-            return Err(unsupported(
-                source,
-                "time_embedding_type",
-                &cfg.time_embedding_type,
-            ));
-        }
-        for (field, value) in [
-            ("downsample_type", &cfg.downsample_type),
-            ("upsample_type", &cfg.upsample_type),
-        ] {
-            if value != "conv" {
-                return Err(unsupported(source, field, value));
-            }
-        }
         let c0 = channels[0];
         let time_embed_dim = cfg.time_embedding_dim.unwrap_or(4 * c0);
         let time_proj = Timesteps::new(c0, cfg.flip_sin_to_cos, cfg.freq_shift);

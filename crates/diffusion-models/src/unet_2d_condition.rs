@@ -2,7 +2,7 @@
 //! Stable Diffusion 1.x/2.x, SDXL, their inpainting variants (9 input
 //! channels) and LCM-distilled models (`time_cond_proj_dim`).
 
-use crate::config::unsupported;
+use crate::config::{FieldCheck, MAX_LAYERS, ModelConfig, unsupported};
 use crate::embeddings::{TimestepEmbedding, Timesteps};
 use crate::error::{ModelError, Result};
 use crate::load::{Init, Loader, Precision};
@@ -353,7 +353,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
     }
 
     fn load_named(loader: &Loader<B>, cfg: &UNet2DConditionConfig, source: &str) -> Result<Self> {
-        check_supported(cfg, source)?;
+        cfg.validate(source)?;
         let channels = &cfg.block_out_channels;
         let n = channels.len();
         let c0 = channels[0];
@@ -828,82 +828,281 @@ impl<B: Backend> UNet2DConditionModel<B> {
     }
 }
 
-/// Refuses the config values this crate does not implement, naming the field.
-impl UNet2DConditionConfig {
-    /// Checks, without building the model, that this crate implements every
-    /// value the config asks for (a `ModelError::Config` naming the field otherwise).
-    pub fn validate(&self, source: &str) -> Result<()> {
-        check_supported(self, source)
-    }
-}
-
-fn check_supported(cfg: &UNet2DConditionConfig, source: &str) -> Result<()> {
-    let n = cfg.block_out_channels.len();
-    if n == 0 {
-        return Err(ModelError::config(source, "block_out_channels", "is empty"));
-    }
-    for (field, len) in [
-        ("down_block_types", cfg.down_block_types.len()),
-        ("up_block_types", cfg.up_block_types.len()),
-    ] {
-        if len != n {
-            return Err(ModelError::config(
-                source,
-                field,
-                format!("has {len} entries, block_out_channels has {n}"),
+/// Refuses what the model cannot be built or run with, naming the field:
+/// values this crate does not implement, and ranges and relations the layers
+/// need (groups dividing every width, heads dividing the attention widths,
+/// one entry per block in every list).
+impl ModelConfig for UNet2DConditionConfig {
+    fn validate(&self, source: &str) -> Result<()> {
+        let cfg = self;
+        let check = FieldCheck::new(source);
+        let channels = &cfg.block_out_channels;
+        check.levels("block_out_channels", channels)?;
+        let n = channels.len();
+        for (field, len) in [
+            ("down_block_types", cfg.down_block_types.len()),
+            ("up_block_types", cfg.up_block_types.len()),
+        ] {
+            if len != n {
+                return Err(check.error(
+                    field,
+                    format!("has {len} entries, block_out_channels has {n}"),
+                ));
+            }
+        }
+        if let Some(heads) = &cfg.num_attention_heads {
+            return Err(check.error(
+                "num_attention_heads",
+                format!(
+                    "{heads:?}: diffusers refuses this field too (its `attention_head_dim` holds the head count)"
+                ),
             ));
         }
-    }
-    if let Some(heads) = &cfg.num_attention_heads {
-        return Err(ModelError::config(
-            source,
-            "num_attention_heads",
-            format!(
-                "{heads:?}: diffusers refuses this field too (its `attention_head_dim` holds the head count)"
-            ),
-        ));
-    }
-    if cfg.time_embedding_type != "positional" {
-        return Err(unsupported(
-            source,
-            "time_embedding_type",
-            &cfg.time_embedding_type,
-        ));
-    }
-    if cfg.attention_type != "default" {
-        return Err(unsupported(source, "attention_type", &cfg.attention_type));
-    }
-    if cfg.dual_cross_attention {
-        return Err(unsupported(source, "dual_cross_attention", true));
-    }
-    if let Some(v) = &cfg.encoder_hid_dim_type {
-        return Err(unsupported(source, "encoder_hid_dim_type", v));
-    }
-    if let Some(v) = cfg.encoder_hid_dim {
-        return Err(unsupported(source, "encoder_hid_dim", v));
-    }
-    if cfg.resnet_skip_time_act {
-        return Err(unsupported(source, "resnet_skip_time_act", true));
-    }
-    if cfg.resnet_out_scale_factor != 1.0 {
-        return Err(unsupported(
-            source,
-            "resnet_out_scale_factor",
-            cfg.resnet_out_scale_factor,
-        ));
-    }
-    if let Some(v) = &cfg.cross_attention_norm {
-        return Err(unsupported(source, "cross_attention_norm", v));
-    }
-    for (field, k) in [
-        ("conv_in_kernel", cfg.conv_in_kernel),
-        ("conv_out_kernel", cfg.conv_out_kernel),
-    ] {
-        if k % 2 == 0 {
-            return Err(unsupported(source, field, k));
+        if cfg.time_embedding_type != "positional" {
+            return Err(unsupported(
+                source,
+                "time_embedding_type",
+                &cfg.time_embedding_type,
+            ));
         }
+        if cfg.attention_type != "default" {
+            return Err(unsupported(source, "attention_type", &cfg.attention_type));
+        }
+        if cfg.dual_cross_attention {
+            return Err(unsupported(source, "dual_cross_attention", true));
+        }
+        if let Some(v) = &cfg.encoder_hid_dim_type {
+            return Err(unsupported(source, "encoder_hid_dim_type", v));
+        }
+        if let Some(v) = cfg.encoder_hid_dim {
+            return Err(unsupported(source, "encoder_hid_dim", v));
+        }
+        if cfg.resnet_skip_time_act {
+            return Err(unsupported(source, "resnet_skip_time_act", true));
+        }
+        if cfg.resnet_out_scale_factor != 1.0 {
+            return Err(unsupported(
+                source,
+                "resnet_out_scale_factor",
+                cfg.resnet_out_scale_factor,
+            ));
+        }
+        if let Some(v) = &cfg.cross_attention_norm {
+            return Err(unsupported(source, "cross_attention_norm", v));
+        }
+        for (field, k) in [
+            ("conv_in_kernel", cfg.conv_in_kernel),
+            ("conv_out_kernel", cfg.conv_out_kernel),
+        ] {
+            // Odd kernels keep the size (padding (k - 1) / 2), as the skips need.
+            if k % 2 == 0 || k > 31 {
+                return Err(unsupported(source, field, k));
+            }
+        }
+        for (i, kind) in cfg.down_block_types.iter().enumerate() {
+            if !matches!(strip_unet_res(kind), "DownBlock2D" | "CrossAttnDownBlock2D") {
+                return Err(unsupported(source, &format!("down_block_types[{i}]"), kind));
+            }
+        }
+        for (i, kind) in cfg.up_block_types.iter().enumerate() {
+            if !matches!(strip_unet_res(kind), "UpBlock2D" | "CrossAttnUpBlock2D") {
+                return Err(unsupported(source, &format!("up_block_types[{i}]"), kind));
+            }
+        }
+        if let Some(kind) = cfg.mid_block_type.as_deref()
+            && !matches!(kind, "UNetMidBlock2DCrossAttn" | "UNetMidBlock2D")
+        {
+            return Err(unsupported(source, "mid_block_type", kind));
+        }
+
+        // Ranges.
+        check.width("in_channels", cfg.in_channels)?;
+        check.width("out_channels", cfg.out_channels)?;
+        if let Some(size) = &cfg.sample_size {
+            match size {
+                OneOrMany::One(v) => check.sample_size("sample_size", *v)?,
+                OneOrMany::Many(v) => {
+                    if v.len() != 2 {
+                        return Err(check.error(
+                            "sample_size",
+                            format!("has {} entries, expected [height, width]", v.len()),
+                        ));
+                    }
+                    for (i, s) in v.iter().enumerate() {
+                        check.sample_size(&format!("sample_size[{i}]"), *s)?;
+                    }
+                }
+            }
+        }
+        let groups = cfg
+            .norm_num_groups
+            .ok_or_else(|| unsupported(source, "norm_num_groups", "null"))?;
+        for (i, c) in channels.iter().enumerate() {
+            check.divides(
+                &format!("block_out_channels[{i}]"),
+                *c,
+                "norm_num_groups",
+                groups,
+            )?;
+        }
+        check.positive("norm_eps", cfg.norm_eps)?;
+        check.finite("freq_shift", cfg.freq_shift)?;
+        check.positive("mid_block_scale_factor", cfg.mid_block_scale_factor)?;
+        check.fraction("dropout", cfg.dropout)?;
+        if cfg.downsample_padding > 1 {
+            // 0 pads right and bottom by one, 1 both sides: either halves an
+            // even size, as the up path's skips need; more does not.
+            return Err(unsupported(
+                source,
+                "downsample_padding",
+                cfg.downsample_padding,
+            ));
+        }
+        for (field, v) in [
+            ("time_embedding_dim", cfg.time_embedding_dim),
+            ("addition_time_embed_dim", cfg.addition_time_embed_dim),
+            ("num_class_embeds", cfg.num_class_embeds),
+            ("time_cond_proj_dim", cfg.time_cond_proj_dim),
+            (
+                "projection_class_embeddings_input_dim",
+                cfg.projection_class_embeddings_input_dim,
+            ),
+        ] {
+            if let Some(v) = v {
+                check.width(field, v)?;
+            }
+        }
+
+        // The class and addition embeddings the loader builds, and the
+        // widths they need (the loader would refuse them otherwise).
+        match cfg.class_embed_type.as_deref() {
+            None | Some("timestep" | "identity") => {}
+            Some(kind @ ("projection" | "simple_projection")) => {
+                if cfg.projection_class_embeddings_input_dim.is_none() {
+                    return Err(check.error(
+                        "projection_class_embeddings_input_dim",
+                        format!("is required by class_embed_type {kind:?}"),
+                    ));
+                }
+            }
+            Some(other) => return Err(unsupported(source, "class_embed_type", other)),
+        }
+        match cfg.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time") => {
+                for (field, v) in [
+                    ("addition_time_embed_dim", cfg.addition_time_embed_dim),
+                    (
+                        "projection_class_embeddings_input_dim",
+                        cfg.projection_class_embeddings_input_dim,
+                    ),
+                ] {
+                    if v.is_none() {
+                        return Err(
+                            check.error(field, "is required by addition_embed_type \"text_time\"")
+                        );
+                    }
+                }
+            }
+            Some(other) => return Err(unsupported(source, "addition_embed_type", other)),
+        }
+
+        // Per-block lists: one entry per block, each in range.
+        let heads = cfg
+            .attention_head_dim
+            .expand(n, source, "attention_head_dim")?;
+        let cross_dims = cfg
+            .cross_attention_dim
+            .expand(n, source, "cross_attention_dim")?;
+        let layers = cfg.layers_per_block.expand(n, source, "layers_per_block")?;
+        cfg.only_cross_attention
+            .expand(n, source, "only_cross_attention")?;
+        let transformer_layers =
+            cfg.transformer_layers_per_block
+                .expand(n, source, "transformer_layers_per_block")?;
+        for i in 0..n {
+            check.layers(&format!("layers_per_block[{i}]"), layers[i])?;
+            check.width(&format!("cross_attention_dim[{i}]"), cross_dims[i])?;
+            for (j, t) in transformer_layers[i]
+                .expand(
+                    layers[i],
+                    source,
+                    &format!("transformer_layers_per_block[{i}]"),
+                )?
+                .iter()
+                .enumerate()
+            {
+                if *t > MAX_LAYERS {
+                    return Err(check.error(
+                        format!("transformer_layers_per_block[{i}][{j}]"),
+                        format!("{t} is larger than {MAX_LAYERS}"),
+                    ));
+                }
+            }
+            // `attention_head_dim` holds the head count (see the type docs):
+            // every block with attention splits its width into that many heads.
+            let down_attn = strip_unet_res(&cfg.down_block_types[i]) == "CrossAttnDownBlock2D";
+            let up_attn = strip_unet_res(&cfg.up_block_types[n - 1 - i]) == "CrossAttnUpBlock2D";
+            let mid_attn =
+                i == n - 1 && cfg.mid_block_type.as_deref() == Some("UNetMidBlock2DCrossAttn");
+            if down_attn || up_attn || mid_attn {
+                let heads_field = match cfg.attention_head_dim {
+                    OneOrMany::One(_) => "attention_head_dim".to_string(),
+                    OneOrMany::Many(_) => format!("attention_head_dim[{i}]"),
+                };
+                // Not `check.divides`: the error names the field itself, and
+                // says that it is a head count.
+                if heads[i] == 0 {
+                    return Err(check.error(heads_field, "0 heads (it holds the head count)"));
+                }
+                if !channels[i].is_multiple_of(heads[i]) {
+                    return Err(check.error(
+                        format!("block_out_channels[{i}]"),
+                        format!(
+                            "{} is not a multiple of {heads_field} {} (the head count)",
+                            channels[i], heads[i]
+                        ),
+                    ));
+                }
+            }
+        }
+        // The up blocks' transformer counts: one entry per up block (deepest
+        // first), each one count or one per resnet (`layers_per_block + 1`),
+        // as the loader reads them; a huge count would build that many blocks.
+        match &cfg.reverse_transformer_layers_per_block {
+            Some(r) if r.len() != n => {
+                return Err(check.error(
+                    "reverse_transformer_layers_per_block",
+                    format!("has {} entries, expected {n}", r.len()),
+                ));
+            }
+            Some(r) => {
+                for (i, per_layer) in r.iter().enumerate() {
+                    let field = format!("reverse_transformer_layers_per_block[{i}]");
+                    let counts = per_layer.expand(layers[n - 1 - i] + 1, source, &field)?;
+                    if let Some((j, t)) = counts.iter().enumerate().find(|(_, t)| **t > MAX_LAYERS)
+                    {
+                        return Err(check.error(
+                            format!("{field}[{j}]"),
+                            format!("{t} is larger than {MAX_LAYERS}"),
+                        ));
+                    }
+                }
+            }
+            None => {
+                if transformer_layers
+                    .iter()
+                    .any(|t| matches!(t, OneOrMany::Many(_)))
+                {
+                    return Err(check.error(
+                        "reverse_transformer_layers_per_block",
+                        "is required when transformer_layers_per_block has per-layer lists",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn load_class_embedding<B: Backend>(

@@ -6,7 +6,7 @@ use diffusion_models::burn::tensor::{Int, Tensor, TensorData};
 use diffusion_models::clip::{
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTextOutput, TokenId,
 };
-use diffusion_models::config::parse_config;
+use diffusion_models::config::{ModelConfig, parse_config};
 use diffusion_models::nn::Activation;
 use diffusion_models::testing::{Fixture, assert_close};
 use diffusion_models::{Loader, ModelError, Precision};

@@ -200,7 +200,7 @@ fn input<const D: usize>(f: &Fixture, name: &str) -> Tensor<Flex, D> {
 }
 
 /// A diffusers folder's model built with `formulation` by `load`, strictly.
-fn load<C: serde::de::DeserializeOwned + serde::Serialize, M>(
+fn load<C: diffusion_models::config::ModelConfig, M>(
     kind: &str,
     name: &str,
     formulation: Formulation,

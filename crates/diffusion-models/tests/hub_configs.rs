@@ -12,7 +12,7 @@ use diffusion_models::autoencoder_kl::AutoencoderKLConfig;
 use diffusion_models::autoencoder_tiny::AutoencoderTinyConfig;
 use diffusion_models::backend::Cpu;
 use diffusion_models::clip::CLIPTextConfig;
-use diffusion_models::config::{Loaded, read_config};
+use diffusion_models::config::{Loaded, ModelConfig, read_config};
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::UNet2DConditionConfig;
 use diffusion_models::{Loader, Precision};
@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 type B = Cpu;
 
-fn read<T: serde::de::DeserializeOwned + serde::Serialize>(name: &str) -> (Loaded<T>, String) {
+fn read<T: ModelConfig>(name: &str) -> (Loaded<T>, String) {
     let path: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "tests",

@@ -5,11 +5,16 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use diffusion_hub::resolve::{ResolvedComponent, ResolvedModel};
+use diffusion_hub::single_file::{
+    Checkpoint, ConvertOptions, ConvertReport, convert, write_diffusers_folder,
+};
 use diffusion_hub::tokenizer::ClipTokenizer;
+use diffusion_hub::torch_pickle::PickleOptions;
 use diffusion_hub::weights::Weights;
 use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use diffusion_models::autoencoder_tiny::AutoencoderTinyConfig;
 use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
-use diffusion_models::config::read_config;
+use diffusion_models::config::{parse_config, read_config};
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use diffusion_models::{Formulation, Loader, Precision};
@@ -43,6 +48,9 @@ pub struct LoadOptions<B: Backend> {
     /// How the models run their heaviest ops; `None` = the backend's
     /// measured fastest ([`Formulation::for_device`]).
     pub formulation: Option<Formulation>,
+    /// How PyTorch pickles (`.bin`, `.ckpt`) are read: by default a pickle
+    /// naming a global torch's `weights_only` loader refuses is an error.
+    pub pickle: PickleOptions,
 }
 
 impl<B: Backend> LoadOptions<B> {
@@ -69,6 +77,7 @@ impl<B: Backend> Default for LoadOptions<B> {
             scheduler: None,
             progress: true,
             formulation: None,
+            pickle: PickleOptions::default(),
         }
     }
 }
@@ -127,12 +136,39 @@ pub fn build_scheduler<B: Backend>(
         }
         map.extend(overrides);
     }
-    Ok(from_config_as(&class, &merged)?.scheduler)
+    let loaded = from_config_as(&class, &merged)?;
+    // A repo's config may carry another class's fields (diffusers tolerates
+    // them, and so does this crate), but an override the user typed that the
+    // class does not have is a typo, not a setting to drop silently.
+    if let Some(key) = choice
+        .overrides
+        .keys()
+        .find(|k| loaded.ignored_fields.contains(*k))
+    {
+        return Err(PipelineError::parameter(
+            "scheduler_config",
+            format!(
+                "{class} has no config field `{key}` (its fields: {})",
+                loaded
+                    .scheduler
+                    .config()
+                    .as_object()
+                    .map(|m| m
+                        .keys()
+                        .filter(|k| !k.starts_with('_'))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(loaded.scheduler)
 }
 
 /// Opens a component's weights from the files the resolver chose (variant,
-/// shards or `.bin`).
-pub fn open_component_weights(c: &ResolvedComponent) -> Result<Weights> {
+/// shards or `.bin`, read as `pickle` says).
+pub fn open_component_weights(c: &ResolvedComponent, pickle: &PickleOptions) -> Result<Weights> {
     if c.weight_index.is_none() && c.weights.is_empty() {
         return Err(PipelineError::MissingComponent {
             model: c.dir.display().to_string(),
@@ -140,23 +176,150 @@ pub fn open_component_weights(c: &ResolvedComponent) -> Result<Weights> {
             reason: "no weight files".into(),
         });
     }
-    Ok(c.open_weights()?)
+    Ok(c.open_weights_with(pickle)?)
 }
 
-/// The named component of a pipeline, or an error naming it.
+/// The named component of a pipeline, or an error naming it; also an error
+/// when `model_index.json` says it comes from another library than the one
+/// diffusers imports its class from (diffusers would fail to import it).
 pub fn component<'m>(
     model: &'m ResolvedModel,
     name: &str,
     why: &str,
 ) -> Result<&'m ResolvedComponent> {
-    model
+    let c = model
         .components
         .get(name)
         .ok_or_else(|| PipelineError::MissingComponent {
             model: model.source.display_name(),
             component: name.to_string(),
             reason: why.to_string(),
+        })?;
+    check_library(model, name)?;
+    Ok(c)
+}
+
+/// An error when `model_index.json` says component `name` comes from another
+/// library than the one diffusers imports its class from.
+pub fn check_library(model: &ResolvedModel, name: &str) -> Result<()> {
+    if let Some(entry) = model.model_index.component(name) {
+        let library = expected_library(&entry.class);
+        if entry.library != library {
+            return Err(PipelineError::Config {
+                path: model.root.join("model_index.json"),
+                message: format!(
+                    "component `{name}`: library \"{}\" for class {}; this class comes from \"{library}\"",
+                    entry.library, entry.class
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The library diffusers imports `class` from: transformers for the text
+/// encoders and tokenizers, diffusers for the rest.
+fn expected_library(class: &str) -> &'static str {
+    if class.starts_with("CLIP") || class.contains("Tokenizer") || class.starts_with("T5") {
+        "transformers"
+    } else {
+        "diffusers"
+    }
+}
+
+/// Converts a single-file checkpoint into the diffusers folder `out_dir`
+/// (diffusion-hub's converter), refusing to write a folder that would not
+/// load: every component's config is validated as its model class would
+/// validate it, and the scheduler config is built, before anything is
+/// written (and the folder is written atomically).
+pub fn convert_checkpoint(
+    checkpoint: &Path,
+    out_dir: &Path,
+    options: &ConvertOptions,
+    pickle: &PickleOptions,
+) -> Result<ConvertReport> {
+    let ckpt = Checkpoint::open_with(checkpoint, pickle)?;
+    let conv = convert(&ckpt, options)?;
+    // An override naming a field the class does not have is a typo: refused,
+    // where a field a checkpoint's config carries beyond ours is tolerated.
+    // transformers' `PretrainedConfig` attributes every config may carry,
+    // which the text encoders do not read.
+    const PRETRAINED_CONFIG: [&str; 8] = [
+        "torch_dtype",
+        "dtype",
+        "architectures",
+        "transformers_version",
+        "output_hidden_states",
+        "output_attentions",
+        "use_return_dict",
+        "tie_word_embeddings",
+    ];
+    let unknown_override = |component: &str, ignored: &[String]| {
+        let overrides = options.overrides.get(component)?;
+        let field = overrides
+            .keys()
+            .find(|k| ignored.contains(k) && !PRETRAINED_CONFIG.contains(&k.as_str()))?;
+        let file = if component == "scheduler" {
+            "scheduler_config.json"
+        } else {
+            "config.json"
+        };
+        Some(PipelineError::Config {
+            path: out_dir.join(component).join(file),
+            message: format!(
+                "(converted) `--set {component}.{field}`: the component has no config field `{field}`"
+            ),
         })
+    };
+    for c in &conv.components {
+        let source = format!(
+            "{} (converted)",
+            out_dir.join(c.name).join("config.json").display()
+        );
+        let json = c.config.to_string();
+        let ignored = match c.class.1 {
+            "UNet2DConditionModel" => {
+                parse_config::<UNet2DConditionConfig>(&json, &source)?.ignored_fields
+            }
+            "AutoencoderKL" => parse_config::<AutoencoderKLConfig>(&json, &source)?.ignored_fields,
+            "CLIPTextModel" | "CLIPTextModelWithProjection" => {
+                parse_config::<CLIPTextConfig>(&json, &source)?.ignored_fields
+            }
+            _ => Vec::new(),
+        };
+        if let Some(e) = unknown_override(c.name, &ignored) {
+            return Err(e);
+        }
+    }
+    let class = conv.scheduler["_class_name"].as_str().unwrap_or_default();
+    let scheduler = from_config_as::<diffusion_schedulers::CpuTensor>(class, &conv.scheduler)
+        .map_err(|e| PipelineError::Config {
+            path: out_dir.join("scheduler").join("scheduler_config.json"),
+            message: format!("(converted) {e}"),
+        })?;
+    if let Some(e) = unknown_override("scheduler", &scheduler.ignored_fields) {
+        return Err(e);
+    }
+    write_diffusers_folder(&conv, out_dir)?;
+    Ok(ConvertReport::of(&ckpt, &conv))
+}
+
+/// Validates the `config.json` of model component `c` (of class `class`)
+/// without loading its weights: a malformed config is an error naming the
+/// file and field. Classes this library does not load are not checked.
+pub fn validate_component_config(c: &ResolvedComponent, class: &str) -> Result<()> {
+    let path = config_path(c);
+    match class {
+        "UNet2DConditionModel" => drop(read_config::<UNet2DConditionConfig>(&path)?),
+        "UNet2DModel" => drop(read_config::<UNet2DConfig>(&path)?),
+        "AutoencoderKL" => drop(read_config::<AutoencoderKLConfig>(&path)?),
+        "AutoencoderTiny" => drop(read_config::<AutoencoderTinyConfig>(&path)?),
+        "CLIPTextModel" | "CLIPTextModelWithProjection" => {
+            drop(read_config::<CLIPTextConfig>(&path)?)
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn config_path(c: &ResolvedComponent) -> std::path::PathBuf {
@@ -171,7 +334,7 @@ pub fn load_unet_condition<B: Backend>(
     options: &LoadOptions<B>,
 ) -> Result<(UNet2DConditionModel<B>, UNet2DConditionConfig)> {
     let config = read_config::<UNet2DConditionConfig>(&config_path(c))?.config;
-    let weights = open_component_weights(c)?;
+    let weights = open_component_weights(c, &options.pickle)?;
     let loader = options.loader(&weights);
     let model = UNet2DConditionModel::load(&loader, &config)?;
     loader.finish(&[])?;
@@ -184,7 +347,7 @@ pub fn load_unet_2d<B: Backend>(
     options: &LoadOptions<B>,
 ) -> Result<(UNet2DModel<B>, UNet2DConfig)> {
     let config = read_config::<UNet2DConfig>(&config_path(c))?.config;
-    let weights = open_component_weights(c)?;
+    let weights = open_component_weights(c, &options.pickle)?;
     let loader = options.loader(&weights);
     let model = UNet2DModel::load(&loader, &config)?;
     loader.finish(&[])?;
@@ -202,7 +365,7 @@ pub fn load_vae<B: Backend>(
 ) -> Result<AutoencoderKL<B>> {
     let mut config = read_config::<AutoencoderKLConfig>(&config_path(c))?.config;
     config.force_upcast &= honour_force_upcast;
-    let weights = open_component_weights(c)?;
+    let weights = open_component_weights(c, &options.pickle)?;
     Ok(AutoencoderKL::load(&options.loader(&weights), &config)?)
 }
 
@@ -218,7 +381,7 @@ pub fn load_text_encoder<B: Backend>(
     let enc_c = component(model, encoder, "the prompt needs a text encoder")?;
     let tok = ClipTokenizer::from_dir(&tok_c.dir)?;
     let cfg = CLIPTextConfig::read(&config_path(enc_c))?.config;
-    let weights = open_component_weights(enc_c)?;
+    let weights = open_component_weights(enc_c, &options.pickle)?;
     let loader = options.loader(&weights);
     let class = model
         .model_index

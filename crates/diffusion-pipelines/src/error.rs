@@ -15,6 +15,16 @@ pub enum PipelineError {
         /// What is wrong with it.
         message: String,
     },
+    /// A request larger than the memory there is ([`crate::memory`]).
+    #[error("{request}: would need about {needed} of memory; {available}")]
+    Memory {
+        /// The sizes asked for, as given (`height 65536, width 65536, 1 image`).
+        request: String,
+        /// The estimate, in words (`17.0 GiB`).
+        needed: String,
+        /// What there is, in words (`6.0 GiB available`).
+        available: String,
+    },
     /// A component the pipeline needs is not in the model folder.
     #[error("{model}: component `{component}` is missing ({reason})")]
     MissingComponent {

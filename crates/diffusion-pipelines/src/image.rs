@@ -108,6 +108,12 @@ impl Images {
     /// parameters), atomically: a temporary file in the same folder, renamed
     /// over `path` only when complete, so a failed write leaves nothing behind.
     pub fn save_png(&self, i: usize, path: &Path, text: &[(String, String)]) -> Result<()> {
+        write_atomic(path, &self.png_bytes(i, path, text)?)
+    }
+
+    /// Image `i` encoded as a PNG with `text` as iTXt chunks; `path` only
+    /// names the file in errors (for [`AllOrNothing`] batches).
+    pub fn png_bytes(&self, i: usize, path: &Path, text: &[(String, String)]) -> Result<Vec<u8>> {
         let px = self.to_u8(i);
         let (color, data) = match self.channels {
             1 => (png::ColorType::Grayscale, px),
@@ -136,7 +142,7 @@ impl Images {
                 .map_err(|e| img_err(format!("PNG data: {e}")))?;
             writer.finish().map_err(|e| img_err(format!("PNG: {e}")))?;
         }
-        write_atomic(path, &bytes)
+        Ok(bytes)
     }
 }
 
@@ -152,30 +158,78 @@ fn rgb_pixels(px: &[u8], channels: usize) -> Vec<u8> {
 
 /// Writes `bytes` to `path` through a temporary sibling file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |p: &Path, source| PipelineError::Io {
-        path: p.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(path, e));
+    let mut batch = AllOrNothing::default();
+    batch.stage(path, bytes)?;
+    batch.commit()
+}
+
+/// Files written all or nothing: each is staged in a temporary sibling file
+/// (synced), and only when every one is complete are they renamed over their
+/// targets; a failure, or dropping the batch uncommitted, removes the
+/// temporaries and leaves the targets as they were. Errors name the target,
+/// never the temporary.
+#[derive(Debug, Default)]
+pub struct AllOrNothing {
+    /// `(temporary, target)` pairs, in staging order.
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+impl AllOrNothing {
+    /// Writes `bytes` to a temporary sibling of `path`.
+    pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        let tmp = dir.join(format!(
+            ".{name}.{}-{}.tmp",
+            std::process::id(),
+            self.staged.len()
+        ));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        if let Err(source) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(PipelineError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        self.staged.push((tmp, path.to_path_buf()));
+        Ok(())
     }
-    Ok(())
+
+    /// Renames every staged file over its target.
+    pub fn commit(mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        for (i, (tmp, target)) in staged.iter().enumerate() {
+            if let Err(source) = std::fs::rename(tmp, target) {
+                for (rest, _) in &staged[i..] {
+                    let _ = std::fs::remove_file(rest);
+                }
+                return Err(PipelineError::Io {
+                    path: target.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AllOrNothing {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// Reads an image file (PNG or JPEG), naming the file on failure.

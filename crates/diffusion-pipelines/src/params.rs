@@ -158,6 +158,51 @@ impl<'a, B: Backend> Params<'a, B> {
         }
     }
 
+    /// Refuses the values no pipeline can use, naming the parameter: a NaN
+    /// or infinite number (NaN guidance would silently give the unguided
+    /// image, a NaN strength no steps), and a batch whose size overflows.
+    pub(crate) fn check_numbers(&self) -> crate::Result<()> {
+        let numbers = [
+            ("guidance_scale", self.guidance_scale),
+            ("guidance_rescale", Some(self.guidance_rescale)),
+            ("eta", self.eta),
+            ("strength", self.strength),
+            ("denoising_end", self.denoising_end),
+            ("aesthetic_score", Some(self.aesthetic_score)),
+            (
+                "negative_aesthetic_score",
+                Some(self.negative_aesthetic_score),
+            ),
+        ];
+        for (name, v) in numbers {
+            if let Some(v) = v
+                && !v.is_finite()
+            {
+                return Err(crate::PipelineError::parameter(
+                    name,
+                    format!("{v} is not a finite number"),
+                ));
+            }
+        }
+        for (name, list) in [("timesteps", &self.timesteps), ("sigmas", &self.sigmas)] {
+            if let Some(v) = list.iter().flatten().find(|v| !v.is_finite()) {
+                return Err(crate::PipelineError::parameter(
+                    name,
+                    format!("contains {v}, not a finite number"),
+                ));
+            }
+        }
+        if let Some(e) = self.denoising_end
+            && !(0.0..=1.0).contains(&e)
+        {
+            return Err(crate::PipelineError::parameter(
+                "denoising_end",
+                format!("{e} is outside [0, 1]"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The names of the parameters that are set (not at their default), for
     /// refusing those a pipeline does not take.
     pub(crate) fn set_names(&self) -> Vec<&'static str> {

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use diffusion_hub::resolve::{ResolveOptions, Resolved, ResolvedModel, resolve};
-use diffusion_hub::single_file::{ConvertOptions, convert_file};
+use diffusion_hub::single_file::ConvertOptions;
 
-use crate::components::{LoadOptions, SchedulerChoice};
+use crate::components::{LoadOptions, SchedulerChoice, convert_checkpoint};
 use crate::error::{PipelineError, Result};
 use crate::params::Params;
 use crate::stable_diffusion::{Output, StableDiffusion, Task};
@@ -78,7 +78,7 @@ impl<B: Backend> DiffusionPipeline<B> {
             Resolved::Checkpoint(path) => {
                 let tmp = TempDir::new()?;
                 let out = tmp.path.join("model");
-                convert_file(&path, &out, &ConvertOptions::default())?;
+                convert_checkpoint(&path, &out, &ConvertOptions::default(), &options.pickle)?;
                 let out_str = out.to_string_lossy().into_owned();
                 match resolve(&out_str, &ResolveOptions::from_env().local_files_only(true))? {
                     Resolved::Pipeline(m) => Self::from_resolved(&m, options),

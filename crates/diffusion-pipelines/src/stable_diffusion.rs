@@ -23,6 +23,7 @@ use crate::components::{
 use crate::error::{PipelineError, Result};
 use crate::image::{Images, default_size, image_tensor, mask_tensor};
 use crate::latents::Latents;
+use crate::memory;
 use crate::noise::{Generator, Rng, StepNoise};
 use crate::params::{Control, OutputType, Params, StepInfo};
 use crate::progress::Progress;
@@ -181,6 +182,7 @@ impl<B: Backend> StableDiffusion<B> {
     /// Runs `task` with `params`.
     pub fn run(&mut self, task: Task, mut params: Params<'_, B>) -> Result<Output<B>> {
         self.check_parameters(task, &params)?;
+        params.check_numbers()?;
         let vsf = self.vae_scale_factor();
         let device = self.device.clone();
 
@@ -200,11 +202,7 @@ impl<B: Backend> StableDiffusion<B> {
             ));
         }
         let (height, width) = self.output_size(task, &params, vsf)?;
-
-        // Prompts.
         let do_cfg = guidance_scale > 1.0 && self.unet_config.time_cond_proj_dim.is_none();
-        let embeds = self.prompt_embeds(&mut params, do_cfg)?;
-        let batch = embeds.prompt.dims()[0];
         let n = params.num_images_per_prompt;
         if n == 0 {
             return Err(PipelineError::parameter(
@@ -212,6 +210,16 @@ impl<B: Backend> StableDiffusion<B> {
                 "must be at least 1",
             ));
         }
+        // Before anything as large as the latents is allocated.
+        let prompts = match &params.prompt_embeds {
+            Some(e) => e.prompt.dims()[0],
+            None => params.prompt.len().max(1),
+        };
+        self.check_memory(prompts, n, do_cfg, height, width)?;
+
+        // Prompts.
+        let embeds = self.prompt_embeds(&mut params, do_cfg)?;
+        let batch = embeds.prompt.dims()[0];
         let total = batch * n;
 
         // Timesteps.
@@ -329,6 +337,39 @@ impl<B: Backend> StableDiffusion<B> {
         })
     }
 
+    /// Refuses a request larger than the memory there is ([`crate::memory`]).
+    fn check_memory(
+        &self,
+        prompts: usize,
+        per_prompt: usize,
+        do_cfg: bool,
+        height: usize,
+        width: usize,
+    ) -> Result<()> {
+        let images = prompts.saturating_mul(per_prompt);
+        let unet_batch = images.saturating_mul(if do_cfg { 2 } else { 1 });
+        // Activations run in the weights' type.
+        let elem = self.unet.conv_in.weight.val().dtype().size();
+        let needed = memory::stable_diffusion_bytes(
+            &self.unet_config,
+            &self.vae.config,
+            images,
+            unet_batch,
+            height,
+            width,
+            elem,
+        );
+        let request = format!(
+            "height {height}, width {width}, {images} image(s){}",
+            if do_cfg { " with guidance" } else { "" }
+        );
+        memory::check(
+            &request,
+            needed,
+            memory::is_host_backend(&B::name(&self.device)),
+        )
+    }
+
     /// Refuses parameters `task` does not take and checks required ones.
     fn check_parameters(&self, task: Task, params: &Params<'_, B>) -> Result<()> {
         let mut allowed = vec![
@@ -423,7 +464,22 @@ impl<B: Backend> StableDiffusion<B> {
             }
             (_, Some(image)) => {
                 let (dh, dw) = default_size(image, vsf);
-                (params.height.unwrap_or(dh), params.width.unwrap_or(dw))
+                let (h, w) = (params.height.unwrap_or(dh), params.width.unwrap_or(dw));
+                let from_image = (params.height.is_none() && (h == 0 || !h.is_multiple_of(8)))
+                    || (params.width.is_none() && (w == 0 || !w.is_multiple_of(8)));
+                if from_image {
+                    // The size comes from the image: blame the image.
+                    return Err(PipelineError::parameter(
+                        "image",
+                        format!(
+                            "{}x{} (HxW) gives an output of {h}x{w}, not positive multiples of 8; \
+                             use an image of at least 8x8 pixels, or set height and width",
+                            image.height(),
+                            image.width()
+                        ),
+                    ));
+                }
+                (h, w)
             }
         };
         for (name, v) in [("height", h), ("width", w)] {

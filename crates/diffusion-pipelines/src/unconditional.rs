@@ -99,11 +99,17 @@ impl<B: Backend> Unconditional<B> {
                 "must be at least 1",
             ));
         }
+        params.check_numbers()?;
         let cfg = &self.unet_config;
         let (h, w) = match &cfg.sample_size {
             Some(s) => (s.get(0).unwrap_or(64), s.get(1).or(s.get(0)).unwrap_or(64)),
             None => (64, 64),
         };
+        crate::memory::check(
+            &format!("{batch} image(s) of {h}x{w}"),
+            crate::memory::unconditional_bytes(cfg, batch, h, w),
+            crate::memory::is_host_backend(&B::name(&self.device)),
+        )?;
         let shape = [batch, cfg.in_channels, h, w];
         let mut seed = None;
         let generator = params.generator.clone().unwrap_or_else(|| {

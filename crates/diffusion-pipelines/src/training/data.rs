@@ -58,6 +58,35 @@ pub struct ImageDataset {
     resized: Vec<Resized>,
 }
 
+/// Refuses what training `config`'s UNet on `batch_size` images of
+/// `resolution × resolution` cannot do: a side its down path cannot halve
+/// exactly `levels − 1` times (the up path's skips would not line up), or a
+/// run larger than the memory there is (`host_memory`: the backend keeps
+/// tensors in host memory; see [`crate::memory`]).
+pub fn check_training_size(
+    config: &diffusion_models::unet_2d::UNet2DConfig,
+    resolution: usize,
+    batch_size: usize,
+    host_memory: bool,
+) -> Result<()> {
+    let levels = config.block_out_channels.len().max(1);
+    let factor = 1usize << (levels - 1).min(30);
+    if resolution == 0 || !resolution.is_multiple_of(factor) {
+        return Err(PipelineError::parameter(
+            "resolution",
+            format!(
+                "{resolution} is not a positive multiple of {factor}: the UNet halves it {} times",
+                levels - 1
+            ),
+        ));
+    }
+    crate::memory::check(
+        &format!("resolution {resolution}, batch {batch_size}"),
+        crate::memory::training_bytes(config, batch_size, resolution, resolution),
+        host_memory,
+    )
+}
+
 impl ImageDataset {
     /// Every `.png`/`.jpg`/`.jpeg` file directly in `dir` (sorted by name),
     /// resized and center-cropped to `resolution`, as `channels` channels.
@@ -67,6 +96,13 @@ impl ImageDataset {
 
     /// [`ImageDataset::load`], with the batches' crops taken as `crop` says.
     pub fn load_with(dir: &Path, resolution: usize, channels: usize, crop: Crop) -> Result<Self> {
+        // Images are decoded at this size: refuse one no machine could hold
+        // before the first allocation.
+        crate::memory::check(
+            &format!("resolution {resolution}"),
+            resolution as f64 * resolution as f64 * channels as f64 * 4.0,
+            true,
+        )?;
         if resolution == 0 {
             return Err(PipelineError::parameter("resolution", "must be at least 1"));
         }

@@ -27,7 +27,7 @@ pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use checkpoint::{TrainerState, config_json, save_model_folder};
-pub use data::{BatchSampler, Crop, ImageDataset};
+pub use data::{BatchSampler, Crop, ImageDataset, check_training_size};
 pub use ema::EmaConfig;
 pub use lr::{LrSchedule, LrScheduleKind};
 pub use objective::{Objective, PredictionType};

@@ -17,6 +17,7 @@ use burn::module::{AutodiffModule, Module, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 use diffusion_models::Formulation;
+use diffusion_models::config::ModelConfig;
 use diffusion_models::load::{Loader, ParamKeys, Precision, WeightSource};
 use diffusion_models::nn::to_dtype;
 use diffusion_models::unet_2d::{ClassLabels, UNet2DConfig, UNet2DModel};
@@ -24,7 +25,6 @@ use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
 };
 use diffusion_schedulers::{CpuTensor, Scheduler};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ pub trait Denoiser<B: Backend>: Module<B> + Sized {
     /// diffusers' class name (`config.json`'s `_class_name`).
     const CLASS_NAME: &'static str;
     /// Its `config.json`.
-    type Config: Serialize + DeserializeOwned + Clone + std::fmt::Debug;
+    type Config: ModelConfig + Clone + std::fmt::Debug;
     /// Builds it (random or stored weights, by the loader).
     fn build(loader: &Loader<B>, config: &Self::Config) -> diffusion_models::Result<Self>;
     /// The prediction for `noisy` at `timesteps`.
@@ -125,6 +125,75 @@ pub struct TrainConfig {
     /// ([`MixedPrecision`]; accelerate's `--mixed_precision`).
     #[serde(default)]
     pub mixed_precision: MixedPrecision,
+}
+
+impl TrainConfig {
+    /// Refuses hyper-parameters no step can use, naming each as
+    /// `train_unconditional.py`'s flag: a NaN or infinite value would
+    /// silently poison the weights (or, for clipping, turn it off).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, v: f64, rule: &str| {
+            Err(PipelineError::parameter(
+                name,
+                format!("{v}: must be {rule}"),
+            ))
+        };
+        let o = &self.optimizer;
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(
+                "learning_rate",
+                self.learning_rate,
+                "a finite number above 0",
+            );
+        }
+        for (name, v) in [("adam_beta1", o.beta1), ("adam_beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(name, v, "in [0, 1)");
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return bad("adam_epsilon", o.eps, "a finite number above 0");
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return bad(
+                "adam_weight_decay",
+                o.weight_decay,
+                "a finite number, at least 0",
+            );
+        }
+        if let Some(n) = self.max_grad_norm
+            && !(n.is_finite() && n > 0.0)
+        {
+            return bad("max_grad_norm", n, "a finite number above 0");
+        }
+        if let Some(ema) = &self.ema {
+            if !(0.0..=1.0).contains(&ema.decay) {
+                return bad("ema_max_decay", ema.decay, "in [0, 1]");
+            }
+            if !(0.0..=ema.decay).contains(&ema.min_decay) {
+                return bad("ema_min_decay", ema.min_decay, "in [0, ema_max_decay]");
+            }
+            if !(ema.inv_gamma.is_finite() && ema.inv_gamma > 0.0) {
+                return bad("ema_inv_gamma", ema.inv_gamma, "a finite number above 0");
+            }
+            if !(ema.power.is_finite() && ema.power > 0.0) {
+                return bad("ema_power", ema.power, "a finite number above 0");
+            }
+        }
+        if let Some(g) = self.objective.snr_gamma
+            && !(g.is_finite() && g > 0.0)
+        {
+            return bad("snr_gamma", g, "a finite number above 0");
+        }
+        if !self.objective.noise_offset.is_finite() {
+            return bad(
+                "noise_offset",
+                self.objective.noise_offset,
+                "a finite number",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -245,6 +314,7 @@ where
         config: TrainConfig,
         device: B::Device,
     ) -> Result<Self> {
+        config.validate()?;
         let scheduler =
             diffusion_schedulers::from_config::<Latents<B>>(&scheduler_config)?.scheduler;
         let snr_scheduler =
