@@ -12,7 +12,7 @@ use diffusion_hub::single_file::{Checkpoint, detect};
 use diffusion_hub::torch_pickle::PickleOptions;
 use diffusion_hub::weights::Weights;
 use diffusion_pipelines::components::{
-    check_library, read_scheduler_config, validate_component_config,
+    build_scheduler, check_library, read_scheduler_config, validate_component_config,
 };
 use serde_json::Value;
 
@@ -112,6 +112,13 @@ fn pipeline(s: &mut String, m: &ResolvedModel, pickle: &PickleOptions) -> Result
         && let Some(path) = &c.config
     {
         let config = read_scheduler_config(path)?;
+        // Built, not only read: a config that could not run is an error here too.
+        build_scheduler::<diffusion_models::backend::Cpu>(&config, None).map_err(|e| {
+            diffusion_pipelines::PipelineError::Config {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
         let class = config
             .get("_class_name")
             .and_then(Value::as_str)

@@ -96,11 +96,17 @@ fn main() -> ExitCode {
             }
             // clap's message and tip without its usage block: one line.
             let text = e.render().to_string();
-            let mut line = text
-                .lines()
-                .next()
-                .unwrap_or("error: bad arguments")
-                .to_string();
+            let mut lines = text.lines();
+            let mut line = lines.next().unwrap_or("error: bad arguments").to_string();
+            // "the following required arguments were not provided:" lists
+            // them on the indented lines below: keep them on this line.
+            if line.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|l| l.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                line = format!("{line} {}", listed.join(", "));
+            }
             if let Some(tip) = text.lines().find_map(|l| l.trim().strip_prefix("tip: ")) {
                 line = format!("{line} ({tip})");
             }
@@ -143,6 +149,16 @@ fn run(matches: &ArgMatches) -> Result<()> {
                     .entry(component.clone())
                     .or_default()
                     .insert(field.clone(), value.clone());
+            }
+            if out_dir.as_os_str().is_empty() {
+                return Err(error::usage("OUT_DIR \"\": an empty path"));
+            }
+            if let Some(p) = m.get_one::<String>("prediction_type")
+                && !matches!(p.as_str(), "epsilon" | "v_prediction" | "sample")
+            {
+                return Err(error::usage(format!(
+                    "--prediction-type {p:?}: expected epsilon, v_prediction or sample"
+                )));
             }
             let options = diffusion_hub::single_file::ConvertOptions {
                 prediction_type: m.get_one::<String>("prediction_type").cloned(),

@@ -43,6 +43,9 @@ impl HubArgs {
     /// The model to use: `--model`, or else the embedded default.
     pub fn model_name(&self) -> Result<String> {
         match &self.model {
+            Some(m) if m.trim().is_empty() => Err(CliError::Usage(format!(
+                "--model {m:?}: empty; give a Hub repo id, a folder or a checkpoint"
+            ))),
             Some(m) => Ok(m.clone()),
             None => default_model(),
         }

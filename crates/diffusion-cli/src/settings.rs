@@ -140,6 +140,15 @@ impl Settings {
 
     /// The checks that need no model (diffusers makes the same ones, later).
     fn check(&self) -> Result<()> {
+        for (flag, path) in [
+            ("--image", &self.image_path),
+            ("--mask", &self.mask_path),
+            ("--latents", &self.latents_path),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(usage(format!("{flag} \"\": an empty path")));
+            }
+        }
         for (flag, v) in [("--width", self.width), ("--height", self.height)] {
             if let Some(v) = v {
                 check_pixels(flag, v).map_err(usage)?;

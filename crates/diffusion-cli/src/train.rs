@@ -162,9 +162,23 @@ impl TrainArgs {
             "prediction_type": prediction_type.unwrap_or_else(|| "epsilon".into()),
         });
         // The full config, every default filled in, as diffusers saves it.
+        // A bad value is told as the flag that set it.
         scheduler_config =
             build_scheduler::<diffusion_models::backend::Cpu>(&scheduler_config, None)
-                .map_err(CliError::from)?
+                .map_err(|e| {
+                    let text = e.to_string();
+                    let flag = [
+                        ("num_train_timesteps", "--ddpm-num-steps"),
+                        ("beta_schedule", "--ddpm-beta-schedule"),
+                        ("prediction_type", "--prediction-type"),
+                    ]
+                    .into_iter()
+                    .find(|(field, _)| text.contains(field));
+                    match flag {
+                        Some((_, flag)) => usage(format!("{flag}: {text}")),
+                        None => CliError::from(e),
+                    }
+                })?
                 .config();
         let pipeline_class: String =
             get(m, "pipeline_class").unwrap_or_else(|| "DDPMPipeline".into());
@@ -190,9 +204,27 @@ impl TrainArgs {
             }
             other => other.into(),
         })?;
+        let data_dir = PathBuf::from(get::<String>(m, "train_data_dir").expect("required"));
+        let output_dir = PathBuf::from(get::<String>(m, "output_dir").expect("required"));
+        for (flag, dir) in [
+            ("--train-data-dir", &data_dir),
+            ("--output-dir", &output_dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                return Err(usage(format!("{flag} \"\": an empty path")));
+            }
+        }
+        let train_steps = scheduler_config["num_train_timesteps"]
+            .as_u64()
+            .unwrap_or(1000) as usize;
+        if num_inference_steps > train_steps {
+            return Err(usage(format!(
+                "--num-inference-steps {num_inference_steps}: more than the {train_steps} training timesteps (--ddpm-num-steps)"
+            )));
+        }
         Ok(TrainArgs {
-            data_dir: PathBuf::from(get::<String>(m, "train_data_dir").expect("required")),
-            output_dir: PathBuf::from(get::<String>(m, "output_dir").expect("required")),
+            data_dir,
+            output_dir,
             model_config: get::<String>(m, "model_config").map(PathBuf::from),
             resolution: get(m, "resolution").unwrap_or(64),
             batch_size,
@@ -255,11 +287,13 @@ fn model_config(args: &TrainArgs) -> Result<UNet2DConfig> {
     Ok(config)
 }
 
-/// [`check_training_size`], its resolution complaint told as the flag.
+/// [`check_training_size`], its resolution complaint told as the flag, and
+/// the memory of the sample grids.
 fn size_check<B: Backend>(
     config: &UNet2DConfig,
     resolution: usize,
     batch_size: usize,
+    eval_batch_size: usize,
     device: &B::Device,
 ) -> Result<()> {
     let host = diffusion_pipelines::memory::is_host_backend(&B::name(device));
@@ -268,7 +302,19 @@ fn size_check<B: Backend>(
             usage(format!("--resolution {resolution}: {message}"))
         }
         other => other.into(),
-    })
+    })?;
+    // The sample grids too, before any step is run or checkpoint written.
+    diffusion_pipelines::memory::check(
+        &format!("--eval-batch-size {eval_batch_size} at resolution {resolution}"),
+        diffusion_pipelines::memory::unconditional_bytes(
+            config,
+            eval_batch_size,
+            resolution,
+            resolution,
+        ),
+        host,
+    )?;
+    Ok(())
 }
 
 /// The run's state kept in checkpoints besides the trainer's own.
@@ -365,7 +411,13 @@ where
         None => {
             let config = model_config(args)?;
             // Before the weights are allocated.
-            size_check::<B>(&config, args.resolution, args.batch_size, &device)?;
+            size_check::<B>(
+                &config,
+                args.resolution,
+                args.batch_size,
+                args.eval_batch_size,
+                &device,
+            )?;
             let (model, keys) =
                 build_model::<B, UNet2DModel<B>>(&config, None, &device, args.seed)?;
             let trainer = Trainer::from_parts(
@@ -393,6 +445,7 @@ where
         trainer.model_config(),
         state.resolution,
         state.batch_size,
+        args.eval_batch_size,
         &device,
     )?;
     let channels = trainer.model_config().in_channels;

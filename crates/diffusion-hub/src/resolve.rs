@@ -594,6 +594,7 @@ pub fn resolve(name: &str, options: &ResolveOptions) -> Result<Resolved, Resolve
             &store,
             "",
             ComponentKind::Model,
+            "diffusion_pytorch_model",
             options.variant.as_deref(),
             &mut fallbacks,
         )?;
@@ -638,6 +639,7 @@ pub fn resolve_model(
         &store,
         sub,
         ComponentKind::Model,
+        "diffusion_pytorch_model",
         options.variant.as_deref(),
         &mut fallbacks,
     )?;
@@ -659,10 +661,16 @@ fn resolve_in_store(
         if options.skip_components.contains(name) {
             continue;
         }
+        let stem = if component.library == "transformers" {
+            "model"
+        } else {
+            "diffusion_pytorch_model"
+        };
         let resolved = resolve_component(
             &store,
             name,
             component.kind(name),
+            stem,
             variant,
             &mut variant_fallbacks,
         )?;
@@ -774,10 +782,13 @@ fn choose_weights(
     None
 }
 
+/// `weight_stem` is the name a missing weight file is reported under
+/// (`model` for transformers' components, `diffusion_pytorch_model` else).
 fn resolve_component(
     store: &Store,
     name: &str,
     kind: ComponentKind,
+    weight_stem: &str,
     variant: Option<&str>,
     variant_fallbacks: &mut Vec<String>,
 ) -> Result<ResolvedComponent, ResolveError> {
@@ -825,8 +836,8 @@ fn resolve_component(
             component.config = Some(store.fetch(&join_rel(dir, "config.json"))?);
             let Some(choice) = choose_weights(store.files(), dir, variant) else {
                 let expected = match variant {
-                    Some(v) => format!("diffusion_pytorch_model.{v}.safetensors"),
-                    None => "diffusion_pytorch_model.safetensors".to_string(),
+                    Some(v) => format!("{weight_stem}.{v}.safetensors"),
+                    None => format!("{weight_stem}.safetensors"),
                 };
                 return Err(store.missing(&join_rel(dir, &expected)));
             };

@@ -11,7 +11,7 @@
 //! at the end-of-text token.
 
 use crate::attention::scaled_dot_product_attention;
-use crate::config::{FieldCheck, Loaded, MAX_LAYERS, ModelConfig, read_config};
+use crate::config::{FieldCheck, Loaded, ModelConfig, read_config};
 use crate::error::{ModelError, Result};
 use crate::formulation::AttentionFormulation;
 use crate::load::{Init, Loader, Precision};
@@ -196,12 +196,9 @@ impl ModelConfig for CLIPTextConfig {
         if let Some(p) = self.projection_dim {
             check.width("projection_dim", p)?;
         }
-        if self.num_hidden_layers > MAX_LAYERS {
-            return Err(check.error(
-                "num_hidden_layers",
-                format!("{} is larger than {MAX_LAYERS}", self.num_hidden_layers),
-            ));
-        }
+        // At least one: the pipelines read `hidden_states[-2]` (SDXL's
+        // penultimate layer, `clip_skip`), which 0 layers do not have.
+        check.layers("num_hidden_layers", self.num_hidden_layers)?;
         check.positive("layer_norm_eps", self.layer_norm_eps)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::config(

@@ -116,6 +116,20 @@ impl<'a> FieldCheck<'a> {
         self.widths(field, v)
     }
 
+    /// The width of a sinusoidal (timestep) embedding, `2 ..= MAX_WIDTH`:
+    /// width 1 has no sin/cos pair, and its empty frequency tensor panics in
+    /// the backend's ops.
+    pub fn sinusoidal_width(&self, field: &str, v: usize) -> Result<()> {
+        self.width(field, v)?;
+        if v < 2 {
+            return Err(self.error(
+                field,
+                format!("{v} is too narrow for a sinusoidal embedding (at least 2)"),
+            ));
+        }
+        Ok(())
+    }
+
     /// `1 ..= MAX_SAMPLE_SIZE`.
     pub fn sample_size(&self, field: &str, v: usize) -> Result<()> {
         if v == 0 || v > MAX_SAMPLE_SIZE {

@@ -57,6 +57,14 @@ pub enum ModelError {
         /// The stored type.
         dtype: String,
     },
+    /// A stored weight holding NaN or infinity (a corrupt file).
+    #[error("{source_name}: weight `{key}` holds NaN or infinite values")]
+    NonFiniteWeight {
+        /// The weight file(s).
+        source_name: String,
+        /// The diffusers key.
+        key: String,
+    },
     /// A model input with the wrong shape or value.
     #[error("input `{name}`: {message}")]
     Input {

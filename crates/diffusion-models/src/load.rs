@@ -512,6 +512,14 @@ impl<'a, B: Backend> Loader<'a, B> {
                 });
             }
         };
+        if !all_finite(&stored_tensor.bytes, &stored_tensor.dtype) {
+            // A corrupt file: without this, every output would be NaN and the
+            // first complaint would come from the scheduler, far from the cause.
+            return Err(ModelError::NonFiniteWeight {
+                source_name: source.name(),
+                key,
+            });
+        }
         self.ctx.used.borrow_mut().insert(key);
         Ok(Some(TensorData::from_bytes_vec(
             stored_tensor.bytes,
@@ -647,6 +655,27 @@ fn dtype_to_float(dtype: DType) -> FloatDType {
         DType::BF16 => FloatDType::BF16,
         DType::F64 => FloatDType::F64,
         _ => FloatDType::F32,
+    }
+}
+
+/// Whether every value of little-endian `bytes` of float type `dtype` is
+/// finite: an all-ones exponent is NaN or infinity in each format.
+fn all_finite(bytes: &[u8], dtype: &Dtype) -> bool {
+    match dtype {
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 != 0x7c00),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 != 0x7f80),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 != 0x7f80_0000),
+        Dtype::F64 => bytes.chunks_exact(8).all(|b| {
+            let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            v & 0x7ff0_0000_0000_0000 != 0x7ff0_0000_0000_0000
+        }),
+        _ => true,
     }
 }
 

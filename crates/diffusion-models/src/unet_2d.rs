@@ -149,6 +149,8 @@ impl ModelConfig for UNet2DConfig {
         let check = FieldCheck::new(source);
         let channels = &cfg.block_out_channels;
         check.levels("block_out_channels", channels)?;
+        // The timestep embedding is `block_out_channels[0]` wide.
+        check.sinusoidal_width("block_out_channels[0]", channels[0])?;
         let n = channels.len();
         for (field, len) in [
             ("down_block_types", cfg.down_block_types.len()),

@@ -838,6 +838,9 @@ impl ModelConfig for UNet2DConditionConfig {
         let check = FieldCheck::new(source);
         let channels = &cfg.block_out_channels;
         check.levels("block_out_channels", channels)?;
+        // The timestep embedding (and a `"timestep"` class embedding's) is
+        // `block_out_channels[0]` wide.
+        check.sinusoidal_width("block_out_channels[0]", channels[0])?;
         let n = channels.len();
         for (field, len) in [
             ("down_block_types", cfg.down_block_types.len()),
@@ -972,6 +975,10 @@ impl ModelConfig for UNet2DConditionConfig {
                 check.width(field, v)?;
             }
         }
+        // `text_time` embeds each time id sinusoidally at this width.
+        if let Some(d) = cfg.addition_time_embed_dim {
+            check.sinusoidal_width("addition_time_embed_dim", d)?;
+        }
 
         // The class and addition embeddings the loader builds, and the
         // widths they need (the loader would refuse them otherwise).
@@ -986,6 +993,26 @@ impl ModelConfig for UNet2DConditionConfig {
                 }
             }
             Some(other) => return Err(unsupported(source, "class_embed_type", other)),
+        }
+        // Concatenating doubles the blocks' time-embedding width, so there
+        // must be a class embedding to concatenate (diffusers fails too).
+        if cfg.class_embeddings_concat
+            && cfg.class_embed_type.is_none()
+            && cfg.num_class_embeds.is_none()
+        {
+            return Err(check.error(
+                "class_embeddings_concat",
+                "is true, but there is no class embedding (class_embed_type and \
+                 num_class_embeds are null)",
+            ));
+        }
+        // diffusers adds the addition embedding (`time_embed_dim` wide) to
+        // the concatenated, doubled one: a shape error there, a panic here.
+        if cfg.class_embeddings_concat && cfg.addition_embed_type.is_some() {
+            return Err(check.error(
+                "class_embeddings_concat",
+                "cannot be combined with an addition_embed_type (the widths differ)",
+            ));
         }
         match cfg.addition_embed_type.as_deref() {
             None => {}

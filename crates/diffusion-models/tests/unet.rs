@@ -377,14 +377,13 @@ fn wrong_configs_and_inputs_are_named_errors() {
     assert!(
         matches!(condition_err(&d), ModelError::Config { ref field, .. } if field == "layers_per_block")
     );
-    // No class embedding (the file has one): its weight is named as unexpected.
+    // No class embedding although `class_embeddings_concat` concatenates one:
+    // refused at the config, naming the field that needs it.
     let d = with_config("odd_size", |c| {
         c["num_class_embeds"] = serde_json::Value::Null
     });
     match condition_err(&d) {
-        ModelError::UnexpectedKeys { keys, .. } => {
-            assert_eq!(keys, vec!["class_embedding.weight".to_string()])
-        }
+        ModelError::Config { field, .. } => assert_eq!(field, "class_embeddings_concat"),
         other => panic!("unexpected {other}"),
     }
     let d = with_config("ddpm_class", |c| {

@@ -181,11 +181,14 @@ pub fn open_component_weights(c: &ResolvedComponent, pickle: &PickleOptions) -> 
 
 /// The named component of a pipeline, or an error naming it; also an error
 /// when `model_index.json` says it comes from another library than the one
-/// diffusers imports its class from (diffusers would fail to import it).
+/// diffusers imports its class from (diffusers would fail to import it), or
+/// names a class not in `classes` (when not empty), the classes the pipeline
+/// can use there.
 pub fn component<'m>(
     model: &'m ResolvedModel,
     name: &str,
     why: &str,
+    classes: &[&str],
 ) -> Result<&'m ResolvedComponent> {
     let c = model
         .components
@@ -196,6 +199,19 @@ pub fn component<'m>(
             reason: why.to_string(),
         })?;
     check_library(model, name)?;
+    if let Some(entry) = model.model_index.component(name)
+        && !classes.is_empty()
+        && !classes.contains(&entry.class.as_str())
+    {
+        return Err(PipelineError::Config {
+            path: model.root.join("model_index.json"),
+            message: format!(
+                "component `{name}`: class {}; {} expected",
+                entry.class,
+                classes.join(" or ")
+            ),
+        });
+    }
     Ok(c)
 }
 
@@ -272,6 +288,20 @@ pub fn convert_checkpoint(
         })
     };
     for c in &conv.components {
+        // What the models' loader would refuse, caught before writing: a
+        // tensor that is not a float, a convolution that is not square.
+        for (key, t) in &c.tensors {
+            let square = t.shape.len() != 4 || t.shape[2] == t.shape[3];
+            if !t.dtype.is_model_float() || !square {
+                return Err(PipelineError::Config {
+                    path: checkpoint.to_path_buf(),
+                    message: format!(
+                        "{} weight `{key}`: {} of shape {:?} is not a float weight this model can load",
+                        c.name, t.dtype, t.shape
+                    ),
+                });
+            }
+        }
         let source = format!(
             "{} (converted)",
             out_dir.join(c.name).join("config.json").display()
@@ -377,8 +407,13 @@ pub fn load_text_encoder<B: Backend>(
     encoder: &str,
     options: &LoadOptions<B>,
 ) -> Result<TextEncoder<B>> {
-    let tok_c = component(model, tokenizer, "the prompt needs a tokenizer")?;
-    let enc_c = component(model, encoder, "the prompt needs a text encoder")?;
+    let tok_c = component(model, tokenizer, "the prompt needs a tokenizer", &[])?;
+    let enc_c = component(
+        model,
+        encoder,
+        "the prompt needs a text encoder",
+        &["CLIPTextModel", "CLIPTextModelWithProjection"],
+    )?;
     let tok = ClipTokenizer::from_dir(&tok_c.dir)?;
     let cfg = CLIPTextConfig::read(&config_path(enc_c))?.config;
     let weights = open_component_weights(enc_c, &options.pickle)?;

@@ -4,7 +4,7 @@
 //! Every operation stays on the tensor's device; only `all_finite` reads back a
 //! single boolean.
 
-use burn::tensor::{ElementConversion, Tensor, backend::Backend};
+use burn::tensor::{DType, ElementConversion, Tensor, backend::Backend};
 use diffusion_schedulers::SchedulerTensor;
 
 /// A Burn float tensor that schedulers can step (latents are `D = 4`).
@@ -75,6 +75,34 @@ impl<B: Backend, const D: usize> SchedulerTensor for Latents<B, D> {
         let zero_or_nan = self.0.clone() - self.0.clone();
         zero_or_nan.sum().into_scalar().elem::<f32>().is_finite()
     }
+}
+
+/// Caller-given initial latents (`Params::latents`), checked: the shape the
+/// call needs and finite values (a NaN would only surface steps later, as a
+/// non-finite UNet prediction); returned in f32.
+pub(crate) fn check_latents<B: Backend>(
+    l: Tensor<B, 4>,
+    shape: [usize; 4],
+) -> crate::Result<Tensor<B, 4>> {
+    if l.dims() != shape {
+        return Err(crate::PipelineError::parameter(
+            "latents",
+            format!("shape {:?}, expected {shape:?}", l.dims()),
+        ));
+    }
+    let l = l.cast(DType::F32);
+    let values = l
+        .to_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| crate::PipelineError::parameter("latents", format!("unreadable: {e:?}")))?;
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        return Err(crate::PipelineError::parameter(
+            "latents",
+            format!("contains {v}; initial latents must be finite"),
+        ));
+    }
+    Ok(l)
 }
 
 #[cfg(test)]

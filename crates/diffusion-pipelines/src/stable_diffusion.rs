@@ -13,7 +13,7 @@ use diffusion_models::autoencoder_kl::AutoencoderKL;
 use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
 };
-use diffusion_schedulers::{Scheduler, StepOptions, TimestepSpec};
+use diffusion_schedulers::{SCHEDULER_CLASSES, Scheduler, StepOptions, TimestepSpec};
 use serde_json::Value;
 
 use crate::components::{
@@ -22,7 +22,7 @@ use crate::components::{
 };
 use crate::error::{PipelineError, Result};
 use crate::image::{Images, default_size, image_tensor, mask_tensor};
-use crate::latents::Latents;
+use crate::latents::{Latents, check_latents};
 use crate::memory;
 use crate::noise::{Generator, Rng, StepNoise};
 use crate::params::{Control, OutputType, Params, StepInfo};
@@ -119,6 +119,7 @@ impl<B: Backend> StableDiffusion<B> {
                 model,
                 "text_encoder",
                 "Stable Diffusion encodes prompts with it",
+                &[],
             )?;
             None
         };
@@ -133,16 +134,26 @@ impl<B: Backend> StableDiffusion<B> {
             None
         };
         progress.inc();
-        let unet_c = component(model, "unet", "the denoiser")?;
+        let unet_c = component(model, "unet", "the denoiser", &["UNet2DConditionModel"])?;
         let (unet, unet_config) = load_unet_condition(unet_c, options)?;
         progress.inc();
         let vae = load_vae(
-            component(model, "vae", "latents are decoded by it")?,
+            component(
+                model,
+                "vae",
+                "latents are decoded by it",
+                &["AutoencoderKL"],
+            )?,
             options,
             xl,
         )?;
         progress.inc();
-        let sched_c = component(model, "scheduler", "the denoising schedule")?;
+        let sched_c = component(
+            model,
+            "scheduler",
+            "the denoising schedule",
+            SCHEDULER_CLASSES,
+        )?;
         let path = sched_c
             .config
             .clone()
@@ -914,16 +925,6 @@ struct DenoiseArgs<'r, 'c, B: Backend> {
     rng: &'r mut Rng,
     callback: Option<&'r mut crate::params::Callback<'c, B>>,
     progress: bool,
-}
-
-fn check_latents<B: Backend>(l: Tensor<B, 4>, shape: [usize; 4]) -> Result<Tensor<B, 4>> {
-    if l.dims() != shape {
-        return Err(PipelineError::parameter(
-            "latents",
-            format!("shape {:?}, expected {shape:?}", l.dims()),
-        ));
-    }
-    Ok(l.cast(DType::F32))
 }
 
 /// `torch.cat([x] * (total / n))`: the whole batch repeated (diffusers'

@@ -18,7 +18,7 @@ use crate::components::{
 };
 use crate::error::{PipelineError, Result};
 use crate::image::Images;
-use crate::latents::Latents;
+use crate::latents::{Latents, check_latents};
 use crate::noise::{Generator, Rng, StepNoise};
 use crate::params::{Control, OutputType, Params, StepInfo};
 use crate::progress::Progress;
@@ -52,9 +52,14 @@ impl<B: Backend> std::fmt::Debug for Unconditional<B> {
 impl<B: Backend> Unconditional<B> {
     /// Loads `unet` and `scheduler` of a DDPM/DDIM pipeline folder.
     pub fn load(model: &ResolvedModel, options: &LoadOptions<B>, ddim: bool) -> Result<Self> {
-        let unet_c = component(model, "unet", "the denoiser")?;
+        let unet_c = component(model, "unet", "the denoiser", &["UNet2DModel"])?;
         let (unet, unet_config) = load_unet_2d(unet_c, options)?;
-        let sched_c = component(model, "scheduler", "the denoising schedule")?;
+        let sched_c = component(
+            model,
+            "scheduler",
+            "the denoising schedule",
+            diffusion_schedulers::SCHEDULER_CLASSES,
+        )?;
         let path = sched_c
             .config
             .clone()
@@ -119,13 +124,7 @@ impl<B: Backend> Unconditional<B> {
         });
         let mut rng = Rng::new(&generator, batch)?;
         let mut image = match params.latents.take() {
-            Some(l) if l.dims() == shape => l.cast(DType::F32),
-            Some(l) => {
-                return Err(PipelineError::parameter(
-                    "latents",
-                    format!("shape {:?}, expected {shape:?}", l.dims()),
-                ));
-            }
+            Some(l) => check_latents(l, shape)?,
             None => rng.randn_tensor::<B>(shape, &self.device)?,
         };
         let steps = params

@@ -144,6 +144,23 @@ pub(crate) fn invalid(
     }
 }
 
+/// The most training timesteps a config may declare: schedules are tables of
+/// that many f64 values (a few arrays of them), and released models use 1,000
+/// (a few use up to 4,000); a larger count is a typo, not a schedule.
+pub const MAX_TRAIN_TIMESTEPS: usize = 1 << 20;
+
+/// `num_train_timesteps` in `min..=MAX_TRAIN_TIMESTEPS`.
+pub(crate) fn check_train_timesteps(num_train_timesteps: usize, min: usize) -> Result<()> {
+    if !(min..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps) {
+        return Err(invalid(
+            "num_train_timesteps",
+            num_train_timesteps,
+            format!("must be in {min}..={MAX_TRAIN_TIMESTEPS}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks shared by every scheduler that derives its noise levels from betas.
 pub(crate) fn validate_betas(
     num_train_timesteps: usize,
@@ -152,13 +169,7 @@ pub(crate) fn validate_betas(
     beta_schedule: BetaSchedule,
     trained_betas: Option<&[f64]>,
 ) -> Result<()> {
-    if num_train_timesteps < 2 {
-        return Err(invalid(
-            "num_train_timesteps",
-            num_train_timesteps,
-            "must be at least 2",
-        ));
-    }
+    check_train_timesteps(num_train_timesteps, 2)?;
     if let Some(betas) = trained_betas {
         if betas.len() != num_train_timesteps {
             return Err(invalid(

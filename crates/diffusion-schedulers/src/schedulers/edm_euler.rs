@@ -83,9 +83,7 @@ impl EDMEulerScheduler {
                 return Err(invalid(field, v, "must be a finite positive number"));
             }
         }
-        if config.num_train_timesteps == 0 {
-            return Err(invalid("num_train_timesteps", 0, "must be at least 1"));
-        }
+        crate::config::check_train_timesteps(config.num_train_timesteps, 1)?;
         if !matches!(
             config.prediction_type,
             PredictionType::Epsilon | PredictionType::VPrediction

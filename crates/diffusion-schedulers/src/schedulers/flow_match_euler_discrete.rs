@@ -110,9 +110,7 @@ impl FlowMatchEulerDiscreteScheduler {
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
         )?;
-        if config.num_train_timesteps == 0 {
-            return Err(invalid("num_train_timesteps", 0, "must be at least 1"));
-        }
+        crate::config::check_train_timesteps(config.num_train_timesteps, 1)?;
         if !(config.shift.is_finite() && config.shift > 0.0) {
             return Err(invalid("shift", config.shift, "must be a positive number"));
         }
