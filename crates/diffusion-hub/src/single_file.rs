@@ -1474,6 +1474,25 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SingleFileError + '_ {
     }
 }
 
+/// `e` with a path under the temporary folder `tmp` shown under `out_dir`.
+fn rebase(e: SingleFileError, tmp: &Path, out_dir: &Path) -> SingleFileError {
+    let shown = |p: PathBuf| match p.strip_prefix(tmp) {
+        Ok(rel) => out_dir.join(rel),
+        Err(_) => p,
+    };
+    match e {
+        SingleFileError::Io { path, source } => SingleFileError::Io {
+            path: shown(path),
+            source,
+        },
+        SingleFileError::Serialize { path, reason } => SingleFileError::Serialize {
+            path: shown(path),
+            reason,
+        },
+        other => other,
+    }
+}
+
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(v).unwrap_or_default();
     text.push('\n');
@@ -1520,35 +1539,40 @@ pub fn write_diffusers_folder(conv: &Converted<'_>, out_dir: &Path) -> Result<()
         .unwrap_or(0);
     let tmp = parent.join(format!(".{base}.tmp-{}-{nanos}", std::process::id()));
     fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    fs::create_dir(&tmp).map_err(io_err(out_dir))?;
     let mut guard = TempDir(Some(tmp.clone()));
 
-    write_json(&tmp.join("model_index.json"), &conv.model_index)?;
-    for c in &conv.components {
-        let dir = tmp.join(c.name);
-        fs::create_dir(&dir).map_err(io_err(&dir))?;
-        write_json(&dir.join("config.json"), &c.config)?;
-        let file = dir.join(c.weights_file);
-        let views: Vec<(&str, SafeView<'_, '_>)> = c
-            .tensors
-            .iter()
-            .map(|(k, t)| (k.as_str(), SafeView(t)))
-            .collect();
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::tensor::serialize_to_file(views, Some(meta), &file).map_err(|e| {
-            SingleFileError::Serialize {
-                path: file.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        sync(&file)?;
-        sync(&dir)?;
-    }
-    let sched = tmp.join("scheduler");
-    fs::create_dir(&sched).map_err(io_err(&sched))?;
-    write_json(&sched.join("scheduler_config.json"), &conv.scheduler)?;
-    sync(&sched)?;
-    sync(&tmp)?;
+    // Errors name the files as they will be called, not the temporary folder.
+    let filled = (|| -> Result<()> {
+        write_json(&tmp.join("model_index.json"), &conv.model_index)?;
+        for c in &conv.components {
+            let dir = tmp.join(c.name);
+            fs::create_dir(&dir).map_err(io_err(&dir))?;
+            write_json(&dir.join("config.json"), &c.config)?;
+            let file = dir.join(c.weights_file);
+            let views: Vec<(&str, SafeView<'_, '_>)> = c
+                .tensors
+                .iter()
+                .map(|(k, t)| (k.as_str(), SafeView(t)))
+                .collect();
+            let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+            safetensors::tensor::serialize_to_file(views, Some(meta), &file).map_err(|e| {
+                SingleFileError::Serialize {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            sync(&file)?;
+            sync(&dir)?;
+        }
+        let sched = tmp.join("scheduler");
+        fs::create_dir(&sched).map_err(io_err(&sched))?;
+        write_json(&sched.join("scheduler_config.json"), &conv.scheduler)?;
+        sync(&sched)?;
+        sync(&tmp)?;
+        Ok(())
+    })();
+    filled.map_err(|e| rebase(e, &tmp, out_dir))?;
 
     if out_dir.exists() {
         // An empty folder (checked above): replace it.

@@ -208,6 +208,18 @@ impl AllOrNothing {
 
     /// Renames every staged file over its target.
     pub fn commit(mut self) -> Result<()> {
+        // A rename fails on a folder in the way: seen before any rename, so
+        // that no target is replaced unless all will be (a rename within one
+        // folder does not otherwise fail halfway).
+        if let Some((_, target)) = self.staged.iter().find(|(_, t)| t.is_dir()) {
+            return Err(PipelineError::Io {
+                path: target.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "a folder is in the way",
+                ),
+            });
+        }
         let staged = std::mem::take(&mut self.staged);
         for (i, (tmp, target)) in staged.iter().enumerate() {
             if let Err(source) = std::fs::rename(tmp, target) {
