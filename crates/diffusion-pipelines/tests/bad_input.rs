@@ -163,7 +163,8 @@ fn load_edited(
 
 #[test]
 fn malformed_components_are_named_at_load() {
-    let cases: [(&str, &str, fn(&mut serde_json::Value), &str); 6] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, &str, Edit, &str); 6] = [
         (
             "sd1",
             "unet/config.json",
