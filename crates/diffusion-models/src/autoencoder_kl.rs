@@ -214,24 +214,8 @@ impl ModelConfig for AutoencoderKLConfig {
                 .map(|(i, s)| (format!("sample_size[{i}]"), *s))
                 .collect(),
         };
-        // `sample_size` is the tile of tiled encode/decode, which steps by
-        // three quarters of it: a multiple of 4·2^(levels - 1) keeps every
-        // tile on the latent grid. Otherwise an edge tile narrower than the
-        // downsampling reaches the encoder's convs (a panic), and below
-        // 2^(levels - 1) a latent tile is 0 wide (diffusers' loop steps by 0).
-        // Released VAEs use 256 to 1024 with 4 levels (multiples of 32).
-        let tile_unit = 4usize << (levels - 1);
         for (field, s) in sizes {
             check.sample_size(&field, s)?;
-            if !s.is_multiple_of(tile_unit) {
-                return Err(check.error(
-                    field,
-                    format!(
-                        "{s} is not a multiple of {tile_unit} (4 · 2^(levels - 1) for \
-                         {levels} levels): tiling steps by 3/4 of it on the latent grid"
-                    ),
-                ));
-            }
         }
         // The pipelines divide latents by it (and multiply them back).
         check.positive("scaling_factor", self.scaling_factor)?;
@@ -402,6 +386,32 @@ impl<B: Backend> AutoencoderKL<B> {
         self.use_tiling = true;
     }
 
+    /// With tiling on, that the tile side (`sample_size`) lets tiled
+    /// encode/decode step by three quarters of it on the latent grid: a
+    /// multiple of `4 · 2^(levels − 1)`. Otherwise an edge tile narrower than
+    /// the downsampling would reach the encoder's convs (a panic), and below
+    /// `2^(levels − 1)` a latent tile is 0 wide (diffusers' loop would step by
+    /// 0). Only tiling needs it, so such a config loads, as in diffusers.
+    fn check_tiling(&self, input: &str) -> Result<()> {
+        if !self.use_tiling {
+            return Ok(());
+        }
+        let levels = self.config.block_out_channels.len();
+        let unit = 4usize << (levels - 1).min(40);
+        let tile = self.tile_sample_min_size;
+        if !tile.is_multiple_of(unit) {
+            return Err(ModelError::input(
+                input,
+                format!(
+                    "tiled encode/decode with this VAE's sample_size {tile}: the tile must be \
+                     a multiple of {unit} (4 · 2^(levels − 1) for {levels} levels); \
+                     disable tiling"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Turns tiling off.
     pub fn disable_tiling(&mut self) {
         self.use_tiling = false;
@@ -432,6 +442,9 @@ impl<B: Backend> AutoencoderKL<B> {
                 ),
             ));
         }
+        if h > self.tile_sample_min_size || w > self.tile_sample_min_size {
+            self.check_tiling("image")?;
+        }
         let image = to_dtype(image, self.dtype());
         let moments = if self.use_slicing && n > 1 {
             let slices = image
@@ -459,6 +472,9 @@ impl<B: Backend> AutoencoderKL<B> {
                     self.config.latent_channels
                 ),
             ));
+        }
+        if h > self.tile_latent_min_size || w > self.tile_latent_min_size {
+            self.check_tiling("latents")?;
         }
         let latents = to_dtype(latents, self.dtype());
         Ok(if self.use_slicing && n > 1 {

@@ -537,12 +537,14 @@ fn no_accessors<T>(_: &T) -> Result<(), String> {
     Ok(())
 }
 
-/// What the tiling and the pipelines compute from a VAE config alone.
+/// What the tiling and the pipelines compute from a VAE config alone (a tile
+/// too small for the latent grid is legal: only a tiled encode/decode
+/// refuses it, naming its input).
 fn kl_accessors(cfg: &AutoencoderKLConfig) -> Result<(), String> {
     let f = cfg.downscale_factor();
     let tile = cfg.sample_size.first().ok_or("no sample_size")?;
-    if tile / f == 0 {
-        return Err(format!("a {tile} tile holds no latent at factor {f}"));
+    if f == 0 || tile == 0 {
+        return Err(format!("a {tile} tile at factor {f}"));
     }
     Ok(())
 }

@@ -114,6 +114,26 @@ fn kl_sliced() {
     check(&f, "kl sliced", "output.sliced.decode", decoded);
 }
 
+/// A tile (`sample_size`) off the latent grid loads, as in diffusers, but a
+/// tiled encode with it is refused, naming the input, instead of panicking
+/// on an edge tile narrower than the downsampling.
+#[test]
+fn kl_tiles_off_the_latent_grid_are_refused_when_tiling() {
+    let f = io("kl");
+    let mut vae = kl("kl");
+    vae.tile_sample_min_size = 12;
+    // Tiling off: the tile size is not used.
+    assert!(vae.encode(input(&f, "input.tiled.image")).is_ok());
+    vae.enable_tiling();
+    match vae.encode(input(&f, "input.tiled.image")) {
+        Err(ModelError::Input { name, message }) => {
+            assert_eq!(name, "image");
+            assert!(message.contains("sample_size 12"), "{message}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
 #[test]
 fn kl_tiled() {
     let f = io("kl");
