@@ -33,8 +33,8 @@ diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
                          folders both sides read) and exit
 
 Op formulations (the backend's measured fastest unless set; reported in the
-header line): DIFFUSION_ATTENTION=fused|matmul, DIFFUSION_CONV=direct|im2col,
-DIFFUSION_GROUP_NORM=one-pass|two-stage.
+header line): DIFFUSION_ATTENTION=fused|matmul|tiled, DIFFUSION_CONV=direct|im2col,
+DIFFUSION_GROUP_NORM=one-pass|two-stage, DIFFUSION_LINEAR=matmul|packed.
 ";
 
 pub const COMPONENTS: [&str; 9] = [

@@ -96,6 +96,7 @@ fn run() -> Result<()> {
             "attention": args.formulation.attention.name(),
             "conv": args.formulation.conv.name(),
             "group_norm": args.formulation.group_norm.name(),
+            "linear": args.formulation.linear.name(),
         },
     });
     eprintln!("diffusion-bench {header}");

@@ -533,7 +533,11 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
                 let (x, t, ctx, cond) =
                     unet_inputs::<B>(cfg, args.batch, preset.latent, precision, &device)?;
                 let mut variants = Vec::new();
-                for attention in [AttentionFormulation::Fused, AttentionFormulation::Matmul] {
+                for attention in [
+                    AttentionFormulation::Fused,
+                    AttentionFormulation::Matmul,
+                    AttentionFormulation::Tiled,
+                ] {
                     for conv in [ConvFormulation::Direct, ConvFormulation::Im2col] {
                         let formulation = Formulation {
                             attention,

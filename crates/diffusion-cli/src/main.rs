@@ -44,9 +44,9 @@
 //! the aspect ratios differ, so `diffuse` refuses it.
 //!
 //! The models run the op formulations measured fastest on the device
-//! (`diffusion_models::Formulation::for_backend`); `DIFFUSION_ATTENTION=fused|matmul`,
-//! `DIFFUSION_CONV=direct|im2col` and `DIFFUSION_GROUP_NORM=one-pass|two-stage`
-//! choose others (training always runs Burn's own ops).
+//! (`diffusion_models::Formulation::for_backend`); `DIFFUSION_ATTENTION=fused|matmul|tiled`,
+//! `DIFFUSION_CONV=direct|im2col`, `DIFFUSION_GROUP_NORM=one-pass|two-stage` and
+//! `DIFFUSION_LINEAR=matmul|packed` choose others (training always runs Burn's own ops).
 //!
 //! Errors are one `error: ...` line on stderr and a non-zero exit status.
 
@@ -231,7 +231,7 @@ fn generation(task: Task, m: &ArgMatches) -> Result<()> {
 
 /// The op formulations measured fastest on `device`
 /// ([`Formulation::for_backend`]), each replaced by the one
-/// `DIFFUSION_ATTENTION`, `DIFFUSION_CONV` or `DIFFUSION_GROUP_NORM` names.
+/// `DIFFUSION_ATTENTION`, `DIFFUSION_CONV`, `DIFFUSION_GROUP_NORM` or `DIFFUSION_LINEAR` names.
 fn formulation_for(device: Device) -> Result<Formulation> {
     Formulation::for_backend(&device.name())
         .with_vars(|var| std::env::var(var).ok())

@@ -912,6 +912,7 @@ fn invoke(env: &Env, name: &str, dir: &Path, args: &[String], vars: &[(&str, &st
         .env_remove("DIFFUSION_ATTENTION")
         .env_remove("DIFFUSION_CONV")
         .env_remove("DIFFUSION_GROUP_NORM")
+        .env_remove("DIFFUSION_LINEAR")
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())

@@ -1,8 +1,10 @@
 //! diffusers' `Attention` module (the `AttnProcessor2_0` path) and the
-//! scaled-dot-product attention it runs on Burn's fused attention op.
+//! scaled-dot-product attention it runs: Burn's fused attention op, two
+//! matmuls, or the crate's tiled host kernel, as the layer's formulation says.
 
 use crate::error::Result;
 use crate::formulation::AttentionFormulation;
+use crate::kernels::{self, Isa};
 use crate::load::Loader;
 use crate::nn::{GroupNorm, Linear, to_dtype, to_f32};
 use crate::profile;
@@ -13,13 +15,15 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, activation::softmax};
 
 /// Softmax(q kᵀ · scale) v for `[B, H, L, D]` tensors, as `formulation` says
-/// (a causal mask always runs on Burn's attention op). With `upcast` (diffusers'
+/// (a causal mask runs on Burn's attention op or the tiled kernel, which both
+/// take it; the matmul form has none). With `upcast` (diffusers'
 /// `upcast_attention` / `upcast_softmax`) and half-precision inputs, q, k and
 /// v are cast to f32 first, as diffusers does. Without it the backend decides:
 /// burn-flex computes f16/bf16 attention in f32 internally (measured here:
 /// tests/half.rs); burn-cuda runs its flash-attention kernels in the inputs'
 /// type (the GPU parity check runs in f32, so these f16 results are not
-/// compared with PyTorch's f16 SDPA; docs/gpu.md).
+/// compared with PyTorch's f16 SDPA; docs/gpu.md). The tiled kernel always
+/// computes in f32, so `upcast` changes nothing there.
 pub fn scaled_dot_product_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -29,14 +33,20 @@ pub fn scaled_dot_product_attention<B: Backend>(
     upcast: bool,
     formulation: AttentionFormulation,
 ) -> Tensor<B, 4> {
-    let formulation = match causal {
-        true => AttentionFormulation::Fused,
-        false => formulation,
+    let formulation = match (causal, formulation) {
+        (true, AttentionFormulation::Matmul) => AttentionFormulation::Fused,
+        _ => formulation,
     };
     profile::op!(q, "attention q={:?} kv={:?} {formulation}", q.dims(), k.dims() => {
         match formulation {
             AttentionFormulation::Fused => sdpa(q, k, v, scale, causal, upcast),
             AttentionFormulation::Matmul => attention_matmul(q, k, v, scale, upcast),
+            AttentionFormulation::Tiled => {
+                match kernels::host_attention(&q, &k, &v, scale, causal, Isa::detect()) {
+                    Some(out) => out,
+                    None => sdpa(q, k, v, scale, causal, upcast),
+                }
+            }
         }
     })
 }

@@ -12,7 +12,7 @@
 //! [`Formulation::for_device`]) and every layer keeps the choice it was built
 //! with, like diffusers' `set_attn_processor` on one model. Programs that let
 //! the environment choose (`diffuse`, `diffusion-bench`) read
-//! [`ATTENTION_VAR`], [`CONV_VAR`] and [`GROUP_NORM_VAR`] themselves and hand
+//! [`ATTENTION_VAR`], [`CONV_VAR`], [`GROUP_NORM_VAR`] and [`LINEAR_VAR`] themselves and hand
 //! the values to [`Formulation::with_vars`], which refuses a misspelt value.
 //!
 //! [`Loader`]: crate::Loader
@@ -29,6 +29,11 @@ pub enum AttentionFormulation {
     Fused,
     /// `softmax(q kᵀ · scale) v` as two batched matmuls, softmax in f32.
     Matmul,
+    /// The crate's tiled host kernel ([`crate::kernels::attention`]: online
+    /// softmax, vectorised exponential, f32 arithmetic) where the backend is
+    /// burn-flex; Burn's attention op ([`AttentionFormulation::Fused`]) on
+    /// every other backend, autodiff included.
+    Tiled,
 }
 
 /// How convolutions run.
@@ -38,6 +43,17 @@ pub enum ConvFormulation {
     Direct,
     /// Unfold (im2col) + one batched matmul; a 1×1 kernel is the matmul alone.
     Im2col,
+}
+
+/// How linear layers (and GEGLU's projection) run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearFormulation {
+    /// Burn's matmul, then the bias (and GEGLU's halves) as separate ops.
+    Matmul,
+    /// The crate's packed GEMM ([`crate::kernels::gemm`]) with the bias and
+    /// GEGLU fused into its write-back, where the backend is burn-flex;
+    /// [`LinearFormulation::Matmul`] on every other backend.
+    Packed,
 }
 
 /// How group normalisation takes its statistics.
@@ -60,6 +76,8 @@ pub struct Formulation {
     pub conv: ConvFormulation,
     /// Every `GroupNorm`.
     pub group_norm: GroupNormFormulation,
+    /// Every `Linear` and GEGLU feed-forward.
+    pub linear: LinearFormulation,
 }
 
 /// The variable [`Formulation::with_vars`] reads the attention choice from.
@@ -68,15 +86,28 @@ pub const ATTENTION_VAR: &str = "DIFFUSION_ATTENTION";
 pub const CONV_VAR: &str = "DIFFUSION_CONV";
 /// The variable [`Formulation::with_vars`] reads the group-norm choice from.
 pub const GROUP_NORM_VAR: &str = "DIFFUSION_GROUP_NORM";
+/// The variable [`Formulation::with_vars`] reads the linear-layer choice from.
+pub const LINEAR_VAR: &str = "DIFFUSION_LINEAR";
 
 impl Formulation {
     /// Burn's own ops: fused attention, direct convolution, one-pass group
-    /// norm. The CPU default, and what training uses (the im2col columns
-    /// would be kept for the backward pass).
+    /// norm. What training uses (the im2col columns would be kept for the
+    /// backward pass, and the host kernels have no backward).
     pub const BURN_OPS: Formulation = Formulation {
         attention: AttentionFormulation::Fused,
         conv: ConvFormulation::Direct,
         group_norm: GroupNormFormulation::OnePass,
+        linear: LinearFormulation::Matmul,
+    };
+
+    /// The CPU default: the crate's host kernels where it has them
+    /// ([`crate::kernels`]: tiled attention, packed linear layers with fused
+    /// bias and GEGLU), Burn's ops elsewhere (direct convolution, one-pass
+    /// group norm). Measured in docs/backends.md.
+    pub const HOST_KERNELS: Formulation = Formulation {
+        attention: AttentionFormulation::Tiled,
+        linear: LinearFormulation::Packed,
+        ..Formulation::BURN_OPS
     };
 
     /// The formulations measured fastest for inference on a backend, by a
@@ -84,7 +115,7 @@ impl Formulation {
     /// with im2col + matmul the SD1.5 UNet's 3×3 convolutions took 2.8× less
     /// time and its 1×1 convolutions 15× less, and two-stage group norms
     /// 2.1 → 0.5 ms a call at 320×64×64; the step 456 → 165 ms, docs/gpu.md)
-    /// or not (the CPU: [`Formulation::BURN_OPS`]; burn-flex runs one-pass
+    /// or not (the CPU: [`Formulation::HOST_KERNELS`]; burn-flex runs one-pass
     /// group norms 3–10× faster than two-stage ones, docs/backends.md).
     ///
     /// Takes a device name (`cuda`, `cuda:1`, `cpu`), a bench backend
@@ -95,9 +126,10 @@ impl Formulation {
                 attention: AttentionFormulation::Fused,
                 conv: ConvFormulation::Im2col,
                 group_norm: GroupNormFormulation::TwoStage,
+                linear: LinearFormulation::Matmul,
             }
         } else {
-            Formulation::BURN_OPS
+            Formulation::HOST_KERNELS
         }
     }
 
@@ -107,7 +139,7 @@ impl Formulation {
     }
 
     /// These formulations with each one that `var` names replaced: `var` is
-    /// asked for [`ATTENTION_VAR`], [`CONV_VAR`] and [`GROUP_NORM_VAR`]
+    /// asked for [`ATTENTION_VAR`], [`CONV_VAR`], [`GROUP_NORM_VAR`] and [`LINEAR_VAR`]
     /// (`diffuse` and `diffusion-bench` look each name up in their process
     /// environment). An unset or empty value keeps the choice; any other
     /// value must name a formulation (case-insensitive).
@@ -136,6 +168,7 @@ impl Formulation {
         read(ATTENTION_VAR, var(ATTENTION_VAR), &mut self.attention)?;
         read(CONV_VAR, var(CONV_VAR), &mut self.conv)?;
         read(GROUP_NORM_VAR, var(GROUP_NORM_VAR), &mut self.group_norm)?;
+        read(LINEAR_VAR, var(LINEAR_VAR), &mut self.linear)?;
         Ok(self)
     }
 }
@@ -202,7 +235,8 @@ macro_rules! named {
 
 named!(AttentionFormulation {
     Fused = "fused",
-    Matmul = "matmul"
+    Matmul = "matmul",
+    Tiled = "tiled"
 });
 named!(ConvFormulation {
     Direct = "direct",
@@ -211,6 +245,10 @@ named!(ConvFormulation {
 named!(GroupNormFormulation {
     OnePass = "one-pass",
     TwoStage = "two-stage"
+});
+named!(LinearFormulation {
+    Matmul = "matmul",
+    Packed = "packed"
 });
 
 #[cfg(test)]
@@ -234,13 +272,13 @@ mod tests {
         for cpu in ["cpu", "flex", "ndarray", "candle"] {
             assert_eq!(
                 Formulation::for_backend(cpu),
-                Formulation::BURN_OPS,
+                Formulation::HOST_KERNELS,
                 "{cpu}"
             );
         }
         assert_eq!(
             Formulation::for_device::<crate::backend::Cpu>(&Default::default()),
-            Formulation::BURN_OPS
+            Formulation::HOST_KERNELS
         );
     }
 
@@ -254,8 +292,10 @@ mod tests {
                 (ATTENTION_VAR, "MatMul"),
                 (CONV_VAR, "im2col"),
                 (GROUP_NORM_VAR, "two-stage"),
+                (LINEAR_VAR, "Packed"),
             ]))
             .unwrap();
+        assert_eq!(f.linear, LinearFormulation::Packed);
         assert_eq!(f.attention, AttentionFormulation::Matmul);
         assert_eq!(f.conv, ConvFormulation::Im2col);
         assert_eq!(f.group_norm, GroupNormFormulation::TwoStage);

@@ -24,6 +24,7 @@ pub mod config;
 pub mod embeddings;
 pub mod error;
 pub mod formulation;
+pub mod kernels;
 pub mod load;
 pub mod mid_block;
 pub mod nn;

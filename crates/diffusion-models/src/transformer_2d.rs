@@ -6,6 +6,8 @@
 
 use crate::attention::{Attention, AttentionConfig};
 use crate::error::Result;
+use crate::formulation::LinearFormulation;
+use crate::kernels::{self, Isa};
 use crate::load::Loader;
 use crate::nn::{GroupNorm, LayerNorm, Linear};
 use crate::profile;
@@ -86,6 +88,16 @@ impl<B: Backend> FeedForward<B> {
 
     /// `x` `[B, L, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.proj_in.formulation == LinearFormulation::Packed
+            && let Some(bias) = &self.proj_in.bias
+        {
+            let fused = profile::op!(x, "geglu {:?} fused", x.dims() => {
+                kernels::host_geglu(&x, &self.proj_in.weight.val(), &bias.val(), Isa::detect())
+            });
+            if let Some(gated) = fused {
+                return self.proj_out.forward(gated);
+            }
+        }
         let h = self.proj_in.forward(x);
         let inner = h.dims()[2] / 2;
         let gated = profile::op!(h, "geglu {:?}", h.dims() => {

@@ -11,7 +11,7 @@ use diffusion_models::attention::{Attention, AttentionConfig, attention_matmul};
 use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use diffusion_models::config::{DIFFUSERS_WEIGHTS, open_weights, read_config};
 use diffusion_models::formulation::{
-    AttentionFormulation, ConvFormulation, Formulation, GroupNormFormulation,
+    AttentionFormulation, ConvFormulation, Formulation, GroupNormFormulation, LinearFormulation,
 };
 use diffusion_models::nn::{Conv2d, GroupNorm, conv2d_im2col};
 use diffusion_models::testing::{Fixture, assert_close};
@@ -27,6 +27,7 @@ const ALTERNATIVE: Formulation = Formulation {
     attention: AttentionFormulation::Matmul,
     conv: ConvFormulation::Im2col,
     group_norm: GroupNormFormulation::TwoStage,
+    linear: LinearFormulation::Matmul,
 };
 
 /// The models' parity tolerance (tests/unet.rs, tests/vae.rs).
@@ -222,7 +223,11 @@ fn load<C: diffusion_models::config::ModelConfig, M>(
 
 #[test]
 fn unet2d_condition_matches_diffusers_with_either_formulation() {
-    for formulation in [Formulation::BURN_OPS, ALTERNATIVE] {
+    for formulation in [
+        Formulation::BURN_OPS,
+        ALTERNATIVE,
+        Formulation::HOST_KERNELS,
+    ] {
         let (model, f) = load::<UNet2DConditionConfig, _>(
             "unet",
             "sd1",
@@ -244,7 +249,11 @@ fn unet2d_condition_matches_diffusers_with_either_formulation() {
 
 #[test]
 fn unet2d_matches_diffusers_with_either_formulation() {
-    for formulation in [Formulation::BURN_OPS, ALTERNATIVE] {
+    for formulation in [
+        Formulation::BURN_OPS,
+        ALTERNATIVE,
+        Formulation::HOST_KERNELS,
+    ] {
         let (model, f) =
             load::<UNet2DConfig, _>("unet", "ddpm_attn", formulation, UNet2DModel::load);
         let y = model
@@ -261,7 +270,11 @@ fn unet2d_matches_diffusers_with_either_formulation() {
 
 #[test]
 fn vae_matches_diffusers_with_either_formulation() {
-    for formulation in [Formulation::BURN_OPS, ALTERNATIVE] {
+    for formulation in [
+        Formulation::BURN_OPS,
+        ALTERNATIVE,
+        Formulation::HOST_KERNELS,
+    ] {
         let (vae, f) =
             load::<AutoencoderKLConfig, _>("vae", "kl", formulation, AutoencoderKL::load);
         let decoded = vae.decode(input(&f, "input.latents")).unwrap();

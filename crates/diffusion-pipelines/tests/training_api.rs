@@ -180,11 +180,14 @@ fn the_saved_pipeline_loads_and_samples_what_the_trainer_samples() {
     assert_eq!(index["unet"], json!(["diffusers", "UNet2DModel"]));
     assert_eq!(index["scheduler"], json!(["diffusers", "DDPMScheduler"]));
 
-    let mut pipe = DiffusionPipeline::<Flex>::from_pretrained(
-        dir.path().to_str().unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    // The trainer's models run Burn's own ops (they have a backward pass);
+    // the loaded pipeline is asked for the same, so the two agree bit for bit.
+    let options = LoadOptions {
+        formulation: Some(diffusion_models::Formulation::BURN_OPS),
+        ..LoadOptions::default()
+    };
+    let mut pipe =
+        DiffusionPipeline::<Flex>::from_pretrained(dir.path().to_str().unwrap(), &options).unwrap();
     let params = || Params {
         num_inference_steps: Some(4),
         num_images_per_prompt: 2,

@@ -1,0 +1,189 @@
+//! The bridge from Burn tensors to the host kernels on burn-flex.
+//!
+//! Models are generic over `B: Backend`; a kernel applies when `B`'s float
+//! primitive *is* burn-flex's `FlexTensor` (every `Flex<E, I>`, not an
+//! `Autodiff<Flex>`, whose primitive records the graph). That is a type test
+//! ([`std::any::Any`]), so no model needs a new bound and every other backend
+//! keeps Burn's own op.
+
+use super::attention::{self as host, Element, Operand};
+use super::gemm::{self, Epilogue, PackedRhs};
+use super::simd::Isa;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive, bf16, f16};
+use burn_flex::{FlexTensor, Layout};
+use std::any::Any;
+
+/// `t`'s storage when `B` is burn-flex (a cheap shared handle), else `None`.
+pub(crate) fn as_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
+    match t.clone().into_primitive() {
+        TensorPrimitive::Float(p) => (&p as &dyn Any).downcast_ref::<FlexTensor>().cloned(),
+        TensorPrimitive::QFloat(_) => None,
+    }
+}
+
+/// A tensor of `B` holding `t`; `B` must be a burn-flex backend (checked by
+/// [`as_flex`] on one of the op's inputs).
+pub(crate) fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+    let boxed: Box<dyn Any> = Box::new(t);
+    match boxed.downcast::<B::FloatTensorPrimitive>() {
+        Ok(p) => Tensor::from_primitive(TensorPrimitive::Float(*p)),
+        Err(_) => unreachable!("from_flex called for a backend whose inputs were not FlexTensors"),
+    }
+}
+
+/// `t` with a contiguous last dimension and non-negative strides (a copy
+/// only where it has neither).
+fn rows_contiguous(t: FlexTensor) -> FlexTensor {
+    let layout = t.layout();
+    let last = layout.strides().last().copied().unwrap_or(1);
+    let last_len = layout.shape().last().copied().unwrap_or(1);
+    if (last == 1 || last_len == 1) && layout.has_positive_strides() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The `[B, H, L, D]` operand view of a flex tensor holding `E`.
+fn operand<E: Element + burn::tensor::Element + bytemuck::Pod>(t: &FlexTensor) -> Operand<'_, E> {
+    let layout = t.layout();
+    let dims = layout.shape();
+    let strides = layout.strides();
+    Operand {
+        data: t.storage::<E>(),
+        offset: layout.start_offset(),
+        strides: [
+            strides[0] as usize,
+            strides[1] as usize,
+            strides[2] as usize,
+        ],
+        dims: [dims[0], dims[1], dims[2], dims[3]],
+    }
+}
+
+/// [`host::attention`] on flex tensors of one float type; `None` when the
+/// operands are not flex f32/f16/bf16 tensors of one type.
+pub(crate) fn attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    scale: f64,
+    causal: bool,
+    isa: Isa,
+) -> Option<Tensor<B, 4>> {
+    let (q, k, v) = (as_flex(q)?, as_flex(k)?, as_flex(v)?);
+    let dtype = q.dtype();
+    if k.dtype() != dtype || v.dtype() != dtype {
+        return None;
+    }
+    let (q, k, v) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v));
+    fn run<E: Element + burn::tensor::Element + bytemuck::Pod>(
+        q: &FlexTensor,
+        k: &FlexTensor,
+        v: &FlexTensor,
+        scale: f64,
+        causal: bool,
+        isa: Isa,
+    ) -> Option<(Bytes, [usize; 4])> {
+        let (q, k, v) = (operand::<E>(q), operand::<E>(k), operand::<E>(v));
+        let out = host::attention(q, k, v, scale as f32, causal, isa).ok()?;
+        Some((
+            Bytes::from_elems(out),
+            [q.dims[0], q.dims[1], q.dims[2], v.dims[3]],
+        ))
+    }
+    let (bytes, [b, h, l, d]) = match dtype {
+        DType::F32 => run::<f32>(&q, &k, &v, scale, causal, isa)?,
+        DType::F16 => run::<f16>(&q, &k, &v, scale, causal, isa)?,
+        DType::BF16 => run::<bf16>(&q, &k, &v, scale, causal, isa)?,
+        _ => return None,
+    };
+    // The kernel wrote [B, L, H, D]; the result is its [B, H, L, D] view.
+    let strides = vec![(l * h * d) as isize, d as isize, (h * d) as isize, 1];
+    let layout = Layout::new(Shape::new([b, h, l, d]), strides, 0);
+    Some(from_flex(FlexTensor::new(bytes, layout, dtype)))
+}
+
+/// `t`'s values in logical order: a slice of its storage where it is
+/// contiguous, else a contiguous copy.
+fn contiguous_values<E: burn::tensor::Element + bytemuck::Pod>(
+    t: &FlexTensor,
+) -> std::borrow::Cow<'_, [E]> {
+    match t.layout().contiguous_offsets() {
+        Some((start, end)) => std::borrow::Cow::Borrowed(&t.storage::<E>()[start..end]),
+        None => std::borrow::Cow::Owned(t.to_contiguous().storage::<E>().to_vec()),
+    }
+}
+
+/// `x · weight (+ bias)` over `x`'s last dimension on the packed GEMM, or
+/// with `geglu` GEGLU of that projection (`[.., N/2]`: value half times the
+/// exact GELU of the gate half); `None` when the operands are not flex
+/// f32/f16/bf16 tensors of one type.
+pub(crate) fn linear<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+    geglu: bool,
+    isa: Isa,
+) -> Option<Tensor<B, D>> {
+    let (x, w) = (as_flex(x)?, as_flex(weight)?);
+    let bias = match bias {
+        Some(b) => Some(as_flex(b)?),
+        None => None,
+    };
+    let dtype = x.dtype();
+    if w.dtype() != dtype || bias.as_ref().is_some_and(|b| b.dtype() != dtype) {
+        return None;
+    }
+    if geglu && bias.is_none() {
+        return None;
+    }
+    fn run<E: Element + burn::tensor::Element + bytemuck::Pod>(
+        x: &FlexTensor,
+        w: &FlexTensor,
+        bias: Option<&FlexTensor>,
+        geglu: bool,
+        isa: Isa,
+    ) -> Option<(Bytes, usize)> {
+        let k = *x.layout().shape().last()?;
+        let [wk, n] = [w.layout().shape()[0], w.layout().shape()[1]];
+        if wk != k || !w.layout().has_positive_strides() {
+            return None;
+        }
+        let strides = w.layout().strides();
+        let dims = [k, n];
+        let strides = [strides[0] as usize, strides[1] as usize];
+        let offset = w.layout().start_offset();
+        let packed = match geglu {
+            true => PackedRhs::pack_halves(w.storage::<E>(), offset, dims, strides),
+            false => PackedRhs::pack(w.storage::<E>(), offset, dims, strides),
+        };
+        let bias: Option<Vec<f32>> = bias.map(|b| {
+            contiguous_values::<E>(b)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect()
+        });
+        let epilogue = match (&bias, geglu) {
+            (None, _) => Epilogue::None,
+            (Some(b), false) => Epilogue::Bias(b),
+            (Some(b), true) => Epilogue::Geglu(b),
+        };
+        let a = contiguous_values::<E>(x);
+        let rows = a.len().checked_div(k).unwrap_or(0);
+        let out = gemm::gemm(&a, [rows, k], k, &packed, epilogue, isa).ok()?;
+        let cols = if geglu { n / 2 } else { n };
+        Some((Bytes::from_elems(out), cols))
+    }
+    let (bytes, cols) = match dtype {
+        DType::F32 => run::<f32>(&x, &w, bias.as_ref(), geglu, isa)?,
+        DType::F16 => run::<f16>(&x, &w, bias.as_ref(), geglu, isa)?,
+        DType::BF16 => run::<bf16>(&x, &w, bias.as_ref(), geglu, isa)?,
+        _ => return None,
+    };
+    let mut dims = x.layout().shape().clone();
+    dims[D - 1] = cols;
+    let layout = Layout::contiguous(dims);
+    Some(from_flex(FlexTensor::new(bytes, layout, dtype)))
+}

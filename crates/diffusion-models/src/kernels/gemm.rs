@@ -1,0 +1,640 @@
+//! Packed, cache-blocked matrix products on host memory, with the layer's
+//! element-wise tail fused into the write-back (the "epilogue").
+//!
+//! `C[M, N] = A[M, K] · B[K, N]` the way BLIS-style libraries do it: B is
+//! packed into column panels of [`NR`] (each `[K, NR]`, contiguous, zero
+//! padded), a block of [`MR`]-row tiles of A into `[KC, MR]` strips, and a
+//! `MR × NR` register tile accumulates `KC` rank-1 updates from L1 before
+//! going back to a per-item C buffer. Work items are (row block, column group)
+//! pairs run on rayon's pool; each writes its own part of the output once,
+//! after the whole K sum, through the [`Epilogue`]: a bias, or GEGLU's
+//! `value · gelu(gate)` of two column halves (so the `[M, 2N]` projection
+//! is never written out). Everything is computed in f32.
+
+// The register tiles index fixed-size arrays in counted loops: the form
+// LLVM unrolls and vectorises.
+#![allow(clippy::needless_range_loop)]
+
+use super::attention::Element;
+use super::simd::{Isa, Simd, kernels};
+use rayon::prelude::*;
+
+/// Rows of a register tile.
+pub const MR: usize = 6;
+/// Columns of a register tile and of a packed panel of B.
+pub const NR: usize = 16;
+/// Depth of one accumulation pass (a `[KC, NR]` panel is 16 KiB of f32).
+pub const KC: usize = 256;
+/// Rows of a work item (a multiple of [`MR`]).
+pub const MC: usize = 8 * MR;
+/// Columns of a work item (a multiple of [`NR`]).
+pub const NC: usize = 8 * NR;
+
+/// A `[K, N]` right-hand side packed into panels of `[K, NR]`, in f32
+/// (for GEGLU, each half of the columns from its own panel boundary).
+#[derive(Debug, Clone)]
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    /// Columns per half when packed in halves ([`PackedRhs::pack_halves`]).
+    half: Option<usize>,
+    data: Vec<f32>,
+}
+
+impl PackedRhs {
+    /// Packs `b` (element `(k, n)` at `b[offset + k·row_stride + n·col_stride]`).
+    pub fn pack<E: Element>(
+        b: &[E],
+        offset: usize,
+        dims: [usize; 2],
+        strides: [usize; 2],
+    ) -> PackedRhs {
+        Self::pack_split(b, offset, dims, strides, None)
+    }
+
+    /// As [`PackedRhs::pack`] with the two halves of the columns packed apart
+    /// (what [`Epilogue::Geglu`] reads); `n` must be even.
+    pub fn pack_halves<E: Element>(
+        b: &[E],
+        offset: usize,
+        dims: [usize; 2],
+        strides: [usize; 2],
+    ) -> PackedRhs {
+        Self::pack_split(b, offset, dims, strides, Some(dims[1] / 2))
+    }
+
+    fn pack_split<E: Element>(
+        b: &[E],
+        offset: usize,
+        [k, n]: [usize; 2],
+        [row_stride, col_stride]: [usize; 2],
+        half: Option<usize>,
+    ) -> PackedRhs {
+        // (first column, columns) of each panel.
+        let spans: Vec<(usize, usize)> = match half {
+            None => (0..n.div_ceil(NR))
+                .map(|p| (p * NR, NR.min(n - p * NR)))
+                .collect(),
+            Some(h) => (0..2)
+                .flat_map(|side| {
+                    (0..h.div_ceil(NR)).map(move |p| (side * h + p * NR, NR.min(h - p * NR)))
+                })
+                .collect(),
+        };
+        let mut data = vec![0f32; spans.len() * k * NR];
+        if k > 0 {
+            data.par_chunks_mut(k * NR)
+                .zip(&spans)
+                .for_each(|(panel, &(col0, cols))| {
+                    for kk in 0..k {
+                        let row = offset + kk * row_stride + col0 * col_stride;
+                        for c in 0..cols {
+                            panel[kk * NR + c] = b[row + c * col_stride].to_f32();
+                        }
+                    }
+                });
+        }
+        PackedRhs { k, n, half, data }
+    }
+
+    /// `[K, N]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.k, self.n]
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * self.k * NR..(p + 1) * self.k * NR]
+    }
+
+    /// The panel where the second half's columns start.
+    fn second_half_panel(&self) -> usize {
+        self.half.map_or(0, |h| h.div_ceil(NR))
+    }
+}
+
+/// What is done to the product before it is written.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `C` as it is.
+    None,
+    /// `C + bias` (one value per column).
+    Bias(&'a [f32]),
+    /// diffusers' GEGLU on a `[M, 2N]` projection with bias: the output is
+    /// `[M, N]`, `(C[:, :N] + b[:N]) · gelu(C[:, N:] + b[N:])`, exact (erf) GELU.
+    Geglu(&'a [f32]),
+}
+
+/// Why [`gemm`] refused its operands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GemmError {
+    /// A and B do not chain, or the epilogue does not fit the product.
+    #[error("matrix product shapes do not match: {0}")]
+    Shape(String),
+}
+
+/// `epilogue(A · B)` for `A` `[M, K]` (row `i` at `a[i·row_stride..]`,
+/// contiguous), returned row-major (`[M, N]`, or `[M, N/2]` for GEGLU).
+pub fn gemm<E: Element>(
+    a: &[E],
+    [m, k]: [usize; 2],
+    row_stride: usize,
+    b: &PackedRhs,
+    epilogue: Epilogue<'_>,
+    isa: Isa,
+) -> Result<Vec<E>, GemmError> {
+    if b.k != k {
+        return Err(GemmError::Shape(format!("[{m}, {k}] · {:?}", b.dims())));
+    }
+    if m > 0 && k > 0 && (m - 1) * row_stride + k > a.len() {
+        return Err(GemmError::Shape(format!(
+            "A [{m}, {k}] with row stride {row_stride} reaches past its {} values",
+            a.len()
+        )));
+    }
+    let n = b.n;
+    let out_cols = match epilogue {
+        Epilogue::None => n,
+        Epilogue::Bias(bias) if bias.len() == n => n,
+        Epilogue::Geglu(bias) if bias.len() == n && b.half == Some(n / 2) && n.is_multiple_of(2) => n / 2,
+        Epilogue::Bias(bias) | Epilogue::Geglu(bias) => {
+            return Err(GemmError::Shape(format!(
+                "{} bias values for {n} columns ({epilogue:?}; GEGLU needs a `pack_halves` right-hand side)",
+                bias.len()
+            )));
+        }
+    };
+    let mut out = vec![E::from_f32(0.0); m * out_cols];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let row_blocks = m.div_ceil(MC);
+    let col_groups = out_cols.div_ceil(NC);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..row_blocks * col_groups).into_par_iter().for_each_init(
+        || Scratch {
+            a: vec![0.0; MC * KC],
+            c: vec![0.0; MC * NC],
+            gate: match epilogue {
+                Epilogue::Geglu(_) => vec![0.0; MC * NC],
+                _ => Vec::new(),
+            },
+        },
+        |scratch, item| {
+            let (rb, cg) = (item / col_groups, item % col_groups);
+            let rows = MC.min(m - rb * MC);
+            let cols = NC.min(out_cols - cg * NC);
+            let first_row = rb * MC;
+            let a_rows = Rows {
+                data: a,
+                first: first_row,
+                rows,
+                k,
+                stride: row_stride,
+            };
+            let first_panel = cg * NC / NR;
+            block(
+                isa,
+                a_rows,
+                b,
+                first_panel,
+                cols,
+                &mut scratch.a,
+                &mut scratch.c,
+            );
+            if let Epilogue::Geglu(_) = epilogue {
+                let gate_panel = b.second_half_panel() + first_panel;
+                block(
+                    isa,
+                    a_rows,
+                    b,
+                    gate_panel,
+                    cols,
+                    &mut scratch.a,
+                    &mut scratch.gate,
+                );
+            }
+            for r in 0..rows {
+                let start = (first_row + r) * out_cols + cg * NC;
+                // SAFETY: this item alone writes rows `first_row..+rows`,
+                // columns `cg·NC..+cols` of `out`, which outlives the loop.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), cols) };
+                let c = &scratch.c[r * NC..r * NC + cols];
+                match epilogue {
+                    Epilogue::None => {
+                        for (o, &x) in dst.iter_mut().zip(c) {
+                            *o = E::from_f32(x);
+                        }
+                    }
+                    Epilogue::Bias(bias) => {
+                        let bias = &bias[cg * NC..cg * NC + cols];
+                        for ((o, &x), &bv) in dst.iter_mut().zip(c).zip(bias) {
+                            *o = E::from_f32(x + bv);
+                        }
+                    }
+                    Epilogue::Geglu(bias) => {
+                        let gate = &scratch.gate[r * NC..r * NC + cols];
+                        geglu_row(isa, dst, c, gate, bias, cg * NC, out_cols);
+                    }
+                }
+            }
+        },
+    );
+    Ok(out)
+}
+
+/// `rows` rows of A from `first`.
+#[derive(Clone, Copy)]
+struct Rows<'a, E> {
+    data: &'a [E],
+    first: usize,
+    rows: usize,
+    k: usize,
+    stride: usize,
+}
+
+struct Scratch {
+    /// One packed `[KC, MC]` block of A (as `MC/MR` strips of `[KC, MR]`).
+    a: Vec<f32>,
+    /// The item's `[MC, NC]` product.
+    c: Vec<f32>,
+    /// GEGLU's gate half.
+    gate: Vec<f32>,
+}
+
+/// The output pointer shared by the work items (each writes its own block).
+#[derive(Clone, Copy)]
+struct SharedOut<E>(*mut E);
+// SAFETY: the work items write disjoint blocks (see `gemm`).
+unsafe impl<E: Send> Send for SharedOut<E> {}
+unsafe impl<E: Send> Sync for SharedOut<E> {}
+impl<E> SharedOut<E> {
+    fn at(self, offset: usize) -> *mut E {
+        // SAFETY: callers pass offsets inside the output vector.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `c[.., ..cols] = A[rows] · B[:, panels first_panel..]` (row stride [`NC`]).
+fn block<E: Element>(
+    isa: Isa,
+    a: Rows<'_, E>,
+    b: &PackedRhs,
+    first_panel: usize,
+    cols: usize,
+    a_pack: &mut [f32],
+    c: &mut [f32],
+) {
+    let tiles = a.rows.div_ceil(MR);
+    let panels = cols.div_ceil(NR);
+    let mut k0 = 0;
+    while k0 < a.k {
+        let kc = KC.min(a.k - k0);
+        // Pack A[rows, k0..k0 + kc] into strips [kc, MR], zero rows past the end.
+        for t in 0..tiles {
+            let strip = &mut a_pack[t * KC * MR..t * KC * MR + kc * MR];
+            for i in 0..MR {
+                let r = t * MR + i;
+                if r < a.rows {
+                    let start = (a.first + r) * a.stride + k0;
+                    for (kk, &x) in a.data[start..start + kc].iter().enumerate() {
+                        strip[kk * MR + i] = x.to_f32();
+                    }
+                } else {
+                    for kk in 0..kc {
+                        strip[kk * MR + i] = 0.0;
+                    }
+                }
+            }
+        }
+        for p in 0..panels {
+            let panel = b.panel(first_panel + p);
+            let panel = &panel[k0 * NR..(k0 + kc) * NR];
+            for t in 0..tiles {
+                let strip = &a_pack[t * KC * MR..t * KC * MR + kc * MR];
+                let c_tile = &mut c[t * MR * NC + p * NR..];
+                tile(isa, kc, strip, panel, c_tile, k0 == 0);
+            }
+        }
+        k0 += kc;
+    }
+}
+
+kernels! {
+    fn tile(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], first: bool) = tile_body;
+    fn geglu_row_kernel(dst: &mut [f32], value: &[f32], gate: &[f32], value_bias: &[f32], gate_bias: &[f32]) = geglu_body;
+}
+
+/// One `MR × NR` register tile: `c (+)= a · b` over `kc` (row stride [`NC`]).
+#[inline(always)]
+fn tile_body<S: Simd>(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], first: bool) {
+    let mut acc = [[0f32; NR]; MR];
+    if !first {
+        for (i, row) in acc.iter_mut().enumerate() {
+            row.copy_from_slice(&c[i * NC..i * NC + NR]);
+        }
+    }
+    for (a_col, b_row) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        let a_col: &[f32; MR] = a_col.try_into().unwrap();
+        let b_row: &[f32; NR] = b_row.try_into().unwrap();
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i][j] = S::mul_add(a_col[i], b_row[j], acc[i][j]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        c[i * NC..i * NC + NR].copy_from_slice(row);
+    }
+}
+
+/// One output row of GEGLU (columns `col0..` of `out_cols`).
+fn geglu_row<E: Element>(
+    isa: Isa,
+    dst: &mut [E],
+    value: &[f32],
+    gate: &[f32],
+    bias: &[f32],
+    col0: usize,
+    out_cols: usize,
+) {
+    let cols = dst.len();
+    let mut row = [0f32; NC];
+    geglu_row_kernel(
+        isa,
+        &mut row[..cols],
+        value,
+        gate,
+        &bias[col0..col0 + cols],
+        &bias[out_cols + col0..out_cols + col0 + cols],
+    );
+    for (o, &x) in dst.iter_mut().zip(&row[..cols]) {
+        *o = E::from_f32(x);
+    }
+}
+
+#[inline(always)]
+fn geglu_body<S: Simd>(
+    dst: &mut [f32],
+    value: &[f32],
+    gate: &[f32],
+    value_bias: &[f32],
+    gate_bias: &[f32],
+) {
+    for ((((o, &v), &g), &vb), &gb) in dst
+        .iter_mut()
+        .zip(value)
+        .zip(gate)
+        .zip(value_bias)
+        .zip(gate_bias)
+    {
+        *o = (v + vb) * gelu::<S>(g + gb);
+    }
+}
+
+/// Exact GELU, `x/2 · (1 + erf(x/√2))`.
+#[inline(always)]
+pub(crate) fn gelu<S: Simd>(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf::<S>(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `erf(x)` within 3e-7 of the exact value: its Maclaurin series to x¹⁹
+/// where `|x| < 1` (truncation below 2e-8), elsewhere Abramowitz & Stegun
+/// 7.1.26, `1 − t·P(t)·e^{−x²}` with `t = 1/(1 + p|x|)` (within 1.5e-7), sign
+/// restored; the rest is f32 rounding. Both are computed and one is selected,
+/// so the loop stays branch-free.
+#[inline(always)]
+pub(crate) fn erf<S: Simd>(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    // 2/√π · (−1)^n / (n! (2n + 1)), n = 0..=9.
+    const SERIES: [f32; 10] = [
+        std::f32::consts::FRAC_2_SQRT_PI,
+        -3.7612638e-01,
+        1.1283792e-01,
+        -2.6866172e-02,
+        5.223978e-03,
+        -8.548327e-04,
+        1.20553326e-04,
+        -1.492565e-05,
+        1.6462114e-06,
+        -1.6365844e-07,
+    ];
+    let ax = x.abs();
+    let t = 1.0 / S::mul_add(P, ax, 1.0);
+    let mut poly = A[4];
+    poly = S::mul_add(poly, t, A[3]);
+    poly = S::mul_add(poly, t, A[2]);
+    poly = S::mul_add(poly, t, A[1]);
+    poly = S::mul_add(poly, t, A[0]);
+    let tail = 1.0 - poly * t * super::simd::exp::<S>(-ax * ax);
+    let tail = if x < 0.0 { -tail } else { tail };
+    let x2 = x * x;
+    let mut series = SERIES[9];
+    for &c in SERIES[..9].iter().rev() {
+        series = S::mul_add(series, x2, c);
+    }
+    let series = series * x;
+    if ax < 1.0 { series } else { tail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(a: &[f32], b: &[f32], [m, k, n]: [usize; 3]) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for kk in 0..k {
+                let x = a[i * k + kk] as f64;
+                for j in 0..n {
+                    c[i * n + j] += x * b[kk * n + j] as f64;
+                }
+            }
+        }
+        c
+    }
+
+    fn erf64(x: f64) -> f64 {
+        // Series for small |x|, continued fraction for large: exact enough for a test.
+        if x.abs() < 3.0 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let mut f = 0.0;
+            for i in (1..60).rev() {
+                f = i as f64 / 2.0 / (x.abs() + f);
+            }
+            let erfc = (-x * x).exp() / std::f64::consts::PI.sqrt() / (x.abs() + f);
+            (1.0 - erfc) * x.signum()
+        }
+    }
+
+    #[test]
+    fn products_match_at_ragged_shapes_on_every_path() {
+        for isa in Isa::all_available() {
+            for [m, k, n] in [
+                [1, 1, 1],
+                [7, 3, 17],
+                [50, 300, 33],
+                [97, 64, 130],
+                [13, 513, 16],
+                [2, 1030, 260],
+            ] {
+                let a = values(m * k, 1);
+                let b = values(k * n, 2);
+                let bias = values(n, 3);
+                let packed = PackedRhs::pack(&b, 0, [k, n], [n, 1]);
+                let got = gemm(&a, [m, k], k, &packed, Epilogue::Bias(&bias), isa).unwrap();
+                let want = reference(&a, &b, [m, k, n]);
+                let (mut err, mut norm) = (0f64, 0f64);
+                for i in 0..m {
+                    for j in 0..n {
+                        let w = want[i * n + j] + bias[j] as f64;
+                        err += (got[i * n + j] as f64 - w).powi(2);
+                        norm += w * w;
+                    }
+                }
+                let rel = (err / norm).sqrt();
+                assert!(rel < 1e-6, "{isa:?} {:?}: {rel:e}", [m, k, n]);
+            }
+        }
+    }
+
+    #[test]
+    fn strided_rhs_and_lhs_rows_and_half_types() {
+        let (m, k, n) = (20, 37, 40);
+        // B stored transposed ([N, K]) and read through strides.
+        let bt = values(n * k, 5);
+        let mut b = vec![0f32; k * n];
+        for kk in 0..k {
+            for j in 0..n {
+                b[kk * n + j] = bt[j * k + kk];
+            }
+        }
+        let wide = values(m * (k + 5), 6);
+        let a: Vec<f32> = (0..m)
+            .flat_map(|i| wide[i * (k + 5)..i * (k + 5) + k].to_vec())
+            .collect();
+        let isa = Isa::detect();
+        let strided = PackedRhs::pack(&bt, 0, [k, n], [1, k]);
+        let dense = PackedRhs::pack(&b, 0, [k, n], [n, 1]);
+        let x = gemm(&wide, [m, k], k + 5, &strided, Epilogue::None, isa).unwrap();
+        let y = gemm(&a, [m, k], k, &dense, Epilogue::None, isa).unwrap();
+        assert_eq!(x, y);
+
+        let ah: Vec<burn::tensor::f16> =
+            a.iter().map(|&v| burn::tensor::f16::from_f32(v)).collect();
+        let aw: Vec<f32> = ah.iter().map(|v| v.to_f32()).collect();
+        let h = gemm(&ah, [m, k], k, &dense, Epilogue::None, isa).unwrap();
+        let w = gemm(&aw, [m, k], k, &dense, Epilogue::None, isa).unwrap();
+        for (x, y) in h.iter().zip(&w) {
+            assert_eq!(*x, burn::tensor::f16::from_f32(*y));
+        }
+    }
+
+    #[test]
+    fn geglu_epilogue_is_value_times_exact_gelu_of_gate() {
+        let (m, k, inner) = (30, 24, 150);
+        let a = values(m * k, 8);
+        let b = values(k * 2 * inner, 9);
+        let bias = values(2 * inner, 10);
+        let packed = PackedRhs::pack_halves(&b, 0, [k, 2 * inner], [2 * inner, 1]);
+        for isa in Isa::all_available() {
+            let got = gemm(&a, [m, k], k, &packed, Epilogue::Geglu(&bias), isa).unwrap();
+            assert_eq!(got.len(), m * inner);
+            let full = reference(&a, &b, [m, k, 2 * inner]);
+            for i in 0..m {
+                for j in 0..inner {
+                    let v = full[i * 2 * inner + j] + bias[j] as f64;
+                    let g = full[i * 2 * inner + inner + j] + bias[inner + j] as f64;
+                    let want = v * 0.5 * g * (1.0 + erf64(g / 2f64.sqrt()));
+                    let diff = (got[i * inner + j] as f64 - want).abs();
+                    assert!(
+                        diff < 2e-6 * (1.0 + want.abs()),
+                        "{isa:?} ({i}, {j}): {} vs {want}",
+                        got[i * inner + j]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn erf_is_within_its_bound() {
+        fn erf_slice_body<S: Simd>(xs: &mut [f32]) {
+            for x in xs.iter_mut() {
+                *x = erf::<S>(*x);
+            }
+        }
+        kernels! {
+            fn erf_slice(xs: &mut [f32]) = erf_slice_body;
+        }
+        let xs: Vec<f32> = (0..20_001).map(|i| -6.0 + i as f32 * 6e-4).collect();
+        for isa in Isa::all_available() {
+            let mut ys = xs.clone();
+            erf_slice(isa, &mut ys);
+            for (&x, &y) in xs.iter().zip(&ys) {
+                let want = erf64(x as f64);
+                assert!(
+                    (y as f64 - want).abs() < 3e-7,
+                    "{isa:?}: erf({x}) = {y}, want {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_shapes_that_do_not_chain() {
+        let b = PackedRhs::pack(&[0f32; 12], 0, [3, 4], [4, 1]);
+        let a = [0f32; 10];
+        assert!(gemm(&a, [2, 5], 5, &b, Epilogue::None, Isa::detect()).is_err());
+        assert!(gemm(&a, [4, 3], 3, &b, Epilogue::None, Isa::detect()).is_err());
+        assert!(
+            gemm(
+                &a[..6],
+                [2, 3],
+                3,
+                &b,
+                Epilogue::Bias(&[0.0; 3]),
+                Isa::detect()
+            )
+            .is_err()
+        );
+        assert!(
+            gemm(
+                &a[..6],
+                [2, 3],
+                3,
+                &b,
+                Epilogue::Bias(&[0.0; 4]),
+                Isa::detect()
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! The crate's own CPU kernels, behind the same entry points as Burn's ops.
+//!
+//! Where burn-flex's op is slow for diffusion shapes (attention with narrow
+//! heads materialises its score matrix and takes scalar exponentials) the
+//! crate runs its own host kernel on burn-flex's memory; every other backend
+//! (CUDA, autodiff for training, ndarray, candle) gets Burn's op. Which runs is
+//! a value the layer was built with ([`Formulation`](crate::Formulation)),
+//! never process state; the instruction set is detected once per process
+//! ([`Isa::detect`]) and can be forced per call for tests.
+//!
+//! - [`attention`]: tiled attention with an online softmax (flash-attention
+//!   style), f32/f16/bf16 operands in f32 arithmetic.
+//! - [`gemm`]: packed, cache-blocked matrix products with the bias or GEGLU
+//!   fused into the write-back (linear layers, the GEGLU feed-forward).
+
+pub mod attention;
+pub mod gemm;
+pub mod simd;
+
+#[cfg(feature = "flex")]
+mod flex;
+
+pub use simd::Isa;
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+/// `softmax(q kᵀ · scale) v` for `[B, H, L, D]` tensors on the host kernel
+/// ([`attention::attention`]) where `B` is burn-flex; `None` on any other
+/// backend (or dtype), for the caller to run Burn's op.
+pub fn host_attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    scale: f64,
+    causal: bool,
+    isa: Isa,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    {
+        flex::attention(q, k, v, scale, causal, isa)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (q, k, v, scale, causal, isa);
+        None
+    }
+}
+
+/// `x · weight + bias` over the last dimension (`weight` `[in, out]`, Burn's
+/// layout) on the packed GEMM ([`gemm::gemm`]) where `B` is burn-flex; `None`
+/// on any other backend (or dtype), for the caller to run Burn's matmul.
+pub fn host_linear<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+    isa: Isa,
+) -> Option<Tensor<B, D>> {
+    #[cfg(feature = "flex")]
+    {
+        flex::linear(x, weight, bias, false, isa)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, weight, bias, isa);
+        None
+    }
+}
+
+/// diffusers' GEGLU, `value · gelu(gate)` of the two halves of
+/// `x · weight + bias` (`weight` `[in, 2·inner]`), computed without writing
+/// the projection out, where `B` is burn-flex; `None` elsewhere.
+pub fn host_geglu<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: &Tensor<B, 1>,
+    isa: Isa,
+) -> Option<Tensor<B, D>> {
+    #[cfg(feature = "flex")]
+    {
+        flex::linear(x, weight, Some(bias), true, isa)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, weight, bias, isa);
+        None
+    }
+}
