@@ -30,16 +30,27 @@ const ATTENTION: [[usize; 5]; 6] = [
 ];
 
 /// [rows, in, out]
-const LINEAR: [[usize; 3]; 4] = [[2048, 64, 64], [128, 256, 256], [8192, 320, 320], [154, 768, 768]];
+const LINEAR: [[usize; 3]; 4] = [
+    [2048, 64, 64],
+    [128, 256, 256],
+    [8192, 320, 320],
+    [154, 768, 768],
+];
 
 /// [rows, dim] (GEGLU inner = 4·dim)
 const GEGLU: [[usize; 2]; 3] = [[2048, 64], [512, 128], [8192, 320]];
 
 fn bench_attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");
-    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
     for [b, h, lq, lk, d] in ATTENTION {
-        let (q, k, v) = (rand([b, h, lq, d]), rand([b, h, lk, d]), rand([b, h, lk, d]));
+        let (q, k, v) = (
+            rand([b, h, lq, d]),
+            rand([b, h, lk, d]),
+            rand([b, h, lk, d]),
+        );
         let scale = 1.0 / (d as f64).sqrt();
         let name = format!("{b}x{h}x{lq}x{lk}x{d}");
         group.bench_function(format!("tiled/{name}"), |bench| {
@@ -61,7 +72,9 @@ fn bench_attention(c: &mut Criterion) {
 
 fn bench_linear(c: &mut Criterion) {
     let mut group = c.benchmark_group("linear");
-    group.sample_size(10).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(2));
     for [m, k, n] in LINEAR {
         let (x, w, bias) = (rand([m, k]), rand([k, n]), rand([n]));
         let name = format!("{m}x{k}x{n}");
@@ -77,7 +90,9 @@ fn bench_linear(c: &mut Criterion) {
 
 fn bench_geglu(c: &mut Criterion) {
     let mut group = c.benchmark_group("geglu");
-    group.sample_size(10).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(2));
     for [m, dim] in GEGLU {
         let inner = 4 * dim;
         let (x, w, bias) = (rand([m, dim]), rand([dim, 2 * inner]), rand([2 * inner]));

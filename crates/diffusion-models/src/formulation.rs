@@ -43,6 +43,10 @@ pub enum ConvFormulation {
     Direct,
     /// Unfold (im2col) + one batched matmul; a 1×1 kernel is the matmul alone.
     Im2col,
+    /// The crate's implicit GEMM ([`crate::kernels::gemm::conv2d`]: patches
+    /// gathered while packing, bias in the write-back) where the backend is
+    /// burn-flex; Burn's conv2d ([`ConvFormulation::Direct`]) elsewhere.
+    Packed,
 }
 
 /// How linear layers (and GEGLU's projection) run.
@@ -65,6 +69,10 @@ pub enum GroupNormFormulation {
     /// rows, which a GPU needs (a group of SD1.5's 320×64×64 level is one
     /// row of 163,840 values).
     TwoStage,
+    /// The crate's host kernel ([`crate::kernels::norm`]: two passes over
+    /// each group, the following SiLU fused where the layer is followed by
+    /// one) on burn-flex; [`GroupNormFormulation::OnePass`] elsewhere.
+    Host,
 }
 
 /// The formulation of each heavy op, as a model is built with it.
@@ -100,14 +108,15 @@ impl Formulation {
         linear: LinearFormulation::Matmul,
     };
 
-    /// The CPU default: the crate's host kernels where it has them
-    /// ([`crate::kernels`]: tiled attention, packed linear layers with fused
-    /// bias and GEGLU), Burn's ops elsewhere (direct convolution, one-pass
-    /// group norm). Measured in docs/backends.md.
+    /// The CPU default: the crate's host kernels ([`crate::kernels`]: tiled
+    /// attention, packed linear layers with fused bias and GEGLU, implicit-GEMM
+    /// convolutions, group norm with fused SiLU) on burn-flex, Burn's ops on
+    /// any other backend. Measured in docs/backends.md.
     pub const HOST_KERNELS: Formulation = Formulation {
         attention: AttentionFormulation::Tiled,
+        conv: ConvFormulation::Packed,
+        group_norm: GroupNormFormulation::Host,
         linear: LinearFormulation::Packed,
-        ..Formulation::BURN_OPS
     };
 
     /// The formulations measured fastest for inference on a backend, by a
@@ -240,11 +249,13 @@ named!(AttentionFormulation {
 });
 named!(ConvFormulation {
     Direct = "direct",
-    Im2col = "im2col"
+    Im2col = "im2col",
+    Packed = "packed"
 });
 named!(GroupNormFormulation {
     OnePass = "one-pass",
-    TwoStage = "two-stage"
+    TwoStage = "two-stage",
+    Host = "host"
 });
 named!(LinearFormulation {
     Matmul = "matmul",
@@ -302,7 +313,7 @@ mod tests {
         let err = cuda.with_vars(vars(&[(CONV_VAR, "winograd")])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "DIFFUSION_CONV=\"winograd\": expected one of direct, im2col"
+            "DIFFUSION_CONV=\"winograd\": expected one of direct, im2col, packed"
         );
         for name in GroupNormFormulation::NAMES {
             let parsed: GroupNormFormulation = name.parse().unwrap();

@@ -128,7 +128,7 @@ pub struct Conv2d<B: Backend> {
     pub stride: usize,
     /// Padding on every side.
     pub padding: usize,
-    /// Burn's conv2d or im2col + matmul.
+    /// Burn's conv2d, im2col + matmul, or the crate's implicit GEMM.
     pub formulation: ConvFormulation,
 }
 
@@ -178,6 +178,25 @@ impl<B: Backend> Conv2d<B> {
                     ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
                 ),
                 ConvFormulation::Im2col => conv2d_im2col(x, weight, bias, stride, padding),
+                ConvFormulation::Packed => {
+                    let host = kernels::host_conv2d(
+                        &x,
+                        &weight,
+                        bias.as_ref(),
+                        stride,
+                        padding,
+                        Isa::detect(),
+                    );
+                    match host {
+                        Some(y) => y,
+                        None => conv2d(
+                            x,
+                            weight,
+                            bias,
+                            ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+                        ),
+                    }
+                }
             }
         })
     }
@@ -395,10 +414,45 @@ impl<B: Backend> GroupNorm<B> {
 
     /// Normalises `x` `[N, C, L]`.
     pub fn forward3(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward3_then(x, false)
+    }
+
+    /// `silu(self.forward(x))`, in one pass over the data with
+    /// [`GroupNormFormulation::Host`] (the ResNet blocks' `norm → SiLU`).
+    pub fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        self.forward3_then(x.reshape([n, c, h * w]), true)
+            .reshape([n, c, h, w])
+    }
+
+    fn forward3_then(&self, x: Tensor<B, 3>, silu: bool) -> Tensor<B, 3> {
         let dtype = x.dtype();
-        profile::op!(x, "group_norm {:?} {}", x.dims(), self.formulation => {
+        let host = match self.formulation {
+            GroupNormFormulation::Host => {
+                profile::op!(x, "group_norm {:?} host silu={silu}", x.dims() => {
+                    kernels::host_group_norm(
+                        &x,
+                        &self.weight.val(),
+                        &self.bias.val(),
+                        self.groups,
+                        self.eps,
+                        silu,
+                        Isa::detect(),
+                    )
+                })
+            }
+            _ => None,
+        };
+        if let Some(y) = host {
+            return y;
+        }
+        let y = profile::op!(x, "group_norm {:?} {}", x.dims(), self.formulation => {
             to_dtype(self.normalize(x), dtype)
-        })
+        });
+        match silu {
+            true => Activation::Silu.forward(y),
+            false => y,
+        }
     }
 
     /// `[N, C, L]` in, f32 out.

@@ -142,9 +142,7 @@ impl<B: Backend> ResnetBlock2D<B> {
 
     /// `x` `[N, C, H, W]`, `temb` `[N, T]`.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
-        let mut h = self
-            .conv1
-            .forward(self.act.forward(self.norm1.forward(x.clone())));
+        let h = self.conv1.forward(self.norm_act(&self.norm1, x.clone()));
         let t = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(self.act.forward(to_dtype(temb, h.dtype())));
@@ -153,21 +151,18 @@ impl<B: Backend> ResnetBlock2D<B> {
             }
             _ => None,
         };
-        match (self.time_embedding_norm, t) {
-            (TimeEmbeddingNorm::Default, Some(t)) => {
-                h = self.norm2.forward(h + t);
-            }
+        let h = match (self.time_embedding_norm, t) {
+            (TimeEmbeddingNorm::Default, Some(t)) => self.norm_act(&self.norm2, h + t),
             (TimeEmbeddingNorm::ScaleShift, Some(t)) => {
                 let c = t.dims()[1] / 2;
                 let scale = t.clone().narrow(1, 0, c);
                 let shift = t.narrow(1, c, c);
-                h = self.norm2.forward(h) * (scale + 1.0) + shift;
+                self.act
+                    .forward(self.norm2.forward(h) * (scale + 1.0) + shift)
             }
-            (_, None) => {
-                h = self.norm2.forward(h);
-            }
-        }
-        let h = self.conv2.forward(self.act.forward(h));
+            (_, None) => self.norm_act(&self.norm2, h),
+        };
+        let h = self.conv2.forward(h);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -177,6 +172,17 @@ impl<B: Backend> ResnetBlock2D<B> {
             out / self.output_scale_factor
         } else {
             out
+        }
+    }
+}
+
+impl<B: Backend> ResnetBlock2D<B> {
+    /// `act(norm(x))`, one pass over the data where the activation is SiLU
+    /// ([`GroupNorm::forward_silu`]).
+    fn norm_act(&self, norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.act {
+            Activation::Silu => norm.forward_silu(x),
+            act => act.forward(norm.forward(x)),
         }
     }
 }

@@ -689,7 +689,7 @@ impl<B: Backend> UNet2DModel<B> {
             });
             h = block.forward(h, &mut block_skips, &emb, None, size);
         }
-        let h = Activation::Silu.forward(self.conv_norm_out.forward(h));
+        let h = self.conv_norm_out.forward_silu(h);
         Ok(self.conv_out.forward(h))
     }
 }

@@ -823,7 +823,10 @@ impl<B: Backend> UNet2DConditionModel<B> {
             };
             h = block.forward(h, &mut block_skips, &emb, Some(&context), size);
         }
-        let h = self.act.forward(self.conv_norm_out.forward(h));
+        let h = match self.act {
+            Activation::Silu => self.conv_norm_out.forward_silu(h),
+            act => act.forward(self.conv_norm_out.forward(h)),
+        };
         Ok(self.conv_out.forward(h))
     }
 }

@@ -15,7 +15,6 @@ use crate::nn::{Activation, Conv2d, GroupNorm};
 use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
 /// The VAE's normalisation epsilon (hard-coded in diffusers' Encoder/Decoder).
@@ -246,7 +245,7 @@ impl<B: Backend> Encoder<B> {
             h = block.forward(h);
         }
         let h = self.mid_block.forward(h, None);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(h))
     }
 }
 
@@ -323,7 +322,7 @@ impl<B: Backend> Decoder<B> {
         for block in &self.up_blocks {
             h = block.forward(h);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(h))
     }
 }
 

@@ -34,12 +34,24 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// Rounded from f32 (to nearest even).
     fn from_f32(x: f32) -> Self;
+
+    /// `dst[i] = src[i].to_f32()` (a plain copy for f32).
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = x.to_f32();
+        }
+    }
 }
 
 impl Element for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {

@@ -7,7 +7,7 @@
 //! keeps Burn's own op.
 
 use super::attention::{self as host, Element, Operand};
-use super::gemm::{self, Epilogue, PackedRhs};
+use super::gemm::{self, ConvShape, Epilogue, PackedRhs};
 use super::simd::Isa;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive, bf16, f16};
@@ -185,5 +185,127 @@ pub(crate) fn linear<B: Backend, const D: usize>(
     let mut dims = x.layout().shape().clone();
     dims[D - 1] = cols;
     let layout = Layout::contiguous(dims);
+    Some(from_flex(FlexTensor::new(bytes, layout, dtype)))
+}
+
+/// A square-kernel convolution (groups 1, dilation 1) of `x` `[N, C, H, W]`
+/// on the implicit GEMM ([`gemm::conv2d`]); `None` when the operands are not
+/// flex f32/f16/bf16 tensors of one type or the kernel is not square.
+pub(crate) fn conv2d<B: Backend>(
+    x: &Tensor<B, 4>,
+    weight: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 1>>,
+    stride: usize,
+    padding: usize,
+    isa: Isa,
+) -> Option<Tensor<B, 4>> {
+    let (x, w) = (as_flex(x)?, as_flex(weight)?);
+    let bias = match bias {
+        Some(b) => Some(as_flex(b)?),
+        None => None,
+    };
+    let dtype = x.dtype();
+    if w.dtype() != dtype || bias.as_ref().is_some_and(|b| b.dtype() != dtype) {
+        return None;
+    }
+    let [co, ci, kh, kw] = [
+        w.layout().shape()[0],
+        w.layout().shape()[1],
+        w.layout().shape()[2],
+        w.layout().shape()[3],
+    ];
+    let xs = x.layout().shape();
+    let input = [xs[0], xs[1], xs[2], xs[3]];
+    if kh != kw || ci != input[1] {
+        return None;
+    }
+    let shape = ConvShape {
+        input,
+        out_channels: co,
+        kernel: kh,
+        stride,
+        padding,
+    };
+    let out_dims = shape.output()?;
+    fn run<E: Element + burn::tensor::Element + bytemuck::Pod>(
+        x: &FlexTensor,
+        w: &FlexTensor,
+        bias: Option<&FlexTensor>,
+        shape: ConvShape,
+        isa: Isa,
+    ) -> Option<Bytes> {
+        let depth = shape.input[1] * shape.kernel * shape.kernel;
+        let weights = contiguous_values::<E>(w);
+        // [C_out, C·k·k] read as B [C·k·k, C_out].
+        let packed = PackedRhs::pack(&weights, 0, [depth, shape.out_channels], [1, depth]);
+        let bias: Option<Vec<f32>> = bias.map(|b| {
+            contiguous_values::<E>(b)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect()
+        });
+        let x = contiguous_values::<E>(x);
+        let out = gemm::conv2d(&x, shape, &packed, bias.as_deref(), isa).ok()?;
+        Some(Bytes::from_elems(out))
+    }
+    let bytes = match dtype {
+        DType::F32 => run::<f32>(&x, &w, bias.as_ref(), shape, isa)?,
+        DType::F16 => run::<f16>(&x, &w, bias.as_ref(), shape, isa)?,
+        DType::BF16 => run::<bf16>(&x, &w, bias.as_ref(), shape, isa)?,
+        _ => return None,
+    };
+    let layout = Layout::contiguous(Shape::new(out_dims));
+    Some(from_flex(FlexTensor::new(bytes, layout, dtype)))
+}
+
+/// Group normalisation of `x` `[N, C, L]` (then SiLU when `silu`) on the host
+/// kernel ([`super::norm::group_norm`]); `None` when the operands are not flex
+/// f32/f16/bf16 tensors.
+pub(crate) fn group_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+    isa: Isa,
+) -> Option<Tensor<B, 3>> {
+    let (x, w, b) = (as_flex(x)?, as_flex(weight)?, as_flex(bias)?);
+    fn floats(t: &FlexTensor) -> Option<Vec<f32>> {
+        Some(match t.dtype() {
+            DType::F32 => contiguous_values::<f32>(t).to_vec(),
+            DType::F16 => contiguous_values::<f16>(t)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            DType::BF16 => contiguous_values::<bf16>(t)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            _ => return None,
+        })
+    }
+    let (w, b) = (floats(&w)?, floats(&b)?);
+    let shape = x.layout().shape();
+    let dims = [shape[0], shape[1], shape[2]];
+    fn run<E: Element + burn::tensor::Element + bytemuck::Pod>(
+        x: &FlexTensor,
+        dims: [usize; 3],
+        args: (usize, f64, &[f32], &[f32], bool, Isa),
+    ) -> Option<Bytes> {
+        let (groups, eps, w, b, silu, isa) = args;
+        let values = contiguous_values::<E>(x);
+        let out = super::norm::group_norm(&values, dims, groups, eps, w, b, silu, isa).ok()?;
+        Some(Bytes::from_elems(out))
+    }
+    let args = (groups, eps, &w[..], &b[..], silu, isa);
+    let dtype = x.dtype();
+    let bytes = match dtype {
+        DType::F32 => run::<f32>(&x, dims, args)?,
+        DType::F16 => run::<f16>(&x, dims, args)?,
+        DType::BF16 => run::<bf16>(&x, dims, args)?,
+        _ => return None,
+    };
+    let layout = Layout::contiguous(Shape::new(dims));
     Some(from_flex(FlexTensor::new(bytes, layout, dtype)))
 }

@@ -27,8 +27,10 @@ pub const NR: usize = 16;
 pub const KC: usize = 256;
 /// Rows of a work item (a multiple of [`MR`]).
 pub const MC: usize = 8 * MR;
-/// Columns of a work item (a multiple of [`NR`]).
-pub const NC: usize = 8 * NR;
+/// Most columns of a work item (a multiple of [`NR`]): the fewer column
+/// groups, the fewer times a block of A is packed; [`run`] narrows them
+/// (down to [`NR`]) until every thread has two items.
+pub const NC: usize = 16 * NR;
 
 /// A `[K, N]` right-hand side packed into panels of `[K, NR]`, in f32
 /// (for GEGLU, each half of the columns from its own panel boundary).
@@ -155,7 +157,11 @@ pub fn gemm<E: Element>(
     let out_cols = match epilogue {
         Epilogue::None => n,
         Epilogue::Bias(bias) if bias.len() == n => n,
-        Epilogue::Geglu(bias) if bias.len() == n && b.half == Some(n / 2) && n.is_multiple_of(2) => n / 2,
+        Epilogue::Geglu(bias)
+            if bias.len() == n && b.half == Some(n / 2) && n.is_multiple_of(2) =>
+        {
+            n / 2
+        }
         Epilogue::Bias(bias) | Epilogue::Geglu(bias) => {
             return Err(GemmError::Shape(format!(
                 "{} bias values for {n} columns ({epilogue:?}; GEGLU needs a `pack_halves` right-hand side)",
@@ -164,92 +170,329 @@ pub fn gemm<E: Element>(
         }
     };
     let mut out = vec![E::from_f32(0.0); m * out_cols];
-    if out.is_empty() {
-        return Ok(out);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let lhs = RowMajor {
+        data: a,
+        rows: m,
+        stride: row_stride,
+    };
+    let geglu = matches!(epilogue, Epilogue::Geglu(_));
+    run(&lhs, [m, k, out_cols], b, geglu, isa, |block| {
+        for r in 0..block.rows {
+            let start = (block.first_row + r) * out_cols + block.col0;
+            // SAFETY: this block alone writes rows `first_row..+rows`,
+            // columns `col0..+cols` of `out`, which outlives `run`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), block.cols) };
+            let c = &block.c[r * block.ld..r * block.ld + block.cols];
+            match epilogue {
+                Epilogue::None => {
+                    for (o, &x) in dst.iter_mut().zip(c) {
+                        *o = E::from_f32(x);
+                    }
+                }
+                Epilogue::Bias(bias) => {
+                    let bias = &bias[block.col0..block.col0 + block.cols];
+                    for ((o, &x), &bv) in dst.iter_mut().zip(c).zip(bias) {
+                        *o = E::from_f32(x + bv);
+                    }
+                }
+                Epilogue::Geglu(bias) => {
+                    let gate = &block.gate[r * block.ld..r * block.ld + block.cols];
+                    geglu_row(isa, dst, c, gate, bias, block.col0, out_cols);
+                }
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// The sizes of a 2-D convolution ([`conv2d`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input `[N, C, H, W]`.
+    pub input: [usize; 4],
+    /// Output channels.
+    pub out_channels: usize,
+    /// Square kernel side.
+    pub kernel: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl ConvShape {
+    /// Output `[N, C_out, H_out, W_out]`, `None` where the kernel does not
+    /// fit the padded input or a size is zero.
+    pub fn output(&self) -> Option<[usize; 4]> {
+        let [n, _, h, w] = self.input;
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        if k == 0 || s == 0 || h + 2 * p < k || w + 2 * p < k {
+            return None;
+        }
+        Some([
+            n,
+            self.out_channels,
+            (h + 2 * p - k) / s + 1,
+            (w + 2 * p - k) / s + 1,
+        ])
+    }
+}
+
+/// A convolution as an implicit GEMM: output pixels are the rows of A, each
+/// row the `C·k·k` patch under the kernel (gathered while packing A's
+/// strips, never stored as an im2col matrix), the weight `[C_out, C, k, k]`
+/// packed once as B `[C·k·k, C_out]` ([`PackedRhs::pack`] with strides
+/// `[1, C·k·k]`), the bias added and the result written channel-major
+/// (`[N, C_out, H_out, W_out]`) by the epilogue. `x` is a contiguous NCHW
+/// input.
+pub fn conv2d<E: Element>(
+    x: &[E],
+    shape: ConvShape,
+    weight: &PackedRhs,
+    bias: Option<&[f32]>,
+    isa: Isa,
+) -> Result<Vec<E>, GemmError> {
+    let [n, c, h, w] = shape.input;
+    let Some([_, co, oh, ow]) = shape.output() else {
+        return Err(GemmError::Shape(format!(
+            "convolution {shape:?} has no output"
+        )));
+    };
+    let depth = c * shape.kernel * shape.kernel;
+    if weight.dims() != [depth, co] || weight.half.is_some() {
+        return Err(GemmError::Shape(format!(
+            "convolution {shape:?} with a packed weight of {:?}",
+            weight.dims()
+        )));
+    }
+    if x.len() != n * c * h * w || bias.is_some_and(|b| b.len() != co) {
+        return Err(GemmError::Shape(format!(
+            "convolution {shape:?} given {} input and {:?} bias values",
+            x.len(),
+            bias.map(<[f32]>::len)
+        )));
+    }
+    let pixels = oh * ow;
+    let mut out = vec![E::from_f32(0.0); n * co * pixels];
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let lhs = Patches {
+        data: x,
+        shape,
+        out_hw: [oh, ow],
+    };
+    run(&lhs, [n * pixels, depth, co], weight, false, isa, |block| {
+        // Rows are (image, pixel); write each output channel's run of pixels,
+        // split where the block crosses into the next image.
+        let mut r = 0;
+        while r < block.rows {
+            let row = block.first_row + r;
+            let (image, pixel) = (row / pixels, row % pixels);
+            let run_len = (block.rows - r).min(pixels - pixel);
+            for j in 0..block.cols {
+                let channel = block.col0 + j;
+                let b = bias.map_or(0.0, |b| b[channel]);
+                let start = (image * co + channel) * pixels + pixel;
+                // SAFETY: this block alone writes these rows of these
+                // channels; `out` outlives `run`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), run_len) };
+                for (i, o) in dst.iter_mut().enumerate() {
+                    *o = E::from_f32(block.c[(r + i) * block.ld + j] + b);
+                }
+            }
+            r += run_len;
+        }
+    });
+    Ok(out)
+}
+
+/// Where the rows of A come from: [`MR`] of them at a time, into a strip.
+trait Lhs: Sync {
+    /// Writes `A[first + i, k0 + kk]` to `strip[kk·MR + i]` for `i < MR`
+    /// and `kk < kc` (zeros for rows past the end).
+    fn pack_strip(&self, first: usize, k0: usize, kc: usize, strip: &mut [f32]);
+}
+
+/// A row-major matrix with contiguous rows `stride` apart.
+struct RowMajor<'a, E> {
+    data: &'a [E],
+    rows: usize,
+    stride: usize,
+}
+
+impl<E: Element> Lhs for RowMajor<'_, E> {
+    fn pack_strip(&self, first: usize, k0: usize, kc: usize, strip: &mut [f32]) {
+        for i in 0..MR {
+            let r = first + i;
+            if r < self.rows {
+                let start = r * self.stride + k0;
+                for (kk, &x) in self.data[start..start + kc].iter().enumerate() {
+                    strip[kk * MR + i] = x.to_f32();
+                }
+            } else {
+                for kk in 0..kc {
+                    strip[kk * MR + i] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// The patches of an NCHW image batch under a convolution's kernel: row
+/// `(image, oy, ox)`, column `(channel, ky, kx)`.
+struct Patches<'a, E> {
+    data: &'a [E],
+    shape: ConvShape,
+    out_hw: [usize; 2],
+}
+
+impl<E: Element> Lhs for Patches<'_, E> {
+    fn pack_strip(&self, first: usize, k0: usize, kc: usize, strip: &mut [f32]) {
+        let [n, c, h, w] = self.shape.input;
+        let [oh, ow] = self.out_hw;
+        let (k, s, p) = (self.shape.kernel, self.shape.stride, self.shape.padding);
+        // Per row of the strip: where its image starts and the top-left input
+        // position of its patch (shifted by the padding, so never negative).
+        let mut base = [usize::MAX; MR];
+        let mut top = [0usize; MR];
+        let mut left = [0usize; MR];
+        for i in 0..MR {
+            let row = first + i;
+            if row < n * oh * ow {
+                let (image, pixel) = (row / (oh * ow), row % (oh * ow));
+                base[i] = image * c * h * w;
+                top[i] = (pixel / ow) * s;
+                left[i] = (pixel % ow) * s;
+            }
+        }
+        // All MR rows in one output row of one image: a tap reads MR input
+        // values `stride` apart, which is a plain strided copy wherever the
+        // whole run lies inside the image.
+        let one_row = base[0] != usize::MAX
+            && base[MR - 1] == base[0]
+            && top[MR - 1] == top[0]
+            && left[MR - 1] == left[0] + (MR - 1) * s;
+        let (mut channel, mut ky, mut kx) = (k0 / (k * k), (k0 % (k * k)) / k, k0 % k);
+        for kk in 0..kc {
+            let dst = &mut strip[kk * MR..(kk + 1) * MR];
+            let (y, x0) = (top[0] + ky, left[0] + kx);
+            if one_row && y >= p && y < h + p && x0 >= p && x0 + (MR - 1) * s < w + p {
+                let src = base[0] + (channel * h + y - p) * w + x0 - p;
+                if s == 1 {
+                    E::widen(&self.data[src..src + MR], dst);
+                } else {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = self.data[src + i * s].to_f32();
+                    }
+                }
+            } else {
+                for i in 0..MR {
+                    // Padded coordinates: the input pixel is (y − p, x − p).
+                    let (y, x) = (top[i] + ky, left[i] + kx);
+                    dst[i] = if base[i] != usize::MAX && y >= p && y < h + p && x >= p && x < w + p
+                    {
+                        self.data[base[i] + (channel * h + y - p) * w + x - p].to_f32()
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            kx += 1;
+            if kx == k {
+                kx = 0;
+                ky += 1;
+                if ky == k {
+                    ky = 0;
+                    channel += 1;
+                }
+            }
+        }
+    }
+}
+
+/// One work item's finished product, handed to the writer.
+struct Block<'a> {
+    first_row: usize,
+    rows: usize,
+    col0: usize,
+    cols: usize,
+    /// Row stride of `c` and `gate`.
+    ld: usize,
+    /// `[rows, cols]`, row stride `ld`.
+    c: &'a [f32],
+    /// The second half's product (GEGLU's gate), same layout; empty otherwise.
+    gate: &'a [f32],
+}
+
+/// The blocked product of `lhs` `[M, K]` and `b` over `out_cols` output
+/// columns (for `halves`, each output column is a column of both halves),
+/// handing each work item's block to `write`.
+fn run<L: Lhs>(
+    lhs: &L,
+    [m, k, out_cols]: [usize; 3],
+    b: &PackedRhs,
+    halves: bool,
+    isa: Isa,
+    write: impl Fn(Block<'_>) + Sync,
+) {
+    if m == 0 || out_cols == 0 {
+        return;
     }
     let row_blocks = m.div_ceil(MC);
-    let col_groups = out_cols.div_ceil(NC);
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let mut nc = NC;
+    while nc > NR && row_blocks * out_cols.div_ceil(nc) < 2 * rayon::current_num_threads() {
+        nc /= 2;
+    }
+    let col_groups = out_cols.div_ceil(nc);
     (0..row_blocks * col_groups).into_par_iter().for_each_init(
         || Scratch {
             a: vec![0.0; MC * KC],
             c: vec![0.0; MC * NC],
-            gate: match epilogue {
-                Epilogue::Geglu(_) => vec![0.0; MC * NC],
-                _ => Vec::new(),
+            gate: if halves {
+                vec![0.0; MC * NC]
+            } else {
+                Vec::new()
             },
         },
         |scratch, item| {
             let (rb, cg) = (item / col_groups, item % col_groups);
             let rows = MC.min(m - rb * MC);
-            let cols = NC.min(out_cols - cg * NC);
+            let cols = nc.min(out_cols - cg * nc);
             let first_row = rb * MC;
-            let a_rows = Rows {
-                data: a,
-                first: first_row,
-                rows,
-                k,
-                stride: row_stride,
-            };
-            let first_panel = cg * NC / NR;
+            let first_panel = cg * nc / NR;
+            let geometry = [first_row, rows, k, cols, nc];
             block(
                 isa,
-                a_rows,
+                lhs,
+                geometry,
                 b,
                 first_panel,
-                cols,
                 &mut scratch.a,
                 &mut scratch.c,
             );
-            if let Epilogue::Geglu(_) = epilogue {
+            if halves {
                 let gate_panel = b.second_half_panel() + first_panel;
                 block(
                     isa,
-                    a_rows,
+                    lhs,
+                    geometry,
                     b,
                     gate_panel,
-                    cols,
                     &mut scratch.a,
                     &mut scratch.gate,
                 );
             }
-            for r in 0..rows {
-                let start = (first_row + r) * out_cols + cg * NC;
-                // SAFETY: this item alone writes rows `first_row..+rows`,
-                // columns `cg·NC..+cols` of `out`, which outlives the loop.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), cols) };
-                let c = &scratch.c[r * NC..r * NC + cols];
-                match epilogue {
-                    Epilogue::None => {
-                        for (o, &x) in dst.iter_mut().zip(c) {
-                            *o = E::from_f32(x);
-                        }
-                    }
-                    Epilogue::Bias(bias) => {
-                        let bias = &bias[cg * NC..cg * NC + cols];
-                        for ((o, &x), &bv) in dst.iter_mut().zip(c).zip(bias) {
-                            *o = E::from_f32(x + bv);
-                        }
-                    }
-                    Epilogue::Geglu(bias) => {
-                        let gate = &scratch.gate[r * NC..r * NC + cols];
-                        geglu_row(isa, dst, c, gate, bias, cg * NC, out_cols);
-                    }
-                }
-            }
+            write(Block {
+                first_row,
+                rows,
+                col0: cg * nc,
+                cols,
+                ld: nc,
+                c: &scratch.c,
+                gate: &scratch.gate,
+            });
         },
     );
-    Ok(out)
-}
-
-/// `rows` rows of A from `first`.
-#[derive(Clone, Copy)]
-struct Rows<'a, E> {
-    data: &'a [E],
-    first: usize,
-    rows: usize,
-    k: usize,
-    stride: usize,
 }
 
 struct Scratch {
@@ -264,7 +507,7 @@ struct Scratch {
 /// The output pointer shared by the work items (each writes its own block).
 #[derive(Clone, Copy)]
 struct SharedOut<E>(*mut E);
-// SAFETY: the work items write disjoint blocks (see `gemm`).
+// SAFETY: the work items write disjoint blocks (see `gemm`, `conv2d`).
 unsafe impl<E: Send> Send for SharedOut<E> {}
 unsafe impl<E: Send> Sync for SharedOut<E> {}
 impl<E> SharedOut<E> {
@@ -274,35 +517,31 @@ impl<E> SharedOut<E> {
     }
 }
 
-/// `c[.., ..cols] = A[rows] · B[:, panels first_panel..]` (row stride [`NC`]).
-fn block<E: Element>(
+/// `c[.., ..cols] = A[first_row..+rows] · B[:, panels first_panel..]` (row
+/// stride `ld`).
+fn block<L: Lhs>(
     isa: Isa,
-    a: Rows<'_, E>,
+    lhs: &L,
+    [first_row, rows, k, cols, ld]: [usize; 5],
     b: &PackedRhs,
     first_panel: usize,
-    cols: usize,
     a_pack: &mut [f32],
     c: &mut [f32],
 ) {
-    let tiles = a.rows.div_ceil(MR);
+    let tiles = rows.div_ceil(MR);
     let panels = cols.div_ceil(NR);
     let mut k0 = 0;
-    while k0 < a.k {
-        let kc = KC.min(a.k - k0);
-        // Pack A[rows, k0..k0 + kc] into strips [kc, MR], zero rows past the end.
+    while k0 < k {
+        let kc = KC.min(k - k0);
         for t in 0..tiles {
             let strip = &mut a_pack[t * KC * MR..t * KC * MR + kc * MR];
-            for i in 0..MR {
-                let r = t * MR + i;
-                if r < a.rows {
-                    let start = (a.first + r) * a.stride + k0;
-                    for (kk, &x) in a.data[start..start + kc].iter().enumerate() {
-                        strip[kk * MR + i] = x.to_f32();
-                    }
-                } else {
-                    for kk in 0..kc {
-                        strip[kk * MR + i] = 0.0;
-                    }
+            // Rows past this block's end are packed as zeros by `Lhs` only past
+            // the matrix end; clear the rest here.
+            lhs.pack_strip(first_row + t * MR, k0, kc, strip);
+            let valid = rows - t * MR;
+            if valid < MR {
+                for kk in 0..kc {
+                    strip[kk * MR + valid..(kk + 1) * MR].fill(0.0);
                 }
             }
         }
@@ -311,8 +550,8 @@ fn block<E: Element>(
             let panel = &panel[k0 * NR..(k0 + kc) * NR];
             for t in 0..tiles {
                 let strip = &a_pack[t * KC * MR..t * KC * MR + kc * MR];
-                let c_tile = &mut c[t * MR * NC + p * NR..];
-                tile(isa, kc, strip, panel, c_tile, k0 == 0);
+                let c_tile = &mut c[t * MR * ld + p * NR..];
+                tile(isa, kc, strip, panel, c_tile, ld, k0 == 0);
             }
         }
         k0 += kc;
@@ -320,17 +559,17 @@ fn block<E: Element>(
 }
 
 kernels! {
-    fn tile(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], first: bool) = tile_body;
+    fn tile(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ld: usize, first: bool) = tile_body;
     fn geglu_row_kernel(dst: &mut [f32], value: &[f32], gate: &[f32], value_bias: &[f32], gate_bias: &[f32]) = geglu_body;
 }
 
-/// One `MR × NR` register tile: `c (+)= a · b` over `kc` (row stride [`NC`]).
+/// One `MR × NR` register tile: `c (+)= a · b` over `kc` (row stride `ld`).
 #[inline(always)]
-fn tile_body<S: Simd>(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], first: bool) {
+fn tile_body<S: Simd>(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ld: usize, first: bool) {
     let mut acc = [[0f32; NR]; MR];
     if !first {
         for (i, row) in acc.iter_mut().enumerate() {
-            row.copy_from_slice(&c[i * NC..i * NC + NR]);
+            row.copy_from_slice(&c[i * ld..i * ld + NR]);
         }
     }
     for (a_col, b_row) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
@@ -343,7 +582,7 @@ fn tile_body<S: Simd>(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], first: boo
         }
     }
     for (i, row) in acc.iter().enumerate() {
-        c[i * NC..i * NC + NR].copy_from_slice(row);
+        c[i * ld..i * ld + NR].copy_from_slice(row);
     }
 }
 
@@ -606,6 +845,91 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Direct convolution in f64.
+    fn conv_reference(x: &[f32], w: &[f32], bias: &[f32], shape: ConvShape) -> Vec<f64> {
+        let [n, c, h, wd] = shape.input;
+        let [_, co, oh, ow] = shape.output().unwrap();
+        let (k, s, p) = (shape.kernel, shape.stride, shape.padding);
+        let mut out = vec![0f64; n * co * oh * ow];
+        for img in 0..n {
+            for o in 0..co {
+                for y in 0..oh {
+                    for xx in 0..ow {
+                        let mut acc = bias[o] as f64;
+                        for ch in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = (
+                                        (y * s + ky) as isize - p as isize,
+                                        (xx * s + kx) as isize - p as isize,
+                                    );
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd
+                                    {
+                                        acc += x
+                                            [((img * c + ch) * h + iy as usize) * wd + ix as usize]
+                                            as f64
+                                            * w[((o * c + ch) * k + ky) * k + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((img * co + o) * oh + y) * ow + xx] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn convolutions_match_the_direct_sum_at_ragged_shapes_on_every_path() {
+        // [n, c, h, w, c_out, kernel, stride, padding]
+        for [n, c, h, w, co, k, s, p] in [
+            [1, 1, 1, 1, 1, 1, 1, 0],
+            [2, 3, 7, 5, 4, 3, 1, 1],
+            [1, 5, 9, 11, 17, 3, 2, 1],
+            [2, 16, 8, 8, 40, 1, 1, 0],
+            [1, 4, 6, 6, 3, 3, 2, 0],
+            [3, 30, 13, 10, 33, 3, 1, 1],
+            [1, 2, 4, 4, 2, 3, 1, 2],
+        ] {
+            let shape = ConvShape {
+                input: [n, c, h, w],
+                out_channels: co,
+                kernel: k,
+                stride: s,
+                padding: p,
+            };
+            let x = values(n * c * h * w, 11);
+            let wt = values(co * c * k * k, 12);
+            let bias = values(co, 13);
+            let depth = c * k * k;
+            let packed = PackedRhs::pack(&wt, 0, [depth, co], [1, depth]);
+            let want = conv_reference(&x, &wt, &bias, shape);
+            for isa in Isa::all_available() {
+                let got = conv2d(&x, shape, &packed, Some(&bias), isa).unwrap();
+                assert_eq!(got.len(), want.len());
+                let err: f64 = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).powi(2))
+                    .sum();
+                let norm: f64 = want.iter().map(|w| w * w).sum();
+                let rel = (err / norm).sqrt();
+                assert!(rel < 1e-6, "{isa:?} {shape:?}: {rel:e}");
+            }
+        }
+        let bad = ConvShape {
+            input: [1, 1, 2, 2],
+            out_channels: 1,
+            kernel: 3,
+            stride: 1,
+            padding: 0,
+        };
+        let packed = PackedRhs::pack(&[0f32; 9], 0, [9, 1], [1, 9]);
+        assert!(conv2d(&[0f32; 4], bad, &packed, None, Isa::detect()).is_err());
     }
 
     #[test]

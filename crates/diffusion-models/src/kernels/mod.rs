@@ -11,10 +11,13 @@
 //! - [`attention`]: tiled attention with an online softmax (flash-attention
 //!   style), f32/f16/bf16 operands in f32 arithmetic.
 //! - [`gemm`]: packed, cache-blocked matrix products with the bias or GEGLU
-//!   fused into the write-back (linear layers, the GEGLU feed-forward).
+//!   fused into the write-back (linear layers, the GEGLU feed-forward), and
+//!   convolutions as implicit GEMMs on the same blocks.
+//! - [`norm`]: group normalisation in two passes, SiLU fused.
 
 pub mod attention;
 pub mod gemm;
+pub mod norm;
 pub mod simd;
 
 #[cfg(feature = "flex")]
@@ -83,6 +86,51 @@ pub fn host_geglu<B: Backend, const D: usize>(
     #[cfg(not(feature = "flex"))]
     {
         let _ = (x, weight, bias, isa);
+        None
+    }
+}
+
+/// A square-kernel convolution of `x` `[N, C, H, W]` by `weight`
+/// `[C_out, C, k, k]` (groups 1, dilation 1) as an implicit GEMM
+/// ([`gemm::conv2d`]) where `B` is burn-flex; `None` elsewhere.
+pub fn host_conv2d<B: Backend>(
+    x: &Tensor<B, 4>,
+    weight: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 1>>,
+    stride: usize,
+    padding: usize,
+    isa: Isa,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    {
+        flex::conv2d(x, weight, bias, stride, padding, isa)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, weight, bias, stride, padding, isa);
+        None
+    }
+}
+
+/// `GroupNorm` of `x` `[N, C, L]` with per-channel `weight` and `bias`, then
+/// SiLU when `silu`, on the host kernel ([`norm::group_norm`]) where `B` is
+/// burn-flex; `None` elsewhere.
+pub fn host_group_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+    isa: Isa,
+) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "flex")]
+    {
+        flex::group_norm(x, weight, bias, groups, eps, silu, isa)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, weight, bias, groups, eps, silu, isa);
         None
     }
 }
