@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
 
-  --preset P[,P...]      tiny | mid | sd15 | sdxl (benches/presets.json)      [mid]
+  --preset P[,P...]      tiny | mid | sd15 | sd15-256 | sdxl (presets.json)   [mid]
   --component C[,C...]   unet, vae-decode, vae-encode, text, scheduler,
                          pipeline, or all; Rust only: profile (per-op times
                          of one UNet forward), ops (op formulations at the

@@ -345,7 +345,7 @@ impl<B: Backend> CLIPMLP<B> {
 
     /// Applies the MLP over the last dimension.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
+        self.fc2.forward(self.fc1.forward_act(x, self.act))
     }
 }
 

@@ -103,6 +103,33 @@ impl<B: Backend> Linear<B> {
         })
     }
 
+    /// `act(self.forward(x))`; with [`LinearFormulation::Packed`] on burn-flex
+    /// and a bias, the activation runs in the GEMM's write-back (GELU,
+    /// QuickGELU and SiLU; the others after it).
+    pub fn forward_act<const D: usize>(&self, x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+        let fused = match (self.formulation, &self.bias, act) {
+            (
+                LinearFormulation::Packed,
+                Some(bias),
+                Activation::Gelu | Activation::QuickGelu | Activation::Silu,
+            ) => {
+                let host_act = match act {
+                    Activation::Gelu => kernels::gemm::Act::Gelu,
+                    Activation::QuickGelu => kernels::gemm::Act::QuickGelu,
+                    _ => kernels::gemm::Act::Silu,
+                };
+                profile::op!(x, "linear {:?} -> {} packed+{act:?}", x.dims(), self.weight.dims()[1] => {
+                    kernels::host_linear_act(&x, &self.weight.val(), &bias.val(), host_act, Isa::detect())
+                })
+            }
+            _ => None,
+        };
+        match fused {
+            Some(y) => y,
+            None => act.forward(self.forward(x)),
+        }
+    }
+
     fn matmul<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let [din, dout] = self.weight.dims();

@@ -7,7 +7,7 @@
 //! keeps Burn's own op.
 
 use super::attention::{self as host, Element, Operand};
-use super::gemm::{self, ConvShape, Epilogue, PackedRhs};
+use super::gemm::{self, Act, ConvShape, Epilogue, PackedRhs};
 use super::simd::Isa;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive, bf16, f16};
@@ -116,15 +116,30 @@ fn contiguous_values<E: burn::tensor::Element + bytemuck::Pod>(
     }
 }
 
-/// `x · weight (+ bias)` over `x`'s last dimension on the packed GEMM, or
-/// with `geglu` GEGLU of that projection (`[.., N/2]`: value half times the
-/// exact GELU of the gate half); `None` when the operands are not flex
-/// f32/f16/bf16 tensors of one type.
+/// Below this many rows of activations a linear layer reads its f32 weight
+/// in place ([`PackedRhs::view`]) instead of packing it.
+const VIEW_ROWS: usize = 512;
+
+/// What follows a linear layer's product in its write-back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// The bias, if any.
+    Bias,
+    /// GEGLU of the projection (`[.., N/2]`: value half times the exact GELU
+    /// of the gate half); needs a bias.
+    Geglu,
+    /// An activation after the bias; needs a bias.
+    Act(Act),
+}
+
+/// `x · weight (+ bias)` over `x`'s last dimension on the packed GEMM, and
+/// its `tail`; `None` when the operands are not flex f32/f16/bf16 tensors of
+/// one type.
 pub(crate) fn linear<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
     weight: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
-    geglu: bool,
+    tail: Tail,
     isa: Isa,
 ) -> Option<Tensor<B, D>> {
     let (x, w) = (as_flex(x)?, as_flex(weight)?);
@@ -136,16 +151,17 @@ pub(crate) fn linear<B: Backend, const D: usize>(
     if w.dtype() != dtype || bias.as_ref().is_some_and(|b| b.dtype() != dtype) {
         return None;
     }
-    if geglu && bias.is_none() {
+    if tail != Tail::Bias && bias.is_none() {
         return None;
     }
     fn run<E: Element + burn::tensor::Element + bytemuck::Pod>(
         x: &FlexTensor,
         w: &FlexTensor,
         bias: Option<&FlexTensor>,
-        geglu: bool,
+        tail: Tail,
         isa: Isa,
     ) -> Option<(Bytes, usize)> {
+        let geglu = tail == Tail::Geglu;
         let k = *x.layout().shape().last()?;
         let [wk, n] = [w.layout().shape()[0], w.layout().shape()[1]];
         if wk != k || !w.layout().has_positive_strides() {
@@ -155,9 +171,20 @@ pub(crate) fn linear<B: Backend, const D: usize>(
         let dims = [k, n];
         let strides = [strides[0] as usize, strides[1] as usize];
         let offset = w.layout().start_offset();
-        let packed = match geglu {
-            true => PackedRhs::pack_halves(w.storage::<E>(), offset, dims, strides),
-            false => PackedRhs::pack(w.storage::<E>(), offset, dims, strides),
+        let a = contiguous_values::<E>(x);
+        let rows = a.len().checked_div(k).unwrap_or(0);
+        // Few rows: read f32 weights in place rather than pack them.
+        let in_place = match (E::dtype() == DType::F32, strides) {
+            (true, [rs, 1]) if rows < VIEW_ROWS => {
+                let f: &[f32] = bytemuck::cast_slice(w.storage::<E>());
+                PackedRhs::view(f, offset, dims, rs, geglu)
+            }
+            _ => None,
+        };
+        let packed = match (in_place, geglu) {
+            (Some(view), _) => view,
+            (None, true) => PackedRhs::pack_halves(w.storage::<E>(), offset, dims, strides),
+            (None, false) => PackedRhs::pack(w.storage::<E>(), offset, dims, strides),
         };
         let bias: Option<Vec<f32>> = bias.map(|b| {
             contiguous_values::<E>(b)
@@ -165,21 +192,20 @@ pub(crate) fn linear<B: Backend, const D: usize>(
                 .map(|v| v.to_f32())
                 .collect()
         });
-        let epilogue = match (&bias, geglu) {
+        let epilogue = match (&bias, tail) {
             (None, _) => Epilogue::None,
-            (Some(b), false) => Epilogue::Bias(b),
-            (Some(b), true) => Epilogue::Geglu(b),
+            (Some(b), Tail::Bias) => Epilogue::Bias(b),
+            (Some(b), Tail::Geglu) => Epilogue::Geglu(b),
+            (Some(b), Tail::Act(act)) => Epilogue::BiasAct(b, act),
         };
-        let a = contiguous_values::<E>(x);
-        let rows = a.len().checked_div(k).unwrap_or(0);
         let out = gemm::gemm(&a, [rows, k], k, &packed, epilogue, isa).ok()?;
         let cols = if geglu { n / 2 } else { n };
         Some((Bytes::from_elems(out), cols))
     }
     let (bytes, cols) = match dtype {
-        DType::F32 => run::<f32>(&x, &w, bias.as_ref(), geglu, isa)?,
-        DType::F16 => run::<f16>(&x, &w, bias.as_ref(), geglu, isa)?,
-        DType::BF16 => run::<bf16>(&x, &w, bias.as_ref(), geglu, isa)?,
+        DType::F32 => run::<f32>(&x, &w, bias.as_ref(), tail, isa)?,
+        DType::F16 => run::<f16>(&x, &w, bias.as_ref(), tail, isa)?,
+        DType::BF16 => run::<bf16>(&x, &w, bias.as_ref(), tail, isa)?,
         _ => return None,
     };
     let mut dims = x.layout().shape().clone();

@@ -34,24 +34,61 @@ pub const NC: usize = 16 * NR;
 
 /// A `[K, N]` right-hand side packed into panels of `[K, NR]`, in f32
 /// (for GEGLU, each half of the columns from its own panel boundary).
+///
+/// A row-major f32 matrix whose columns come in whole panels can also be
+/// read in place ([`PackedRhs::view`]): no copy, at the price of strided
+/// rows in the inner loop, which pays where A has few rows (a text
+/// encoder's 154 tokens: packing took a quarter of its time).
 #[derive(Debug, Clone)]
-pub struct PackedRhs {
+pub struct PackedRhs<'a> {
     k: usize,
     n: usize,
     /// Columns per half when packed in halves ([`PackedRhs::pack_halves`]).
     half: Option<usize>,
-    data: Vec<f32>,
+    data: std::borrow::Cow<'a, [f32]>,
+    /// Where panel 0 starts in `data`.
+    offset: usize,
+    /// Distance between panels.
+    panel_step: usize,
+    /// Distance between the rows of a panel.
+    row_step: usize,
 }
 
-impl PackedRhs {
+impl<'a> PackedRhs<'a> {
     /// Packs `b` (element `(k, n)` at `b[offset + k·row_stride + n·col_stride]`).
     pub fn pack<E: Element>(
         b: &[E],
         offset: usize,
         dims: [usize; 2],
         strides: [usize; 2],
-    ) -> PackedRhs {
+    ) -> PackedRhs<'static> {
         Self::pack_split(b, offset, dims, strides, None)
+    }
+
+    /// `b` read in place: row-major f32 rows `row_stride` apart from
+    /// `offset`; `None` unless every panel is whole (`n`, and with `halves`
+    /// `n/2`, a multiple of [`NR`]) and in bounds.
+    pub fn view(
+        b: &'a [f32],
+        offset: usize,
+        [k, n]: [usize; 2],
+        row_stride: usize,
+        halves: bool,
+    ) -> Option<PackedRhs<'a>> {
+        let whole = match halves {
+            true => (n / 2).is_multiple_of(NR) && n.is_multiple_of(2),
+            false => n.is_multiple_of(NR),
+        };
+        let fits = k == 0 || offset + (k - 1) * row_stride + n <= b.len();
+        (whole && fits && row_stride >= n).then(|| PackedRhs {
+            k,
+            n,
+            half: halves.then_some(n / 2),
+            data: std::borrow::Cow::Borrowed(b),
+            offset,
+            panel_step: NR,
+            row_step: row_stride,
+        })
     }
 
     /// As [`PackedRhs::pack`] with the two halves of the columns packed apart
@@ -61,7 +98,7 @@ impl PackedRhs {
         offset: usize,
         dims: [usize; 2],
         strides: [usize; 2],
-    ) -> PackedRhs {
+    ) -> PackedRhs<'static> {
         Self::pack_split(b, offset, dims, strides, Some(dims[1] / 2))
     }
 
@@ -71,7 +108,7 @@ impl PackedRhs {
         [k, n]: [usize; 2],
         [row_stride, col_stride]: [usize; 2],
         half: Option<usize>,
-    ) -> PackedRhs {
+    ) -> PackedRhs<'static> {
         // (first column, columns) of each panel.
         let spans: Vec<(usize, usize)> = match half {
             None => (0..n.div_ceil(NR))
@@ -88,15 +125,38 @@ impl PackedRhs {
             data.par_chunks_mut(k * NR)
                 .zip(&spans)
                 .for_each(|(panel, &(col0, cols))| {
-                    for kk in 0..k {
-                        let row = offset + kk * row_stride + col0 * col_stride;
-                        for c in 0..cols {
-                            panel[kk * NR + c] = b[row + c * col_stride].to_f32();
+                    if row_stride == 1 {
+                        // Columns contiguous in memory (a convolution's
+                        // `[C_out, C·k·k]` weight read as B): read each along
+                        // its length, in blocks whose panel rows stay in L1.
+                        for k0 in (0..k).step_by(KC) {
+                            let kc = KC.min(k - k0);
+                            for c in 0..cols {
+                                let start = offset + (col0 + c) * col_stride + k0;
+                                for (kk, &x) in b[start..start + kc].iter().enumerate() {
+                                    panel[(k0 + kk) * NR + c] = x.to_f32();
+                                }
+                            }
+                        }
+                    } else {
+                        for kk in 0..k {
+                            let row = offset + kk * row_stride + col0 * col_stride;
+                            for c in 0..cols {
+                                panel[kk * NR + c] = b[row + c * col_stride].to_f32();
+                            }
                         }
                     }
                 });
         }
-        PackedRhs { k, n, half, data }
+        PackedRhs {
+            k,
+            n,
+            half,
+            data: std::borrow::Cow::Owned(data),
+            offset: 0,
+            panel_step: k * NR,
+            row_step: NR,
+        }
     }
 
     /// `[K, N]`.
@@ -104,8 +164,9 @@ impl PackedRhs {
         [self.k, self.n]
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * self.k * NR..(p + 1) * self.k * NR]
+    /// Panel `p` from its row `k0`: rows `row_step` apart.
+    fn panel(&self, p: usize, k0: usize) -> &[f32] {
+        &self.data[self.offset + p * self.panel_step + k0 * self.row_step..]
     }
 
     /// The panel where the second half's columns start.
@@ -124,6 +185,19 @@ pub enum Epilogue<'a> {
     /// diffusers' GEGLU on a `[M, 2N]` projection with bias: the output is
     /// `[M, N]`, `(C[:, :N] + b[:N]) · gelu(C[:, N:] + b[N:])`, exact (erf) GELU.
     Geglu(&'a [f32]),
+    /// `act(C + bias)`.
+    BiasAct(&'a [f32], Act),
+}
+
+/// An activation an [`Epilogue`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Exact (erf) GELU.
+    Gelu,
+    /// `x · sigmoid(1.702 x)` (CLIP).
+    QuickGelu,
+    /// `x · sigmoid(x)`.
+    Silu,
 }
 
 /// Why [`gemm`] refused its operands.
@@ -140,7 +214,7 @@ pub fn gemm<E: Element>(
     a: &[E],
     [m, k]: [usize; 2],
     row_stride: usize,
-    b: &PackedRhs,
+    b: &PackedRhs<'_>,
     epilogue: Epilogue<'_>,
     isa: Isa,
 ) -> Result<Vec<E>, GemmError> {
@@ -156,13 +230,13 @@ pub fn gemm<E: Element>(
     let n = b.n;
     let out_cols = match epilogue {
         Epilogue::None => n,
-        Epilogue::Bias(bias) if bias.len() == n => n,
+        Epilogue::Bias(bias) | Epilogue::BiasAct(bias, _) if bias.len() == n => n,
         Epilogue::Geglu(bias)
             if bias.len() == n && b.half == Some(n / 2) && n.is_multiple_of(2) =>
         {
             n / 2
         }
-        Epilogue::Bias(bias) | Epilogue::Geglu(bias) => {
+        Epilogue::Bias(bias) | Epilogue::BiasAct(bias, _) | Epilogue::Geglu(bias) => {
             return Err(GemmError::Shape(format!(
                 "{} bias values for {n} columns ({epilogue:?}; GEGLU needs a `pack_halves` right-hand side)",
                 bias.len()
@@ -194,6 +268,15 @@ pub fn gemm<E: Element>(
                     let bias = &bias[block.col0..block.col0 + block.cols];
                     for ((o, &x), &bv) in dst.iter_mut().zip(c).zip(bias) {
                         *o = E::from_f32(x + bv);
+                    }
+                }
+                Epilogue::BiasAct(bias, act) => {
+                    let bias = &bias[block.col0..block.col0 + block.cols];
+                    let mut row = [0f32; NC];
+                    let row = &mut row[..block.cols];
+                    act_row(isa, row, c, bias, act);
+                    for (o, &y) in dst.iter_mut().zip(row.iter()) {
+                        *o = E::from_f32(y);
                     }
                 }
                 Epilogue::Geglu(bias) => {
@@ -249,7 +332,7 @@ impl ConvShape {
 pub fn conv2d<E: Element>(
     x: &[E],
     shape: ConvShape,
-    weight: &PackedRhs,
+    weight: &PackedRhs<'_>,
     bias: Option<&[f32]>,
     isa: Isa,
 ) -> Result<Vec<E>, GemmError> {
@@ -430,7 +513,7 @@ struct Block<'a> {
 fn run<L: Lhs>(
     lhs: &L,
     [m, k, out_cols]: [usize; 3],
-    b: &PackedRhs,
+    b: &PackedRhs<'_>,
     halves: bool,
     isa: Isa,
     write: impl Fn(Block<'_>) + Sync,
@@ -523,7 +606,7 @@ fn block<L: Lhs>(
     isa: Isa,
     lhs: &L,
     [first_row, rows, k, cols, ld]: [usize; 5],
-    b: &PackedRhs,
+    b: &PackedRhs<'_>,
     first_panel: usize,
     a_pack: &mut [f32],
     c: &mut [f32],
@@ -546,12 +629,11 @@ fn block<L: Lhs>(
             }
         }
         for p in 0..panels {
-            let panel = b.panel(first_panel + p);
-            let panel = &panel[k0 * NR..(k0 + kc) * NR];
+            let panel = b.panel(first_panel + p, k0);
             for t in 0..tiles {
                 let strip = &a_pack[t * KC * MR..t * KC * MR + kc * MR];
                 let c_tile = &mut c[t * MR * ld + p * NR..];
-                tile(isa, kc, strip, panel, c_tile, ld, k0 == 0);
+                tile(isa, kc, strip, panel, b.row_step, c_tile, ld, k0 == 0);
             }
         }
         k0 += kc;
@@ -559,22 +641,33 @@ fn block<L: Lhs>(
 }
 
 kernels! {
-    fn tile(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ld: usize, first: bool) = tile_body;
+    fn tile(kc: usize, a: &[f32], b: &[f32], b_step: usize, c: &mut [f32], ld: usize, first: bool) = tile_body;
+    fn act_row(dst: &mut [f32], c: &[f32], bias: &[f32], act: Act) = act_body;
     fn geglu_row_kernel(dst: &mut [f32], value: &[f32], gate: &[f32], value_bias: &[f32], gate_bias: &[f32]) = geglu_body;
 }
 
-/// One `MR × NR` register tile: `c (+)= a · b` over `kc` (row stride `ld`).
+/// One `MR × NR` register tile: `c (+)= a · b` over `kc` (`b`'s rows
+/// `b_step` apart, `c`'s `ld` apart).
 #[inline(always)]
-fn tile_body<S: Simd>(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ld: usize, first: bool) {
+#[allow(clippy::too_many_arguments)]
+fn tile_body<S: Simd>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    b_step: usize,
+    c: &mut [f32],
+    ld: usize,
+    first: bool,
+) {
     let mut acc = [[0f32; NR]; MR];
     if !first {
         for (i, row) in acc.iter_mut().enumerate() {
             row.copy_from_slice(&c[i * ld..i * ld + NR]);
         }
     }
-    for (a_col, b_row) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+    for (kk, a_col) in a.chunks_exact(MR).take(kc).enumerate() {
         let a_col: &[f32; MR] = a_col.try_into().unwrap();
-        let b_row: &[f32; NR] = b_row.try_into().unwrap();
+        let b_row: &[f32; NR] = b[kk * b_step..kk * b_step + NR].try_into().unwrap();
         for i in 0..MR {
             for j in 0..NR {
                 acc[i][j] = S::mul_add(a_col[i], b_row[j], acc[i][j]);
@@ -627,6 +720,27 @@ fn geglu_body<S: Simd>(
         .zip(gate_bias)
     {
         *o = (v + vb) * gelu::<S>(g + gb);
+    }
+}
+
+#[inline(always)]
+fn act_body<S: Simd>(dst: &mut [f32], c: &[f32], bias: &[f32], act: Act) {
+    let sigmoid_gain = match act {
+        Act::QuickGelu => 1.702,
+        _ => 1.0,
+    };
+    match act {
+        Act::Gelu => {
+            for ((o, &x), &b) in dst.iter_mut().zip(c).zip(bias) {
+                *o = gelu::<S>(x + b);
+            }
+        }
+        Act::QuickGelu | Act::Silu => {
+            for ((o, &x), &b) in dst.iter_mut().zip(c).zip(bias) {
+                let y = x + b;
+                *o = y / (1.0 + super::simd::exp::<S>(-sigmoid_gain * y));
+            }
+        }
     }
 }
 
@@ -930,6 +1044,60 @@ mod tests {
         };
         let packed = PackedRhs::pack(&[0f32; 9], 0, [9, 1], [1, 9]);
         assert!(conv2d(&[0f32; 4], bad, &packed, None, Isa::detect()).is_err());
+    }
+
+    #[test]
+    fn activation_epilogues_apply_after_the_bias() {
+        let (m, k, n) = (9, 20, 35);
+        let a = values(m * k, 31);
+        let b = values(k * n, 32);
+        let bias = values(n, 33);
+        let packed = PackedRhs::pack(&b, 0, [k, n], [n, 1]);
+        let full = reference(&a, &b, [m, k, n]);
+        for isa in Isa::all_available() {
+            for act in [Act::Gelu, Act::QuickGelu, Act::Silu] {
+                let got = gemm(&a, [m, k], k, &packed, Epilogue::BiasAct(&bias, act), isa).unwrap();
+                for i in 0..m * n {
+                    let y = full[i] + bias[i % n] as f64;
+                    let want = match act {
+                        Act::Gelu => 0.5 * y * (1.0 + erf64(y / 2f64.sqrt())),
+                        Act::QuickGelu => y / (1.0 + (-1.702 * y).exp()),
+                        Act::Silu => y / (1.0 + (-y).exp()),
+                    };
+                    assert!(
+                        (got[i] as f64 - want).abs() < 2e-6 * (1.0 + want.abs()),
+                        "{isa:?} {act:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weights_read_in_place_give_the_packed_results() {
+        let isa = Isa::detect();
+        for [m, k, n] in [[5, 7, 16], [40, 300, 64], [130, 33, 96]] {
+            let a = values(m * k, 21);
+            // Rows 3 values wider than the matrix, from offset 2.
+            let wide = values(2 + k * (n + 3), 22);
+            let bias = values(n, 23);
+            let view = PackedRhs::view(&wide, 2, [k, n], n + 3, false).unwrap();
+            let packed = PackedRhs::pack(&wide, 2, [k, n], [n + 3, 1]);
+            let x = gemm(&a, [m, k], k, &view, Epilogue::Bias(&bias), isa).unwrap();
+            let y = gemm(&a, [m, k], k, &packed, Epilogue::Bias(&bias), isa).unwrap();
+            assert_eq!(x, y);
+            let view = PackedRhs::view(&wide, 2, [k, n], n + 3, true);
+            if (n / 2) % NR == 0 {
+                let halves = PackedRhs::pack_halves(&wide, 2, [k, n], [n + 3, 1]);
+                let x = gemm(&a, [m, k], k, &view.unwrap(), Epilogue::Geglu(&bias), isa).unwrap();
+                let y = gemm(&a, [m, k], k, &halves, Epilogue::Geglu(&bias), isa).unwrap();
+                assert_eq!(x, y);
+            } else {
+                assert!(view.is_none(), "half panels must be whole");
+            }
+        }
+        assert!(PackedRhs::view(&[0f32; 40], 0, [2, 17], 20, false).is_none());
+        assert!(PackedRhs::view(&[0f32; 40], 0, [3, 16], 16, false).is_none());
     }
 
     #[test]

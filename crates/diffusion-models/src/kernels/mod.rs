@@ -61,11 +61,31 @@ pub fn host_linear<B: Backend, const D: usize>(
 ) -> Option<Tensor<B, D>> {
     #[cfg(feature = "flex")]
     {
-        flex::linear(x, weight, bias, false, isa)
+        flex::linear(x, weight, bias, flex::Tail::Bias, isa)
     }
     #[cfg(not(feature = "flex"))]
     {
         let _ = (x, weight, bias, isa);
+        None
+    }
+}
+
+/// `act(x · weight + bias)` in one pass (the activation in the GEMM's
+/// write-back) where `B` is burn-flex; `None` elsewhere.
+pub fn host_linear_act<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: &Tensor<B, 1>,
+    act: gemm::Act,
+    isa: Isa,
+) -> Option<Tensor<B, D>> {
+    #[cfg(feature = "flex")]
+    {
+        flex::linear(x, weight, Some(bias), flex::Tail::Act(act), isa)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, weight, bias, act, isa);
         None
     }
 }
@@ -81,7 +101,7 @@ pub fn host_geglu<B: Backend, const D: usize>(
 ) -> Option<Tensor<B, D>> {
     #[cfg(feature = "flex")]
     {
-        flex::linear(x, weight, Some(bias), true, isa)
+        flex::linear(x, weight, Some(bias), flex::Tail::Geglu, isa)
     }
     #[cfg(not(feature = "flex"))]
     {
