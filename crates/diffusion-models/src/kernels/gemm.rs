@@ -125,25 +125,10 @@ impl<'a> PackedRhs<'a> {
             data.par_chunks_mut(k * NR)
                 .zip(&spans)
                 .for_each(|(panel, &(col0, cols))| {
-                    if row_stride == 1 {
-                        // Columns contiguous in memory (a convolution's
-                        // `[C_out, C·k·k]` weight read as B): read each along
-                        // its length, in blocks whose panel rows stay in L1.
-                        for k0 in (0..k).step_by(KC) {
-                            let kc = KC.min(k - k0);
-                            for c in 0..cols {
-                                let start = offset + (col0 + c) * col_stride + k0;
-                                for (kk, &x) in b[start..start + kc].iter().enumerate() {
-                                    panel[(k0 + kk) * NR + c] = x.to_f32();
-                                }
-                            }
-                        }
-                    } else {
-                        for kk in 0..k {
-                            let row = offset + kk * row_stride + col0 * col_stride;
-                            for c in 0..cols {
-                                panel[kk * NR + c] = b[row + c * col_stride].to_f32();
-                            }
+                    for kk in 0..k {
+                        let row = offset + kk * row_stride + col0 * col_stride;
+                        for c in 0..cols {
+                            panel[kk * NR + c] = b[row + c * col_stride].to_f32();
                         }
                     }
                 });
