@@ -260,10 +260,7 @@ pub(crate) fn conv2d<B: Backend>(
         shape: ConvShape,
         isa: Isa,
     ) -> Option<Bytes> {
-        let depth = shape.input[1] * shape.kernel * shape.kernel;
         let weights = contiguous_values::<E>(w);
-        // [C_out, C·k·k] read as B [C·k·k, C_out].
-        let packed = PackedRhs::pack(&weights, 0, [depth, shape.out_channels], [1, depth]);
         let bias: Option<Vec<f32>> = bias.map(|b| {
             contiguous_values::<E>(b)
                 .iter()
@@ -271,7 +268,7 @@ pub(crate) fn conv2d<B: Backend>(
                 .collect()
         });
         let x = contiguous_values::<E>(x);
-        let out = gemm::conv2d(&x, shape, &packed, bias.as_deref(), isa).ok()?;
+        let out = gemm::conv2d(&x, shape, &weights, bias.as_deref(), isa).ok()?;
         Some(Bytes::from_elems(out))
     }
     let bytes = match dtype {

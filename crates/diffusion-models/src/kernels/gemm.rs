@@ -144,6 +144,37 @@ impl<'a> PackedRhs<'a> {
         }
     }
 
+    /// The transposed patches of a convolution, `[C·k·k, N·H_out·W_out]`,
+    /// as B's panels (columns are output pixels).
+    fn patches<E: Element>(
+        patches: &Patches<'_, E>,
+        columns: usize,
+        depth: usize,
+    ) -> PackedRhs<'static> {
+        let panels = columns.div_ceil(NR);
+        let mut data = vec![0f32; panels * depth * NR];
+        if depth > 0 {
+            data.par_chunks_mut(depth * NR)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    // `gather` zero-fills past the last pixel of the batch.
+                    for k0 in (0..depth).step_by(KC) {
+                        let kc = KC.min(depth - k0);
+                        patches.gather::<NR>(p * NR, k0, kc, &mut panel[k0 * NR..(k0 + kc) * NR]);
+                    }
+                });
+        }
+        PackedRhs {
+            k: depth,
+            n: columns,
+            half: None,
+            data: std::borrow::Cow::Owned(data),
+            offset: 0,
+            panel_step: depth * NR,
+            row_step: NR,
+        }
+    }
+
     /// `[K, N]`.
     pub fn dims(&self) -> [usize; 2] {
         [self.k, self.n]
@@ -307,17 +338,20 @@ impl ConvShape {
     }
 }
 
-/// A convolution as an implicit GEMM: output pixels are the rows of A, each
-/// row the `C·k·k` patch under the kernel (gathered while packing A's
-/// strips, never stored as an im2col matrix), the weight `[C_out, C, k, k]`
-/// packed once as B `[C·k·k, C_out]` ([`PackedRhs::pack`] with strides
-/// `[1, C·k·k]`), the bias added and the result written channel-major
+/// A convolution as an implicit GEMM on the blocks of [`gemm`], with the
+/// smaller operand packed as B: usually output pixels are the rows of A, each
+/// row the `C·k·k` patch under the kernel (gathered while packing A's strips,
+/// never stored as an im2col matrix), and the weight `[C_out, C·k·k]` is
+/// packed as B; where there are fewer output pixels than output channels
+/// (the deep levels of a UNet: 2 × 8 × 8 pixels against 1280 channels) the
+/// weight rows are A, read in place, and the patches are packed as B's
+/// panels. Either way the bias is added and the result written channel-major
 /// (`[N, C_out, H_out, W_out]`) by the epilogue. `x` is a contiguous NCHW
-/// input.
+/// input, `weight` a contiguous `[C_out, C, k, k]` one.
 pub fn conv2d<E: Element>(
     x: &[E],
     shape: ConvShape,
-    weight: &PackedRhs<'_>,
+    weight: &[E],
     bias: Option<&[f32]>,
     isa: Isa,
 ) -> Result<Vec<E>, GemmError> {
@@ -328,49 +362,86 @@ pub fn conv2d<E: Element>(
         )));
     };
     let depth = c * shape.kernel * shape.kernel;
-    if weight.dims() != [depth, co] || weight.half.is_some() {
+    if x.len() != n * c * h * w || weight.len() != co * depth || bias.is_some_and(|b| b.len() != co)
+    {
         return Err(GemmError::Shape(format!(
-            "convolution {shape:?} with a packed weight of {:?}",
-            weight.dims()
-        )));
-    }
-    if x.len() != n * c * h * w || bias.is_some_and(|b| b.len() != co) {
-        return Err(GemmError::Shape(format!(
-            "convolution {shape:?} given {} input and {:?} bias values",
+            "convolution {shape:?} given {} input, {} weight and {:?} bias values",
             x.len(),
+            weight.len(),
             bias.map(<[f32]>::len)
         )));
     }
     let pixels = oh * ow;
     let mut out = vec![E::from_f32(0.0); n * co * pixels];
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let lhs = Patches {
+    let patches = Patches {
         data: x,
         shape,
         out_hw: [oh, ow],
     };
-    run(&lhs, [n * pixels, depth, co], weight, false, isa, |block| {
-        // Rows are (image, pixel); write each output channel's run of pixels,
-        // split where the block crosses into the next image.
-        let mut r = 0;
-        while r < block.rows {
-            let row = block.first_row + r;
-            let (image, pixel) = (row / pixels, row % pixels);
-            let run_len = (block.rows - r).min(pixels - pixel);
-            for j in 0..block.cols {
-                let channel = block.col0 + j;
+    if n * pixels < co {
+        let lhs = RowMajor {
+            data: weight,
+            rows: co,
+            stride: depth,
+        };
+        let rhs = PackedRhs::patches(&patches, n * pixels, depth);
+        run(&lhs, [co, depth, n * pixels], &rhs, false, isa, |block| {
+            // Rows are output channels, columns (image, pixel): write each
+            // channel's runs of pixels, split where a run crosses images.
+            for r in 0..block.rows {
+                let channel = block.first_row + r;
                 let b = bias.map_or(0.0, |b| b[channel]);
-                let start = (image * co + channel) * pixels + pixel;
-                // SAFETY: this block alone writes these rows of these
-                // channels; `out` outlives `run`.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), run_len) };
-                for (i, o) in dst.iter_mut().enumerate() {
-                    *o = E::from_f32(block.c[(r + i) * block.ld + j] + b);
+                let mut j = 0;
+                while j < block.cols {
+                    let column = block.col0 + j;
+                    let (image, pixel) = (column / pixels, column % pixels);
+                    let run_len = (block.cols - j).min(pixels - pixel);
+                    let start = (image * co + channel) * pixels + pixel;
+                    // SAFETY: this block alone writes these pixels of these
+                    // channels; `out` outlives `run`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), run_len) };
+                    let src = &block.c[r * block.ld + j..r * block.ld + j + run_len];
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = E::from_f32(v + b);
+                    }
+                    j += run_len;
                 }
             }
-            r += run_len;
-        }
-    });
+        });
+        return Ok(out);
+    }
+    // [C_out, C·k·k] read as B [C·k·k, C_out].
+    let rhs = PackedRhs::pack(weight, 0, [depth, co], [1, depth]);
+    run(
+        &patches,
+        [n * pixels, depth, co],
+        &rhs,
+        false,
+        isa,
+        |block| {
+            // Rows are (image, pixel); write each output channel's run of pixels,
+            // split where the block crosses into the next image.
+            let mut r = 0;
+            while r < block.rows {
+                let row = block.first_row + r;
+                let (image, pixel) = (row / pixels, row % pixels);
+                let run_len = (block.rows - r).min(pixels - pixel);
+                for j in 0..block.cols {
+                    let channel = block.col0 + j;
+                    let b = bias.map_or(0.0, |b| b[channel]);
+                    let start = (image * co + channel) * pixels + pixel;
+                    // SAFETY: this block alone writes these rows of these
+                    // channels; `out` outlives `run`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(start), run_len) };
+                    for (i, o) in dst.iter_mut().enumerate() {
+                        *o = E::from_f32(block.c[(r + i) * block.ld + j] + b);
+                    }
+                }
+                r += run_len;
+            }
+        },
+    );
     Ok(out)
 }
 
@@ -416,15 +487,24 @@ struct Patches<'a, E> {
 
 impl<E: Element> Lhs for Patches<'_, E> {
     fn pack_strip(&self, first: usize, k0: usize, kc: usize, strip: &mut [f32]) {
+        self.gather::<MR>(first, k0, kc, strip);
+    }
+}
+
+impl<E: Element> Patches<'_, E> {
+    /// Writes patch rows `first..first + W` (zeros past the last), columns
+    /// `k0..k0 + kc`, to `out[kk·W + i]`: an A strip for `W` = [`MR`], a B
+    /// panel for `W` = [`NR`].
+    fn gather<const W: usize>(&self, first: usize, k0: usize, kc: usize, out: &mut [f32]) {
         let [n, c, h, w] = self.shape.input;
         let [oh, ow] = self.out_hw;
         let (k, s, p) = (self.shape.kernel, self.shape.stride, self.shape.padding);
         // Per row of the strip: where its image starts and the top-left input
         // position of its patch (shifted by the padding, so never negative).
-        let mut base = [usize::MAX; MR];
-        let mut top = [0usize; MR];
-        let mut left = [0usize; MR];
-        for i in 0..MR {
+        let mut base = [usize::MAX; W];
+        let mut top = [0usize; W];
+        let mut left = [0usize; W];
+        for i in 0..W {
             let row = first + i;
             if row < n * oh * ow {
                 let (image, pixel) = (row / (oh * ow), row % (oh * ow));
@@ -433,28 +513,28 @@ impl<E: Element> Lhs for Patches<'_, E> {
                 left[i] = (pixel % ow) * s;
             }
         }
-        // All MR rows in one output row of one image: a tap reads MR input
+        // All W rows in one output row of one image: a tap reads MR input
         // values `stride` apart, which is a plain strided copy wherever the
         // whole run lies inside the image.
         let one_row = base[0] != usize::MAX
-            && base[MR - 1] == base[0]
-            && top[MR - 1] == top[0]
-            && left[MR - 1] == left[0] + (MR - 1) * s;
+            && base[W - 1] == base[0]
+            && top[W - 1] == top[0]
+            && left[W - 1] == left[0] + (W - 1) * s;
         let (mut channel, mut ky, mut kx) = (k0 / (k * k), (k0 % (k * k)) / k, k0 % k);
         for kk in 0..kc {
-            let dst = &mut strip[kk * MR..(kk + 1) * MR];
+            let dst = &mut out[kk * W..(kk + 1) * W];
             let (y, x0) = (top[0] + ky, left[0] + kx);
-            if one_row && y >= p && y < h + p && x0 >= p && x0 + (MR - 1) * s < w + p {
+            if one_row && y >= p && y < h + p && x0 >= p && x0 + (W - 1) * s < w + p {
                 let src = base[0] + (channel * h + y - p) * w + x0 - p;
                 if s == 1 {
-                    E::widen(&self.data[src..src + MR], dst);
+                    E::widen(&self.data[src..src + W], dst);
                 } else {
                     for (i, d) in dst.iter_mut().enumerate() {
                         *d = self.data[src + i * s].to_f32();
                     }
                 }
             } else {
-                for i in 0..MR {
+                for i in 0..W {
                     // Padded coordinates: the input pixel is (y − p, x − p).
                     let (y, x) = (top[i] + ky, left[i] + kx);
                     dst[i] = if base[i] != usize::MAX && y >= p && y < h + p && x >= p && x < w + p
@@ -993,6 +1073,10 @@ mod tests {
             [1, 4, 6, 6, 3, 3, 2, 0],
             [3, 30, 13, 10, 33, 3, 1, 1],
             [1, 2, 4, 4, 2, 3, 1, 2],
+            // Fewer output pixels than output channels: the weight is A.
+            [2, 12, 3, 4, 40, 3, 1, 1],
+            [1, 7, 5, 5, 50, 3, 2, 1],
+            [2, 9, 2, 2, 33, 1, 1, 0],
         ] {
             let shape = ConvShape {
                 input: [n, c, h, w],
@@ -1004,11 +1088,9 @@ mod tests {
             let x = values(n * c * h * w, 11);
             let wt = values(co * c * k * k, 12);
             let bias = values(co, 13);
-            let depth = c * k * k;
-            let packed = PackedRhs::pack(&wt, 0, [depth, co], [1, depth]);
             let want = conv_reference(&x, &wt, &bias, shape);
             for isa in Isa::all_available() {
-                let got = conv2d(&x, shape, &packed, Some(&bias), isa).unwrap();
+                let got = conv2d(&x, shape, &wt, Some(&bias), isa).unwrap();
                 assert_eq!(got.len(), want.len());
                 let err: f64 = got
                     .iter()
@@ -1027,8 +1109,7 @@ mod tests {
             stride: 1,
             padding: 0,
         };
-        let packed = PackedRhs::pack(&[0f32; 9], 0, [9, 1], [1, 9]);
-        assert!(conv2d(&[0f32; 4], bad, &packed, None, Isa::detect()).is_err());
+        assert!(conv2d(&[0f32; 4], bad, &[0f32; 9], None, Isa::detect()).is_err());
     }
 
     #[test]
