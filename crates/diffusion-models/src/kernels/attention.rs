@@ -6,7 +6,7 @@
 //! running sum `l` of `2^(s − m)` and the unnormalised output, rescaled by
 //! `2^(m_old − m_new)` whenever the maximum grows (the online softmax). Scores
 //! are taken in base 2 (`q` is pre-multiplied by `scale · log2 e`) so the
-//! exponential is [`exp2`](super::simd::exp2). Keys are packed once per
+//! exponential is `simd::exp2` (vectorised, ≤ 2 ulp). Keys are packed once per
 //! (batch, head) transposed, `[D, S]`, so a 4-row × 16-key score block is
 //! D broadcast-FMAs over contiguous keys; values are packed `[S, Dv]` for the
 //! same reason on the other product. Work items run in parallel on rayon's
@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 /// Query rows per work item.
 pub const QUERY_TILE: usize = 64;
-/// Keys per block of the inner loop (a multiple of [`LANES`]).
+/// Keys per block of the inner loop (a multiple of the 16-value lanes).
 pub const KEY_BLOCK: usize = 256;
 /// Query rows per register block.
 const ROWS: usize = 4;

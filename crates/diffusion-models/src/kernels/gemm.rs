@@ -28,7 +28,7 @@ pub const KC: usize = 256;
 /// Rows of a work item (a multiple of [`MR`]).
 pub const MC: usize = 8 * MR;
 /// Most columns of a work item (a multiple of [`NR`]): the fewer column
-/// groups, the fewer times a block of A is packed; [`run`] narrows them
+/// groups, the fewer times a block of A is packed; each product narrows them
 /// (down to [`NR`]) until every thread has two items.
 pub const NC: usize = 16 * NR;
 

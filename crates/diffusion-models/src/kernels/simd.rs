@@ -1,7 +1,7 @@
 //! The instruction sets the host kernels are compiled for, chosen at run time.
 //!
 //! Every kernel body is written once, as plain loops over fixed-size `[f32; N]`
-//! chunks that LLVM vectorises, generic over a [`Simd`] marker that says
+//! chunks that LLVM vectorises, generic over a `Simd` marker that says
 //! whether a fused multiply-add instruction exists. The body is then compiled
 //! three times: inside an `avx512f` function, inside an `avx2,fma` function and
 //! as portable code (whatever the build's baseline is, SSE2 on x86-64), and
