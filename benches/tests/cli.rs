@@ -66,11 +66,12 @@ fn tiny_preset_reports_every_component() {
         assert!(kinds.contains(&kind), "{kinds:?}");
     }
     assert!(profile["attributed_ms"].as_f64().unwrap() > 0.0);
-    // ops: both formulations of each op, and the UNet under the 4 choices.
+    // ops: both formulations of each op, and the UNet under the 6 choices
+    // (fused, matmul or tiled attention × direct or im2col convolutions).
     let ops = rows[7]["ops"].as_array().unwrap();
     assert!(ops.iter().any(|o| o["variant"] == "matmul_softmax"));
     assert!(ops.iter().any(|o| o["variant"] == "im2col_matmul"));
-    assert_eq!(rows[7]["unet_variants"].as_array().unwrap().len(), 4);
+    assert_eq!(rows[7]["unet_variants"].as_array().unwrap().len(), 6);
     assert!(report["ratios"].as_array().unwrap().is_empty());
     // The table went to stdout.
     assert!(String::from_utf8_lossy(&o.stdout).contains("tiny   unet"));
