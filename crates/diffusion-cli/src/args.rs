@@ -119,6 +119,61 @@ pub fn device(s: &str) -> Result<Device, String> {
     }
 }
 
+/// `--lora FILE[:WEIGHT]`: the path and what follows its last `:` (when
+/// that is a weight, not part of the path).
+pub fn lora_spec(s: &str) -> Result<(String, f64), String> {
+    let (path, weight) = match s.rsplit_once(':') {
+        Some((path, rest)) if !path.is_empty() && !rest.contains(['/', '\\']) => {
+            let w = rest
+                .parse::<f64>()
+                .ok()
+                .filter(|w| w.is_finite())
+                .ok_or_else(|| format!("--lora {s}: `{rest}` is not a weight (FILE[:WEIGHT])"))?;
+            (path.to_string(), w)
+        }
+        _ => (s.to_string(), 1.0),
+    };
+    if path.is_empty() {
+        return Err(format!("--lora {s}: an empty path"));
+    }
+    Ok((path, weight))
+}
+
+/// A1111's `<lora:NAME:WEIGHT>` tags: the prompt without them, and each
+/// tag's name and weight (1 when absent), in order.
+pub fn lora_tags(prompt: &str) -> Result<(String, Vec<(String, f64)>), String> {
+    let mut rest = prompt;
+    let mut text = String::new();
+    let mut tags = Vec::new();
+    while let Some(start) = rest.find("<lora:") {
+        let Some(len) = rest[start..].find('>') else {
+            return Err(format!(
+                "prompt {prompt:?}: `<lora:` without its closing `>`"
+            ));
+        };
+        let inner = &rest[start + "<lora:".len()..start + len];
+        let mut parts = inner.split(':');
+        let name = parts.next().unwrap_or("").trim();
+        let weight = match parts.next() {
+            None => 1.0,
+            Some(w) => w
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|w| w.is_finite())
+                .ok_or_else(|| format!("prompt tag <lora:{inner}>: `{w}` is not a weight"))?,
+        };
+        if name.is_empty() {
+            return Err(format!("prompt tag <lora:{inner}>: no name"));
+        }
+        tags.push((name.to_string(), weight));
+        text.push_str(&rest[..start]);
+        rest = &rest[start + len + 1..];
+    }
+    text.push_str(rest);
+    Ok((text, tags))
+}
+
 /// diffusers' check on `height`/`width`: a positive multiple of 8 (the VAE's
 /// scale factor), caught here before any model is loaded.
 pub fn check_pixels(flag: &str, v: usize) -> Result<(), String> {
@@ -183,6 +238,21 @@ mod tests {
         assert_eq!(corner_yx("12, 0").unwrap(), (12, 0));
         assert!(corner_yx("12").is_err());
         assert!(corner_yx("1,-1").is_err());
+    }
+
+    #[test]
+    fn lora_flags_and_prompt_tags() {
+        assert_eq!(
+            lora_spec("a/b.safetensors").unwrap(),
+            ("a/b.safetensors".into(), 1.0)
+        );
+        assert_eq!(lora_spec("b.pt:0.5").unwrap(), ("b.pt".into(), 0.5));
+        assert!(lora_spec("b.pt:x").unwrap_err().contains("`x`"));
+        let (text, tags) = lora_tags("a cat <lora:ink:0.7>, <lora:style>").unwrap();
+        assert_eq!(text, "a cat , ");
+        assert_eq!(tags, vec![("ink".into(), 0.7), ("style".into(), 1.0)]);
+        assert!(lora_tags("a <lora:x").is_err());
+        assert!(lora_tags("a <lora::1>").is_err());
     }
 
     #[test]

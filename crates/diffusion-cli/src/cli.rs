@@ -283,6 +283,28 @@ fn generation(cmd: Command) -> Command {
                 .action(ArgAction::SetTrue)
                 .help("No progress bars"),
         )
+        .arg(
+            num(
+                "lora",
+                "lora",
+                "FILE[:WEIGHT]",
+                "A LoRA/LyCORIS file (diffusers, kohya, LoHa, LoKr...) at WEIGHT [default: 1]; repeat for several",
+            )
+            .action(ArgAction::Append)
+            .value_parser(args::lora_spec),
+        )
+        .arg(num(
+            "lora_dir",
+            "lora-dir",
+            "DIR",
+            "Where the prompt's A1111 tags <lora:NAME:WEIGHT> find NAME.safetensors (the tags are removed from the prompt)",
+        ))
+        .arg(
+            Arg::new("fuse_lora")
+                .long("fuse-lora")
+                .action(ArgAction::SetTrue)
+                .help("Merge the LoRAs into the weights before generating (fuse_lora)"),
+        )
 }
 
 /// `diffuse train`: `train_unconditional.py`'s flags, with dashes.

@@ -1,6 +1,7 @@
 //! `generate`, `img2img`, `inpaint`: load, run, and only then write the
 //! images (and latents), each PNG carrying its parameters.
 
+use diffusion_pipelines::lora::MissingComponent;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,8 @@ pub fn run<B: Backend>(
         &options,
         &settings.hub.resolve_options(),
     )?;
+
+    apply_loras(&mut pipe, settings, &model)?;
 
     // A seed is always chosen here, so that it can be recorded.
     let generator = match (&settings.seeds, settings.seed) {
@@ -115,6 +118,49 @@ pub fn run<B: Backend>(
     let written = stage_images(settings, &images, &base, &mut batch)?;
     batch.commit()?;
     Ok(written)
+}
+
+/// Loads `--lora` files (named by their file stems) at their weights, and
+/// fuses them with `--fuse-lora`.
+fn apply_loras<B: Backend>(
+    pipe: &mut diffusion_pipelines::DiffusionPipeline<B>,
+    settings: &Settings,
+    model: &str,
+) -> Result<()> {
+    if settings.loras.is_empty() {
+        return Ok(());
+    }
+    let Some(sd) = pipe.stable_diffusion() else {
+        return Err(CliError::WrongModel {
+            model: model.to_string(),
+            message: "--lora: an unconditional pipeline has no LoRA support".into(),
+        });
+    };
+    let mut names = Vec::new();
+    for (path, weight) in &settings.loras {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "lora".into());
+        let name = (0..)
+            .map(|i| {
+                if i == 0 {
+                    stem.clone()
+                } else {
+                    format!("{stem}_{i}")
+                }
+            })
+            .find(|n| !names.iter().any(|(m, _): &(String, f64)| m == n))
+            .expect("an unused name");
+        sd.load_lora_weights(path, Some(&name), MissingComponent::Error)?;
+        names.push((name, *weight));
+    }
+    let (n, w): (Vec<&str>, Vec<f64>) = names.iter().map(|(n, w)| (n.as_str(), *w)).unzip();
+    sd.set_adapters(&n, &w)?;
+    if settings.fuse_lora {
+        sd.fuse_lora(1.0, &[])?;
+    }
+    Ok(())
 }
 
 /// A pipeline's complaint about a call parameter, told in terms of the flag

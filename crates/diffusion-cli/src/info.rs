@@ -44,6 +44,10 @@ pub fn info(name: &str, options: &ResolveOptions, pickle: &PickleOptions) -> Res
             let _ = writeln!(s, "class: {class}");
             let _ = writeln!(s, "weights: {}", weights_summary(&c, pickle)?);
         }
+        Resolved::Checkpoint(path) if is_adapter(&path) => {
+            let file = diffusion_pipelines::lora::AdapterFile::open(&path)?;
+            s.push_str(&file.summary());
+        }
         Resolved::Checkpoint(path) => {
             let ckpt = Checkpoint::open_with(&path, pickle)?;
             let keys = ckpt.keys();
@@ -68,6 +72,12 @@ pub fn info(name: &str, options: &ResolveOptions, pickle: &PickleOptions) -> Res
         }
     }
     Ok(s)
+}
+
+/// Whether a single file is an adapter (LoRA, LyCORIS) rather than a
+/// checkpoint: its keys parse as one and it has no checkpoint keys.
+fn is_adapter(path: &std::path::Path) -> bool {
+    diffusion_pipelines::lora::AdapterFile::open(path).is_ok_and(|f| !f.entries.is_empty())
 }
 
 fn pipeline(s: &mut String, m: &ResolvedModel, pickle: &PickleOptions) -> Result<()> {

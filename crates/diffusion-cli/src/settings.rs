@@ -69,6 +69,11 @@ pub struct Settings {
     pub output: PathBuf,
     pub output_latents: Option<PathBuf>,
     pub quiet: bool,
+    /// `--lora FILE[:WEIGHT]`, then the prompts' `<lora:NAME:WEIGHT>` tags
+    /// resolved in `--lora-dir`: each file and its weight.
+    pub loras: Vec<(PathBuf, f64)>,
+    /// `--fuse-lora`.
+    pub fuse_lora: bool,
 }
 
 fn strings(m: &ArgMatches, id: &str) -> Option<Vec<String>> {
@@ -132,10 +137,60 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("output.png")),
             output_latents: m.get_one::<String>("output_latents").map(PathBuf::from),
             quiet: m.get_flag("quiet"),
+            loras: m
+                .get_many::<(String, f64)>("lora")
+                .map(|v| v.map(|(p, w)| (PathBuf::from(p), *w)).collect())
+                .unwrap_or_default(),
+            fuse_lora: m.get_flag("fuse_lora"),
         };
+        s.take_lora_tags(m.get_one::<String>("lora_dir").map(PathBuf::from))?;
         s.check()?;
         s.read_inputs()?;
         Ok(s)
+    }
+
+    /// Removes A1111's `<lora:NAME:WEIGHT>` tags from the prompts and adds
+    /// `NAME.safetensors` (or `.pt`, `.ckpt`, `.bin`) of `lora_dir` at that
+    /// weight (a name tagged in several prompts of a batch, once).
+    fn take_lora_tags(&mut self, lora_dir: Option<PathBuf>) -> Result<()> {
+        let mut tags: Vec<(String, f64)> = Vec::new();
+        for prompts in [&mut self.prompt, self.prompt_2.get_or_insert_with(Vec::new)] {
+            for p in prompts.iter_mut() {
+                let (text, found) = crate::args::lora_tags(p).map_err(usage)?;
+                *p = text;
+                for t in found {
+                    if !tags.iter().any(|(n, _)| *n == t.0) {
+                        tags.push(t);
+                    }
+                }
+            }
+        }
+        if self.prompt_2.as_ref().is_some_and(|p| p.is_empty()) {
+            self.prompt_2 = None;
+        }
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let Some(dir) = lora_dir else {
+            return Err(usage(format!(
+                "the prompt names <lora:{}>: give --lora-dir DIR to find it",
+                tags[0].0
+            )));
+        };
+        for (name, weight) in tags {
+            let file = ["safetensors", "pt", "ckpt", "bin"]
+                .iter()
+                .map(|ext| dir.join(format!("{name}.{ext}")))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    usage(format!(
+                        "<lora:{name}>: no {name}.safetensors (.pt, .ckpt, .bin) in --lora-dir {}",
+                        dir.display()
+                    ))
+                })?;
+            self.loras.push((file, weight));
+        }
+        Ok(())
     }
 
     /// The checks that need no model (diffusers makes the same ones, later).
@@ -328,6 +383,15 @@ impl Settings {
         put("original_size", json!(self.original_size));
         put("crops_coords_top_left", json!(self.crops_coords_top_left));
         put("target_size", json!(self.target_size));
+        if !self.loras.is_empty() {
+            let loras: Vec<Value> = self
+                .loras
+                .iter()
+                .map(|(p, w)| json!({"file": p, "weight": w}))
+                .collect();
+            put("loras", Value::Array(loras));
+            put("fuse_lora", json!(self.fuse_lora));
+        }
         put("denoising_end", json!(self.denoising_end));
         put(
             "dtype",

@@ -695,3 +695,54 @@ fn convert_and_inspect_a_checkpoint() {
     assert_one_line_error(&o, "component `tokenizer` is missing");
     assert!(!tmp.path().join("cat.png").exists());
 }
+
+#[test]
+fn info_on_lora_files_reports_format_family_ranks_and_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = fixtures().join("lora/files");
+    let o = diffuse(
+        dir.path(),
+        &[
+            "info",
+            "--model",
+            lora.join("kohya_sdxl.safetensors").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    for needle in [
+        "format: kohya-ss / A1111 LoRA",
+        "base model: SDXL (two text encoders)",
+        "text_encoder_2: 12 modules, rank(s) [2], alpha(s) 2",
+        "to_q × 16",
+    ] {
+        assert!(s.contains(needle), "`{needle}` not in:\n{s}");
+    }
+    let o = diffuse(
+        dir.path(),
+        &[
+            "info",
+            "--model",
+            lora.join("loha_sd1.safetensors").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stdout(&o).contains("format: LyCORIS LoHa"),
+        "{}",
+        stdout(&o)
+    );
+    // A LoRA for the wrong model: one error line naming the file and a key.
+    let model = fixtures().join("lora/files/kohya_sdxl.safetensors");
+    let o = diffuse(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            &ddpm(dir.path()),
+            "--lora",
+            model.to_str().unwrap(),
+            "--quiet",
+        ],
+    );
+    assert_one_line_error(&o, "--lora");
+}

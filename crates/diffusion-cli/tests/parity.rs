@@ -86,6 +86,45 @@ fn command_line(case: &Case, model: &str) -> Vec<String> {
     args
 }
 
+/// Runs `diffuse args` in `dir`: its output, or its stderr on failure.
+fn diffuse(dir: &std::path::Path, args: &[String]) -> Result<std::process::Output, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(args)
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The PNG's values in [0, 1] against diffusers' `output_type="np"` image:
+/// mean absolute error, and the most 8-bit levels any value is off from
+/// diffusers' own 8-bit image (`numpy_to_pil`: round half to even).
+fn png_errors(got: &[f32], want: &[f32]) -> (f32, u32) {
+    let mae = common::mean_abs_error(got, want);
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| ((g * 255.0).round() - (w * 255.0).round_ties_even()).abs() as u32)
+        .max()
+        .unwrap_or(0);
+    (mae, worst)
+}
+
+/// An image file's RGB values in [0, 1].
+fn png_values(path: &std::path::Path) -> Vec<f32> {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    img.to_rgb8()
+        .into_raw()
+        .into_iter()
+        .map(|b| b as f32 / 255.0)
+        .collect()
+}
+
 fn check(names: &[&str]) {
     let mut failures = Vec::new();
     for name in names {
@@ -93,14 +132,8 @@ fn check(names: &[&str]) {
         let model = common::pipeline_dir(&case.pipeline);
         let work = tempfile::tempdir().unwrap();
         let args = command_line(&case, model.path().to_str().unwrap());
-        let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
-            .args(&args)
-            .current_dir(work.path())
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            failures.push(format!("{name}: {}", String::from_utf8_lossy(&out.stderr)));
+        if let Err(e) = diffuse(work.path(), &args) {
+            failures.push(format!("{name}: {e}"));
             continue;
         }
         let tensors = common::read_case_tensors(&case);
@@ -114,27 +147,13 @@ fn check(names: &[&str]) {
             } else {
                 format!("out-{i}.png")
             };
-            let img = image::open(work.path().join(&file))
-                .unwrap_or_else(|e| panic!("{name}: {file}: {e}"));
-            got.extend(
-                img.to_rgb8()
-                    .into_raw()
-                    .into_iter()
-                    .map(|b| b as f32 / 255.0),
-            );
+            got.extend(png_values(&work.path().join(&file)));
         }
         assert_eq!(got.len(), n * per, "{name}: pixel count");
-        let mae = common::mean_abs_error(&got, want);
-        // diffusers' own 8-bit image (`numpy_to_pil`: round half to even).
-        let levels = got
-            .iter()
-            .zip(want)
-            .map(|(g, w)| ((g * 255.0).round() - (w * 255.0).round_ties_even()).abs() as u32);
-        let (off, worst) = levels.fold((0, 0), |(n, m), d| (n + usize::from(d > 0), m.max(d)));
+        let (mae, worst) = png_errors(&got, want);
         eprintln!(
-            "{name}: PNG vs diffusers MAE {mae:.2e} ({:.3}/255); vs diffusers' 8-bit image: {off} of {} values differ, by at most {worst} level",
+            "{name}: PNG vs diffusers MAE {mae:.2e} ({:.3}/255); at most {worst} 8-bit level off diffusers' image",
             mae * 255.0,
-            got.len()
         );
         if mae > 1.0 / 255.0 || worst > 1 {
             failures.push(format!("{name}: MAE {mae}, worst {worst} levels"));
@@ -173,4 +192,96 @@ fn img2img_and_inpaint_through_the_cli() {
         "inpaint_unipc",
         "inpaint_ddim",
     ]);
+}
+
+/// `diffuse generate --lora FILE:W ... --latents FILE` against diffusers
+/// with the same adapters (fixtures/lora of diffusion-pipelines): two
+/// adapters with weights unfused, the same fused (`fuse_lora(0.8)` is the
+/// weights times 0.8 fused at 1), and an A1111 prompt tag.
+#[test]
+fn loras_through_the_cli() {
+    let lora = common::fixtures().join("lora");
+    let file = |n: &str| lora.join("files").join(n).to_string_lossy().into_owned();
+    let prompt = "a dog on a skateboard";
+    let runs: [(&str, Vec<String>); 3] = [
+        (
+            "sd1_two_adapters",
+            vec![
+                "--prompt".into(),
+                prompt.into(),
+                "--lora".into(),
+                format!("{}:0.7", file("peft_sd1.safetensors")),
+                "--lora".into(),
+                format!("{}:0.4", file("kohya_sd1.safetensors")),
+            ],
+        ),
+        (
+            "sd1_two_fused",
+            vec![
+                "--prompt".into(),
+                prompt.into(),
+                "--lora".into(),
+                format!("{}:0.56", file("peft_sd1.safetensors")),
+                "--lora".into(),
+                format!("{}:0.32", file("kohya_sd1.safetensors")),
+                "--fuse-lora".into(),
+            ],
+        ),
+        (
+            "sd1_peft",
+            vec![
+                "--prompt".into(),
+                format!("{prompt} <lora:peft_sd1:1.0>"),
+                "--lora-dir".into(),
+                file(""),
+            ],
+        ),
+    ];
+    let model = common::pipeline_dir("sd1");
+    let mut failures = Vec::new();
+    for (name, extra) in runs {
+        let work = tempfile::tempdir().unwrap();
+        let case = lora.join("cases").join(format!("{name}.safetensors"));
+        let mut args: Vec<String> = vec![
+            "generate".into(),
+            "--model".into(),
+            model.path().to_string_lossy().into_owned(),
+            "--negative-prompt".into(),
+            "blurry".into(),
+            "--guidance".into(),
+            "7.5".into(),
+            "--steps".into(),
+            "4".into(),
+            "--height".into(),
+            "32".into(),
+            "--width".into(),
+            "32".into(),
+            "--latents".into(),
+            case.to_string_lossy().into_owned(),
+            "--output".into(),
+            "out.png".into(),
+            "--quiet".into(),
+        ];
+        args.extend(extra);
+        let out = match diffuse(work.path(), &args) {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let want = &common::read_tensors(&case)["images"].1;
+        let (mae, worst) = png_errors(&png_values(&work.path().join("out.png")), want);
+        eprintln!("{name}: PNG vs diffusers MAE {mae:.2e}, worst {worst} level");
+        if mae > 1.0 / 255.0 || worst > 1 {
+            failures.push(format!("{name}: MAE {mae}, worst {worst} levels"));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !stdout.contains("\"loras\"") {
+            failures.push(format!(
+                "{name}: the adapters are not in the recorded parameters: {stdout}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

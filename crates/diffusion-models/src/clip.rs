@@ -10,6 +10,7 @@
 //! transformer with a causal mask; the pooled output is the final-normed state
 //! at the end-of-text token.
 
+use crate::adapter::AdapterTable;
 use crate::attention::scaled_dot_product_attention;
 use crate::config::{FieldCheck, Loaded, ModelConfig, read_config};
 use crate::error::{ModelError, Result};
@@ -593,6 +594,9 @@ fn text_model_loader<'a, B: Backend>(loader: &Loader<'a, B>) -> Loader<'a, B> {
 pub struct CLIPTextModel<B: Backend> {
     /// The encoder.
     pub text_model: CLIPTextTransformer<B>,
+    /// The adapters on its layers ([`crate::adapter`]).
+    #[module(skip)]
+    pub adapters: AdapterTable,
 }
 
 impl<B: Backend> CLIPTextModel<B> {
@@ -602,7 +606,10 @@ impl<B: Backend> CLIPTextModel<B> {
     pub fn load(loader: &Loader<B>, cfg: &CLIPTextConfig) -> Result<Self> {
         let text_model = CLIPTextTransformer::load(&text_model_loader(loader), cfg)?;
         loader.clone().finish(IGNORABLE_KEYS)?;
-        Ok(CLIPTextModel { text_model })
+        Ok(CLIPTextModel {
+            text_model,
+            adapters: loader.adapters(),
+        })
     }
 
     /// Reads `dir/config.json` and `dir/model.safetensors` (or its sharded index).
@@ -632,6 +639,9 @@ pub struct CLIPTextModelWithProjection<B: Backend> {
     pub text_model: CLIPTextTransformer<B>,
     /// `[hidden_size] → [projection_dim]`, no bias.
     pub text_projection: Linear<B>,
+    /// The adapters on its layers ([`crate::adapter`]).
+    #[module(skip)]
+    pub adapters: AdapterTable,
 }
 
 impl<B: Backend> CLIPTextModelWithProjection<B> {
@@ -655,6 +665,7 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
         Ok(CLIPTextModelWithProjection {
             text_model,
             text_projection,
+            adapters: loader.adapters(),
         })
     }
 

@@ -16,6 +16,7 @@
 
 pub use burn;
 
+pub mod adapter;
 pub mod attention;
 pub mod autoencoder_kl;
 pub mod autoencoder_tiny;

@@ -17,6 +17,7 @@
 //! ([`Loader::random`]) for training from scratch and for benchmarks of
 //! full-size configs without downloading gigabytes.
 
+use crate::adapter::{AdapterSlot, AdapterTable, Layer};
 use crate::error::{ModelError, Result};
 use crate::formulation::Formulation;
 use burn::module::{Param, ParamId};
@@ -200,6 +201,7 @@ struct Context<'a, B: Backend> {
     device: B::Device,
     used: RefCell<BTreeSet<String>>,
     params: RefCell<ParamKeys>,
+    adapters: AdapterTable,
 }
 
 /// Where a parameter lives in diffusers' files: its key, its stored shape, and
@@ -272,6 +274,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 device: device.clone(),
                 used: RefCell::new(BTreeSet::new()),
                 params: RefCell::new(ParamKeys::new()),
+                adapters: AdapterTable::default(),
             }),
             prefix: String::new(),
             precision,
@@ -319,6 +322,17 @@ impl<'a, B: Backend> Loader<'a, B> {
         } else {
             format!("{}.{}", self.prefix, name)
         }
+    }
+
+    /// The table every Linear and Conv2d built through this loader (and the
+    /// loaders derived from it) registers in: the model's adapters.
+    pub fn adapters(&self) -> AdapterTable {
+        self.ctx.adapters.clone()
+    }
+
+    /// Registers the layer at this loader's prefix in [`Loader::adapters`].
+    pub fn adapter_slot(&self, layer: Layer) -> AdapterSlot {
+        self.ctx.adapters.register(&self.prefix, layer)
     }
 
     /// The device parameters are placed on.

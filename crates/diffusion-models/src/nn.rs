@@ -2,6 +2,7 @@
 //! and layouts (so keys and shapes match diffusers' safetensors), and with the
 //! numerics diffusers relies on: normalisation statistics always in f32.
 
+use crate::adapter::{AdapterSlot, Layer, LayerShape};
 use crate::error::Result;
 use crate::formulation::{ConvFormulation, GroupNormFormulation, LinearFormulation};
 use crate::kernels::{self, Isa};
@@ -24,6 +25,9 @@ pub struct Linear<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// Burn's matmul or the crate's packed GEMM.
     pub formulation: LinearFormulation,
+    /// Where the layer's adapters (LoRA …) are found.
+    #[module(skip)]
+    pub adapters: AdapterSlot,
 }
 
 impl<B: Backend> Linear<B> {
@@ -58,10 +62,19 @@ impl<B: Backend> Linear<B> {
         } else {
             None
         };
+        let adapters = loader.adapter_slot(Layer {
+            shape: LayerShape::Linear {
+                in_features,
+                out_features,
+            },
+            weight: weight.id,
+            bias: bias.as_ref().map(|b| b.id),
+        });
         Ok(Linear {
             weight,
             bias,
             formulation: loader.formulation().linear,
+            adapters,
         })
     }
 
@@ -87,6 +100,20 @@ impl<B: Backend> Linear<B> {
     /// [`LinearFormulation::Packed`] on burn-flex, the crate's GEMM with the
     /// bias in its write-back.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if self.adapters.is_active() {
+            let y = self.forward_base(x.clone());
+            return self.adapters.add_linear(&x, y);
+        }
+        self.forward_base(x)
+    }
+
+    /// Whether adapter paths run beside this layer now (fused kernels that
+    /// read its weight directly must not be used then).
+    pub fn has_active_adapters(&self) -> bool {
+        self.adapters.is_active()
+    }
+
+    fn forward_base<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         profile::op!(x, "linear {:?} -> {} {}", x.dims(), self.weight.dims()[1], self.formulation => {
             let packed = match self.formulation {
                 LinearFormulation::Packed => {
@@ -108,6 +135,7 @@ impl<B: Backend> Linear<B> {
     /// QuickGELU and SiLU; the others after it).
     pub fn forward_act<const D: usize>(&self, x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
         let fused = match (self.formulation, &self.bias, act) {
+            _ if self.adapters.is_active() => None,
             (
                 LinearFormulation::Packed,
                 Some(bias),
@@ -157,6 +185,9 @@ pub struct Conv2d<B: Backend> {
     pub padding: usize,
     /// Burn's conv2d, im2col + matmul, or the crate's implicit GEMM.
     pub formulation: ConvFormulation,
+    /// Where the layer's adapters (LoCon …) are found.
+    #[module(skip)]
+    pub adapters: AdapterSlot,
 }
 
 impl<B: Backend> Conv2d<B> {
@@ -178,12 +209,24 @@ impl<B: Backend> Conv2d<B> {
         } else {
             None
         };
+        let adapters = loader.adapter_slot(Layer {
+            shape: LayerShape::Conv {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            },
+            weight: weight.id,
+            bias: bias.as_ref().map(|b| b.id),
+        });
         Ok(Conv2d {
             weight,
             bias,
             stride,
             padding,
             formulation: loader.formulation().conv,
+            adapters,
         })
     }
 
@@ -192,8 +235,16 @@ impl<B: Backend> Conv2d<B> {
         self.weight.dims()[0]
     }
 
-    /// Convolution of `x` `[N, C, H, W]`.
+    /// Convolution of `x` `[N, C, H, W]`, plus the active adapters' paths.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.adapters.is_active() {
+            let y = self.forward_base(x.clone());
+            return self.adapters.add_conv(&x, y, self.stride, self.padding);
+        }
+        self.forward_base(x)
+    }
+
+    fn forward_base(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let (weight, bias) = (self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         let (stride, padding) = (self.stride, self.padding);
         profile::op!(x, "{} {:?} {}", self.label(), x.dims(), self.formulation => {

@@ -53,7 +53,7 @@ pub fn from_stored(info: &ParamInfo, values: Vec<f32>) -> Vec<f32> {
 }
 
 /// The `cols × rows` transpose of a row-major `rows × cols` matrix.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; values.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -89,6 +89,7 @@ impl<B: Backend> FeedForward<B> {
     /// `x` `[B, L, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         if self.proj_in.formulation == LinearFormulation::Packed
+            && !self.proj_in.has_active_adapters()
             && let Some(bias) = &self.proj_in.bias
         {
             let fused = profile::op!(x, "geglu {:?} fused", x.dims() => {

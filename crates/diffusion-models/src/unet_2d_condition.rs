@@ -335,6 +335,9 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub center_input_sample: bool,
     /// Class embedding concatenated rather than added.
     pub class_embeddings_concat: bool,
+    /// The adapters on its layers ([`crate::adapter`]).
+    #[module(skip)]
+    pub adapters: crate::adapter::AdapterTable,
 }
 
 impl<B: Backend> UNet2DConditionModel<B> {
@@ -587,6 +590,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let out_pad = (cfg.conv_out_kernel - 1) / 2;
         let in_pad = (cfg.conv_in_kernel - 1) / 2;
         Ok(UNet2DConditionModel {
+            adapters: loader.adapters(),
             conv_in: Conv2d::load(
                 &loader.pp("conv_in"),
                 cfg.in_channels,

@@ -95,6 +95,16 @@ pub enum PipelineError {
         /// What went wrong.
         message: String,
     },
+    /// An adapter file (LoRA, LyCORIS, embedding) that cannot be applied.
+    #[error("{file}: `{key}`: {message}")]
+    Adapter {
+        /// The file.
+        file: String,
+        /// The key (or token, or component) at fault.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A config file that does not parse.
     #[error("{path}: {message}")]
     Config {

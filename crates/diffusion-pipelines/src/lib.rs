@@ -25,6 +25,7 @@ pub mod components;
 pub mod error;
 pub mod image;
 pub mod latents;
+pub mod lora;
 pub mod memory;
 pub mod noise;
 pub mod params;

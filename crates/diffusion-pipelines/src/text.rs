@@ -30,7 +30,7 @@ pub enum LongPrompt {
 
 /// One of the CLIP text encoders of a pipeline (a few hundred bytes of
 /// handles either way; the weights live in the backend).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]
 pub enum TextModel<B: Backend> {
     /// `CLIPTextModel` (SD's encoder, SDXL's first).

@@ -12,9 +12,8 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{Case, Seeds, max_abs_error, mean_abs_error, read_case_tensors};
-use diffusion_hub::resolve::{ResolveOptions, Resolved, resolve};
 use diffusion_pipelines::{
-    DiffusionPipeline, Generator, LoadOptions, OutputType, Params, SchedulerChoice, Task,
+    DiffusionPipeline, Generator, OutputType, Params, SchedulerChoice, Task,
 };
 use serde_json::Value;
 
@@ -132,17 +131,7 @@ fn params<'a>(
 }
 
 fn load(name: &str) -> (tempfile::TempDir, DiffusionPipeline<B>) {
-    let dir = common::pipeline_dir(name);
-    let opts = ResolveOptions::with_cache_dir(dir.path().join("no-cache")).local_files_only(true);
-    let Resolved::Pipeline(model) = resolve(dir.path().to_str().unwrap(), &opts).unwrap() else {
-        panic!("{name} is not a pipeline folder")
-    };
-    let options = LoadOptions::<B> {
-        progress: false,
-        ..LoadOptions::default()
-    };
-    let pipe = DiffusionPipeline::from_resolved(&model, &options).unwrap();
-    (dir, pipe)
+    common::load_pipeline::<B>(name)
 }
 
 /// Runs every case of `pipeline` whose class satisfies `which`, both ways.

@@ -97,6 +97,25 @@ pub fn bpe_text() -> String {
     text
 }
 
+/// Fixture pipeline `name` assembled and loaded on `B` with default options
+/// (keep the folder alive while the pipeline is used).
+pub fn load_pipeline<B: burn::tensor::backend::Backend>(
+    name: &str,
+) -> (tempfile::TempDir, diffusion_pipelines::DiffusionPipeline<B>) {
+    use diffusion_hub::resolve::{ResolveOptions, Resolved, resolve};
+    let dir = pipeline_dir(name);
+    let opts = ResolveOptions::with_cache_dir(dir.path().join("no-cache")).local_files_only(true);
+    let Resolved::Pipeline(model) = resolve(dir.path().to_str().unwrap(), &opts).unwrap() else {
+        panic!("{name} is not a pipeline folder")
+    };
+    let options = diffusion_pipelines::LoadOptions::<B> {
+        progress: false,
+        ..Default::default()
+    };
+    let pipe = diffusion_pipelines::DiffusionPipeline::from_resolved(&model, &options).unwrap();
+    (dir, pipe)
+}
+
 /// A complete diffusers folder for fixture pipeline `name` in a fresh temp dir
 /// (the folder is `.path()`; it is deleted when the value drops).
 pub fn pipeline_dir(name: &str) -> tempfile::TempDir {
@@ -248,8 +267,12 @@ pub fn case(name: &str) -> Case {
 /// Every tensor of the case file (all f32): `noise.<i>`, `latents`, `images` /
 /// `latents_out`, `latents_final`.
 pub fn read_case_tensors(case: &Case) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let path = case.tensors_path();
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    read_tensors(&case.tensors_path())
+}
+
+/// Every tensor of an f32 safetensors file, by name.
+pub fn read_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     st.tensors()

@@ -1,0 +1,209 @@
+//! LoRA parity with diffusers 0.42 + peft (`fixtures/lora`, written by
+//! scripts/pipelines/gen_lora.py): every adapter format, unfused and fused,
+//! two adapters with weights, `lora_scale`, text-encoder LoRAs and SDXL's two
+//! encoders, on the tiny SD1 and SDXL pipelines. Images must match
+//! diffusers' within 1/255 mean absolute error and the final latents within
+//! 1e-3 relative MAE, while each adapter moves the latents far more than that
+//! from the plain pipeline's (so a dropped adapter cannot pass).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{max_abs_error, mean_abs_error, read_tensors};
+use diffusion_pipelines::lora::{Component, MissingComponent};
+use diffusion_pipelines::{DiffusionPipeline, Params, PipelineError, Task};
+use serde::Deserialize;
+use serde_json::Value;
+
+type B = burn::backend::Flex;
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+#[derive(Deserialize)]
+struct LoraCase {
+    name: String,
+    pipeline: String,
+    kwargs: Value,
+    adapters: Vec<(String, String)>,
+    set_adapters: Option<(Vec<String>, Vec<f64>)>,
+    fuse: Option<f64>,
+    lora_scale: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    cases: Vec<LoraCase>,
+}
+
+fn dir() -> PathBuf {
+    common::fixtures().join("lora")
+}
+
+fn cases() -> Vec<LoraCase> {
+    let text = std::fs::read_to_string(dir().join("cases.json")).unwrap();
+    serde_json::from_str::<Manifest>(&text).unwrap().cases
+}
+
+fn load(name: &str) -> (tempfile::TempDir, DiffusionPipeline<B>) {
+    common::load_pipeline::<B>(name)
+}
+
+fn params<'a>(case: &LoraCase, tensors: &Tensors) -> Params<'a, B> {
+    let kw = &case.kwargs;
+    let text = |k: &str| kw[k].as_str().map(|s| vec![s.to_string()]);
+    let (shape, values) = &tensors["latents"];
+    let shape: [usize; 4] = shape.clone().try_into().unwrap();
+    Params {
+        prompt: text("prompt").unwrap(),
+        negative_prompt: text("negative_prompt"),
+        guidance_scale: kw["guidance_scale"].as_f64(),
+        num_inference_steps: kw["num_inference_steps"].as_u64().map(|n| n as usize),
+        height: kw["height"].as_u64().map(|n| n as usize),
+        width: kw["width"].as_u64().map(|n| n as usize),
+        latents: Some(Tensor::from_data(
+            TensorData::new(values.clone(), shape),
+            &Default::default(),
+        )),
+        progress: false,
+        ..Params::default()
+    }
+}
+
+/// Runs `case` on `pipe` (from a state with no adapters): its final latents and images.
+fn run(
+    pipe: &mut DiffusionPipeline<B>,
+    case: &LoraCase,
+    tensors: &Tensors,
+) -> (Vec<f32>, Vec<f32>) {
+    let sd = pipe.stable_diffusion().unwrap();
+    sd.unload_lora_weights().unwrap();
+    sd.set_lora_scale(case.lora_scale.unwrap_or(1.0));
+    for (file, name) in &case.adapters {
+        sd.load_lora_weights(&dir().join(file), Some(name), MissingComponent::Error)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    }
+    if let Some((names, weights)) = &case.set_adapters {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        sd.set_adapters(&names, weights).unwrap();
+    }
+    if let Some(scale) = case.fuse {
+        sd.fuse_lora(scale, &[]).unwrap();
+    }
+    let out = pipe.run(Task::TextToImage, params(case, tensors)).unwrap();
+    let latents = out.latents.into_data().to_vec::<f32>().unwrap();
+    (latents, out.images.unwrap().data)
+}
+
+fn check(pipeline: &str) {
+    let cases: Vec<LoraCase> = cases()
+        .into_iter()
+        .filter(|c| c.pipeline == pipeline)
+        .collect();
+    let (_dir, mut pipe) = load(pipeline);
+    let base = &read_tensors(
+        &dir()
+            .join("cases")
+            .join(format!("{pipeline}_base.safetensors")),
+    )["latents_final"]
+        .1;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let tensors = read_tensors(
+            &dir()
+                .join("cases")
+                .join(format!("{}.safetensors", case.name)),
+        );
+        let (latents, images) = run(&mut pipe, case, &tensors);
+        let want = &tensors["latents_final"].1;
+        let scale = want.iter().map(|x| x.abs()).sum::<f32>() / want.len() as f32;
+        let rel = mean_abs_error(&latents, want) / scale;
+        let moved = mean_abs_error(want, base) / scale;
+        let mae = mean_abs_error(&images, &tensors["images"].1);
+        let max = max_abs_error(&images, &tensors["images"].1);
+        let line = format!(
+            "{}: images MAE {mae:.2e} max {max:.2e}, latents rel. MAE {rel:.2e} (the adapters move them {moved:.2e})",
+            case.name
+        );
+        eprintln!("{line}");
+        let adapters_matter = case.adapters.is_empty() || moved > 30.0 * rel.max(1e-5);
+        if mae > 1.0 / 255.0 || rel > 1e-3 || !adapters_matter {
+            failures.push(line);
+        }
+    }
+    assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn sd1_every_format_fused_and_unfused() {
+    check("sd1");
+}
+
+#[test]
+fn sdxl_kohya_with_both_text_encoders() {
+    check("sdxl");
+}
+
+/// What a parameter holds, as f32 values.
+fn weights_of(pipe: &mut DiffusionPipeline<B>) -> Vec<f32> {
+    let sd = pipe.stable_diffusion().unwrap();
+    let diffusion_models::unet_2d_blocks::DownBlock::CrossAttn(block) = &sd.unet.down_blocks[0]
+    else {
+        panic!("the fixture's first down block has attention")
+    };
+    let attn = &block.attentions[0].transformer_blocks[0].attn1;
+    attn.to_q.weight.val().into_data().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn unfuse_restores_the_weights_and_a_refused_file_changes_nothing() {
+    let (_dir, mut pipe) = load("sd1");
+    let before = weights_of(&mut pipe);
+    let sd = pipe.stable_diffusion().unwrap();
+    let peft = dir().join("files/peft_sd1.safetensors");
+    sd.load_lora_weights(&peft, Some("a"), MissingComponent::Error)
+        .unwrap();
+    assert_eq!(sd.get_active_adapters(), vec!["a".to_string()]);
+    sd.fuse_lora(1.0, &[Component::Unet]).unwrap();
+    let fused = weights_of(&mut pipe);
+    assert!(
+        max_abs_error(&fused, &before) > 1e-2,
+        "fusing changed nothing"
+    );
+    let sd = pipe.stable_diffusion().unwrap();
+    // Loading or deleting while fused is refused.
+    assert!(sd.delete_adapters(&["a"]).is_err());
+    sd.unfuse_lora().unwrap();
+    let back = weights_of(&mut pipe);
+    let err = max_abs_error(&back, &before);
+    let size = before.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!("unfuse: max abs error {err:.2e} on weights up to {size:.2e}");
+    assert!(err <= 4.0 * f32::EPSILON * size.max(1.0), "{err}");
+
+    // An SDXL file into SD1: refused whole, naming the file and a key; the
+    // pipeline keeps only adapter `a`.
+    let sd = pipe.stable_diffusion().unwrap();
+    let xl = dir().join("files/kohya_sdxl.safetensors");
+    let err = sd
+        .load_lora_weights(&xl, Some("xl"), MissingComponent::Error)
+        .unwrap_err();
+    assert!(matches!(err, PipelineError::Adapter { .. }), "{err}");
+    assert!(err.to_string().contains("kohya_sdxl"), "{err}");
+    let err = sd
+        .load_lora_weights(&xl, Some("xl"), MissingComponent::Skip)
+        .unwrap_err();
+    assert!(err.to_string().contains("lora_"), "{err}");
+    for (_, table) in sd.adapter_tables() {
+        assert!(table.adapters().iter().all(|n| n == "a"), "{table:?}");
+    }
+    // The same name twice is refused; unknown adapters cannot be activated.
+    assert!(
+        sd.load_lora_weights(&peft, Some("a"), MissingComponent::Error)
+            .is_err()
+    );
+    assert!(sd.set_adapters(&["nope"], &[1.0]).is_err());
+    sd.unload_lora_weights().unwrap();
+    assert!(sd.get_active_adapters().is_empty());
+    assert_eq!(weights_of(&mut pipe), back);
+}
