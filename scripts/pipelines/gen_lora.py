@@ -20,8 +20,14 @@ Writes crates/diffusion-pipelines/tests/fixtures/lora/:
       full_sd1        `diff` / `diff_b`
       kohya_sdxl      kohya `lora_unet_`, `lora_te1_`, `lora_te2_` on the SDXL pipeline
   cases/<case>.safetensors  latents (the call's), latents_final (the last step's)
-                      and images (`output_type="np"`)
+                      and images (`output_type="np"`); for embeddings also latents_plain
+                      (the same prompt without the embedding loaded)
+      ti_diffusers    textual inversion, diffusers format ({"<cat-toy>": [1, d]})
+      ti_a1111.pt     A1111 (`string_to_param`, `name` "<ink>", 3 vectors)
+      ti_kohya        kohya (`emb_params`, 2 vectors; token given: "<kh>")
+      ti_sdxl         SDXL (`clip_l`, `clip_g`, 2 vectors each; token given: "<sx>")
   cases.json          {"cases": [{name, pipeline, kwargs, adapters: [[file, name]],
+                      embeddings: [[file, token | null]],
                       set_adapters: [[names], [weights]] | null, fuse: scale | null,
                       lora_scale: s | null, reference}]}
 
@@ -270,13 +276,15 @@ def main():
     cases = []
 
     def case(name, pipe, pipeline, kw, latents, adapters, reference="diffusers", set_adapters=None, fuse=None,
-             lora_scale=None):
+             lora_scale=None, embeddings=(), plain=None):
         tensors = run(pipe, kw, latents, lora_scale)
+        if plain is not None:
+            tensors["latents_plain"] = plain
         save_file({k: v.float().contiguous() for k, v in tensors.items()},
                   os.path.join(OUT, "cases", name + ".safetensors"))
         cases.append({"name": name, "pipeline": pipeline, "kwargs": kw, "adapters": adapters,
                       "set_adapters": set_adapters, "fuse": fuse, "lora_scale": lora_scale,
-                      "reference": reference})
+                      "embeddings": [list(e) for e in embeddings], "reference": reference})
         print(f"{name:24s} |latents_final| {tensors['latents_final'].abs().mean():.4f}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,6 +326,52 @@ def main():
             apply_merged(pipe, merged[n])
             case("sd1_" + n.removesuffix("_sd1"), pipe, "sd1", sd1_kw, lat1, [[rel(n), "x"]], reference="merged")
             apply_merged(pipe, merged[n], -1.0)
+        del pipe
+
+        # Textual inversion: diffusers, A1111 (.pt, 3 vectors) and kohya formats, one at a time
+        # and all three together.
+        pipe = load(sd1)
+        width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+        gen = torch.Generator().manual_seed(21)
+        ti = {
+            "ti_diffusers": os.path.join(OUT, "files", "ti_diffusers.safetensors"),
+            "ti_a1111": os.path.join(OUT, "files", "ti_a1111.pt"),
+            "ti_kohya": os.path.join(OUT, "files", "ti_kohya.safetensors"),
+            "ti_sdxl": os.path.join(OUT, "files", "ti_sdxl.safetensors"),
+        }
+        trel = lambda n: os.path.relpath(ti[n], OUT)  # noqa: E731
+        save_file({"<cat-toy>": torch.randn(1, width, generator=gen)}, ti["ti_diffusers"])
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.randn(3, width, generator=gen)},
+                    "name": "<ink>", "step": 100}, ti["ti_a1111"])
+        save_file({"emb_params": torch.randn(2, width, generator=gen)}, ti["ti_kohya"])
+        ti_runs = [
+            ("sd1_ti_diffusers", "a <cat-toy> on a skateboard", [("ti_diffusers", None)]),
+            ("sd1_ti_a1111_multi", "an <ink> painting of a dog", [("ti_a1111", None)]),
+            ("sd1_ti_kohya", "a dog, <kh> style", [("ti_kohya", "<kh>")]),
+            ("sd1_ti_all", "a <cat-toy> and a dog, <ink>, <kh>",
+             [("ti_diffusers", None), ("ti_a1111", None), ("ti_kohya", "<kh>")]),
+        ]
+        for name, prompt, embs in ti_runs:
+            pipe = load(sd1)
+            plain = run(pipe, dict(sd1_kw, prompt=prompt), lat1, None)["latents_final"]
+            for f, token in embs:
+                pipe.load_textual_inversion(ti[f], token=token)
+            case(name, pipe, "sd1", dict(sd1_kw, prompt=prompt), lat1, [],
+                 embeddings=[(trel(f), token) for f, token in embs], plain=plain)
+        del pipe
+
+        pipe = load(sdxl)
+        sx_kw = dict(sdxl_kw, prompt="a photo of a <sx> cat")
+        plain = run(pipe, sx_kw, latx, None)["latents_final"]
+        sx = {"clip_l": torch.randn(2, pipe.text_encoder.get_input_embeddings().weight.shape[1], generator=gen),
+              "clip_g": torch.randn(2, pipe.text_encoder_2.get_input_embeddings().weight.shape[1], generator=gen)}
+        save_file(sx, ti["ti_sdxl"])
+        pipe.load_textual_inversion(sx["clip_l"], token="<sx>", text_encoder=pipe.text_encoder,
+                                    tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(sx["clip_g"], token="<sx>", text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+        case("sdxl_ti_two_encoders", pipe, "sdxl", sx_kw, latx, [],
+             embeddings=[(trel("ti_sdxl"), "<sx>")], plain=plain)
         del pipe
 
         pipe = load(sdxl)

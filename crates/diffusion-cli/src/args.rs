@@ -139,6 +139,24 @@ pub fn lora_spec(s: &str) -> Result<(String, f64), String> {
     Ok((path, weight))
 }
 
+/// `--embedding FILE[:TOKEN]`: the path and the token to load it under
+/// (absent: the file's own, or its stem). A path that exists as given is
+/// taken whole.
+pub fn embedding_spec(s: &str) -> Result<(String, Option<String>), String> {
+    if s.is_empty() {
+        return Err("--embedding \"\": an empty path".into());
+    }
+    if std::path::Path::new(s).is_file() {
+        return Ok((s.to_string(), None));
+    }
+    match s.rsplit_once(':') {
+        Some((path, token)) if !path.is_empty() && !token.trim().is_empty() => {
+            Ok((path.to_string(), Some(token.to_string())))
+        }
+        _ => Ok((s.to_string(), None)),
+    }
+}
+
 /// A1111's `<lora:NAME:WEIGHT>` tags: the prompt without them, and each
 /// tag's name and weight (1 when absent), in order.
 pub fn lora_tags(prompt: &str) -> Result<(String, Vec<(String, f64)>), String> {
@@ -253,6 +271,14 @@ mod tests {
         assert_eq!(tags, vec![("ink".into(), 0.7), ("style".into(), 1.0)]);
         assert!(lora_tags("a <lora:x").is_err());
         assert!(lora_tags("a <lora::1>").is_err());
+        assert_eq!(
+            embedding_spec("x/ink.pt:<ink>").unwrap(),
+            ("x/ink.pt".into(), Some("<ink>".into()))
+        );
+        assert_eq!(
+            embedding_spec("x/ink.pt").unwrap(),
+            ("x/ink.pt".into(), None)
+        );
     }
 
     #[test]

@@ -300,6 +300,16 @@ fn generation(cmd: Command) -> Command {
             "Where the prompt's A1111 tags <lora:NAME:WEIGHT> find NAME.safetensors (the tags are removed from the prompt)",
         ))
         .arg(
+            num(
+                "embedding",
+                "embedding",
+                "FILE[:TOKEN]",
+                "A textual-inversion embedding (diffusers, A1111 .pt, kohya, SDXL clip_l/clip_g) under TOKEN [default: the file's, else its stem]; repeatable",
+            )
+            .action(ArgAction::Append)
+            .value_parser(args::embedding_spec),
+        )
+        .arg(
             Arg::new("fuse_lora")
                 .long("fuse-lora")
                 .action(ArgAction::SetTrue)

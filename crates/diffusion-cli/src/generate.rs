@@ -120,22 +120,30 @@ pub fn run<B: Backend>(
     Ok(written)
 }
 
-/// Loads `--lora` files (named by their file stems) at their weights, and
-/// fuses them with `--fuse-lora`.
+/// Loads `--embedding` files, then `--lora` files (named by their file
+/// stems) at their weights, and fuses them with `--fuse-lora`.
 fn apply_loras<B: Backend>(
     pipe: &mut diffusion_pipelines::DiffusionPipeline<B>,
     settings: &Settings,
     model: &str,
 ) -> Result<()> {
-    if settings.loras.is_empty() {
+    if settings.loras.is_empty() && settings.embeddings.is_empty() {
         return Ok(());
     }
     let Some(sd) = pipe.stable_diffusion() else {
         return Err(CliError::WrongModel {
             model: model.to_string(),
-            message: "--lora: an unconditional pipeline has no LoRA support".into(),
+            message:
+                "--lora/--embedding: an unconditional pipeline has no text encoder or adapters"
+                    .into(),
         });
     };
+    for (path, token) in &settings.embeddings {
+        sd.load_textual_inversion(path, token.as_deref())?;
+    }
+    if settings.loras.is_empty() {
+        return Ok(());
+    }
     let mut names = Vec::new();
     for (path, weight) in &settings.loras {
         let stem = path

@@ -74,6 +74,8 @@ pub struct Settings {
     pub loras: Vec<(PathBuf, f64)>,
     /// `--fuse-lora`.
     pub fuse_lora: bool,
+    /// `--embedding FILE[:TOKEN]`.
+    pub embeddings: Vec<(PathBuf, Option<String>)>,
 }
 
 fn strings(m: &ArgMatches, id: &str) -> Option<Vec<String>> {
@@ -142,6 +144,10 @@ impl Settings {
                 .map(|v| v.map(|(p, w)| (PathBuf::from(p), *w)).collect())
                 .unwrap_or_default(),
             fuse_lora: m.get_flag("fuse_lora"),
+            embeddings: m
+                .get_many::<(String, Option<String>)>("embedding")
+                .map(|v| v.map(|(p, t)| (PathBuf::from(p), t.clone())).collect())
+                .unwrap_or_default(),
         };
         s.take_lora_tags(m.get_one::<String>("lora_dir").map(PathBuf::from))?;
         s.check()?;
@@ -391,6 +397,14 @@ impl Settings {
                 .collect();
             put("loras", Value::Array(loras));
             put("fuse_lora", json!(self.fuse_lora));
+        }
+        if !self.embeddings.is_empty() {
+            let e: Vec<Value> = self
+                .embeddings
+                .iter()
+                .map(|(p, t)| json!({"file": p, "token": t}))
+                .collect();
+            put("embeddings", Value::Array(e));
         }
         put("denoising_end", json!(self.denoising_end));
         put(

@@ -197,13 +197,14 @@ fn img2img_and_inpaint_through_the_cli() {
 /// `diffuse generate --lora FILE:W ... --latents FILE` against diffusers
 /// with the same adapters (fixtures/lora of diffusion-pipelines): two
 /// adapters with weights unfused, the same fused (`fuse_lora(0.8)` is the
-/// weights times 0.8 fused at 1), and an A1111 prompt tag.
+/// weights times 0.8 fused at 1), an A1111 prompt tag, and three
+/// textual-inversion embeddings (diffusers, A1111 multi-vector, kohya).
 #[test]
 fn loras_through_the_cli() {
     let lora = common::fixtures().join("lora");
     let file = |n: &str| lora.join("files").join(n).to_string_lossy().into_owned();
     let prompt = "a dog on a skateboard";
-    let runs: [(&str, Vec<String>); 3] = [
+    let runs: [(&str, Vec<String>); 4] = [
         (
             "sd1_two_adapters",
             vec![
@@ -234,6 +235,19 @@ fn loras_through_the_cli() {
                 format!("{prompt} <lora:peft_sd1:1.0>"),
                 "--lora-dir".into(),
                 file(""),
+            ],
+        ),
+        (
+            "sd1_ti_all",
+            vec![
+                "--prompt".into(),
+                "a <cat-toy> and a dog, <ink>, <kh>".into(),
+                "--embedding".into(),
+                file("ti_diffusers.safetensors"),
+                "--embedding".into(),
+                file("ti_a1111.pt"),
+                "--embedding".into(),
+                format!("{}:<kh>", file("ti_kohya.safetensors")),
             ],
         ),
     ];
@@ -277,7 +291,7 @@ fn loras_through_the_cli() {
             failures.push(format!("{name}: MAE {mae}, worst {worst} levels"));
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        if !stdout.contains("\"loras\"") {
+        if !stdout.contains("\"loras\"") && !stdout.contains("\"embeddings\"") {
             failures.push(format!(
                 "{name}: the adapters are not in the recorded parameters: {stdout}"
             ));

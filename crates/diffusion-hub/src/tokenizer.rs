@@ -39,7 +39,7 @@
 //! way and padded with empty chunks to the same count). A prompt that fits gives one
 //! chunk, equal to [`ClipTokenizer::encode`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -89,6 +89,8 @@ pub enum TokenizerError {
     Build { path: PathBuf, reason: String },
     #[error("cannot tokenize {prompt:?}: {reason}")]
     Encode { prompt: String, reason: String },
+    #[error("token {token:?}: {reason}")]
+    AddToken { token: String, reason: String },
 }
 
 type Result<T> = std::result::Result<T, TokenizerError>;
@@ -103,6 +105,16 @@ pub enum ClipFlavor {
     SlowV4,
 }
 
+/// The tokens of an embedding of `vectors` vectors: `token`, `token_1`, …
+pub fn embedding_token_names(token: &str, vectors: usize) -> Vec<String> {
+    (0..vectors)
+        .map(|i| match i {
+            0 => token.to_string(),
+            i => format!("{token}_{i}"),
+        })
+        .collect()
+}
+
 /// A CLIP BPE tokenizer with the ids layout of the SD text encoders.
 #[derive(Debug, Clone)]
 pub struct ClipTokenizer {
@@ -112,6 +124,8 @@ pub struct ClipTokenizer {
     eos_id: u32,
     pad_id: u32,
     model_max_length: usize,
+    /// Textual-inversion tokens with more than one vector, and their counts.
+    multi_vector: BTreeMap<String, usize>,
 }
 
 impl ClipTokenizer {
@@ -189,7 +203,81 @@ impl ClipTokenizer {
             eos_id,
             pad_id,
             model_max_length,
+            multi_vector: BTreeMap::new(),
         })
+    }
+
+    /// Whether `token` is in the vocabulary or was added.
+    pub fn contains(&self, token: &str) -> bool {
+        self.tokenizer.token_to_id(token).is_some()
+    }
+
+    /// Number of ids, added tokens included (`len(tokenizer)`).
+    pub fn len(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Whether the tokenizer has no ids at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a textual-inversion token of `vectors` vectors as diffusers'
+    /// `load_textual_inversion` does: `token`, then `token_1` … for the
+    /// further vectors, each matched whole before BPE (transformers'
+    /// `add_tokens`), with the next free ids, which are returned. A prompt
+    /// naming `token` is then encoded with all its vectors (diffusers'
+    /// `maybe_convert_prompt`). A token already in the vocabulary is an
+    /// error, and nothing is added.
+    pub fn add_embedding_tokens(&mut self, token: &str, vectors: usize) -> Result<Vec<u32>> {
+        let names = embedding_token_names(token, vectors);
+        let err = |token: &str, reason: &str| TokenizerError::AddToken {
+            token: token.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.slow.is_some() {
+            return Err(err(
+                token,
+                "the slow (transformers 4) flavor takes no added tokens",
+            ));
+        }
+        if token.trim().is_empty() || vectors == 0 {
+            return Err(err(token, "an empty token or no vectors"));
+        }
+        if let Some(t) = names.iter().find(|t| self.contains(t)) {
+            return Err(err(t, "already in the tokenizer's vocabulary"));
+        }
+        let added: Vec<tokenizers::AddedToken> = names
+            .iter()
+            .map(|t| tokenizers::AddedToken::from(t.clone(), false))
+            .collect();
+        self.tokenizer.add_tokens(&added);
+        let ids = names
+            .iter()
+            .map(|t| {
+                self.tokenizer
+                    .token_to_id(t)
+                    .ok_or_else(|| err(t, "was not added"))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        if vectors > 1 {
+            self.multi_vector.insert(token.to_string(), vectors);
+        }
+        Ok(ids)
+    }
+
+    /// diffusers' `maybe_convert_prompt`: every multi-vector token the prompt
+    /// holds becomes `token token_1 …`.
+    fn expand_multi_vector(&self, prompt: &str, ids: &[u32]) -> Option<String> {
+        let mut out = None::<String>;
+        for (token, &n) in &self.multi_vector {
+            let id = self.tokenizer.token_to_id(token)?;
+            if ids.contains(&id) {
+                let text = out.get_or_insert_with(|| prompt.to_string());
+                *text = text.replace(token, &embedding_token_names(token, n).join(" "));
+            }
+        }
+        out
     }
 
     /// Token ids of `prompt` without BOS/EOS, not truncated.
@@ -200,11 +288,19 @@ impl ClipTokenizer {
         };
         match &self.slow {
             Some(slow) => slow.encode(prompt).map_err(encode_err),
-            None => self
-                .tokenizer
-                .encode_fast(prompt, false)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| encode_err(e.to_string())),
+            None => {
+                let encode = |p: &str| {
+                    self.tokenizer
+                        .encode_fast(p, false)
+                        .map(|e| e.get_ids().to_vec())
+                        .map_err(|e| encode_err(e.to_string()))
+                };
+                let ids = encode(prompt)?;
+                match self.expand_multi_vector(prompt, &ids) {
+                    Some(expanded) => encode(&expanded),
+                    None => Ok(ids),
+                }
+            }
         }
     }
 

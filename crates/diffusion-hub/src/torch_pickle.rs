@@ -153,6 +153,8 @@ pub struct TorchFile {
     other_keys: Vec<String>,
     /// Globals outside torch's allow-list that were skipped (opt-in only).
     skipped_globals: Vec<String>,
+    /// Top-level string entries (an A1111 embedding's `name`).
+    strings: BTreeMap<String, String>,
 }
 
 fn storage_dtype(name: &str) -> Option<Dtype> {
@@ -194,6 +196,7 @@ impl TorchFile {
             owned,
             other_keys,
             skipped_globals,
+            strings,
         } = parse(&mmap, path, options)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -202,6 +205,7 @@ impl TorchFile {
             owned,
             other_keys,
             skipped_globals,
+            strings,
         })
     }
 
@@ -240,6 +244,11 @@ impl TorchFile {
         &self.other_keys
     }
 
+    /// The top-level entries that are strings (an A1111 embedding's `name`).
+    pub fn strings(&self) -> &BTreeMap<String, String> {
+        &self.strings
+    }
+
     /// The globals (`module.name`, sorted) outside torch's `weights_only`
     /// allow-list that were skipped under
     /// [`PickleOptions::skip_unsafe_globals`]; always empty otherwise, since
@@ -275,6 +284,7 @@ struct Parsed {
     owned: Vec<Vec<u8>>,
     other_keys: Vec<String>,
     skipped_globals: Vec<String>,
+    strings: BTreeMap<String, String>,
 }
 
 fn parse(bytes: &[u8], path: &Path, options: &PickleOptions) -> Result<Parsed, WeightsError> {
@@ -375,6 +385,35 @@ fn parse(bytes: &[u8], path: &Path, options: &PickleOptions) -> Result<Parsed, W
         }
         None => top,
     };
+    // A dict of tensors one level down is read as `outer.inner` (an A1111
+    // embedding's `string_to_param: {"*": tensor}`); top-level strings are kept.
+    let mut strings = BTreeMap::new();
+    let mut flat = Vec::with_capacity(items.len());
+    for (k, v) in items {
+        match (k, v) {
+            (Obj::Str(outer), Obj::Dict(inner))
+                if inner
+                    .iter()
+                    .any(|(ik, iv)| matches!((ik, iv), (Obj::Str(_), Obj::Tensor(_)))) =>
+            {
+                for (ik, iv) in inner {
+                    match (ik, iv) {
+                        (Obj::Str(ik), t @ Obj::Tensor(_)) => {
+                            flat.push((Obj::Str(format!("{outer}.{ik}")), t))
+                        }
+                        (Obj::Str(ik), _) => other_keys.push(format!("{outer}.{ik}")),
+                        _ => {}
+                    }
+                }
+            }
+            (Obj::Str(k), Obj::Str(v)) => {
+                strings.insert(k.clone(), v);
+                other_keys.push(k);
+            }
+            (k, v) => flat.push((k, v)),
+        }
+    }
+    let items = flat;
 
     let mut tensors = BTreeMap::new();
     let mut owned = Vec::new();
@@ -484,6 +523,7 @@ fn parse(bytes: &[u8], path: &Path, options: &PickleOptions) -> Result<Parsed, W
         owned,
         other_keys,
         skipped_globals: skipped.into_iter().collect(),
+        strings,
     })
 }
 

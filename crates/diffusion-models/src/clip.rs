@@ -20,7 +20,7 @@ use crate::nn::{Activation, LayerNorm, Linear};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -455,6 +455,51 @@ impl<B: Backend> CLIPTextTransformer<B> {
             max_position_embeddings: cfg.max_position_embeddings,
             eos_token_id: cfg.eos_id(),
         })
+    }
+
+    /// Appends textual-inversion rows to the token embedding (transformers'
+    /// `resize_token_embeddings`, then the new rows set): `rows` holds whole
+    /// rows of `hidden_size` values for ids `first_id..`, and `first_id` must
+    /// be the current vocabulary size (the tokenizer's and the encoder's
+    /// counts agree). Returns the new vocabulary size; on an error nothing
+    /// changes.
+    pub fn append_token_embeddings(&mut self, first_id: usize, rows: &[f32]) -> Result<usize> {
+        let [vocab, hidden] = self.embeddings.token_embedding.dims();
+        if first_id != vocab {
+            return Err(ModelError::input(
+                "token embedding",
+                format!(
+                    "the new tokens start at id {first_id}, but the text encoder has {vocab} embeddings (tokenizer and encoder disagree)"
+                ),
+            ));
+        }
+        if rows.is_empty() || !rows.len().is_multiple_of(hidden) {
+            return Err(ModelError::input(
+                "token embedding",
+                format!(
+                    "{} values are not whole rows of the encoder's width {hidden}",
+                    rows.len()
+                ),
+            ));
+        }
+        let n = rows.len() / hidden;
+        let weight = self.embeddings.token_embedding.val();
+        let (device, dtype) = (weight.device(), weight.dtype());
+        let data = TensorData::new(rows.to_vec(), [n, hidden]);
+        let new = Tensor::<B, 2>::from_data(data, (&device, DType::F32));
+        let new = crate::nn::to_dtype(new, dtype);
+        self.embeddings.token_embedding = self
+            .embeddings
+            .token_embedding
+            .clone()
+            .map(|t| Tensor::cat(vec![t, new], 0));
+        self.vocab_size = vocab + n;
+        Ok(self.vocab_size)
+    }
+
+    /// The width of a token embedding (`hidden_size`).
+    pub fn hidden_size(&self) -> usize {
+        self.embeddings.token_embedding.dims()[1]
     }
 
     /// Checks `[B, L]` ids against the vocabulary and the position table and

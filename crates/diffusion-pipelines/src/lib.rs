@@ -34,6 +34,7 @@ pub mod preview;
 pub(crate) mod progress;
 pub mod stable_diffusion;
 pub mod text;
+pub mod textual_inversion;
 pub mod training;
 pub mod unconditional;
 

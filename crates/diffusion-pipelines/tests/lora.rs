@@ -1,10 +1,13 @@
-//! LoRA parity with diffusers 0.42 + peft (`fixtures/lora`, written by
-//! scripts/pipelines/gen_lora.py): every adapter format, unfused and fused,
-//! two adapters with weights, `lora_scale`, text-encoder LoRAs and SDXL's two
-//! encoders, on the tiny SD1 and SDXL pipelines. Images must match
+//! LoRA and textual-inversion parity with diffusers 0.42 + peft
+//! (`fixtures/lora`, written by scripts/pipelines/gen_lora.py): every adapter
+//! format, unfused and fused, two adapters with weights, `lora_scale`,
+//! text-encoder LoRAs and SDXL's two encoders; embeddings in the diffusers,
+//! A1111 (multi-vector) and kohya formats, together, and SDXL's `clip_l` /
+//! `clip_g` pair, on the tiny SD1 and SDXL pipelines. Images must match
 //! diffusers' within 1/255 mean absolute error and the final latents within
 //! 1e-3 relative MAE, while each adapter moves the latents far more than that
-//! from the plain pipeline's (so a dropped adapter cannot pass).
+//! from the plain pipeline's, or an embedding from the same prompt without it
+//! (so a dropped adapter or token cannot pass).
 
 mod common;
 
@@ -30,6 +33,9 @@ struct LoraCase {
     set_adapters: Option<(Vec<String>, Vec<f64>)>,
     fuse: Option<f64>,
     lora_scale: Option<f64>,
+    /// Embedding files and the token each is loaded under (null: the file's).
+    #[serde(default)]
+    embeddings: Vec<(String, Option<String>)>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +97,10 @@ fn run(
     if let Some(scale) = case.fuse {
         sd.fuse_lora(scale, &[]).unwrap();
     }
+    for (file, token) in &case.embeddings {
+        sd.load_textual_inversion(&dir().join(file), token.as_deref())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    }
     let out = pipe.run(Task::TextToImage, params(case, tensors)).unwrap();
     let latents = out.latents.into_data().to_vec::<f32>().unwrap();
     (latents, out.images.unwrap().data)
@@ -115,7 +125,14 @@ fn check(pipeline: &str) {
                 .join("cases")
                 .join(format!("{}.safetensors", case.name)),
         );
-        let (latents, images) = run(&mut pipe, case, &tensors);
+        // Embeddings add tokens for good: each such case gets a fresh pipeline,
+        // and its baseline is the same prompt without the embedding.
+        let (latents, images) = if case.embeddings.is_empty() {
+            run(&mut pipe, case, &tensors)
+        } else {
+            run(&mut load(pipeline).1, case, &tensors)
+        };
+        let base = tensors.get("latents_plain").map(|(_, v)| v).unwrap_or(base);
         let want = &tensors["latents_final"].1;
         let scale = want.iter().map(|x| x.abs()).sum::<f32>() / want.len() as f32;
         let rel = mean_abs_error(&latents, want) / scale;
@@ -127,7 +144,8 @@ fn check(pipeline: &str) {
             case.name
         );
         eprintln!("{line}");
-        let adapters_matter = case.adapters.is_empty() || moved > 30.0 * rel.max(1e-5);
+        let plain = case.adapters.is_empty() && case.embeddings.is_empty();
+        let adapters_matter = plain || moved > 30.0 * rel.max(1e-5);
         if mae > 1.0 / 255.0 || rel > 1e-3 || !adapters_matter {
             failures.push(line);
         }
@@ -206,4 +224,45 @@ fn unfuse_restores_the_weights_and_a_refused_file_changes_nothing() {
     sd.unload_lora_weights().unwrap();
     assert!(sd.get_active_adapters().is_empty());
     assert_eq!(weights_of(&mut pipe), back);
+}
+
+#[test]
+fn refused_embeddings_change_nothing() {
+    let (_dir, mut pipe) = load("sd1");
+    let sd = pipe.stable_diffusion().unwrap();
+    let len = |sd: &diffusion_pipelines::StableDiffusion<B>| {
+        sd.text_encoder.as_ref().unwrap().tokenizer.len()
+    };
+    let before = len(sd);
+    let files = dir().join("files");
+    let added = sd
+        .load_textual_inversion(&files.join("ti_a1111.pt"), None)
+        .unwrap();
+    assert_eq!(added, vec!["<ink>", "<ink>_1", "<ink>_2"]);
+    assert_eq!(len(sd), before + 3);
+    // The same token again; an SDXL pair for a one-encoder pipeline; a width
+    // the encoder does not have; a word already in CLIP's vocabulary.
+    let again = sd
+        .load_textual_inversion(&files.join("ti_a1111.pt"), None)
+        .unwrap_err();
+    assert!(again.to_string().contains("<ink>"), "{again}");
+    let xl = sd
+        .load_textual_inversion(&files.join("ti_sdxl.safetensors"), Some("<sx>"))
+        .unwrap_err();
+    assert!(xl.to_string().contains("text_encoder_2"), "{xl}");
+    let tmp = tempfile::tempdir().unwrap();
+    let wide = tmp.path().join("wide.safetensors");
+    let values: Vec<u8> = [0.5f32; 5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 5], &values).unwrap();
+    safetensors::serialize_to_file([("<wide>", view)], None, &wide).unwrap();
+    let err = sd.load_textual_inversion(&wide, None).unwrap_err();
+    assert!(err.to_string().contains("width 5"), "{err}");
+    let err = sd.load_textual_inversion(&wide, Some("dog")).unwrap_err();
+    assert!(err.to_string().contains("width 5"), "{err}");
+    let known = sd
+        .load_textual_inversion(&files.join("ti_kohya.safetensors"), Some("dog</w>"))
+        .unwrap_err();
+    assert!(known.to_string().contains("already"), "{known}");
+    assert_eq!(len(sd), before + 3, "a refused file added tokens");
 }
