@@ -9,7 +9,9 @@ diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
 
   --preset P[,P...]      tiny | mid | sd15 | sd15-256 | sdxl (presets.json)   [mid]
   --component C[,C...]   unet, vae-decode, vae-encode, text, scheduler,
-                         pipeline, or all; Rust only: profile (per-op times
+                         pipeline, or all (these six); unet-lora (the UNet
+                         with an unfused LoRA of rank --lora on every
+                         attention projection); Rust only: profile (per-op times
                          of one UNet forward), ops (op formulations at the
                          UNet's shapes), steps (one step of every scheduler
                          class, and its share of a `unet` forward measured
@@ -18,6 +20,7 @@ diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
                          fusion layer); cuda needs a `--features cuda` build  [cpu]
   --dtype D              f32 | f16 | bf16                                     [f32 on cpu, f16 on cuda]
   --batch N              UNet/text batch (2 = classifier-free guidance)       [2]
+  --lora RANK            the rank of unet-lora's adapter                      [16]
   --runs N               timed runs after the first call                      [10; pipeline: 3]
   --steps N              pipeline denoising steps                             [20]
   --pipeline-runs N      timed pipeline calls after the first                 [min(runs, 3)]
@@ -37,13 +40,14 @@ header line): DIFFUSION_ATTENTION=fused|matmul|tiled, DIFFUSION_CONV=direct|im2c
 DIFFUSION_GROUP_NORM=one-pass|two-stage, DIFFUSION_LINEAR=matmul|packed.
 ";
 
-pub const COMPONENTS: [&str; 9] = [
+pub const COMPONENTS: [&str; 10] = [
     "unet",
     "vae-decode",
     "vae-encode",
     "text",
     "scheduler",
     "pipeline",
+    "unet-lora",
     "profile",
     "ops",
     "steps",
@@ -73,6 +77,8 @@ pub struct Args {
     /// What the models are built with: the backend's (`Formulation::for_backend`)
     /// until `main` applies the environment's choices.
     pub formulation: Formulation,
+    /// `unet-lora`'s rank.
+    pub lora_rank: usize,
 }
 
 impl Args {
@@ -118,6 +124,8 @@ impl Args {
             self.threads.to_string(),
             "--root".into(),
             self.root.display().to_string(),
+            "--lora".into(),
+            self.lora_rank.to_string(),
         ]
     }
 
@@ -138,6 +146,7 @@ impl Args {
         let mut json = None;
         let mut help = false;
         let mut write_tokenizers = false;
+        let mut lora_rank = 16;
         let mut it = args.into_iter();
         let usage = |m: String| BenchError::Usage(format!("{m}\n\n{USAGE}"));
         while let Some(flag) = it.next() {
@@ -176,6 +185,7 @@ impl Args {
                 "--steps" => steps = number("--steps", value()?)?,
                 "--pipeline-runs" => pipeline_runs = Some(number("--pipeline-runs", value()?)?),
                 "--threads" => threads = number("--threads", value()?)?,
+                "--lora" => lora_rank = number("--lora", value()?)?,
                 "--compare" => {
                     let v = value()?;
                     if v != "diffusers" {
@@ -212,6 +222,7 @@ impl Args {
             presets,
             components,
             formulation: Formulation::for_backend(&backend),
+            lora_rank,
             backend,
             precision,
             batch,

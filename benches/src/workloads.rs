@@ -159,6 +159,50 @@ pub fn write_tokenizers(root: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Attaches adapter `bench`, rank `rank`, to every attention projection
+/// (`to_q`, `to_k`, `to_v`, `to_out.0`: the training scripts' targets) with
+/// small pseudo-random factors; how many layers it adapts.
+fn attach_random_lora<B: Backend>(unet: &UNet2DConditionModel<B>, rank: usize) -> Result<usize> {
+    use diffusion_models::adapter::{Delta, HostTensor, LayerDelta, LayerShape};
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut values = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
+            })
+            .collect()
+    };
+    let targets = [".to_q", ".to_k", ".to_v", ".to_out.0"];
+    let mut entries = Vec::new();
+    for (key, layer) in unet.adapters.layers() {
+        let LayerShape::Linear {
+            in_features,
+            out_features,
+        } = layer.shape
+        else {
+            continue;
+        };
+        if !targets.iter().any(|t| key.ends_with(t)) {
+            continue;
+        }
+        entries.push(LayerDelta {
+            layer: key,
+            delta: Delta::LowRank {
+                down: HostTensor::new(vec![rank, in_features], values(rank * in_features)),
+                up: HostTensor::new(vec![out_features, rank], values(out_features * rank)),
+                mid: None,
+            },
+            scale: 1.0,
+        });
+    }
+    let n = entries.len();
+    unet.adapters.attach("bench", entries)?;
+    Ok(n)
+}
+
 fn sync<B: Backend>(device: &B::Device) {
     let _ = B::sync(device);
 }
@@ -363,7 +407,7 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
     };
     // Load what the components need.
     let needs = |c: &[&str]| args.components.iter().any(|x| c.contains(&x.as_str()));
-    if needs(&["unet", "pipeline", "profile", "ops"]) {
+    if needs(&["unet", "unet-lora", "pipeline", "profile", "ops"]) {
         timed_load(&mut || {
             let cfg: UNet2DConditionConfig = config(&preset.unet)?;
             let m = UNet2DConditionModel::<B>::load(&loader(), &cfg)?;
@@ -405,6 +449,25 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
                     unet.forward(x.clone(), t.clone(), ctx.clone(), cond.clone())?;
                     Ok(())
                 })?
+            }
+            "unet-lora" => {
+                let (unet, cfg) = models.unet.as_ref().expect("loaded above");
+                let layers = attach_random_lora(unet, args.lora_rank)?;
+                eprintln!(
+                    "[{name}] rank-{} LoRA on {layers} attention projections",
+                    args.lora_rank
+                );
+                let (x, t, ctx, cond) =
+                    unet_inputs::<B>(cfg, args.batch, preset.latent, precision, &device)?;
+                let row = measure::<B>(&device, args.runs, || {
+                    unet.forward(x.clone(), t.clone(), ctx.clone(), cond.clone())?;
+                    Ok(())
+                });
+                unet.adapters.remove("bench")?;
+                let mut row = row?;
+                row["lora_rank"] = json!(args.lora_rank);
+                row["lora_layers"] = json!(layers);
+                row
             }
             "vae-decode" => {
                 let vae = models.vae.as_ref().expect("loaded above");

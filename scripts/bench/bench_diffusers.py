@@ -109,7 +109,7 @@ def run_preset(args, name, presets, device, dtype):
     gen = torch.Generator(device="cpu").manual_seed(0)
     unet = vae = te = te2 = None
     t0 = time.perf_counter()
-    if {"unet", "pipeline"} & set(comps):
+    if {"unet", "unet-lora", "pipeline"} & set(comps):
         unet = UNet2DConditionModel.from_config(clean(load_json(os.path.join(root, p["unet"]))))
         unet = unet.to(device, dtype).eval()
     vae_cfg = clean(load_json(os.path.join(root, p["vae"])))
@@ -126,7 +126,7 @@ def run_preset(args, name, presets, device, dtype):
     b = args.batch
     for comp in comps:
         print(f"[{name}] diffusers {comp} ...", file=sys.stderr)
-        if comp == "unet":
+        if comp in ("unet", "unet-lora"):
             cross = unet.config.cross_attention_dim
             x = torch.randn(b, unet.config.in_channels, latent, latent, generator=gen).to(device, dtype)
             ctx = torch.randn(b, 77, cross, generator=gen).to(device, dtype)
@@ -139,7 +139,16 @@ def run_preset(args, name, presets, device, dtype):
                     "text_embeds": torch.randn(b, pooled, generator=gen).to(device, dtype),
                     "time_ids": torch.tensor([[side, side, 0, 0, side, side]] * b, device=device, dtype=dtype),
                 }
+            if comp == "unet-lora":
+                # peft's unfused LoRA on the training scripts' targets, as the Rust side.
+                from peft import LoraConfig
+                unet.add_adapter(LoraConfig(r=args.lora, lora_alpha=args.lora, init_lora_weights="gaussian",
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="bench")
+                unet.to(device, dtype)
             row = measure(device, args.runs, lambda: unet(x, t, ctx, added_cond_kwargs=added))
+            if comp == "unet-lora":
+                unet.delete_adapters("bench")
+                row["lora_rank"] = args.lora
         elif comp == "vae-decode":
             z = torch.randn(1, vae.config.latent_channels, latent, latent, generator=gen).to(device, vae.dtype)
             row = measure(device, args.runs, lambda: vae.decode(z))
@@ -213,6 +222,7 @@ def main():
     ap.add_argument("--root", default=".")
     ap.add_argument("--tokenizers", default="target/bench/tokenizers")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--lora", type=int, default=16)
     args = ap.parse_args()
     args.component = [c for c in args.component.split(",") if c and c != "profile"]
     torch.set_num_threads(args.threads)

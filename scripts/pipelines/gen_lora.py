@@ -19,6 +19,8 @@ Writes crates/diffusion-pipelines/tests/fixtures/lora/:
       lokr_sd1        LyCORIS LoKr (full `lokr_w1`, decomposed `lokr_w2_a/b`), alpha 2
       full_sd1        `diff` / `diff_b`
       kohya_sdxl      kohya `lora_unet_`, `lora_te1_`, `lora_te2_` on the SDXL pipeline
+      kohya_sdxl_sgm  the same with Stability's block names (`input_blocks_4_1_…`,
+                      `middle_block_…`, `output_blocks_…`, `in_layers_2`, `op`, …)
   cases/<case>.safetensors  latents (the call's), latents_final (the last step's)
                       and images (`output_type="np"`); for embeddings also latents_plain
                       (the same prompt without the embedding loaded)
@@ -126,6 +128,33 @@ def kohya_file(path, layers, te_prefix_map):
                 k = new + k[len(old):]
         renamed[k] = v.contiguous()
     save_file(renamed, path)
+
+
+def to_sgm(flat, lpb):
+    """diffusers' flat kohya name → Stability's (sgm) block naming, the inverse of
+    diffusers' `_maybe_map_sgm_blocks_to_diffusers` + kohya key conversion."""
+    import re
+    per = lpb + 1
+    inner = {"resnets": 0, "attentions": 1, "upsamplers": 2}
+    rest_map = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
+                "conv_shortcut": "skip_connection"}
+    m = re.match(r"down_blocks_(\d+)_downsamplers_0_conv$", flat)
+    if m:
+        return f"input_blocks_{(int(m[1]) + 1) * per}_0_op"
+    m = re.match(r"up_blocks_(\d+)_upsamplers_0_conv$", flat)
+    if m:
+        return f"output_blocks_{int(m[1]) * per + lpb}_2_conv"
+    m = re.match(r"down_blocks_(\d+)_(resnets|attentions)_(\d+)_(.*)$", flat)
+    if m:
+        return f"input_blocks_{1 + int(m[1]) * per + int(m[3])}_{inner[m[2]]}_{rest_map.get(m[4], m[4])}"
+    m = re.match(r"up_blocks_(\d+)_(resnets|attentions)_(\d+)_(.*)$", flat)
+    if m:
+        return f"output_blocks_{int(m[1]) * per + int(m[3])}_{inner[m[2]]}_{rest_map.get(m[4], m[4])}"
+    m = re.match(r"mid_block_(resnets_0|attentions_0|resnets_1)_(.*)$", flat)
+    if m:
+        i = {"resnets_0": 0, "attentions_0": 1, "resnets_1": 2}[m[1]]
+        return f"middle_block_{i}_{rest_map.get(m[2], m[2])}"
+    return flat
 
 
 def module_map(model):
@@ -267,7 +296,8 @@ def main():
     os.makedirs(os.path.join(OUT, "files"), exist_ok=True)
     gp.clean(os.path.join(OUT, "cases"))
     files = {n: os.path.join(OUT, "files", n + ".safetensors") for n in
-             ("peft_sd1", "kohya_sd1", "locon_mid_sd1", "loha_sd1", "lokr_sd1", "full_sd1", "kohya_sdxl")}
+             ("peft_sd1", "kohya_sd1", "locon_mid_sd1", "loha_sd1", "lokr_sd1", "full_sd1", "kohya_sdxl",
+              "kohya_sdxl_sgm")}
     rel = lambda n: os.path.relpath(files[n], OUT)  # noqa: E731
     sd1_kw = {"prompt": "a dog on a skateboard", "negative_prompt": "blurry", "guidance_scale": 7.5,
               "num_inference_steps": 4, "height": 32, "width": 32}
@@ -381,6 +411,20 @@ def main():
         pipe.load_lora_weights(files["kohya_sdxl"], adapter_name="c")
         assert_adapted(pipe, "c", ["unet", "text_encoder", "text_encoder_2"])
         case("sdxl_kohya", pipe, "sdxl", sdxl_kw, latx, [[rel("kohya_sdxl"), "c"]])
+        pipe.unload_lora_weights()
+        # The same file in Stability's block names, loaded by diffusers' own sgm mapping.
+        from safetensors.torch import load_file
+        sgm = {}
+        for k, v in load_file(files["kohya_sdxl"]).items():
+            if k.startswith("lora_unet_"):
+                module, part = k[len("lora_unet_"):].split(".", 1)
+                k = "lora_unet_" + to_sgm(module, pipe.unet.config.layers_per_block) + "." + part
+            sgm[k] = v
+        assert any("input_blocks" in k for k in sgm)
+        save_file(sgm, files["kohya_sdxl_sgm"])
+        pipe.load_lora_weights(files["kohya_sdxl_sgm"], adapter_name="s")
+        assert_adapted(pipe, "s", ["unet", "text_encoder", "text_encoder_2"])
+        case("sdxl_kohya_sgm", pipe, "sdxl", sdxl_kw, latx, [[rel("kohya_sdxl_sgm"), "s"]])
 
     import diffusers
     gp.write_json(os.path.join(OUT, "cases.json"), {

@@ -21,6 +21,7 @@
 //! `cross_attention_kwargs["scale"]`), and a fused table runs no extra path.
 
 use crate::error::{ModelError, Result};
+use crate::kernels::Isa;
 use crate::state::transpose;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
@@ -805,15 +806,25 @@ impl AdapterSlot {
         let x2 = x.clone().reshape([rows, dims[D - 1]]);
         let out_dims = y.dims();
         for (path, factor) in paths {
-            let extra = match path {
-                Path::Linear { down, up } => (x2.clone().matmul(down) * factor).matmul(up),
-                Path::LinearDense { weight, bias } => {
-                    let mut e = x2.clone().matmul(weight);
-                    if let Some(b) = bias {
-                        e = e + b.unsqueeze::<2>();
+            // The crate's packed GEMM where the backend has it (burn-flex), as
+            // the layer's own product; Burn's matmul elsewhere.
+            let product = |x: Tensor<B, 2>, w: Tensor<B, 2>, b: Option<Tensor<B, 1>>| {
+                match crate::kernels::host_linear(&x, &w, b.as_ref(), Isa::detect()) {
+                    Some(y) => y,
+                    None => {
+                        let y = x.matmul(w);
+                        match b {
+                            Some(b) => y + b.unsqueeze::<2>(),
+                            None => y,
+                        }
                     }
-                    e * factor
                 }
+            };
+            let extra = match path {
+                Path::Linear { down, up } => {
+                    product(product(x2.clone(), down, None) * factor, up, None)
+                }
+                Path::LinearDense { weight, bias } => product(x2.clone(), weight, bias) * factor,
                 _ => unreachable!("a Linear layer materialises Linear paths"),
             };
             y = y + extra.reshape(out_dims);

@@ -349,7 +349,11 @@ impl AdapterFile {
         for e in self.entries.iter().filter(|e| e.component == component) {
             let layer = match &e.name {
                 Name::Dotted(m) => dotted.get(&strip(m)),
-                Name::Flat(m) => flat.get(m.strip_prefix("text_model_").unwrap_or(m)),
+                Name::Flat(m) => flat
+                    .get(m.strip_prefix("text_model_").unwrap_or(m))
+                    .or_else(|| {
+                        sgm_to_diffusers(m, layers_per_block(&layers)).and_then(|d| flat.get(&d))
+                    }),
             };
             let Some(layer) = layer else {
                 return Err(adapter_error(
@@ -380,6 +384,94 @@ impl AdapterFile {
         }
         Ok(out)
     }
+}
+
+/// The UNet's `layers_per_block`, read off its registered layers (the
+/// resnets of `down_blocks.0`).
+fn layers_per_block(layers: &BTreeMap<String, diffusion_models::adapter::Layer>) -> usize {
+    layers
+        .keys()
+        .filter_map(|k| k.strip_prefix("down_blocks.0.resnets."))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(1, |m| m + 1)
+}
+
+/// A kohya module name in Stability's (`sgm`) UNet naming, as diffusers'
+/// `_maybe_map_sgm_blocks_to_diffusers` and its kohya key conversion map it,
+/// flattened: `input_blocks_4_1_transformer_blocks_0_attn1_to_q` →
+/// `down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q` (with two
+/// layers per block). Names in diffusers' own naming give `None`.
+fn sgm_to_diffusers(flat: &str, layers_per_block: usize) -> Option<String> {
+    const INNER: [&str; 3] = ["resnets", "attentions", "upsamplers"];
+    let per = layers_per_block + 1;
+    let number = |s: &str| s.parse::<usize>().ok();
+    // The resnet internals and the other top-level layers.
+    let rest_name = |rest: &str| -> String {
+        for (from, to) in [
+            ("in_layers_2", "conv1"),
+            ("out_layers_3", "conv2"),
+            ("emb_layers_1", "time_emb_proj"),
+            ("skip_connection", "conv_shortcut"),
+        ] {
+            if rest == from {
+                return to.to_string();
+            }
+        }
+        rest.to_string()
+    };
+    for (from, to) in [
+        ("time_embed_0", "time_embedding_linear_1"),
+        ("time_embed_2", "time_embedding_linear_2"),
+        ("label_emb_0_0", "add_embedding_linear_1"),
+        ("label_emb_0_2", "add_embedding_linear_2"),
+        ("input_blocks_0_0", "conv_in"),
+        ("out_2", "conv_out"),
+    ] {
+        if flat == from {
+            return Some(to.to_string());
+        }
+    }
+    if let Some(tail) = flat.strip_prefix("input_blocks_") {
+        let mut parts = tail.splitn(3, '_');
+        let i = number(parts.next()?)?;
+        let j = number(parts.next()?)?;
+        let rest = parts.next()?;
+        let block = i.checked_sub(1)? / per;
+        let layer = (i - 1) % per;
+        if rest == "op" {
+            return Some(format!("down_blocks_{block}_downsamplers_0_conv"));
+        }
+        return Some(format!(
+            "down_blocks_{block}_{}_{layer}_{}",
+            INNER.get(j)?,
+            rest_name(rest)
+        ));
+    }
+    if let Some(tail) = flat.strip_prefix("middle_block_") {
+        let (i, rest) = tail.split_once('_')?;
+        let inner = match number(i)? {
+            0 => "resnets_0",
+            1 => "attentions_0",
+            2 => "resnets_1",
+            _ => return None,
+        };
+        return Some(format!("mid_block_{inner}_{}", rest_name(rest)));
+    }
+    if let Some(tail) = flat.strip_prefix("output_blocks_") {
+        let mut parts = tail.splitn(3, '_');
+        let i = number(parts.next()?)?;
+        let j = number(parts.next()?)?;
+        let rest = parts.next()?;
+        let (block, layer) = (i / per, i % per);
+        let layer = if j < 2 { layer } else { 0 };
+        return Some(format!(
+            "up_blocks_{block}_{}_{layer}_{}",
+            INNER.get(j)?,
+            rest_name(rest)
+        ));
+    }
+    None
 }
 
 /// `a · b` for `a` `[m, k]`, `b` `[k, n]` (f64 sums).
@@ -617,6 +709,44 @@ mod tests {
             assert_eq!((c, m.as_str(), p), (component, module, part), "{key}");
         }
         assert!(split_key("model.diffusion_model.input_blocks.0.0.weight").is_none());
+    }
+
+    #[test]
+    fn stability_block_names_map_as_diffusers_maps_them() {
+        let cases = [
+            (
+                "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+                "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+            ),
+            ("input_blocks_3_0_op", "down_blocks_0_downsamplers_0_conv"),
+            (
+                "input_blocks_5_0_in_layers_2",
+                "down_blocks_1_resnets_1_conv1",
+            ),
+            ("middle_block_1_proj_in", "mid_block_attentions_0_proj_in"),
+            (
+                "middle_block_2_emb_layers_1",
+                "mid_block_resnets_1_time_emb_proj",
+            ),
+            (
+                "output_blocks_2_1_proj_out",
+                "up_blocks_0_attentions_2_proj_out",
+            ),
+            ("output_blocks_2_2_conv", "up_blocks_0_upsamplers_0_conv"),
+            (
+                "output_blocks_4_0_skip_connection",
+                "up_blocks_1_resnets_1_conv_shortcut",
+            ),
+            ("label_emb_0_2", "add_embedding_linear_2"),
+        ];
+        for (sgm, diffusers) in cases {
+            assert_eq!(
+                sgm_to_diffusers(sgm, 2).as_deref(),
+                Some(diffusers),
+                "{sgm}"
+            );
+        }
+        assert_eq!(sgm_to_diffusers("down_blocks_0_resnets_0_conv1", 2), None);
     }
 
     #[test]
