@@ -145,7 +145,8 @@ fn apply_loras<B: Backend>(
         return Ok(());
     }
     let mut names = Vec::new();
-    for (path, weight) in &settings.loras {
+    for (spec, weight) in &settings.loras {
+        let path = lora_path(spec, settings)?;
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -160,7 +161,7 @@ fn apply_loras<B: Backend>(
             })
             .find(|n| !names.iter().any(|(m, _): &(String, f64)| m == n))
             .expect("an unused name");
-        sd.load_lora_weights(path, Some(&name), MissingComponent::Error)?;
+        sd.load_lora_weights(&path, Some(&name), MissingComponent::Error)?;
         names.push((name, *weight));
     }
     let (n, w): (Vec<&str>, Vec<f64>) = names.iter().map(|(n, w)| (n.as_str(), *w)).unzip();
@@ -169,6 +170,26 @@ fn apply_loras<B: Backend>(
         sd.fuse_lora(1.0, &[])?;
     }
     Ok(())
+}
+
+/// A `--lora` value as a local file: the file itself, or in a folder or Hub
+/// repo (`owner/name`, or `owner/name/FILE` for another weight name) the
+/// file diffusers' `load_lora_weights` would take.
+fn lora_path(spec: &std::path::Path, settings: &Settings) -> Result<std::path::PathBuf> {
+    if spec.is_file() {
+        return Ok(spec.to_path_buf());
+    }
+    let text = spec.to_string_lossy();
+    let parts: Vec<&str> = text.splitn(3, '/').collect();
+    let (name, weight_name) = match parts.as_slice() {
+        [owner, repo, file] if !spec.exists() => (format!("{owner}/{repo}"), Some(*file)),
+        _ => (text.to_string(), None),
+    };
+    Ok(diffusion_pipelines::lora::lora_file(
+        &name,
+        weight_name,
+        &settings.hub.resolve_options(),
+    )?)
 }
 
 /// A pipeline's complaint about a call parameter, told in terms of the flag

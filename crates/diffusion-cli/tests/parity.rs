@@ -299,3 +299,63 @@ fn loras_through_the_cli() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `--lora OWNER/NAME` takes diffusers' `pytorch_lora_weights.safetensors`
+/// from the repo in the HF cache (offline here): the same image as the file.
+#[test]
+fn a_lora_from_a_hub_repo_in_the_cache() {
+    let lora = common::fixtures().join("lora");
+    let home = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = home.path().join("hub/models--test-org--tiny-lora");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::fs::copy(
+        lora.join("files/peft_sd1.safetensors"),
+        snapshot.join("pytorch_lora_weights.safetensors"),
+    )
+    .unwrap();
+    let model = common::pipeline_dir("sd1");
+    let work = tempfile::tempdir().unwrap();
+    let case = lora.join("cases/sd1_peft.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args([
+            "generate",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--prompt",
+            "a dog on a skateboard",
+            "--negative-prompt",
+            "blurry",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "4",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--latents",
+            case.to_str().unwrap(),
+            "--lora",
+            "test-org/tiny-lora",
+            "--output",
+            "out.png",
+            "--quiet",
+        ])
+        .current_dir(work.path())
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = &common::read_tensors(&case)["images"].1;
+    let (mae, worst) = png_errors(&png_values(&work.path().join("out.png")), want);
+    assert!(mae <= 1.0 / 255.0 && worst <= 1, "MAE {mae}, worst {worst}");
+}

@@ -615,6 +615,32 @@ pub fn resolve_pipeline(
     resolve_in_store(source.clone(), store, options)
 }
 
+/// One file of a Hub repo or local folder (diffusers' `weight_name=`, e.g.
+/// a LoRA's `pytorch_lora_weights.safetensors`): its path, downloaded into
+/// the HF cache alone when it is not there (offline: from the cache). A
+/// single-file source is that file.
+pub fn resolve_file(
+    source: &ModelSource,
+    file: &str,
+    options: &ResolveOptions,
+) -> Result<PathBuf, ResolveError> {
+    if let ModelSource::Checkpoint { path } = source {
+        return Ok(path.clone());
+    }
+    let rel = file.trim_matches('/');
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|p| p == ".." || p == "." || p.is_empty())
+    {
+        return Err(ResolveError::InvalidName {
+            name: file.to_string(),
+            reason: "a file in a repo is a relative path without `.` or `..`".into(),
+        });
+    }
+    Store::open(source, options, rel)?.fetch(rel)
+}
+
 /// Resolves one model folder: `config.json` and weights at the root, or in
 /// `subfolder` (e.g. `vae` of a pipeline repo, as diffusers' `subfolder=`).
 pub fn resolve_model(

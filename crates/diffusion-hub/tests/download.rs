@@ -7,7 +7,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use diffusion_hub::resolve::{
-    ModelSource, ResolveError, ResolveOptions, Resolved, resolve, resolve_model, resolve_pipeline,
+    ModelSource, ResolveError, ResolveOptions, Resolved, resolve, resolve_file, resolve_model,
+    resolve_pipeline,
 };
 use safetensors::tensor::TensorView;
 use support::mock_hub::{Logged, MockHub, MockRepo, sha256_hex};
@@ -420,6 +421,27 @@ fn a_subfolder_downloads_only_that_folder() {
         Resolved::Pipeline(m) => assert_eq!(m.commit.as_deref(), Some(COMMIT_A)),
         other => panic!("{other:?}"),
     }
+}
+
+/// One file of a repo (a LoRA's `weight_name`) downloads alone, then
+/// resolves offline from the cache; a path escaping the repo is refused.
+#[test]
+fn a_single_file_downloads_alone_and_resolves_offline() {
+    let hub = mock();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let rel = "unet/diffusion_pytorch_model.safetensors";
+    let path = resolve_file(&source(), rel, &options(&hub, &cache)).unwrap();
+    assert_eq!(hub.downloads(), vec![format!("{COMMIT_A}/{rel}")]);
+    assert!(path.starts_with(repo_dir(&cache).join("snapshots").join(COMMIT_A)));
+    let offline = ResolveOptions::with_cache_dir(&cache).local_files_only(true);
+    assert_eq!(resolve_file(&source(), rel, &offline).unwrap(), path);
+    let missing = resolve_file(&source(), "nope.safetensors", &offline).unwrap_err();
+    assert!(
+        missing.to_string().contains("nope.safetensors"),
+        "{missing}"
+    );
+    assert!(resolve_file(&source(), "../x.safetensors", &offline).is_err());
 }
 
 /// An interrupted download (a `.part` file beside the blob, as hf-hub leaves

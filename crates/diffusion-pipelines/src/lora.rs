@@ -760,6 +760,26 @@ mod tests {
     }
 }
 
+/// diffusers' default `weight_name` of a LoRA repo.
+pub const LORA_WEIGHT_NAME: &str = "pytorch_lora_weights.safetensors";
+
+/// The local path of a LoRA named as diffusers' `load_lora_weights` takes it:
+/// a file, or `weight_name` (default [`LORA_WEIGHT_NAME`]) in a folder or
+/// Hub repo.
+pub fn lora_file(
+    name: &str,
+    weight_name: Option<&str>,
+    options: &diffusion_hub::resolve::ResolveOptions,
+) -> Result<std::path::PathBuf> {
+    use diffusion_hub::resolve::{ModelSource, resolve_file};
+    let source = ModelSource::parse(name)?;
+    Ok(resolve_file(
+        &source,
+        weight_name.unwrap_or(LORA_WEIGHT_NAME),
+        options,
+    )?)
+}
+
 /// How [`crate::StableDiffusion::load_lora_weights`] treats entries for a text
 /// encoder the pipeline lacks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -812,6 +832,23 @@ impl<B: burn::tensor::backend::Backend> crate::StableDiffusion<B> {
     ) -> Result<String> {
         let file = AdapterFile::open(path)?;
         self.load_adapter_file(&file, adapter_name, missing)
+    }
+
+    /// [`crate::StableDiffusion::load_lora_weights`] from a file, a local
+    /// folder or a Hub repo id, as diffusers' `load_lora_weights(name,
+    /// weight_name=...)`: in a folder or repo the file is `weight_name`
+    /// (default `pytorch_lora_weights.safetensors`), downloaded alone into
+    /// the HF cache when needed.
+    pub fn load_lora_weights_from(
+        &mut self,
+        name: &str,
+        weight_name: Option<&str>,
+        adapter_name: Option<&str>,
+        missing: MissingComponent,
+        options: &diffusion_hub::resolve::ResolveOptions,
+    ) -> Result<String> {
+        let path = lora_file(name, weight_name, options)?;
+        self.load_lora_weights(&path, adapter_name, missing)
     }
 
     /// [`crate::StableDiffusion::load_lora_weights`] of a parsed file.
