@@ -266,3 +266,39 @@ fn refused_embeddings_change_nothing() {
     assert!(known.to_string().contains("already"), "{known}");
     assert_eq!(len(sd), before + 3, "a refused file added tokens");
 }
+
+/// Adapters and embeddings in f16 and bf16 (the factors are cast to the
+/// layer's type, sums as Burn's ops take them) stay within the half-precision
+/// pipeline's own distance from diffusers' f32 images (tests/api.rs bounds
+/// the plain pipeline by 2e-3 in f16 and 2e-2 in bf16).
+#[test]
+fn half_precision_adapters_stay_close_to_diffusers() {
+    use diffusion_models::Precision;
+    let names = ["sd1_two_adapters", "sd1_two_fused", "sd1_ti_a1111_multi"];
+    let cases: Vec<LoraCase> = cases()
+        .into_iter()
+        .filter(|c| names.contains(&c.name.as_str()))
+        .collect();
+    assert_eq!(cases.len(), names.len());
+    let mut failures = Vec::new();
+    for (precision, tol) in [(Precision::F16, 2e-3), (Precision::BF16, 2e-2)] {
+        for case in &cases {
+            let (_dir, mut pipe) = common::load_pipeline_in::<B>("sd1", precision);
+            let tensors = read_tensors(
+                &dir()
+                    .join("cases")
+                    .join(format!("{}.safetensors", case.name)),
+            );
+            let (_, images) = run(&mut pipe, case, &tensors);
+            let mae = mean_abs_error(&images, &tensors["images"].1);
+            eprintln!(
+                "{precision:?} {}: image MAE vs diffusers f32 {mae:.2e}",
+                case.name
+            );
+            if mae > tol {
+                failures.push(format!("{precision:?} {}: MAE {mae}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

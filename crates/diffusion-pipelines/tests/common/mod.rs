@@ -102,6 +102,14 @@ pub fn bpe_text() -> String {
 pub fn load_pipeline<B: burn::tensor::backend::Backend>(
     name: &str,
 ) -> (tempfile::TempDir, diffusion_pipelines::DiffusionPipeline<B>) {
+    load_pipeline_in(name, diffusion_models::Precision::F32)
+}
+
+/// [`load_pipeline`] with its models in `precision`.
+pub fn load_pipeline_in<B: burn::tensor::backend::Backend>(
+    name: &str,
+    precision: diffusion_models::Precision,
+) -> (tempfile::TempDir, diffusion_pipelines::DiffusionPipeline<B>) {
     use diffusion_hub::resolve::{ResolveOptions, Resolved, resolve};
     let dir = pipeline_dir(name);
     let opts = ResolveOptions::with_cache_dir(dir.path().join("no-cache")).local_files_only(true);
@@ -110,6 +118,7 @@ pub fn load_pipeline<B: burn::tensor::backend::Backend>(
     };
     let options = diffusion_pipelines::LoadOptions::<B> {
         progress: false,
+        precision,
         ..Default::default()
     };
     let pipe = diffusion_pipelines::DiffusionPipeline::from_resolved(&model, &options).unwrap();
