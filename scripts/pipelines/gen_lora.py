@@ -18,6 +18,8 @@ Writes crates/diffusion-pipelines/tests/fixtures/lora/:
       loha_sd1        LyCORIS LoHa (with `hada_t1/t2` on convs), alpha 2
       lokr_sd1        LyCORIS LoKr (full `lokr_w1`, decomposed `lokr_w2_a/b`), alpha 2
       full_sd1        `diff` / `diff_b`
+      dora_sd1        peft DoRA (`lora_magnitude_vector`, magnitudes moved off their
+                      initial norms) on the UNet's attention projections and conv1
       kohya_sdxl      kohya `lora_unet_`, `lora_te1_`, `lora_te2_` on the SDXL pipeline
       kohya_sdxl_sgm  the same with Stability's block names (`input_blocks_4_1_…`,
                       `middle_block_…`, `output_blocks_…`, `in_layers_2`, `op`, …)
@@ -74,11 +76,14 @@ def load(folder):
 
 def randomize_lora(model, gen, std):
     for name, p in model.named_parameters():
-        if "lora_" in name:
+        if "lora_magnitude_vector" in name:
+            # DoRA: magnitudes away from the norms they start at.
+            p.mul_(1 + torch.randn(p.shape, generator=gen) * std)
+        elif "lora_" in name:
             p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def peft_state(pipe, rank, alpha, seed, components):
+def peft_state(pipe, rank, alpha, seed, components, use_dora=False, unet_targets=None):
     """peft LoRA layers on `components` with random factors; their state dicts
     (diffusers' `get_peft_model_state_dict`), and the layers removed again."""
     gen = torch.Generator().manual_seed(seed)
@@ -86,9 +91,9 @@ def peft_state(pipe, rank, alpha, seed, components):
     for comp in components:
         model = getattr(pipe, comp)
         assert not model.training
-        targets = UNET_TARGETS if comp == "unet" else TE_TARGETS
-        model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False),
-                          adapter_name="gen")
+        targets = (unet_targets or UNET_TARGETS) if comp == "unet" else TE_TARGETS
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False,
+                                     use_dora=use_dora), adapter_name="gen")
         randomize_lora(model, gen, 0.3)
         out[comp] = get_peft_model_state_dict(model, adapter_name="gen")
         cfg = model.peft_config["gen"].to_dict()
@@ -297,7 +302,7 @@ def main():
     gp.clean(os.path.join(OUT, "cases"))
     files = {n: os.path.join(OUT, "files", n + ".safetensors") for n in
              ("peft_sd1", "kohya_sd1", "locon_mid_sd1", "loha_sd1", "lokr_sd1", "full_sd1", "kohya_sdxl",
-              "kohya_sdxl_sgm")}
+              "kohya_sdxl_sgm", "dora_sd1")}
     rel = lambda n: os.path.relpath(files[n], OUT)  # noqa: E731
     sd1_kw = {"prompt": "a dog on a skateboard", "negative_prompt": "blurry", "guidance_scale": 7.5,
               "num_inference_steps": 4, "height": 32, "width": 32}
@@ -356,6 +361,18 @@ def main():
             apply_merged(pipe, merged[n])
             case("sd1_" + n.removesuffix("_sd1"), pipe, "sd1", sd1_kw, lat1, [[rel(n), "x"]], reference="merged")
             apply_merged(pipe, merged[n], -1.0)
+        del pipe
+
+        # DoRA in peft's format (`lora_magnitude_vector`), on attention projections and resnet convs.
+        pipe = load(sd1)
+        d = peft_state(pipe, 2, 4, 5, ["unet"], use_dora=True,
+                       unet_targets=["to_q", "to_k", "to_v", "to_out.0", "conv1"])
+        save_peft(files["dora_sd1"], d)
+        pipe.load_lora_weights(files["dora_sd1"], adapter_name="d")
+        assert_adapted(pipe, "d", ["unet"])
+        case("sd1_dora", pipe, "sd1", sd1_kw, lat1, [[rel("dora_sd1"), "d"]])
+        pipe.set_adapters(["d"], [0.6])
+        case("sd1_dora_weight", pipe, "sd1", sd1_kw, lat1, [[rel("dora_sd1"), "d"]], set_adapters=[["d"], [0.6]])
         del pipe
 
         # Textual inversion: diffusers, A1111 (.pt, 3 vectors) and kohya formats, one at a time

@@ -111,6 +111,20 @@ pub enum Delta {
         /// `lora_mid`.
         mid: Option<HostTensor>,
     },
+    /// DoRA as peft computes it: the low-rank `up · down` (no `mid`) and a
+    /// per-output `magnitude` `m`. The layer's weight becomes
+    /// `m ⊙ (W + s·ΔW) / ‖W + s·ΔW‖` (norms per output over its inputs and
+    /// kernel, `s` the adapter's factor); the bias is kept. It depends on the
+    /// layer's own weight, so it is worked out from it when the layer first
+    /// runs at a factor.
+    Dora {
+        /// `lora_A`.
+        down: HostTensor,
+        /// `lora_B`.
+        up: HostTensor,
+        /// `lora_magnitude_vector`: one value per output.
+        magnitude: HostTensor,
+    },
     /// A whole weight difference (LoHa, LoKr, `diff`), shaped as the weight,
     /// and a bias difference (`diff_b`).
     Dense {
@@ -151,6 +165,24 @@ impl Delta {
                     }
                 }
                 Ok(())
+            }
+            Delta::Dora {
+                down,
+                up,
+                magnitude,
+            } => {
+                if magnitude.numel() != out {
+                    return Err(format!(
+                        "a DoRA magnitude of shape {:?} for {out} outputs",
+                        magnitude.shape
+                    ));
+                }
+                Delta::LowRank {
+                    down: down.clone(),
+                    up: up.clone(),
+                    mid: None,
+                }
+                .check(layer, has_bias)
             }
             Delta::LowRank { down, up, mid } => {
                 let rank = *down.shape.first().unwrap_or(&0);
@@ -198,6 +230,12 @@ impl Delta {
         let cols: usize = stored[1..].iter().product(); // in · k²
         match self {
             Delta::Dense { weight, .. } => HostTensor::new(stored, weight.data.clone()),
+            Delta::Dora { down, up, .. } => Delta::LowRank {
+                down: down.clone(),
+                up: up.clone(),
+                mid: None,
+            }
+            .dense(layer),
             Delta::LowRank { down, up, mid } => {
                 let rank = down.shape[0];
                 // down as [r, cols]: through the mid kernel first when there is one.
@@ -240,8 +278,40 @@ impl Delta {
     fn bias(&self) -> Option<&HostTensor> {
         match self {
             Delta::Dense { bias, .. } => bias.as_ref(),
-            Delta::LowRank { .. } => None,
+            Delta::LowRank { .. } | Delta::Dora { .. } => None,
         }
+    }
+
+    /// DoRA's change to a weight `w` (PyTorch layout, row-major `[out, …]`)
+    /// at factor `s`: `m ⊙ (W + s·ΔW) / ‖W + s·ΔW‖ − W`, in f64.
+    fn dora_difference(
+        &self,
+        layer: &LayerShape,
+        weight: &dyn Fn() -> Vec<f32>,
+        s: f64,
+    ) -> Option<HostTensor> {
+        let Delta::Dora { magnitude, .. } = self else {
+            return None;
+        };
+        let w = weight();
+        let delta = self.dense(layer);
+        let out = delta.shape[0];
+        let cols = delta.data.len() / out.max(1);
+        let mut diff = vec![0f32; delta.data.len()];
+        for o in 0..out {
+            let row = o * cols..(o + 1) * cols;
+            let v: Vec<f64> = w[row.clone()]
+                .iter()
+                .zip(&delta.data[row.clone()])
+                .map(|(&w, &d)| w as f64 + s * d as f64)
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let scale = magnitude.data[o] as f64 / norm;
+            for ((d, x), &w) in diff[row.clone()].iter_mut().zip(&v).zip(&w[row]) {
+                *d = (scale * x - w as f64) as f32;
+            }
+        }
+        Some(HostTensor::new(delta.shape, diff))
     }
 }
 
@@ -516,6 +586,16 @@ impl AdapterTable {
                 .map(|(n, w)| (n.clone(), w * lora_scale))
                 .collect()
         };
+        let dora =
+            t.attached.values().flatten().find(|a| {
+                matches!(a.delta, Delta::Dora { .. }) && factors.contains_key(&a.adapter)
+            });
+        if let Some(a) = dora {
+            return Err(ModelError::input(
+                format!("adapter `{}`", a.adapter),
+                "DoRA adapters run unfused only (fusing one is not supported yet)",
+            ));
+        }
         let diffs = Self::differences(&t, &factors);
         let model = model.map(&mut AddDifferences {
             diffs: &diffs,
@@ -647,6 +727,8 @@ impl<B: Backend> Clone for Path<B> {
 struct Cached<B: Backend> {
     device: B::Device,
     dtype: DType,
+    /// The factor a DoRA difference was worked out at (0 for the others).
+    dora_factor: f64,
     path: Path<B>,
 }
 
@@ -692,6 +774,7 @@ fn materialise<B: Backend>(
                 ),
             }
         }
+        (Delta::Dora { .. }, _) => unreachable!("DoRA is made dense before it runs"),
         (Delta::Dense { weight, bias: b }, LayerShape::Linear { .. }) => Path::LinearDense {
             weight: host::<B, 2>(
                 &HostTensor::new(vec![inp, out], transpose(&weight.data, out, inp)),
@@ -733,7 +816,12 @@ impl AdapterSlot {
     /// The adapter paths this layer runs now, with their factors, as
     /// tensors on `device` in `dtype` (empty when none is active, disabled or
     /// fused).
-    pub fn paths<B: Backend>(&self, device: &B::Device, dtype: DType) -> Vec<(Path<B>, f64)> {
+    pub fn paths<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        base: &dyn Fn() -> Vec<f32>,
+    ) -> Vec<(Path<B>, f64)> {
         let mut t = self.table.lock();
         if t.disabled || t.fused.is_some() || t.attached.is_empty() {
             return Vec::new();
@@ -755,25 +843,35 @@ impl AdapterSlot {
             if factor == 0.0 {
                 continue;
             }
+            // DoRA runs as a dense difference worked out at its factor.
+            let dora = matches!(a.delta, Delta::Dora { .. });
+            let dora_factor = if dora { factor } else { 0.0 };
             let hit = a
                 .cache
                 .as_ref()
                 .and_then(|c| c.downcast_ref::<Cached<B>>())
-                .filter(|c| &c.device == device && c.dtype == dtype)
+                .filter(|c| &c.device == device && c.dtype == dtype && c.dora_factor == dora_factor)
                 .map(|c| c.path.clone());
             let path = match hit {
                 Some(p) => p,
                 None => {
-                    let path = materialise::<B>(&a.delta, &layer.shape, device, dtype);
+                    let path = match a.delta.dora_difference(&layer.shape, &base, factor) {
+                        Some(weight) => {
+                            let dense = Delta::Dense { weight, bias: None };
+                            materialise::<B>(&dense, &layer.shape, device, dtype)
+                        }
+                        None => materialise::<B>(&a.delta, &layer.shape, device, dtype),
+                    };
                     a.cache = Some(Box::new(Cached::<B> {
                         device: device.clone(),
                         dtype,
+                        dora_factor,
                         path: path.clone(),
                     }));
                     path
                 }
             };
-            out.push((path, factor));
+            out.push((path, if dora { 1.0 } else { factor }));
         }
         out
     }
@@ -796,8 +894,15 @@ impl AdapterSlot {
         &self,
         x: &Tensor<B, D>,
         mut y: Tensor<B, D>,
+        weight: &Tensor<B, 2>,
     ) -> Tensor<B, D> {
-        let paths = self.paths::<B>(&x.device(), x.dtype());
+        // The weight (held `[in, out]`) in PyTorch's layout, for DoRA.
+        let base = || {
+            let [i, o] = weight.dims();
+            let w = weight.clone().into_data().convert_dtype(DType::F32);
+            transpose(&w.into_vec::<f32>().unwrap_or_default(), i, o)
+        };
+        let paths = self.paths::<B>(&x.device(), x.dtype(), &base);
         if paths.is_empty() {
             return y;
         }
@@ -839,8 +944,13 @@ impl AdapterSlot {
         mut y: Tensor<B, 4>,
         stride: usize,
         padding: usize,
+        weight: &Tensor<B, 4>,
     ) -> Tensor<B, 4> {
-        let paths = self.paths::<B>(&x.device(), x.dtype());
+        let base = || {
+            let w = weight.clone().into_data().convert_dtype(DType::F32);
+            w.into_vec::<f32>().unwrap_or_default()
+        };
+        let paths = self.paths::<B>(&x.device(), x.dtype(), &base);
         if paths.is_empty() {
             return y;
         }

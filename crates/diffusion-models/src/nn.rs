@@ -102,7 +102,7 @@ impl<B: Backend> Linear<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         if self.adapters.is_active() {
             let y = self.forward_base(x.clone());
-            return self.adapters.add_linear(&x, y);
+            return self.adapters.add_linear(&x, y, &self.weight.val());
         }
         self.forward_base(x)
     }
@@ -239,7 +239,9 @@ impl<B: Backend> Conv2d<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         if self.adapters.is_active() {
             let y = self.forward_base(x.clone());
-            return self.adapters.add_conv(&x, y, self.stride, self.padding);
+            return self
+                .adapters
+                .add_conv(&x, y, self.stride, self.padding, &self.weight.val());
         }
         self.forward_base(x)
     }

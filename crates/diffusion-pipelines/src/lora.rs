@@ -161,6 +161,7 @@ const PARTS: &[(&str, &str)] = &[
     (".diff_b", "diff_b"),
     (".diff", "diff"),
     (".alpha", "alpha"),
+    (".lora_magnitude_vector", "magnitude"),
 ];
 
 /// Splits a file key into its component, module name and part.
@@ -236,11 +237,11 @@ impl AdapterFile {
         let mut groups: BTreeMap<(Component, Name), (String, BTreeMap<String, HostTensor>)> =
             BTreeMap::new();
         for (key, t) in tensors {
-            if key.ends_with(".dora_scale") || key.contains("lora_magnitude_vector") {
+            if key.ends_with(".dora_scale") {
                 return Err(adapter_error(
                     file,
                     &key,
-                    "DoRA magnitudes are not supported yet",
+                    "kohya/LyCORIS DoRA (`dora_scale`) is not supported yet (peft's `lora_magnitude_vector` is)",
                 ));
             }
             let Some((component, name, part)) = split_key(&key) else {
@@ -592,10 +593,18 @@ fn build(e: &Entry, shape: &[usize]) -> std::result::Result<(Delta, Option<usize
     };
     match e.kind {
         Kind::LoRa => {
-            let delta = Delta::LowRank {
-                down: part("down")?.clone(),
-                up: part("up")?.clone(),
-                mid: e.parts.get("mid").cloned(),
+            let delta = match e.parts.get("magnitude") {
+                Some(magnitude) if !e.parts.contains_key("mid") => Delta::Dora {
+                    down: part("down")?.clone(),
+                    up: part("up")?.clone(),
+                    magnitude: magnitude.clone(),
+                },
+                Some(_) => return Err("DoRA with a Tucker `lora_mid` is not a format".into()),
+                None => Delta::LowRank {
+                    down: part("down")?.clone(),
+                    up: part("up")?.clone(),
+                    mid: e.parts.get("mid").cloned(),
+                },
             };
             Ok((delta, e.rank))
         }

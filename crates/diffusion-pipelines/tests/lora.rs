@@ -223,6 +223,16 @@ fn unfuse_restores_the_weights_and_a_refused_file_changes_nothing() {
     assert!(sd.set_adapters(&["nope"], &[1.0]).is_err());
     sd.unload_lora_weights().unwrap();
     assert!(sd.get_active_adapters().is_empty());
+    // DoRA runs unfused only: fusing it is refused and changes nothing.
+    sd.load_lora_weights(
+        &dir().join("files/dora_sd1.safetensors"),
+        Some("d"),
+        MissingComponent::Error,
+    )
+    .unwrap();
+    let err = sd.fuse_lora(1.0, &[]).unwrap_err();
+    assert!(err.to_string().contains("DoRA"), "{err}");
+    sd.unload_lora_weights().unwrap();
     assert_eq!(weights_of(&mut pipe), back);
 }
 
