@@ -2,7 +2,7 @@
 """LoRA parity fixtures of crates/diffusion-pipelines (tests/lora.rs): adapter
 files in every format the crate reads, made with peft/diffusers' own
 converters where they exist, and what diffusers 0.42 generates with them on
-the tiny SD1 and SDXL pipelines of tests/fixtures/pipelines.
+the tiny SD1, SD2 and SDXL pipelines of tests/fixtures/pipelines.
 
     python3 scripts/pipelines/gen_lora.py
 
@@ -20,6 +20,7 @@ Writes crates/diffusion-pipelines/tests/fixtures/lora/:
       full_sd1        `diff` / `diff_b`
       dora_sd1        peft DoRA (`lora_magnitude_vector`, magnitudes moved off their
                       initial norms) on the UNet's attention projections and conv1
+      peft_sd2        diffusers/PEFT on the SD 2.x pipeline (UNet + text encoder)
       kohya_sdxl      kohya `lora_unet_`, `lora_te1_`, `lora_te2_` on the SDXL pipeline
       kohya_sdxl_sgm  the same with Stability's block names (`input_blocks_4_1_…`,
                       `middle_block_…`, `output_blocks_…`, `in_layers_2`, `op`, …)
@@ -302,7 +303,7 @@ def main():
     gp.clean(os.path.join(OUT, "cases"))
     files = {n: os.path.join(OUT, "files", n + ".safetensors") for n in
              ("peft_sd1", "kohya_sd1", "locon_mid_sd1", "loha_sd1", "lokr_sd1", "full_sd1", "kohya_sdxl",
-              "kohya_sdxl_sgm", "dora_sd1")}
+              "kohya_sdxl_sgm", "dora_sd1", "peft_sd2")}
     rel = lambda n: os.path.relpath(files[n], OUT)  # noqa: E731
     sd1_kw = {"prompt": "a dog on a skateboard", "negative_prompt": "blurry", "guidance_scale": 7.5,
               "num_inference_steps": 4, "height": 32, "width": 32}
@@ -405,6 +406,18 @@ def main():
                 pipe.load_textual_inversion(ti[f], token=token)
             case(name, pipe, "sd1", dict(sd1_kw, prompt=prompt), lat1, [],
                  embeddings=[(trel(f), token) for f, token in embs], plain=plain)
+        del pipe
+
+        # SD 2.x (v-prediction, Linear proj_in/proj_out): a peft LoRA on the UNet and text encoder.
+        sd2 = gp.assemble("sd2", os.path.join(tmp, "sd2"))
+        pipe = load(sd2)
+        lat2 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(13))
+        case("sd2_base", pipe, "sd2", sd1_kw, lat2, [])
+        e = peft_state(pipe, 4, 4, 6, ["unet", "text_encoder"])
+        save_peft(files["peft_sd2"], e)
+        pipe.load_lora_weights(files["peft_sd2"], adapter_name="e")
+        assert_adapted(pipe, "e", ["unet", "text_encoder"])
+        case("sd2_peft", pipe, "sd2", sd1_kw, lat2, [[rel("peft_sd2"), "e"]])
         del pipe
 
         pipe = load(sdxl)

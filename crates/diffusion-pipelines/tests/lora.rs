@@ -3,7 +3,7 @@
 //! format, unfused and fused, two adapters with weights, `lora_scale`,
 //! text-encoder LoRAs and SDXL's two encoders; embeddings in the diffusers,
 //! A1111 (multi-vector) and kohya formats, together, and SDXL's `clip_l` /
-//! `clip_g` pair, on the tiny SD1 and SDXL pipelines. Images must match
+//! `clip_g` pair, on the tiny SD1, SD2 and SDXL pipelines. Images must match
 //! diffusers' within 1/255 mean absolute error and the final latents within
 //! 1e-3 relative MAE, while each adapter moves the latents far more than that
 //! from the plain pipeline's, or an embedding from the same prompt without it
@@ -156,6 +156,11 @@ fn check(pipeline: &str) {
 #[test]
 fn sd1_every_format_fused_and_unfused() {
     check("sd1");
+}
+
+#[test]
+fn sd2_peft_on_linear_projections() {
+    check("sd2");
 }
 
 #[test]
