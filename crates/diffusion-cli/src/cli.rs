@@ -82,7 +82,13 @@ pub fn command() -> Command {
         .subcommand(
             hub_args(
                 Command::new("info")
-                    .about("Show a model's pipeline, components, weights and scheduler"),
+                    .about("Show a model's pipeline, components, weights and scheduler, or what an adapter file (LoRA, LyCORIS) is")
+                    .arg(
+                        Arg::new("base")
+                            .long("base")
+                            .value_name("MODEL")
+                            .help("With an adapter file as --model: whether it fits this pipeline's models"),
+                    ),
             )
             .mut_arg("model", |a| a.required(true)),
         )

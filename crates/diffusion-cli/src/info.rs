@@ -19,9 +19,27 @@ use serde_json::Value;
 use crate::error::Result;
 
 /// The report for `name`, as printed.
-pub fn info(name: &str, options: &ResolveOptions, pickle: &PickleOptions) -> Result<String> {
+pub fn info(
+    name: &str,
+    base: Option<&str>,
+    options: &ResolveOptions,
+    pickle: &PickleOptions,
+) -> Result<String> {
     let mut s = String::new();
     match resolve(name, options)? {
+        Resolved::Checkpoint(path) if is_adapter(&path) => {
+            let file = diffusion_pipelines::lora::AdapterFile::open(&path)?;
+            s.push_str(&file.summary());
+            if let Some(base) = base {
+                fits(&mut s, &file, base, options, pickle)?;
+            }
+        }
+        _ if base.is_some() => {
+            return Err(crate::error::CliError::Usage(format!(
+                "--base {}: only for an adapter file (LoRA, LyCORIS); {name} is not one",
+                base.unwrap_or_default()
+            )));
+        }
         Resolved::Pipeline(m) => pipeline(&mut s, &m, pickle)?,
         Resolved::Model(c) => {
             let _ = writeln!(s, "model: {name}");
@@ -43,10 +61,6 @@ pub fn info(name: &str, options: &ResolveOptions, pickle: &PickleOptions) -> Res
                 .unwrap_or_else(|| "?".into());
             let _ = writeln!(s, "class: {class}");
             let _ = writeln!(s, "weights: {}", weights_summary(&c, pickle)?);
-        }
-        Resolved::Checkpoint(path) if is_adapter(&path) => {
-            let file = diffusion_pipelines::lora::AdapterFile::open(&path)?;
-            s.push_str(&file.summary());
         }
         Resolved::Checkpoint(path) => {
             let ckpt = Checkpoint::open_with(&path, pickle)?;
@@ -72,6 +86,43 @@ pub fn info(name: &str, options: &ResolveOptions, pickle: &PickleOptions) -> Res
         }
     }
     Ok(s)
+}
+
+/// Whether each component the adapter file targets fits `base`'s (read from
+/// the weight headers of the pipeline's components, nothing loaded).
+fn fits(
+    s: &mut String,
+    file: &diffusion_pipelines::lora::AdapterFile,
+    base: &str,
+    options: &ResolveOptions,
+    pickle: &PickleOptions,
+) -> Result<()> {
+    let Resolved::Pipeline(model) = resolve(base, options)? else {
+        return Err(crate::error::CliError::Usage(format!(
+            "--base {base}: a pipeline (with model_index.json) is needed"
+        )));
+    };
+    for component in file.components() {
+        let name = component.name();
+        let Some(c) = model.components.get(name) else {
+            let _ = writeln!(s, "fits {base}: no ({name}: the pipeline has none)");
+            continue;
+        };
+        let weights = c.open_weights_with(pickle)?;
+        let shapes = weights
+            .tensors()
+            .map(|(k, info)| (k.to_string(), info.shape.clone()))
+            .collect();
+        match file.check_fits(component, &shapes) {
+            Ok(n) => {
+                let _ = writeln!(s, "fits {base}: {name}: yes ({n} layers)");
+            }
+            Err(e) => {
+                let _ = writeln!(s, "fits {base}: {name}: no ({e})");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a single file is an adapter (LoRA, LyCORIS) rather than a

@@ -207,6 +207,7 @@ fn run(matches: &ArgMatches) -> Result<()> {
                 "{}",
                 info::info(
                     &hub.model_name()?,
+                    m.get_one::<String>("base").map(String::as_str),
                     &hub.resolve_options(),
                     &hub.pickle_options()
                 )?

@@ -359,3 +359,36 @@ fn a_lora_from_a_hub_repo_in_the_cache() {
     let (mae, worst) = png_errors(&png_values(&work.path().join("out.png")), want);
     assert!(mae <= 1.0 / 255.0 && worst <= 1, "MAE {mae}, worst {worst}");
 }
+
+/// `diffuse info --model LORA --base MODEL`: whether each targeted model of
+/// the adapter fits the pipeline, from the weight headers.
+#[test]
+fn info_says_whether_a_lora_fits_a_pipeline() {
+    let lora = common::fixtures().join("lora/files");
+    let sd1 = common::pipeline_dir("sd1");
+    let info = |file: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .args([
+                "info",
+                "--model",
+                lora.join(file).to_str().unwrap(),
+                "--base",
+                sd1.path().to_str().unwrap(),
+            ])
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fits = info("peft_sd1.safetensors");
+    assert!(fits.contains("unet: yes (77 layers)"), "{fits}");
+    assert!(fits.contains("text_encoder: yes (12 layers)"), "{fits}");
+    let xl = info("kohya_sdxl.safetensors");
+    assert!(xl.contains("unet: no ("), "{xl}");
+    assert!(xl.contains("text_encoder_2: the pipeline has none"), "{xl}");
+}

@@ -1066,6 +1066,56 @@ impl<B: burn::tensor::backend::Backend> crate::StableDiffusion<B> {
     }
 }
 
+impl AdapterFile {
+    /// Whether the file's entries for `component` fit a model whose weight
+    /// file holds `shapes` (key → stored shape; read from a header, nothing
+    /// loaded): every module a Linear (`[out, in]`) or Conv2d
+    /// (`[out, in, k, k]`) weight there, every factor of a fitting shape.
+    /// The error names the key and module, as loading would.
+    pub fn check_fits(
+        &self,
+        component: Component,
+        shapes: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<usize> {
+        use diffusion_models::adapter::{Layer, LayerShape};
+        let table = AdapterTable::default();
+        for (key, shape) in shapes {
+            let Some(module) = key.strip_suffix(".weight") else {
+                continue;
+            };
+            let layer = match shape.as_slice() {
+                [out, inp] => LayerShape::Linear {
+                    in_features: *inp,
+                    out_features: *out,
+                },
+                [out, inp, k, k2] if k == k2 => LayerShape::Conv {
+                    in_channels: *inp,
+                    out_channels: *out,
+                    kernel: *k,
+                    stride: 1,
+                    padding: k / 2,
+                },
+                _ => continue,
+            };
+            let has_bias = shapes.contains_key(&format!("{module}.bias"));
+            table.register(
+                module,
+                Layer {
+                    shape: layer,
+                    weight: burn::module::ParamId::new(),
+                    bias: has_bias.then(burn::module::ParamId::new),
+                },
+            );
+        }
+        let deltas = self.deltas(component, &table)?;
+        let n = deltas.len();
+        table
+            .attach("check", deltas)
+            .map_err(|e| adapter_error(&self.file, component.name(), e.to_string()))?;
+        Ok(n)
+    }
+}
+
 /// The layer names `diffuse info` counts targets by.
 const LEAVES: &[&str] = &[
     "to_q",
