@@ -317,3 +317,127 @@ fn half_precision_adapters_stay_close_to_diffusers() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A copy of adapter file `src` with each key renamed by `f` (dropped on
+/// `None`), metadata kept.
+fn renamed(src: &str, dst: &std::path::Path, f: impl Fn(&str) -> Option<String>) {
+    let bytes = std::fs::read(dir().join("files").join(src)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(k, v)| f(&k).map(|k| (k, v)))
+        .collect();
+    // The header's metadata too (diffusers' `lora_adapter_metadata`).
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    safetensors::serialize_to_file(views, header.metadata().clone(), dst).unwrap();
+}
+
+/// The final latents of the sd1_peft call with the adapter files `files`
+/// loaded (and `then` applied).
+fn latents_with(
+    pipe: &mut DiffusionPipeline<B>,
+    files: &[&std::path::Path],
+    then: impl Fn(&mut diffusion_pipelines::StableDiffusion<B>),
+) -> Vec<f32> {
+    let case = cases().into_iter().find(|c| c.name == "sd1_peft").unwrap();
+    let tensors = read_tensors(&dir().join("cases/sd1_peft.safetensors"));
+    let sd = pipe.stable_diffusion().unwrap();
+    sd.unload_lora_weights().unwrap();
+    for (i, f) in files.iter().enumerate() {
+        sd.load_lora_weights(f, Some(&format!("f{i}")), MissingComponent::Error)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+    then(sd);
+    let out = pipe
+        .run(Task::TextToImage, params(&case, &tensors))
+        .unwrap();
+    out.latents.into_data().to_vec::<f32>().unwrap()
+}
+
+/// Key spellings diffusers has no file writer for give the same numbers as
+/// the spellings it writes: unprefixed PEFT UNet keys, the attention
+/// processors' `to_q_lora.down` names, kohya text-encoder keys with
+/// transformers 4's `text_model_`; and `set_adapters` per component.
+#[test]
+fn other_key_spellings_and_per_component_weights() {
+    let (_dir, mut pipe) = load("sd1");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |n: &str| tmp.path().join(n);
+    let max_diff = |a: &[f32], b: &[f32]| max_abs_error(a, b);
+
+    // UNet-only PEFT, with and without the `unet.` prefix.
+    let unet_only = |k: &str| k.starts_with("unet.").then(|| k.to_string());
+    renamed(
+        "peft_sd1.safetensors",
+        &path("prefixed.safetensors"),
+        unet_only,
+    );
+    renamed("peft_sd1.safetensors", &path("bare.safetensors"), |k| {
+        k.strip_prefix("unet.").map(str::to_string)
+    });
+    let a = latents_with(&mut pipe, &[&path("prefixed.safetensors")], |_| {});
+    let b = latents_with(&mut pipe, &[&path("bare.safetensors")], |_| {});
+    assert_eq!(max_diff(&a, &b), 0.0, "unprefixed PEFT keys");
+
+    // Attention-only, as PEFT and as the attention processors named it.
+    let attn = |k: &str| {
+        let k = k.strip_prefix("unet.")?;
+        let (module, part) = k.rsplit_once(".lora_")?;
+        let (attn, proj) = module.rsplit_once('.').filter(|(a, _)| {
+            a.ends_with("attn1") || a.ends_with("attn2") || a.ends_with(".to_out")
+        })?;
+        let (attn, proj) = if proj == "0" {
+            (attn.strip_suffix(".to_out")?, "to_out")
+        } else {
+            (attn, proj)
+        };
+        let part = match part {
+            "A.weight" => "down.weight",
+            "B.weight" => "up.weight",
+            _ => return None,
+        };
+        Some(format!("{attn}.processor.{proj}_lora.{part}"))
+    };
+    renamed("peft_sd1.safetensors", &path("processor.safetensors"), attn);
+    renamed(
+        "peft_sd1.safetensors",
+        &path("attn_peft.safetensors"),
+        |k| attn(k).map(|_| k.to_string()),
+    );
+    let a = latents_with(&mut pipe, &[&path("attn_peft.safetensors")], |_| {});
+    let b = latents_with(&mut pipe, &[&path("processor.safetensors")], |_| {});
+    assert!(max_diff(&a, &b) == 0.0, "attention-processor names");
+
+    // kohya text-encoder keys with `text_model_`.
+    renamed(
+        "kohya_sd1.safetensors",
+        &path("te_text_model.safetensors"),
+        |k| Some(k.replacen("lora_te_", "lora_te_text_model_", 1)),
+    );
+    let kohya = dir().join("files/kohya_sd1.safetensors");
+    let a = latents_with(&mut pipe, &[&kohya], |_| {});
+    let b = latents_with(&mut pipe, &[&path("te_text_model.safetensors")], |_| {});
+    assert_eq!(max_diff(&a, &b), 0.0, "text_model_ keys");
+
+    // set_adapters per component: the UNet part at weight 0 is the
+    // text-encoder part alone.
+    let peft = dir().join("files/peft_sd1.safetensors");
+    renamed("peft_sd1.safetensors", &path("te_only.safetensors"), |k| {
+        k.starts_with("text_encoder.").then(|| k.to_string())
+    });
+    let a = latents_with(&mut pipe, &[&peft], |sd| {
+        let all = [("f0".to_string(), 1.0)].into_iter().collect();
+        let unet_off = [(("f0".to_string(), Component::Unet), 0.0)]
+            .into_iter()
+            .collect();
+        sd.set_adapters_by_component(&all, &unet_off).unwrap();
+    });
+    let b = latents_with(&mut pipe, &[&path("te_only.safetensors")], |_| {});
+    let full = latents_with(&mut pipe, &[&peft], |_| {});
+    assert!(max_diff(&a, &b) < 1e-6, "per-component weights");
+    assert!(
+        max_diff(&a, &full) > 1e-2,
+        "the UNet part was not switched off"
+    );
+}
