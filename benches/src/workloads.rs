@@ -672,6 +672,8 @@ fn pipeline<B: Backend + 'static>(
         unet,
         unet_config,
         vae: models.vae.take().expect("loaded above"),
+        controlnets: Vec::new(),
+        adapters: Vec::new(),
         scheduler: build_scheduler(&scheduler_config, None)?,
         scheduler_config,
         xl,

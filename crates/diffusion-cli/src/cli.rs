@@ -321,6 +321,97 @@ fn generation(cmd: Command) -> Command {
                 .action(ArgAction::SetTrue)
                 .help("Merge the LoRAs into the weights before generating (fuse_lora)"),
         )
+        .arg(
+            num(
+                "controlnet",
+                "controlnet",
+                "DIR_OR_REPO",
+                "A ControlNet (diffusers ControlNetModel folder or Hub repo); repeat for several, each with its --control-image",
+            )
+            .action(ArgAction::Append),
+        )
+        .arg(
+            num(
+                "control_image",
+                "control-image",
+                "FILE",
+                "The control image of the matching --controlnet (edges, depth, pose ...), used as it is",
+            )
+            .action(ArgAction::Append),
+        )
+        .arg(
+            num(
+                "controlnet_scale",
+                "controlnet-scale",
+                "F",
+                "controlnet_conditioning_scale: once for all nets or once per net [default: 1; img2img 0.8; SD inpaint 0.5]",
+            )
+            .action(ArgAction::Append)
+            .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            num(
+                "control_start",
+                "control-start",
+                "F",
+                "control_guidance_start: the fraction of the steps before a net starts; once or per net [default: 0]",
+            )
+            .action(ArgAction::Append)
+            .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            num(
+                "control_end",
+                "control-end",
+                "F",
+                "control_guidance_end: the fraction of the steps after which a net stops; once or per net [default: 1]",
+            )
+            .action(ArgAction::Append)
+            .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            num(
+                "t2i_adapter",
+                "t2i-adapter",
+                "DIR_OR_REPO",
+                "A T2I-Adapter (diffusers T2IAdapter folder or Hub repo; `generate` only); repeat for several, each with its --adapter-image",
+            )
+            .action(ArgAction::Append),
+        )
+        .arg(
+            num(
+                "adapter_image",
+                "adapter-image",
+                "FILE",
+                "The image of the matching --t2i-adapter (sketch, depth, pose ...)",
+            )
+            .action(ArgAction::Append),
+        )
+        .arg(
+            num(
+                "adapter_scale",
+                "adapter-scale",
+                "F",
+                "adapter_conditioning_scale: once for all adapters or once per adapter [default: 1]",
+            )
+            .action(ArgAction::Append)
+            .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            num(
+                "adapter_factor",
+                "adapter-factor",
+                "F",
+                "SDXL adapter_conditioning_factor: the fraction of the steps the adapters act in [default: 1]",
+            )
+            .value_parser(value_parser!(f64)),
+        )
+        .arg(
+            Arg::new("guess_mode")
+                .long("guess-mode")
+                .action(ArgAction::SetTrue)
+                .help("ControlNet guess mode: the nets see the conditional half only, their states weighted 0.1 to 1"),
+        )
 }
 
 /// `diffuse train`: `train_unconditional.py`'s flags, with dashes.

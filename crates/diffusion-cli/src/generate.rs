@@ -53,6 +53,26 @@ pub fn run<B: Backend>(
     )?;
 
     apply_loras(&mut pipe, settings, &model)?;
+    if !settings.controlnets.is_empty() {
+        let sd = pipe.stable_diffusion().ok_or_else(|| {
+            CliError::Usage(format!(
+                "--controlnet: {model} is an unconditional pipeline; ControlNets guide Stable Diffusion models"
+            ))
+        })?;
+        for net in &settings.controlnets {
+            sd.load_controlnet(net, &options)?;
+        }
+    }
+    if !settings.t2i_adapters.is_empty() {
+        let sd = pipe.stable_diffusion().ok_or_else(|| {
+            CliError::Usage(format!(
+                "--t2i-adapter: {model} is an unconditional pipeline; adapters guide Stable Diffusion models"
+            ))
+        })?;
+        for adapter in &settings.t2i_adapters {
+            sd.load_adapter(adapter, &options)?;
+        }
+    }
 
     // A seed is always chosen here, so that it can be recorded.
     let generator = match (&settings.seeds, settings.seed) {
@@ -90,6 +110,22 @@ pub fn run<B: Backend>(
         crops_coords_top_left: settings.crops_coords_top_left.unwrap_or((0, 0)),
         target_size: settings.target_size,
         denoising_end: settings.denoising_end,
+        control_image: settings
+            .control_images
+            .iter()
+            .map(|i| vec![i.clone()])
+            .collect(),
+        controlnet_conditioning_scale: settings.controlnet_scale.clone(),
+        control_guidance_start: settings.control_start.clone(),
+        control_guidance_end: settings.control_end.clone(),
+        guess_mode: settings.guess_mode,
+        adapter_image: settings
+            .adapter_images
+            .iter()
+            .map(|i| vec![i.clone()])
+            .collect(),
+        adapter_conditioning_scale: settings.adapter_scale.clone(),
+        adapter_conditioning_factor: settings.adapter_factor,
         progress: !settings.quiet,
         ..Params::default()
     };
@@ -226,6 +262,14 @@ fn as_flag_error(e: PipelineError, settings: &Settings) -> CliError {
         "negative_prompt" => "--negative-prompt".into(),
         "prompt_2" => "--prompt-2".into(),
         "negative_prompt_2" => "--negative-prompt-2".into(),
+        "control_image" => "--control-image".into(),
+        "controlnet_conditioning_scale" => "--controlnet-scale".into(),
+        "control_guidance_start" => "--control-start".into(),
+        "control_guidance_end" => "--control-end".into(),
+        "guess_mode" => "--guess-mode".into(),
+        "adapter_image" => "--adapter-image".into(),
+        "adapter_conditioning_scale" => "--adapter-scale".into(),
+        "adapter_conditioning_factor" => "--adapter-factor".into(),
         _ => return e.into(),
     };
     CliError::Usage(format!("{flag}: {message}"))

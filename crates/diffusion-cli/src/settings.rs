@@ -76,6 +76,34 @@ pub struct Settings {
     pub fuse_lora: bool,
     /// `--embedding FILE[:TOKEN]`.
     pub embeddings: Vec<(PathBuf, Option<String>)>,
+    /// `--controlnet`: folders or Hub repos, in order.
+    pub controlnets: Vec<String>,
+    /// `--control-image`: one per net.
+    pub control_image_paths: Vec<PathBuf>,
+    /// The control images, read.
+    pub control_images: Vec<DynamicImage>,
+    /// `--controlnet-scale`: none, one, or one per net.
+    pub controlnet_scale: Option<Vec<f64>>,
+    /// `--control-start`.
+    pub control_start: Option<Vec<f64>>,
+    /// `--control-end`.
+    pub control_end: Option<Vec<f64>>,
+    /// `--guess-mode`.
+    pub guess_mode: bool,
+    /// `--t2i-adapter`: folders or Hub repos, in order.
+    pub t2i_adapters: Vec<String>,
+    /// `--adapter-image`: one per adapter.
+    pub adapter_image_paths: Vec<PathBuf>,
+    /// The adapter images, read.
+    pub adapter_images: Vec<DynamicImage>,
+    /// `--adapter-scale`: none, one, or one per adapter.
+    pub adapter_scale: Option<Vec<f64>>,
+    /// `--adapter-factor`.
+    pub adapter_factor: Option<f64>,
+}
+
+fn floats(m: &ArgMatches, id: &str) -> Option<Vec<f64>> {
+    m.get_many::<f64>(id).map(|v| v.copied().collect())
 }
 
 fn strings(m: &ArgMatches, id: &str) -> Option<Vec<String>> {
@@ -148,6 +176,26 @@ impl Settings {
                 .get_many::<(String, Option<String>)>("embedding")
                 .map(|v| v.map(|(p, t)| (PathBuf::from(p), t.clone())).collect())
                 .unwrap_or_default(),
+            controlnets: strings(m, "controlnet").unwrap_or_default(),
+            control_image_paths: strings(m, "control_image")
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            control_images: Vec::new(),
+            controlnet_scale: floats(m, "controlnet_scale"),
+            control_start: floats(m, "control_start"),
+            control_end: floats(m, "control_end"),
+            guess_mode: m.get_flag("guess_mode"),
+            t2i_adapters: strings(m, "t2i_adapter").unwrap_or_default(),
+            adapter_image_paths: strings(m, "adapter_image")
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            adapter_images: Vec::new(),
+            adapter_scale: floats(m, "adapter_scale"),
+            adapter_factor: m.get_one::<f64>("adapter_factor").copied(),
         };
         s.take_lora_tags(m.get_one::<String>("lora_dir").map(PathBuf::from))?;
         s.check()?;
@@ -228,6 +276,8 @@ impl Settings {
         if self.num_images == 0 {
             return Err(usage("--num-images 0: must be at least 1"));
         }
+        self.check_control()?;
+        self.check_adapters()?;
         if self.task == Task::TextToImage && (self.image_path.is_some() || self.mask_path.is_some())
         {
             return Err(usage(
@@ -246,6 +296,119 @@ impl Settings {
             return Err(usage("--strength: only for `img2img` and `inpaint`"));
         }
         self.check_outputs()
+    }
+
+    /// The ControlNet flags: one `--control-image` per `--controlnet`, the
+    /// per-net numbers given once or once per net, windows inside [0, 1].
+    fn check_control(&self) -> Result<()> {
+        let nets = self.controlnets.len();
+        if nets == 0 {
+            for (flag, set) in [
+                ("--control-image", !self.control_image_paths.is_empty()),
+                ("--controlnet-scale", self.controlnet_scale.is_some()),
+                ("--control-start", self.control_start.is_some()),
+                ("--control-end", self.control_end.is_some()),
+                ("--guess-mode", self.guess_mode),
+            ] {
+                if set {
+                    return Err(usage(format!("{flag}: there is no --controlnet")));
+                }
+            }
+            return Ok(());
+        }
+        if self.control_image_paths.len() != nets {
+            return Err(usage(format!(
+                "--control-image: {} given for {nets} --controlnet; each net takes one",
+                self.control_image_paths.len()
+            )));
+        }
+        if let Some(p) = self
+            .control_image_paths
+            .iter()
+            .find(|p| p.as_os_str().is_empty())
+        {
+            return Err(usage(format!(
+                "--control-image {:?}: an empty path",
+                p.display().to_string()
+            )));
+        }
+        for (flag, list) in [
+            ("--controlnet-scale", &self.controlnet_scale),
+            ("--control-start", &self.control_start),
+            ("--control-end", &self.control_end),
+        ] {
+            if let Some(v) = list {
+                if v.len() != 1 && v.len() != nets {
+                    return Err(usage(format!(
+                        "{flag}: {} values for {nets} --controlnet (give one, or one per net)",
+                        v.len()
+                    )));
+                }
+                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(usage(format!("{flag} {x}: not a finite number")));
+                }
+            }
+        }
+        for (flag, list) in [
+            ("--control-start", &self.control_start),
+            ("--control-end", &self.control_end),
+        ] {
+            if let Some(x) = list.iter().flatten().find(|x| !(0.0..=1.0).contains(*x)) {
+                return Err(usage(format!("{flag} {x}: must be in [0, 1]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The T2I-Adapter flags: one `--adapter-image` per `--t2i-adapter`,
+    /// scales once or per adapter, text-to-image only, not with ControlNets.
+    fn check_adapters(&self) -> Result<()> {
+        let n = self.t2i_adapters.len();
+        if n == 0 {
+            for (flag, set) in [
+                ("--adapter-image", !self.adapter_image_paths.is_empty()),
+                ("--adapter-scale", self.adapter_scale.is_some()),
+                ("--adapter-factor", self.adapter_factor.is_some()),
+            ] {
+                if set {
+                    return Err(usage(format!("{flag}: there is no --t2i-adapter")));
+                }
+            }
+            return Ok(());
+        }
+        if self.task != Task::TextToImage {
+            return Err(usage(
+                "--t2i-adapter: adapters guide `generate` only (diffusers has no img2img or inpainting adapter pipeline)",
+            ));
+        }
+        if !self.controlnets.is_empty() {
+            return Err(usage(
+                "--t2i-adapter with --controlnet: diffusers has no pipeline with both; use one kind",
+            ));
+        }
+        if self.adapter_image_paths.len() != n {
+            return Err(usage(format!(
+                "--adapter-image: {} given for {n} --t2i-adapter; each adapter takes one",
+                self.adapter_image_paths.len()
+            )));
+        }
+        if let Some(v) = &self.adapter_scale {
+            if v.len() != 1 && v.len() != n {
+                return Err(usage(format!(
+                    "--adapter-scale: {} values for {n} --t2i-adapter (give one, or one per adapter)",
+                    v.len()
+                )));
+            }
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(usage(format!("--adapter-scale {x}: not a finite number")));
+            }
+        }
+        if let Some(f) = self.adapter_factor
+            && !(0.0..=1.0).contains(&f)
+        {
+            return Err(usage(format!("--adapter-factor {f}: must be in [0, 1]")));
+        }
+        Ok(())
     }
 
     /// How many images the run writes: one per prompt (at least one) times
@@ -278,11 +441,23 @@ impl Settings {
         for (flag, path) in &targets {
             check_output_dir(flag, path)?;
         }
-        let inputs = [
+        let control: Vec<Option<PathBuf>> = self
+            .control_image_paths
+            .iter()
+            .map(|p| Some(p.clone()))
+            .collect();
+        let mut inputs = vec![
             ("--image", &self.image_path),
             ("--mask", &self.mask_path),
             ("--latents", &self.latents_path),
         ];
+        inputs.extend(control.iter().map(|p| ("--control-image", p)));
+        let adapter: Vec<Option<PathBuf>> = self
+            .adapter_image_paths
+            .iter()
+            .map(|p| Some(p.clone()))
+            .collect();
+        inputs.extend(adapter.iter().map(|p| ("--adapter-image", p)));
         let mut seen: Vec<(String, PathBuf, PathBuf)> = Vec::new();
         for (flag, path) in &targets {
             let key = comparable(path);
@@ -293,7 +468,7 @@ impl Settings {
                     other_path.display()
                 )));
             }
-            for (input_flag, input) in inputs {
+            for &(input_flag, input) in &inputs {
                 if let Some(input) = input
                     && comparable(input) == key
                 {
@@ -317,6 +492,16 @@ impl Settings {
         if let Some(p) = &self.image_path {
             self.image = Some(load_image(p)?);
         }
+        self.control_images = self
+            .control_image_paths
+            .iter()
+            .map(|p| load_image(p))
+            .collect::<std::result::Result<_, _>>()?;
+        self.adapter_images = self
+            .adapter_image_paths
+            .iter()
+            .map(|p| load_image(p))
+            .collect::<std::result::Result<_, _>>()?;
         if let Some(p) = &self.mask_path {
             let mask = load_image(p)?;
             if let Some(image) = &self.image
@@ -405,6 +590,33 @@ impl Settings {
                 .map(|(p, t)| json!({"file": p, "token": t}))
                 .collect();
             put("embeddings", Value::Array(e));
+        }
+        if !self.controlnets.is_empty() {
+            let nets: Vec<Value> = self
+                .controlnets
+                .iter()
+                .zip(&self.control_image_paths)
+                .map(|(n, i)| json!({"controlnet": n, "control_image": i}))
+                .collect();
+            put("controlnets", Value::Array(nets));
+            put(
+                "controlnet_conditioning_scale",
+                json!(self.controlnet_scale),
+            );
+            put("control_guidance_start", json!(self.control_start));
+            put("control_guidance_end", json!(self.control_end));
+            put("guess_mode", json!(self.guess_mode));
+        }
+        if !self.t2i_adapters.is_empty() {
+            let a: Vec<Value> = self
+                .t2i_adapters
+                .iter()
+                .zip(&self.adapter_image_paths)
+                .map(|(n, i)| json!({"t2i_adapter": n, "adapter_image": i}))
+                .collect();
+            put("t2i_adapters", Value::Array(a));
+            put("adapter_conditioning_scale", json!(self.adapter_scale));
+            put("adapter_conditioning_factor", json!(self.adapter_factor));
         }
         put("denoising_end", json!(self.denoising_end));
         put(

@@ -300,6 +300,110 @@ fn loras_through_the_cli() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `diffuse generate --controlnet DIR --control-image PNG …` writes
+/// diffusers' PNG (fixtures/controlnet of diffusion-pipelines): one net with
+/// a scale, two nets with per-net scales and guidance windows, guess mode on
+/// SDXL, and two T2I-Adapters with their weights.
+#[test]
+fn controlnets_through_the_cli() {
+    let cn = common::fixtures().join("controlnet");
+    let net = |n: &str| cn.join("nets").join(n).to_string_lossy().into_owned();
+    let control = |n: &str| cn.join(n).to_string_lossy().into_owned();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    let adapter = |n: &str| cn.join("adapters").join(n).to_string_lossy().into_owned();
+    let runs: [(&str, &str, Vec<String>); 4] = [
+        (
+            "sd1_one",
+            "sd1",
+            [
+                s(&["--prompt", "a dog on a skateboard", "--guidance", "7.5"]),
+                s(&["--controlnet", &net("sd1_a"), "--control-image"]),
+                vec![control("control_a.png")],
+                s(&["--controlnet-scale", "0.8"]),
+            ]
+            .concat(),
+        ),
+        (
+            "sd1_two",
+            "sd1",
+            [
+                s(&["--prompt", "a dog on a skateboard", "--guidance", "7.5"]),
+                s(&["--controlnet", &net("sd1_a"), "--control-image"]),
+                vec![control("control_a.png")],
+                s(&["--controlnet", &net("sd1_bgr"), "--control-image"]),
+                vec![control("control_b.png")],
+                s(&["--controlnet-scale", "0.6", "--controlnet-scale", "1.3"]),
+                s(&["--control-start", "0", "--control-start", "0.3"]),
+                s(&["--control-end", "0.8", "--control-end", "1"]),
+            ]
+            .concat(),
+        ),
+        (
+            "sdxl_guess",
+            "sdxl",
+            [
+                s(&["--prompt", "a photo of a cat", "--guidance", "5"]),
+                s(&["--controlnet", &net("sdxl_a"), "--control-image"]),
+                vec![control("control_b.png")],
+                s(&["--guess-mode", "--control-end", "0.6"]),
+            ]
+            .concat(),
+        ),
+        (
+            "sd1_multi_adapter",
+            "sd1",
+            [
+                s(&["--prompt", "a dog on a skateboard", "--guidance", "7.5"]),
+                s(&["--t2i-adapter", &adapter("sd1_full"), "--adapter-image"]),
+                vec![control("control_a.png")],
+                s(&["--t2i-adapter", &adapter("sd1_full_b"), "--adapter-image"]),
+                vec![control("control_b.png")],
+                s(&["--adapter-scale", "0.6", "--adapter-scale", "0.9"]),
+            ]
+            .concat(),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, pipeline, extra) in runs {
+        let model = common::pipeline_dir(pipeline);
+        let work = tempfile::tempdir().unwrap();
+        let case = cn.join("cases").join(format!("{name}.safetensors"));
+        let mut args: Vec<String> = s(&["generate", "--model"]);
+        args.push(model.path().to_string_lossy().into_owned());
+        args.extend(s(&[
+            "--negative-prompt",
+            "blurry",
+            "--steps",
+            "4",
+            "--latents",
+        ]));
+        args.push(case.to_string_lossy().into_owned());
+        args.extend(s(&["--output", "out.png", "--quiet"]));
+        args.extend(extra);
+        let out = match diffuse(work.path(), &args) {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let want = &common::read_tensors(&case)["images"].1;
+        let (mae, worst) = png_errors(&png_values(&work.path().join("out.png")), want);
+        eprintln!("{name}: PNG vs diffusers MAE {mae:.2e}, worst {worst} level");
+        if mae > 1.0 / 255.0 || worst > 1 {
+            failures.push(format!("{name}: MAE {mae}, worst {worst} levels"));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let recorded = (stdout.contains("ControlNetPipeline")
+            && stdout.contains("\"controlnets\""))
+            || (stdout.contains("AdapterPipeline") && stdout.contains("\"t2i_adapters\""));
+        if !recorded {
+            failures.push(format!("{name}: the nets are not recorded: {stdout}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// `--lora OWNER/NAME` takes diffusers' `pytorch_lora_weights.safetensors`
 /// from the repo in the HF cache (offline here): the same image as the file.
 #[test]

@@ -9,7 +9,7 @@
 //! block types.
 
 use crate::attention::{Attention, AttentionConfig};
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::load::Loader;
 use crate::nn::Activation;
 use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, TimeEmbeddingNorm, Upsample2D};
@@ -290,15 +290,51 @@ impl<B: Backend> CrossAttnDownBlock2D<B> {
         temb: &Tensor<B, 2>,
         context: &Tensor<B, 3>,
     ) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
+        self.forward_with_residual(x, temb, context, None)
+            .expect("no residual to mis-shape")
+    }
+
+    /// [`Self::forward`] with `residual` (a T2I-Adapter feature) added after
+    /// the last resnet/transformer pair, before that state is kept and
+    /// downsampled; a residual of another shape than that state is an error.
+    pub fn forward_with_residual(
+        &self,
+        x: Tensor<B, 4>,
+        temb: &Tensor<B, 2>,
+        context: &Tensor<B, 3>,
+        residual: Option<Tensor<B, 4>>,
+    ) -> Result<(Tensor<B, 4>, Vec<Tensor<B, 4>>)> {
         let mut h = x;
         let mut states = Vec::new();
-        for (resnet, attn) in self.resnets.iter().zip(&self.attentions) {
+        let last = self.resnets.len().saturating_sub(1);
+        let mut residual = residual;
+        for (j, (resnet, attn)) in self.resnets.iter().zip(&self.attentions).enumerate() {
             h = resnet.forward(h, Some(temb.clone()));
             h = attn.forward(h, Some(context.clone()));
+            if j == last
+                && let Some(r) = residual.take()
+            {
+                h = add_residual(h, r)?;
+            }
             states.push(h.clone());
         }
-        finish_down(h, states, self.downsampler.as_ref())
+        Ok(finish_down(h, states, self.downsampler.as_ref()))
     }
+}
+
+/// `h + r` for a T2I-Adapter feature `r`, which must have `h`'s shape.
+fn add_residual<B: Backend>(h: Tensor<B, 4>, r: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
+    if r.dims() != h.dims() {
+        return Err(ModelError::input(
+            "down_intrablock_additional_residuals",
+            format!(
+                "a feature of shape {:?} for a down-path state of shape {:?}",
+                r.dims(),
+                h.dims()
+            ),
+        ));
+    }
+    Ok(h + r)
 }
 
 fn finish_down<B: Backend>(
@@ -528,14 +564,42 @@ impl<B: Backend> DownBlock<B> {
         temb: &Tensor<B, 2>,
         context: Option<&Tensor<B, 3>>,
     ) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
-        match self {
+        self.forward_with_residual(x, temb, context, None)
+            .expect("no residual to mis-shape")
+    }
+
+    /// Runs the block with a T2I-Adapter feature added where diffusers adds
+    /// it: inside a cross-attention block after its last transformer, after
+    /// any other block (to its output, which is also its last kept state).
+    pub fn forward_with_residual(
+        &self,
+        x: Tensor<B, 4>,
+        temb: &Tensor<B, 2>,
+        context: Option<&Tensor<B, 3>>,
+        residual: Option<Tensor<B, 4>>,
+    ) -> Result<(Tensor<B, 4>, Vec<Tensor<B, 4>>)> {
+        let (h, mut states) = match self {
             DownBlock::Plain(b) => b.forward(x, temb),
             DownBlock::Attn(b) => b.forward(x, temb),
-            DownBlock::CrossAttn(b) => b.forward(
-                x,
-                temb,
-                context.expect("the UNet checks that cross-attention blocks get text states"),
-            ),
+            DownBlock::CrossAttn(b) => {
+                return b.forward_with_residual(
+                    x,
+                    temb,
+                    context.expect("the UNet checks that cross-attention blocks get text states"),
+                    residual,
+                );
+            }
+        };
+        match residual {
+            // diffusers adds in place: the output and the last state are one tensor.
+            Some(r) => {
+                let h = add_residual(h, r)?;
+                if let Some(last) = states.last_mut() {
+                    *last = h.clone();
+                }
+                Ok((h, states))
+            }
+            None => Ok((h, states)),
         }
     }
 }

@@ -3,18 +3,15 @@
 //! channels) and LCM-distilled models (`time_cond_proj_dim`).
 
 use crate::config::{FieldCheck, MAX_LAYERS, ModelConfig, unsupported};
-use crate::embeddings::{TimestepEmbedding, Timesteps};
 use crate::error::{ModelError, Result};
-use crate::load::{Init, Loader, Precision};
-use crate::mid_block::{MidBlockConfig, UNetMidBlock2D};
-use crate::nn::{Activation, Conv2d, GroupNorm, Linear, to_dtype};
-use crate::resnet::{ResnetConfig, TimeEmbeddingNorm};
-use crate::unet_2d::{
-    ClassEmbedding, ClassLabels, OneOrMany, batch_timesteps, open_model_dir, strip_unet_res,
-};
-use crate::unet_2d_blocks::{
-    BlockConfig, CrossAttnConfig, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock, DownBlock2D,
-    UNetMidBlock2DCrossAttn, UpBlock, UpBlock2D,
+use crate::load::{Loader, Precision};
+use crate::nn::{Activation, Conv2d, GroupNorm, to_dtype};
+use crate::resnet::TimeEmbeddingNorm;
+use crate::unet_2d::{OneOrMany, open_model_dir, strip_unet_res};
+use crate::unet_2d_blocks::{CrossAttnUpBlock2D, DownBlock, UpBlock, UpBlock2D};
+use crate::unet_encoder::BlockPlan;
+pub use crate::unet_encoder::{
+    ConditionEmbedding, ConditionMidBlock, TextTimeEmbedding, UNetConditions,
 };
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -246,71 +243,13 @@ fn default_block_out_channels() -> Vec<usize> {
     vec![320, 640, 1280, 1280]
 }
 
-/// The inputs beside the sample, the timesteps and the text states.
-#[derive(Debug, Clone)]
-pub struct UNetConditions<B: Backend> {
-    /// SDXL's pooled text embedding `[N, D]` (`addition_embed_type="text_time"`).
-    pub text_embeds: Option<Tensor<B, 2>>,
-    /// SDXL's size/crop conditioning `[N, k]` (6 for the base model).
-    pub time_ids: Option<Tensor<B, 2>>,
-    /// LCM's guidance-scale embedding `[N, time_cond_proj_dim]`.
-    pub timestep_cond: Option<Tensor<B, 2>>,
-    /// Class labels, for models with a class embedding.
-    pub class_labels: Option<ClassLabels<B>>,
-    /// ControlNet residuals added to the down-path states (one per state, in order).
-    pub down_block_additional_residuals: Option<Vec<Tensor<B, 4>>>,
-    /// ControlNet residual added to the middle block's output.
-    pub mid_block_additional_residual: Option<Tensor<B, 4>>,
-}
-
-impl<B: Backend> Default for UNetConditions<B> {
-    fn default() -> Self {
-        UNetConditions {
-            text_embeds: None,
-            time_ids: None,
-            timestep_cond: None,
-            class_labels: None,
-            down_block_additional_residuals: None,
-            mid_block_additional_residual: None,
-        }
-    }
-}
-
-/// SDXL's `"text_time"` addition embedding: sinusoidal features of each
-/// `time_ids` entry, concatenated after the pooled text embedding, then an MLP.
-#[derive(Module, Debug)]
-pub struct TextTimeEmbedding<B: Backend> {
-    /// Sinusoidal features of the time ids (`add_time_proj`).
-    pub add_time_proj: Timesteps,
-    /// The MLP (`add_embedding`).
-    pub add_embedding: TimestepEmbedding<B>,
-    /// Its input width.
-    pub input_dim: usize,
-}
-
-/// The middle of the conditional UNet.
-#[derive(Module, Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum ConditionMidBlock<B: Backend> {
-    /// `UNetMidBlock2DCrossAttn`.
-    CrossAttn(UNetMidBlock2DCrossAttn<B>),
-    /// `UNetMidBlock2D` (resnet only).
-    Plain(UNetMidBlock2D<B>),
-}
-
 /// diffusers' `UNet2DConditionModel`.
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
     /// Input conv.
     pub conv_in: Conv2d<B>,
-    /// Sinusoidal timestep features.
-    pub time_proj: Timesteps,
-    /// Timestep MLP (with `cond_proj` for LCM).
-    pub time_embedding: TimestepEmbedding<B>,
-    /// Class conditioning.
-    pub class_embedding: Option<ClassEmbedding<B>>,
-    /// SDXL's text/time conditioning.
-    pub add_embedding: Option<TextTimeEmbedding<B>>,
+    /// The time embedding and what joins it (class labels, SDXL's text/time ids).
+    pub embedding: ConditionEmbedding<B>,
     /// Down path.
     pub down_blocks: Vec<DownBlock<B>>,
     /// Middle block.
@@ -321,9 +260,6 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub conv_norm_out: GroupNorm<B>,
     /// Output conv.
     pub conv_out: Conv2d<B>,
-    /// `time_embedding_act_fn`.
-    #[module(skip)]
-    pub time_embed_act: Option<Activation>,
     /// The resnet activation (also after `conv_norm_out`).
     #[module(skip)]
     pub act: Activation,
@@ -333,8 +269,6 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub cross_attention_dims: Vec<usize>,
     /// `2x - 1` on the input.
     pub center_input_sample: bool,
-    /// Class embedding concatenated rather than added.
-    pub class_embeddings_concat: bool,
     /// The adapters on its layers ([`crate::adapter`]).
     #[module(skip)]
     pub adapters: crate::adapter::AdapterTable,
@@ -360,22 +294,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let channels = &cfg.block_out_channels;
         let n = channels.len();
         let c0 = channels[0];
-        let groups = cfg
-            .norm_num_groups
-            .ok_or_else(|| unsupported(source, "norm_num_groups", "null"))?;
-        let heads = cfg
-            .attention_head_dim
-            .expand(n, source, "attention_head_dim")?;
-        let cross_dims = cfg
-            .cross_attention_dim
-            .expand(n, source, "cross_attention_dim")?;
-        let layers = cfg.layers_per_block.expand(n, source, "layers_per_block")?;
-        let only_cross = cfg
-            .only_cross_attention
-            .expand(n, source, "only_cross_attention")?;
-        let transformer_layers =
-            cfg.transformer_layers_per_block
-                .expand(n, source, "transformer_layers_per_block")?;
+        let embedding = ConditionEmbedding::load(loader, cfg, source)?;
+        let plan = BlockPlan::new(cfg, source, embedding.width)?;
+        let groups = plan.groups;
         let reverse_transformer_layers = match &cfg.reverse_transformer_layers_per_block {
             Some(r) if r.len() != n => {
                 return Err(ModelError::config(
@@ -386,7 +307,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
             }
             Some(r) => r.clone(),
             None => {
-                if transformer_layers
+                if plan
+                    .transformer_layers
                     .iter()
                     .any(|t| matches!(t, OneOrMany::Many(_)))
                 {
@@ -396,165 +318,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
                         "is required when transformer_layers_per_block has per-layer lists",
                     ));
                 }
-                transformer_layers.iter().rev().cloned().collect()
+                plan.transformer_layers.iter().rev().cloned().collect()
             }
         };
-
-        // Time embedding.
-        let time_embed_dim = cfg.time_embedding_dim.unwrap_or(4 * c0);
-        let time_proj = Timesteps::new(c0, cfg.flip_sin_to_cos, cfg.freq_shift);
-        let time_embedding = TimestepEmbedding::load(
-            &loader.pp("time_embedding"),
-            c0,
-            time_embed_dim,
-            cfg.act_fn,
-            None,
-            cfg.timestep_post_act,
-            cfg.time_cond_proj_dim,
-        )?;
-        let class_embedding = load_class_embedding(loader, cfg, source, time_embed_dim, c0)?;
-        let add_embedding = match cfg.addition_embed_type.as_deref() {
-            None => None,
-            Some("text_time") => {
-                let need = |field: &str, v: Option<usize>| {
-                    v.ok_or_else(|| {
-                        ModelError::config(
-                            source,
-                            field,
-                            "is required by addition_embed_type \"text_time\"",
-                        )
-                    })
-                };
-                let time_dim = need("addition_time_embed_dim", cfg.addition_time_embed_dim)?;
-                let input_dim = need(
-                    "projection_class_embeddings_input_dim",
-                    cfg.projection_class_embeddings_input_dim,
-                )?;
-                Some(TextTimeEmbedding {
-                    add_time_proj: Timesteps::new(time_dim, cfg.flip_sin_to_cos, cfg.freq_shift),
-                    add_embedding: TimestepEmbedding::load(
-                        &loader.pp("add_embedding"),
-                        input_dim,
-                        time_embed_dim,
-                        Activation::Silu,
-                        None,
-                        None,
-                        None,
-                    )?,
-                    input_dim,
-                })
-            }
-            Some(other) => return Err(unsupported(source, "addition_embed_type", other)),
-        };
-        let blocks_temb = if cfg.class_embeddings_concat {
-            2 * time_embed_dim
-        } else {
-            time_embed_dim
-        };
-
-        let block = |i: usize, num_layers: usize, in_ch: usize, out_ch: usize| BlockConfig {
-            num_layers,
-            in_channels: in_ch,
-            out_channels: out_ch,
-            prev_output_channel: 0,
-            temb_channels: blocks_temb,
-            resnet_eps: cfg.norm_eps,
-            resnet_act: cfg.act_fn,
-            resnet_groups: groups,
-            time_embedding_norm: cfg.resnet_time_scale_shift,
-            output_scale_factor: 1.0,
-            add_sample: i + 1 < n,
-            downsample_padding: cfg.downsample_padding,
-            attention_head_dim: heads[i],
-            cross: None,
-        };
-        let cross = |heads: usize, dim: usize, per_layer: &OneOrMany<usize>, num_layers, only| {
-            Ok::<_, ModelError>(CrossAttnConfig {
-                num_attention_heads: heads,
-                cross_attention_dim: dim,
-                transformer_layers: per_layer.expand(
-                    num_layers,
-                    source,
-                    "transformer_layers_per_block",
-                )?,
-                use_linear_projection: cfg.use_linear_projection,
-                only_cross_attention: only,
-                upcast_attention: cfg.upcast_attention,
-            })
-        };
-
-        let mut attention_dims = Vec::new();
-        let mut down_blocks = Vec::with_capacity(n);
-        let mut out_ch = c0;
-        for (i, kind) in cfg.down_block_types.iter().enumerate() {
-            let in_ch = out_ch;
-            out_ch = channels[i];
-            let mut bc = block(i, layers[i], in_ch, out_ch);
-            let l = loader.pp("down_blocks").pp(i);
-            down_blocks.push(match strip_unet_res(kind) {
-                "DownBlock2D" => DownBlock::Plain(DownBlock2D::load(&l, &bc)?),
-                "CrossAttnDownBlock2D" => {
-                    bc.cross = Some(cross(
-                        heads[i],
-                        cross_dims[i],
-                        &transformer_layers[i],
-                        layers[i],
-                        only_cross[i],
-                    )?);
-                    attention_dims.push(cross_dims[i]);
-                    DownBlock::CrossAttn(CrossAttnDownBlock2D::load(&l, &bc)?)
-                }
-                other => {
-                    return Err(unsupported(
-                        source,
-                        &format!("down_block_types[{i}]"),
-                        other,
-                    ));
-                }
-            });
-        }
-
-        let c_last = channels[n - 1];
-        let mid_block = match cfg.mid_block_type.as_deref() {
-            None => None,
-            Some("UNetMidBlock2DCrossAttn") => {
-                let mut bc = block(n - 1, 1, c_last, c_last);
-                bc.output_scale_factor = cfg.mid_block_scale_factor;
-                // The middle block has one transformer: a per-layer list gives its first entry.
-                let mid_layers = transformer_layers[n - 1].get(0).unwrap_or(1);
-                bc.cross = Some(cross(
-                    heads[n - 1],
-                    cross_dims[n - 1],
-                    &OneOrMany::One(mid_layers),
-                    1,
-                    false,
-                )?);
-                attention_dims.push(cross_dims[n - 1]);
-                Some(ConditionMidBlock::CrossAttn(UNetMidBlock2DCrossAttn::load(
-                    &loader.pp("mid_block"),
-                    &bc,
-                )?))
-            }
-            Some("UNetMidBlock2D") => {
-                let mut resnet = ResnetConfig::new(c_last, c_last, Some(blocks_temb));
-                resnet.groups = groups;
-                resnet.eps = cfg.norm_eps;
-                resnet.act = cfg.act_fn;
-                resnet.time_embedding_norm = cfg.resnet_time_scale_shift;
-                resnet.output_scale_factor = cfg.mid_block_scale_factor;
-                let mid = MidBlockConfig {
-                    resnet,
-                    num_layers: 0,
-                    add_attention: false,
-                    attention_head_dim: None,
-                };
-                Some(ConditionMidBlock::Plain(UNetMidBlock2D::load(
-                    &loader.pp("mid_block"),
-                    &mid,
-                )?))
-            }
-            Some(other) => return Err(unsupported(source, "mid_block_type", other)),
-        };
+        let (down_blocks, mut attention_dims) = plan.load_down_blocks(loader)?;
+        let (mid_block, mid_dim) = plan.load_mid_block(loader)?;
+        attention_dims.extend(mid_dim);
 
         let reversed: Vec<usize> = channels.iter().rev().copied().collect();
         let mut up_blocks = Vec::with_capacity(n);
@@ -564,21 +333,20 @@ impl<B: Backend> UNet2DConditionModel<B> {
             out_ch = reversed[i];
             let in_ch = reversed[(i + 1).min(n - 1)];
             let r = n - 1 - i;
-            let num_layers = layers[r] + 1;
-            let mut bc = block(i, num_layers, in_ch, out_ch);
+            let num_layers = plan.layers[r] + 1;
+            let mut bc = plan.block(i, num_layers, in_ch, out_ch);
             bc.prev_output_channel = prev;
             let l = loader.pp("up_blocks").pp(i);
             up_blocks.push(match strip_unet_res(kind) {
                 "UpBlock2D" => UpBlock::Plain(UpBlock2D::load(&l, &bc)?),
                 "CrossAttnUpBlock2D" => {
-                    bc.cross = Some(cross(
-                        heads[r],
-                        cross_dims[r],
+                    bc.cross = Some(plan.cross(
+                        r,
                         &reverse_transformer_layers[i],
                         num_layers,
-                        only_cross[r],
+                        plan.only_cross[r],
                     )?);
-                    attention_dims.push(cross_dims[r]);
+                    attention_dims.push(plan.cross_dims[r]);
                     UpBlock::CrossAttn(CrossAttnUpBlock2D::load(&l, &bc)?)
                 }
                 other => return Err(unsupported(source, &format!("up_block_types[{i}]"), other)),
@@ -600,10 +368,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 in_pad,
                 true,
             )?,
-            time_proj,
-            time_embedding,
-            class_embedding,
-            add_embedding,
+            embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -617,12 +382,10 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 out_pad,
                 true,
             )?,
-            time_embed_act: cfg.time_embedding_act_fn,
             act: cfg.act_fn,
             in_channels: cfg.in_channels,
             cross_attention_dims: attention_dims,
             center_input_sample: cfg.center_input_sample,
-            class_embeddings_concat: cfg.class_embeddings_concat,
         })
     }
 
@@ -672,95 +435,23 @@ impl<B: Backend> UNet2DConditionModel<B> {
         };
 
         // Time, class and added embeddings.
-        let timesteps = batch_timesteps(timesteps, batch)?;
-        let t_emb = to_dtype(self.time_proj.forward(timesteps), dtype);
-        let timestep_cond = match (&self.time_embedding.cond_proj, conditions.timestep_cond) {
-            (Some(proj), Some(c)) => {
-                let want = proj.weight.dims()[0];
-                if c.dims() != [batch, want] {
-                    return Err(ModelError::input(
-                        "timestep_cond",
-                        format!("has shape {:?}, expected [{batch}, {want}]", c.dims()),
-                    ));
-                }
-                Some(to_dtype(c, dtype))
-            }
-            (None, Some(_)) => {
-                return Err(ModelError::input(
-                    "timestep_cond",
-                    "the model has no time_cond_proj_dim",
-                ));
-            }
-            // diffusers skips `cond_proj` when no condition is given.
-            (_, None) => None,
-        };
-        let mut emb = self.time_embedding.forward(t_emb, timestep_cond);
-        match (&self.class_embedding, conditions.class_labels) {
-            (Some(class), Some(labels)) => {
-                let class_emb = class.forward(labels, &self.time_proj, batch, dtype)?;
-                emb = if self.class_embeddings_concat {
-                    Tensor::cat(vec![emb, class_emb], 1)
-                } else {
-                    emb + class_emb
-                };
-            }
-            (Some(_), None) => {
-                return Err(ModelError::input(
-                    "class_labels",
-                    "this model is class-conditional: class labels are required",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ModelError::input(
-                    "class_labels",
-                    "this model has no class embedding",
-                ));
-            }
-            (None, None) => {}
-        }
-        if let Some(add) = &self.add_embedding {
-            let text = conditions.text_embeds.ok_or_else(|| {
-                ModelError::input(
-                    "text_embeds",
-                    "required by addition_embed_type \"text_time\"",
-                )
-            })?;
-            let ids = conditions.time_ids.ok_or_else(|| {
-                ModelError::input("time_ids", "required by addition_embed_type \"text_time\"")
-            })?;
-            let [tb, td] = text.dims();
-            let [ib, k] = ids.dims();
-            let width = td + k * add.add_time_proj.num_channels;
-            if tb != batch || ib != batch || width != add.input_dim {
-                return Err(ModelError::input(
-                    "text_embeds",
-                    format!(
-                        "text_embeds {:?} and time_ids {:?} give {width} features for batch {batch}, \
-                         the model takes {} ({} per time id)",
-                        [tb, td],
-                        [ib, k],
-                        add.input_dim,
-                        add.add_time_proj.num_channels
-                    ),
-                ));
-            }
-            let time_embeds = add
-                .add_time_proj
-                .forward(ids.reshape([batch * k]))
-                .reshape([batch, k * add.add_time_proj.num_channels]);
-            let add_embeds =
-                Tensor::cat(vec![to_dtype(text, dtype), to_dtype(time_embeds, dtype)], 1);
-            emb = emb + add.add_embedding.forward(add_embeds, None);
-        }
-        if let Some(act) = self.time_embed_act {
-            emb = act.forward(emb);
-        }
+        let emb = self
+            .embedding
+            .forward(timesteps, batch, dtype, &conditions)?;
 
         // Down path.
         let mut h = self.conv_in.forward(sample);
         let mut skips = vec![h.clone()];
+        let mut intrablock = conditions
+            .down_intrablock_additional_residuals
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i, to_dtype(r, dtype)))
+            .peekable();
         for block in &self.down_blocks {
-            let (out, states) = block.forward(h, &emb, Some(&context));
+            let residual = intrablock.next().map(|(_, r)| r);
+            let (out, states) = block.forward_with_residual(h, &emb, Some(&context), residual)?;
             h = out;
             skips.extend(states);
         }
@@ -780,7 +471,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 .zip(residuals)
                 .enumerate()
                 .map(|(i, (s, r))| {
-                    if s.dims() != r.dims() {
+                    if !fits_state(&r, &s) {
                         return Err(ModelError::input(
                             "down_block_additional_residuals",
                             format!(
@@ -790,17 +481,30 @@ impl<B: Backend> UNet2DConditionModel<B> {
                             ),
                         ));
                     }
-                    Ok(s + to_dtype(r, dtype))
+                    let r = to_dtype(r, dtype).expand(s.dims());
+                    Ok(s + r)
                 })
                 .collect::<Result<_>>()?;
         }
-        match &self.mid_block {
-            Some(ConditionMidBlock::CrossAttn(mid)) => h = mid.forward(h, &emb, &context),
-            Some(ConditionMidBlock::Plain(mid)) => h = mid.forward(h, Some(emb.clone())),
-            None => {}
+        if let Some(mid) = &self.mid_block {
+            h = mid.forward(h, &emb, &context);
+            // SDXL's adapters have one feature more than the down path: it
+            // joins the middle block's output when the shapes agree.
+            if let Some((_, r)) = intrablock.next_if(|(_, r)| r.dims() == h.dims()) {
+                h = h + r;
+            }
+        }
+        if let Some((i, r)) = intrablock.next() {
+            return Err(ModelError::input(
+                "down_intrablock_additional_residuals",
+                format!(
+                    "entry {i} {:?} is one more than the down path takes",
+                    r.dims()
+                ),
+            ));
         }
         if let Some(r) = conditions.mid_block_additional_residual {
-            if r.dims() != h.dims() {
+            if !fits_state(&r, &h) {
                 return Err(ModelError::input(
                     "mid_block_additional_residual",
                     format!(
@@ -810,7 +514,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
                     ),
                 ));
             }
-            h = h + to_dtype(r, dtype);
+            let r = to_dtype(r, dtype).expand(h.dims());
+            h = h + r;
         }
 
         // Up path.
@@ -833,6 +538,14 @@ impl<B: Backend> UNet2DConditionModel<B> {
         };
         Ok(self.conv_out.forward(h))
     }
+}
+
+/// A ControlNet residual fits a state of its shape, or `[N, C, 1, 1]` (a
+/// global-pool ControlNet's means, broadcast over the state).
+fn fits_state<B: Backend>(r: &Tensor<B, 4>, state: &Tensor<B, 4>) -> bool {
+    let [n, c, h, w] = r.dims();
+    let [sn, sc, sh, sw] = state.dims();
+    n == sn && c == sc && ((h, w) == (sh, sw) || (h, w) == (1, 1))
 }
 
 /// Refuses what the model cannot be built or run with, naming the field:
@@ -1137,59 +850,4 @@ impl ModelConfig for UNet2DConditionConfig {
         }
         Ok(())
     }
-}
-
-fn load_class_embedding<B: Backend>(
-    loader: &Loader<B>,
-    cfg: &UNet2DConditionConfig,
-    source: &str,
-    time_embed_dim: usize,
-    timestep_input_dim: usize,
-) -> Result<Option<ClassEmbedding<B>>> {
-    let l = loader.pp("class_embedding");
-    let projection_dim = || {
-        cfg.projection_class_embeddings_input_dim.ok_or_else(|| {
-            ModelError::config(
-                source,
-                "projection_class_embeddings_input_dim",
-                "is required by this class_embed_type",
-            )
-        })
-    };
-    Ok(
-        match (cfg.class_embed_type.as_deref(), cfg.num_class_embeds) {
-            (None, Some(classes)) => Some(ClassEmbedding::Table(l.param(
-                "weight",
-                [classes, time_embed_dim],
-                Init::Normal(1.0),
-            )?)),
-            (None, None) => None,
-            (Some("timestep"), _) => Some(ClassEmbedding::Timestep(TimestepEmbedding::load(
-                &l,
-                timestep_input_dim,
-                time_embed_dim,
-                cfg.act_fn,
-                None,
-                None,
-                None,
-            )?)),
-            (Some("identity"), _) => Some(ClassEmbedding::Identity(time_embed_dim)),
-            (Some("projection"), _) => Some(ClassEmbedding::Projection(TimestepEmbedding::load(
-                &l,
-                projection_dim()?,
-                time_embed_dim,
-                Activation::Silu,
-                None,
-                None,
-                None,
-            )?)),
-            (Some("simple_projection"), _) => Some(ClassEmbedding::Linear(Linear::load(
-                &l,
-                projection_dim()?,
-                time_embed_dim,
-                true,
-            )?)),
-            (Some(other), _) => return Err(unsupported(source, "class_embed_type", other)),
-        },
-    )
 }

@@ -270,7 +270,7 @@ pub fn default_size(image: &DynamicImage, multiple: usize) -> (usize, usize) {
 }
 
 /// PIL's `convert("RGB")` then, if needed, a Lanczos resize to `height × width`.
-fn rgb_at(image: &DynamicImage, height: usize, width: usize) -> image::RgbImage {
+pub(crate) fn rgb_at(image: &DynamicImage, height: usize, width: usize) -> image::RgbImage {
     let rgb = image.to_rgb8();
     if rgb.width() as usize == width && rgb.height() as usize == height {
         rgb
@@ -298,7 +298,7 @@ pub fn image_tensor<B: Backend>(
 }
 
 /// PIL's `convert("L")`: `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`.
-fn pil_luma(p: [u8; 3]) -> u8 {
+pub(crate) fn pil_luma(p: [u8; 3]) -> u8 {
     ((19595 * p[0] as u32 + 38470 * p[1] as u32 + 7471 * p[2] as u32 + 0x8000) >> 16) as u8
 }
 

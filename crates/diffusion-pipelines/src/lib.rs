@@ -22,6 +22,7 @@
 //! same image as diffusers with a CPU `torch.Generator` (see [`noise`]).
 
 pub mod components;
+pub mod controlnet;
 pub mod error;
 pub mod image;
 pub mod latents;
@@ -33,6 +34,7 @@ pub mod pipeline;
 pub mod preview;
 pub(crate) mod progress;
 pub mod stable_diffusion;
+pub mod t2i_adapter;
 pub mod text;
 pub mod textual_inversion;
 pub mod training;

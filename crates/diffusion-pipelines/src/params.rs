@@ -104,6 +104,30 @@ pub struct Params<'a, B: Backend> {
     pub aesthetic_score: f64,
     /// ... and the negative one.
     pub negative_aesthetic_score: f64,
+    /// ControlNet control images, one entry per net of the pipeline, each one
+    /// image or one per prompt (diffusers' `image` of the text-to-image
+    /// ControlNet pipelines, `control_image` of the others); RGB, used in
+    /// `[0, 1]` as diffusers' control image processor.
+    pub control_image: Vec<Vec<DynamicImage>>,
+    /// ControlNet residual scale: one for all nets or one per net (default
+    /// as the diffusers class: 1.0; 0.8 for img2img; SD inpainting 0.5).
+    pub controlnet_conditioning_scale: Option<Vec<f64>>,
+    /// Fraction of the steps after which each ControlNet starts (default 0).
+    pub control_guidance_start: Option<Vec<f64>>,
+    /// Fraction of the steps after which each ControlNet stops (default 1).
+    pub control_guidance_end: Option<Vec<f64>>,
+    /// ControlNet guess mode: the nets see only the conditional half of the
+    /// guidance batch, their states weighted from 0.1 to 1.0.
+    pub guess_mode: bool,
+    /// T2I-Adapter images, one entry per adapter of the pipeline, each one
+    /// image or one per prompt (diffusers' `image` of the adapter pipelines).
+    pub adapter_image: Vec<Vec<DynamicImage>>,
+    /// Weight of each adapter's features: one for all or one per adapter
+    /// (default 1).
+    pub adapter_conditioning_scale: Option<Vec<f64>>,
+    /// SDXL: the fraction of the steps (from the first) the adapters act in
+    /// (default 1).
+    pub adapter_conditioning_factor: Option<f64>,
     /// Images or latents.
     pub output_type: OutputType,
     /// Called after every step.
@@ -142,6 +166,14 @@ impl<B: Backend> Default for Params<'_, B> {
             denoising_end: None,
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
+            control_image: Vec::new(),
+            controlnet_conditioning_scale: None,
+            control_guidance_start: None,
+            control_guidance_end: None,
+            guess_mode: false,
+            adapter_image: Vec::new(),
+            adapter_conditioning_scale: None,
+            adapter_conditioning_factor: None,
             output_type: OutputType::Images,
             callback: None,
             progress: true,
@@ -168,6 +200,10 @@ impl<'a, B: Backend> Params<'a, B> {
             ("eta", self.eta),
             ("strength", self.strength),
             ("denoising_end", self.denoising_end),
+            (
+                "adapter_conditioning_factor",
+                self.adapter_conditioning_factor,
+            ),
             ("aesthetic_score", Some(self.aesthetic_score)),
             (
                 "negative_aesthetic_score",
@@ -239,6 +275,26 @@ impl<'a, B: Backend> Params<'a, B> {
         add(
             self.negative_aesthetic_score != 2.5,
             "negative_aesthetic_score",
+        );
+        add(!self.control_image.is_empty(), "control_image");
+        add(
+            self.controlnet_conditioning_scale.is_some(),
+            "controlnet_conditioning_scale",
+        );
+        add(
+            self.control_guidance_start.is_some(),
+            "control_guidance_start",
+        );
+        add(self.control_guidance_end.is_some(), "control_guidance_end");
+        add(self.guess_mode, "guess_mode");
+        add(!self.adapter_image.is_empty(), "adapter_image");
+        add(
+            self.adapter_conditioning_scale.is_some(),
+            "adapter_conditioning_scale",
+        );
+        add(
+            self.adapter_conditioning_factor.is_some(),
+            "adapter_conditioning_factor",
         );
         v
     }

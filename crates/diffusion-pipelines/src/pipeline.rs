@@ -45,6 +45,12 @@ pub const PIPELINE_CLASSES: &[&str] = &[
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
     "StableDiffusionXLInpaintPipeline",
+    "StableDiffusionControlNetPipeline",
+    "StableDiffusionControlNetImg2ImgPipeline",
+    "StableDiffusionControlNetInpaintPipeline",
+    "StableDiffusionXLControlNetPipeline",
+    "StableDiffusionXLControlNetImg2ImgPipeline",
+    "StableDiffusionXLControlNetInpaintPipeline",
 ];
 
 impl<B: Backend> DiffusionPipeline<B> {
@@ -97,22 +103,24 @@ impl<B: Backend> DiffusionPipeline<B> {
         Ok(match class {
             "DDPMPipeline" => Self::DDPMPipeline(Unconditional::load(model, options, false)?),
             "DDIMPipeline" => Self::DDIMPipeline(Unconditional::load(model, options, true)?),
-            "StableDiffusionPipeline" => {
+            // The ControlNet classes are the plain ones with `controlnet`
+            // components (which `StableDiffusion::load` loads).
+            "StableDiffusionPipeline" | "StableDiffusionControlNetPipeline" => {
                 Self::StableDiffusionPipeline(StableDiffusion::load(model, options)?)
             }
-            "StableDiffusionImg2ImgPipeline" => {
+            "StableDiffusionImg2ImgPipeline" | "StableDiffusionControlNetImg2ImgPipeline" => {
                 Self::StableDiffusionImg2ImgPipeline(StableDiffusion::load(model, options)?)
             }
-            "StableDiffusionInpaintPipeline" => {
+            "StableDiffusionInpaintPipeline" | "StableDiffusionControlNetInpaintPipeline" => {
                 Self::StableDiffusionInpaintPipeline(StableDiffusion::load(model, options)?)
             }
-            "StableDiffusionXLPipeline" => {
+            "StableDiffusionXLPipeline" | "StableDiffusionXLControlNetPipeline" => {
                 Self::StableDiffusionXLPipeline(StableDiffusion::load(model, options)?)
             }
-            "StableDiffusionXLImg2ImgPipeline" => {
+            "StableDiffusionXLImg2ImgPipeline" | "StableDiffusionXLControlNetImg2ImgPipeline" => {
                 Self::StableDiffusionXLImg2ImgPipeline(StableDiffusion::load(model, options)?)
             }
-            "StableDiffusionXLInpaintPipeline" => {
+            "StableDiffusionXLInpaintPipeline" | "StableDiffusionXLControlNetInpaintPipeline" => {
                 Self::StableDiffusionXLInpaintPipeline(StableDiffusion::load(model, options)?)
             }
             other => {
@@ -132,12 +140,16 @@ impl<B: Backend> DiffusionPipeline<B> {
         match self {
             Self::DDPMPipeline(_) => "DDPMPipeline",
             Self::DDIMPipeline(_) => "DDIMPipeline",
-            Self::StableDiffusionPipeline(_) => "StableDiffusionPipeline",
-            Self::StableDiffusionImg2ImgPipeline(_) => "StableDiffusionImg2ImgPipeline",
-            Self::StableDiffusionInpaintPipeline(_) => "StableDiffusionInpaintPipeline",
-            Self::StableDiffusionXLPipeline(_) => "StableDiffusionXLPipeline",
-            Self::StableDiffusionXLImg2ImgPipeline(_) => "StableDiffusionXLImg2ImgPipeline",
-            Self::StableDiffusionXLInpaintPipeline(_) => "StableDiffusionXLInpaintPipeline",
+            // With ControlNets, the ControlNet class of the same task.
+            Self::StableDiffusionPipeline(s) | Self::StableDiffusionXLPipeline(s) => {
+                s.class_name(Task::TextToImage)
+            }
+            Self::StableDiffusionImg2ImgPipeline(s) | Self::StableDiffusionXLImg2ImgPipeline(s) => {
+                s.class_name(Task::ImageToImage)
+            }
+            Self::StableDiffusionInpaintPipeline(s) | Self::StableDiffusionXLInpaintPipeline(s) => {
+                s.class_name(Task::Inpaint)
+            }
         }
     }
 

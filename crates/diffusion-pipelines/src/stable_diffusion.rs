@@ -20,6 +20,9 @@ use crate::components::{
     LoadOptions, build_scheduler, component, load_text_encoder, load_unet_condition, load_vae,
     read_scheduler_config,
 };
+use crate::controlnet::{
+    ControlNet, ControlSettings, StepInputs, control_size, control_tensor, residuals,
+};
 use crate::error::{PipelineError, Result};
 use crate::image::{Images, default_size, image_tensor, mask_tensor};
 use crate::latents::{Latents, check_latents};
@@ -27,6 +30,7 @@ use crate::memory;
 use crate::noise::{Generator, Rng, StepNoise};
 use crate::params::{Control, OutputType, Params, StepInfo};
 use crate::progress::Progress;
+use crate::t2i_adapter::{Adapter, adapter_state};
 use crate::text::{
     PromptEmbeds, PromptInputs, TextEncoder, encode_sd, encode_sdxl, repeat_interleave,
 };
@@ -69,6 +73,12 @@ pub struct StableDiffusion<B: Backend> {
     pub unet_config: UNet2DConditionConfig,
     /// The autoencoder.
     pub vae: AutoencoderKL<B>,
+    /// ControlNets (diffusers' `controlnet`: one net, or a
+    /// `MultiControlNetModel`'s in order); empty for the plain pipelines.
+    pub controlnets: Vec<ControlNet<B>>,
+    /// T2I-Adapters (diffusers' `adapter`: one, or a `MultiAdapter`'s in
+    /// order); empty for the plain pipelines.
+    pub adapters: Vec<Adapter<B>>,
     /// The scheduler (swap it with [`StableDiffusion::set_scheduler`]).
     pub scheduler: Box<dyn Scheduler<Latents<B>>>,
     /// The repo's scheduler config, from which swaps are built.
@@ -161,12 +171,14 @@ impl<B: Backend> StableDiffusion<B> {
         let scheduler_config = read_scheduler_config(&path)?;
         let scheduler = build_scheduler(&scheduler_config, options.scheduler.as_ref())?;
         progress.finish();
-        Ok(StableDiffusion {
+        let mut sd = StableDiffusion {
             text_encoder,
             text_encoder_2,
             unet,
             unet_config,
             vae,
+            controlnets: Vec::new(),
+            adapters: Vec::new(),
             scheduler,
             scheduler_config,
             xl,
@@ -176,7 +188,74 @@ impl<B: Backend> StableDiffusion<B> {
                 .unwrap_or(false),
             device: options.device.clone(),
             name: model.source.display_name(),
-        })
+        };
+        for net in load_controlnets(model, options)? {
+            sd.add_controlnet(net)?;
+        }
+        for adapter in load_adapters(model, options)? {
+            sd.add_adapter(adapter)?;
+        }
+        Ok(sd)
+    }
+
+    /// Adds a ControlNet (after those there are), refusing one built for
+    /// another base model; diffusers' `…ControlNetPipeline.from_pipe(pipe,
+    /// controlnet=...)`.
+    pub fn add_controlnet(&mut self, net: ControlNet<B>) -> Result<()> {
+        net.check_fits(
+            &self.unet_config,
+            self.vae.config.latent_channels,
+            self.vae_scale_factor(),
+        )?;
+        self.controlnets.push(net);
+        Ok(())
+    }
+
+    /// Adds a T2I-Adapter (after those there are); diffusers'
+    /// `…AdapterPipeline.from_pipe(pipe, adapter=...)`. Several adapters must
+    /// share their downscale factor, as `MultiAdapter` requires.
+    pub fn add_adapter(&mut self, adapter: Adapter<B>) -> Result<()> {
+        if let Some(first) = self.adapters.first()
+            && first.config.downscale_factor != adapter.config.downscale_factor
+        {
+            return Err(PipelineError::WrongModel {
+                model: adapter.name.clone(),
+                message: format!(
+                    "downscale_factor {}, the pipeline's first adapter has {} (MultiAdapter needs one)",
+                    adapter.config.downscale_factor, first.config.downscale_factor
+                ),
+            });
+        }
+        self.adapters.push(adapter);
+        Ok(())
+    }
+
+    /// Loads a T2I-Adapter folder or Hub repo ([`Adapter::from_pretrained`])
+    /// and adds it.
+    pub fn load_adapter(
+        &mut self,
+        source: &str,
+        options: &crate::components::LoadOptions<B>,
+    ) -> Result<()> {
+        let adapter = Adapter::from_pretrained(source, options)?;
+        self.add_adapter(adapter)
+    }
+
+    /// These components with `net` added ([`Self::add_controlnet`]).
+    pub fn with_controlnet(mut self, net: ControlNet<B>) -> Result<Self> {
+        self.add_controlnet(net)?;
+        Ok(self)
+    }
+
+    /// Loads a ControlNet folder or Hub repo ([`ControlNet::from_pretrained`])
+    /// and adds it.
+    pub fn load_controlnet(
+        &mut self,
+        source: &str,
+        options: &crate::components::LoadOptions<B>,
+    ) -> Result<()> {
+        let net = ControlNet::from_pretrained(source, options)?;
+        self.add_controlnet(net)
     }
 
     /// Replaces the scheduler, built from the repo's scheduler config.
@@ -198,12 +277,23 @@ impl<B: Backend> StableDiffusion<B> {
         let device = self.device.clone();
 
         // Defaults as diffusers has them.
-        let guidance_scale = params
-            .guidance_scale
-            .unwrap_or(if self.xl { 5.0 } else { 7.5 });
+        let controlled = !self.controlnets.is_empty();
+        // diffusers' SDXL inpainting pipeline defaults to 7.5, its ControlNet
+        // variant to SDXL's 5.0.
+        let xl_guidance = if task == Task::Inpaint && !controlled {
+            7.5
+        } else {
+            5.0
+        };
+        let guidance_scale =
+            params
+                .guidance_scale
+                .unwrap_or(if self.xl { xl_guidance } else { 7.5 });
         let strength = params.strength.unwrap_or(match (task, self.xl) {
             (Task::ImageToImage, false) => 0.8,
+            (Task::ImageToImage, true) if controlled => 0.8,
             (Task::ImageToImage, true) => 0.3,
+            (Task::Inpaint, true) => 0.9999,
             _ => 1.0,
         });
         if task != Task::TextToImage && !(0.0..=1.0).contains(&strength) {
@@ -321,9 +411,14 @@ impl<B: Backend> StableDiffusion<B> {
             .time_cond_proj_dim
             .map(|dim| guidance_scale_embedding::<B>(guidance_scale - 1.0, dim, total, &device));
 
+        let control = self.prepare_control(&params, task, height, width, total, n, do_cfg)?;
+        let adapter =
+            self.prepare_adapters(&params, height, width, total, n, do_cfg, timesteps.len())?;
         let latents = self.denoise(DenoiseArgs {
             latents,
             timesteps: &timesteps,
+            control,
+            adapter,
             context,
             conditions,
             timestep_cond,
@@ -383,6 +478,12 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// Refuses parameters `task` does not take and checks required ones.
     fn check_parameters(&self, task: Task, params: &Params<'_, B>) -> Result<()> {
+        if !self.adapters.is_empty() {
+            return self.check_adapter_parameters(task, params);
+        }
+        if !self.controlnets.is_empty() {
+            return self.check_control_parameters(task, params);
+        }
         let mut allowed = vec![
             "prompt",
             "negative_prompt",
@@ -444,8 +545,200 @@ impl<B: Backend> StableDiffusion<B> {
         Ok(())
     }
 
+    /// The ControlNet pipelines' parameters (diffusers' signatures: no
+    /// `guidance_rescale` but in SDXL inpainting, custom schedules only for
+    /// text-to-image, sizes for every task).
+    fn check_control_parameters(&self, task: Task, params: &Params<'_, B>) -> Result<()> {
+        let mut allowed = vec![
+            "prompt",
+            "negative_prompt",
+            "prompt_embeds",
+            "guidance_scale",
+            "clip_skip",
+            "long_prompt",
+            "height",
+            "width",
+            "control_image",
+            "controlnet_conditioning_scale",
+            "control_guidance_start",
+            "control_guidance_end",
+            "guess_mode",
+        ];
+        match task {
+            Task::TextToImage => allowed.extend(["timesteps", "sigmas"]),
+            Task::ImageToImage => allowed.extend(["strength", "image"]),
+            Task::Inpaint => allowed.extend(["strength", "image", "mask_image"]),
+        }
+        if self.xl {
+            allowed.extend([
+                "prompt_2",
+                "negative_prompt_2",
+                "original_size",
+                "crops_coords_top_left",
+                "target_size",
+            ]);
+            match task {
+                Task::TextToImage => allowed.push("denoising_end"),
+                Task::ImageToImage => {
+                    allowed.extend(["aesthetic_score", "negative_aesthetic_score"])
+                }
+                Task::Inpaint => allowed.extend([
+                    "denoising_end",
+                    "guidance_rescale",
+                    "aesthetic_score",
+                    "negative_aesthetic_score",
+                ]),
+            }
+        }
+        let class = self.class_name(task);
+        if let Some(bad) = params
+            .set_names()
+            .into_iter()
+            .find(|n| !allowed.contains(n))
+        {
+            return Err(PipelineError::parameter(
+                bad,
+                format!("{class} does not take it"),
+            ));
+        }
+        let nets = self.controlnets.len();
+        if params.control_image.len() != nets {
+            return Err(PipelineError::parameter(
+                "control_image",
+                format!(
+                    "{class} takes one control image (or one per prompt) for each of its {nets} ControlNet(s); {} given",
+                    params.control_image.len()
+                ),
+            ));
+        }
+        if let Some(k) = params.control_image.iter().position(Vec::is_empty) {
+            return Err(PipelineError::parameter(
+                "control_image",
+                format!("no image for ControlNet {k}"),
+            ));
+        }
+        if task == Task::ImageToImage && params.latents.is_some() {
+            return Err(PipelineError::parameter(
+                "latents",
+                format!("{class} starts from the image's latents"),
+            ));
+        }
+        if task != Task::TextToImage && params.image.is_none() {
+            return Err(PipelineError::parameter(
+                "image",
+                format!("{class} needs an input image"),
+            ));
+        }
+        if task == Task::Inpaint && params.mask_image.is_none() {
+            return Err(PipelineError::parameter(
+                "mask_image",
+                format!("{class} needs a mask"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The adapter pipelines' parameters (text-to-image only, as diffusers).
+    fn check_adapter_parameters(&self, task: Task, params: &Params<'_, B>) -> Result<()> {
+        let class = self.class_name(task);
+        if task != Task::TextToImage {
+            return Err(PipelineError::WrongModel {
+                model: self.name.clone(),
+                message: format!(
+                    "T2I-Adapters guide text-to-image only ({class}); diffusers has no {task:?} adapter pipeline"
+                ),
+            });
+        }
+        if !self.controlnets.is_empty() {
+            return Err(PipelineError::WrongModel {
+                model: self.name.clone(),
+                message: "ControlNets and T2I-Adapters together: diffusers has no such pipeline; \
+                          remove one kind"
+                    .into(),
+            });
+        }
+        let mut allowed = vec![
+            "prompt",
+            "negative_prompt",
+            "prompt_embeds",
+            "guidance_scale",
+            "clip_skip",
+            "long_prompt",
+            "height",
+            "width",
+            "timesteps",
+            "sigmas",
+            "adapter_image",
+            "adapter_conditioning_scale",
+        ];
+        if self.xl {
+            allowed.extend([
+                "prompt_2",
+                "negative_prompt_2",
+                "original_size",
+                "crops_coords_top_left",
+                "target_size",
+                "denoising_end",
+                "guidance_rescale",
+                "adapter_conditioning_factor",
+            ]);
+        }
+        if let Some(bad) = params
+            .set_names()
+            .into_iter()
+            .find(|n| !allowed.contains(n))
+        {
+            return Err(PipelineError::parameter(
+                bad,
+                format!("{class} does not take it"),
+            ));
+        }
+        let n = self.adapters.len();
+        if params.adapter_image.len() != n {
+            return Err(PipelineError::parameter(
+                "adapter_image",
+                format!(
+                    "{class} takes one image (or one per prompt) for each of its {n} adapter(s); {} given",
+                    params.adapter_image.len()
+                ),
+            ));
+        }
+        if let Some(k) = params.adapter_image.iter().position(Vec::is_empty) {
+            return Err(PipelineError::parameter(
+                "adapter_image",
+                format!("no image for adapter {k}"),
+            ));
+        }
+        if let Some(f) = params.adapter_conditioning_factor
+            && !(0.0..=1.0).contains(&f)
+        {
+            return Err(PipelineError::parameter(
+                "adapter_conditioning_factor",
+                format!("{f} is outside [0, 1]"),
+            ));
+        }
+        Ok(())
+    }
+
     /// diffusers' class name for `task` on these components.
     pub fn class_name(&self, task: Task) -> &'static str {
+        if !self.adapters.is_empty() && task == Task::TextToImage {
+            return if self.xl {
+                "StableDiffusionXLAdapterPipeline"
+            } else {
+                "StableDiffusionAdapterPipeline"
+            };
+        }
+        if !self.controlnets.is_empty() {
+            return match (self.xl, task) {
+                (false, Task::TextToImage) => "StableDiffusionControlNetPipeline",
+                (false, Task::ImageToImage) => "StableDiffusionControlNetImg2ImgPipeline",
+                (false, Task::Inpaint) => "StableDiffusionControlNetInpaintPipeline",
+                (true, Task::TextToImage) => "StableDiffusionXLControlNetPipeline",
+                (true, Task::ImageToImage) => "StableDiffusionXLControlNetImg2ImgPipeline",
+                (true, Task::Inpaint) => "StableDiffusionXLControlNetInpaintPipeline",
+            };
+        }
         match (self.xl, task) {
             (false, Task::TextToImage) => "StableDiffusionPipeline",
             (false, Task::ImageToImage) => "StableDiffusionImg2ImgPipeline",
@@ -462,8 +755,30 @@ impl<B: Backend> StableDiffusion<B> {
         params: &Params<'_, B>,
         vsf: usize,
     ) -> Result<(usize, usize)> {
-        let (h, w) = match (task, &params.image) {
-            (Task::TextToImage, _) | (_, None) => {
+        // The size comes from the input image, or in text-to-image with
+        // ControlNets from the first control image (diffusers' `prepare_image`).
+        let sized_by = match task {
+            Task::TextToImage if !self.adapters.is_empty() => params
+                .adapter_image
+                .first()
+                .and_then(|images| images.first())
+                .map(|image| (image, "adapter_image")),
+            Task::TextToImage => params
+                .control_image
+                .first()
+                .and_then(|images| images.first())
+                .filter(|_| !self.controlnets.is_empty())
+                .map(|image| (image, "control_image")),
+            _ => params.image.as_ref().map(|image| (image, "image")),
+        };
+        // The adapter pipelines round an image's size to the adapters'
+        // downscale factor (`_default_height_width`), the others to the VAE's.
+        let multiple = match (task, self.adapters.first()) {
+            (Task::TextToImage, Some(a)) => a.config.downscale_factor,
+            _ => vsf,
+        };
+        let (h, w) = match sized_by {
+            None => {
                 let s = self
                     .unet_config
                     .sample_size
@@ -473,15 +788,15 @@ impl<B: Backend> StableDiffusion<B> {
                     * vsf;
                 (params.height.unwrap_or(s), params.width.unwrap_or(s))
             }
-            (_, Some(image)) => {
-                let (dh, dw) = default_size(image, vsf);
+            Some((image, image_name)) => {
+                let (dh, dw) = default_size(image, multiple);
                 let (h, w) = (params.height.unwrap_or(dh), params.width.unwrap_or(dw));
                 let from_image = (params.height.is_none() && (h == 0 || !h.is_multiple_of(8)))
                     || (params.width.is_none() && (w == 0 || !w.is_multiple_of(8)));
                 if from_image {
                     // The size comes from the image: blame the image.
                     return Err(PipelineError::parameter(
-                        "image",
+                        image_name,
                         format!(
                             "{}x{} (HxW) gives an output of {h}x{w}, not positive multiples of 8; \
                              use an image of at least 8x8 pixels, or set height and width",
@@ -724,6 +1039,123 @@ impl<B: Backend> StableDiffusion<B> {
         })
     }
 
+    /// The adapters' summed features and the number of steps they act in.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_adapters(
+        &self,
+        params: &Params<'_, B>,
+        height: usize,
+        width: usize,
+        total: usize,
+        per_prompt: usize,
+        do_cfg: bool,
+        num_steps: usize,
+    ) -> Result<Option<AdapterState<B>>> {
+        if self.adapters.is_empty() {
+            return Ok(None);
+        }
+        let n = self.adapters.len();
+        let scales = match params.adapter_conditioning_scale.as_deref() {
+            None => vec![1.0; n],
+            Some([one]) => vec![*one; n],
+            Some(v) if v.len() == n => v.to_vec(),
+            Some(v) => {
+                return Err(PipelineError::parameter(
+                    "adapter_conditioning_scale",
+                    format!("{} values for {n} adapters", v.len()),
+                ));
+            }
+        };
+        if let Some(v) = scales.iter().find(|v| !v.is_finite()) {
+            return Err(PipelineError::parameter(
+                "adapter_conditioning_scale",
+                format!("{v} is not a finite number"),
+            ));
+        }
+        let features = adapter_state(
+            &self.adapters,
+            &params.adapter_image,
+            &scales,
+            height,
+            width,
+            total,
+            per_prompt,
+            do_cfg,
+            &self.device,
+        )?;
+        let factor = params.adapter_conditioning_factor.unwrap_or(1.0);
+        Ok(Some(AdapterState {
+            features,
+            steps: (num_steps as f64 * factor) as usize,
+        }))
+    }
+
+    /// The control images as the nets take them, and each net's settings.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_control(
+        &self,
+        params: &Params<'_, B>,
+        task: Task,
+        height: usize,
+        width: usize,
+        total: usize,
+        per_prompt: usize,
+        do_cfg: bool,
+    ) -> Result<Option<ControlState<B>>> {
+        let Some(first) = self.controlnets.first() else {
+            return Ok(None);
+        };
+        let guess_mode = params.guess_mode || first.config.global_pool_conditions;
+        let default_scale = match (task, self.xl) {
+            (Task::ImageToImage, _) => 0.8,
+            (Task::Inpaint, false) => 0.5,
+            _ => 1.0,
+        };
+        let settings = ControlSettings::new(
+            self.controlnets.len(),
+            params.controlnet_conditioning_scale.as_deref(),
+            default_scale,
+            params.control_guidance_start.as_deref(),
+            params.control_guidance_end.as_deref(),
+        )?;
+        let vsf = self.vae_scale_factor();
+        let mut images = Vec::with_capacity(self.controlnets.len());
+        for (k, list) in params.control_image.iter().enumerate() {
+            // Without a size in the call diffusers takes each control image at
+            // its own size: one that differs from the output would not fit.
+            for image in list {
+                let (ch, cw) = control_size(image, vsf);
+                if (params.height.is_none() && ch != height)
+                    || (params.width.is_none() && cw != width)
+                {
+                    return Err(PipelineError::parameter(
+                        "control_image",
+                        format!(
+                            "ControlNet {k}: a {}x{} (WxH) image, the output is {width}x{height}; \
+                             use images of one size, or set height and width to resize them",
+                            image.width(),
+                            image.height()
+                        ),
+                    ));
+                }
+            }
+            images.push(control_tensor::<B>(
+                list,
+                height,
+                width,
+                total,
+                per_prompt,
+                do_cfg && !guess_mode,
+                &self.device,
+            )?);
+        }
+        Ok(Some(ControlState {
+            images,
+            settings,
+            guess_mode,
+        }))
+    }
+
     /// The text states and added conditions, guidance-batched as `[negative, positive]`.
     fn conditioning(
         &self,
@@ -832,11 +1264,56 @@ impl<B: Backend> StableDiffusion<B> {
                 None => latents.clone(),
             };
             let mut input = self.scheduler.scale_model_input(&Latents(input), t)?.0;
+            let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32], [1]), &device);
+            let mut conditions = a.conditions.clone();
+            if let Some(control) = &a.control {
+                let scales = control.settings.step_scales(i, a.timesteps.len());
+                // Guess mode with guidance: the nets see the conditional half only.
+                let halves = control.guess_mode && a.guidance.is_some();
+                let (sample, context, net_conditions) = if halves {
+                    let sample = self
+                        .scheduler
+                        .scale_model_input(&Latents(latents.clone()), t)?
+                        .0;
+                    (
+                        sample,
+                        second_half(&a.context),
+                        conditional_half(&a.conditions),
+                    )
+                } else {
+                    (input.clone(), a.context.clone(), a.conditions.clone())
+                };
+                let out = residuals(
+                    &self.controlnets,
+                    &sample,
+                    tt.clone(),
+                    StepInputs {
+                        images: &control.images,
+                        scales: &scales,
+                        context,
+                        conditions: &net_conditions,
+                        guess_mode: control.guess_mode,
+                    },
+                )?;
+                if let Some(out) = out {
+                    let pad = |x: Tensor<B, 4>| {
+                        if halves {
+                            Tensor::cat(vec![x.zeros_like(), x], 0)
+                        } else {
+                            x
+                        }
+                    };
+                    conditions.down_block_additional_residuals =
+                        Some(out.down.into_iter().map(pad).collect());
+                    conditions.mid_block_additional_residual = Some(pad(out.mid));
+                }
+            }
+            if let Some(adapter) = a.adapter.as_ref().filter(|s| i < s.steps) {
+                conditions.down_intrablock_additional_residuals = Some(adapter.features.clone());
+            }
             if let Some(extra) = a.inpaint.and_then(|s| s.unet_extra.clone()) {
                 input = Tensor::cat(vec![input, extra], 1);
             }
-            let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32], [1]), &device);
-            let mut conditions = a.conditions.clone();
             conditions.timestep_cond = a.timestep_cond.clone();
             let pred = self
                 .unet
@@ -902,6 +1379,20 @@ impl<B: Backend> StableDiffusion<B> {
     }
 }
 
+/// The adapters' features of one call and the steps they act in.
+struct AdapterState<B: Backend> {
+    features: Vec<Tensor<B, 4>>,
+    steps: usize,
+}
+
+/// The ControlNets' inputs of one call.
+struct ControlState<B: Backend> {
+    /// The prepared control images, one per net.
+    images: Vec<Tensor<B, 4>>,
+    settings: ControlSettings,
+    guess_mode: bool,
+}
+
 struct InpaintState<B: Backend> {
     latents: Tensor<B, 4>,
     noise: Tensor<B, 4>,
@@ -915,6 +1406,8 @@ struct InpaintState<B: Backend> {
 struct DenoiseArgs<'r, 'c, B: Backend> {
     latents: Tensor<B, 4>,
     timesteps: &'r [f64],
+    control: Option<ControlState<B>>,
+    adapter: Option<AdapterState<B>>,
     context: Tensor<B, 3>,
     conditions: UNetConditions<B>,
     timestep_cond: Option<Tensor<B, 2>>,
@@ -925,6 +1418,85 @@ struct DenoiseArgs<'r, 'c, B: Backend> {
     rng: &'r mut Rng,
     callback: Option<&'r mut crate::params::Callback<'c, B>>,
     progress: bool,
+}
+
+/// The second (conditional) half of a guidance-batched tensor.
+fn second_half<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Tensor<B, D> {
+    let n = x.dims()[0];
+    x.clone().narrow(0, n / 2, n - n / 2)
+}
+
+/// The conditional half of SDXL's added conditions (diffusers' guess mode).
+fn conditional_half<B: Backend>(c: &UNetConditions<B>) -> UNetConditions<B> {
+    UNetConditions {
+        text_embeds: c.text_embeds.as_ref().map(second_half),
+        time_ids: c.time_ids.as_ref().map(second_half),
+        ..UNetConditions::default()
+    }
+}
+
+/// The ControlNets a pipeline folder names: `controlnet` (a
+/// `ControlNetModel`, or a `MultiControlNetModel` whose further nets
+/// diffusers saves next to it as `controlnet_1`, `controlnet_2`, …).
+fn load_controlnets<B: Backend>(
+    model: &ResolvedModel,
+    options: &crate::components::LoadOptions<B>,
+) -> Result<Vec<ControlNet<B>>> {
+    let Some(entry) = model.model_index.component("controlnet") else {
+        return Ok(Vec::new());
+    };
+    let c = component(
+        model,
+        "controlnet",
+        "the pipeline's ControlNet",
+        &["ControlNetModel", "MultiControlNetModel"],
+    )?;
+    let name = |suffix: &str| format!("{}/controlnet{suffix}", model.source.display_name());
+    let mut nets = vec![ControlNet::load_component(c, &name(""), options)?];
+    if entry.class == "MultiControlNetModel" {
+        for k in 1.. {
+            let dir = model.root.join(format!("controlnet_{k}"));
+            if !dir.join("config.json").is_file() {
+                break;
+            }
+            let dir = dir.to_string_lossy().into_owned();
+            let mut net = ControlNet::from_pretrained(&dir, options)?;
+            net.name = name(&format!("_{k}"));
+            nets.push(net);
+        }
+    }
+    Ok(nets)
+}
+
+/// The T2I-Adapters a pipeline folder names: `adapter` (a `T2IAdapter`, or
+/// a `MultiAdapter` whose further adapters sit next to it as `adapter_1`, …).
+fn load_adapters<B: Backend>(
+    model: &ResolvedModel,
+    options: &crate::components::LoadOptions<B>,
+) -> Result<Vec<Adapter<B>>> {
+    let Some(entry) = model.model_index.component("adapter") else {
+        return Ok(Vec::new());
+    };
+    let c = component(
+        model,
+        "adapter",
+        "the pipeline's T2I-Adapter",
+        &["T2IAdapter", "MultiAdapter"],
+    )?;
+    let name = |suffix: &str| format!("{}/adapter{suffix}", model.source.display_name());
+    let mut adapters = vec![Adapter::load_component(c, &name(""), options)?];
+    if entry.class == "MultiAdapter" {
+        for k in 1.. {
+            let dir = model.root.join(format!("adapter_{k}"));
+            if !dir.join("config.json").is_file() {
+                break;
+            }
+            let mut a = Adapter::from_pretrained(&dir.to_string_lossy(), options)?;
+            a.name = name(&format!("_{k}"));
+            adapters.push(a);
+        }
+    }
+    Ok(adapters)
 }
 
 /// `torch.cat([x] * (total / n))`: the whole batch repeated (diffusers'

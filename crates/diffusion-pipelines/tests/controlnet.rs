@@ -1,0 +1,304 @@
+//! ControlNet and T2I-Adapter parity with diffusers 0.42 (`fixtures/controlnet`, written by
+//! scripts/pipelines/gen_controlnet.py): one net, two nets with their own
+//! scales and guidance windows, guess mode, a global-pool net, BGR channel
+//! order, img2img and inpainting (9-channel and legacy 4-channel UNets), on
+//! the tiny SD1 and SDXL pipelines; one and two T2I-Adapters (SD1) and an
+//! SDXL adapter acting in half of the steps, and the three adapter
+//! architectures' feature maps on their own. Images must match diffusers' within 1/255
+//! mean absolute error and the final latents within 1e-3 relative MAE; the
+//! nets move the latents far more than that (checked on the first case
+//! against the same call without a net).
+
+mod common;
+
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{max_abs_error, mean_abs_error, read_tensors};
+use diffusion_pipelines::controlnet::ControlNet;
+use diffusion_pipelines::image::load_image;
+use diffusion_pipelines::t2i_adapter::Adapter;
+use diffusion_pipelines::{DiffusionPipeline, Generator, LoadOptions, Params, PipelineError, Task};
+use serde::Deserialize;
+use serde_json::Value;
+
+type B = burn::backend::Flex;
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    pipeline: String,
+    class: String,
+    nets: Vec<String>,
+    seed: u64,
+    kwargs: Value,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    cases: Vec<Case>,
+}
+
+fn dir() -> PathBuf {
+    common::fixtures().join("controlnet")
+}
+
+fn cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(dir().join("cases.json")).unwrap();
+    serde_json::from_str::<Manifest>(&text).unwrap().cases
+}
+
+fn net(name: &str) -> ControlNet<B> {
+    let options = LoadOptions::<B> {
+        progress: false,
+        local_files_only: true,
+        ..Default::default()
+    };
+    let path = dir().join("nets").join(name);
+    ControlNet::from_pretrained(path.to_str().unwrap(), &options).unwrap()
+}
+
+fn adapter(name: &str) -> Adapter<B> {
+    let options = LoadOptions::<B> {
+        progress: false,
+        local_files_only: true,
+        ..Default::default()
+    };
+    let path = dir().join("adapters").join(name);
+    Adapter::from_pretrained(path.to_str().unwrap(), &options).unwrap()
+}
+
+fn image(rel: &str) -> image::DynamicImage {
+    load_image(&common::fixtures().join(rel)).unwrap()
+}
+
+/// A kwarg that is one number or a list, as a list.
+fn numbers(v: &Value) -> Option<Vec<f64>> {
+    match v {
+        Value::Null => None,
+        Value::Array(a) => Some(a.iter().map(|x| x.as_f64().unwrap()).collect()),
+        x => Some(vec![x.as_f64().unwrap()]),
+    }
+}
+
+fn task(class: &str) -> Task {
+    if class.contains("Img2Img") {
+        Task::ImageToImage
+    } else if class.contains("Inpaint") {
+        Task::Inpaint
+    } else {
+        Task::TextToImage
+    }
+}
+
+fn params<'a>(case: &Case, latents: Option<&(Vec<usize>, Vec<f32>)>) -> Params<'a, B> {
+    let kw = &case.kwargs;
+    let text = |k: &str| kw[k].as_str().map(|s| vec![s.to_string()]);
+    let task = task(&case.class);
+    // The text-to-image classes take the control image as `image`.
+    let control = if task == Task::TextToImage {
+        &kw["image"]
+    } else {
+        &kw["control_image"]
+    };
+    let images: Vec<Vec<image::DynamicImage>> = match control {
+        Value::Array(a) => a.iter().map(|p| vec![image(p.as_str().unwrap())]).collect(),
+        p => vec![vec![image(p.as_str().unwrap())]],
+    };
+    let adapters = case.class.contains("Adapter");
+    let (control_image, adapter_image) = if adapters {
+        (Vec::new(), images)
+    } else {
+        (images, Vec::new())
+    };
+    let mut p = Params {
+        prompt: text("prompt").unwrap(),
+        negative_prompt: text("negative_prompt"),
+        guidance_scale: kw["guidance_scale"].as_f64(),
+        num_inference_steps: kw["num_inference_steps"].as_u64().map(|n| n as usize),
+        control_image,
+        adapter_image,
+        adapter_conditioning_scale: numbers(&kw["adapter_conditioning_scale"]),
+        adapter_conditioning_factor: kw["adapter_conditioning_factor"].as_f64(),
+        controlnet_conditioning_scale: numbers(&kw["controlnet_conditioning_scale"]),
+        control_guidance_start: numbers(&kw["control_guidance_start"]),
+        control_guidance_end: numbers(&kw["control_guidance_end"]),
+        guess_mode: kw["guess_mode"].as_bool().unwrap_or(false),
+        strength: kw["strength"].as_f64(),
+        generator: Some(Generator::Seed(case.seed)),
+        progress: false,
+        ..Params::default()
+    };
+    if task != Task::TextToImage {
+        p.image = Some(image(kw["image"].as_str().unwrap()));
+    }
+    if task == Task::Inpaint {
+        p.mask_image = Some(image(kw["mask_image"].as_str().unwrap()));
+    }
+    if let Some((shape, values)) = latents {
+        let shape: [usize; 4] = shape.clone().try_into().unwrap();
+        p.latents = Some(Tensor::from_data(
+            TensorData::new(values.clone(), shape),
+            &Default::default(),
+        ));
+    }
+    p
+}
+
+/// Runs every case of `pipeline`: the failures, one line each.
+fn check(pipeline: &str) {
+    let mut failures = Vec::new();
+    for case in cases().into_iter().filter(|c| c.pipeline == pipeline) {
+        let (_dir, mut pipe) = common::load_pipeline::<B>(pipeline);
+        let sd = pipe.stable_diffusion().unwrap();
+        for name in &case.nets {
+            if case.class.contains("Adapter") {
+                sd.add_adapter(adapter(name)).unwrap();
+            } else {
+                sd.add_controlnet(net(name)).unwrap();
+            }
+        }
+        assert_eq!(sd.class_name(task(&case.class)), case.class);
+        let tensors = read_tensors(
+            &dir()
+                .join("cases")
+                .join(format!("{}.safetensors", case.name)),
+        );
+        let out = pipe
+            .run(task(&case.class), params(&case, tensors.get("latents")))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let latents = out.latents.into_data().to_vec::<f32>().unwrap();
+        let images = out.images.unwrap().data;
+        let want = &tensors["latents_final"].1;
+        let scale = want.iter().map(|x| x.abs()).sum::<f32>() / want.len() as f32;
+        let rel = mean_abs_error(&latents, want) / scale;
+        let mae = mean_abs_error(&images, &tensors["images"].1);
+        let max = max_abs_error(&images, &tensors["images"].1);
+        let line = format!(
+            "{}: images MAE {mae:.2e} max {max:.2e}, latents rel. MAE {rel:.2e}",
+            case.name
+        );
+        eprintln!("{line}");
+        if mae > 1.0 / 255.0 || rel > 1e-3 {
+            failures.push(line);
+        }
+    }
+    assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn sd1_controlnets_match_diffusers() {
+    check("sd1");
+}
+
+#[test]
+fn sd1_controlnet_inpainting_on_a_9_channel_unet_matches_diffusers() {
+    check("inpaint");
+}
+
+#[test]
+fn sdxl_controlnets_match_diffusers() {
+    check("sdxl");
+}
+
+/// The three adapter architectures' feature maps (`full_adapter`,
+/// `full_adapter_xl`, `light_adapter`, whose pooling meets odd sizes) match
+/// diffusers' within 1e-5 relative L2.
+#[test]
+fn adapter_features_match_diffusers() {
+    let want = read_tensors(&dir().join("adapter_outputs.safetensors"));
+    for name in ["sd1_full", "sdxl_xl", "light"] {
+        let (shape, values) = &want[&format!("{name}.input")];
+        let shape: [usize; 4] = shape.clone().try_into().unwrap();
+        let input =
+            Tensor::<B, 4>::from_data(TensorData::new(values.clone(), shape), &Default::default());
+        let features = adapter(name).model.forward(input).unwrap();
+        let expected = (0..)
+            .take_while(|i| want.contains_key(&format!("{name}.{i}")))
+            .count();
+        assert_eq!(features.len(), expected, "{name}");
+        for (i, f) in features.into_iter().enumerate() {
+            let (wshape, w) = &want[&format!("{name}.{i}")];
+            assert_eq!(&f.dims().to_vec(), wshape, "{name}.{i}");
+            let got = f.into_data().to_vec::<f32>().unwrap();
+            let err: f32 = got
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                .sqrt();
+            let norm: f32 = w.iter().map(|b| b * b).sum::<f32>().sqrt();
+            eprintln!("{name}.{i}: rel. L2 {:.2e}", err / norm);
+            assert!(err <= 1e-5 * norm, "{name}.{i}: {err} vs {norm}");
+        }
+    }
+}
+
+/// The nets matter: diffusers' latents with the first case's net are far from
+/// those without it, and so are ours.
+#[test]
+fn a_controlnet_moves_the_result() {
+    let with = read_tensors(&dir().join("cases/sd1_one.safetensors"));
+    let without = read_tensors(&dir().join("cases/sd1_plain.safetensors"));
+    let a = &with["latents_final"].1;
+    let b = &without["latents_final"].1;
+    let scale = a.iter().map(|x| x.abs()).sum::<f32>() / a.len() as f32;
+    let moved = mean_abs_error(a, b) / scale;
+    assert!(moved > 0.05, "{moved}");
+}
+
+/// A change to a valid call.
+type Edit = Box<dyn Fn(&mut Params<'_, B>)>;
+
+#[test]
+fn bad_control_inputs_are_refused_by_name() {
+    let (_dir, mut pipe) = common::load_pipeline::<B>("sd1");
+    let sd = pipe.stable_diffusion().unwrap();
+    // An SDXL ControlNet on SD1: refused naming the net.
+    let err = sd.add_controlnet(net("sdxl_a")).unwrap_err();
+    assert!(matches!(err, PipelineError::WrongModel { .. }), "{err}");
+    assert!(err.to_string().contains("sdxl_a"), "{err}");
+    sd.add_controlnet(net("sd1_a")).unwrap();
+    sd.add_controlnet(net("sd1_bgr")).unwrap();
+    let control = || vec![vec![image("controlnet/control_a.png")]; 2];
+    let run = |pipe: &mut DiffusionPipeline<B>, f: &dyn Fn(&mut Params<'_, B>)| {
+        let mut p = Params::prompt("a cat");
+        p.num_inference_steps = Some(1);
+        p.progress = false;
+        p.control_image = control();
+        f(&mut p);
+        pipe.run(Task::TextToImage, p).map(|_| ()).unwrap_err()
+    };
+    let cases: Vec<(&str, Edit)> = vec![
+        ("control_image", Box::new(|p| p.control_image.truncate(1))),
+        (
+            "controlnet_conditioning_scale",
+            Box::new(|p| p.controlnet_conditioning_scale = Some(vec![1.0, 0.5, 0.2])),
+        ),
+        (
+            "control_guidance_start",
+            Box::new(|p| {
+                p.control_guidance_start = Some(vec![0.5]);
+                p.control_guidance_end = Some(vec![0.5, 1.0]);
+            }),
+        ),
+        (
+            "control_guidance_end",
+            Box::new(|p| p.control_guidance_end = Some(vec![1.5])),
+        ),
+        ("guidance_rescale", Box::new(|p| p.guidance_rescale = 0.7)),
+        (
+            "control_image",
+            Box::new(|p| {
+                p.control_image[1] = vec![image("inputs/photo_a_48x32.png")];
+            }),
+        ),
+    ];
+    for (name, f) in cases {
+        let err = run(&mut pipe, f.as_ref());
+        match &err {
+            PipelineError::Parameter { name: got, .. } => assert_eq!(*got, name, "{err}"),
+            other => panic!("{name}: {other}"),
+        }
+    }
+}
