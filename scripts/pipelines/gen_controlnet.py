@@ -23,6 +23,12 @@ Writes crates/diffusion-pipelines/tests/fixtures/controlnet/:
   cases/<case>.safetensors  latents (when the call gives them), latents_final (the
                       last step's) and images (`output_type="np"`)
   cases.json          {"cases": [{name, pipeline, class, nets, kwargs, seed}]}
+  single_file.json    an original (LDM) ControlNet checkpoint described by its keys and
+                      shapes, with values from an integer formula (`ldm_value`, which the
+                      Rust test recomputes, so no large file is committed), and the sha256 of
+                      every fp16 tensor diffusers' `ControlNetModel.from_single_file` makes
+                      of it, by diffusers key; the tiny net has SD's standard conditioning
+                      embedding (16, 32, 96, 256), the only one diffusers' converter maps
 
 Every parameter is redrawn, the zero convolutions included (zeros would make
 every residual vanish and the test unable to fail). The cases cover one net,
@@ -109,6 +115,81 @@ def make_net(unet, seed, **kw):
     return gp.fp16_round(net).eval()
 
 
+RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
+                 "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+
+
+def to_ldm(key, per):
+    """diffusers ControlNet key → the original ControlNet's (inverse of
+    diffusers' `convert_controlnet_checkpoint`)."""
+    import re
+    fixed = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+             "time_embedding.linear_2": "time_embed.2", "controlnet_mid_block": "middle_block_out.0",
+             "controlnet_cond_embedding.conv_in": "input_hint_block.0",
+             "controlnet_cond_embedding.conv_out": "input_hint_block.14"}
+    stem, leaf = key.rsplit(".", 1)
+    if stem in fixed:
+        return f"{fixed[stem]}.{leaf}"
+    m = re.match(r"controlnet_cond_embedding\.blocks\.(\d+)$", stem)
+    if m:
+        return f"input_hint_block.{2 * int(m[1]) + 2}.{leaf}"
+    m = re.match(r"controlnet_down_blocks\.(\d+)$", stem)
+    if m:
+        return f"zero_convs.{m[1]}.0.{leaf}"
+    m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv$", stem)
+    if m:
+        return f"input_blocks.{(int(m[1]) + 1) * per}.0.op.{leaf}"
+    m = re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)$", stem)
+    if m:
+        return f"input_blocks.{1 + int(m[1]) * per + int(m[2])}.0.{RESNET_TO_LDM[m[3]]}.{leaf}"
+    m = re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)$", key)
+    if m:
+        return f"input_blocks.{1 + int(m[1]) * per + int(m[2])}.1.{m[3]}"
+    m = re.match(r"mid_block\.resnets\.(\d+)\.(\w+)$", stem)
+    if m:
+        return f"middle_block.{2 * int(m[1])}.{RESNET_TO_LDM[m[2]]}.{leaf}"
+    m = re.match(r"mid_block\.attentions\.0\.(.*)$", key)
+    if m:
+        return f"middle_block.1.{m[1]}"
+    raise KeyError(key)
+
+
+def ldm_value(key, n):
+    """n fp16-exact values from an integer formula of the key and the index
+    (the Rust test computes the same): k / 4096, |k| <= 1000."""
+    h = 0
+    for b in key.encode():
+        h = (h * 31 + b) % 1000003
+    idx = np.arange(n, dtype=np.int64)
+    k = (idx * 7919 + h) % 2001 - 1000
+    return (k / 4096.0).astype(np.float32)
+
+
+def single_file_fixture(unet):
+    import hashlib
+    net = ControlNetModel.from_unet(unet)  # SD's embedding (16, 32, 96, 256)
+    per = net.config.layers_per_block + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_dir = os.path.join(tmp, "config")
+        net.save_pretrained(cfg_dir)
+        ldm = {}
+        for k, v in net.state_dict().items():
+            lk = to_ldm(k, per)
+            ldm[lk] = torch.from_numpy(ldm_value(lk, v.numel()).reshape(v.shape)).half()
+        path = os.path.join(tmp, "control_tiny.safetensors")
+        save_file(ldm, path)
+        conv = ControlNetModel.from_single_file(path, config=cfg_dir, torch_dtype=torch.float16)
+        sd = conv.state_dict()
+    assert len(sd) == len(ldm)
+    gp.write_json(os.path.join(OUT, "single_file.json"), {
+        "checkpoint": {k: list(v.shape) for k, v in sorted(ldm.items())},
+        "sha256": {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in sorted(sd.items())},
+        "config": {k: conv.config[k] for k in ("block_out_channels", "down_block_types", "layers_per_block",
+                                                "cross_attention_dim", "conditioning_embedding_out_channels",
+                                                "conditioning_channels", "in_channels", "use_linear_projection")},
+    })
+
+
 def control_images():
     """A line drawing and colour blocks: channel order and pooling both show."""
     yy, xx = np.mgrid[0:32, 0:32]
@@ -173,6 +254,7 @@ def main():
         }
         for name, net in nets.items():
             save_model(net, os.path.join(OUT, "nets", name))
+        single_file_fixture(base["sd1"].unet)
         adapters = {
             "sd1_full": make_adapter(501, channels=[8, 16], downscale_factor=2, adapter_type="full_adapter"),
             "sd1_full_b": make_adapter(502, channels=[8, 16], downscale_factor=2, adapter_type="full_adapter"),

@@ -492,20 +492,13 @@ fn resnet_name(rest: &str) -> Option<String> {
         .find_map(|(a, b)| rest.strip_prefix(a).map(|t| format!("{b}{t}")))
 }
 
-fn convert_unet<'c>(
-    ckpt: &'c Checkpoint,
-    mt: ModelType,
-    keys: &[&str],
-    text_embeds_dim: Option<usize>,
-    extract_ema: bool,
-) -> Result<Component<'c>> {
-    let mut b = Builder::new(ckpt, "unet");
-    b.ema = extract_ema;
-    let ukeys: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(UNET)).collect();
-    // Layers per block: the first downsampler sits at input block `layers + 1`.
+/// Layers per block of an LDM UNet (or ControlNet) from its input-block
+/// keys `ukeys` (without `prefix`): the first downsampler sits at input
+/// block `layers + 1`.
+fn layers_per_block(b: &Builder<'_>, ukeys: &[&str], prefix: &str) -> Result<usize> {
     let mut n_input = 0usize;
     let mut first_op: Option<usize> = None;
-    for k in &ukeys {
+    for k in ukeys {
         let p: Vec<&str> = k.split('.').collect();
         if p.first() == Some(&"input_blocks")
             && let Some(i) = parse_idx(p.get(1))
@@ -520,7 +513,7 @@ fn convert_unet<'c>(
         Some(i) if i >= 2 => i - 1,
         Some(_) => {
             return Err(b.bad_shape(
-                &format!("{UNET}input_blocks.1.0.op.weight"),
+                &format!("{prefix}input_blocks.1.0.op.weight"),
                 "a downsampler before any resnet".into(),
             ));
         }
@@ -528,77 +521,88 @@ fn convert_unet<'c>(
     };
     if layers == 0 {
         return Err(SingleFileError::MissingKey {
-            path: ckpt.path().to_path_buf(),
-            component: "unet",
-            key: format!("{UNET}input_blocks.1.0.in_layers.0.weight"),
+            path: b.ckpt.path().to_path_buf(),
+            component: b.component,
+            key: format!("{prefix}input_blocks.1.0.in_layers.0.weight"),
         });
     }
-    let per = layers + 1;
-    for k in &ukeys {
-        let full = format!("{UNET}{k}");
-        let p: Vec<&str> = k.splitn(4, '.').collect();
-        let leaf = k.rsplit('.').next().unwrap_or_default();
-        let stem = &k[..k.len() - leaf.len()];
-        let top = match stem {
-            "time_embed.0." => Some("time_embedding.linear_1"),
-            "time_embed.2." => Some("time_embedding.linear_2"),
-            "input_blocks.0.0." => Some("conv_in"),
-            "out.0." => Some("conv_norm_out"),
-            "out.2." => Some("conv_out"),
-            "label_emb.0.0." if mt.is_xl() => Some("add_embedding.linear_1"),
-            "label_emb.0.2." if mt.is_xl() => Some("add_embedding.linear_2"),
-            _ => None,
-        };
-        if let Some(t) = top {
-            b.copy(&full, format!("{t}.{leaf}"))?;
-            continue;
-        }
-        let target = match (p.first().copied(), parse_idx(p.get(1)), p.get(2).copied()) {
-            (Some("input_blocks"), Some(i), Some(sub)) if i >= 1 => {
-                let rest = p.get(3).copied().unwrap_or_default();
-                let (blk, j) = ((i - 1) / per, (i - 1) % per);
-                match sub {
-                    "0" if rest.starts_with("op.") => Some(format!(
-                        "down_blocks.{blk}.downsamplers.0.conv.{}",
-                        &rest[3..]
-                    )),
-                    "0" => resnet_name(rest).map(|r| format!("down_blocks.{blk}.resnets.{j}.{r}")),
-                    "1" => Some(format!("down_blocks.{blk}.attentions.{j}.{rest}")),
-                    _ => None,
-                }
-            }
-            (Some("middle_block"), Some(i), Some(sub)) => {
-                let rest = match p.get(3) {
-                    Some(r) => format!("{sub}.{r}"),
-                    None => sub.to_string(),
-                };
-                match i {
-                    0 | 2 => resnet_name(&rest).map(|r| format!("mid_block.resnets.{}.{r}", i / 2)),
-                    1 => Some(format!("mid_block.attentions.0.{rest}")),
-                    _ => None,
-                }
-            }
-            (Some("output_blocks"), Some(i), Some(sub)) => {
-                let rest = p.get(3).copied().unwrap_or_default();
-                let (blk, j) = (i / per, i % per);
-                match sub {
-                    "0" => resnet_name(rest).map(|r| format!("up_blocks.{blk}.resnets.{j}.{r}")),
-                    "1" | "2" if rest.starts_with("conv.") => {
-                        Some(format!("up_blocks.{blk}.upsamplers.0.conv.{}", &rest[5..]))
-                    }
-                    "1" => Some(format!("up_blocks.{blk}.attentions.{j}.{rest}")),
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        match target {
-            Some(t) => b.copy(&full, t)?,
-            None => return Err(b.unmapped(&full)),
-        }
-    }
+    Ok(layers)
+}
 
-    // Config from shapes.
+/// The diffusers name of LDM UNet key `k` (without its prefix), with `per`
+/// input blocks per level; `None` when it has none.
+fn unet_target(k: &str, per: usize, xl: bool) -> Option<String> {
+    let p: Vec<&str> = k.splitn(4, '.').collect();
+    let leaf = k.rsplit('.').next().unwrap_or_default();
+    let stem = &k[..k.len() - leaf.len()];
+    let top = match stem {
+        "time_embed.0." => Some("time_embedding.linear_1"),
+        "time_embed.2." => Some("time_embedding.linear_2"),
+        "input_blocks.0.0." => Some("conv_in"),
+        "out.0." => Some("conv_norm_out"),
+        "out.2." => Some("conv_out"),
+        "label_emb.0.0." if xl => Some("add_embedding.linear_1"),
+        "label_emb.0.2." if xl => Some("add_embedding.linear_2"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(format!("{t}.{leaf}"));
+    }
+    match (p.first().copied(), parse_idx(p.get(1)), p.get(2).copied()) {
+        (Some("input_blocks"), Some(i), Some(sub)) if i >= 1 => {
+            let rest = p.get(3).copied().unwrap_or_default();
+            let (blk, j) = ((i - 1) / per, (i - 1) % per);
+            match sub {
+                "0" if rest.starts_with("op.") => Some(format!(
+                    "down_blocks.{blk}.downsamplers.0.conv.{}",
+                    &rest[3..]
+                )),
+                "0" => resnet_name(rest).map(|r| format!("down_blocks.{blk}.resnets.{j}.{r}")),
+                "1" => Some(format!("down_blocks.{blk}.attentions.{j}.{rest}")),
+                _ => None,
+            }
+        }
+        (Some("middle_block"), Some(i), Some(sub)) => {
+            let rest = match p.get(3) {
+                Some(r) => format!("{sub}.{r}"),
+                None => sub.to_string(),
+            };
+            match i {
+                0 | 2 => resnet_name(&rest).map(|r| format!("mid_block.resnets.{}.{r}", i / 2)),
+                1 => Some(format!("mid_block.attentions.0.{rest}")),
+                _ => None,
+            }
+        }
+        (Some("output_blocks"), Some(i), Some(sub)) => {
+            let rest = p.get(3).copied().unwrap_or_default();
+            let (blk, j) = (i / per, i % per);
+            match sub {
+                "0" => resnet_name(rest).map(|r| format!("up_blocks.{blk}.resnets.{j}.{r}")),
+                "1" | "2" if rest.starts_with("conv.") => {
+                    Some(format!("up_blocks.{blk}.upsamplers.0.conv.{}", &rest[5..]))
+                }
+                "1" => Some(format!("up_blocks.{blk}.attentions.{j}.{rest}")),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// What an LDM UNet's encoder half says about its config: the fields a
+/// UNet and a ControlNet share, inferred from the converted tensors in `b`
+/// (checkpoint keys under `prefix` named in errors).
+struct EncoderShape {
+    block_out: Vec<usize>,
+    down_types: Vec<&'static str>,
+    depth_value: Value,
+    cross_dim: usize,
+    linear: bool,
+    in_channels: usize,
+    heads: Value,
+}
+
+fn encoder_shape(b: &Builder<'_>, mt: ModelType, prefix: &str) -> Result<EncoderShape> {
     let n_levels = (0..)
         .take_while(|l| {
             b.out
@@ -607,9 +611,9 @@ fn convert_unet<'c>(
         .count();
     if n_levels == 0 {
         return Err(SingleFileError::MissingKey {
-            path: ckpt.path().to_path_buf(),
-            component: "unet",
-            key: format!("{UNET}input_blocks.1.0.in_layers.2.weight"),
+            path: b.ckpt.path().to_path_buf(),
+            component: b.component,
+            key: format!("{prefix}input_blocks.1.0.in_layers.2.weight"),
         });
     }
     let mut block_out = Vec::new();
@@ -634,16 +638,6 @@ fn convert_unet<'c>(
             .map_or(1, |m| m + 1);
         depth.push(n);
     }
-    let up_types: Vec<&str> = (0..n_levels)
-        .map(|l| {
-            let attn = format!("up_blocks.{l}.attentions.");
-            if b.out.keys().any(|k| k.starts_with(&attn)) {
-                "CrossAttnUpBlock2D"
-            } else {
-                "UpBlock2D"
-            }
-        })
-        .collect();
     let any_attn = b
         .out
         .iter()
@@ -660,10 +654,9 @@ fn convert_unet<'c>(
         .is_some_and(|(_, t)| t.shape.len() == 2);
     let in_channels = b.out_dim(
         "conv_in.weight",
-        &format!("{UNET}input_blocks.0.0.weight"),
+        &format!("{prefix}input_blocks.0.0.weight"),
         1,
     )?;
-    let out_channels = b.out_dim("conv_out.weight", &format!("{UNET}out.2.weight"), 0)?;
     // diffusers sizes the mid block from the last entry of
     // `transformer_layers_per_block`; levels without attention ignore theirs.
     let mid_tb = "mid_block.attentions.0.transformer_blocks.";
@@ -689,7 +682,7 @@ fn convert_unet<'c>(
                 *depth.last_mut().expect("n_levels > 0") = m;
             } else if depth.last() != Some(&m) {
                 return Err(b.bad_shape(
-                    &format!("{UNET}middle_block.1.transformer_blocks.0.norm1.weight"),
+                    &format!("{prefix}middle_block.1.transformer_blocks.0.norm1.weight"),
                     format!(
                         "the mid block has {m} transformer blocks and the last level {}: \
                          diffusers' config cannot express that",
@@ -711,6 +704,63 @@ fn convert_unet<'c>(
                 .collect::<Vec<_>>()
         ),
     };
+    Ok(EncoderShape {
+        block_out,
+        down_types,
+        depth_value,
+        cross_dim,
+        linear,
+        in_channels,
+        heads,
+    })
+}
+
+fn convert_unet<'c>(
+    ckpt: &'c Checkpoint,
+    mt: ModelType,
+    keys: &[&str],
+    text_embeds_dim: Option<usize>,
+    extract_ema: bool,
+) -> Result<Component<'c>> {
+    let mut b = Builder::new(ckpt, "unet");
+    b.ema = extract_ema;
+    let ukeys: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(UNET)).collect();
+    let layers = layers_per_block(&b, &ukeys, UNET)?;
+    let per = layers + 1;
+    for k in &ukeys {
+        let full = format!("{UNET}{k}");
+        match unet_target(k, per, mt.is_xl()) {
+            Some(t) => b.copy(&full, t)?,
+            None => return Err(b.unmapped(&full)),
+        }
+    }
+
+    let n_levels = (0..)
+        .take_while(|l| {
+            b.out
+                .contains_key(&format!("down_blocks.{l}.resnets.0.conv1.weight"))
+        })
+        .count();
+    let EncoderShape {
+        block_out,
+        down_types,
+        depth_value,
+        cross_dim,
+        linear,
+        in_channels,
+        heads,
+    } = encoder_shape(&b, mt, UNET)?;
+    let up_types: Vec<&str> = (0..n_levels)
+        .map(|l| {
+            let attn = format!("up_blocks.{l}.attentions.");
+            if b.out.keys().any(|k| k.starts_with(&attn)) {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            }
+        })
+        .collect();
+    let out_channels = b.out_dim("conv_out.weight", &format!("{UNET}out.2.weight"), 0)?;
     let mut config = json!({
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -1414,6 +1464,212 @@ pub fn convert<'c>(ckpt: &'c Checkpoint, opts: &ConvertOptions) -> Result<Conver
     })
 }
 
+/// The prefix of a ControlNet's keys in a full LDM ControlNet checkpoint
+/// (ControlNet 1.0's `control_sd15_*.pth`); 1.1 files have none.
+pub const CONTROLNET: &str = "control_model.";
+
+/// The prefix under which `keys` hold an original (LDM) ControlNet: its
+/// control-image embedding `input_hint_block` is under `control_model.` or
+/// at the root; `None` when there is none.
+pub fn controlnet_prefix<S: AsRef<str>>(keys: &[S]) -> Option<&'static str> {
+    [CONTROLNET, ""].into_iter().find(|p| {
+        keys.iter()
+            .any(|k| k.as_ref().starts_with(&format!("{p}input_hint_block.")))
+    })
+}
+
+/// Converts an original ControlNet checkpoint (LDM keys: `input_hint_block`,
+/// `zero_convs`, `middle_block_out` beside the UNet encoder's) to a diffusers
+/// `ControlNetModel`, as diffusers' `convert_controlnet_checkpoint`: the
+/// encoder keys as the UNet's, `zero_convs.{i}.0` to
+/// `controlnet_down_blocks.{i}`, `middle_block_out.0` to
+/// `controlnet_mid_block`, the hint block's first conv to
+/// `controlnet_cond_embedding.conv_in`, its last to `conv_out`, those between
+/// to `blocks.{k}`. The config is inferred from the shapes (the base model
+/// from the text width: 768 SD1.x, 1024 SD2.x, 2048 SDXL); the returned
+/// model type is the base's. Keys outside the ControlNet (a full ControlNet
+/// 1.0 checkpoint also holds its SD model) are the returned skipped list.
+pub fn convert_controlnet<'c>(
+    ckpt: &'c Checkpoint,
+    opts: &ConvertOptions,
+) -> Result<(ModelType, Component<'c>, Vec<String>)> {
+    let keys = ckpt.keys();
+    let Some(prefix) = controlnet_prefix(&keys) else {
+        return Err(SingleFileError::UnknownLayout {
+            path: ckpt.path().to_path_buf(),
+            n_keys: keys.len(),
+            sample: keys.iter().take(5).map(|k| k.to_string()).collect(),
+        });
+    };
+    for name in opts.overrides.keys() {
+        if name != "controlnet" {
+            return Err(SingleFileError::BadOverride {
+                component: name.clone(),
+                reason: "a ControlNet checkpoint has one component, `controlnet`".into(),
+            });
+        }
+    }
+    let mut b = Builder::new(ckpt, "controlnet");
+    let ckeys: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(prefix)).collect();
+    let mut skipped: Vec<String> = keys
+        .iter()
+        .filter(|k| !k.starts_with(prefix) || (prefix.is_empty() && k.starts_with("model.")))
+        .map(|k| k.to_string())
+        .collect();
+    skipped.sort();
+    let ckeys: Vec<&str> = ckeys
+        .into_iter()
+        .filter(|k| !(prefix.is_empty() && k.starts_with("model.")))
+        .collect();
+    let xl = ckeys.iter().any(|k| k.starts_with("label_emb."));
+    let layers = layers_per_block(&b, &ckeys, prefix)?;
+    let per = layers + 1;
+    // The hint block: convs at even indices (SiLUs between), the last one out.
+    let hint_convs: Vec<usize> = {
+        let mut v: Vec<usize> = ckeys
+            .iter()
+            .filter_map(|k| k.strip_prefix("input_hint_block."))
+            .filter_map(|r| r.split('.').next()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let last_hint = hint_convs.last().copied().unwrap_or(0);
+    for k in &ckeys {
+        let full = format!("{prefix}{k}");
+        let leaf = k.rsplit('.').next().unwrap_or_default();
+        let p: Vec<&str> = k.split('.').collect();
+        let target = match (p.first().copied(), parse_idx(p.get(1))) {
+            (Some("zero_convs"), Some(i)) if p.get(2) == Some(&"0") && p.len() == 4 => {
+                Some(format!("controlnet_down_blocks.{i}.{leaf}"))
+            }
+            (Some("middle_block_out"), Some(0)) if p.len() == 3 => {
+                Some(format!("controlnet_mid_block.{leaf}"))
+            }
+            (Some("input_hint_block"), Some(j)) if p.len() == 3 && j % 2 == 0 => Some(match j {
+                0 => format!("controlnet_cond_embedding.conv_in.{leaf}"),
+                j if j == last_hint => format!("controlnet_cond_embedding.conv_out.{leaf}"),
+                j => format!("controlnet_cond_embedding.blocks.{}.{leaf}", j / 2 - 1),
+            }),
+            (Some("out" | "output_blocks"), _) => None,
+            _ => unet_target(k, per, xl),
+        };
+        match target {
+            Some(t) => b.copy(&full, t)?,
+            None => return Err(b.unmapped(&full)),
+        }
+    }
+
+    let cross = b
+        .out
+        .iter()
+        .find(|(k, _)| k.contains(".attn2.to_k.weight"))
+        .map(|(_, t)| t.shape.get(1).copied().unwrap_or(0))
+        .unwrap_or(768);
+    let mt = match cross {
+        1024 => ModelType::Sd2,
+        2048 => ModelType::Sdxl,
+        _ => ModelType::Sd1,
+    };
+    let shape = encoder_shape(&b, mt, prefix)?;
+    // The embedding's widths: conv_in's, then each stride-2 conv's output.
+    let mut embedding = vec![b.out_dim(
+        "controlnet_cond_embedding.conv_in.weight",
+        &format!("{prefix}input_hint_block.0.weight"),
+        0,
+    )?];
+    let n_blocks = hint_convs.len().saturating_sub(2);
+    for k in (1..n_blocks).step_by(2) {
+        embedding.push(b.out_dim(
+            &format!("controlnet_cond_embedding.blocks.{k}.weight"),
+            &format!("{prefix}input_hint_block.{}.weight", 2 * k + 2),
+            0,
+        )?);
+    }
+    let conditioning_channels = b.out_dim(
+        "controlnet_cond_embedding.conv_in.weight",
+        &format!("{prefix}input_hint_block.0.weight"),
+        1,
+    )?;
+    let mut config = json!({
+        "_class_name": "ControlNetModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "act_fn": "silu",
+        "addition_embed_type": null,
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": null,
+        "attention_head_dim": shape.heads,
+        "block_out_channels": shape.block_out,
+        "class_embed_type": null,
+        "conditioning_channels": conditioning_channels,
+        "conditioning_embedding_out_channels": embedding,
+        "controlnet_conditioning_channel_order": "rgb",
+        "cross_attention_dim": shape.cross_dim,
+        "down_block_types": shape.down_types,
+        "downsample_padding": 1,
+        "encoder_hid_dim": null,
+        "encoder_hid_dim_type": null,
+        "flip_sin_to_cos": true,
+        "freq_shift": 0,
+        "global_pool_conditions": false,
+        "in_channels": shape.in_channels,
+        "layers_per_block": layers,
+        "mid_block_scale_factor": 1,
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "norm_eps": 1e-5,
+        "norm_num_groups": 32,
+        "num_attention_heads": null,
+        "num_class_embeds": null,
+        "only_cross_attention": false,
+        "projection_class_embeddings_input_dim": null,
+        "resnet_time_scale_shift": "default",
+        "transformer_layers_per_block": shape.depth_value,
+        "upcast_attention": false,
+        "use_linear_projection": shape.linear,
+    });
+    if xl {
+        // SDXL's added embedding: pooled text (1280) and six time ids.
+        let adm = b.out_dim(
+            "add_embedding.linear_1.weight",
+            &format!("{prefix}label_emb.0.0.weight"),
+            1,
+        )?;
+        let text = 1280;
+        if adm <= text || !(adm - text).is_multiple_of(6) {
+            return Err(b.bad_shape(
+                &format!("{prefix}label_emb.0.0.weight"),
+                format!("input width {adm} is not text_embeds ({text}) + 6 x time ids"),
+            ));
+        }
+        config["addition_embed_type"] = json!("text_time");
+        config["addition_time_embed_dim"] = json!((adm - text) / 6);
+        config["projection_class_embeddings_input_dim"] = json!(adm);
+    }
+    if let Some(o) = opts.overrides.get("controlnet") {
+        for (k, v) in o {
+            config[k.as_str()] = v.clone();
+        }
+    }
+    Ok((
+        mt,
+        Component {
+            name: "controlnet",
+            class: ("diffusers", "ControlNetModel"),
+            config,
+            weights_file: "diffusion_pytorch_model.safetensors",
+            tensors: b.out,
+        },
+        skipped,
+    ))
+}
+
+/// Writes one converted model as a diffusers model folder (`config.json`
+/// and its weights at the root), atomically as [`write_diffusers_folder`].
+pub fn write_model_folder(c: &Component<'_>, out_dir: &Path) -> Result<()> {
+    write_atomically(out_dir, |tmp| write_component(c, tmp))
+}
+
 struct SafeView<'a, 'b>(&'b OutTensor<'a>);
 
 pub(crate) fn st_dtype(d: &Dtype) -> safetensors::Dtype {
@@ -1520,6 +1776,44 @@ fn non_empty(dir: &Path) -> Result<bool> {
 /// fsynced and renamed to `out_dir`; on any error it is removed. `out_dir` must
 /// not exist or be an empty folder.
 pub fn write_diffusers_folder(conv: &Converted<'_>, out_dir: &Path) -> Result<()> {
+    write_atomically(out_dir, |tmp| {
+        write_json(&tmp.join("model_index.json"), &conv.model_index)?;
+        for c in &conv.components {
+            let dir = tmp.join(c.name);
+            fs::create_dir(&dir).map_err(io_err(&dir))?;
+            write_component(c, &dir)?;
+        }
+        let sched = tmp.join("scheduler");
+        fs::create_dir(&sched).map_err(io_err(&sched))?;
+        write_json(&sched.join("scheduler_config.json"), &conv.scheduler)?;
+        sync(&sched)
+    })
+}
+
+/// `config.json` and the weights of `c` into the folder `dir`, synced.
+fn write_component(c: &Component<'_>, dir: &Path) -> Result<()> {
+    write_json(&dir.join("config.json"), &c.config)?;
+    let file = dir.join(c.weights_file);
+    let views: Vec<(&str, SafeView<'_, '_>)> = c
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), SafeView(t)))
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(views, Some(meta), &file).map_err(|e| {
+        SingleFileError::Serialize {
+            path: file.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    sync(&file)?;
+    sync(dir)
+}
+
+/// Fills a sibling temporary folder with `fill`, fsyncs it and renames it to
+/// `out_dir`; on any error it is removed. `out_dir` must not exist or be an
+/// empty folder.
+fn write_atomically(out_dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if non_empty(out_dir)? {
         return Err(SingleFileError::OutputExists {
             path: out_dir.to_path_buf(),
@@ -1543,35 +1837,7 @@ pub fn write_diffusers_folder(conv: &Converted<'_>, out_dir: &Path) -> Result<()
     let mut guard = TempDir(Some(tmp.clone()));
 
     // Errors name the files as they will be called, not the temporary folder.
-    let filled = (|| -> Result<()> {
-        write_json(&tmp.join("model_index.json"), &conv.model_index)?;
-        for c in &conv.components {
-            let dir = tmp.join(c.name);
-            fs::create_dir(&dir).map_err(io_err(&dir))?;
-            write_json(&dir.join("config.json"), &c.config)?;
-            let file = dir.join(c.weights_file);
-            let views: Vec<(&str, SafeView<'_, '_>)> = c
-                .tensors
-                .iter()
-                .map(|(k, t)| (k.as_str(), SafeView(t)))
-                .collect();
-            let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-            safetensors::tensor::serialize_to_file(views, Some(meta), &file).map_err(|e| {
-                SingleFileError::Serialize {
-                    path: file.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            sync(&file)?;
-            sync(&dir)?;
-        }
-        let sched = tmp.join("scheduler");
-        fs::create_dir(&sched).map_err(io_err(&sched))?;
-        write_json(&sched.join("scheduler_config.json"), &conv.scheduler)?;
-        sync(&sched)?;
-        sync(&tmp)?;
-        Ok(())
-    })();
+    let filled = fill(&tmp).and_then(|()| sync(&tmp));
     filled.map_err(|e| rebase(e, &tmp, out_dir))?;
 
     if out_dir.exists() {

@@ -6,7 +6,8 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use diffusion_hub::resolve::{ResolvedComponent, ResolvedModel};
 use diffusion_hub::single_file::{
-    Checkpoint, ConvertOptions, ConvertReport, convert, write_diffusers_folder,
+    Checkpoint, ConvertOptions, ConvertReport, controlnet_prefix, convert, convert_controlnet,
+    write_diffusers_folder, write_model_folder,
 };
 use diffusion_hub::tokenizer::ClipTokenizer;
 use diffusion_hub::torch_pickle::PickleOptions;
@@ -15,6 +16,7 @@ use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use diffusion_models::autoencoder_tiny::AutoencoderTinyConfig;
 use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
 use diffusion_models::config::{parse_config, read_config};
+use diffusion_models::controlnet::ControlNetConfig;
 use diffusion_models::unet_2d::{UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use diffusion_models::{Formulation, Loader, Precision};
@@ -255,6 +257,9 @@ pub fn convert_checkpoint(
     pickle: &PickleOptions,
 ) -> Result<ConvertReport> {
     let ckpt = Checkpoint::open_with(checkpoint, pickle)?;
+    if controlnet_prefix(&ckpt.keys()).is_some() {
+        return convert_controlnet_checkpoint(&ckpt, out_dir, options);
+    }
     let conv = convert(&ckpt, options)?;
     // An override naming a field the class does not have is a typo: refused,
     // where a field a checkpoint's config carries beyond ours is tolerated.
@@ -332,6 +337,56 @@ pub fn convert_checkpoint(
     }
     write_diffusers_folder(&conv, out_dir)?;
     Ok(ConvertReport::of(&ckpt, &conv))
+}
+
+/// An original ControlNet checkpoint to a diffusers `ControlNetModel`
+/// folder (config.json and weights at its root; see
+/// [`diffusion_hub::single_file::convert_controlnet`]), its config checked
+/// as the model's loader will check it before anything is written.
+fn convert_controlnet_checkpoint(
+    ckpt: &Checkpoint,
+    out_dir: &Path,
+    options: &ConvertOptions,
+) -> Result<ConvertReport> {
+    let (model_type, c, skipped) = convert_controlnet(ckpt, options)?;
+    for (key, t) in &c.tensors {
+        if !t.dtype.is_model_float() {
+            return Err(PipelineError::Config {
+                path: ckpt.path().to_path_buf(),
+                message: format!(
+                    "controlnet weight `{key}`: {} is not a float weight",
+                    t.dtype
+                ),
+            });
+        }
+    }
+    let source = format!("{} (converted)", out_dir.join("config.json").display());
+    let loaded = parse_config::<ControlNetConfig>(&c.config.to_string(), &source)?;
+    if let Some(field) = options
+        .overrides
+        .get("controlnet")
+        .and_then(|o| o.keys().find(|k| loaded.ignored_fields.contains(k)))
+    {
+        return Err(PipelineError::Config {
+            path: out_dir.join("config.json"),
+            message: format!(
+                "(converted) `--set controlnet.{field}`: a ControlNet has no config field `{field}`"
+            ),
+        });
+    }
+    write_model_folder(&c, out_dir)?;
+    Ok(ConvertReport {
+        model_type,
+        pipeline_class: "ControlNetModel".into(),
+        tensors: vec![("controlnet", c.tensors.len())],
+        skipped,
+        skipped_globals: ckpt
+            .weights()
+            .skipped_globals()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+    })
 }
 
 /// Validates the `config.json` of model component `c` (of class `class`)

@@ -234,6 +234,112 @@ fn adapter_features_match_diffusers() {
     }
 }
 
+/// LDM-format values of `key`: `k / 4096` with `k` an integer formula of
+/// the key and the index (the generator's `ldm_value`), exact in fp16.
+fn ldm_value(key: &str, n: usize) -> Vec<f32> {
+    let h = key
+        .bytes()
+        .fold(0i64, |h, b| (h * 31 + i64::from(b)) % 1_000_003);
+    (0..n as i64)
+        .map(|i| ((i * 7919 + h) % 2001 - 1000) as f32 / 4096.0)
+        .collect()
+}
+
+/// Writes the fixture's original ControlNet checkpoint (keys under
+/// `prefix`, plus `extra` keys) to `path` in fp16.
+fn write_ldm_checkpoint(path: &std::path::Path, prefix: &str, extra: &[&str]) {
+    use diffusion_hub::save::{OwnedTensor, safetensors_bytes};
+    use diffusion_hub::weights::Dtype;
+    let spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("single_file.json")).unwrap())
+            .unwrap();
+    let mut tensors = std::collections::BTreeMap::new();
+    let mut put = |key: String, shape: Vec<usize>, values: Vec<f32>| {
+        let data = values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        tensors.insert(
+            key,
+            OwnedTensor {
+                dtype: Dtype::F16,
+                shape,
+                data,
+            },
+        );
+    };
+    for (key, shape) in spec["checkpoint"].as_object().unwrap() {
+        let shape: Vec<usize> = serde_json::from_value(shape.clone()).unwrap();
+        let n = shape.iter().product();
+        put(format!("{prefix}{key}"), shape, ldm_value(key, n));
+    }
+    for key in extra {
+        put(key.to_string(), vec![2], vec![0.5, -0.5]);
+    }
+    std::fs::write(path, safetensors_bytes(path, &tensors, None).unwrap()).unwrap();
+}
+
+/// An original ControlNet checkpoint (ControlNet 1.1's bare keys, and 1.0's
+/// `control_model.` ones beside a full SD model) converts to a folder whose
+/// every tensor is byte-equal to diffusers' `ControlNetModel.from_single_file`
+/// of the same file, with the config diffusers uses; the folder then loads.
+#[test]
+fn a_single_file_controlnet_converts_as_diffusers_does() {
+    use sha2::{Digest, Sha256};
+    let spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("single_file.json")).unwrap())
+            .unwrap();
+    for (prefix, extra) in [
+        ("", vec![]),
+        ("control_model.", vec!["model.diffusion_model.out.0.bias"]),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let ckpt = work.path().join("control_tiny.safetensors");
+        write_ldm_checkpoint(&ckpt, prefix, &extra);
+        let out = work.path().join("converted");
+        // What the weights cannot say (diffusers takes it from `config=`):
+        // the tiny net's group and head counts.
+        let mut options = diffusion_hub::single_file::ConvertOptions::default();
+        options.overrides.insert(
+            "controlnet".into(),
+            serde_json::from_str(r#"{"norm_num_groups": 4, "attention_head_dim": 4}"#).unwrap(),
+        );
+        let report = diffusion_pipelines::components::convert_checkpoint(
+            &ckpt,
+            &out,
+            &options,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(report.pipeline_class, "ControlNetModel");
+        assert_eq!(report.skipped.len(), extra.len(), "{:?}", report.skipped);
+        let weights =
+            diffusion_hub::weights::Weights::open(&out.join("diffusion_pytorch_model.safetensors"))
+                .unwrap();
+        let want = spec["sha256"].as_object().unwrap();
+        let mut names: Vec<&str> = weights.tensors().map(|(k, _)| k).collect();
+        names.sort_unstable();
+        assert_eq!(names.len(), want.len(), "{prefix:?}");
+        for name in names {
+            let t = weights.tensor(name).unwrap();
+            let got = format!("{:x}", Sha256::digest(t.data));
+            assert_eq!(Some(got.as_str()), want[name].as_str(), "{prefix:?} {name}");
+        }
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        for (field, v) in spec["config"].as_object().unwrap() {
+            assert_eq!(&config[field], v, "{field}");
+        }
+        let options = LoadOptions::<B> {
+            progress: false,
+            local_files_only: true,
+            ..Default::default()
+        };
+        ControlNet::<B>::from_pretrained(out.to_str().unwrap(), &options).unwrap();
+    }
+}
+
 /// The nets matter: diffusers' latents with the first case's net are far from
 /// those without it, and so are ours.
 #[test]
