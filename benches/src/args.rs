@@ -11,7 +11,9 @@ diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
   --component C[,C...]   unet, vae-decode, vae-encode, text, scheduler,
                          pipeline, or all (these six); unet-lora (the UNet
                          with an unfused LoRA of rank --lora on every
-                         attention projection); Rust only: profile (per-op times
+                         attention projection); unet-controlnet (a ControlNet
+                         made from the UNet, then the UNet with its
+                         residuals: one ControlNet step); Rust only: profile (per-op times
                          of one UNet forward), ops (op formulations at the
                          UNet's shapes), steps (one step of every scheduler
                          class, and its share of a `unet` forward measured
@@ -40,7 +42,7 @@ header line): DIFFUSION_ATTENTION=fused|matmul|tiled, DIFFUSION_CONV=direct|im2c
 DIFFUSION_GROUP_NORM=one-pass|two-stage, DIFFUSION_LINEAR=matmul|packed.
 ";
 
-pub const COMPONENTS: [&str; 10] = [
+pub const COMPONENTS: [&str; 11] = [
     "unet",
     "vae-decode",
     "vae-encode",
@@ -48,6 +50,7 @@ pub const COMPONENTS: [&str; 10] = [
     "scheduler",
     "pipeline",
     "unet-lora",
+    "unet-controlnet",
     "profile",
     "ops",
     "steps",

@@ -9,6 +9,7 @@ use diffusion_hub::tokenizer::ClipTokenizer;
 use diffusion_models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use diffusion_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
 use diffusion_models::config::{ModelConfig, parse_config};
+use diffusion_models::controlnet::{ControlNetConfig, ControlNetModel, ResidualScale};
 use diffusion_models::formulation::{AttentionFormulation, ConvFormulation, Formulation};
 use diffusion_models::profile;
 use diffusion_models::unet_2d_condition::{
@@ -407,7 +408,14 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
     };
     // Load what the components need.
     let needs = |c: &[&str]| args.components.iter().any(|x| c.contains(&x.as_str()));
-    if needs(&["unet", "unet-lora", "pipeline", "profile", "ops"]) {
+    if needs(&[
+        "unet",
+        "unet-lora",
+        "unet-controlnet",
+        "pipeline",
+        "profile",
+        "ops",
+    ]) {
         timed_load(&mut || {
             let cfg: UNet2DConditionConfig = config(&preset.unet)?;
             let m = UNet2DConditionModel::<B>::load(&loader(), &cfg)?;
@@ -468,6 +476,40 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
                 row["lora_rank"] = json!(args.lora_rank);
                 row["lora_layers"] = json!(layers);
                 row
+            }
+            "unet-controlnet" => {
+                // A ControlNet made from the UNet (SD's conditioning
+                // embedding), its residuals into the UNet: one guided step.
+                let (unet, cfg) = models.unet.as_ref().expect("loaded above");
+                let cn_cfg = ControlNetConfig::from_unet(cfg, "rgb", vec![16, 32, 96, 256], 3)?;
+                let net = ControlNetModel::<B>::load(&loader(), &cn_cfg)?;
+                let (x, t, ctx, cond) =
+                    unet_inputs::<B>(cfg, args.batch, preset.latent, precision, &device)?;
+                let side = preset.latent * cn_cfg.conditioning_scale_factor();
+                let image = Tensor::<B, 4>::random(
+                    [args.batch, 3, side, side],
+                    Distribution::Uniform(0.0, 1.0),
+                    (&device, precision.dtype()),
+                );
+                let scale = ResidualScale {
+                    conditioning_scale: 1.0,
+                    guess_mode: false,
+                };
+                measure::<B>(&device, args.runs, || {
+                    let out = net.forward(
+                        x.clone(),
+                        t.clone(),
+                        ctx.clone(),
+                        image.clone(),
+                        scale,
+                        &cond,
+                    )?;
+                    let mut with = cond.clone();
+                    with.down_block_additional_residuals = Some(out.down);
+                    with.mid_block_additional_residual = Some(out.mid);
+                    unet.forward(x.clone(), t.clone(), ctx.clone(), with)?;
+                    Ok(())
+                })?
             }
             "vae-decode" => {
                 let vae = models.vae.as_ref().expect("loaded above");

@@ -109,7 +109,7 @@ def run_preset(args, name, presets, device, dtype):
     gen = torch.Generator(device="cpu").manual_seed(0)
     unet = vae = te = te2 = None
     t0 = time.perf_counter()
-    if {"unet", "unet-lora", "pipeline"} & set(comps):
+    if {"unet", "unet-lora", "unet-controlnet", "pipeline"} & set(comps):
         unet = UNet2DConditionModel.from_config(clean(load_json(os.path.join(root, p["unet"]))))
         unet = unet.to(device, dtype).eval()
     vae_cfg = clean(load_json(os.path.join(root, p["vae"])))
@@ -126,7 +126,7 @@ def run_preset(args, name, presets, device, dtype):
     b = args.batch
     for comp in comps:
         print(f"[{name}] diffusers {comp} ...", file=sys.stderr)
-        if comp in ("unet", "unet-lora"):
+        if comp in ("unet", "unet-lora", "unet-controlnet"):
             cross = unet.config.cross_attention_dim
             x = torch.randn(b, unet.config.in_channels, latent, latent, generator=gen).to(device, dtype)
             ctx = torch.randn(b, 77, cross, generator=gen).to(device, dtype)
@@ -145,7 +145,18 @@ def run_preset(args, name, presets, device, dtype):
                 unet.add_adapter(LoraConfig(r=args.lora, lora_alpha=args.lora, init_lora_weights="gaussian",
                                             target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="bench")
                 unet.to(device, dtype)
-            row = measure(device, args.runs, lambda: unet(x, t, ctx, added_cond_kwargs=added))
+            step = lambda: unet(x, t, ctx, added_cond_kwargs=added)  # noqa: E731
+            if comp == "unet-controlnet":
+                # A ControlNet made from the UNet, its residuals into the UNet.
+                from diffusers import ControlNetModel
+                cn = ControlNetModel.from_unet(unet).to(device, dtype).eval()
+                img = torch.rand(b, 3, latent * 8, latent * 8, generator=gen).to(device, dtype)
+
+                def step():
+                    down, mid = cn(x, t, ctx, controlnet_cond=img, added_cond_kwargs=added, return_dict=False)
+                    unet(x, t, ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid)
+            row = measure(device, args.runs, step)
             if comp == "unet-lora":
                 unet.delete_adapters("bench")
                 row["lora_rank"] = args.lora

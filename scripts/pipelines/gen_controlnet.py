@@ -23,6 +23,10 @@ Writes crates/diffusion-pipelines/tests/fixtures/controlnet/:
   cases/<case>.safetensors  latents (when the call gives them), latents_final (the
                       last step's) and images (`output_type="np"`)
   cases.json          {"cases": [{name, pipeline, class, nets, kwargs, seed}]}
+  canny/              a photo (128×96 RGB, and its gray version) and OpenCV's
+                      `cv2.Canny` of it at three threshold pairs (`edges_<input>_<low>_<high>.png`),
+                      which `diffusion_pipelines::preprocess::canny` must reproduce; written only
+                      where opencv-python is installed (else the committed files stay)
   single_file.json    an original (LDM) ControlNet checkpoint described by its keys and
                       shapes, with values from an integer formula (`ldm_value`, which the
                       Rust test recomputes, so no large file is committed), and the sha256 of
@@ -38,6 +42,7 @@ global-pool net, img2img and inpainting, on SD1 and SDXL.
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -190,6 +195,22 @@ def single_file_fixture(unet):
     })
 
 
+def canny_fixture():
+    try:
+        import cv2
+    except ImportError:
+        print("cv2 not installed: keeping the committed canny/ fixtures")
+        return
+    d = os.path.join(OUT, "canny")
+    os.makedirs(d, exist_ok=True)
+    rgb = gp.center_crop_resize(gp.PHOTOS["photo_a"], 128, 96)
+    rgb.save(os.path.join(d, "rgb.png"))
+    rgb.convert("L").save(os.path.join(d, "gray.png"))
+    for name, low, high in (("rgb", 100, 200), ("rgb", 40, 90), ("gray", 150, 60)):
+        img = np.array(Image.open(os.path.join(d, f"{name}.png")))
+        Image.fromarray(cv2.Canny(img, low, high)).save(os.path.join(d, f"edges_{name}_{low}_{high}.png"))
+
+
 def control_images():
     """A line drawing and colour blocks: channel order and pooling both show."""
     yy, xx = np.mgrid[0:32, 0:32]
@@ -236,8 +257,17 @@ def run(pipe, kw, seed):
 
 
 def main():
+    keep = os.path.join(OUT, "canny")
+    saved = None
+    if os.path.isdir(keep):
+        saved = tempfile.mkdtemp()
+        shutil.copytree(keep, os.path.join(saved, "canny"))
     gp.clean(OUT)
+    if saved:
+        shutil.copytree(os.path.join(saved, "canny"), keep)
+        shutil.rmtree(saved)
     os.makedirs(os.path.join(OUT, "cases"))
+    canny_fixture()
     control_images()
     rel = lambda p: os.path.relpath(p, gp.OUT)  # noqa: E731
     ca, cb = rel(os.path.join(OUT, "control_a.png")), rel(os.path.join(OUT, "control_b.png"))

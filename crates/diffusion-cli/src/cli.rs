@@ -80,6 +80,28 @@ pub fn command() -> Command {
         )
         .subcommand(train())
         .subcommand(
+            Command::new("preprocess")
+                .about("Make a control image: the Canny edge map of an image, as cv2.Canny")
+                .arg(
+                    Arg::new("method")
+                        .value_name("METHOD")
+                        .required(true)
+                        .help("canny[:LOW,HIGH] (thresholds on the L1 gradient; default 100,200)"),
+                )
+                .arg(
+                    Arg::new("input")
+                        .value_name("IN")
+                        .required(true)
+                        .help("The image (PNG or JPEG)"),
+                )
+                .arg(
+                    Arg::new("output")
+                        .value_name("OUT")
+                        .required(true)
+                        .help("The PNG to write (white edges on black, RGB)"),
+                ),
+        )
+        .subcommand(
             hub_args(
                 Command::new("info")
                     .about("Show a model's pipeline, components, weights and scheduler, or what an adapter file (LoRA, LyCORIS) is")
@@ -406,6 +428,12 @@ fn generation(cmd: Command) -> Command {
             )
             .value_parser(value_parser!(f64)),
         )
+        .arg(num(
+            "control_preprocess",
+            "control-preprocess",
+            "METHOD",
+            "Turn every --control-image into a control map first: canny[:LOW,HIGH] (as cv2.Canny, default 100,200)",
+        ))
         .arg(
             Arg::new("guess_mode")
                 .long("guess-mode")

@@ -135,6 +135,33 @@ fn run(matches: &ArgMatches) -> Result<()> {
         Some(("generate", m)) => generation(Task::TextToImage, m),
         Some(("img2img", m)) => generation(Task::ImageToImage, m),
         Some(("inpaint", m)) => generation(Task::Inpaint, m),
+        Some(("preprocess", m)) => {
+            let spec = m.get_one::<String>("method").expect("required");
+            let (low, high) = diffusion_pipelines::preprocess::parse_canny(spec)
+                .map_err(|e| error::usage(format!("METHOD {e}")))?;
+            let input = PathBuf::from(m.get_one::<String>("input").expect("required"));
+            let output = PathBuf::from(m.get_one::<String>("output").expect("required"));
+            if output.as_os_str().is_empty() {
+                return Err(error::usage("OUT \"\": an empty path"));
+            }
+            let image = diffusion_pipelines::image::load_image(&input)?;
+            let edges = diffusion_pipelines::preprocess::canny(&image, low, high);
+            let rgb = image::DynamicImage::ImageLuma8(edges).to_rgb8();
+            let mut bytes = Vec::new();
+            image::DynamicImage::ImageRgb8(rgb)
+                .write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Png,
+                )
+                .map_err(|e| error::usage(format!("{}: cannot encode: {e}", output.display())))?;
+            diffusion_pipelines::image::write_atomic(&output, &bytes)?;
+            println!(
+                "{}: canny {low},{high} -> {}",
+                input.display(),
+                output.display()
+            );
+            Ok(())
+        }
         Some(("convert", m)) => {
             let checkpoint = PathBuf::from(m.get_one::<String>("checkpoint").expect("required"));
             let out_dir = PathBuf::from(m.get_one::<String>("out_dir").expect("required"));

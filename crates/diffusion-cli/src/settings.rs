@@ -90,6 +90,8 @@ pub struct Settings {
     pub control_end: Option<Vec<f64>>,
     /// `--guess-mode`.
     pub guess_mode: bool,
+    /// `--control-preprocess canny:LOW,HIGH`: the thresholds.
+    pub control_preprocess: Option<(f64, f64)>,
     /// `--t2i-adapter`: folders or Hub repos, in order.
     pub t2i_adapters: Vec<String>,
     /// `--adapter-image`: one per adapter.
@@ -187,6 +189,11 @@ impl Settings {
             control_start: floats(m, "control_start"),
             control_end: floats(m, "control_end"),
             guess_mode: m.get_flag("guess_mode"),
+            control_preprocess: m
+                .get_one::<String>("control_preprocess")
+                .map(|s| diffusion_pipelines::preprocess::parse_canny(s))
+                .transpose()
+                .map_err(|e| usage(format!("--control-preprocess {e}")))?,
             t2i_adapters: strings(m, "t2i_adapter").unwrap_or_default(),
             adapter_image_paths: strings(m, "adapter_image")
                 .unwrap_or_default()
@@ -304,6 +311,7 @@ impl Settings {
         let nets = self.controlnets.len();
         if nets == 0 {
             for (flag, set) in [
+                ("--control-preprocess", self.control_preprocess.is_some()),
                 ("--control-image", !self.control_image_paths.is_empty()),
                 ("--controlnet-scale", self.controlnet_scale.is_some()),
                 ("--control-start", self.control_start.is_some()),
@@ -497,6 +505,12 @@ impl Settings {
             .iter()
             .map(|p| load_image(p))
             .collect::<std::result::Result<_, _>>()?;
+        if let Some((low, high)) = self.control_preprocess {
+            for image in &mut self.control_images {
+                let edges = diffusion_pipelines::preprocess::canny(image, low, high);
+                *image = DynamicImage::ImageLuma8(edges);
+            }
+        }
         self.adapter_images = self
             .adapter_image_paths
             .iter()
@@ -606,6 +620,13 @@ impl Settings {
             put("control_guidance_start", json!(self.control_start));
             put("control_guidance_end", json!(self.control_end));
             put("guess_mode", json!(self.guess_mode));
+            put(
+                "control_preprocess",
+                json!(
+                    self.control_preprocess
+                        .map(|(l, h)| format!("canny:{l},{h}"))
+                ),
+            );
         }
         if !self.t2i_adapters.is_empty() {
             let a: Vec<Value> = self

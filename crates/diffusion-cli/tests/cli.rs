@@ -107,7 +107,14 @@ fn help_lists_the_commands_and_flags() {
     let o = diffuse(tmp.path(), &["--help"]);
     assert!(o.status.success());
     let out = stdout(&o);
-    for cmd in ["generate", "img2img", "inpaint", "convert", "info"] {
+    for cmd in [
+        "generate",
+        "img2img",
+        "inpaint",
+        "convert",
+        "info",
+        "preprocess",
+    ] {
         assert!(out.contains(cmd), "{cmd} missing from {out}");
     }
     let o = diffuse(tmp.path(), &["generate", "--help"]);
@@ -118,6 +125,9 @@ fn help_lists_the_commands_and_flags() {
         "--seeds",
         "--output-latents",
         "--crops-coords-top-left",
+        "--controlnet",
+        "--control-image",
+        "--t2i-adapter",
     ] {
         assert!(out.contains(flag), "{flag} missing from {out}");
     }
@@ -214,6 +224,129 @@ fn bad_flags_fail_before_loading() {
     );
     assert_one_line_error(&o, "--strength");
     assert!(outputs(tmp.path()).is_empty());
+}
+
+/// The ControlNet / T2I-Adapter flags are checked before anything loads:
+/// one control image per net, per-net numbers once or once per net, windows
+/// in [0, 1], control flags without a net, adapters only for `generate` and
+/// not with ControlNets; nothing is written.
+#[test]
+fn bad_control_flags_fail_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = ddpm(tmp.path());
+    write_png(&tmp.path().join("input-c.png"), 32, 32);
+    let c = "input-c.png";
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["--control-image", c],
+            "--control-image: there is no --controlnet",
+        ),
+        (&["--guess-mode"], "--guess-mode: there is no --controlnet"),
+        (
+            &[
+                "--controlnet",
+                "x",
+                "--controlnet",
+                "y",
+                "--control-image",
+                c,
+            ],
+            "1 given for 2",
+        ),
+        (
+            &[
+                "--controlnet",
+                "x",
+                "--control-image",
+                c,
+                "--controlnet-scale",
+                "1",
+                "--controlnet-scale",
+                "2",
+            ],
+            "--controlnet-scale: 2 values for 1",
+        ),
+        (
+            &[
+                "--controlnet",
+                "x",
+                "--control-image",
+                c,
+                "--control-end",
+                "1.5",
+            ],
+            "--control-end 1.5",
+        ),
+        (
+            &[
+                "--controlnet",
+                "x",
+                "--control-image",
+                c,
+                "--control-preprocess",
+                "sobel",
+            ],
+            "--control-preprocess sobel",
+        ),
+        (&["--t2i-adapter", "x"], "--adapter-image: 0 given for 1"),
+        (
+            &["--adapter-scale", "0.5"],
+            "--adapter-scale: there is no --t2i-adapter",
+        ),
+        (
+            &[
+                "--t2i-adapter",
+                "x",
+                "--adapter-image",
+                c,
+                "--controlnet",
+                "y",
+                "--control-image",
+                c,
+            ],
+            "diffusers has no pipeline with both",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["generate", "--model", &model];
+        args.extend_from_slice(extra);
+        assert_one_line_error(&diffuse(tmp.path(), &args), needle);
+    }
+    assert!(outputs(tmp.path()).is_empty(), "{:?}", outputs(tmp.path()));
+}
+
+/// `diffuse preprocess canny:LOW,HIGH IN OUT` writes cv2.Canny's edge map
+/// (the fixture made by OpenCV) as an RGB PNG.
+#[test]
+fn preprocess_canny_writes_opencvs_edges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let canny = fixtures().join("controlnet/canny");
+    let input = canny.join("rgb.png");
+    let o = diffuse(
+        tmp.path(),
+        &[
+            "preprocess",
+            "canny:40,90",
+            input.to_str().unwrap(),
+            "edges.png",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = image::open(tmp.path().join("edges.png")).unwrap().to_rgb8();
+    let want = image::open(canny.join("edges_rgb_40_90.png"))
+        .unwrap()
+        .to_luma8();
+    assert_eq!(got.dimensions(), want.dimensions());
+    assert!(
+        got.pixels()
+            .zip(want.pixels())
+            .all(|(a, b)| a.0 == [b.0[0]; 3])
+    );
+    let o = diffuse(
+        tmp.path(),
+        &["preprocess", "canny:1", input.to_str().unwrap(), "e2.png"],
+    );
+    assert_one_line_error(&o, "canny:LOW,HIGH");
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub mod memory;
 pub mod noise;
 pub mod params;
 pub mod pipeline;
+pub mod preprocess;
 pub mod preview;
 pub(crate) mod progress;
 pub mod stable_diffusion;

@@ -340,6 +340,37 @@ fn a_single_file_controlnet_converts_as_diffusers_does() {
     }
 }
 
+/// `preprocess::canny` against OpenCV's `cv2.Canny` on a photo (RGB, and
+/// gray with swapped thresholds): every pixel agrees.
+#[test]
+fn canny_matches_opencv() {
+    let d = dir().join("canny");
+    for (input, low, high) in [
+        ("rgb", 100.0, 200.0),
+        ("rgb", 40.0, 90.0),
+        ("gray", 150.0, 60.0),
+    ] {
+        let image = load_image(&d.join(format!("{input}.png"))).unwrap();
+        let got = diffusion_pipelines::preprocess::canny(&image, low, high);
+        let want = load_image(&d.join(format!("edges_{input}_{low}_{high}.png")))
+            .unwrap()
+            .to_luma8();
+        assert_eq!(got.dimensions(), want.dimensions());
+        let differ = got
+            .pixels()
+            .zip(want.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        let edges = want.pixels().filter(|p| p.0[0] == 255).count();
+        eprintln!(
+            "canny {input} {low},{high}: {differ} of {} pixels differ from cv2.Canny ({edges} edge pixels)",
+            want.len()
+        );
+        assert!(edges > 100, "the fixture has edges");
+        assert_eq!(differ, 0, "{input} {low},{high}");
+    }
+}
+
 /// The nets matter: diffusers' latents with the first case's net are far from
 /// those without it, and so are ours.
 #[test]
