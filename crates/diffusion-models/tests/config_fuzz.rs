@@ -1,7 +1,8 @@
 //! Property tests of the model configs: the parsers' property tests
 //! (diffusion-hub's `weights_fuzz`, `torch_pickle_fuzz`) extended to
 //! `UNet2DConfig`, `UNet2DConditionConfig`, `AutoencoderKLConfig`,
-//! `AutoencoderTinyConfig` and `CLIPTextConfig`.
+//! `AutoencoderTinyConfig`, `CLIPTextConfig`, `ControlNetConfig` and
+//! `T2IAdapterConfig`.
 //!
 //! Each case mutates one of the tiny test fixtures' `config.json` (one to
 //! four mutations: a field set to 0, 1, a small odd number, a huge or
@@ -33,6 +34,8 @@ use diffusion_models::clip::{
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTextOutput,
 };
 use diffusion_models::config::{ModelConfig, parse_config};
+use diffusion_models::controlnet::{ControlNetConfig, ControlNetModel, ResidualScale};
+use diffusion_models::t2i_adapter::{T2IAdapter, T2IAdapterConfig};
 use diffusion_models::unet_2d::{ClassLabels, UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
@@ -358,6 +361,8 @@ fn build_cap(field: &str) -> Option<u64> {
         | "num_decoder_blocks"
         | "upsampling_scaling_factor" => Some(4),
         "conv_in_kernel" | "conv_out_kernel" => Some(7),
+        // The pixel-unshuffle factor multiplies the input width by its square.
+        "downscale_factor" => Some(8),
         "vocab_size" | "max_position_embeddings" | "num_class_embeds" => Some(4096),
         "time_embedding_dim"
         | "projection_class_embeddings_input_dim"
@@ -658,6 +663,89 @@ fn run_unet_2d_condition(cfg: &UNet2DConditionConfig) -> Result<Outcome, String>
     Ok(Outcome::Ran)
 }
 
+fn run_controlnet(cfg: &ControlNetConfig) -> Result<Outcome, String> {
+    let f = cfg.conditioning_scale_factor();
+    if f > 8 {
+        return Ok(Outcome::Skipped);
+    }
+    let dev = Default::default();
+    let model = built(ControlNetModel::<B>::load(&loader(), cfg))?;
+    let n = cfg.block_out_channels.len();
+    let s = side(n);
+    let projection = cfg.projection_class_embeddings_input_dim.unwrap_or(1);
+    let class_labels = match (cfg.class_embed_type.as_deref(), cfg.num_class_embeds) {
+        (None, None) => None,
+        (None, Some(_)) => Some(ClassLabels::Values(Tensor::from_floats([0.0], &dev))),
+        (Some("timestep"), _) => Some(ClassLabels::Values(Tensor::from_floats([3.0], &dev))),
+        (Some("identity"), _) => Some(ClassLabels::Vectors(fill([
+            1,
+            4 * cfg.block_out_channels[0],
+        ]))),
+        (Some(_), _) => Some(ClassLabels::Vectors(fill([1, projection]))),
+    };
+    let (text_embeds, time_ids) = match (&cfg.addition_embed_type, cfg.addition_time_embed_dim) {
+        (Some(_), Some(d)) => {
+            let text = projection.saturating_sub(2 * d).max(1);
+            (Some(fill([1, text])), Some(fill([1, 2]) * 100.0))
+        }
+        _ => (None, None),
+    };
+    let conditions = UNetConditions {
+        text_embeds,
+        time_ids,
+        class_labels,
+        ..Default::default()
+    };
+    let context = model.cross_attention_dims.first().copied().unwrap_or(4);
+    let out = model.forward(
+        fill([1, cfg.in_channels, s, s]),
+        Tensor::from_floats([10.0], &dev),
+        fill([1, 3, context]),
+        fill([1, cfg.conditioning_channels, s * f, s * f]),
+        ResidualScale {
+            conditioning_scale: 0.5,
+            guess_mode: true,
+        },
+        &conditions,
+    );
+    let Some(out) = forward_result(out)? else {
+        return Ok(Outcome::InputError);
+    };
+    // One residual per down-path state: conv_in's, each resnet's, each downsampler's.
+    let states = 1 + cfg.layers_per_block * n + (n - 1);
+    if out.down.len() != states {
+        return Err(format!("{} residuals, expected {states}", out.down.len()));
+    }
+    let last = cfg.block_out_channels[n - 1];
+    let mid = if cfg.global_pool_conditions {
+        1
+    } else {
+        s >> (n - 1)
+    };
+    expect_dims("the middle residual", out.mid.dims(), [1, last, mid, mid])?;
+    Ok(Outcome::Ran)
+}
+
+fn run_t2i_adapter(cfg: &T2IAdapterConfig) -> Result<Outcome, String> {
+    let stages = cfg.channels.len() + usize::from(cfg.adapter_type == "light_adapter");
+    if cfg.downscale_factor > 16 || stages > 6 {
+        return Ok(Outcome::Skipped);
+    }
+    let model = built(T2IAdapter::<B>::load(&loader(), cfg))?;
+    let s = cfg.downscale_factor << (stages - 1);
+    let features = forward_result(model.forward(fill([1, cfg.in_channels, s, s])))?;
+    let Some(features) = features else {
+        return Ok(Outcome::InputError);
+    };
+    if features.len() != stages {
+        return Err(format!(
+            "{} feature maps, expected {stages}",
+            features.len()
+        ));
+    }
+    Ok(Outcome::Ran)
+}
+
 fn run_autoencoder_kl(cfg: &AutoencoderKLConfig) -> Result<Outcome, String> {
     let mut model = built(AutoencoderKL::<B>::load(&loader(), cfg))?;
     let levels = cfg.block_out_channels.len();
@@ -794,6 +882,30 @@ fn unet_2d_condition_configs() {
         run_unet_2d_condition,
         no_accessors,
     );
+}
+
+#[test]
+fn controlnet_configs() {
+    let kind = Kind::new::<ControlNetConfig>(
+        &["controlnet/sd1", "controlnet/sdxl", "controlnet/pool"],
+        &[
+            "block_out_channels",
+            "down_block_types",
+            "attention_head_dim",
+            "only_cross_attention",
+            "transformer_layers_per_block",
+        ],
+    );
+    fuzz::<ControlNetConfig>("ControlNetConfig", &kind, run_controlnet, no_accessors);
+}
+
+#[test]
+fn t2i_adapter_configs() {
+    let kind = Kind::new::<T2IAdapterConfig>(
+        &["t2i_adapter/full", "t2i_adapter/xl", "t2i_adapter/light"],
+        &["channels"],
+    );
+    fuzz::<T2IAdapterConfig>("T2IAdapterConfig", &kind, run_t2i_adapter, no_accessors);
 }
 
 #[test]

@@ -371,6 +371,51 @@ fn canny_matches_opencv() {
     }
 }
 
+/// Half precision: the first case and the SDXL adapter case with every
+/// model in f16 and in bf16, against diffusers' f32 images (f16 ≤ 2e-3 image
+/// MAE, bf16 ≤ 1e-2: half the float bits go, the pipeline stays the same).
+#[test]
+fn half_precision_controlnets_and_adapters() {
+    use diffusion_models::Precision;
+    let all = cases();
+    for (name, precision, bar) in [
+        ("sd1_one", Precision::F16, 2e-3),
+        ("sd1_one", Precision::BF16, 1e-2),
+        ("sdxl_adapter", Precision::F16, 2e-3),
+        ("sdxl_adapter", Precision::BF16, 1e-2),
+    ] {
+        let case = all.iter().find(|c| c.name == name).unwrap();
+        let (_dir, mut pipe) = common::load_pipeline_in::<B>(&case.pipeline, precision);
+        let options = LoadOptions::<B> {
+            progress: false,
+            local_files_only: true,
+            precision,
+            ..Default::default()
+        };
+        let sd = pipe.stable_diffusion().unwrap();
+        for n in &case.nets {
+            if case.class.contains("Adapter") {
+                let p = dir().join("adapters").join(n);
+                sd.add_adapter(Adapter::from_pretrained(p.to_str().unwrap(), &options).unwrap())
+                    .unwrap();
+            } else {
+                let p = dir().join("nets").join(n);
+                sd.add_controlnet(
+                    ControlNet::from_pretrained(p.to_str().unwrap(), &options).unwrap(),
+                )
+                .unwrap();
+            }
+        }
+        let tensors = read_tensors(&dir().join("cases").join(format!("{name}.safetensors")));
+        let out = pipe
+            .run(task(&case.class), params(case, tensors.get("latents")))
+            .unwrap();
+        let mae = mean_abs_error(&out.images.unwrap().data, &tensors["images"].1);
+        eprintln!("{name} {precision:?}: image MAE {mae:.2e} (bar {bar:.0e})");
+        assert!(mae <= bar, "{name} {precision:?}: {mae}");
+    }
+}
+
 /// The nets matter: diffusers' latents with the first case's net are far from
 /// those without it, and so are ours.
 #[test]
