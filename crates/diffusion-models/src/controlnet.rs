@@ -11,7 +11,7 @@
 
 use crate::config::{FieldCheck, ModelConfig, unsupported};
 use crate::error::{ModelError, Result};
-use crate::load::{Loader, Precision};
+use crate::load::{Init, Loader, Precision, StoredTensor, TensorMap, WeightSource, seeded_values};
 use crate::nn::{Activation, Conv2d, to_dtype};
 use crate::resnet::TimeEmbeddingNorm;
 use crate::unet_2d::{OneOrMany, open_model_dir, strip_unet_res};
@@ -493,7 +493,145 @@ pub struct ControlNetModel<B: Backend> {
     pub adapters: crate::adapter::AdapterTable,
 }
 
+/// The UNet keys a ControlNet copies (diffusers' `from_unet`).
+const FROM_UNET: [&str; 6] = [
+    "conv_in.",
+    "time_embedding.",
+    "class_embedding.",
+    "add_embedding.",
+    "down_blocks.",
+    "mid_block.",
+];
+
+/// A ControlNet's weights as `from_unet` makes them: the UNet's encoder
+/// keys, and the ControlNet's own tensors (`own`).
+struct FromUnet<'a> {
+    unet: &'a dyn WeightSource,
+    own: TensorMap,
+}
+
+impl FromUnet<'_> {
+    fn copied(key: &str) -> bool {
+        FROM_UNET.iter().any(|p| key.starts_with(p))
+    }
+}
+
+impl WeightSource for FromUnet<'_> {
+    fn name(&self) -> String {
+        format!("{} (ControlNetModel.from_unet)", self.unet.name())
+    }
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .unet
+            .keys()
+            .into_iter()
+            .filter(|k| Self::copied(k))
+            .collect();
+        keys.extend(self.own.keys());
+        keys
+    }
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        match self.own.shape(key) {
+            Some(s) => Some(s),
+            None if Self::copied(key) => self.unet.shape(key),
+            None => None,
+        }
+    }
+    fn dtype(&self, key: &str) -> Option<diffusion_hub::weights::Dtype> {
+        match self.own.dtype(key) {
+            Some(d) => Some(d),
+            None if Self::copied(key) => self.unet.dtype(key),
+            None => None,
+        }
+    }
+    fn read(&self, key: &str) -> Result<StoredTensor> {
+        if self.own.shape(key).is_some() {
+            self.own.read(key)
+        } else {
+            self.unet.read(key)
+        }
+    }
+}
+
 impl<B: Backend> ControlNetModel<B> {
+    /// diffusers' `ControlNetModel.from_unet(unet)`: `config` (from
+    /// [`ControlNetConfig::from_unet`]) built with the UNet's encoder weights
+    /// read from `unet_weights` (its conv_in, embeddings, down blocks and
+    /// middle block, strictly: a missing or mis-shaped key is an error); the
+    /// control-image embedding drawn as PyTorch initialises convolutions
+    /// (uniform in ±1/√fan_in, from a generator keyed by `seed` and each
+    /// key), its last conv and every zero convolution zero. A fresh net so
+    /// made leaves the UNet's output unchanged, as diffusers'.
+    pub fn from_unet(
+        unet_weights: &dyn WeightSource,
+        config: &ControlNetConfig,
+        device: &B::Device,
+        precision: Precision,
+        seed: u64,
+    ) -> Result<Self> {
+        let source = "ControlNetModel config (from_unet)";
+        config.validate(source)?;
+        let mut own = TensorMap {
+            name: "ControlNetModel.from_unet".into(),
+            ..TensorMap::default()
+        };
+        let mut conv = |key: &str, out: usize, inp: usize, k: usize, zero: bool| {
+            let fan_in = inp * k * k;
+            for (name, shape) in [("weight", vec![out, inp, k, k]), ("bias", vec![out])] {
+                let full = format!("{key}.{name}");
+                let n = shape.iter().product();
+                let values = if zero {
+                    vec![0.0; n]
+                } else {
+                    seeded_values(seed, &full, n, Init::fan_in(fan_in))
+                };
+                own.insert_f32(full, shape, &values);
+            }
+        };
+        let ch = &config.conditioning_embedding_out_channels;
+        let c0 = config.block_out_channels[0];
+        conv(
+            "controlnet_cond_embedding.conv_in",
+            ch[0],
+            config.conditioning_channels,
+            3,
+            false,
+        );
+        for (k, pair) in ch.windows(2).enumerate() {
+            let e = "controlnet_cond_embedding.blocks";
+            conv(&format!("{e}.{}", 2 * k), pair[0], pair[0], 3, false);
+            conv(&format!("{e}.{}", 2 * k + 1), pair[1], pair[0], 3, false);
+        }
+        conv(
+            "controlnet_cond_embedding.conv_out",
+            c0,
+            ch[ch.len() - 1],
+            3,
+            true,
+        );
+        let n = config.block_out_channels.len();
+        let mut zero = vec![c0];
+        for (i, &c) in config.block_out_channels.iter().enumerate() {
+            zero.extend(std::iter::repeat_n(
+                c,
+                config.layers_per_block + usize::from(i + 1 < n),
+            ));
+        }
+        for (i, c) in zero.into_iter().enumerate() {
+            conv(&format!("controlnet_down_blocks.{i}"), c, c, 1, true);
+        }
+        let last = config.block_out_channels[n - 1];
+        conv("controlnet_mid_block", last, last, 1, true);
+        let weights = FromUnet {
+            unet: unet_weights,
+            own,
+        };
+        let loader = Loader::new(&weights, device, precision);
+        let model = Self::load_named(&loader, config, source)?;
+        loader.finish(&[])?;
+        Ok(model)
+    }
+
     /// Loads a diffusers folder (`config.json` + weights), strictly.
     pub fn from_dir(dir: &Path, device: &B::Device, precision: Precision) -> Result<Self> {
         let (config, source, weights) = open_model_dir::<ControlNetConfig>(dir)?;

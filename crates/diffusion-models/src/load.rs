@@ -638,7 +638,7 @@ fn random_tensor<B: Backend, const D: usize>(
 
 /// `n` values drawn as `init` says from a splitmix64 stream keyed by the
 /// seed and the FNV-1a hash of `key` (normals by Box–Muller).
-fn seeded_values(seed: u64, key: &str, n: usize, init: Init) -> Vec<f32> {
+pub(crate) fn seeded_values(seed: u64, key: &str, n: usize, init: Init) -> Vec<f32> {
     let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     }) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);

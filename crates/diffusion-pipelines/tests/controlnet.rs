@@ -416,6 +416,88 @@ fn half_precision_controlnets_and_adapters() {
     }
 }
 
+/// `ControlNetConfig::from_unet` gives diffusers' `from_unet` config (the
+/// fixture net was made by it), and `ControlNetModel::from_unet` copies the
+/// UNet's encoder: a fresh net's residuals are all zero, so the UNet's
+/// output is unchanged, as in diffusers.
+#[test]
+fn from_unet_copies_the_encoder_and_changes_nothing() {
+    use diffusion_models::Precision;
+    use diffusion_models::config::read_config;
+    use diffusion_models::controlnet::{ControlNetConfig, ControlNetModel, ResidualScale};
+    use diffusion_models::unet_2d_condition::{
+        UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
+    };
+    let folder = common::pipeline_dir("sd1");
+    let unet_dir = folder.path().join("unet");
+    let cfg: UNet2DConditionConfig = read_config(&unet_dir.join("config.json")).unwrap().config;
+    let cn_cfg = ControlNetConfig::from_unet(&cfg, "rgb", vec![4, 8], 3).unwrap();
+    let want: ControlNetConfig = read_config(&dir().join("nets/sd1_a/config.json"))
+        .unwrap()
+        .config;
+    assert_eq!(cn_cfg, want);
+    let weights = diffusion_hub::weights::Weights::open(
+        &unet_dir.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let dev = Default::default();
+    let net = ControlNetModel::<B>::from_unet(&weights, &cn_cfg, &dev, Precision::F32, 7).unwrap();
+    let unet = UNet2DConditionModel::<B>::from_dir(&unet_dir, &dev, Precision::F32).unwrap();
+    let values = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+    assert_eq!(
+        values(net.conv_in.weight.val()),
+        values(unet.conv_in.weight.val())
+    );
+    let fill = |shape: [usize; 4]| {
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        Tensor::<B, 4>::from_data(TensorData::new(v, shape), &dev)
+    };
+    let x = fill([1, 4, 16, 16]);
+    let ctx = Tensor::<B, 3>::from_data(
+        TensorData::new(
+            (0..77 * 8)
+                .map(|i| (i as f32 * 0.11).cos())
+                .collect::<Vec<_>>(),
+            [1, 77, 8],
+        ),
+        &dev,
+    );
+    let t = || Tensor::<B, 1>::from_floats([500.0], &dev);
+    let out = net
+        .forward(
+            x.clone(),
+            t(),
+            ctx.clone(),
+            fill([1, 3, 32, 32]).abs(),
+            ResidualScale {
+                conditioning_scale: 1.0,
+                guess_mode: false,
+            },
+            &UNetConditions::default(),
+        )
+        .unwrap();
+    for r in out.down.iter().chain([&out.mid]) {
+        assert!(values(r.clone()).iter().all(|v| *v == 0.0));
+    }
+    let plain = unet
+        .forward(x.clone(), t(), ctx.clone(), UNetConditions::default())
+        .unwrap();
+    let with = unet
+        .forward(
+            x,
+            t(),
+            ctx,
+            UNetConditions {
+                down_block_additional_residuals: Some(out.down),
+                mid_block_additional_residual: Some(out.mid),
+                ..UNetConditions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(values(plain), values(with));
+}
+
 /// The nets matter: diffusers' latents with the first case's net are far from
 /// those without it, and so are ours.
 #[test]
