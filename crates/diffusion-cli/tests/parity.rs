@@ -404,6 +404,64 @@ fn controlnets_through_the_cli() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `--controlnet OWNER/NAME` loads the net from its repo in the HF cache
+/// (offline here): the same PNG as the folder gives.
+#[test]
+fn a_controlnet_from_a_hub_repo_in_the_cache() {
+    let cn = common::fixtures().join("controlnet");
+    let home = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = home.path().join("hub/models--test-org--tiny-controlnet");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(cn.join("nets/sd1_a").join(f), snapshot.join(f)).unwrap();
+    }
+    let model = common::pipeline_dir("sd1");
+    let work = tempfile::tempdir().unwrap();
+    let case = cn.join("cases/sd1_one.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args([
+            "generate",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--prompt",
+            "a dog on a skateboard",
+            "--negative-prompt",
+            "blurry",
+            "--guidance",
+            "7.5",
+            "--steps",
+            "4",
+            "--latents",
+            case.to_str().unwrap(),
+            "--controlnet",
+            "test-org/tiny-controlnet",
+            "--control-image",
+            cn.join("control_a.png").to_str().unwrap(),
+            "--controlnet-scale",
+            "0.8",
+            "--output",
+            "out.png",
+            "--quiet",
+        ])
+        .current_dir(work.path())
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = &common::read_tensors(&case)["images"].1;
+    let (mae, worst) = png_errors(&png_values(&work.path().join("out.png")), want);
+    assert!(mae <= 1.0 / 255.0 && worst <= 1, "MAE {mae}, worst {worst}");
+}
+
 /// `--lora OWNER/NAME` takes diffusers' `pytorch_lora_weights.safetensors`
 /// from the repo in the HF cache (offline here): the same image as the file.
 #[test]

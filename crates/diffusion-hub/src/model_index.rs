@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 /// Component names the pipelines of this project know: those of diffusers'
-/// SD 1.x/2.x, SDXL, inpainting and DDPM pipelines.
+/// SD 1.x/2.x, SDXL, inpainting, ControlNet, T2I-Adapter and DDPM pipelines.
 pub const KNOWN_COMPONENTS: &[&str] = &[
     "unet",
+    "controlnet",
+    "adapter",
     "vae",
     "text_encoder",
     "text_encoder_2",

@@ -498,6 +498,47 @@ fn from_unet_copies_the_encoder_and_changes_nothing() {
     assert_eq!(values(plain), values(with));
 }
 
+/// A pipeline folder of diffusers' ControlNet class (`controlnet/`, and a
+/// `MultiControlNetModel`'s `controlnet_1/`) loads through
+/// `DiffusionPipeline::from_resolved` with its nets, and runs the two-net
+/// case as diffusers.
+#[test]
+fn a_controlnet_pipeline_folder_loads_its_nets() {
+    use diffusion_hub::resolve::{ResolveOptions, Resolved, resolve};
+    let folder = common::pipeline_dir("sd1");
+    let root = folder.path();
+    let copy = |net: &str, to: &str| {
+        std::fs::create_dir_all(root.join(to)).unwrap();
+        for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+            std::fs::copy(dir().join("nets").join(net).join(f), root.join(to).join(f)).unwrap();
+        }
+    };
+    copy("sd1_a", "controlnet");
+    copy("sd1_bgr", "controlnet_1");
+    let index_path = root.join("model_index.json");
+    let mut index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["_class_name"] = "StableDiffusionControlNetPipeline".into();
+    index["controlnet"] = serde_json::json!(["diffusers", "MultiControlNetModel"]);
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let opts = ResolveOptions::with_cache_dir(root.join("no-cache")).local_files_only(true);
+    let Resolved::Pipeline(model) = resolve(root.to_str().unwrap(), &opts).unwrap() else {
+        panic!("a pipeline folder")
+    };
+    let options = LoadOptions::<B> {
+        progress: false,
+        ..Default::default()
+    };
+    let mut pipe = DiffusionPipeline::<B>::from_resolved(&model, &options).unwrap();
+    assert_eq!(pipe.class_name(), "StableDiffusionControlNetPipeline");
+    assert_eq!(pipe.stable_diffusion().unwrap().controlnets.len(), 2);
+    let case = cases().into_iter().find(|c| c.name == "sd1_two").unwrap();
+    let tensors = read_tensors(&dir().join("cases/sd1_two.safetensors"));
+    let out = pipe.call(params(&case, tensors.get("latents"))).unwrap();
+    let mae = mean_abs_error(&out.images.unwrap().data, &tensors["images"].1);
+    assert!(mae <= 1.0 / 255.0, "{mae}");
+}
+
 /// The nets matter: diffusers' latents with the first case's net are far from
 /// those without it, and so are ours.
 #[test]
