@@ -241,7 +241,9 @@ def run(pipe, kw, seed):
         elif v is not None:
             call[key] = Image.open(os.path.join(gp.OUT, v))
     if call.pop("latents", None) == "latents":
-        lat = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(1000 + seed))
+        n = len(call["prompt"]) if isinstance(call["prompt"], list) else 1
+        n *= call.get("num_images_per_prompt", 1)
+        lat = torch.randn((n, 4, 16, 16), generator=torch.Generator().manual_seed(1000 + seed))
         tensors["latents"] = lat
         call["latents"] = lat
     if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
@@ -318,6 +320,9 @@ def main():
              {**sd, "image": ca, "latents": "latents", "guess_mode": True}),
             ("sd1_pool", "sd1", T2I, ["sd1_pool"], 4,
              {**sd, "image": cb, "latents": "latents", "controlnet_conditioning_scale": 1.5}),
+            ("sd1_batch", "sd1", T2I, ["sd1_a"], 16,
+             {**sd, "prompt": ["a dog on a skateboard", "a red house"], "negative_prompt": ["blurry", "dark"],
+              "image": [ca, cb], "latents": "latents", "num_images_per_prompt": 2}),
             ("sd1_window", "sd1", T2I, ["sd1_bgr"], 5,
              {**sd, "image": cb, "latents": "latents", "control_guidance_start": 0.25,
               "control_guidance_end": 0.75, "num_images_per_prompt": 1}),

@@ -149,6 +149,35 @@ pub fn stable_diffusion_bytes(
     latents + unet.max(vae)
 }
 
+/// What ControlNets add to [`stable_diffusion_bytes`]: their summed
+/// residuals, one per UNet skip state and as large, alive while the UNet
+/// runs (a net's own forward peaks like the UNet's encoder half, below the
+/// UNet's peak, and runs before it).
+pub fn controlnet_bytes(
+    unet: &UNet2DConditionConfig,
+    vae: &AutoencoderKLConfig,
+    unet_batch: usize,
+    height: usize,
+    width: usize,
+    elem: usize,
+) -> f64 {
+    let scale = vae.downscale_factor().max(1);
+    let (h, w) = (height / scale, width / scale);
+    condition_levels(unet)
+        .iter()
+        .enumerate()
+        .map(|(i, level)| {
+            let s = (1u64 << i.min(62)) as f64;
+            let tokens = (h as f64 / s).ceil() * (w as f64 / s).ceil();
+            unet_batch as f64
+                * level.channels as f64
+                * tokens
+                * elem as f64
+                * (level.layers as f64 + 1.0)
+        })
+        .sum()
+}
+
 /// What an unconditional (DDPM/DDIM) call of `images` images would need.
 pub fn unconditional_bytes(unet: &UNet2DConfig, images: usize, height: usize, width: usize) -> f64 {
     let latents =
@@ -308,6 +337,11 @@ mod tests {
         assert!(absurd.is_finite() || absurd.is_infinite());
         assert!(check("2^40", absurd, true).is_err());
         assert!(check("512x512", sd, false).is_ok());
+        // A ControlNet's residuals: SD1.5's skips at 64×64 latents, batch 2,
+        // f32 (about 60 MiB), a small part of the total.
+        let cn = controlnet_bytes(&unet, &vae, 2, 512, 512, 4);
+        let mib = (1u64 << 20) as f64;
+        assert!(cn > 30.0 * mib && cn < 0.1 * sd, "{}", human_bytes(cn));
     }
 
     #[test]

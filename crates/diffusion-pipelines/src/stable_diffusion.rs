@@ -456,7 +456,7 @@ impl<B: Backend> StableDiffusion<B> {
         let unet_batch = images.saturating_mul(if do_cfg { 2 } else { 1 });
         // Activations run in the weights' type.
         let elem = self.unet.conv_in.weight.val().dtype().size();
-        let needed = memory::stable_diffusion_bytes(
+        let mut needed = memory::stable_diffusion_bytes(
             &self.unet_config,
             &self.vae.config,
             images,
@@ -465,6 +465,16 @@ impl<B: Backend> StableDiffusion<B> {
             width,
             elem,
         );
+        if !self.controlnets.is_empty() {
+            needed += memory::controlnet_bytes(
+                &self.unet_config,
+                &self.vae.config,
+                unet_batch,
+                height,
+                width,
+                elem,
+            );
+        }
         let request = format!(
             "height {height}, width {width}, {images} image(s){}",
             if do_cfg { " with guidance" } else { "" }

@@ -2,7 +2,8 @@
 //! scripts/pipelines/gen_controlnet.py): one net, two nets with their own
 //! scales and guidance windows, guess mode, a global-pool net, BGR channel
 //! order, img2img and inpainting (9-channel and legacy 4-channel UNets), on
-//! the tiny SD1 and SDXL pipelines; one and two T2I-Adapters (SD1) and an
+//! the tiny SD1 and SDXL pipelines, and a batch (two prompts, one control
+//! image each, two images per prompt); one and two T2I-Adapters (SD1) and an
 //! SDXL adapter acting in half of the steps, and the three adapter
 //! architectures' feature maps on their own. Images must match diffusers' within 1/255
 //! mean absolute error and the final latents within 1e-3 relative MAE; the
@@ -93,7 +94,12 @@ fn task(class: &str) -> Task {
 
 fn params<'a>(case: &Case, latents: Option<&(Vec<usize>, Vec<f32>)>) -> Params<'a, B> {
     let kw = &case.kwargs;
-    let text = |k: &str| kw[k].as_str().map(|s| vec![s.to_string()]);
+    // One string or a list (a batch of prompts).
+    let text = |k: &str| match &kw[k] {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => Some(a.iter().map(|v| v.as_str().unwrap().to_string()).collect()),
+        _ => None,
+    };
     let task = task(&case.class);
     // The text-to-image classes take the control image as `image`.
     let control = if task == Task::TextToImage {
@@ -101,7 +107,10 @@ fn params<'a>(case: &Case, latents: Option<&(Vec<usize>, Vec<f32>)>) -> Params<'
     } else {
         &kw["control_image"]
     };
+    // A list is one image per net, or with one net one per prompt (a batch).
+    let one_net = case.nets.len() == 1;
     let images: Vec<Vec<image::DynamicImage>> = match control {
+        Value::Array(a) if one_net => vec![a.iter().map(|p| image(p.as_str().unwrap())).collect()],
         Value::Array(a) => a.iter().map(|p| vec![image(p.as_str().unwrap())]).collect(),
         p => vec![vec![image(p.as_str().unwrap())]],
     };
@@ -125,6 +134,7 @@ fn params<'a>(case: &Case, latents: Option<&(Vec<usize>, Vec<f32>)>) -> Params<'
         control_guidance_end: numbers(&kw["control_guidance_end"]),
         guess_mode: kw["guess_mode"].as_bool().unwrap_or(false),
         strength: kw["strength"].as_f64(),
+        num_images_per_prompt: kw["num_images_per_prompt"].as_u64().unwrap_or(1) as usize,
         generator: Some(Generator::Seed(case.seed)),
         progress: false,
         ..Params::default()
