@@ -13,6 +13,7 @@ Writes crates/diffusion-pipelines/tests/fixtures/controlnet/:
       sd1_bgr         another draw, `controlnet_conditioning_channel_order` "bgr"
       sd1_pool        `global_pool_conditions` (as the shuffle ControlNet)
       sdxl_a          from the SDXL UNet (`addition_embed_type` "text_time")
+      sd2_a           from the SD 2.x UNet (linear projections, upcast attention, per-block heads)
   adapters/<name>/    T2IAdapter folders: sd1_full, sd1_full_b (full_adapter, channels (8, 16),
                       unshuffle 2), sdxl_xl (full_adapter_xl, (8, 16), unshuffle 4), light
                       (light_adapter, (8, 16), unshuffle 2; model-level only: the tiny UNet has
@@ -276,13 +277,14 @@ def main():
     photo, mask = "inputs/photo_a_32x32.png", "inputs/mask_rect_32x32_L.png"
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {n: gp.assemble(n, os.path.join(tmp, n)) for n in ("sd1", "inpaint", "sdxl")}
+        folders = {n: gp.assemble(n, os.path.join(tmp, n)) for n in ("sd1", "sd2", "inpaint", "sdxl")}
         base = {n: load(f) for n, f in folders.items()}
         nets = {
             "sd1_a": make_net(base["sd1"].unet, 401),
             "sd1_bgr": make_net(base["sd1"].unet, 402, controlnet_conditioning_channel_order="bgr"),
             "sd1_pool": make_net(base["sd1"].unet, 403, global_pool_conditions=True),
             "sdxl_a": make_net(base["sdxl"].unet, 404),
+            "sd2_a": make_net(base["sd2"].unet, 405),
         }
         for name, net in nets.items():
             save_model(net, os.path.join(OUT, "nets", name))
@@ -332,6 +334,8 @@ def main():
              {**sd, "image": photo, "mask_image": mask, "control_image": ca, "strength": 1.0}),
             ("sd1_inpaint_legacy", "sd1", INP, ["sd1_a"], 8,
              {**sd, "image": photo, "mask_image": mask, "control_image": ca, "strength": 0.8}),
+            ("sd2_one", "sd2", T2I, ["sd2_a"], 17,
+             {**sd, "image": ca, "latents": "latents", "controlnet_conditioning_scale": 0.9}),
             ("sdxl_one", "sdxl", XT2I, ["sdxl_a"], 9,
              {**xl, "image": ca, "latents": "latents", "controlnet_conditioning_scale": 0.7}),
             ("sdxl_guess", "sdxl", XT2I, ["sdxl_a"], 10,

@@ -2,7 +2,7 @@
 //! scripts/pipelines/gen_controlnet.py): one net, two nets with their own
 //! scales and guidance windows, guess mode, a global-pool net, BGR channel
 //! order, img2img and inpainting (9-channel and legacy 4-channel UNets), on
-//! the tiny SD1 and SDXL pipelines, and a batch (two prompts, one control
+//! the tiny SD1, SD2 and SDXL pipelines, and a batch (two prompts, one control
 //! image each, two images per prompt); one and two T2I-Adapters (SD1) and an
 //! SDXL adapter acting in half of the steps, and the three adapter
 //! architectures' feature maps on their own. Images must match diffusers' within 1/255
@@ -204,6 +204,11 @@ fn sd1_controlnets_match_diffusers() {
 #[test]
 fn sd1_controlnet_inpainting_on_a_9_channel_unet_matches_diffusers() {
     check("inpaint");
+}
+
+#[test]
+fn sd2_controlnet_matches_diffusers() {
+    check("sd2");
 }
 
 #[test]
