@@ -35,6 +35,7 @@ pub mod resnet;
 pub mod state;
 pub mod t2i_adapter;
 pub mod testing;
+pub mod trainable_lora;
 pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
@@ -44,7 +45,7 @@ pub mod vae;
 
 pub use error::{ModelError, Result};
 pub use formulation::Formulation;
-pub use load::{Loader, ParamInfo, ParamKeys, Precision, TensorMap, WeightSource};
+pub use load::{Loader, LoraFactors, ParamInfo, ParamKeys, Precision, TensorMap, WeightSource};
 
 /// The backends this crate is compiled for.
 pub mod backend {

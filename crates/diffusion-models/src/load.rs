@@ -20,6 +20,7 @@
 use crate::adapter::{AdapterSlot, AdapterTable, Layer};
 use crate::error::{ModelError, Result};
 use crate::formulation::Formulation;
+use crate::trainable_lora::{LoraConfig, LoraInit, TrainableConvLora, TrainableLora};
 use burn::module::{Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, FloatDType, Tensor, TensorData};
@@ -227,6 +228,7 @@ pub struct Loader<'a, B: Backend> {
     prefix: String,
     precision: Precision,
     formulation: Formulation,
+    lora: Option<Rc<LoraSpec<'a>>>,
 }
 
 impl<B: Backend> Clone for Loader<'_, B> {
@@ -236,6 +238,7 @@ impl<B: Backend> Clone for Loader<'_, B> {
             prefix: self.prefix.clone(),
             precision: self.precision,
             formulation: self.formulation,
+            lora: self.lora.clone(),
         }
     }
 }
@@ -279,6 +282,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             prefix: String::new(),
             precision,
             formulation: Formulation::for_device::<B>(device),
+            lora: None,
         }
     }
 
@@ -300,6 +304,162 @@ impl<'a, B: Backend> Loader<'a, B> {
             formulation,
             ..self.clone()
         }
+    }
+
+    /// The same loader putting a trainable LoRA ([`TrainableLora`]) on every
+    /// Linear `config` targets, its factors from `factors` (drawn fresh, or
+    /// read from a LoRA file under peft's keys `<module>.lora_A.weight` /
+    /// `lora_B.weight`: a resumed run, a comparison with PyTorch).
+    pub fn with_lora(&self, config: LoraConfig, factors: LoraFactors<'a>) -> Result<Self> {
+        config.validate()?;
+        Ok(Loader {
+            lora: Some(Rc::new(LoraSpec {
+                config,
+                factors,
+                used: RefCell::new(BTreeSet::new()),
+            })),
+            ..self.clone()
+        })
+    }
+
+    /// The trainable LoRA of the Linear at this loader's prefix, when the
+    /// loader's [`LoraConfig`] targets it. `conv_1x1`: the layer's weight is
+    /// stored as a 1×1 conv (`[out, in, 1, 1]`), so peft's factors are too.
+    pub fn trainable_lora(
+        &self,
+        in_features: usize,
+        out_features: usize,
+        conv_1x1: bool,
+    ) -> Result<Option<TrainableLora<B>>> {
+        let Some((spec, down_init)) = self.lora_target(in_features, out_features, in_features)?
+        else {
+            return Ok(None);
+        };
+        let r = spec.config.r;
+        let stored = |out: usize, inp: usize| {
+            if conv_1x1 {
+                vec![out, inp, 1, 1]
+            } else {
+                vec![out, inp]
+            }
+        };
+        Ok(Some(TrainableLora {
+            down: self.lora_factor(
+                &spec,
+                "lora_A.weight",
+                &stored(r, in_features),
+                [in_features, r],
+                down_init,
+            )?,
+            up: self.lora_factor(
+                &spec,
+                "lora_B.weight",
+                &stored(out_features, r),
+                [r, out_features],
+                Init::Zeros,
+            )?,
+            scaling: spec.config.scaling(),
+        }))
+    }
+
+    /// The trainable LoRA of the Conv2d at this loader's prefix, when the
+    /// loader's [`LoraConfig`] targets it: peft's `lora_A` a conv with the
+    /// layer's kernel, stride and padding (`[r, in, k, k]`), `lora_B` a 1×1
+    /// conv (`[out, r, 1, 1]`).
+    pub fn trainable_conv_lora(
+        &self,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Option<TrainableConvLora<B>>> {
+        let fan_in = in_channels * kernel * kernel;
+        let Some((spec, down_init)) = self.lora_target(in_channels, out_channels, fan_in)? else {
+            return Ok(None);
+        };
+        let r = spec.config.r;
+        let down = [r, in_channels, kernel, kernel];
+        let up = [out_channels, r, 1, 1];
+        Ok(Some(TrainableConvLora {
+            down: self.lora_factor(&spec, "lora_A.weight", &down, down, down_init)?,
+            up: self.lora_factor(&spec, "lora_B.weight", &up, up, Init::Zeros)?,
+            stride,
+            padding,
+            scaling: spec.config.scaling(),
+        }))
+    }
+
+    /// The LoRA spec when it targets this loader's layer (and how its
+    /// `lora_A` is drawn); a rank above the layer's smaller side is refused
+    /// naming the module.
+    fn lora_target(
+        &self,
+        inputs: usize,
+        outputs: usize,
+        fan_in: usize,
+    ) -> Result<Option<(Rc<LoraSpec<'a>>, Init)>> {
+        let Some(spec) = self.lora.clone() else {
+            return Ok(None);
+        };
+        if !spec.config.targets(&self.prefix) {
+            return Ok(None);
+        }
+        let r = spec.config.r;
+        if r > inputs.min(outputs) {
+            return Err(ModelError::Config {
+                source_name: "LoRA config".into(),
+                field: "r".into(),
+                message: format!(
+                    "rank {r} is larger than `{}` ({inputs} -> {outputs} features)",
+                    self.prefix
+                ),
+            });
+        }
+        let down_init = match spec.config.init_lora_weights {
+            LoraInit::Gaussian => Init::Normal(1.0 / r as f64),
+            LoraInit::Kaiming => Init::fan_in(fan_in),
+        };
+        Ok(Some((spec, down_init)))
+    }
+
+    /// One LoRA factor `name`, `stored` in the file; held as `held` (the
+    /// transpose of a 2-D `stored`, else the same shape).
+    fn lora_factor<const D: usize>(
+        &self,
+        spec: &LoraSpec<'a>,
+        name: &str,
+        stored: &[usize],
+        held: [usize; D],
+        init: Init,
+    ) -> Result<Param<Tensor<B, D>>> {
+        let key = self.key(name);
+        let transpose = D == 2;
+        let n = stored.iter().product();
+        let values = match spec.factors {
+            LoraFactors::Seeded(seed) => seeded_values(seed, &key, n, init),
+            LoraFactors::Stored(source) => {
+                let data = read_checked(source, &key, stored)?;
+                spec.used.borrow_mut().insert(key);
+                if transpose {
+                    transposed(data, stored[0], n / stored[0])
+                } else {
+                    data.convert_dtype(DType::F32)
+                        .into_vec::<f32>()
+                        .expect("converted to f32")
+                }
+            }
+        };
+        let dtype = self.precision.dtype();
+        let data = TensorData::new(values, held);
+        let data = if dtype == DType::F32 {
+            data
+        } else {
+            data.convert_dtype(dtype)
+        };
+        let param = Param::from_tensor(Tensor::from_data(data, (&self.ctx.device, dtype)));
+        self.record(param.id, name, stored, transpose);
+        Ok(param)
     }
 
     /// A loader for the sub-module `name` (`loader.pp("down_blocks").pp(0)`).
@@ -470,16 +630,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 Init::fan_in(in_features),
             )),
             Some(data) => {
-                let values = data
-                    .convert_dtype(DType::F32)
-                    .into_vec::<f32>()
-                    .expect("converted to f32 above");
-                let mut t = vec![0f32; values.len()];
-                for o in 0..out_features {
-                    for i in 0..in_features {
-                        t[i * out_features + o] = values[o * in_features + i];
-                    }
-                }
+                let t = transposed(data, out_features, in_features);
                 let data = TensorData::new(t, [in_features, out_features]);
                 let data = if dtype == DType::F32 {
                     data
@@ -499,47 +650,9 @@ impl<'a, B: Backend> Loader<'a, B> {
             Source::Random(_) => return Ok(None),
             Source::Weights(w) => w,
         };
-        let found = source.shape(&key).ok_or_else(|| ModelError::MissingKey {
-            source_name: source.name(),
-            key: key.clone(),
-            shape: stored.to_vec(),
-        })?;
-        if found != stored {
-            return Err(ModelError::ShapeMismatch {
-                source_name: source.name(),
-                key,
-                expected: stored.to_vec(),
-                found,
-            });
-        }
-        let stored_tensor = source.read(&key)?;
-        let stored_dtype = match stored_tensor.dtype {
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            Dtype::F64 => DType::F64,
-            ref other => {
-                return Err(ModelError::UnsupportedDtype {
-                    source_name: source.name(),
-                    key,
-                    dtype: other.to_string(),
-                });
-            }
-        };
-        if !all_finite(&stored_tensor.bytes, &stored_tensor.dtype) {
-            // A corrupt file: without this, every output would be NaN and the
-            // first complaint would come from the scheduler, far from the cause.
-            return Err(ModelError::NonFiniteWeight {
-                source_name: source.name(),
-                key,
-            });
-        }
+        let data = read_checked(source, &key, stored)?;
         self.ctx.used.borrow_mut().insert(key);
-        Ok(Some(TensorData::from_bytes_vec(
-            stored_tensor.bytes,
-            stored.to_vec(),
-            stored_dtype,
-        )))
+        Ok(Some(data))
     }
 
     fn random_tensor<const D: usize>(
@@ -572,6 +685,24 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// those whose key ends with one of `ignorable` (e.g. `position_ids`).
     /// A loader with a prefix checks only the keys under its prefix.
     pub fn finish(self, ignorable: &[&str]) -> Result<()> {
+        if let Some(spec) = &self.lora
+            && let LoraFactors::Stored(source) = spec.factors
+        {
+            let used = spec.used.borrow();
+            let keys: Vec<String> = source
+                .keys()
+                .into_iter()
+                .filter(|k| !used.contains(k))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if !keys.is_empty() {
+                return Err(ModelError::UnexpectedKeys {
+                    source_name: source.name(),
+                    keys,
+                });
+            }
+        }
         let source = match self.ctx.source {
             Source::Random(_) => return Ok(()),
             Source::Weights(w) => w,
@@ -638,6 +769,84 @@ fn random_tensor<B: Backend, const D: usize>(
 
 /// `n` values drawn as `init` says from a splitmix64 stream keyed by the
 /// seed and the FNV-1a hash of `key` (normals by Box–Muller).
+/// Where the factors of trainable LoRAs come from ([`Loader::with_lora`]).
+#[derive(Clone, Copy)]
+pub enum LoraFactors<'a> {
+    /// Drawn as the config's `init_lora_weights` says, from a host generator
+    /// keyed by this seed and each factor's key (`lora_B` zero).
+    Seeded(u64),
+    /// Read from LoRA weights under peft's keys (every targeted layer's
+    /// `lora_A.weight` and `lora_B.weight`, no other key).
+    Stored(&'a dyn WeightSource),
+}
+
+struct LoraSpec<'a> {
+    config: LoraConfig,
+    factors: LoraFactors<'a>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+/// The stored tensor `key` of `source`, checked: present, `stored`-shaped, a
+/// float type, finite.
+fn read_checked(source: &dyn WeightSource, key: &str, stored: &[usize]) -> Result<TensorData> {
+    let key = key.to_string();
+    let found = source.shape(&key).ok_or_else(|| ModelError::MissingKey {
+        source_name: source.name(),
+        key: key.clone(),
+        shape: stored.to_vec(),
+    })?;
+    if found != stored {
+        return Err(ModelError::ShapeMismatch {
+            source_name: source.name(),
+            key,
+            expected: stored.to_vec(),
+            found,
+        });
+    }
+    let stored_tensor = source.read(&key)?;
+    let stored_dtype = match stored_tensor.dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        ref other => {
+            return Err(ModelError::UnsupportedDtype {
+                source_name: source.name(),
+                key,
+                dtype: other.to_string(),
+            });
+        }
+    };
+    if !all_finite(&stored_tensor.bytes, &stored_tensor.dtype) {
+        // A corrupt file: without this, every output would be NaN and the
+        // first complaint would come from the scheduler, far from the cause.
+        return Err(ModelError::NonFiniteWeight {
+            source_name: source.name(),
+            key,
+        });
+    }
+    Ok(TensorData::from_bytes_vec(
+        stored_tensor.bytes,
+        stored.to_vec(),
+        stored_dtype,
+    ))
+}
+
+/// A stored `[out, in]` matrix as f32 values of its `[in, out]` transpose.
+fn transposed(data: TensorData, out_features: usize, in_features: usize) -> Vec<f32> {
+    let values = data
+        .convert_dtype(DType::F32)
+        .into_vec::<f32>()
+        .expect("converted to f32 above");
+    let mut t = vec![0f32; values.len()];
+    for o in 0..out_features {
+        for i in 0..in_features {
+            t[i * out_features + o] = values[o * in_features + i];
+        }
+    }
+    t
+}
+
 pub(crate) fn seeded_values(seed: u64, key: &str, n: usize, init: Init) -> Vec<f32> {
     let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

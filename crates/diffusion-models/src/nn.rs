@@ -8,6 +8,7 @@ use crate::formulation::{ConvFormulation, GroupNormFormulation, LinearFormulatio
 use crate::kernels::{self, Isa};
 use crate::load::{Init, Loader};
 use crate::profile;
+use crate::trainable_lora::{TrainableConvLora, TrainableLora};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d, linear};
@@ -28,6 +29,8 @@ pub struct Linear<B: Backend> {
     /// Where the layer's adapters (LoRA …) are found.
     #[module(skip)]
     pub adapters: AdapterSlot,
+    /// A LoRA being trained on this layer (see [`Loader::with_lora`]).
+    pub lora: Option<TrainableLora<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -70,11 +73,13 @@ impl<B: Backend> Linear<B> {
             weight: weight.id,
             bias: bias.as_ref().map(|b| b.id),
         });
+        let lora = loader.trainable_lora(in_features, out_features, stored.len() == 4)?;
         Ok(Linear {
             weight,
             bias,
             formulation: loader.formulation().linear,
             adapters,
+            lora,
         })
     }
 
@@ -100,17 +105,24 @@ impl<B: Backend> Linear<B> {
     /// [`LinearFormulation::Packed`] on burn-flex, the crate's GEMM with the
     /// bias in its write-back.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if self.adapters.is_active() {
+        let mut y = if self.adapters.is_active() {
             let y = self.forward_base(x.clone());
-            return self.adapters.add_linear(&x, y, &self.weight.val());
+            self.adapters.add_linear(&x, y, &self.weight.val())
+        } else if self.lora.is_some() {
+            self.forward_base(x.clone())
+        } else {
+            return self.forward_base(x);
+        };
+        if let Some(lora) = &self.lora {
+            y = y + lora.forward(x);
         }
-        self.forward_base(x)
+        y
     }
 
-    /// Whether adapter paths run beside this layer now (fused kernels that
-    /// read its weight directly must not be used then).
+    /// Whether adapter paths (loaded or trainable) run beside this layer now
+    /// (fused kernels that read its weight directly must not be used then).
     pub fn has_active_adapters(&self) -> bool {
-        self.adapters.is_active()
+        self.adapters.is_active() || self.lora.is_some()
     }
 
     fn forward_base<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -135,7 +147,7 @@ impl<B: Backend> Linear<B> {
     /// QuickGELU and SiLU; the others after it).
     pub fn forward_act<const D: usize>(&self, x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
         let fused = match (self.formulation, &self.bias, act) {
-            _ if self.adapters.is_active() => None,
+            _ if self.has_active_adapters() => None,
             (
                 LinearFormulation::Packed,
                 Some(bias),
@@ -188,6 +200,8 @@ pub struct Conv2d<B: Backend> {
     /// Where the layer's adapters (LoCon …) are found.
     #[module(skip)]
     pub adapters: AdapterSlot,
+    /// A LoRA being trained on this layer (see [`Loader::with_lora`]).
+    pub lora: Option<TrainableConvLora<B>>,
 }
 
 impl<B: Backend> Conv2d<B> {
@@ -220,6 +234,8 @@ impl<B: Backend> Conv2d<B> {
             weight: weight.id,
             bias: bias.as_ref().map(|b| b.id),
         });
+        let lora =
+            loader.trainable_conv_lora(in_channels, out_channels, kernel, stride, padding)?;
         Ok(Conv2d {
             weight,
             bias,
@@ -227,6 +243,7 @@ impl<B: Backend> Conv2d<B> {
             padding,
             formulation: loader.formulation().conv,
             adapters,
+            lora,
         })
     }
 
@@ -237,13 +254,19 @@ impl<B: Backend> Conv2d<B> {
 
     /// Convolution of `x` `[N, C, H, W]`, plus the active adapters' paths.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if self.adapters.is_active() {
+        let mut y = if self.adapters.is_active() {
             let y = self.forward_base(x.clone());
-            return self
-                .adapters
-                .add_conv(&x, y, self.stride, self.padding, &self.weight.val());
+            self.adapters
+                .add_conv(&x, y, self.stride, self.padding, &self.weight.val())
+        } else if self.lora.is_some() {
+            self.forward_base(x.clone())
+        } else {
+            return self.forward_base(x);
+        };
+        if let Some(lora) = &self.lora {
+            y = y + lora.forward(x);
         }
-        self.forward_base(x)
+        y
     }
 
     fn forward_base(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

@@ -21,8 +21,19 @@ pub fn state_dict<B: Backend, M: Module<B>>(
     module: &M,
     keys: &ParamKeys,
 ) -> Result<BTreeMap<String, OwnedTensor>> {
+    state_dict_where(module, keys, |_| true)
+}
+
+/// Like [`state_dict`], for the parameters `keep` selects only (the others
+/// are not read from the device): a LoRA's factors out of a whole UNet.
+pub fn state_dict_where<B: Backend, M: Module<B>>(
+    module: &M,
+    keys: &ParamKeys,
+    keep: impl Fn(&ParamInfo) -> bool,
+) -> Result<BTreeMap<String, OwnedTensor>> {
     let mut visitor = Collect {
         keys,
+        keep: &keep,
         out: BTreeMap::new(),
         error: None,
     };
@@ -65,6 +76,7 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 struct Collect<'a> {
     keys: &'a ParamKeys,
+    keep: &'a dyn Fn(&ParamInfo) -> bool,
     out: BTreeMap<String, OwnedTensor>,
     error: Option<ModelError>,
 }
@@ -74,15 +86,18 @@ impl<B: Backend> ModuleVisitor<B> for Collect<'_> {
         if self.error.is_some() {
             return;
         }
-        let tensor = param.val();
-        let dims = tensor.dims();
         let Some(info) = self.keys.get(&param.id) else {
+            let dims = param.val().dims();
             self.error = Some(ModelError::input(
                 "state_dict",
                 format!("a parameter of shape {dims:?} was not built by this model's loader"),
             ));
             return;
         };
+        if !(self.keep)(info) {
+            return;
+        }
+        let tensor = param.val();
         let values: Vec<f32> = match tensor.into_data().convert_dtype(DType::F32).into_vec() {
             Ok(v) => v,
             Err(e) => {

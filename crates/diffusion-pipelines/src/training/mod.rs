@@ -8,6 +8,9 @@
 //!   [`AdamW`] exactly as PyTorch's, a learning-rate schedule ([`LrSchedule`])
 //!   and diffusers' `EMAModel` ([`EmaConfig`]); f32 or mixed precision
 //!   (f16 with dynamic loss scaling, or bf16: [`MixedPrecision`]).
+//! * LoRA fine-tuning ([`lora`]): a pretrained UNet frozen under trainable
+//!   peft factors ([`build_lora_model`]), trained by the same step and
+//!   written as diffusers' `save_lora_weights` ([`save_lora_weights`]).
 //! * [`Trainer::save_pipeline`] writes a diffusers folder Python loads;
 //!   [`Trainer::save_checkpoint`] / [`Trainer::resume`] continue a killed run
 //!   exactly where its last checkpoint left it.
@@ -19,6 +22,7 @@ pub mod adamw;
 pub mod checkpoint;
 pub mod data;
 pub mod ema;
+pub mod lora;
 pub mod lr;
 pub mod objective;
 pub mod params;
@@ -29,6 +33,7 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use checkpoint::{TrainerState, config_json, save_model_folder};
 pub use data::{BatchSampler, Crop, ImageDataset, check_training_size};
 pub use ema::EmaConfig;
+pub use lora::{LORA_WEIGHTS_NAME, LoraLayers, build_lora_model, save_lora_weights};
 pub use lr::{LrSchedule, LrScheduleKind};
 pub use objective::{Objective, PredictionType};
 pub use precision::{GradScaler, MixedPrecision};

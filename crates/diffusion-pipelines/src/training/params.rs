@@ -7,7 +7,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// One parameter, flattened.
 #[derive(Debug, Clone)]
@@ -102,4 +102,36 @@ pub fn replace_autodiff<B: AutodiffBackend, M: Module<B>>(
         }
     }
     module.map(&mut Map(values))
+}
+
+/// `module` with every parameter outside `trainable` frozen (no gradient is
+/// recorded for it): the base model under a LoRA, as `requires_grad_(False)`.
+pub fn freeze_except<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    trainable: &BTreeSet<ParamId>,
+) -> M {
+    struct Freeze<'a>(&'a BTreeSet<ParamId>);
+    impl<B: AutodiffBackend> ModuleMapper<B> for Freeze<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            let tensor = tensor.set_require_grad(self.0.contains(&id));
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    module.map(&mut Freeze(trainable))
+}
+
+/// The ids of the parameters that receive gradients.
+pub fn trainable_ids<B: AutodiffBackend, M: Module<B>>(module: &M) -> BTreeSet<ParamId> {
+    struct V(BTreeSet<ParamId>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for V {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.val().is_require_grad() {
+                self.0.insert(param.id);
+            }
+        }
+    }
+    let mut v = V(BTreeSet::new());
+    module.visit(&mut v);
+    v.0
 }

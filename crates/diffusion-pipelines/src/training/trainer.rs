@@ -9,7 +9,7 @@ use super::adamw::{AdamW, AdamWConfig, clip_coefficient};
 use super::ema::EmaConfig;
 use super::lr::{LrSchedule, LrScheduleKind};
 use super::objective::{Objective, PredictionType, snr};
-use super::params::{FlatParam, flatten, gradients, replace, replace_autodiff};
+use super::params::{FlatParam, flatten, gradients, replace, replace_autodiff, trainable_ids};
 use super::precision::{GradScaler, MixedPrecision, cast_params};
 use crate::error::{PipelineError, Result};
 use crate::latents::Latents;
@@ -38,6 +38,35 @@ pub enum Condition<B: Backend> {
     ClassLabels(Tensor<B, 1>),
     /// Text-encoder states `[N, tokens, dim]` (UNet2DConditionModel).
     Text(Tensor<B, 3>),
+    /// Text-encoder states with SDXL's added conditions
+    /// (`addition_embed_type="text_time"`: diffusers' `added_cond_kwargs`).
+    TextTime {
+        /// `[N, tokens, dim]`, both encoders' states side by side.
+        states: Tensor<B, 3>,
+        /// The pooled projection of the second encoder `[N, D]`.
+        text_embeds: Tensor<B, 2>,
+        /// Original size, crop corner and target size `[N, 6]`.
+        time_ids: Tensor<B, 2>,
+    },
+}
+
+impl<B: Backend> Condition<B> {
+    /// The same conditioning in float type `dtype` (mixed precision).
+    fn to_dtype(&self, dtype: DType) -> Self {
+        match self {
+            Condition::Text(states) => Condition::Text(to_dtype(states.clone(), dtype)),
+            Condition::TextTime {
+                states,
+                text_embeds,
+                time_ids,
+            } => Condition::TextTime {
+                states: to_dtype(states.clone(), dtype),
+                text_embeds: to_dtype(text_embeds.clone(), dtype),
+                time_ids: to_dtype(time_ids.clone(), dtype),
+            },
+            other => other.clone(),
+        }
+    }
 }
 
 /// A network the trainer can train: built from its config by a [`Loader`],
@@ -73,7 +102,7 @@ impl<B: Backend> Denoiser<B> for UNet2DModel<B> {
         let labels = match condition {
             Condition::None => None,
             Condition::ClassLabels(l) => Some(ClassLabels::Values(l.clone())),
-            Condition::Text(_) => {
+            Condition::Text(_) | Condition::TextTime { .. } => {
                 return Err(PipelineError::parameter(
                     "condition",
                     "UNet2DModel takes no text conditioning",
@@ -96,13 +125,28 @@ impl<B: Backend> Denoiser<B> for UNet2DConditionModel<B> {
         timesteps: Tensor<B, 1>,
         condition: &Condition<B>,
     ) -> Result<Tensor<B, 4>> {
-        let Condition::Text(states) = condition else {
-            return Err(PipelineError::parameter(
-                "condition",
-                "UNet2DConditionModel needs text-encoder states (Condition::Text)",
-            ));
+        let (states, conditions) = match condition {
+            Condition::Text(states) => (states.clone(), UNetConditions::default()),
+            Condition::TextTime {
+                states,
+                text_embeds,
+                time_ids,
+            } => (
+                states.clone(),
+                UNetConditions {
+                    text_embeds: Some(text_embeds.clone()),
+                    time_ids: Some(time_ids.clone()),
+                    ..UNetConditions::default()
+                },
+            ),
+            _ => {
+                return Err(PipelineError::parameter(
+                    "condition",
+                    "UNet2DConditionModel needs text-encoder states (Condition::Text or TextTime)",
+                ));
+            }
         };
-        Ok(self.forward(noisy, timesteps, states.clone(), UNetConditions::default())?)
+        Ok(self.forward(noisy, timesteps, states, conditions)?)
     }
 }
 
@@ -342,9 +386,12 @@ where
             .get("num_train_timesteps")
             .and_then(Value::as_u64)
             .unwrap_or(1000) as usize;
+        // Averaged: the trained parameters (all of them, or a LoRA's factors).
+        let trainable = trainable_ids(&model);
         let ema = config.ema.map(|_| {
             flatten(&model.valid())
                 .into_iter()
+                .filter(|p| trainable.contains(&p.id))
                 .map(|p| (p.id, p.value))
                 .collect()
         });
@@ -546,10 +593,7 @@ where
                 // Half-precision copies of the weights, recorded by autodiff:
                 // the gradients land on the f32 weights.
                 let half = cast_params(self.model.clone(), dtype);
-                let condition = match &batch.condition {
-                    Condition::Text(states) => Condition::Text(to_dtype(states.clone(), dtype)),
-                    other => other.clone(),
-                };
+                let condition = batch.condition.to_dtype(dtype);
                 let pred = half.denoise(to_dtype(noisy, dtype), t, &condition)?;
                 to_dtype(pred, DType::F32)
             }
