@@ -79,6 +79,7 @@ pub fn command() -> Command {
                 ),
         )
         .subcommand(train())
+        .subcommand(train_lora())
         .subcommand(
             Command::new("preprocess")
                 .about("Make a control image: the Canny edge map of an image, as cv2.Canny")
@@ -493,6 +494,64 @@ fn train() -> Command {
         .arg(num("num_inference_steps", "N", "DDIM steps for sample grids [default: 50]").value_parser(value_parser!(usize)))
         .arg(num("pipeline_class", "NAME", "DDPMPipeline or DDIMPipeline [default: DDPMPipeline]"))
         .arg(num("seed", "N", "Seed of weights, data order and noise [default: 0]").value_parser(value_parser!(u64)))
+        .arg(num("device", "DEVICE", "cpu, or cuda[:N] (built with feature cuda) [default: cpu]").value_parser(args::device))
+        .arg(flag("quiet", "No progress bar"))
+}
+
+/// `diffuse train-lora`: `train_text_to_image_lora.py`'s and
+/// `train_dreambooth_lora.py`'s flags, with dashes.
+fn train_lora() -> Command {
+    let num = |id: &'static str, name: &'static str, help: &'static str| {
+        Arg::new(id)
+            .long(dashed(id))
+            .value_name(name)
+            .help(help)
+            .allow_negative_numbers(true)
+    };
+    let flag = |id: &'static str, help: &'static str| {
+        Arg::new(id)
+            .long(dashed(id))
+            .action(ArgAction::SetTrue)
+            .help(help)
+    };
+    Command::new("train-lora")
+        .about("Train a LoRA of a Stable Diffusion 1.x/2.x UNet on captioned images (diffusers' train_text_to_image_lora / train_dreambooth_lora)")
+        .arg(num("pretrained_model_name_or_path", "DIR_OR_REPO", "The base pipeline: a diffusers folder or Hub repo").required(true))
+        .arg(num("variant", "VARIANT", "Weight variant of the base, e.g. fp16"))
+        .arg(num("revision", "REV", "Hub branch, tag or commit of the base"))
+        .arg(flag("offline", "Never touch the network (the Hub cache only)"))
+        .arg(num("train_data_dir", "DIR", "Images with captions: metadata.jsonl (file_name, text) or a .txt beside each image"))
+        .arg(num("caption_column", "NAME", "The caption field of metadata.jsonl [default: text]"))
+        .arg(num("instance_data_dir", "DIR", "DreamBooth: the subject's images (captioned by --instance-prompt)"))
+        .arg(num("instance_prompt", "TEXT", "DreamBooth: the prompt of every instance image, e.g. \"a photo of sks dog\""))
+        .arg(num("output_dir", "DIR", "Where the LoRA, checkpoints, validation grids and loss curve go [default: sd-model-finetuned-lora]"))
+        .arg(num("resolution", "PX", "Images are resized (shorter side) and cropped to this square [default: 512]").value_parser(value_parser!(usize)))
+        .arg(flag("center_crop", "Crop the center (default: a random crop each time an image is drawn)"))
+        .arg(flag("random_flip", "Mirror images at random"))
+        .arg(num("rank", "R", "LoRA rank (and alpha) on the attention projections [default: 4]").value_parser(value_parser!(usize)))
+        .arg(num("train_batch_size", "N", "Images per step [default: 16]").value_parser(value_parser!(usize)))
+        .arg(num("max_train_steps", "N", "Optimizer steps [default: 1000]").value_parser(value_parser!(u64)))
+        .arg(num("learning_rate", "F", "Base learning rate [default: 1e-4]").value_parser(value_parser!(f64)))
+        .arg(num("lr_scheduler", "NAME", "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial [default: constant]"))
+        .arg(num("lr_warmup_steps", "N", "Warm-up steps [default: 500]").value_parser(value_parser!(u64)))
+        .arg(num("adam_beta1", "F", "[default: 0.9]").value_parser(value_parser!(f64)))
+        .arg(num("adam_beta2", "F", "[default: 0.999]").value_parser(value_parser!(f64)))
+        .arg(num("adam_weight_decay", "F", "[default: 1e-2]").value_parser(value_parser!(f64)))
+        .arg(num("adam_epsilon", "F", "[default: 1e-8]").value_parser(value_parser!(f64)))
+        .arg(num("max_grad_norm", "F", "Gradient-norm clipping of the LoRA factors, 0 = off [default: 1.0]").value_parser(value_parser!(f64)))
+        .arg(num("mixed_precision", "MODE", "no, fp16 (dynamic loss scaling) or bf16 [default: no]"))
+        .arg(num("prediction_type", "TYPE", "epsilon or v_prediction [default: the scheduler's]"))
+        .arg(num("snr_gamma", "F", "Min-SNR-gamma loss weighting (5.0 recommended)").value_parser(value_parser!(f64)))
+        .arg(num("noise_offset", "F", "Noise offset [default: 0]").value_parser(value_parser!(f64)))
+        .arg(num("proportion_empty_prompts", "F", "Share of captions replaced by \"\" [default: 0]").value_parser(value_parser!(f64)))
+        .arg(num("checkpointing_steps", "N", "Checkpoint every N steps, 0 = only at the end [default: 500]").value_parser(value_parser!(u64)))
+        .arg(num("checkpoints_total_limit", "N", "Keep only the newest N checkpoints").value_parser(value_parser!(usize)))
+        .arg(num("resume_from_checkpoint", "DIR|latest", "Continue a run from a checkpoint"))
+        .arg(num("validation_prompt", "TEXT", "Generate validation images with the LoRA (at --validation-steps and at the end)"))
+        .arg(num("num_validation_images", "N", "[default: 4]").value_parser(value_parser!(usize)))
+        .arg(num("validation_steps", "N", "Validation every N steps [default: only at the end]").value_parser(value_parser!(u64)))
+        .arg(num("num_inference_steps", "N", "Denoising steps of validation images [default: 30]").value_parser(value_parser!(usize)))
+        .arg(num("seed", "N", "Seed of the LoRA's initialisation, data order, noise and validation [default: 0]").value_parser(value_parser!(u64)))
         .arg(num("device", "DEVICE", "cpu, or cuda[:N] (built with feature cuda) [default: cpu]").value_parser(args::device))
         .arg(flag("quiet", "No progress bar"))
 }

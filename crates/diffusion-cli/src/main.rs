@@ -60,6 +60,7 @@ mod model;
 mod plot;
 mod settings;
 mod train;
+mod train_lora;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -222,6 +223,33 @@ fn run(matches: &ArgMatches) -> Result<()> {
                     #[cfg(not(feature = "cuda"))]
                     Device::Cuda(_) => return Err(error::CliError::NoCuda(device.name())),
                 };
+            println!(
+                "{}",
+                serde_json::to_string(&summary).expect("summary serializes")
+            );
+            Ok(())
+        }
+        Some(("train-lora", m)) => {
+            let args = train_lora::TrainLoraArgs::from_matches(m)?;
+            let device = m
+                .get_one::<Device>("device")
+                .copied()
+                .unwrap_or(Device::Cpu);
+            let summary = match device {
+                Device::Cpu => train_lora::run::<
+                    burn::backend::Autodiff<diffusion_models::backend::Cpu>,
+                >(&args, Default::default(), Default::default())?,
+                #[cfg(feature = "cuda")]
+                Device::Cuda(n) => {
+                    train_lora::run::<burn::backend::Autodiff<diffusion_models::backend::Cuda>>(
+                        &args,
+                        burn::backend::cuda::CudaDevice::new(n),
+                        burn::backend::cuda::CudaDevice::new(n),
+                    )?
+                }
+                #[cfg(not(feature = "cuda"))]
+                Device::Cuda(_) => return Err(error::CliError::NoCuda(device.name())),
+            };
             println!(
                 "{}",
                 serde_json::to_string(&summary).expect("summary serializes")

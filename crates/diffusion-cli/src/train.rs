@@ -336,7 +336,7 @@ struct RunState {
 }
 
 /// `[f64; 4]` rows whose non-finite values were written as `null`.
-fn nullable_rows<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn nullable_rows<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Vec<[f64; 4]>, D::Error> {
     let rows: Vec<[Option<f64>; 4]> = serde::Deserialize::deserialize(d)?;
@@ -545,7 +545,7 @@ where
     })
 }
 
-fn progress(total: u64, start: u64, quiet: bool) -> ProgressBar {
+pub(crate) fn progress(total: u64, start: u64, quiet: bool) -> ProgressBar {
     let target = if quiet {
         ProgressDrawTarget::hidden()
     } else {
@@ -637,7 +637,7 @@ where
 
 /// Temporary files and folders a killed run left in `dir` (`.name.tmp...`):
 /// never complete, never read, removed before the run goes on.
-fn remove_stale_temporaries(dir: &Path) {
+pub(crate) fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -655,7 +655,7 @@ fn remove_stale_temporaries(dir: &Path) {
 }
 
 /// The checkpoint with the highest step in `dir`, if any.
-fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(checkpoints(dir)?.pop().map(|(_, p)| p))
 }
 
@@ -679,7 +679,7 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-fn prune_checkpoints(dir: &Path, limit: Option<usize>) -> Result<()> {
+pub(crate) fn prune_checkpoints(dir: &Path, limit: Option<usize>) -> Result<()> {
     let Some(limit) = limit else { return Ok(()) };
     let found = checkpoints(dir)?;
     let excess = found.len().saturating_sub(limit.max(1));
@@ -693,7 +693,7 @@ fn prune_checkpoints(dir: &Path, limit: Option<usize>) -> Result<()> {
 }
 
 /// `loss.csv` and `loss.png` in `dir`.
-fn write_losses(dir: &Path, losses: &[[f64; 4]]) -> Result<()> {
+pub(crate) fn write_losses(dir: &Path, losses: &[[f64; 4]]) -> Result<()> {
     let mut csv = String::from("step,loss,lr,grad_norm\n");
     for [s, l, lr, g] in losses {
         csv.push_str(&format!("{s},{l},{lr},{g}\n"));

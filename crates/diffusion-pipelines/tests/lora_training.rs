@@ -443,3 +443,98 @@ fn bad_lora_configs_and_factors_are_refused_by_name() {
     let trainable = diffusion_pipelines::training::params::trainable_ids(&model);
     assert_eq!(trainable.len(), lora_keys, "only the factors train");
 }
+
+/// A LoRA run checkpointed after one step and resumed on its base model
+/// takes the same two remaining steps as the run that went on (bit for bit),
+/// and the checkpoint holds the factors only. Resuming on another model, or
+/// with another LoRA config, is refused naming the file.
+#[test]
+fn a_lora_checkpoint_resumes_exactly_and_refuses_another_model_or_config() {
+    let case = case("sd1_eps");
+    let tensors = read_tensors(&dir().join("sd1_eps.safetensors"));
+    let pdir = common::pipeline_dir("sd1");
+    let unet_dir = pdir.path().join("unet");
+    let config = read_config::<UNet2DConditionConfig>(&unet_dir.join("config.json"))
+        .unwrap()
+        .config;
+    let weights = Weights::open(&unet_dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let init = factors(&tensors, "lora_init");
+    let mut scheduler = case["scheduler_config"].clone();
+    scheduler["_class_name"] = Value::from("DDPMScheduler");
+    let lora = lora_config(&case);
+    let new = || {
+        Trainer::<B, Unet>::lora(
+            &weights,
+            config.clone(),
+            lora.clone(),
+            LoraFactors::Stored(&init),
+            scheduler.clone(),
+            train_config(&case),
+            Default::default(),
+        )
+        .unwrap()
+    };
+    let mut straight = new();
+    for k in 0..3 {
+        straight.step(&batch(&tensors, k, false)).unwrap();
+    }
+    let mut first = new();
+    first.step(&batch(&tensors, 0, false)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ckpt = out.path().join("checkpoint-1");
+    first
+        .save_checkpoint(&ckpt, serde_json::json!({"note": 1}))
+        .unwrap();
+    assert!(ckpt.join("lora/adapter_model.safetensors").is_file());
+    assert!(
+        !ckpt
+            .join("unet/diffusion_pytorch_model.safetensors")
+            .exists()
+    );
+    let (mut resumed, extra) =
+        Trainer::<B, Unet>::resume_lora(&ckpt, &weights, &config, Some(&lora), &Default::default())
+            .unwrap();
+    assert_eq!(extra["note"], 1);
+    assert_eq!(resumed.step_count(), 1);
+    for k in 1..3 {
+        resumed.step(&batch(&tensors, k, false)).unwrap();
+    }
+    assert_eq!(
+        resumed.lora_state_dict().unwrap(),
+        straight.lora_state_dict().unwrap(),
+        "resumed factors"
+    );
+
+    let mut other_rank = lora.clone();
+    other_rank.r = 2;
+    let e = Trainer::<B, Unet>::resume_lora(
+        &ckpt,
+        &weights,
+        &config,
+        Some(&other_rank),
+        &Default::default(),
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("adapter_config.json") && e.contains("r=4") && e.contains("r=2"),
+        "{e}"
+    );
+    let mut other_model = config.clone();
+    other_model.norm_eps = 1e-3;
+    let e =
+        Trainer::<B, Unet>::resume_lora(&ckpt, &weights, &other_model, None, &Default::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("another config"),
+        "{e}"
+    );
+    let e = Trainer::<B, Unet>::resume(&ckpt, &Default::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LoRA"), "{e}");
+}

@@ -10,8 +10,11 @@
 //!   temporary folder that is renamed into place only when complete: a run
 //!   killed mid-write leaves the previous checkpoint intact and no partial one.
 //! * [`Trainer::resume`] rebuilds the trainer from a checkpoint; the next step
-//!   is the one the interrupted run would have taken.
+//!   is the one the interrupted run would have taken. A LoRA run's checkpoint
+//!   holds its factors only (`lora/`), and [`Trainer::resume_lora`] puts
+//!   them back on the pretrained model.
 
+use super::lora::{build_lora_model, is_lora_key};
 use super::trainer::{Denoiser, TrainConfig, Trainer, build_model};
 use crate::error::{PipelineError, Result};
 use crate::image::write_atomic;
@@ -20,8 +23,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use diffusion_hub::save::{OwnedTensor, save_safetensors};
 use diffusion_hub::weights::Weights;
-use diffusion_models::load::ParamKeys;
-use diffusion_models::state::state_dict;
+use diffusion_models::load::{LoraFactors, ParamKeys, WeightSource};
+use diffusion_models::state::{state_dict, state_dict_where};
+use diffusion_models::trainable_lora::LoraConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +35,11 @@ use std::path::{Path, PathBuf};
 pub const DIFFUSERS_VERSION: &str = "0.42.1";
 /// Weights file name in a diffusers model folder.
 pub const WEIGHTS_NAME: &str = "diffusion_pytorch_model.safetensors";
+/// A LoRA run's checkpoint keeps its factors in this folder, as peft's
+/// `save_pretrained` (`adapter_model.safetensors`, `adapter_config.json`).
+pub const LORA_DIR: &str = "lora";
+const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 /// `trainer_state.json` of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,11 +190,29 @@ where
             })?;
         }
         let config = config_json(M::CLASS_NAME, &self.model_config)?;
-        save_model_folder(
-            &dir.join("unet"),
-            &config,
-            &state_dict(&self.model.valid(), &self.keys)?,
-        )?;
+        if let Some(lora) = &self.lora {
+            // The base model is the pretrained one: only the factors (peft's
+            // `save_pretrained` layout) and the model's config to check it.
+            let lora_dir = dir.join(LORA_DIR);
+            create_dir(&lora_dir)?;
+            save_safetensors(
+                &lora_dir.join(ADAPTER_WEIGHTS),
+                &state_dict_where(&self.model.valid(), &self.keys, |i| is_lora_key(&i.key))?,
+                Some(format_metadata()),
+            )?;
+            write_json(
+                &lora_dir.join(ADAPTER_CONFIG),
+                &serde_json::to_value(lora).expect("the config serializes"),
+            )?;
+            create_dir(&dir.join("unet"))?;
+            write_json(&dir.join("unet").join("config.json"), &config)?;
+        } else {
+            save_model_folder(
+                &dir.join("unet"),
+                &config,
+                &state_dict(&self.model.valid(), &self.keys)?,
+            )?;
+        }
         if self.ema.is_some() {
             save_model_folder(
                 &dir.join("unet_ema"),
@@ -223,8 +250,81 @@ where
 
     /// Rebuilds a trainer from a checkpoint written by
     /// [`Trainer::save_checkpoint`], on `device`; returns it with the
-    /// checkpoint's `extra` state.
+    /// checkpoint's `extra` state. (A LoRA run's checkpoint holds its factors
+    /// only: resume it with [`Trainer::resume_lora`].)
     pub fn resume(dir: &Path, device: &B::Device) -> Result<(Self, Value)> {
+        let (state, model_config) = Self::read_checkpoint(dir)?;
+        if dir.join(LORA_DIR).exists() {
+            return Err(PipelineError::WrongModel {
+                model: dir.display().to_string(),
+                message: "the checkpoint holds LoRA factors: resume it on its base model".into(),
+            });
+        }
+        let weights = Weights::open(&dir.join("unet").join(WEIGHTS_NAME))?;
+        let (model, keys) = build_model::<B, M>(&model_config, Some(&weights), device, 0)?;
+        Self::restore(dir, state, model, model_config, keys, None, device)
+    }
+
+    /// Rebuilds a LoRA run from its checkpoint (see [`Trainer::lora`]) on
+    /// the pretrained weights `base` of the model it was trained on. A base
+    /// whose config differs from the checkpoint's, or a `lora` given that is
+    /// not the checkpoint's, is refused naming the difference.
+    pub fn resume_lora(
+        dir: &Path,
+        base: &dyn WeightSource,
+        base_config: &M::Config,
+        lora: Option<&LoraConfig>,
+        device: &B::Device,
+    ) -> Result<(Self, Value)>
+    where
+        M::Config: PartialEq,
+    {
+        let (state, model_config) = Self::read_checkpoint(dir)?;
+        let lora_dir = dir.join(LORA_DIR);
+        if !lora_dir.exists() {
+            return Err(PipelineError::WrongModel {
+                model: dir.display().to_string(),
+                message: "the checkpoint is not a LoRA run's (no lora/ folder)".into(),
+            });
+        }
+        if &model_config != base_config {
+            return Err(PipelineError::WrongModel {
+                model: dir.join("unet").join("config.json").display().to_string(),
+                message: "the checkpoint was trained on a model with another config \
+                          than the one given"
+                    .into(),
+            });
+        }
+        let saved: LoraConfig = read_json(&lora_dir.join(ADAPTER_CONFIG))?;
+        if let Some(given) = lora
+            && given != &saved
+        {
+            return Err(PipelineError::Config {
+                path: lora_dir.join(ADAPTER_CONFIG),
+                message: format!(
+                    "the checkpoint's LoRA is r={} lora_alpha={} on {:?}; the run asks for \
+                     r={} lora_alpha={} on {:?}",
+                    saved.r,
+                    saved.lora_alpha,
+                    saved.target_modules,
+                    given.r,
+                    given.lora_alpha,
+                    given.target_modules
+                ),
+            });
+        }
+        let factors = Weights::open(&lora_dir.join(ADAPTER_WEIGHTS))?;
+        let (model, keys) = build_lora_model::<B, M>(
+            &model_config,
+            base,
+            &saved,
+            LoraFactors::Stored(&factors),
+            device,
+        )?;
+        Self::restore(dir, state, model, model_config, keys, Some(saved), device)
+    }
+
+    fn read_checkpoint(dir: &Path) -> Result<(TrainerState, M::Config)> {
         let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
         if state.model_class != M::CLASS_NAME {
             return Err(PipelineError::WrongModel {
@@ -236,16 +336,27 @@ where
                 ),
             });
         }
-        let unet = dir.join("unet");
-        let config_path = unet.join("config.json");
+        let config_path = dir.join("unet").join("config.json");
         let text = read_text(&config_path)?;
         let model_config = diffusion_models::config::parse_config::<M::Config>(
             &text,
             &config_path.display().to_string(),
         )?
         .config;
-        let weights = Weights::open(&unet.join(WEIGHTS_NAME))?;
-        let (model, keys) = build_model::<B, M>(&model_config, Some(&weights), device, 0)?;
+        Ok((state, model_config))
+    }
+
+    /// The trainer of `state` around a rebuilt model: step counts, loss
+    /// scaler, moving average and AdamW moments from the checkpoint.
+    fn restore(
+        dir: &Path,
+        state: TrainerState,
+        model: M,
+        model_config: M::Config,
+        keys: ParamKeys,
+        lora: Option<LoraConfig>,
+        device: &B::Device,
+    ) -> Result<(Self, Value)> {
         let scheduler_config: Value = read_json(&dir.join("scheduler_config.json"))?;
         let mut trainer = Trainer::from_parts(
             model,
@@ -255,6 +366,7 @@ where
             state.config.clone(),
             device.clone(),
         )?;
+        trainer.lora = lora;
         trainer.step = state.step;
         trainer.optimizer.steps = state.optimizer_steps.unwrap_or(state.step);
         if trainer.optimizer.steps > state.step {

@@ -322,6 +322,26 @@ impl BatchSampler {
         num_train_timesteps: usize,
         device: &B::Device,
     ) -> Result<Batch<B>> {
+        let x0 = self.images::<B>(data, step, device)?;
+        let (noise, offset_noise, timesteps) =
+            self.noise::<B>(step, x0.dims(), num_train_timesteps, device);
+        Ok(Batch {
+            x0,
+            noise,
+            offset_noise: Some(offset_noise),
+            timesteps,
+            condition: Condition::None,
+        })
+    }
+
+    /// The images of step `step` `[N, C, R, R]` in `[-1, 1]`: cropped and
+    /// flipped as the sampler says.
+    pub fn images<B: Backend>(
+        &self,
+        data: &ImageDataset,
+        step: u64,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 4>> {
         if data.is_empty() || self.batch_size == 0 {
             return Err(PipelineError::parameter(
                 "batch_size",
@@ -351,24 +371,56 @@ impl BatchSampler {
                 x0.extend_from_slice(img);
             }
         }
+        Ok(Tensor::from_data(TensorData::new(x0, [n, c, r, r]), device))
+    }
+
+    /// The noise of step `step` for samples of `shape` `[N, C, H, W]`:
+    /// Gaussian noise (`torch.Generator`'s normal draws), offset noise
+    /// `[N, C, 1, 1]` and one timestep per sample in `0..num_train_timesteps`.
+    pub fn noise<B: Backend>(
+        &self,
+        step: u64,
+        shape: [usize; 4],
+        num_train_timesteps: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Vec<i64>) {
+        let [n, c, h, w] = shape;
         let mut ts = Stream::new(self.seed, TIMESTEPS, step);
         let timesteps = (0..n)
             .map(|_| ts.below(num_train_timesteps) as i64)
             .collect();
         let mut rng = TorchGenerator::new(Stream::new(self.seed, NOISE, step).next() >> 1);
-        let noise = rng.randn(n * c * r * r);
+        let noise = rng.randn(n * c * h * w);
         let offset = rng.randn(n * c);
         let t4 = |v: Vec<f32>, shape: [usize; 4]| {
             Tensor::<B, 4>::from_data(TensorData::new(v, shape), device)
         };
-        Ok(Batch {
-            x0: t4(x0, [n, c, r, r]),
-            noise: t4(noise, [n, c, r, r]),
-            offset_noise: Some(t4(offset, [n, c, 1, 1])),
-            timesteps,
-            condition: Condition::None,
-        })
+        (t4(noise, shape), t4(offset, [n, c, 1, 1]), timesteps)
     }
+
+    /// `count` standard normal draws of step `step` from the stream `what`
+    /// (latent sampling of a frozen VAE, …), independent of the others.
+    pub(crate) fn draws(&self, what: Draw, step: u64, count: usize) -> Vec<f32> {
+        let mut rng = TorchGenerator::new(Stream::new(self.seed, what as u64, step).next() >> 1);
+        rng.randn(count)
+    }
+
+    /// `count` uniform draws in `[0, 1)` of step `step` from the stream `what`.
+    pub(crate) fn uniforms(&self, what: Draw, step: u64, count: usize) -> Vec<f64> {
+        let mut rng = Stream::new(self.seed, what as u64, step);
+        (0..count)
+            .map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64)
+            .collect()
+    }
+}
+
+/// The random streams other than the images' and noise's, each independent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Draw {
+    /// Sampling latents from the VAE's posterior.
+    Latents = 6,
+    /// Caption dropout (`--proportion-empty-prompts`).
+    Captions = 7,
 }
 
 #[cfg(test)]

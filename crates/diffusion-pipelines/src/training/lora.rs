@@ -7,7 +7,7 @@
 //! [`StableDiffusion::load_lora_weights`](crate::StableDiffusion::load_lora_weights) read.
 
 use super::params::freeze_except;
-use super::trainer::{Denoiser, Trainer};
+use super::trainer::{Denoiser, TrainConfig, Trainer};
 use crate::error::{PipelineError, Result};
 use crate::lora::Component;
 use burn::module::{AutodiffModule, Module, ParamId};
@@ -71,6 +71,38 @@ impl<B: AutodiffBackend, M: Denoiser<B> + AutodiffModule<B>> Trainer<B, M>
 where
     M::InnerModule: Module<B::InnerBackend>,
 {
+    /// A trainer of a LoRA on the pretrained model `weights` ([`build_lora_model`]):
+    /// only the factors train, checkpoints hold only them
+    /// ([`Trainer::resume_lora`] puts them back on the base model). A moving
+    /// average is refused (`ema`): diffusers' LoRA scripts have none.
+    pub fn lora(
+        weights: &dyn WeightSource,
+        model_config: M::Config,
+        lora: LoraConfig,
+        factors: LoraFactors<'_>,
+        scheduler_config: Value,
+        config: TrainConfig,
+        device: B::Device,
+    ) -> Result<Self> {
+        if config.ema.is_some() {
+            return Err(PipelineError::parameter(
+                "ema",
+                "LoRA runs keep no moving average (diffusers' LoRA scripts have none)",
+            ));
+        }
+        let (model, keys) =
+            build_lora_model::<B, M>(&model_config, weights, &lora, factors, &device)?;
+        let mut trainer =
+            Trainer::from_parts(model, model_config, keys, scheduler_config, config, device)?;
+        trainer.lora = Some(lora);
+        Ok(trainer)
+    }
+
+    /// The LoRA being trained, if the run trains one.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
     /// The trained LoRA factors (the moving average when there is one) under
     /// peft's keys (`<module>.lora_A.weight`, `[r, in]`; `lora_B.weight`,
     /// `[out, r]`): `get_peft_model_state_dict(unet)`.

@@ -27,6 +27,7 @@ pub mod lr;
 pub mod objective;
 pub mod params;
 pub mod precision;
+pub mod text_to_image;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
@@ -37,6 +38,7 @@ pub use lora::{LORA_WEIGHTS_NAME, LoraLayers, build_lora_model, save_lora_weight
 pub use lr::{LrSchedule, LrScheduleKind};
 pub use objective::{Objective, PredictionType};
 pub use precision::{GradScaler, MixedPrecision};
+pub use text_to_image::{CaptionedDataset, Captions, TextToImageBatches};
 pub use trainer::{Batch, Condition, Denoiser, StepStats, TrainConfig, Trainer, build_model};
 
 /// The CPU training backend: burn-flex under Burn's autodiff.

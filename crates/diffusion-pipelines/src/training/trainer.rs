@@ -20,6 +20,7 @@ use diffusion_models::Formulation;
 use diffusion_models::config::ModelConfig;
 use diffusion_models::load::{Loader, ParamKeys, Precision, WeightSource};
 use diffusion_models::nn::to_dtype;
+use diffusion_models::trainable_lora::LoraConfig;
 use diffusion_models::unet_2d::{ClassLabels, UNet2DConfig, UNet2DModel};
 use diffusion_models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, UNetConditions,
@@ -319,6 +320,8 @@ pub struct Trainer<B: AutodiffBackend, M: Denoiser<B> + AutodiffModule<B>> {
     pub(crate) ema: Option<HashMap<ParamId, Tensor<B::InnerBackend, 1>>>,
     pub(crate) scaler: Option<GradScaler>,
     pub(crate) step: u64,
+    /// Set when only a LoRA's factors train ([`Trainer::lora`]).
+    pub(crate) lora: Option<LoraConfig>,
     device: B::Device,
 }
 
@@ -412,6 +415,7 @@ where
             config,
             ema,
             step: 0,
+            lora: None,
             device,
         })
     }

@@ -1,0 +1,543 @@
+//! `diffuse train-lora`: diffusers' `train_text_to_image_lora.py` (captioned
+//! images) and `train_dreambooth_lora.py` (an instance folder and prompt) on
+//! a Stable Diffusion 1.x/2.x pipeline.
+//!
+//! The flags keep the scripts' names (with dashes) and defaults. Outputs in
+//! `--output-dir`: `pytorch_lora_weights.safetensors` (diffusers'
+//! `save_lora_weights` format: `diffuse generate --lora` and diffusers'
+//! `load_lora_weights` read it), `checkpoint-N/` folders holding the factors,
+//! AdamW's moments and the run's state (`--resume-from-checkpoint`),
+//! `validation/step-N.png` grids for `--validation-prompt`, and the loss
+//! curve (`loss.csv`, `loss.png`). Every file is written atomically.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::ArgMatches;
+use diffusion_hub::resolve::{Resolved, resolve};
+use diffusion_models::LoraFactors;
+use diffusion_models::trainable_lora::LoraConfig;
+use diffusion_models::unet_2d_condition::UNet2DConditionModel;
+use diffusion_pipelines::components::open_component_weights;
+use diffusion_pipelines::lora::{Component, MissingComponent};
+use diffusion_pipelines::training::{
+    AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, LoraLayers, LrSchedule,
+    LrScheduleKind, MixedPrecision, Objective, PredictionType, StepStats, TextToImageBatches,
+    TrainConfig, Trainer, save_lora_weights,
+};
+use diffusion_pipelines::{
+    DiffusionPipeline, Generator, LoadOptions, Params, PipelineError, StableDiffusion, Task,
+};
+use serde_json::{Value, json};
+
+use crate::error::{CliError, Result, usage};
+use crate::model::HubArgs;
+use crate::train::{
+    Summary, latest_checkpoint, nullable_rows, progress, prune_checkpoints,
+    remove_stale_temporaries, write_losses,
+};
+
+/// The settings of one run.
+#[derive(Debug, Clone)]
+pub struct TrainLoraArgs {
+    /// `--pretrained-model-name-or-path` and the Hub flags.
+    pub hub: HubArgs,
+    /// `--train-data-dir` or `--instance-data-dir`.
+    pub data_dir: PathBuf,
+    /// Captions: `metadata.jsonl` / sidecars (`--caption-column`), or
+    /// `--instance-prompt`.
+    pub captions: Captions,
+    /// `--output-dir`.
+    pub output_dir: PathBuf,
+    /// `--resolution`.
+    pub resolution: usize,
+    /// `--center-crop` (else a random crop per draw, as the scripts).
+    pub center_crop: bool,
+    /// `--random-flip`.
+    pub random_flip: bool,
+    /// `--rank` (the LoRA's `r` and `lora_alpha`).
+    pub rank: usize,
+    /// `--train-batch-size`.
+    pub batch_size: usize,
+    /// `--max-train-steps`.
+    pub max_train_steps: u64,
+    /// `--proportion-empty-prompts`.
+    pub proportion_empty_prompts: f64,
+    /// `--seed`.
+    pub seed: u64,
+    /// Hyper-parameters.
+    pub config: TrainConfig,
+    /// `--checkpointing-steps`.
+    pub checkpointing_steps: u64,
+    /// `--checkpoints-total-limit`.
+    pub checkpoints_total_limit: Option<usize>,
+    /// `--resume-from-checkpoint` (`latest` or a folder).
+    pub resume: Option<String>,
+    /// `--validation-prompt`.
+    pub validation_prompt: Option<String>,
+    /// `--num-validation-images`.
+    pub num_validation_images: usize,
+    /// `--validation-steps` (0: at the end only).
+    pub validation_steps: u64,
+    /// `--num-inference-steps` of the validation images.
+    pub num_inference_steps: usize,
+    /// `--quiet`.
+    pub quiet: bool,
+}
+
+fn get<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Option<T> {
+    m.get_one::<T>(id).cloned()
+}
+
+impl TrainLoraArgs {
+    /// Reads `diffuse train-lora`'s flags.
+    pub fn from_matches(m: &ArgMatches) -> Result<Self> {
+        let hub = HubArgs {
+            model: get(m, "pretrained_model_name_or_path"),
+            variant: get(m, "variant"),
+            revision: get(m, "revision"),
+            offline: m.get_flag("offline"),
+            skip_unsafe_globals: false,
+        };
+        let (data_dir, captions) = match (
+            get::<String>(m, "train_data_dir"),
+            get::<String>(m, "instance_data_dir"),
+            get::<String>(m, "instance_prompt"),
+        ) {
+            (Some(d), None, None) => (
+                d,
+                Captions::Files {
+                    column: get(m, "caption_column").unwrap_or_else(|| "text".into()),
+                },
+            ),
+            (None, Some(d), Some(p)) => (d, Captions::Prompt(p)),
+            (None, Some(_), None) => {
+                return Err(usage("--instance-data-dir needs --instance-prompt"));
+            }
+            (None, None, _) => {
+                return Err(usage(
+                    "give --train-data-dir (captioned images) or --instance-data-dir with --instance-prompt",
+                ));
+            }
+            _ => {
+                return Err(usage(
+                    "--train-data-dir and --instance-data-dir/--instance-prompt exclude each other",
+                ));
+            }
+        };
+        let positive = |flag: &str, v: usize| {
+            if v == 0 {
+                Err(usage(format!("--{flag} 0: expected at least 1")))
+            } else {
+                Ok(v)
+            }
+        };
+        let resolution = positive("resolution", get(m, "resolution").unwrap_or(512))?;
+        if !resolution.is_multiple_of(8) {
+            return Err(usage(format!(
+                "--resolution {resolution}: not a multiple of 8 (the VAE's downscale)"
+            )));
+        }
+        let rank = positive("rank", get(m, "rank").unwrap_or(4))?;
+        let batch_size = positive("train-batch-size", get(m, "train_batch_size").unwrap_or(16))?;
+        let max_train_steps: u64 = get(m, "max_train_steps").unwrap_or(1000);
+        if max_train_steps == 0 {
+            return Err(usage("--max-train-steps 0: expected at least 1"));
+        }
+        let schedule_name: String = get(m, "lr_scheduler").unwrap_or_else(|| "constant".into());
+        let kind = LrScheduleKind::parse(&schedule_name).ok_or_else(|| {
+            usage(format!(
+                "--lr-scheduler {schedule_name}: expected one of {}",
+                LrScheduleKind::NAMES.join(", ")
+            ))
+        })?;
+        let prediction_type = match get::<String>(m, "prediction_type").as_deref() {
+            None => None,
+            Some(p) => Some(
+                serde_json::from_value::<PredictionType>(json!(p))
+                    .ok()
+                    .filter(|p| matches!(p, PredictionType::Epsilon | PredictionType::VPrediction))
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "--prediction-type {p}: expected epsilon or v_prediction"
+                        ))
+                    })?,
+            ),
+        };
+        let precision_name: String = get(m, "mixed_precision").unwrap_or_else(|| "no".into());
+        let mixed_precision = MixedPrecision::parse(&precision_name).ok_or_else(|| {
+            usage(format!(
+                "--mixed-precision {precision_name}: expected one of {}",
+                MixedPrecision::NAMES.join(", ")
+            ))
+        })?;
+        let max_grad_norm: f64 = get(m, "max_grad_norm").unwrap_or(1.0);
+        let config = TrainConfig {
+            learning_rate: get(m, "learning_rate").unwrap_or(1e-4),
+            optimizer: AdamWConfig {
+                beta1: get(m, "adam_beta1").unwrap_or(0.9),
+                beta2: get(m, "adam_beta2").unwrap_or(0.999),
+                eps: get(m, "adam_epsilon").unwrap_or(1e-8),
+                weight_decay: get(m, "adam_weight_decay").unwrap_or(1e-2),
+            },
+            lr_schedule: LrSchedule::new(
+                kind,
+                get(m, "lr_warmup_steps").unwrap_or(500),
+                max_train_steps,
+            ),
+            max_grad_norm: (max_grad_norm != 0.0).then_some(max_grad_norm),
+            ema: None,
+            objective: Objective {
+                prediction_type,
+                snr_gamma: get(m, "snr_gamma"),
+                noise_offset: get(m, "noise_offset").unwrap_or(0.0),
+            },
+            mixed_precision,
+        };
+        config.validate().map_err(|e| match e {
+            PipelineError::Parameter { name, message } => {
+                usage(format!("--{}: {message}", name.replace('_', "-")))
+            }
+            other => other.into(),
+        })?;
+        let proportion_empty_prompts: f64 = get(m, "proportion_empty_prompts").unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&proportion_empty_prompts) {
+            return Err(usage(format!(
+                "--proportion-empty-prompts {proportion_empty_prompts}: must be in [0, 1]"
+            )));
+        }
+        let output_dir = PathBuf::from(
+            get::<String>(m, "output_dir").unwrap_or_else(|| "sd-model-finetuned-lora".into()),
+        );
+        let data_dir = PathBuf::from(data_dir);
+        for (flag, dir) in [("data dir", &data_dir), ("--output-dir", &output_dir)] {
+            if dir.as_os_str().is_empty() {
+                return Err(usage(format!("{flag} \"\": an empty path")));
+            }
+        }
+        Ok(TrainLoraArgs {
+            hub,
+            data_dir,
+            captions,
+            output_dir,
+            resolution,
+            center_crop: m.get_flag("center_crop"),
+            random_flip: m.get_flag("random_flip"),
+            rank,
+            batch_size,
+            max_train_steps,
+            proportion_empty_prompts,
+            seed: get(m, "seed").unwrap_or(0),
+            config,
+            checkpointing_steps: get(m, "checkpointing_steps").unwrap_or(500),
+            checkpoints_total_limit: get(m, "checkpoints_total_limit"),
+            resume: get(m, "resume_from_checkpoint"),
+            validation_prompt: get(m, "validation_prompt"),
+            num_validation_images: positive(
+                "num-validation-images",
+                get(m, "num_validation_images").unwrap_or(4),
+            )?,
+            validation_steps: get(m, "validation_steps").unwrap_or(0),
+            num_inference_steps: positive(
+                "num-inference-steps",
+                get(m, "num_inference_steps").unwrap_or(30),
+            )?,
+            quiet: m.get_flag("quiet"),
+        })
+    }
+
+    fn lora(&self) -> LoraConfig {
+        LoraConfig::attention(self.rank)
+    }
+}
+
+/// The run's state kept in checkpoints besides the trainer's own.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RunState {
+    seed: u64,
+    batch_size: usize,
+    random_flip: bool,
+    center_crop: bool,
+    resolution: usize,
+    max_train_steps: u64,
+    proportion_empty_prompts: f64,
+    /// `[step, loss, lr, grad_norm]` of every step so far.
+    #[serde(deserialize_with = "nullable_rows")]
+    losses: Vec<[f64; 4]>,
+}
+
+/// Runs `diffuse train-lora` on backend `B` (autodiff over the inference
+/// backend, where the frozen VAE and text encoder run).
+pub fn run<B: AutodiffBackend>(
+    args: &TrainLoraArgs,
+    device: B::Device,
+    inner_device: burn::tensor::Device<B::InnerBackend>,
+) -> Result<Summary>
+where
+    UNet2DConditionModel<B>: AutodiffModule<B, InnerModule = UNet2DConditionModel<B::InnerBackend>>,
+{
+    let out = &args.output_dir;
+    let name = args.hub.model.clone().ok_or_else(|| {
+        usage("--pretrained-model-name-or-path is required (a diffusers folder or Hub repo)")
+    })?;
+    let resolved = match resolve(&name, &args.hub.resolve_options())? {
+        Resolved::Pipeline(m) => m,
+        _ => {
+            return Err(CliError::WrongModel {
+                model: name,
+                message: "not a diffusers pipeline folder or repo (convert a single-file \
+                          checkpoint with `diffuse convert` first)"
+                    .into(),
+            });
+        }
+    };
+    let options = LoadOptions::<B::InnerBackend> {
+        device: inner_device,
+        variant: args.hub.variant.clone(),
+        revision: args.hub.revision.clone(),
+        local_files_only: args.hub.offline,
+        progress: !args.quiet,
+        ..LoadOptions::default()
+    };
+    let mut pipe = DiffusionPipeline::<B::InnerBackend>::from_resolved(&resolved, &options)?;
+    let sd = pipe
+        .stable_diffusion()
+        .ok_or_else(|| CliError::WrongModel {
+            model: name.clone(),
+            message: "LoRA training needs a Stable Diffusion pipeline (UNet2DConditionModel)"
+                .into(),
+        })?;
+    if sd.xl {
+        return Err(CliError::WrongModel {
+            model: name.clone(),
+            message: "SDXL LoRA training from images is not built yet (SD 1.x/2.x are)".into(),
+        });
+    }
+    let factor = sd.vae_scale_factor()
+        * (1usize << sd.unet_config.block_out_channels.len().saturating_sub(1));
+    if !args.resolution.is_multiple_of(factor) {
+        return Err(usage(format!(
+            "--resolution {}: not a multiple of {factor} (the VAE's and UNet's downscales)",
+            args.resolution
+        )));
+    }
+    let unet_component = resolved
+        .components
+        .get("unet")
+        .ok_or_else(|| CliError::WrongModel {
+            model: name.clone(),
+            message: "no unet component".into(),
+        })?;
+    let unet_weights = open_component_weights(unet_component, &args.hub.pickle_options())?;
+    let unet_config = sd.unet_config.clone();
+    let mut scheduler_config = sd.scheduler_config.clone();
+    // As the scripts' `DDPMScheduler.from_pretrained(..., subfolder="scheduler")`.
+    scheduler_config["_class_name"] = Value::from("DDPMScheduler");
+
+    let resume_dir = match args.resume.as_deref() {
+        None => None,
+        Some("latest") => latest_checkpoint(out)?,
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let (mut trainer, mut state) = match &resume_dir {
+        Some(dir) => {
+            let (trainer, extra) = Trainer::<B, UNet2DConditionModel<B>>::resume_lora(
+                dir,
+                &unet_weights,
+                &unet_config,
+                Some(&args.lora()),
+                &device,
+            )
+            .map_err(|e| match e {
+                PipelineError::Config { path, message }
+                    if path.ends_with("adapter_config.json") =>
+                {
+                    usage(format!(
+                        "--rank {}: {} ({})",
+                        args.rank,
+                        message,
+                        path.display()
+                    ))
+                }
+                other => other.into(),
+            })?;
+            let state: RunState = serde_json::from_value(extra).map_err(|e| CliError::Input {
+                path: dir.join("trainer_state.json"),
+                message: format!("not a `diffuse train-lora` checkpoint: {e}"),
+            })?;
+            (trainer, state)
+        }
+        None => {
+            let trainer = Trainer::<B, UNet2DConditionModel<B>>::lora(
+                &unet_weights,
+                unet_config,
+                args.lora(),
+                LoraFactors::Seeded(args.seed),
+                scheduler_config,
+                args.config.clone(),
+                device.clone(),
+            )
+            .map_err(|e| match e {
+                PipelineError::Model(m) if m.to_string().contains("`r`") => {
+                    usage(format!("--rank {}: {m}", args.rank))
+                }
+                other => other.into(),
+            })?;
+            let state = RunState {
+                seed: args.seed,
+                batch_size: args.batch_size,
+                random_flip: args.random_flip,
+                center_crop: args.center_crop,
+                resolution: args.resolution,
+                max_train_steps: args.max_train_steps,
+                proportion_empty_prompts: args.proportion_empty_prompts,
+                losses: Vec::new(),
+            };
+            (trainer, state)
+        }
+    };
+    remove_stale_temporaries(out);
+    let crop = if state.center_crop {
+        Crop::Center
+    } else {
+        Crop::Random
+    };
+    let data = CaptionedDataset::load(&args.data_dir, state.resolution, crop, &args.captions)?;
+    let sampler = BatchSampler {
+        seed: state.seed,
+        batch_size: state.batch_size,
+        random_flip: state.random_flip,
+    };
+    let total = state.max_train_steps;
+    let start = trainer.step_count();
+    let bar = progress(total, start, args.quiet);
+    let mut train_time = 0.0f64;
+    while trainer.step_count() < total {
+        let t0 = Instant::now();
+        let batches = TextToImageBatches::<B> {
+            pipeline: sd,
+            data: &data,
+            sampler,
+            proportion_empty_prompts: state.proportion_empty_prompts,
+        };
+        let batch = batches.batch(trainer.step_count(), trainer.num_train_timesteps(), &device)?;
+        let StepStats {
+            step,
+            loss,
+            grad_norm,
+            lr,
+            ..
+        } = trainer.step(&batch)?;
+        train_time += t0.elapsed().as_secs_f64();
+        state.losses.push([step as f64, loss, lr, grad_norm]);
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        let last = step == total;
+        if (args.checkpointing_steps > 0 && step % args.checkpointing_steps == 0) || last {
+            bar.suspend(|| -> Result<()> {
+                let extra = serde_json::to_value(&state).expect("state serializes");
+                trainer.save_checkpoint(&out.join(format!("checkpoint-{step}")), extra)?;
+                prune_checkpoints(out, args.checkpoints_total_limit)?;
+                write_losses(out, &state.losses)
+            })?;
+        }
+        if args.validation_steps > 0 && step % args.validation_steps == 0 && !last {
+            let file = save(&trainer, &args.output_dir.join("validation"), &args.lora())?;
+            bar.suspend(|| validate(sd, args, &file, step))?;
+        }
+    }
+    bar.finish_and_clear();
+    let file = save(&trainer, out, &args.lora())?;
+    write_losses(out, &state.losses)?;
+    validate(sd, args, &file, trainer.step_count())?;
+    let steps_this_run = trainer.step_count() - start;
+    let tail = &state.losses[state.losses.len().saturating_sub(100)..];
+    let finite: Vec<f64> = tail
+        .iter()
+        .map(|l| l[1])
+        .filter(|l| l.is_finite())
+        .collect();
+    Ok(Summary {
+        output_dir: out.clone(),
+        steps: trainer.step_count(),
+        steps_this_run,
+        steps_per_second: if train_time > 0.0 {
+            steps_this_run as f64 / train_time
+        } else {
+            0.0
+        },
+        final_loss: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+        resumed_from: resume_dir,
+        mixed_precision: trainer.config().mixed_precision,
+        skipped_steps: trainer
+            .step_count()
+            .saturating_sub(trainer.optimizer_steps()),
+        loss_scale: trainer.grad_scaler().map(|s| s.scale),
+    })
+}
+
+/// Writes the trained factors as `dir/pytorch_lora_weights.safetensors`.
+fn save<B: AutodiffBackend>(
+    trainer: &Trainer<B, UNet2DConditionModel<B>>,
+    dir: &Path,
+    lora: &LoraConfig,
+) -> Result<PathBuf>
+where
+    UNet2DConditionModel<B>: AutodiffModule<B, InnerModule = UNet2DConditionModel<B::InnerBackend>>,
+{
+    let factors = trainer.lora_state_dict()?;
+    Ok(save_lora_weights(
+        dir,
+        &[LoraLayers {
+            component: Component::Unet,
+            factors: &factors,
+            config: lora,
+        }],
+    )?)
+}
+
+/// `--num-validation-images` images of `--validation-prompt` with the LoRA
+/// in `file`, as one grid `validation/step-N.png` (seeded by `--seed`).
+fn validate<B: burn::tensor::backend::Backend>(
+    sd: &mut StableDiffusion<B>,
+    args: &TrainLoraArgs,
+    file: &Path,
+    step: u64,
+) -> Result<()> {
+    let Some(prompt) = &args.validation_prompt else {
+        return Ok(());
+    };
+    sd.unload_lora_weights()?;
+    sd.load_lora_weights(file, Some("trained"), MissingComponent::Error)?;
+    let params = Params {
+        prompt: vec![prompt.clone()],
+        num_images_per_prompt: args.num_validation_images,
+        num_inference_steps: Some(args.num_inference_steps),
+        height: Some(args.resolution),
+        width: Some(args.resolution),
+        generator: Some(Generator::Seed(args.seed)),
+        progress: false,
+        ..Params::default()
+    };
+    let images = sd
+        .run(Task::TextToImage, params)?
+        .images
+        .ok_or_else(|| usage("the pipeline returned no images"))?;
+    sd.unload_lora_weights()?;
+    let dir = args.output_dir.join("validation");
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::Input {
+        path: dir.clone(),
+        message: format!("cannot create: {e}"),
+    })?;
+    let cols = (images.count as f64).sqrt().ceil() as usize;
+    let text = [
+        ("prompt".to_string(), prompt.clone()),
+        ("lora".to_string(), file.display().to_string()),
+    ];
+    images
+        .grid(cols, 2)
+        .save_png(0, &dir.join(format!("step-{step:06}.png")), &text)?;
+    Ok(())
+}
