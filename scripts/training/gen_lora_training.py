@@ -35,6 +35,11 @@ scaling_factor`, the states for the text encoders' output on two captions
 (SD1: `text_encoder(input_ids)[0]`; SDXL: the pipeline's `encode_prompt`,
 whose pooled output and `add_time_ids` go in `added_cond_kwargs`).
 
+  sd1_full.safetensors
+      the full fine-tune of `train_text_to_image.py` (every UNet parameter, min-SNR,
+      warm-up, EMAModel): step<k>/… as above and unet_final/<key>, the moving
+      average after the steps (what the script saves).
+
 Image check: the final factors saved with `save_lora_weights`, loaded into the
 pipeline with `load_lora_weights`, and the pipeline run on fixed latents: the
 Rust trainer's saved file must give the same image in the Rust pipeline.
@@ -56,7 +61,7 @@ import gen_pipelines as gp  # noqa: E402
 
 from diffusers import DDPMScheduler, DiffusionPipeline  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
-from diffusers.training_utils import compute_snr  # noqa: E402
+from diffusers.training_utils import EMAModel, compute_snr  # noqa: E402
 from diffusers.utils import convert_state_dict_to_diffusers  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from peft.utils import get_peft_model_state_dict  # noqa: E402
@@ -80,6 +85,11 @@ CASES = [
          learning_rate=1e-3, lr_scheduler="constant", lr_warmup_steps=0, max_grad_norm=1.0,
          prediction_type=None, snr_gamma=None, noise_offset=0.0, adam_weight_decay=1e-2, seed=3),
 ]
+# The full fine-tune of train_text_to_image.py: every UNet parameter trains, with EMAModel.
+FULL = dict(name="sd1_full", pipeline="sd1", steps=3, learning_rate=2e-4, lr_scheduler="constant_with_warmup",
+            lr_warmup_steps=1, max_grad_norm=1.0, prediction_type=None, snr_gamma=5.0, noise_offset=0.0,
+            adam_weight_decay=1e-2, seed=4, ema=dict(decay=0.9999, use_ema_warmup=False, inv_gamma=1.0, power=2 / 3,
+                                                      min_decay=0.0, update_after_step=0))
 TOTAL_STEPS = 6  # the LR schedule's horizon (num_training_steps)
 
 
@@ -112,19 +122,30 @@ def peft_factors(unet):
 
 def run_case(c, folders):
     xl = c["pipeline"] == "sdxl"
+    full = "r" not in c
     pipe = load(folders[c["pipeline"]])
     unet = pipe.unet
-    unet.requires_grad_(False)
-    torch.manual_seed(c["seed"])
-    unet.add_adapter(LoraConfig(r=c["r"], lora_alpha=c["lora_alpha"], init_lora_weights="gaussian",
-                                target_modules=c["target_modules"]))
-    # A fresh B is zero; move the factors off it so the first step's gradient reaches A too.
-    g = torch.Generator().manual_seed(100 + c["seed"])
-    with torch.no_grad():
-        for n, p in unet.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    init = peft_factors(unet)
+    ema = None
+    if full:
+        unet.requires_grad_(True)
+        init = {}
+        if c.get("ema"):
+            e = c["ema"]
+            ema = EMAModel(unet.parameters(), decay=e["decay"], min_decay=e["min_decay"],
+                           update_after_step=e["update_after_step"], use_ema_warmup=e["use_ema_warmup"],
+                           inv_gamma=e["inv_gamma"], power=e["power"])
+    else:
+        unet.requires_grad_(False)
+        torch.manual_seed(c["seed"])
+        unet.add_adapter(LoraConfig(r=c["r"], lora_alpha=c["lora_alpha"], init_lora_weights="gaussian",
+                                    target_modules=c["target_modules"]))
+        # A fresh B is zero; move the factors off it so the first step's gradient reaches A too.
+        g = torch.Generator().manual_seed(100 + c["seed"])
+        with torch.no_grad():
+            for n, p in unet.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        init = peft_factors(unet)
     params = [p for p in unet.parameters() if p.requires_grad]
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     if c["prediction_type"] is not None:
@@ -173,11 +194,24 @@ def run_case(c, folders):
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad()
+        if ema is not None:
+            ema.step(unet.parameters())
         losses.append(loss.item())
         norms.append(norm.item())
         for key, v in batch.items():
             tensors[f"step{k}/{key}"] = v.detach().clone().contiguous()
     unet.eval()
+    if full:
+        # What train_text_to_image.py saves: the moving average when there is one.
+        if ema is not None:
+            ema.copy_to(unet.parameters())
+        tensors.update({f"unet_final/{k}": v.detach().clone() for k, v in unet.state_dict().items()})
+        save_file({k: v.float().contiguous() for k, v in tensors.items()}, os.path.join(OUT, c["name"] + ".safetensors"))
+        entry = dict(c)
+        entry.update(total_steps=TOTAL_STEPS, losses=losses, grad_norms=norms, lrs=lrs,
+                     scheduler_config=dict(noise_scheduler.config))
+        print(f"{c['name']:10s} losses {['%.6f' % v for v in losses]} norms {['%.4f' % v for v in norms]}")
+        return entry
     final = peft_factors(unet)
     tensors.update({f"lora_final/{k}": v for k, v in final.items()})
 
@@ -217,7 +251,7 @@ def main():
     gp.clean(OUT)
     with tempfile.TemporaryDirectory() as tmp:
         folders = {n: gp.assemble(n, os.path.join(tmp, n)) for n in ("sd1", "sdxl")}
-        entries = [run_case(c, folders) for c in CASES]
+        entries = [run_case(c, folders) for c in CASES + [FULL]]
     gp.write_json(os.path.join(OUT, "cases.json"), {"captions": CAPTIONS, "cases": entries})
 
 

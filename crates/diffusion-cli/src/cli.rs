@@ -79,7 +79,8 @@ pub fn command() -> Command {
                 ),
         )
         .subcommand(train())
-        .subcommand(train_lora())
+        .subcommand(fine_tune(false))
+        .subcommand(fine_tune(true))
         .subcommand(
             Command::new("preprocess")
                 .about("Make a control image: the Canny edge map of an image, as cv2.Canny")
@@ -498,9 +499,10 @@ fn train() -> Command {
         .arg(flag("quiet", "No progress bar"))
 }
 
-/// `diffuse train-lora`: `train_text_to_image_lora.py`'s and
-/// `train_dreambooth_lora.py`'s flags, with dashes.
-fn train_lora() -> Command {
+/// `diffuse train-lora` (`train_text_to_image_lora.py`'s and
+/// `train_dreambooth_lora.py`'s flags, with dashes) and, `full`, `diffuse
+/// train-text-to-image` (`train_text_to_image.py`'s).
+fn fine_tune(full: bool) -> Command {
     let num = |id: &'static str, name: &'static str, help: &'static str| {
         Arg::new(id)
             .long(dashed(id))
@@ -514,8 +516,16 @@ fn train_lora() -> Command {
             .action(ArgAction::SetTrue)
             .help(help)
     };
-    Command::new("train-lora")
-        .about("Train a LoRA of a Stable Diffusion 1.x/2.x UNet on captioned images (diffusers' train_text_to_image_lora / train_dreambooth_lora)")
+    let command = if full {
+        Command::new("train-text-to-image")
+            .about("Fine-tune every weight of a Stable Diffusion 1.x/2.x UNet on captioned images (diffusers' train_text_to_image)")
+            .arg(flag("use_ema", "Keep a moving average of the weights (EMAModel: decay 0.9999) and save it"))
+    } else {
+        Command::new("train-lora")
+            .about("Train a LoRA of a Stable Diffusion 1.x/2.x UNet on captioned images (diffusers' train_text_to_image_lora / train_dreambooth_lora)")
+            .arg(num("rank", "R", "LoRA rank (and alpha) on the attention projections [default: 4]").value_parser(value_parser!(usize)))
+    };
+    command
         .arg(num("pretrained_model_name_or_path", "DIR_OR_REPO", "The base pipeline: a diffusers folder or Hub repo").required(true))
         .arg(num("variant", "VARIANT", "Weight variant of the base, e.g. fp16"))
         .arg(num("revision", "REV", "Hub branch, tag or commit of the base"))
@@ -524,11 +534,14 @@ fn train_lora() -> Command {
         .arg(num("caption_column", "NAME", "The caption field of metadata.jsonl [default: text]"))
         .arg(num("instance_data_dir", "DIR", "DreamBooth: the subject's images (captioned by --instance-prompt)"))
         .arg(num("instance_prompt", "TEXT", "DreamBooth: the prompt of every instance image, e.g. \"a photo of sks dog\""))
-        .arg(num("output_dir", "DIR", "Where the LoRA, checkpoints, validation grids and loss curve go [default: sd-model-finetuned-lora]"))
+        .arg(num("output_dir", "DIR", if full {
+            "Where the pipeline, checkpoints, validation grids and loss curve go [default: sd-model-finetuned]"
+        } else {
+            "Where the LoRA, checkpoints, validation grids and loss curve go [default: sd-model-finetuned-lora]"
+        }))
         .arg(num("resolution", "PX", "Images are resized (shorter side) and cropped to this square [default: 512]").value_parser(value_parser!(usize)))
         .arg(flag("center_crop", "Crop the center (default: a random crop each time an image is drawn)"))
         .arg(flag("random_flip", "Mirror images at random"))
-        .arg(num("rank", "R", "LoRA rank (and alpha) on the attention projections [default: 4]").value_parser(value_parser!(usize)))
         .arg(num("train_batch_size", "N", "Images per step [default: 16]").value_parser(value_parser!(usize)))
         .arg(num("max_train_steps", "N", "Optimizer steps [default: 1000]").value_parser(value_parser!(u64)))
         .arg(num("learning_rate", "F", "Base learning rate [default: 1e-4]").value_parser(value_parser!(f64)))
@@ -538,7 +551,7 @@ fn train_lora() -> Command {
         .arg(num("adam_beta2", "F", "[default: 0.999]").value_parser(value_parser!(f64)))
         .arg(num("adam_weight_decay", "F", "[default: 1e-2]").value_parser(value_parser!(f64)))
         .arg(num("adam_epsilon", "F", "[default: 1e-8]").value_parser(value_parser!(f64)))
-        .arg(num("max_grad_norm", "F", "Gradient-norm clipping of the LoRA factors, 0 = off [default: 1.0]").value_parser(value_parser!(f64)))
+        .arg(num("max_grad_norm", "F", "Gradient-norm clipping of the trained weights, 0 = off [default: 1.0]").value_parser(value_parser!(f64)))
         .arg(num("mixed_precision", "MODE", "no, fp16 (dynamic loss scaling) or bf16 [default: no]"))
         .arg(num("prediction_type", "TYPE", "epsilon or v_prediction [default: the scheduler's]"))
         .arg(num("snr_gamma", "F", "Min-SNR-gamma loss weighting (5.0 recommended)").value_parser(value_parser!(f64)))

@@ -54,13 +54,13 @@ mod args;
 mod cli;
 mod convert;
 mod error;
+mod fine_tune;
 mod generate;
 mod info;
 mod model;
 mod plot;
 mod settings;
 mod train;
-mod train_lora;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -229,19 +229,19 @@ fn run(matches: &ArgMatches) -> Result<()> {
             );
             Ok(())
         }
-        Some(("train-lora", m)) => {
-            let args = train_lora::TrainLoraArgs::from_matches(m)?;
+        Some((cmd @ ("train-lora" | "train-text-to-image"), m)) => {
+            let args = fine_tune::FineTuneArgs::from_matches(m, cmd == "train-text-to-image")?;
             let device = m
                 .get_one::<Device>("device")
                 .copied()
                 .unwrap_or(Device::Cpu);
             let summary = match device {
-                Device::Cpu => train_lora::run::<
+                Device::Cpu => fine_tune::run::<
                     burn::backend::Autodiff<diffusion_models::backend::Cpu>,
                 >(&args, Default::default(), Default::default())?,
                 #[cfg(feature = "cuda")]
                 Device::Cuda(n) => {
-                    train_lora::run::<burn::backend::Autodiff<diffusion_models::backend::Cuda>>(
+                    fine_tune::run::<burn::backend::Autodiff<diffusion_models::backend::Cuda>>(
                         &args,
                         burn::backend::cuda::CudaDevice::new(n),
                         burn::backend::cuda::CudaDevice::new(n),

@@ -538,3 +538,74 @@ fn a_lora_checkpoint_resumes_exactly_and_refuses_another_model_or_config() {
         .to_string();
     assert!(e.contains("LoRA"), "{e}");
 }
+
+/// `train_text_to_image.py`'s full fine-tune of the SD1 UNet (every
+/// parameter, min-SNR weighting, warm-up, EMAModel): losses, gradient norms
+/// and learning rates of three steps, then the moving average it saves.
+#[test]
+fn sd1_full_fine_tune_steps_match_diffusers() {
+    let case = case("sd1_full");
+    let tensors = read_tensors(&dir().join("sd1_full.safetensors"));
+    let pdir = common::pipeline_dir("sd1");
+    let unet_dir = pdir.path().join("unet");
+    let config = read_config::<UNet2DConditionConfig>(&unet_dir.join("config.json"))
+        .unwrap()
+        .config;
+    let weights = Weights::open(&unet_dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let device = Default::default();
+    let (model, keys) =
+        diffusion_pipelines::training::build_model::<B, Unet>(&config, Some(&weights), &device, 0)
+            .unwrap();
+    let mut scheduler = case["scheduler_config"].clone();
+    scheduler["_class_name"] = Value::from("DDPMScheduler");
+    let mut train = train_config(&case);
+    train.ema = Some(serde_json::from_value(case["ema"].clone()).unwrap());
+    let mut trainer = Trainer::from_parts(model, config, keys, scheduler, train, device).unwrap();
+    for k in 0..3 {
+        let stats = trainer.step(&batch(&tensors, k, false)).unwrap();
+        let (loss, norm, lr) = (
+            case["losses"][k].as_f64().unwrap(),
+            case["grad_norms"][k].as_f64().unwrap(),
+            case["lrs"][k].as_f64().unwrap(),
+        );
+        println!(
+            "sd1_full step {k}: loss {:.3e} rel, grad norm {:.3e} rel",
+            rel(stats.loss, loss),
+            rel(stats.grad_norm, norm)
+        );
+        assert!(
+            rel(stats.loss, loss) <= 1e-4,
+            "step {k}: loss {} vs {loss}",
+            stats.loss
+        );
+        assert!(
+            rel(stats.grad_norm, norm) <= 1e-4,
+            "step {k}: norm {} vs {norm}",
+            stats.grad_norm
+        );
+        assert!(
+            rel(stats.lr, lr) <= 1e-9,
+            "step {k}: lr {} vs {lr}",
+            stats.lr
+        );
+    }
+    let saved = trainer.inference_state_dict().unwrap();
+    let (mut got, mut want, mut got_up, mut want_up) = (vec![], vec![], vec![], vec![]);
+    for (key, t) in &saved {
+        let g: Vec<f32> = t
+            .data
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let w = &tensors[&format!("unet_final/{key}")].1;
+        let s = &weights.tensor(key).unwrap().to_f32_vec().unwrap();
+        got_up.extend(g.iter().zip(s).map(|(a, b)| a - b));
+        want_up.extend(w.iter().zip(s).map(|(a, b)| a - b));
+        got.extend(g);
+        want.extend(w);
+    }
+    let (weights_err, update_err) = (rel_l2(&got, &want), rel_l2(&got_up, &want_up));
+    println!("sd1_full: EMA weights rel L2 {weights_err:.3e}, update rel L2 {update_err:.3e}");
+    assert!(weights_err <= 1e-4, "weights rel L2 {weights_err}");
+    assert!(update_err <= 1e-3, "update rel L2 {update_err}");
+}

@@ -1,14 +1,17 @@
-//! `diffuse train-lora`: diffusers' `train_text_to_image_lora.py` (captioned
-//! images) and `train_dreambooth_lora.py` (an instance folder and prompt) on
-//! a Stable Diffusion 1.x/2.x pipeline.
+//! Fine-tuning a Stable Diffusion 1.x/2.x UNet on captioned images:
+//! `diffuse train-lora` is diffusers' `train_text_to_image_lora.py` (and
+//! `train_dreambooth_lora.py` with an instance folder and prompt),
+//! `diffuse train-text-to-image` is `train_text_to_image.py` (every UNet
+//! weight, optional EMA).
 //!
 //! The flags keep the scripts' names (with dashes) and defaults. Outputs in
 //! `--output-dir`: `pytorch_lora_weights.safetensors` (diffusers'
 //! `save_lora_weights` format: `diffuse generate --lora` and diffusers'
-//! `load_lora_weights` read it), `checkpoint-N/` folders holding the factors,
-//! AdamW's moments and the run's state (`--resume-from-checkpoint`),
-//! `validation/step-N.png` grids for `--validation-prompt`, and the loss
-//! curve (`loss.csv`, `loss.png`). Every file is written atomically.
+//! `load_lora_weights` read it) or, for a full fine-tune, a pipeline folder
+//! (the base's components with the trained `unet/`); `checkpoint-N/` folders
+//! (`--resume-from-checkpoint`), `validation/step-N.png` grids for
+//! `--validation-prompt`, and the loss curve (`loss.csv`, `loss.png`).
+//! Every file is written atomically.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,11 +24,12 @@ use diffusion_models::LoraFactors;
 use diffusion_models::trainable_lora::LoraConfig;
 use diffusion_models::unet_2d_condition::UNet2DConditionModel;
 use diffusion_pipelines::components::open_component_weights;
+use diffusion_pipelines::image::write_atomic;
 use diffusion_pipelines::lora::{Component, MissingComponent};
 use diffusion_pipelines::training::{
-    AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, LoraLayers, LrSchedule,
+    AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, EmaConfig, LoraLayers, LrSchedule,
     LrScheduleKind, MixedPrecision, Objective, PredictionType, StepStats, TextToImageBatches,
-    TrainConfig, Trainer, save_lora_weights,
+    TrainConfig, Trainer, build_model, config_json, save_lora_weights, save_model_folder,
 };
 use diffusion_pipelines::{
     DiffusionPipeline, Generator, LoadOptions, Params, PipelineError, StableDiffusion, Task,
@@ -39,9 +43,26 @@ use crate::train::{
     remove_stale_temporaries, write_losses,
 };
 
+/// What a run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// A LoRA of this rank (`r = lora_alpha`) on the attention projections.
+    Lora {
+        /// `--rank`.
+        rank: usize,
+    },
+    /// Every UNet weight, with a moving average when `--use-ema`.
+    Full {
+        /// `--use-ema`: diffusers' `EMAModel` defaults.
+        ema: Option<EmaConfig>,
+    },
+}
+
 /// The settings of one run.
 #[derive(Debug, Clone)]
-pub struct TrainLoraArgs {
+pub struct FineTuneArgs {
+    /// What trains.
+    pub mode: Mode,
     /// `--pretrained-model-name-or-path` and the Hub flags.
     pub hub: HubArgs,
     /// `--train-data-dir` or `--instance-data-dir`.
@@ -57,8 +78,6 @@ pub struct TrainLoraArgs {
     pub center_crop: bool,
     /// `--random-flip`.
     pub random_flip: bool,
-    /// `--rank` (the LoRA's `r` and `lora_alpha`).
-    pub rank: usize,
     /// `--train-batch-size`.
     pub batch_size: usize,
     /// `--max-train-steps`.
@@ -91,9 +110,9 @@ fn get<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Option<T> 
     m.get_one::<T>(id).cloned()
 }
 
-impl TrainLoraArgs {
-    /// Reads `diffuse train-lora`'s flags.
-    pub fn from_matches(m: &ArgMatches) -> Result<Self> {
+impl FineTuneArgs {
+    /// Reads `diffuse train-lora`'s (`full`: `train-text-to-image`'s) flags.
+    pub fn from_matches(m: &ArgMatches, full: bool) -> Result<Self> {
         let hub = HubArgs {
             model: get(m, "pretrained_model_name_or_path"),
             variant: get(m, "variant"),
@@ -140,7 +159,21 @@ impl TrainLoraArgs {
                 "--resolution {resolution}: not a multiple of 8 (the VAE's downscale)"
             )));
         }
-        let rank = positive("rank", get(m, "rank").unwrap_or(4))?;
+        let mode = if full {
+            Mode::Full {
+                ema: m.get_flag("use_ema").then(|| EmaConfig {
+                    decay: 0.9999,
+                    use_ema_warmup: false,
+                    inv_gamma: 1.0,
+                    power: 2.0 / 3.0,
+                    ..EmaConfig::default()
+                }),
+            }
+        } else {
+            Mode::Lora {
+                rank: positive("rank", get(m, "rank").unwrap_or(4))?,
+            }
+        };
         let batch_size = positive("train-batch-size", get(m, "train_batch_size").unwrap_or(16))?;
         let max_train_steps: u64 = get(m, "max_train_steps").unwrap_or(1000);
         if max_train_steps == 0 {
@@ -188,7 +221,10 @@ impl TrainLoraArgs {
                 max_train_steps,
             ),
             max_grad_norm: (max_grad_norm != 0.0).then_some(max_grad_norm),
-            ema: None,
+            ema: match &mode {
+                Mode::Full { ema } => *ema,
+                Mode::Lora { .. } => None,
+            },
             objective: Objective {
                 prediction_type,
                 snr_gamma: get(m, "snr_gamma"),
@@ -217,7 +253,8 @@ impl TrainLoraArgs {
                 return Err(usage(format!("{flag} \"\": an empty path")));
             }
         }
-        Ok(TrainLoraArgs {
+        Ok(FineTuneArgs {
+            mode,
             hub,
             data_dir,
             captions,
@@ -225,7 +262,6 @@ impl TrainLoraArgs {
             resolution,
             center_crop: m.get_flag("center_crop"),
             random_flip: m.get_flag("random_flip"),
-            rank,
             batch_size,
             max_train_steps,
             proportion_empty_prompts,
@@ -248,8 +284,15 @@ impl TrainLoraArgs {
         })
     }
 
-    fn lora(&self) -> LoraConfig {
-        LoraConfig::attention(self.rank)
+    fn lora(&self) -> Option<LoraConfig> {
+        match self.mode {
+            Mode::Lora { rank } => Some(LoraConfig::attention(rank)),
+            Mode::Full { .. } => None,
+        }
+    }
+
+    fn rank(&self) -> usize {
+        self.lora().map_or(0, |l| l.r)
     }
 }
 
@@ -268,10 +311,11 @@ struct RunState {
     losses: Vec<[f64; 4]>,
 }
 
-/// Runs `diffuse train-lora` on backend `B` (autodiff over the inference
-/// backend, where the frozen VAE and text encoder run).
+/// Runs `diffuse train-lora` / `train-text-to-image` on backend `B`
+/// (autodiff over the inference backend, where the frozen VAE and text
+/// encoder run).
 pub fn run<B: AutodiffBackend>(
-    args: &TrainLoraArgs,
+    args: &FineTuneArgs,
     device: B::Device,
     inner_device: burn::tensor::Device<B::InnerBackend>,
 ) -> Result<Summary>
@@ -341,63 +385,73 @@ where
         Some("latest") => latest_checkpoint(out)?,
         Some(p) => Some(PathBuf::from(p)),
     };
-    let (mut trainer, mut state) = match &resume_dir {
-        Some(dir) => {
-            let (trainer, extra) = Trainer::<B, UNet2DConditionModel<B>>::resume_lora(
-                dir,
-                &unet_weights,
-                &unet_config,
-                Some(&args.lora()),
-                &device,
-            )
-            .map_err(|e| match e {
-                PipelineError::Config { path, message }
-                    if path.ends_with("adapter_config.json") =>
-                {
-                    usage(format!(
-                        "--rank {}: {} ({})",
-                        args.rank,
-                        message,
-                        path.display()
-                    ))
-                }
-                other => other.into(),
-            })?;
+    let fresh_state = || RunState {
+        seed: args.seed,
+        batch_size: args.batch_size,
+        random_flip: args.random_flip,
+        center_crop: args.center_crop,
+        resolution: args.resolution,
+        max_train_steps: args.max_train_steps,
+        proportion_empty_prompts: args.proportion_empty_prompts,
+        losses: Vec::new(),
+    };
+    let rank_error = |e: PipelineError| match e {
+        PipelineError::Config { path, message } if path.ends_with("adapter_config.json") => usage(
+            format!("--rank {}: {} ({})", args.rank(), message, path.display()),
+        ),
+        PipelineError::Model(m) if m.to_string().contains("`r`") => {
+            usage(format!("--rank {}: {m}", args.rank()))
+        }
+        other => other.into(),
+    };
+    type Unet<B> = UNet2DConditionModel<B>;
+    let (mut trainer, state) = match (&resume_dir, args.lora()) {
+        (Some(dir), lora) => {
+            let (trainer, extra) = match lora {
+                Some(lora) => Trainer::<B, Unet<B>>::resume_lora(
+                    dir,
+                    &unet_weights,
+                    &unet_config,
+                    Some(&lora),
+                    &device,
+                )
+                .map_err(rank_error)?,
+                None => Trainer::<B, Unet<B>>::resume(dir, &device)?,
+            };
             let state: RunState = serde_json::from_value(extra).map_err(|e| CliError::Input {
                 path: dir.join("trainer_state.json"),
-                message: format!("not a `diffuse train-lora` checkpoint: {e}"),
+                message: format!("not a checkpoint of this command: {e}"),
             })?;
             (trainer, state)
         }
-        None => {
-            let trainer = Trainer::<B, UNet2DConditionModel<B>>::lora(
+        (None, Some(lora)) => {
+            let trainer = Trainer::<B, Unet<B>>::lora(
                 &unet_weights,
                 unet_config,
-                args.lora(),
+                lora,
                 LoraFactors::Seeded(args.seed),
                 scheduler_config,
                 args.config.clone(),
                 device.clone(),
             )
-            .map_err(|e| match e {
-                PipelineError::Model(m) if m.to_string().contains("`r`") => {
-                    usage(format!("--rank {}: {m}", args.rank))
-                }
-                other => other.into(),
-            })?;
-            let state = RunState {
-                seed: args.seed,
-                batch_size: args.batch_size,
-                random_flip: args.random_flip,
-                center_crop: args.center_crop,
-                resolution: args.resolution,
-                max_train_steps: args.max_train_steps,
-                proportion_empty_prompts: args.proportion_empty_prompts,
-                losses: Vec::new(),
-            };
-            (trainer, state)
+            .map_err(rank_error)?;
+            (trainer, fresh_state())
+        }
+        (None, None) => {
+            let (model, keys) =
+                build_model::<B, Unet<B>>(&unet_config, Some(&unet_weights), &device, args.seed)?;
+            let trainer = Trainer::from_parts(
+                model,
+                unet_config,
+                keys,
+                scheduler_config,
+                args.config.clone(),
+                device.clone(),
+            )?;
+            (trainer, fresh_state())
         }
     };
+    let mut state = state;
     remove_stale_temporaries(out);
     let crop = if state.center_crop {
         Crop::Center
@@ -444,14 +498,23 @@ where
             })?;
         }
         if args.validation_steps > 0 && step % args.validation_steps == 0 && !last {
-            let file = save(&trainer, &args.output_dir.join("validation"), &args.lora())?;
-            bar.suspend(|| validate(sd, args, &file, step))?;
+            let trained = match args.lora() {
+                Some(lora) => Trained::Lora(save(&trainer, &out.join("validation"), &lora)?),
+                None => Trained::Unet,
+            };
+            bar.suspend(|| validate(sd, &trainer, args, &trained, step))?;
         }
     }
     bar.finish_and_clear();
-    let file = save(&trainer, out, &args.lora())?;
+    let trained = match args.lora() {
+        Some(lora) => Trained::Lora(save(&trainer, out, &lora)?),
+        None => {
+            save_pipeline(&resolved.root, out, &trainer)?;
+            Trained::Unet
+        }
+    };
     write_losses(out, &state.losses)?;
-    validate(sd, args, &file, trainer.step_count())?;
+    validate(sd, &trainer, args, &trained, trainer.step_count())?;
     let steps_this_run = trainer.step_count() - start;
     let tail = &state.losses[state.losses.len().saturating_sub(100)..];
     let finite: Vec<f64> = tail
@@ -498,19 +561,95 @@ where
     )?)
 }
 
-/// `--num-validation-images` images of `--validation-prompt` with the LoRA
-/// in `file`, as one grid `validation/step-N.png` (seeded by `--seed`).
-fn validate<B: burn::tensor::backend::Backend>(
-    sd: &mut StableDiffusion<B>,
-    args: &TrainLoraArgs,
-    file: &Path,
+/// A full fine-tune's output: the base pipeline folder's files (every
+/// component but `unet/`) copied, and the trained `unet/` (its moving
+/// average when there is one, as the script saves), `model_index.json` last.
+fn save_pipeline<B: AutodiffBackend>(
+    base: &Path,
+    out: &Path,
+    trainer: &Trainer<B, UNet2DConditionModel<B>>,
+) -> Result<()>
+where
+    UNet2DConditionModel<B>: AutodiffModule<B, InnerModule = UNet2DConditionModel<B::InnerBackend>>,
+{
+    let entries = std::fs::read_dir(base).map_err(|e| CliError::Input {
+        path: base.to_path_buf(),
+        message: format!("cannot read the base pipeline: {e}"),
+    })?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let from = entry.path();
+        if name == "unet" || name == "model_index.json" || name.starts_with('.') || !from.is_dir() {
+            continue;
+        }
+        copy_dir(&from, &out.join(&name))?;
+    }
+    save_model_folder(
+        &out.join("unet"),
+        &config_json("UNet2DConditionModel", trainer.model_config())?,
+        &trainer.inference_state_dict()?,
+    )?;
+    let index = std::fs::read(base.join("model_index.json")).map_err(|e| CliError::Input {
+        path: base.join("model_index.json"),
+        message: format!("cannot read: {e}"),
+    })?;
+    write_atomic(&out.join("model_index.json"), &index)?;
+    Ok(())
+}
+
+/// Copies the files of `from` (following links, as a Hub cache snapshot
+/// has them) into `to`, each written atomically.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let io = |path: &Path, e: std::io::Error| CliError::Input {
+        path: path.to_path_buf(),
+        message: format!("cannot copy: {e}"),
+    };
+    std::fs::create_dir_all(to).map_err(|e| io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| io(from, e))? {
+        let entry = entry.map_err(|e| io(from, e))?;
+        let path = entry.path();
+        let dest = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_dir(&path, &dest)?;
+        } else {
+            let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+            write_atomic(&dest, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the validation images are made with.
+enum Trained {
+    /// The LoRA file written so far.
+    Lora(PathBuf),
+    /// The trainer's UNet (its moving average when there is one).
+    Unet,
+}
+
+/// `--num-validation-images` images of `--validation-prompt` with what was
+/// trained, as one grid `validation/step-N.png` (seeded by `--seed`).
+fn validate<B: AutodiffBackend>(
+    sd: &mut StableDiffusion<B::InnerBackend>,
+    trainer: &Trainer<B, UNet2DConditionModel<B>>,
+    args: &FineTuneArgs,
+    trained: &Trained,
     step: u64,
-) -> Result<()> {
+) -> Result<()>
+where
+    UNet2DConditionModel<B>: AutodiffModule<B, InnerModule = UNet2DConditionModel<B::InnerBackend>>,
+{
     let Some(prompt) = &args.validation_prompt else {
         return Ok(());
     };
-    sd.unload_lora_weights()?;
-    sd.load_lora_weights(file, Some("trained"), MissingComponent::Error)?;
+    let base_unet = match trained {
+        Trained::Lora(file) => {
+            sd.unload_lora_weights()?;
+            sd.load_lora_weights(file, Some("trained"), MissingComponent::Error)?;
+            None
+        }
+        Trained::Unet => Some(std::mem::replace(&mut sd.unet, trainer.inference_model())),
+    };
     let params = Params {
         prompt: vec![prompt.clone()],
         num_images_per_prompt: args.num_validation_images,
@@ -521,21 +660,24 @@ fn validate<B: burn::tensor::backend::Backend>(
         progress: false,
         ..Params::default()
     };
-    let images = sd
-        .run(Task::TextToImage, params)?
+    let images = sd.run(Task::TextToImage, params);
+    match base_unet {
+        Some(unet) => sd.unet = unet,
+        None => sd.unload_lora_weights()?,
+    }
+    let images = images?
         .images
         .ok_or_else(|| usage("the pipeline returned no images"))?;
-    sd.unload_lora_weights()?;
     let dir = args.output_dir.join("validation");
     std::fs::create_dir_all(&dir).map_err(|e| CliError::Input {
         path: dir.clone(),
         message: format!("cannot create: {e}"),
     })?;
     let cols = (images.count as f64).sqrt().ceil() as usize;
-    let text = [
-        ("prompt".to_string(), prompt.clone()),
-        ("lora".to_string(), file.display().to_string()),
-    ];
+    let mut text = vec![("prompt".to_string(), prompt.clone())];
+    if let Trained::Lora(file) = trained {
+        text.push(("lora".to_string(), file.display().to_string()));
+    }
     images
         .grid(cols, 2)
         .save_png(0, &dir.join(format!("step-{step:06}.png")), &text)?;

@@ -268,3 +268,76 @@ fn dreambooth_sidecars_and_bad_data_or_flags() {
     assert!(e.contains("--rank 64") && e.contains("to_"), "{e}");
     assert!(!bad_out.join("pytorch_lora_weights.safetensors").exists());
 }
+
+/// `diffuse train-text-to-image`: every UNet weight trains (with EMA); the
+/// output is the base pipeline with the trained UNet, which `generate` runs;
+/// a run resumed from its checkpoint saves the same UNet.
+#[test]
+fn a_full_fine_tune_writes_a_pipeline_that_generates_and_resumes_exactly() {
+    let model = common::pipeline_dir("sd1");
+    let model_s = model.path().to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    images(&data);
+    for k in 0..4 {
+        std::fs::write(data.join(format!("img{k}.txt")), format!("gradient {k}")).unwrap();
+    }
+    let out = tmp.path().join("full");
+    let (data_s, out_s) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = train_args(model_s, &["--train-data-dir", data_s], out_s, "3");
+    args[0] = "train-text-to-image";
+    let at = args.iter().position(|a| *a == "--rank").unwrap();
+    args.drain(at..at + 2);
+    args.push("--use-ema");
+    ok(&diffuse(&args));
+    for f in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "tokenizer/vocab.json",
+        "scheduler/scheduler_config.json",
+        "checkpoint-2/unet/diffusion_pytorch_model.safetensors",
+        "checkpoint-2/unet_ema/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let unet = out.join("unet/diffusion_pytorch_model.safetensors");
+    let trained = std::fs::read(&unet).unwrap();
+    assert_ne!(
+        trained,
+        std::fs::read(
+            model
+                .path()
+                .join("unet/diffusion_pytorch_model.safetensors")
+        )
+        .unwrap()
+    );
+    let png = tmp.path().join("full.png");
+    ok(&diffuse(&[
+        "generate",
+        "--model",
+        out_s,
+        "--prompt",
+        "a gradient",
+        "--steps",
+        "2",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--seed",
+        "1",
+        "--output",
+        png.to_str().unwrap(),
+    ]));
+    assert!(png.is_file());
+
+    std::fs::remove_dir_all(out.join("checkpoint-3")).unwrap();
+    std::fs::remove_file(&unet).unwrap();
+    args.extend_from_slice(&["--resume-from-checkpoint", "latest"]);
+    let summary: serde_json::Value = serde_json::from_str(ok(&diffuse(&args)).trim()).unwrap();
+    assert_eq!(summary["steps_this_run"], 1);
+    assert_eq!(std::fs::read(&unet).unwrap(), trained, "resumed UNet");
+}
