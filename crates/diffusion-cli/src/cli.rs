@@ -518,11 +518,11 @@ fn fine_tune(full: bool) -> Command {
     };
     let command = if full {
         Command::new("train-text-to-image")
-            .about("Fine-tune every weight of a Stable Diffusion 1.x/2.x UNet on captioned images (diffusers' train_text_to_image)")
+            .about("Fine-tune every weight of a Stable Diffusion 1.x/2.x/XL UNet on captioned images (diffusers' train_text_to_image)")
             .arg(flag("use_ema", "Keep a moving average of the weights (EMAModel: decay 0.9999) and save it"))
     } else {
         Command::new("train-lora")
-            .about("Train a LoRA of a Stable Diffusion 1.x/2.x UNet on captioned images (diffusers' train_text_to_image_lora / train_dreambooth_lora)")
+            .about("Train a LoRA of a Stable Diffusion 1.x/2.x/XL UNet on captioned images (diffusers' train_text_to_image_lora / train_dreambooth_lora)")
             .arg(num("rank", "R", "LoRA rank (and alpha) on the attention projections [default: 4]").value_parser(value_parser!(usize)))
     };
     command

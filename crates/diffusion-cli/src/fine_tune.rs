@@ -1,4 +1,4 @@
-//! Fine-tuning a Stable Diffusion 1.x/2.x UNet on captioned images:
+//! Fine-tuning a Stable Diffusion 1.x/2.x/XL UNet on captioned images:
 //! `diffuse train-lora` is diffusers' `train_text_to_image_lora.py` (and
 //! `train_dreambooth_lora.py` with an instance folder and prompt),
 //! `diffuse train-text-to-image` is `train_text_to_image.py` (every UNet
@@ -353,12 +353,6 @@ where
             message: "LoRA training needs a Stable Diffusion pipeline (UNet2DConditionModel)"
                 .into(),
         })?;
-    if sd.xl {
-        return Err(CliError::WrongModel {
-            model: name.clone(),
-            message: "SDXL LoRA training from images is not built yet (SD 1.x/2.x are)".into(),
-        });
-    }
     let factor = sd.vae_scale_factor()
         * (1usize << sd.unet_config.block_out_channels.len().saturating_sub(1));
     if !args.resolution.is_multiple_of(factor) {

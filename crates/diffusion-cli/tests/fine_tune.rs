@@ -341,3 +341,57 @@ fn a_full_fine_tune_writes_a_pipeline_that_generates_and_resumes_exactly() {
     assert_eq!(summary["steps_this_run"], 1);
     assert_eq!(std::fs::read(&unet).unwrap(), trained, "resumed UNet");
 }
+
+/// SDXL: both text encoders, the pooled projection and `add_time_ids` feed
+/// the step; the LoRA drives `generate`.
+#[test]
+fn an_sdxl_lora_trains_from_captioned_images() {
+    let model = common::pipeline_dir("sdxl");
+    let model_s = model.path().to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    images(&data);
+    for k in 0..4 {
+        std::fs::write(data.join(format!("img{k}.txt")), format!("gradient {k}")).unwrap();
+    }
+    let out = tmp.path().join("xl");
+    let args = train_args(
+        model_s,
+        &["--train-data-dir", data.to_str().unwrap()],
+        out.to_str().unwrap(),
+        "2",
+    );
+    let summary: serde_json::Value = serde_json::from_str(ok(&diffuse(&args)).trim()).unwrap();
+    assert!(summary["final_loss"].as_f64().unwrap().is_finite());
+    let lora = out.join("pytorch_lora_weights.safetensors");
+    let bytes = std::fs::read(&lora).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // SDXL fixture: 3 transformer blocks (two in the down block's attention, ...).
+    assert!(
+        st.names()
+            .iter()
+            .all(|n| n.starts_with("unet.") && n.contains("lora."))
+    );
+    let png = tmp.path().join("xl.png");
+    let lora_s = lora.to_str().unwrap();
+    ok(&diffuse(&[
+        "generate",
+        "--model",
+        model_s,
+        "--prompt",
+        "a gradient",
+        "--steps",
+        "2",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--seed",
+        "1",
+        "--lora",
+        lora_s,
+        "--output",
+        png.to_str().unwrap(),
+    ]));
+    assert!(png.is_file());
+}

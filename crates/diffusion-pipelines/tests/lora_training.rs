@@ -609,3 +609,89 @@ fn sd1_full_fine_tune_steps_match_diffusers() {
     assert!(weights_err <= 1e-4, "weights rel L2 {weights_err}");
     assert!(update_err <= 1e-3, "update rel L2 {update_err}");
 }
+
+/// The text side of a training batch is what the scripts compute: for SD1
+/// `text_encoder(input_ids)[0]`, for SDXL `encode_prompt`'s states and pooled
+/// projection (the fixtures' step-0 states, from diffusers), and SDXL's
+/// `add_time_ids` are each image's original size, crop corner and the target
+/// size, the corner mirrored for a flipped image.
+#[test]
+fn text_to_image_batches_encode_captions_and_sizes_as_the_scripts() {
+    use diffusion_pipelines::training::{
+        BatchSampler, CaptionedDataset, Captions, Crop, TextToImageBatches,
+    };
+    let captions: Vec<String> = serde_json::from_value(
+        serde_json::from_str::<Value>(&std::fs::read_to_string(dir().join("cases.json")).unwrap())
+            .unwrap()["captions"]
+            .clone(),
+    )
+    .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    for (k, caption) in captions.iter().enumerate() {
+        // 40 wide, 48 high: resized to 32 × 38, centre crop at row 3.
+        image::RgbImage::from_fn(40, 48, |x, y| image::Rgb([(x * 6) as u8, (y * 5) as u8, 9]))
+            .save(data_dir.path().join(format!("{k}.png")))
+            .unwrap();
+        std::fs::write(data_dir.path().join(format!("{k}.txt")), caption).unwrap();
+    }
+    let files = Captions::Files {
+        column: "text".into(),
+    };
+    for (pipeline, fixture) in [("sd1", "sd1_eps"), ("sdxl", "sdxl_eps")] {
+        let tensors = read_tensors(&dir().join(format!("{fixture}.safetensors")));
+        let (_pdir, mut pipe) = common::load_pipeline::<Flex>(pipeline);
+        let sd = pipe.stable_diffusion().unwrap();
+        let data = CaptionedDataset::load(data_dir.path(), 32, Crop::Center, &files).unwrap();
+        for random_flip in [false, true] {
+            let batches = TextToImageBatches::<B> {
+                pipeline: sd,
+                data: &data,
+                sampler: BatchSampler {
+                    seed: 3,
+                    batch_size: 2,
+                    random_flip,
+                },
+                proportion_empty_prompts: 0.0,
+            };
+            let order = batches.captions(0);
+            let batch = batches.batch(0, 1000, &Default::default()).unwrap();
+            // The tiny VAE halves the side once.
+            assert_eq!(batch.x0.dims(), [2, 4, 16, 16]);
+            let (states, pooled) = match batch.condition {
+                Condition::Text(s) => (s, None),
+                Condition::TextTime {
+                    states,
+                    text_embeds,
+                    time_ids,
+                } => {
+                    let ids = time_ids.into_data().to_vec::<f32>().unwrap();
+                    assert_eq!(
+                        ids,
+                        [48.0, 40.0, 3.0, 0.0, 32.0, 32.0].repeat(2),
+                        "{pipeline}"
+                    );
+                    (states, Some(text_embeds))
+                }
+                Condition::None | Condition::ClassLabels(_) => unreachable!(),
+            };
+            let (want_shape, want) = &tensors["step0/states"];
+            let got = states.into_data().to_vec::<f32>().unwrap();
+            let row = want.len() / want_shape[0];
+            for (i, caption) in order.iter().enumerate() {
+                let k = captions.iter().position(|c| c == caption).unwrap();
+                let err = rel_l2(&got[i * row..(i + 1) * row], &want[k * row..(k + 1) * row]);
+                assert!(err <= 1e-5, "{pipeline}: states of {caption:?}: {err}");
+            }
+            if let Some(pooled) = pooled {
+                let (shape, want) = &tensors["step0/text_embeds"];
+                let got = pooled.into_data().to_vec::<f32>().unwrap();
+                let row = want.len() / shape[0];
+                for (i, caption) in order.iter().enumerate() {
+                    let k = captions.iter().position(|c| c == caption).unwrap();
+                    let err = rel_l2(&got[i * row..(i + 1) * row], &want[k * row..(k + 1) * row]);
+                    assert!(err <= 1e-5, "{pipeline}: pooled of {caption:?}: {err}");
+                }
+            }
+        }
+    }
+}

@@ -1,10 +1,11 @@
 //! A folder of images as training data, and the batches drawn from it.
 //!
 //! Preprocessing follows `train_unconditional.py`: resize the shorter side to
-//! the resolution (bilinear, antialiased when shrinking), crop a square (the
-//! center, or at random per draw as torchvision's `RandomCrop`), optional
-//! random horizontal flip, scale to `[-1, 1]`. Images are decoded and resized
-//! once and kept in memory.
+//! the resolution (the longer to `⌊resolution · long / short⌋`, as
+//! torchvision's `Resize`; bilinear, antialiased when shrinking), crop a
+//! square (the center, rounded as torchvision's `CenterCrop`, or at random
+//! per draw as its `RandomCrop`), optional random horizontal flip, scale to
+//! `[-1, 1]`. Images are decoded and resized once and kept in memory.
 //!
 //! Every random choice of step `s` (which images, flips, timesteps, noise) is
 //! drawn from generators seeded by `(seed, s)` alone, so a batch does not
@@ -51,6 +52,9 @@ pub struct ImageDataset {
     pub images: Vec<Vec<f32>>,
     /// The file of each image.
     pub paths: Vec<PathBuf>,
+    /// Each image's size before resizing, `(height, width)` (SDXL's
+    /// `original_size` micro-conditioning).
+    pub original_sizes: Vec<(usize, usize)>,
     /// How batches crop the images (fixed at load: a random crop needs the
     /// uncropped images).
     crop: Crop,
@@ -131,9 +135,14 @@ impl ImageDataset {
                 message: "no .png/.jpg/.jpeg images in this folder".into(),
             });
         }
+        let mut original_sizes = Vec::with_capacity(paths.len());
         let resized = paths
             .iter()
-            .map(|p| Ok(resize(&crate::image::load_image(p)?, resolution, channels)))
+            .map(|p| {
+                let image = crate::image::load_image(p)?;
+                original_sizes.push((image.height() as usize, image.width() as usize));
+                Ok(resize(&image, resolution, channels))
+            })
             .collect::<Result<Vec<_>>>()?;
         let images = resized
             .iter()
@@ -144,6 +153,7 @@ impl ImageDataset {
             channels,
             images,
             paths,
+            original_sizes,
             crop,
             resized: if crop == Crop::Random {
                 resized
@@ -169,6 +179,7 @@ impl ImageDataset {
         Ok(ImageDataset {
             resolution,
             channels,
+            original_sizes: vec![(resolution, resolution); images.len()],
             images,
             paths: Vec::new(),
             crop: Crop::Center,
@@ -199,12 +210,8 @@ pub fn preprocess(image: &image::DynamicImage, resolution: usize, channels: usiz
 
 /// Resize so that the shorter side is `resolution`; `[-1, 1]`, channel-major.
 fn resize(image: &image::DynamicImage, resolution: usize, channels: usize) -> Resized {
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    let scale = resolution as f64 / w.min(h) as f64;
-    let (nw, nh) = (
-        ((w as f64 * scale).round() as u32).max(resolution as u32),
-        ((h as f64 * scale).round() as u32).max(resolution as u32),
-    );
+    let (h, w) = Resized::scaled_size(image.height() as usize, image.width() as usize, resolution);
+    let (nw, nh) = (w as u32, h as u32);
     let resized = image.resize_exact(nw, nh, FilterType::Triangle);
     let pixels: Vec<u8> = if channels == 1 {
         resized.to_luma8().into_raw()
@@ -226,9 +233,29 @@ fn resize(image: &image::DynamicImage, resolution: usize, channels: usize) -> Re
 }
 
 impl Resized {
+    /// `(height, width)` of an `h × w` image whose shorter side is resized
+    /// to `resolution`: the longer side `⌊resolution · long / short⌋`, as
+    /// torchvision's `Resize(resolution)`.
+    fn scaled_size(h: usize, w: usize, resolution: usize) -> (usize, usize) {
+        let short = h.min(w).max(1);
+        let side = |s: usize| (resolution * s / short).max(resolution);
+        (side(h), side(w))
+    }
+
+    /// The corner of the centered `side × side` window, rounded as
+    /// torchvision's `CenterCrop` (`round((h - side) / 2)`, half to even).
+    fn center(&self, side: usize) -> (usize, usize) {
+        let half = |d: usize| {
+            let (q, r) = (d / 2, d % 2);
+            // d/2 = q + 0.5 exactly when d is odd: round to the even neighbour.
+            if r == 1 && q % 2 == 1 { q + 1 } else { q }
+        };
+        (half(self.height - side), half(self.width - side))
+    }
+
     /// The `side × side` window at `(top, left)`, or the center one.
     fn crop(&self, channels: usize, side: usize, at: Option<(usize, usize)>) -> Vec<f32> {
-        let (top, left) = at.unwrap_or(((self.height - side) / 2, (self.width - side) / 2));
+        let (top, left) = at.unwrap_or_else(|| self.center(side));
         let plane = self.height * self.width;
         let mut out = Vec::with_capacity(channels * side * side);
         for c in 0..channels {
@@ -342,6 +369,18 @@ impl BatchSampler {
         step: u64,
         device: &B::Device,
     ) -> Result<Tensor<B, 4>> {
+        Ok(self.images_and_crops(data, step, device)?.0)
+    }
+
+    /// [`BatchSampler::images`] with each image's index and crop corner
+    /// `(top, left)` in the resized image, mirrored when the image is (as
+    /// SDXL's scripts flip before they crop and record `crop_top_left`).
+    pub fn images_and_crops<B: Backend>(
+        &self,
+        data: &ImageDataset,
+        step: u64,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 4>, Vec<DrawnImage>)> {
         if data.is_empty() || self.batch_size == 0 {
             return Err(PipelineError::parameter(
                 "batch_size",
@@ -352,26 +391,48 @@ impl BatchSampler {
         let mut flips = Stream::new(self.seed, FLIP, step);
         let mut crops = Stream::new(self.seed, CROP, step);
         let mut x0 = Vec::with_capacity(n * c * r * r);
+        let mut corners = Vec::with_capacity(n);
         for i in self.indices(data.len(), step) {
             let random;
-            let img = match data.resized.get(i) {
+            let (img, (top, left), width) = match data.resized.get(i) {
                 Some(full) if data.crop == Crop::Random => {
                     let top = crops.below(full.height - r + 1);
                     let left = crops.below(full.width - r + 1);
                     random = full.crop(c, r, Some((top, left)));
-                    &random
+                    (&random, (top, left), full.width)
                 }
-                _ => &data.images[i],
+                _ => {
+                    let (h, w) = data.original_sizes[i];
+                    let scaled = Resized::scaled_size(h, w, r);
+                    let center = Resized {
+                        height: scaled.0,
+                        width: scaled.1,
+                        values: Vec::new(),
+                    }
+                    .center(r);
+                    (&data.images[i], center, scaled.1)
+                }
             };
             if self.random_flip && flips.next() & 1 == 1 {
                 for row in img.chunks(r) {
                     x0.extend(row.iter().rev());
                 }
+                corners.push(DrawnImage {
+                    index: i,
+                    crop_top_left: (top, width - r - left),
+                });
             } else {
                 x0.extend_from_slice(img);
+                corners.push(DrawnImage {
+                    index: i,
+                    crop_top_left: (top, left),
+                });
             }
         }
-        Ok(Tensor::from_data(TensorData::new(x0, [n, c, r, r]), device))
+        Ok((
+            Tensor::from_data(TensorData::new(x0, [n, c, r, r]), device),
+            corners,
+        ))
     }
 
     /// The noise of step `step` for samples of `shape` `[N, C, H, W]`:
@@ -412,6 +473,16 @@ impl BatchSampler {
             .map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64)
             .collect()
     }
+}
+
+/// Which image a batch holds at one position, and where it was cropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrawnImage {
+    /// Its index in the data set.
+    pub index: usize,
+    /// The crop's corner `(top, left)` in the resized image (mirrored when
+    /// the image is flipped).
+    pub crop_top_left: (usize, usize),
 }
 
 /// The random streams other than the images' and noise's, each independent.

@@ -12,15 +12,17 @@
 //! by the VAE (`latent_dist.sample() * scaling_factor`, the posterior sample
 //! drawn from the step's own generator), the captions (each replaced by `""`
 //! with probability `proportion_empty_prompts`) encoded as the pipeline's
-//! `encode_prompt` without guidance, the noise and timesteps of
-//! [`BatchSampler::noise`]. Like every draw of [`BatchSampler`], it depends
+//! `encode_prompt` without guidance (SDXL: both encoders' penultimate
+//! states and the pooled projection, with `add_time_ids` from each image's
+//! original size, crop corner and the target size), the noise and timesteps
+//! of [`BatchSampler::noise`]. Like every draw of [`BatchSampler`], it depends
 //! on the seed and step only.
 
 use super::data::{BatchSampler, Crop, Draw, ImageDataset};
 use super::trainer::{Batch, Condition};
 use crate::error::{PipelineError, Result};
 use crate::stable_diffusion::StableDiffusion;
-use crate::text::{LongPrompt, PromptInputs, encode_sd};
+use crate::text::{LongPrompt, PromptInputs, encode_sd, encode_sdxl};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::Value;
@@ -224,7 +226,9 @@ impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
                 format!("{}: must be in [0, 1]", self.proportion_empty_prompts),
             ));
         }
-        let pixels = self.sampler.images(&self.data.images, step, &pipe.device)?;
+        let (pixels, crops) =
+            self.sampler
+                .images_and_crops(&self.data.images, step, &pipe.device)?;
         let posterior = pipe.vae.encode(pixels)?;
         let shape = posterior.mean.dims();
         let eps = self
@@ -247,11 +251,34 @@ impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
             long_prompt: LongPrompt::Truncate,
         };
         let condition = if pipe.xl {
-            return Err(PipelineError::parameter(
-                "pretrained_model_name_or_path",
-                "SDXL text-to-image training from images is not built yet (the trainer \
-                 takes SDXL batches: Condition::TextTime)",
-            ));
+            let encoders: Vec<_> = [&pipe.text_encoder, &pipe.text_encoder_2]
+                .into_iter()
+                .flatten()
+                .collect();
+            let embeds = encode_sdxl(&encoders, &inputs, false, false)?;
+            let pooled = embeds.pooled.ok_or_else(|| {
+                PipelineError::parameter(
+                    "text_encoder_2",
+                    "SDXL's second encoder gives no pooled output",
+                )
+            })?;
+            // `add_time_ids`: original size, crop corner, target size per image.
+            let r = self.data.images.resolution as f32;
+            let ids: Vec<f32> = crops
+                .iter()
+                .flat_map(|d| {
+                    let (top, left) = d.crop_top_left;
+                    let (h, w) = self.data.images.original_sizes[d.index];
+                    [h as f32, w as f32, top as f32, left as f32, r, r]
+                })
+                .collect();
+            let n = crops.len();
+            let time_ids = Tensor::<B, 2>::from_data(TensorData::new(ids, [n, 6]), device);
+            Condition::TextTime {
+                states: Tensor::from_inner(embeds.prompt).to_device(device),
+                text_embeds: Tensor::from_inner(pooled).to_device(device),
+                time_ids,
+            }
         } else {
             let encoder = pipe.text_encoder.as_ref().ok_or_else(|| {
                 PipelineError::parameter("text_encoder", "the pipeline has no text encoder")
