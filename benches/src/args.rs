@@ -13,7 +13,13 @@ diffusion-bench [FLAGS]   (usually through `cargo xtask bench [FLAGS]`)
                          with an unfused LoRA of rank --lora on every
                          attention projection); unet-controlnet (a ControlNet
                          made from the UNet, then the UNet with its
-                         residuals: one ControlNet step); Rust only: profile (per-op times
+                         residuals: one ControlNet step); train-lora,
+                         train-full (one f32 training step of the UNet:
+                         forward, MSE, backward, clipping, AdamW, with a
+                         rank---lora LoRA on the attention projections or
+                         every weight), train-lora-checkpointing (the LoRA
+                         step with gradient checkpointing: Burn's balanced
+                         strategy / diffusers' per-block); Rust only: profile (per-op times
                          of one UNet forward), ops (op formulations at the
                          UNet's shapes), steps (one step of every scheduler
                          class, and its share of a `unet` forward measured
@@ -42,7 +48,7 @@ header line): DIFFUSION_ATTENTION=fused|matmul|tiled, DIFFUSION_CONV=direct|im2c
 DIFFUSION_GROUP_NORM=one-pass|two-stage, DIFFUSION_LINEAR=matmul|packed.
 ";
 
-pub const COMPONENTS: [&str; 11] = [
+pub const COMPONENTS: [&str; 14] = [
     "unet",
     "vae-decode",
     "vae-encode",
@@ -51,6 +57,9 @@ pub const COMPONENTS: [&str; 11] = [
     "pipeline",
     "unet-lora",
     "unet-controlnet",
+    "train-lora",
+    "train-full",
+    "train-lora-checkpointing",
     "profile",
     "ops",
     "steps",

@@ -34,6 +34,7 @@ mod args;
 mod compare;
 mod memory;
 mod ops;
+mod training;
 mod workloads;
 
 use args::Args;

@@ -477,6 +477,11 @@ pub fn run_preset<B: Backend + 'static>(args: &Args, name: &str) -> Result<Vec<V
                 row["lora_layers"] = json!(layers);
                 row
             }
+            "train-lora" | "train-full" | "train-lora-checkpointing" => {
+                let cfg: UNet2DConditionConfig = config(&preset.unet)?;
+                let time = |f: &mut dyn FnMut() -> Result<()>| measure::<B>(&device, args.runs, f);
+                crate::training::train_component::<B>(component, &cfg, args, preset.latent, time)?
+            }
             "unet-controlnet" => {
                 // A ControlNet made from the UNet (SD's conditioning
                 // embedding), its residuals into the UNet: one guided step.

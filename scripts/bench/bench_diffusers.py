@@ -126,7 +126,9 @@ def run_preset(args, name, presets, device, dtype):
     b = args.batch
     for comp in comps:
         print(f"[{name}] diffusers {comp} ...", file=sys.stderr)
-        if comp in ("unet", "unet-lora", "unet-controlnet"):
+        if comp in ("train-lora", "train-full", "train-lora-checkpointing"):
+            row = train_step(args, comp, p, device, gen)
+        elif comp in ("unet", "unet-lora", "unet-controlnet"):
             cross = unet.config.cross_attention_dim
             x = torch.randn(b, unet.config.in_channels, latent, latent, generator=gen).to(device, dtype)
             ctx = torch.randn(b, 77, cross, generator=gen).to(device, dtype)
@@ -217,6 +219,56 @@ def run_preset(args, name, presets, device, dtype):
         print(f"[{name}] diffusers {comp}: {json.dumps(row)}", file=sys.stderr)
         rows.append(row)
     return rows
+
+
+def train_step(args, comp, p, device, gen):
+    """One f32 optimizer step of the preset's UNet as the fine-tuning scripts take it
+    (train_text_to_image[_lora].py): add_noise, forward, MSE, backward, clip_grad_norm_,
+    AdamW; with a rank --lora peft LoRA on the attention projections (only the factors
+    train) or every weight; `-checkpointing`: unet.enable_gradient_checkpointing()."""
+    from diffusers import DDPMScheduler
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(clean(load_json(os.path.join(args.root, p["unet"])))).to(device)
+    if comp == "train-full":
+        params = list(unet.parameters())
+    else:
+        from peft import LoraConfig
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=args.lora, lora_alpha=args.lora, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        params = [q for q in unet.parameters() if q.requires_grad]
+    if comp == "train-lora-checkpointing":
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    b, latent = args.batch, p["latent"]
+    x0 = torch.randn(b, unet.config.in_channels, latent, latent, generator=gen).to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    ctx = torch.randn(b, 77, unet.config.cross_attention_dim, generator=gen).to(device)
+    t = torch.tensor([(100 + 300 * i) % 1000 for i in range(b)], device=device)
+    added = None
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        side = float(latent * 8)
+        added = {"text_embeds": torch.randn(b, pooled, generator=gen).to(device),
+                 "time_ids": torch.tensor([[side, side, 0, 0, side, side]] * b, device=device)}
+
+    def step():
+        with torch.enable_grad():
+            noisy = sched.add_noise(x0, noise, t)
+            pred = unet(noisy, t, ctx, added_cond_kwargs=added, return_dict=False)[0]
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+
+    row = measure(device, args.runs, step)
+    row["trained_params"] = sum(q.numel() for q in params)
+    if comp != "train-full":
+        row["lora_rank"] = args.lora
+    return row
 
 
 def main():

@@ -235,20 +235,40 @@ fn run(matches: &ArgMatches) -> Result<()> {
                 .get_one::<Device>("device")
                 .copied()
                 .unwrap_or(Device::Cpu);
-            let summary = match device {
-                Device::Cpu => fine_tune::run::<
-                    burn::backend::Autodiff<diffusion_models::backend::Cpu>,
-                >(&args, Default::default(), Default::default())?,
+            // `--gradient-checkpointing`: Burn's balanced strategy recomputes
+            // memory-bound ops in the backward pass instead of keeping them.
+            use burn::backend::Autodiff;
+            use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+            let checkpointing = m.get_flag("gradient_checkpointing");
+            let summary = match (device, checkpointing) {
+                (Device::Cpu, false) => fine_tune::run::<Autodiff<diffusion_models::backend::Cpu>>(
+                    &args,
+                    Default::default(),
+                    Default::default(),
+                )?,
+                (Device::Cpu, true) => fine_tune::run::<
+                    Autodiff<diffusion_models::backend::Cpu, BalancedCheckpointing>,
+                >(
+                    &args, Default::default(), Default::default()
+                )?,
                 #[cfg(feature = "cuda")]
-                Device::Cuda(n) => {
-                    fine_tune::run::<burn::backend::Autodiff<diffusion_models::backend::Cuda>>(
+                (Device::Cuda(n), false) => {
+                    fine_tune::run::<Autodiff<diffusion_models::backend::Cuda>>(
                         &args,
                         burn::backend::cuda::CudaDevice::new(n),
                         burn::backend::cuda::CudaDevice::new(n),
                     )?
                 }
+                #[cfg(feature = "cuda")]
+                (Device::Cuda(n), true) => fine_tune::run::<
+                    Autodiff<diffusion_models::backend::Cuda, BalancedCheckpointing>,
+                >(
+                    &args,
+                    burn::backend::cuda::CudaDevice::new(n),
+                    burn::backend::cuda::CudaDevice::new(n),
+                )?,
                 #[cfg(not(feature = "cuda"))]
-                Device::Cuda(_) => return Err(error::CliError::NoCuda(device.name())),
+                (Device::Cuda(_), _) => return Err(error::CliError::NoCuda(device.name())),
             };
             println!(
                 "{}",

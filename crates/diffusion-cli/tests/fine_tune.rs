@@ -198,7 +198,27 @@ fn dreambooth_sidecars_and_bad_data_or_flags() {
         "1",
     );
     ok(&diffuse(&args));
-    assert!(out.join("pytorch_lora_weights.safetensors").is_file());
+    let plain = std::fs::read(out.join("pytorch_lora_weights.safetensors")).unwrap();
+    // Gradient checkpointing recomputes what it dropped: the same step.
+    let ckpt_out = tmp.path().join("db-ckpt");
+    let mut with = train_args(
+        model_s,
+        &[
+            "--instance-data-dir",
+            inst.to_str().unwrap(),
+            "--instance-prompt",
+            "a photo of sks gradient",
+        ],
+        ckpt_out.to_str().unwrap(),
+        "1",
+    );
+    with.push("--gradient-checkpointing");
+    ok(&diffuse(&with));
+    assert_eq!(
+        std::fs::read(ckpt_out.join("pytorch_lora_weights.safetensors")).unwrap(),
+        plain,
+        "with --gradient-checkpointing"
+    );
 
     // Sidecars: one missing, then an orphan caption.
     let side = tmp.path().join("side");
