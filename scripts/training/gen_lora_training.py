@@ -81,6 +81,11 @@ CASES = [
          target_modules=ATTENTION + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"], steps=3,
          learning_rate=5e-3, lr_scheduler="cosine", lr_warmup_steps=1, max_grad_norm=0.05,
          prediction_type="v_prediction", snr_gamma=5.0, noise_offset=0.1, adam_weight_decay=1e-2, seed=2),
+    # train_dreambooth_lora.py with --with_prior_preservation: instance and class halves of the batch.
+    dict(name="sd1_prior", pipeline="sd1", r=4, lora_alpha=4, target_modules=ATTENTION, steps=3,
+         learning_rate=1e-3, lr_scheduler="constant", lr_warmup_steps=0, max_grad_norm=1.0,
+         prediction_type=None, snr_gamma=None, noise_offset=0.0, adam_weight_decay=1e-2, seed=5,
+         prior_loss_weight=0.7, captions=["a photo of sks cube"] * 2 + ["a photo of a cube"] * 2),
     dict(name="sdxl_eps", pipeline="sdxl", r=4, lora_alpha=4, target_modules=ATTENTION, steps=3,
          learning_rate=1e-3, lr_scheduler="constant", lr_warmup_steps=0, max_grad_norm=1.0,
          prediction_type=None, snr_gamma=None, noise_offset=0.0, adam_weight_decay=1e-2, seed=3),
@@ -100,13 +105,13 @@ def load(folder):
     return pipe
 
 
-def text_states(pipe, xl):
+def text_states(pipe, xl, captions):
     with torch.no_grad():
         if not xl:
-            ids = pipe.tokenizer(CAPTIONS, max_length=pipe.tokenizer.model_max_length, padding="max_length",
+            ids = pipe.tokenizer(captions, max_length=pipe.tokenizer.model_max_length, padding="max_length",
                                  truncation=True, return_tensors="pt").input_ids
             return pipe.text_encoder(ids, return_dict=False)[0], None
-        embeds, _, pooled, _ = pipe.encode_prompt(CAPTIONS, do_classifier_free_guidance=False)
+        embeds, _, pooled, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False)
         return embeds, pooled
 
 
@@ -154,8 +159,9 @@ def run_case(c, folders):
                                   weight_decay=c["adam_weight_decay"], eps=1e-8)
     lr_scheduler = get_scheduler(c["lr_scheduler"], optimizer=optimizer, num_warmup_steps=c["lr_warmup_steps"],
                                  num_training_steps=TOTAL_STEPS)
-    states, pooled = text_states(pipe, xl)
-    n = len(CAPTIONS)
+    captions = c.get("captions", CAPTIONS)
+    states, pooled = text_states(pipe, xl, captions)
+    n = len(captions)
     size = unet.config.sample_size
     gen = torch.Generator().manual_seed(1000 + c["seed"])
     tensors = {f"lora_init/{k}": v for k, v in init.items()}
@@ -180,7 +186,13 @@ def run_case(c, folders):
             batch["time_ids"] = time_ids(n)
             added = {"text_embeds": pooled, "time_ids": batch["time_ids"]}
         pred = unet(noisy, timesteps, states, added_cond_kwargs=added, return_dict=False)[0]
-        if c["snr_gamma"] is None:
+        if c.get("prior_loss_weight") is not None:
+            pred, pred_prior = torch.chunk(pred, 2, dim=0)
+            target, target_prior = torch.chunk(target, 2, dim=0)
+            loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+            prior_loss = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
+            loss = loss + c["prior_loss_weight"] * prior_loss
+        elif c["snr_gamma"] is None:
             loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
         else:
             snr = compute_snr(noise_scheduler, timesteps)

@@ -524,6 +524,7 @@ fn fine_tune(full: bool) -> Command {
         Command::new("train-lora")
             .about("Train a LoRA of a Stable Diffusion 1.x/2.x/XL UNet on captioned images (diffusers' train_text_to_image_lora / train_dreambooth_lora)")
             .arg(num("rank", "R", "LoRA rank (and alpha) on the attention projections [default: 4]").value_parser(value_parser!(usize)))
+            .arg(flag("output_kohya_format", "Also write the LoRA in kohya-ss's format (pytorch_lora_weights_kohya.safetensors: A1111, ComfyUI)"))
     };
     command
         .arg(num("pretrained_model_name_or_path", "DIR_OR_REPO", "The base pipeline: a diffusers folder or Hub repo").required(true))
@@ -534,6 +535,12 @@ fn fine_tune(full: bool) -> Command {
         .arg(num("caption_column", "NAME", "The caption field of metadata.jsonl [default: text]"))
         .arg(num("instance_data_dir", "DIR", "DreamBooth: the subject's images (captioned by --instance-prompt)"))
         .arg(num("instance_prompt", "TEXT", "DreamBooth: the prompt of every instance image, e.g. \"a photo of sks dog\""))
+        .arg(flag("with_prior_preservation", "DreamBooth: train on class images too (their loss weighted by --prior-loss-weight)"))
+        .arg(num("class_data_dir", "DIR", "DreamBooth: class images (generated with --class-prompt until there are --num-class-images)"))
+        .arg(num("class_prompt", "TEXT", "DreamBooth: the class images' prompt, e.g. \"a photo of a dog\""))
+        .arg(num("num_class_images", "N", "DreamBooth: class images wanted [default: 100]").value_parser(value_parser!(usize)))
+        .arg(num("prior_loss_weight", "F", "DreamBooth: weight of the class images' loss [default: 1.0]").value_parser(value_parser!(f64)))
+        .arg(num("sample_batch_size", "N", "DreamBooth: images per call when generating class images [default: 4]").value_parser(value_parser!(usize)))
         .arg(num("output_dir", "DIR", if full {
             "Where the pipeline, checkpoints, validation grids and loss curve go [default: sd-model-finetuned]"
         } else {

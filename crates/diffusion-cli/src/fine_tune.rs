@@ -7,7 +7,8 @@
 //! The flags keep the scripts' names (with dashes) and defaults. Outputs in
 //! `--output-dir`: `pytorch_lora_weights.safetensors` (diffusers'
 //! `save_lora_weights` format: `diffuse generate --lora` and diffusers'
-//! `load_lora_weights` read it) or, for a full fine-tune, a pipeline folder
+//! `load_lora_weights` read it; with `--output-kohya-format` also
+//! `pytorch_lora_weights_kohya.safetensors` for A1111/ComfyUI) or, for a full fine-tune, a pipeline folder
 //! (the base's components with the trained `unet/`); `checkpoint-N/` folders
 //! (`--resume-from-checkpoint`), `validation/step-N.png` grids for
 //! `--validation-prompt`, and the loss curve (`loss.csv`, `loss.png`).
@@ -29,7 +30,8 @@ use diffusion_pipelines::lora::{Component, MissingComponent};
 use diffusion_pipelines::training::{
     AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, EmaConfig, LoraLayers, LrSchedule,
     LrScheduleKind, MixedPrecision, Objective, PredictionType, StepStats, TextToImageBatches,
-    TrainConfig, Trainer, build_model, config_json, save_lora_weights, save_model_folder,
+    TrainConfig, Trainer, build_model, config_json, save_lora_weights, save_lora_weights_kohya,
+    save_model_folder,
 };
 use diffusion_pipelines::{
     DiffusionPipeline, Generator, LoadOptions, Params, PipelineError, StableDiffusion, Task,
@@ -58,9 +60,25 @@ pub enum Mode {
     },
 }
 
+/// DreamBooth's prior preservation (`--with-prior-preservation`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prior {
+    /// `--class-data-dir`: class images, completed by generation.
+    pub class_data_dir: PathBuf,
+    /// `--class-prompt`: the caption of every class image, and the prompt
+    /// the missing ones are generated from.
+    pub class_prompt: String,
+    /// `--num-class-images`: how many class images there must be.
+    pub num_class_images: usize,
+    /// `--sample-batch-size`: images per generation call.
+    pub sample_batch_size: usize,
+}
+
 /// The settings of one run.
 #[derive(Debug, Clone)]
 pub struct FineTuneArgs {
+    /// Prior preservation, when asked.
+    pub prior: Option<Prior>,
     /// What trains.
     pub mode: Mode,
     /// `--pretrained-model-name-or-path` and the Hub flags.
@@ -102,6 +120,8 @@ pub struct FineTuneArgs {
     pub validation_steps: u64,
     /// `--num-inference-steps` of the validation images.
     pub num_inference_steps: usize,
+    /// `--output-kohya-format`: also write the LoRA in kohya-ss's format.
+    pub output_kohya_format: bool,
     /// `--quiet`.
     pub quiet: bool,
 }
@@ -229,6 +249,9 @@ impl FineTuneArgs {
                 prediction_type,
                 snr_gamma: get(m, "snr_gamma"),
                 noise_offset: get(m, "noise_offset").unwrap_or(0.0),
+                prior_loss_weight: m
+                    .get_flag("with_prior_preservation")
+                    .then(|| get(m, "prior_loss_weight").unwrap_or(1.0)),
             },
             mixed_precision,
         };
@@ -238,6 +261,30 @@ impl FineTuneArgs {
             }
             other => other.into(),
         })?;
+        let prior = if m.get_flag("with_prior_preservation") {
+            let (Some(dir), Some(prompt)) = (
+                get::<String>(m, "class_data_dir"),
+                get::<String>(m, "class_prompt"),
+            ) else {
+                return Err(usage(
+                    "--with-prior-preservation needs --class-data-dir and --class-prompt",
+                ));
+            };
+            Some(Prior {
+                class_data_dir: PathBuf::from(dir),
+                class_prompt: prompt,
+                num_class_images: positive(
+                    "num-class-images",
+                    get(m, "num_class_images").unwrap_or(100),
+                )?,
+                sample_batch_size: positive(
+                    "sample-batch-size",
+                    get(m, "sample_batch_size").unwrap_or(4),
+                )?,
+            })
+        } else {
+            None
+        };
         let proportion_empty_prompts: f64 = get(m, "proportion_empty_prompts").unwrap_or(0.0);
         if !(0.0..=1.0).contains(&proportion_empty_prompts) {
             return Err(usage(format!(
@@ -254,6 +301,7 @@ impl FineTuneArgs {
             }
         }
         Ok(FineTuneArgs {
+            prior,
             mode,
             hub,
             data_dir,
@@ -280,6 +328,7 @@ impl FineTuneArgs {
                 "num-inference-steps",
                 get(m, "num_inference_steps").unwrap_or(30),
             )?,
+            output_kohya_format: !full && m.get_flag("output_kohya_format"),
             quiet: m.get_flag("quiet"),
         })
     }
@@ -453,6 +502,19 @@ where
         Crop::Random
     };
     let data = CaptionedDataset::load(&args.data_dir, state.resolution, crop, &args.captions)?;
+    let class_data = match &args.prior {
+        Some(prior) => {
+            complete_class_images(sd, prior, args.seed, args.quiet)?;
+            let captions = Captions::Prompt(prior.class_prompt.clone());
+            Some(CaptionedDataset::load(
+                &prior.class_data_dir,
+                state.resolution,
+                crop,
+                &captions,
+            )?)
+        }
+        None => None,
+    };
     let sampler = BatchSampler {
         seed: state.seed,
         batch_size: state.batch_size,
@@ -469,6 +531,7 @@ where
             data: &data,
             sampler,
             proportion_empty_prompts: state.proportion_empty_prompts,
+            class_data: class_data.as_ref(),
         };
         let batch = batches.batch(trainer.step_count(), trainer.num_train_timesteps(), &device)?;
         let StepStats {
@@ -501,7 +564,20 @@ where
     }
     bar.finish_and_clear();
     let trained = match args.lora() {
-        Some(lora) => Trained::Lora(save(&trainer, out, &lora)?),
+        Some(lora) => {
+            if args.output_kohya_format {
+                let factors = trainer.lora_state_dict()?;
+                save_lora_weights_kohya(
+                    out,
+                    &[LoraLayers {
+                        component: Component::Unet,
+                        factors: &factors,
+                        config: &lora,
+                    }],
+                )?;
+            }
+            Trained::Lora(save(&trainer, out, &lora)?)
+        }
         None => {
             save_pipeline(&resolved.root, out, &trainer)?;
             Trained::Unet
@@ -553,6 +629,71 @@ where
             config: lora,
         }],
     )?)
+}
+
+/// Generates the class images `prior.class_data_dir` lacks (fewer than
+/// `--num-class-images` `.png`/`.jpg`/`.jpeg` files) with the base pipeline
+/// and `--class-prompt`, `--sample-batch-size` per call, as the DreamBooth
+/// scripts do before training; each is written atomically as
+/// `{index}-{content hash}.png`, so an interrupted run completes them later.
+fn complete_class_images<B: burn::tensor::backend::Backend>(
+    sd: &mut StableDiffusion<B>,
+    prior: &Prior,
+    seed: u64,
+    quiet: bool,
+) -> Result<()> {
+    let dir = &prior.class_data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| CliError::Input {
+        path: dir.clone(),
+        message: format!("cannot create: {e}"),
+    })?;
+    let count = std::fs::read_dir(dir)
+        .map_err(|e| CliError::Input {
+            path: dir.clone(),
+            message: format!("cannot read: {e}"),
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            [".png", ".jpg", ".jpeg"].iter().any(|x| name.ends_with(x))
+        })
+        .count();
+    let mut next = count;
+    while next < prior.num_class_images {
+        let n = prior.sample_batch_size.min(prior.num_class_images - next);
+        if !quiet {
+            eprintln!(
+                "generating class images {}..{} of {} ({:?})",
+                next + 1,
+                next + n,
+                prior.num_class_images,
+                prior.class_prompt
+            );
+        }
+        let params = Params {
+            prompt: vec![prior.class_prompt.clone()],
+            num_images_per_prompt: n,
+            generator: Some(Generator::Seed(seed.wrapping_add(next as u64))),
+            progress: false,
+            ..Params::default()
+        };
+        let images = sd
+            .run(Task::TextToImage, params)?
+            .images
+            .ok_or_else(|| usage("the pipeline returned no images"))?;
+        for i in 0..images.count {
+            let hash = images
+                .to_u8(i)
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            let path = dir.join(format!("{}-{hash:016x}.png", next + i));
+            images.save_png(i, &path, &[("prompt".into(), prior.class_prompt.clone())])?;
+        }
+        next += images.count.max(1);
+    }
+    Ok(())
 }
 
 /// A full fine-tune's output: the base pipeline folder's files (every

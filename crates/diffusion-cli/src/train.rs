@@ -152,6 +152,7 @@ impl TrainArgs {
                 prediction_type: prediction,
                 snr_gamma: get(m, "snr_gamma"),
                 noise_offset: get(m, "noise_offset").unwrap_or(0.0),
+                prior_loss_weight: None,
             },
             mixed_precision,
         };

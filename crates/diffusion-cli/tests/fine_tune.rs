@@ -89,6 +89,7 @@ fn a_lora_trained_on_captions_loads_in_generate_and_resumes_exactly() {
 
     let mut args = train_args(model_s, &["--train-data-dir", data_s], out_s, "3");
     args.extend_from_slice(&[
+        "--output-kohya-format",
         "--validation-prompt",
         "a gradient",
         "--num-validation-images",
@@ -114,6 +115,11 @@ fn a_lora_trained_on_captions_loads_in_generate_and_resumes_exactly() {
         .tensor("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight")
         .unwrap();
     assert_eq!(down.shape()[0], 2, "rank 2");
+    let kohya = std::fs::read(out.join("pytorch_lora_weights_kohya.safetensors")).unwrap();
+    let kohya = safetensors::SafeTensors::deserialize(&kohya).unwrap();
+    // Per module: lora_down, lora_up and alpha.
+    assert_eq!(kohya.names().len(), 96);
+    assert!(kohya.names().iter().all(|n| n.starts_with("lora_unet_")));
     for f in [
         "checkpoint-2/lora/adapter_model.safetensors",
         "checkpoint-3/trainer_state.json",
@@ -219,6 +225,57 @@ fn dreambooth_sidecars_and_bad_data_or_flags() {
         plain,
         "with --gradient-checkpointing"
     );
+
+    // Prior preservation: the missing class images are generated first, then
+    // kept (a second run generates none).
+    let class = tmp.path().join("class");
+    let prior_out = tmp.path().join("prior");
+    let mut prior = train_args(
+        model_s,
+        &[
+            "--instance-data-dir",
+            inst.to_str().unwrap(),
+            "--instance-prompt",
+            "a photo of sks gradient",
+        ],
+        prior_out.to_str().unwrap(),
+        "1",
+    );
+    prior.extend_from_slice(&[
+        "--with-prior-preservation",
+        "--class-data-dir",
+        class.to_str().unwrap(),
+        "--class-prompt",
+        "a photo of a gradient",
+        "--num-class-images",
+        "3",
+        "--sample-batch-size",
+        "2",
+        "--prior-loss-weight",
+        "0.5",
+    ]);
+    ok(&diffuse(&prior));
+    let listed = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let generated = listed(&class);
+    assert_eq!(generated.len(), 3, "{generated:?}");
+    assert!(
+        generated.iter().all(|n| n.ends_with(".png")),
+        "{generated:?}"
+    );
+    ok(&diffuse(&prior));
+    assert_eq!(listed(&class), generated, "no class image generated twice");
+    let mut missing = prior.clone();
+    let at = missing.iter().position(|a| *a == "--class-prompt").unwrap();
+    missing.drain(at..at + 2);
+    let e = err(&diffuse(&missing));
+    assert!(e.contains("--class-prompt"), "{e}");
 
     // Sidecars: one missing, then an orphan caption.
     let side = tmp.path().join("side");

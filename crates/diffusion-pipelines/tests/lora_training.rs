@@ -20,6 +20,7 @@ use diffusion_pipelines::lora::{Component, MissingComponent};
 use diffusion_pipelines::training::{
     AdamWConfig, Batch, Condition, LoraLayers, LrSchedule, LrScheduleKind, MixedPrecision,
     Objective, PredictionType, TrainConfig, Trainer, build_lora_model, save_lora_weights,
+    save_lora_weights_kohya,
 };
 use diffusion_pipelines::{Params, Task};
 use serde_json::Value;
@@ -79,6 +80,7 @@ fn train_config(case: &Value) -> TrainConfig {
                 .map(|p| serde_json::from_value::<PredictionType>(Value::from(p)).unwrap()),
             snr_gamma: f("snr_gamma"),
             noise_offset: f("noise_offset").unwrap(),
+            prior_loss_weight: f("prior_loss_weight"),
         },
         mixed_precision: MixedPrecision::No,
     }
@@ -313,6 +315,32 @@ fn check_case(name: &str) {
         .unwrap()
         .data;
     let want = &tensors["image/images"].1;
+    // The same factors in kohya's format give the same image.
+    let kohya = save_lora_weights_kohya(
+        out.path(),
+        &[LoraLayers {
+            component: Component::Unet,
+            factors: &trained,
+            config: &config,
+        }],
+    )
+    .unwrap();
+    let sd = pipe.stable_diffusion().unwrap();
+    sd.unload_lora_weights().unwrap();
+    sd.load_lora_weights(&kohya, Some("kohya"), MissingComponent::Error)
+        .unwrap();
+    let kohya_images = pipe
+        .run(Task::TextToImage, params())
+        .unwrap()
+        .images
+        .unwrap()
+        .data;
+    let kohya_mae = mean_abs_error(&kohya_images, want);
+    println!("{name}: kohya file image MAE {:.3}/255", kohya_mae * 255.0);
+    assert!(
+        kohya_mae <= 1.0 / 255.0,
+        "{name}: kohya file image MAE {kohya_mae}"
+    );
     let (mae, moved) = (mean_abs_error(&images, want), mean_abs_error(&base, want));
     println!(
         "{name}: image MAE {:.3}/255 (the LoRA moves it {:.1}/255)",
@@ -334,6 +362,11 @@ fn sd1_lora_steps_match_peft() {
 #[test]
 fn sd1_lora_v_prediction_min_snr_offset_noise_and_clipping_match_peft() {
     check_case("sd1_v_snr");
+}
+
+#[test]
+fn dreambooth_prior_preservation_steps_match_the_script() {
+    check_case("sd1_prior");
 }
 
 #[test]
@@ -652,6 +685,7 @@ fn text_to_image_batches_encode_captions_and_sizes_as_the_scripts() {
                     random_flip,
                 },
                 proportion_empty_prompts: 0.0,
+                class_data: None,
             };
             let order = batches.captions(0);
             let batch = batches.batch(0, 1000, &Default::default()).unwrap();

@@ -102,6 +102,7 @@ fn train_config(case: &Value) -> TrainConfig {
             ),
             snr_gamma: f("snr_gamma"),
             noise_offset: f("noise_offset").unwrap(),
+            prior_loss_weight: None,
         },
         mixed_precision: MixedPrecision::No,
     }

@@ -186,6 +186,53 @@ pub fn save_lora_weights(dir: &Path, layers: &[LoraLayers<'_>]) -> Result<PathBu
     Ok(path)
 }
 
+/// The file [`save_lora_weights_kohya`] writes into its directory.
+pub const KOHYA_WEIGHTS_NAME: &str = "pytorch_lora_weights_kohya.safetensors";
+
+/// Writes `dir/pytorch_lora_weights_kohya.safetensors`: the factors in
+/// kohya-ss's format, which A1111, ComfyUI and the like read, as diffusers'
+/// `convert_state_dict_to_kohya` names them (`lora_unet_` / `lora_te1_` /
+/// `lora_te2_` and the module path with `_` for `.`, `lora_down` /
+/// `lora_up`), with one `.alpha` per module. The alpha is the config's
+/// `lora_alpha` (so `alpha / rank` is the trained scale; diffusers' converter
+/// writes the rank, right only when `lora_alpha == r`), an f32 scalar. The
+/// file is replaced atomically.
+pub fn save_lora_weights_kohya(dir: &Path, layers: &[LoraLayers<'_>]) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|source| PipelineError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut tensors = BTreeMap::new();
+    for layer in layers {
+        let prefix = match layer.component {
+            Component::Unet => "lora_unet",
+            Component::TextEncoder => "lora_te1",
+            Component::TextEncoder2 => "lora_te2",
+        };
+        let alpha = OwnedTensor::f32(vec![], &[layer.config.lora_alpha as f32]);
+        for (key, tensor) in layer.factors {
+            let (module, factor) = match (
+                key.strip_suffix(".lora_A.weight"),
+                key.strip_suffix(".lora_B.weight"),
+            ) {
+                (Some(m), _) => (m, "lora_down"),
+                (_, Some(m)) => (m, "lora_up"),
+                _ => continue,
+            };
+            let name = format!("{prefix}_{}", module.replace('.', "_"));
+            tensors.insert(format!("{name}.{factor}.weight"), tensor.clone());
+            tensors.insert(format!("{name}.alpha"), alpha.clone());
+        }
+    }
+    let path = dir.join(KOHYA_WEIGHTS_NAME);
+    save_safetensors(
+        &path,
+        &tensors,
+        Some(HashMap::from([("format".to_string(), "pt".to_string())])),
+    )?;
+    Ok(path)
+}
+
 /// diffusers' `convert_state_dict_to_diffusers` for peft keys
 /// (`PEFT_TO_DIFFUSERS`): the UNet's attention projections and the text
 /// encoders' become diffusers' older names; every other key is kept.

@@ -34,7 +34,10 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use checkpoint::{TrainerState, config_json, save_model_folder};
 pub use data::{BatchSampler, Crop, DrawnImage, ImageDataset, check_training_size};
 pub use ema::EmaConfig;
-pub use lora::{LORA_WEIGHTS_NAME, LoraLayers, build_lora_model, save_lora_weights};
+pub use lora::{
+    KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME, LoraLayers, build_lora_model, save_lora_weights,
+    save_lora_weights_kohya,
+};
 pub use lr::{LrSchedule, LrScheduleKind};
 pub use objective::{Objective, PredictionType};
 pub use precision::{GradScaler, MixedPrecision};

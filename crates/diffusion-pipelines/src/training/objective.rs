@@ -6,7 +6,8 @@
 //! clean batch (`sample`); the loss is the mean squared error, optionally
 //! weighted per sample by min-SNR-γ (Hang et al. 2023, as
 //! `train_text_to_image.py --snr_gamma` does), with the noise optionally
-//! offset by a per-channel constant (`--noise_offset`).
+//! offset by a per-channel constant (`--noise_offset`), or split into an
+//! instance and a weighted class half (DreamBooth's prior preservation).
 
 pub use diffusion_schedulers::PredictionType;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,12 @@ pub struct Objective {
     pub snr_gamma: Option<f64>,
     /// Scale of the per-(sample, channel) noise offset; 0: none.
     pub noise_offset: f64,
+    /// DreamBooth's prior preservation (`--with_prior_preservation`,
+    /// `--prior_loss_weight`): the batch's second half holds class images,
+    /// and the loss is the first half's mean plus this weight times the
+    /// second half's. `None`: one mean over the batch.
+    #[serde(default)]
+    pub prior_loss_weight: Option<f64>,
 }
 
 impl Objective {

@@ -18,7 +18,7 @@
 //! of [`BatchSampler::noise`]. Like every draw of [`BatchSampler`], it depends
 //! on the seed and step only.
 
-use super::data::{BatchSampler, Crop, Draw, ImageDataset};
+use super::data::{BatchSampler, Crop, Draw, DrawnImage, ImageDataset};
 use super::trainer::{Batch, Condition};
 use crate::error::{PipelineError, Result};
 use crate::stable_diffusion::StableDiffusion;
@@ -189,14 +189,28 @@ pub struct TextToImageBatches<'a, B: AutodiffBackend> {
     /// `--proportion-empty-prompts`: each caption is dropped (`""`) with this
     /// probability.
     pub proportion_empty_prompts: f64,
+    /// DreamBooth's class images (`--with-prior-preservation`): as many as
+    /// the instance images are drawn each step (from their own permutation,
+    /// crops and flips) and put in the batch's second half, for the
+    /// objective's `prior_loss_weight`. Their captions are never dropped.
+    pub class_data: Option<&'a CaptionedDataset>,
 }
 
 impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
-    /// The captions of step `step`, after caption dropout.
+    /// The class images' draws: the instance sampler's settings, another seed.
+    fn class_sampler(&self) -> BatchSampler {
+        BatchSampler {
+            seed: self.sampler.seed ^ 0x00C1_A55E_5EED_0000,
+            ..self.sampler
+        }
+    }
+
+    /// The captions of step `step`, after caption dropout (the class
+    /// images' after the instance images').
     pub fn captions(&self, step: u64) -> Vec<String> {
         let indices = self.sampler.indices(self.data.len(), step);
         let keep = self.sampler.uniforms(Draw::Captions, step, indices.len());
-        indices
+        let mut captions: Vec<String> = indices
             .iter()
             .zip(keep)
             .map(|(&i, u)| {
@@ -206,7 +220,12 @@ impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
                     self.data.captions[i].clone()
                 }
             })
-            .collect()
+            .collect();
+        if let Some(class) = self.class_data {
+            let class_indices = self.class_sampler().indices(class.len(), step);
+            captions.extend(class_indices.iter().map(|&i| class.captions[i].clone()));
+        }
+        captions
     }
 
     /// The batch of step `step` on `device` (the trainer's).
@@ -226,9 +245,22 @@ impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
                 format!("{}: must be in [0, 1]", self.proportion_empty_prompts),
             ));
         }
-        let (pixels, crops) =
+        let (mut pixels, drawn) =
             self.sampler
                 .images_and_crops(&self.data.images, step, &pipe.device)?;
+        // Each drawn image with the data set it came from (SDXL's sizes).
+        let mut crops: Vec<(&CaptionedDataset, DrawnImage)> =
+            drawn.into_iter().map(|d| (self.data, d)).collect();
+        if let Some(class) = self.class_data {
+            if class.is_empty() {
+                return Err(PipelineError::parameter("class_data_dir", "no images"));
+            }
+            let (class_pixels, class_drawn) =
+                self.class_sampler()
+                    .images_and_crops(&class.images, step, &pipe.device)?;
+            pixels = Tensor::cat(vec![pixels, class_pixels], 0);
+            crops.extend(class_drawn.into_iter().map(|d| (class, d)));
+        }
         let posterior = pipe.vae.encode(pixels)?;
         let shape = posterior.mean.dims();
         let eps = self
@@ -263,12 +295,12 @@ impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
                 )
             })?;
             // `add_time_ids`: original size, crop corner, target size per image.
-            let r = self.data.images.resolution as f32;
             let ids: Vec<f32> = crops
                 .iter()
-                .flat_map(|d| {
+                .flat_map(|(data, d)| {
+                    let r = data.images.resolution as f32;
                     let (top, left) = d.crop_top_left;
-                    let (h, w) = self.data.images.original_sizes[d.index];
+                    let (h, w) = data.images.original_sizes[d.index];
                     [h as f32, w as f32, top as f32, left as f32, r, r]
                 })
                 .collect();

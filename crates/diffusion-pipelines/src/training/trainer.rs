@@ -230,6 +230,11 @@ impl TrainConfig {
         {
             return bad("snr_gamma", g, "a finite number above 0");
         }
+        if let Some(w) = self.objective.prior_loss_weight
+            && !(w.is_finite() && w >= 0.0)
+        {
+            return bad("prior_loss_weight", w, "a finite number, at least 0");
+        }
         if !self.objective.noise_offset.is_finite() {
             return bad(
                 "noise_offset",
@@ -613,21 +618,41 @@ where
         }
         let diff = pred - target;
         let se = diff.clone() * diff;
-        if self.config.objective.snr_gamma.is_none() {
+        let objective = self.config.objective;
+        if objective.snr_gamma.is_none() && objective.prior_loss_weight.is_none() {
             return Ok(se.mean());
         }
-        let ones = CpuTensor::new(vec![1.0; n], vec![n, 1, 1, 1])?;
-        let zeros = CpuTensor::zeros(vec![n, 1, 1, 1]);
-        let signal = self.snr_scheduler.add_noise(&ones, &zeros, &ts)?;
-        let noise_scale = self.snr_scheduler.add_noise(&zeros, &ones, &ts)?;
-        let snr = snr(signal.data(), noise_scale.data());
-        let w = self.config.objective.weights(self.prediction, &snr);
-        let w = Tensor::<B, 1>::from_data(
-            TensorData::new(w.iter().map(|&v| v as f32).collect(), [n]),
-            &self.device,
-        );
-        let per_sample = se.reshape([n as i32, -1]).mean_dim(1).reshape([n]);
-        Ok((per_sample * w).mean())
+        let mut per_sample = se.reshape([n as i32, -1]).mean_dim(1).reshape([n]);
+        if objective.snr_gamma.is_some() {
+            let ones = CpuTensor::new(vec![1.0; n], vec![n, 1, 1, 1])?;
+            let zeros = CpuTensor::zeros(vec![n, 1, 1, 1]);
+            let signal = self.snr_scheduler.add_noise(&ones, &zeros, &ts)?;
+            let noise_scale = self.snr_scheduler.add_noise(&zeros, &ones, &ts)?;
+            let snr = snr(signal.data(), noise_scale.data());
+            let w = objective.weights(self.prediction, &snr);
+            let w = Tensor::<B, 1>::from_data(
+                TensorData::new(w.iter().map(|&v| v as f32).collect(), [n]),
+                &self.device,
+            );
+            per_sample = per_sample * w;
+        }
+        match objective.prior_loss_weight {
+            None => Ok(per_sample.mean()),
+            Some(weight) => {
+                if n % 2 != 0 {
+                    return Err(PipelineError::parameter(
+                        "batch",
+                        format!(
+                            "prior preservation needs instance and class halves; the batch has {n} samples"
+                        ),
+                    ));
+                }
+                let half = n / 2;
+                let instance = per_sample.clone().slice(0..half).mean();
+                let class = per_sample.slice(half..n).mean();
+                Ok(instance + class.mul_scalar(weight as f32))
+            }
+        }
     }
 
     /// One optimizer step on `batch`.
