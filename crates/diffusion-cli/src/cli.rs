@@ -560,6 +560,7 @@ fn fine_tune(full: bool) -> Command {
         .arg(num("adam_epsilon", "F", "[default: 1e-8]").value_parser(value_parser!(f64)))
         .arg(num("max_grad_norm", "F", "Gradient-norm clipping of the trained weights, 0 = off [default: 1.0]").value_parser(value_parser!(f64)))
         .arg(num("mixed_precision", "MODE", "no, fp16 (dynamic loss scaling) or bf16 [default: no]"))
+        .arg(flag("cache_latents", "Encode every image with the VAE once up front (needs --center-crop, no --random-flip)"))
         .arg(flag("gradient_checkpointing", "Recompute memory-bound ops in the backward pass instead of keeping their outputs (less memory, a little slower; docs/training.md)"))
         .arg(num("prediction_type", "TYPE", "epsilon or v_prediction [default: the scheduler's]"))
         .arg(num("snr_gamma", "F", "Min-SNR-gamma loss weighting (5.0 recommended)").value_parser(value_parser!(f64)))

@@ -28,10 +28,10 @@ use diffusion_pipelines::components::open_component_weights;
 use diffusion_pipelines::image::write_atomic;
 use diffusion_pipelines::lora::{Component, MissingComponent};
 use diffusion_pipelines::training::{
-    AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, EmaConfig, LoraLayers, LrSchedule,
-    LrScheduleKind, MixedPrecision, Objective, PredictionType, StepStats, TextToImageBatches,
-    TrainConfig, Trainer, build_model, config_json, save_lora_weights, save_lora_weights_kohya,
-    save_model_folder,
+    AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, EmaConfig, LatentCache,
+    LoraLayers, LrSchedule, LrScheduleKind, MixedPrecision, Objective, PredictionType, StepStats,
+    TextToImageBatches, TrainConfig, Trainer, build_model, config_json, save_lora_weights,
+    save_lora_weights_kohya, save_model_folder,
 };
 use diffusion_pipelines::{
     DiffusionPipeline, Generator, LoadOptions, Params, PipelineError, StableDiffusion, Task,
@@ -120,6 +120,8 @@ pub struct FineTuneArgs {
     pub validation_steps: u64,
     /// `--num-inference-steps` of the validation images.
     pub num_inference_steps: usize,
+    /// `--cache-latents`: encode every image once up front.
+    pub cache_latents: bool,
     /// `--output-kohya-format`: also write the LoRA in kohya-ss's format.
     pub output_kohya_format: bool,
     /// `--quiet`.
@@ -285,6 +287,12 @@ impl FineTuneArgs {
         } else {
             None
         };
+        if m.get_flag("cache_latents") && (m.get_flag("random_flip") || !m.get_flag("center_crop"))
+        {
+            return Err(usage(
+                "--cache-latents caches each image's centre crop: give --center-crop, and no --random-flip",
+            ));
+        }
         let proportion_empty_prompts: f64 = get(m, "proportion_empty_prompts").unwrap_or(0.0);
         if !(0.0..=1.0).contains(&proportion_empty_prompts) {
             return Err(usage(format!(
@@ -328,6 +336,7 @@ impl FineTuneArgs {
                 "num-inference-steps",
                 get(m, "num_inference_steps").unwrap_or(30),
             )?,
+            cache_latents: m.get_flag("cache_latents"),
             output_kohya_format: !full && m.get_flag("output_kohya_format"),
             quiet: m.get_flag("quiet"),
         })
@@ -515,6 +524,11 @@ where
         }
         None => None,
     };
+    let latent_cache = if args.cache_latents {
+        Some(LatentCache::new(sd, &data, class_data.as_ref())?)
+    } else {
+        None
+    };
     let sampler = BatchSampler {
         seed: state.seed,
         batch_size: state.batch_size,
@@ -532,6 +546,7 @@ where
             sampler,
             proportion_empty_prompts: state.proportion_empty_prompts,
             class_data: class_data.as_ref(),
+            latent_cache: latent_cache.as_ref(),
         };
         let batch = batches.batch(trainer.step_count(), trainer.num_train_timesteps(), &device)?;
         let StepStats {

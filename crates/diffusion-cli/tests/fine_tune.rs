@@ -226,6 +226,34 @@ fn dreambooth_sidecars_and_bad_data_or_flags() {
         "with --gradient-checkpointing"
     );
 
+    // Cached latents: centre crops without flips only.
+    let cached_out = tmp.path().join("cached");
+    let mut cached = train_args(
+        model_s,
+        &[
+            "--instance-data-dir",
+            inst.to_str().unwrap(),
+            "--instance-prompt",
+            "a photo of sks gradient",
+        ],
+        cached_out.to_str().unwrap(),
+        "1",
+    );
+    cached.push("--cache-latents");
+    let e = err(&diffuse(&cached));
+    assert!(
+        e.contains("--cache-latents") && e.contains("--center-crop"),
+        "{e}"
+    );
+    cached.retain(|a| *a != "--random-flip");
+    cached.push("--center-crop");
+    ok(&diffuse(&cached));
+    assert!(
+        cached_out
+            .join("pytorch_lora_weights.safetensors")
+            .is_file()
+    );
+
     // Prior preservation: the missing class images are generated first, then
     // kept (a second run generates none).
     let class = tmp.path().join("class");

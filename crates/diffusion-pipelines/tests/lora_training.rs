@@ -651,8 +651,11 @@ fn sd1_full_fine_tune_steps_match_diffusers() {
 #[test]
 fn text_to_image_batches_encode_captions_and_sizes_as_the_scripts() {
     use diffusion_pipelines::training::{
-        BatchSampler, CaptionedDataset, Captions, Crop, TextToImageBatches,
+        BatchSampler, CaptionedDataset, Captions, Crop, LatentCache, TextToImageBatches,
     };
+    fn values<BB: burn::tensor::backend::Backend>(t: Tensor<BB, 4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
     let captions: Vec<String> = serde_json::from_value(
         serde_json::from_str::<Value>(&std::fs::read_to_string(dir().join("cases.json")).unwrap())
             .unwrap()["captions"]
@@ -686,9 +689,28 @@ fn text_to_image_batches_encode_captions_and_sizes_as_the_scripts() {
                 },
                 proportion_empty_prompts: 0.0,
                 class_data: None,
+                latent_cache: None,
             };
             let order = batches.captions(0);
             let batch = batches.batch(0, 1000, &Default::default()).unwrap();
+            // Cached posteriors give the same latents (and refuse flips).
+            let cache = LatentCache::new(sd, &data, None).unwrap();
+            let cached = TextToImageBatches::<B> {
+                latent_cache: Some(&cache),
+                ..batches
+            };
+            if random_flip {
+                let e = cached.batch(0, 1000, &Default::default()).unwrap_err();
+                assert!(e.to_string().contains("cache_latents"), "{e}");
+            } else {
+                let x0 = cached.batch(0, 1000, &Default::default()).unwrap().x0;
+                let (a, b) = (values(x0), values(batch.x0.clone()));
+                assert!(
+                    rel_l2(&a, &b) <= 1e-5,
+                    "{pipeline}: cached latents {}",
+                    rel_l2(&a, &b)
+                );
+            }
             // The tiny VAE halves the side once.
             assert_eq!(batch.x0.dims(), [2, 4, 16, 16]);
             let (states, pooled) = match batch.condition {

@@ -41,7 +41,7 @@ pub use lora::{
 pub use lr::{LrSchedule, LrScheduleKind};
 pub use objective::{Objective, PredictionType};
 pub use precision::{GradScaler, MixedPrecision};
-pub use text_to_image::{CaptionedDataset, Captions, TextToImageBatches};
+pub use text_to_image::{CaptionedDataset, Captions, LatentCache, TextToImageBatches};
 pub use trainer::{Batch, Condition, Denoiser, StepStats, TrainConfig, Trainer, build_model};
 
 /// The CPU training backend: burn-flex under Burn's autodiff.

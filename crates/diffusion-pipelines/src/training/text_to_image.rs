@@ -23,8 +23,9 @@ use super::trainer::{Batch, Condition};
 use crate::error::{PipelineError, Result};
 use crate::stable_diffusion::StableDiffusion;
 use crate::text::{LongPrompt, PromptInputs, encode_sd, encode_sdxl};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use diffusion_models::vae::DiagonalGaussianDistribution;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -194,6 +195,76 @@ pub struct TextToImageBatches<'a, B: AutodiffBackend> {
     /// crops and flips) and put in the batch's second half, for the
     /// objective's `prior_loss_weight`. Their captions are never dropped.
     pub class_data: Option<&'a CaptionedDataset>,
+    /// The images' VAE posteriors computed once (`--cache-latents`): the
+    /// batch samples from them instead of encoding (needs centre crops and no
+    /// random flip, the images the cache holds).
+    pub latent_cache: Option<&'a LatentCache<B::InnerBackend>>,
+}
+
+/// Every image's VAE posterior (`latent_dist`), encoded once up front, as
+/// the scripts' `--cache_latents`: each step then samples its latents from
+/// them with its own draws, so a cached run takes the same steps as an
+/// uncached one. The images must be centre-cropped and never flipped.
+pub struct LatentCache<B: Backend> {
+    instance: Vec<DiagonalGaussianDistribution<B>>,
+    class: Vec<DiagonalGaussianDistribution<B>>,
+}
+
+impl<B: Backend> LatentCache<B> {
+    /// Encodes the (centre-cropped) images of `data` and `class_data` with
+    /// `pipeline`'s VAE, one at a time.
+    pub fn new(
+        pipeline: &StableDiffusion<B>,
+        data: &CaptionedDataset,
+        class_data: Option<&CaptionedDataset>,
+    ) -> Result<Self> {
+        let encode = |d: &CaptionedDataset| -> Result<Vec<_>> {
+            if d.images.crop() != Crop::Center {
+                return Err(PipelineError::parameter(
+                    "cache_latents",
+                    "cached latents are of the centre crops: train with center crops",
+                ));
+            }
+            let r = d.images.resolution;
+            d.images
+                .images
+                .iter()
+                .map(|values| {
+                    let image = Tensor::<B, 4>::from_data(
+                        TensorData::new(values.clone(), [1, d.images.channels, r, r]),
+                        &pipeline.device,
+                    );
+                    Ok(pipeline.vae.encode(image)?)
+                })
+                .collect()
+        };
+        Ok(LatentCache {
+            instance: encode(data)?,
+            class: match class_data {
+                Some(c) => encode(c)?,
+                None => Vec::new(),
+            },
+        })
+    }
+
+    /// The batch posterior of the drawn images (`class`: from the class set).
+    fn gather(&self, drawn: &[(bool, usize)]) -> DiagonalGaussianDistribution<B> {
+        let pick = |class: bool, i: usize| {
+            if class {
+                &self.class[i]
+            } else {
+                &self.instance[i]
+            }
+        };
+        let cat = |f: &dyn Fn(&DiagonalGaussianDistribution<B>) -> Tensor<B, 4>| {
+            Tensor::cat(drawn.iter().map(|&(c, i)| f(pick(c, i))).collect(), 0)
+        };
+        DiagonalGaussianDistribution {
+            mean: cat(&|p| p.mean.clone()),
+            logvar: cat(&|p| p.logvar.clone()),
+            std: cat(&|p| p.std.clone()),
+        }
+    }
 }
 
 impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
@@ -261,7 +332,22 @@ impl<B: AutodiffBackend> TextToImageBatches<'_, B> {
             pixels = Tensor::cat(vec![pixels, class_pixels], 0);
             crops.extend(class_drawn.into_iter().map(|d| (class, d)));
         }
-        let posterior = pipe.vae.encode(pixels)?;
+        let posterior = match self.latent_cache {
+            Some(cache) => {
+                if self.sampler.random_flip {
+                    return Err(PipelineError::parameter(
+                        "cache_latents",
+                        "cached latents are of unflipped images: train without random flips",
+                    ));
+                }
+                let drawn: Vec<(bool, usize)> = crops
+                    .iter()
+                    .map(|(d, img)| (!std::ptr::eq(*d, self.data), img.index))
+                    .collect();
+                cache.gather(&drawn)
+            }
+            None => pipe.vae.encode(pixels)?,
+        };
         let shape = posterior.mean.dims();
         let eps = self
             .sampler
