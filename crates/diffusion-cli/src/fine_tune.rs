@@ -432,6 +432,32 @@ where
     // As the scripts' `DDPMScheduler.from_pretrained(..., subfolder="scheduler")`.
     scheduler_config["_class_name"] = Value::from("DDPMScheduler");
 
+    // Before the trainer's copy of the UNet and any step: the memory it needs.
+    let unet_bytes: f64 = unet_weights
+        .tensors()
+        .map(|(_, t)| 4.0 * t.shape.iter().product::<usize>() as f64)
+        .sum();
+    let trained = match args.mode {
+        Mode::Full { .. } => unet_bytes / 4.0,
+        // An upper bound: every Linear of width w gets 2·r·w factors.
+        Mode::Lora { rank } => unet_bytes / 4.0 * (2.0 * rank as f64 / 320.0).min(1.0),
+    };
+    let host = diffusion_pipelines::memory::is_host_backend(&B::name(&device));
+    diffusion_pipelines::memory::check(
+        &format!(
+            "--train-batch-size {} at --resolution {}",
+            args.batch_size, args.resolution
+        ),
+        diffusion_pipelines::memory::fine_tuning_bytes(
+            &sd.unet_config,
+            &sd.vae.config,
+            unet_bytes,
+            trained,
+            args.batch_size * if args.prior.is_some() { 2 } else { 1 },
+            args.resolution,
+        ),
+        host,
+    )?;
     let resume_dir = match args.resume.as_deref() {
         None => None,
         Some("latest") => latest_checkpoint(out)?,

@@ -371,6 +371,17 @@ fn dreambooth_sidecars_and_bad_data_or_flags() {
     a[at + 1] = "64";
     let e = err(&diffuse(&a));
     assert!(e.contains("--rank 64") && e.contains("to_"), "{e}");
+    // A run larger than the memory: refused before any step.
+    let mut a = train_args(model_s, &["--train-data-dir", side_s], bad_s, "1");
+    let at = a.iter().position(|x| *x == "--resolution").unwrap();
+    a[at + 1] = "16384";
+    let at = a.iter().position(|x| *x == "--train-batch-size").unwrap();
+    a[at + 1] = "512";
+    let e = err(&diffuse(&a));
+    assert!(
+        e.contains("--train-batch-size 512 at --resolution 16384"),
+        "{e}"
+    );
     assert!(!bad_out.join("pytorch_lora_weights.safetensors").exists());
 }
 

@@ -217,6 +217,27 @@ pub fn training_bytes(unet: &UNet2DConfig, batch: usize, height: usize, width: u
         + 3.0 * unconditional_bytes(unet, batch, height, width)
 }
 
+/// What fine-tuning a Stable Diffusion UNet on `batch` images of
+/// `resolution²` would add to the loaded pipeline: the trainer's f32 copy of
+/// the UNet (`unet_bytes`, its weights file at f32), gradients and AdamW's
+/// two moments for the `trained` parameters, the forward's activations kept
+/// for the backward pass (about three times a forward's peak, in f32), and
+/// the VAE encoding the batch.
+pub fn fine_tuning_bytes(
+    unet: &UNet2DConditionConfig,
+    vae: &AutoencoderKLConfig,
+    unet_bytes: f64,
+    trained: f64,
+    batch: usize,
+    resolution: usize,
+) -> f64 {
+    let scale = vae.downscale_factor().max(1);
+    let side = resolution / scale;
+    let activations = 3.0 * unet_peak(&condition_levels(unet), batch as f64, side, side, 4.0);
+    let encode = vae_peak(vae, batch as f64, resolution, resolution, 4.0);
+    unet_bytes + 3.0 * 4.0 * trained + activations.max(encode)
+}
+
 /// Bytes this process may still allocate, or `None` where the system does
 /// not say (not Linux).
 pub fn available_bytes() -> Option<f64> {
