@@ -548,6 +548,7 @@ fn fine_tune(full: bool) -> Command {
         }))
         .arg(num("resolution", "PX", "Images are resized (shorter side) and cropped to this square [default: 512]").value_parser(value_parser!(usize)))
         .arg(flag("center_crop", "Crop the center (default: a random crop each time an image is drawn)"))
+        .arg(num("image_interpolation_mode", "MODE", "nearest, bilinear, bicubic or lanczos [default: lanczos for train-lora on captioned images, else bilinear, as the scripts]"))
         .arg(flag("random_flip", "Mirror images at random"))
         .arg(num("train_batch_size", "N", "Images per step [default: 16]").value_parser(value_parser!(usize)))
         .arg(num("max_train_steps", "N", "Optimizer steps [default: 1000]").value_parser(value_parser!(u64)))

@@ -28,10 +28,10 @@ use diffusion_pipelines::components::open_component_weights;
 use diffusion_pipelines::image::write_atomic;
 use diffusion_pipelines::lora::{Component, MissingComponent};
 use diffusion_pipelines::training::{
-    AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, EmaConfig, LatentCache,
-    LoraLayers, LrSchedule, LrScheduleKind, MixedPrecision, Objective, PredictionType, StepStats,
-    TextToImageBatches, TrainConfig, Trainer, build_model, config_json, save_lora_weights,
-    save_lora_weights_kohya, save_model_folder,
+    AdamWConfig, BatchSampler, CaptionedDataset, Captions, Crop, EmaConfig, Interpolation,
+    LatentCache, LoraLayers, LrSchedule, LrScheduleKind, MixedPrecision, Objective, PredictionType,
+    StepStats, TextToImageBatches, TrainConfig, Trainer, build_model, config_json,
+    save_lora_weights, save_lora_weights_kohya, save_model_folder,
 };
 use diffusion_pipelines::{
     DiffusionPipeline, Generator, LoadOptions, Params, PipelineError, StableDiffusion, Task,
@@ -120,6 +120,8 @@ pub struct FineTuneArgs {
     pub validation_steps: u64,
     /// `--num-inference-steps` of the validation images.
     pub num_inference_steps: usize,
+    /// `--image-interpolation-mode`: the training resize's filter.
+    pub interpolation: Interpolation,
     /// `--cache-latents`: encode every image once up front.
     pub cache_latents: bool,
     /// `--output-kohya-format`: also write the LoRA in kohya-ss's format.
@@ -293,6 +295,19 @@ impl FineTuneArgs {
                 "--cache-latents caches each image's centre crop: give --center-crop, and no --random-flip",
             ));
         }
+        // As the scripts: the LoRA text-to-image ones resize with Lanczos by
+        // default, DreamBooth and the full fine-tune bilinearly.
+        let lanczos = !full && matches!(captions, Captions::Files { .. });
+        let interpolation = match get::<String>(m, "image_interpolation_mode") {
+            None if lanczos => Interpolation::Lanczos,
+            None => Interpolation::Bilinear,
+            Some(name) => Interpolation::parse(&name).ok_or_else(|| {
+                usage(format!(
+                    "--image-interpolation-mode {name}: expected one of {}",
+                    Interpolation::NAMES.join(", ")
+                ))
+            })?,
+        };
         let proportion_empty_prompts: f64 = get(m, "proportion_empty_prompts").unwrap_or(0.0);
         if !(0.0..=1.0).contains(&proportion_empty_prompts) {
             return Err(usage(format!(
@@ -336,6 +351,7 @@ impl FineTuneArgs {
                 "num-inference-steps",
                 get(m, "num_inference_steps").unwrap_or(30),
             )?,
+            interpolation,
             cache_latents: m.get_flag("cache_latents"),
             output_kohya_format: !full && m.get_flag("output_kohya_format"),
             quiet: m.get_flag("quiet"),
@@ -536,7 +552,13 @@ where
     } else {
         Crop::Random
     };
-    let data = CaptionedDataset::load(&args.data_dir, state.resolution, crop, &args.captions)?;
+    let data = CaptionedDataset::load(
+        &args.data_dir,
+        state.resolution,
+        crop,
+        args.interpolation,
+        &args.captions,
+    )?;
     let class_data = match &args.prior {
         Some(prior) => {
             complete_class_images(sd, prior, args.seed, args.quiet)?;
@@ -545,6 +567,7 @@ where
                 &prior.class_data_dir,
                 state.resolution,
                 crop,
+                args.interpolation,
                 &captions,
             )?)
         }

@@ -371,6 +371,10 @@ fn dreambooth_sidecars_and_bad_data_or_flags() {
     a[at + 1] = "64";
     let e = err(&diffuse(&a));
     assert!(e.contains("--rank 64") && e.contains("to_"), "{e}");
+    let mut a = train_args(model_s, &["--train-data-dir", side_s], bad_s, "1");
+    a.extend_from_slice(&["--image-interpolation-mode", "hamming"]);
+    let e = err(&diffuse(&a));
+    assert!(e.contains("--image-interpolation-mode hamming"), "{e}");
     // A run larger than the memory: refused before any step.
     let mut a = train_args(model_s, &["--train-data-dir", side_s], bad_s, "1");
     let at = a.iter().position(|x| *x == "--resolution").unwrap();

@@ -651,7 +651,8 @@ fn sd1_full_fine_tune_steps_match_diffusers() {
 #[test]
 fn text_to_image_batches_encode_captions_and_sizes_as_the_scripts() {
     use diffusion_pipelines::training::{
-        BatchSampler, CaptionedDataset, Captions, Crop, LatentCache, TextToImageBatches,
+        BatchSampler, CaptionedDataset, Captions, Crop, Interpolation, LatentCache,
+        TextToImageBatches,
     };
     fn values<BB: burn::tensor::backend::Backend>(t: Tensor<BB, 4>) -> Vec<f32> {
         t.into_data().convert::<f32>().to_vec().unwrap()
@@ -677,7 +678,14 @@ fn text_to_image_batches_encode_captions_and_sizes_as_the_scripts() {
         let tensors = read_tensors(&dir().join(format!("{fixture}.safetensors")));
         let (_pdir, mut pipe) = common::load_pipeline::<Flex>(pipeline);
         let sd = pipe.stable_diffusion().unwrap();
-        let data = CaptionedDataset::load(data_dir.path(), 32, Crop::Center, &files).unwrap();
+        let data = CaptionedDataset::load(
+            data_dir.path(),
+            32,
+            Crop::Center,
+            Interpolation::Bilinear,
+            &files,
+        )
+        .unwrap();
         for random_flip in [false, true] {
             let batches = TextToImageBatches::<B> {
                 pipeline: sd,

@@ -32,6 +32,46 @@ pub enum Crop {
     Random,
 }
 
+/// The resampling filter of the training resize (torchvision's
+/// `InterpolationMode`, the scripts' `--image_interpolation_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interpolation {
+    /// Nearest neighbour.
+    Nearest,
+    /// Bilinear (`transforms.Resize`'s default), antialiased when shrinking.
+    #[default]
+    Bilinear,
+    /// Bicubic (Catmull-Rom).
+    Bicubic,
+    /// Lanczos (3 lobes; the LoRA text-to-image scripts' default).
+    Lanczos,
+}
+
+impl Interpolation {
+    /// Every name, as parsed.
+    pub const NAMES: &'static [&'static str] = &["nearest", "bilinear", "bicubic", "lanczos"];
+
+    /// The mode named `name` (torchvision's lower-case names).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "nearest" => Some(Interpolation::Nearest),
+            "bilinear" => Some(Interpolation::Bilinear),
+            "bicubic" => Some(Interpolation::Bicubic),
+            "lanczos" => Some(Interpolation::Lanczos),
+            _ => None,
+        }
+    }
+
+    fn filter(self) -> FilterType {
+        match self {
+            Interpolation::Nearest => FilterType::Nearest,
+            Interpolation::Bilinear => FilterType::Triangle,
+            Interpolation::Bicubic => FilterType::CatmullRom,
+            Interpolation::Lanczos => FilterType::Lanczos3,
+        }
+    }
+}
+
 /// An image resized so that its shorter side is the resolution, channel-major.
 #[derive(Debug, Clone)]
 struct Resized {
@@ -100,6 +140,17 @@ impl ImageDataset {
 
     /// [`ImageDataset::load`], with the batches' crops taken as `crop` says.
     pub fn load_with(dir: &Path, resolution: usize, channels: usize, crop: Crop) -> Result<Self> {
+        Self::load_resampled(dir, resolution, channels, crop, Interpolation::Bilinear)
+    }
+
+    /// [`ImageDataset::load_with`], resized with `interpolation`.
+    pub fn load_resampled(
+        dir: &Path,
+        resolution: usize,
+        channels: usize,
+        crop: Crop,
+        interpolation: Interpolation,
+    ) -> Result<Self> {
         // Images are decoded at this size: refuse one no machine could hold
         // before the first allocation.
         crate::memory::check(
@@ -141,7 +192,7 @@ impl ImageDataset {
             .map(|p| {
                 let image = crate::image::load_image(p)?;
                 original_sizes.push((image.height() as usize, image.width() as usize));
-                Ok(resize(&image, resolution, channels))
+                Ok(resize(&image, resolution, channels, interpolation))
             })
             .collect::<Result<Vec<_>>>()?;
         let images = resized
@@ -205,14 +256,19 @@ impl ImageDataset {
 
 /// Resize (shorter side), center crop, `[-1, 1]`, channel-major.
 pub fn preprocess(image: &image::DynamicImage, resolution: usize, channels: usize) -> Vec<f32> {
-    resize(image, resolution, channels).crop(channels, resolution, None)
+    resize(image, resolution, channels, Interpolation::Bilinear).crop(channels, resolution, None)
 }
 
 /// Resize so that the shorter side is `resolution`; `[-1, 1]`, channel-major.
-fn resize(image: &image::DynamicImage, resolution: usize, channels: usize) -> Resized {
+fn resize(
+    image: &image::DynamicImage,
+    resolution: usize,
+    channels: usize,
+    interpolation: Interpolation,
+) -> Resized {
     let (h, w) = Resized::scaled_size(image.height() as usize, image.width() as usize, resolution);
     let (nw, nh) = (w as u32, h as u32);
-    let resized = image.resize_exact(nw, nh, FilterType::Triangle);
+    let resized = image.resize_exact(nw, nh, interpolation.filter());
     let pixels: Vec<u8> = if channels == 1 {
         resized.to_luma8().into_raw()
     } else {

@@ -32,7 +32,7 @@ pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use checkpoint::{TrainerState, config_json, save_model_folder};
-pub use data::{BatchSampler, Crop, DrawnImage, ImageDataset, check_training_size};
+pub use data::{BatchSampler, Crop, DrawnImage, ImageDataset, Interpolation, check_training_size};
 pub use ema::EmaConfig;
 pub use lora::{
     KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME, LoraLayers, build_lora_model, save_lora_weights,

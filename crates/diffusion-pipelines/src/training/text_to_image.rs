@@ -18,7 +18,7 @@
 //! of [`BatchSampler::noise`]. Like every draw of [`BatchSampler`], it depends
 //! on the seed and step only.
 
-use super::data::{BatchSampler, Crop, Draw, DrawnImage, ImageDataset};
+use super::data::{BatchSampler, Crop, Draw, DrawnImage, ImageDataset, Interpolation};
 use super::trainer::{Batch, Condition};
 use crate::error::{PipelineError, Result};
 use crate::stable_diffusion::StableDiffusion;
@@ -54,12 +54,19 @@ pub enum Captions {
 
 impl CaptionedDataset {
     /// The `.png`/`.jpg`/`.jpeg` images directly in `dir` at `resolution`
-    /// (cropped as `crop` says) with their captions. An image without a
+    /// (resized with `interpolation`, cropped as `crop` says) with their
+    /// captions. An image without a
     /// caption, a caption (sidecar or `metadata.jsonl` line) without its
     /// image, or a malformed `metadata.jsonl` line is an error naming the
     /// file (and line).
-    pub fn load(dir: &Path, resolution: usize, crop: Crop, captions: &Captions) -> Result<Self> {
-        let images = ImageDataset::load_with(dir, resolution, 3, crop)?;
+    pub fn load(
+        dir: &Path,
+        resolution: usize,
+        crop: Crop,
+        interpolation: Interpolation,
+        captions: &Captions,
+    ) -> Result<Self> {
+        let images = ImageDataset::load_resampled(dir, resolution, 3, crop, interpolation)?;
         let captions = match captions {
             Captions::Prompt(p) => vec![p.clone(); images.len()],
             Captions::Files { column } => {
